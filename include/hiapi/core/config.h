@@ -1,0 +1,199 @@
+#pragma once
+// The daemon's configuration: parsed from YAML, strictly validated, immutable once built.
+// Exceptions are thrown only here (control plane): a ConfigError names file, line, column and the
+// key path, e.g. "conf/hiapi-proxy.yaml:12:9: limits.rate: expected a rate like 60/min or 5/s".
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "hiapi/core/clock.h"
+
+namespace hiapi::core {
+
+/// An API key. Has no operator<<, and its value is reachable only through reveal(), so it cannot
+/// reach a log by accident.
+class Secret {
+public:
+  Secret() = default;
+  explicit Secret(std::string v) : value_(std::move(v)) {}
+  bool empty() const { return value_.empty(); }
+  /// @return the raw key; call only where it goes on the wire.
+  const std::string& reveal() const { return value_; }
+  /// @return a short, stable, non-reversible label (first 8 hex of SHA-256-like hash): for
+  ///         metrics and logs of passthrough keys.
+  std::string fingerprint() const;
+  bool operator==(const Secret& o) const { return value_ == o.value_; }
+
+private:
+  std::string value_;
+};
+
+/// Raised by loadConfig / parseConfig. what() is the full "file:line:col: key.path: message".
+class ConfigError : public std::runtime_error {
+public:
+  ConfigError(std::string file, int line, int column, std::string key_path, std::string message);
+  const std::string& file() const { return file_; }
+  int line() const { return line_; }      ///< 1-based; 0 when not tied to a line
+  int column() const { return column_; }  ///< 1-based; 0 when not tied to a line
+  const std::string& keyPath() const { return key_path_; }
+  const std::string& message() const { return message_; }
+
+private:
+  std::string file_;
+  int line_;
+  int column_;
+  std::string key_path_;
+  std::string message_;
+};
+
+/// A rate: `60/min`, `5/s`, `0.5/s`, `3600/h`.
+struct Rate {
+  double per_second = 1.0;
+};
+
+enum class KeyMode { Passthrough, Inject };
+enum class LogFormat { Logfmt, Json };
+enum class LogLevel { Debug, Info, Warn, Error };
+enum class IdempotencyMode { Off, Inject };
+enum class TlsMinVersion { Tls12, Tls13 };
+
+struct ListenConfig {
+  std::string address = "127.0.0.1";  ///< IPv4 or IPv6 literal (`::1`), or `localhost`
+  uint16_t port = 8787;                ///< 0 = pick a free port (tests); printed at start
+  bool allow_non_loopback = false;     ///< required to bind anything but 127/8 or ::1
+  uint64_t max_body_bytes = 10ull * 1024 * 1024;  ///< `10MiB`
+  uint64_t max_header_bytes = 64ull * 1024;       ///< `64KiB`
+  Duration client_timeout = std::chrono::seconds(65);  ///< idle/read timeout of client conns
+};
+
+struct AdminConfig {
+  bool enabled = true;
+  std::string address = "127.0.0.1";
+  uint16_t port = 9787;
+};
+
+struct UpstreamConfig {
+  std::string url = "https://api.hiapi.ai";  ///< scheme://host[:port], no path
+  // Derived from url by the parser:
+  std::string scheme = "https";
+  std::string host = "api.hiapi.ai";
+  uint16_t port = 443;
+  std::string ca_file;               ///< empty = system trust store
+  TlsMinVersion tls_min_version = TlsMinVersion::Tls12;
+  Duration connect_timeout = std::chrono::seconds(5);
+  Duration response_timeout = std::chrono::seconds(30);  ///< per attempt
+  uint32_t pool_size = 32;           ///< max concurrent upstream connections
+  Duration idle_timeout = std::chrono::seconds(60);
+};
+
+/// One named tier: ordered patterns decide membership; first tier whose pattern matches wins.
+struct TierConfig {
+  std::string name;
+  std::vector<std::string> models;  ///< glob patterns (`*`, `?`) on the model name (case-insensitive)
+  std::vector<std::string> routes;  ///< routes (`pro`) that put a task in this tier
+  uint32_t max_running = 5;
+  Duration lease = std::chrono::minutes(15);  ///< slot freed if no terminal status by then
+  Duration min_poll_interval = std::chrono::seconds(2);
+};
+
+/// A key the proxy knows by name. Inject mode uses it on every request (or the one selected by
+/// the `X-HiAPI-Key` header naming it); passthrough mode matches a client's bearer to it.
+struct KeyConfig {
+  std::string name;
+  Secret key;                         ///< from `key: ${ENV}` or `key_file: path`
+  std::optional<Rate> rate;           ///< overrides limits.rate
+  std::optional<double> burst;        ///< overrides limits.burst
+};
+
+struct LimitsConfig {
+  Rate rate{1.0};                     ///< `60/min`: HiAPI's published per-key budget
+  double burst = 5;                   ///< tokens that may be spent at once
+  std::vector<TierConfig> tiers;      ///< default: heavy (2) then light (5)
+  // AdaptiveRate
+  double decrease_factor = 0.5;       ///< effective rate *= this on a rate 429
+  double min_rate_fraction = 0.1;     ///< effective rate never below configured * this
+  Duration recovery_time = std::chrono::seconds(30);  ///< back to full rate after this of success
+  Duration max_cooldown = std::chrono::seconds(60);   ///< Retry-After is capped at this
+};
+
+struct QueueConfig {
+  uint32_t max_size = 10000;          ///< waiting requests, all keys together
+  uint32_t max_per_client = 0;        ///< 0 = no per-client bound
+  Duration deadline = std::chrono::seconds(45);  ///< well under the clients' 60 s
+  std::string client_header = "X-HiAPI-Client";
+  std::string deadline_header = "X-HiAPI-Deadline";  ///< client asks for less (e.g. `5s`)
+};
+
+struct RetryConfig {
+  uint32_t max_attempts = 4;          ///< including the first
+  Duration base_delay = std::chrono::seconds(1);
+  Duration max_delay = std::chrono::seconds(30);
+  double budget_ratio = 0.2;          ///< retries ≤ this share of recent requests
+  uint32_t budget_min_retries = 10;   ///< always allowed per window
+  IdempotencyMode idempotency = IdempotencyMode::Off;
+};
+
+struct TasksConfig {
+  std::vector<std::string> terminal_statuses{"success", "fail"};
+  std::vector<std::string> tolerated_terminal{"succeeded", "failed", "completed",
+                                              "error",     "cancelled", "timeout"};
+  Duration terminal_ttl = std::chrono::minutes(10);
+  Duration not_found_ttl = std::chrono::seconds(2);
+  uint32_t cache_max_entries = 10000;
+  uint64_t cache_max_bytes = 64ull * 1024 * 1024;
+  bool reconcile = true;
+  Duration reconcile_interval = std::chrono::seconds(15);
+  std::string state_file;             ///< empty = no persistence
+  Duration state_save_interval = std::chrono::seconds(10);
+};
+
+struct LogConfig {
+  LogFormat format = LogFormat::Logfmt;
+  LogLevel level = LogLevel::Info;
+};
+
+struct Config {
+  std::string source_file;            ///< the file it came from (for messages)
+  ListenConfig listen;
+  AdminConfig admin;
+  UpstreamConfig upstream;
+  KeyMode key_mode = KeyMode::Passthrough;
+  std::vector<KeyConfig> keys;
+  LimitsConfig limits;
+  QueueConfig queue;
+  RetryConfig retry;
+  TasksConfig tasks;
+  LogConfig log;
+  Duration drain_timeout = std::chrono::seconds(30);
+
+  /// One-line summary for --check-config (no secrets).
+  std::string summary() const;
+};
+
+using ConfigSharedPtr = std::shared_ptr<const Config>;
+
+/// Environment lookup, injectable for tests.
+using EnvLookup = std::optional<std::string> (*)(const std::string& name);
+
+/// Parses YAML text. @param file_name used in error messages and to resolve relative key files.
+/// @throws ConfigError naming file, line, column and key path.
+Config parseConfig(const std::string& yaml_text, const std::string& file_name,
+                   EnvLookup env = nullptr);
+
+/// Reads and parses a file. @throws ConfigError (also for an unreadable file).
+Config loadConfig(const std::string& path, EnvLookup env = nullptr);
+
+/// Parses `250ms`, `2s`, `5m`, `1h`, `1.5s`. @return nullopt when malformed.
+std::optional<Duration> parseDuration(const std::string& text);
+/// Parses `60/min`, `5/s`, `3600/h`, `0.5/s`. @return nullopt when malformed or ≤ 0.
+std::optional<Rate> parseRate(const std::string& text);
+/// Parses `10MiB`, `64KiB`, `1024`, `10MB`. @return nullopt when malformed.
+std::optional<uint64_t> parseSize(const std::string& text);
+
+}  // namespace hiapi::core
