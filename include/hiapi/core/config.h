@@ -25,7 +25,7 @@ public:
   bool empty() const { return value_.empty(); }
   /// @return the raw key; call only where it goes on the wire.
   const std::string& reveal() const { return value_; }
-  /// @return a short, stable, non-reversible label (first 8 hex of SHA-256-like hash): for
+  /// @return a short, stable label (8 hex digits of a 64-bit hash, 32 bits shown): for
   ///         metrics and logs of passthrough keys.
   std::string fingerprint() const;
   bool operator==(const Secret& o) const { return value_ == o.value_; }

@@ -1,0 +1,2 @@
+// placeholder: replaced by the shell
+int placeholder_unused_symbol = 0;
