@@ -35,6 +35,9 @@ private:
 };
 
 /// Raised by loadConfig / parseConfig. what() is the full "file:line:col: key.path: message".
+/// When the error is not tied to a line (an unreadable file) the ":line:col" part is left out, and
+/// when it is not tied to a key (a YAML syntax error) the "key.path: " part is left out.
+/// The message never contains an API key's value.
 class ConfigError : public std::runtime_error {
 public:
   ConfigError(std::string file, int line, int column, std::string key_path, std::string message);
@@ -79,12 +82,16 @@ struct AdminConfig {
 };
 
 struct UpstreamConfig {
-  std::string url = "https://api.hiapi.ai";  ///< scheme://host[:port], no path
+  std::string url = "https://api.hiapi.ai";  ///< scheme://host[:port], no path (normalised:
+                                             ///< lower-case scheme and host, no trailing `/`)
   // Derived from url by the parser:
-  std::string scheme = "https";
-  std::string host = "api.hiapi.ai";
-  uint16_t port = 443;
-  std::string ca_file;               ///< empty = system trust store
+  std::string scheme = "https";      ///< `http` or `https`
+  std::string host = "api.hiapi.ai"; ///< for connect/SNI/SSL_set1_host; IPv6 without brackets
+  uint16_t port = 443;               ///< explicit, else 443 (https) / 80 (http)
+  std::string authority = "api.hiapi.ai";  ///< the `Host` header: host (IPv6 in brackets), plus
+                                           ///< `:port` when the port is not the scheme's default
+  std::string ca_file;               ///< empty = system trust store; a relative path in the file
+                                     ///< is resolved against the config file's directory
   TlsMinVersion tls_min_version = TlsMinVersion::Tls12;
   Duration connect_timeout = std::chrono::seconds(5);
   Duration response_timeout = std::chrono::seconds(30);  ///< per attempt
@@ -102,11 +109,17 @@ struct TierConfig {
   Duration min_poll_interval = std::chrono::seconds(2);
 };
 
+/// The built-in tiers, used when the config has no `limits.tiers`: `heavy` (video models, `*-pro`,
+/// `@pro` and route `pro`; 2 running, lease 20m) then `light` (`*`; 5 running, lease 5m), both
+/// with a 2 s minimum poll interval, per HiAPI's 429 guide.
+std::vector<TierConfig> defaultTierConfigs();
+
 /// A key the proxy knows by name. Inject mode uses it on every request (or the one selected by
 /// the `X-HiAPI-Key` header naming it); passthrough mode matches a client's bearer to it.
 struct KeyConfig {
   std::string name;
-  Secret key;                         ///< from `key: ${ENV}` or `key_file: path`
+  Secret key;                         ///< from `key: ${ENV}` or `key_file: path`; never empty
+  std::string key_file;               ///< resolved path when the key came from a file, else empty
   std::optional<Rate> rate;           ///< overrides limits.rate
   std::optional<double> burst;        ///< overrides limits.burst
 };
@@ -114,7 +127,7 @@ struct KeyConfig {
 struct LimitsConfig {
   Rate rate{1.0};                     ///< `60/min`: HiAPI's published per-key budget
   double burst = 5;                   ///< tokens that may be spent at once
-  std::vector<TierConfig> tiers;      ///< default: heavy (2) then light (5)
+  std::vector<TierConfig> tiers = defaultTierConfigs();  ///< ordered; never empty
   // AdaptiveRate
   double decrease_factor = 0.5;       ///< effective rate *= this on a rate 429
   double min_rate_fraction = 0.1;     ///< effective rate never below configured * this
