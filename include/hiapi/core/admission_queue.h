@@ -1,0 +1,146 @@
+#pragma once
+// AdmissionQueue: requests that cannot go upstream yet wait here instead of failing.
+//
+// Order:
+//  1. Priority classes strictly: Retry > Poll > Create > Other > Background.
+//  2. Within a class, fair across client classes by start-time fair queueing with unit cost: a
+//     client's head carries a virtual tag; a client that becomes active gets the class's current
+//     virtual time (or one past its own last service, whichever is later), and serving a client
+//     moves its tag up by one. So a client with 1,000 waiting creates and one that just arrived
+//     with one request alternate, and the newcomer goes at the very next admission.
+//  3. FIFO within a client and lane.
+// Lanes: an entry may wait on a lane (a tier's concurrency gate). popNext() takes a predicate that
+// says which lanes are open; entries on closed lanes are skipped, so a create waiting for a full
+// heavy gate never blocks polls, light creates, or the same client's later light creates.
+// Entries hold no reservations: tokens and slots are taken only when an entry is popped
+// (KeyScheduler commits both or neither), so removing an entry frees nothing here.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "hiapi/core/clock.h"
+
+namespace hiapi::core {
+
+/// What a request is, as HiAPI sees it (every kind draws on the key's one budget).
+enum class RouteKind { Create, Poll, List, Other };
+
+/// Queue priority classes, most urgent first.
+enum class Priority : uint8_t { Retry = 0, Poll = 1, Create = 2, Other = 3, Background = 4 };
+inline constexpr size_t kPriorityCount = 5;
+
+/// @return a stable lower-case name ("retry", "poll", ...). Thread-safety: pure.
+const char* priorityName(Priority p);
+/// @return a stable lower-case name ("create", "poll", "list", "other"). Thread-safety: pure.
+const char* routeKindName(RouteKind r);
+
+/// One waiting request.
+struct QueueEntry {
+  uint64_t id = 0;                  ///< caller's request id, unique among waiting entries
+  std::string client;               ///< client class (header value, or a shared default)
+  Priority priority = Priority::Other;
+  MonotonicTime deadline{};         ///< popExpired() returns it at or after this time
+  std::optional<size_t> lane;       ///< tier gate it waits on; nullopt = needs only a token
+  MonotonicTime enqueued{};         ///< for wait-time metrics
+  uint64_t seq = 0;                 ///< set by push(): global arrival order
+};
+
+enum class EnqueueResult { Queued, QueueFull, ClientFull, DuplicateId };
+
+/// Thread-safety: not thread-safe (single event-loop thread).
+class AdmissionQueue {
+public:
+  /// Which lanes may be served now (nullopt = the token-only lane).
+  using LaneOpen = std::function<bool(std::optional<size_t> lane)>;
+
+  /// @param max_size bound on waiting entries (>= 1)
+  /// @param max_per_client bound per client class; 0 = none
+  explicit AdmissionQueue(size_t max_size, size_t max_per_client = 0);
+
+  /// Adds an entry at the tail of its client's lane.
+  /// @return Queued, or why not (nothing changed then).
+  EnqueueResult push(QueueEntry entry);
+
+  /// Removes a waiting entry (client gone, or the caller admits it another way).
+  /// @return the entry, or nullopt when @p id is not waiting.
+  std::optional<QueueEntry> remove(uint64_t id);
+
+  /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
+  std::vector<QueueEntry> popExpired(MonotonicTime now);
+
+  /// Removes and returns the next entry to serve among open lanes (see the file comment).
+  /// @return nullopt when no entry is on an open lane.
+  std::optional<QueueEntry> popNext(const LaneOpen& open);
+
+  /// @return whether some waiting entry is on a lane for which @p open is true.
+  bool hasEligible(const LaneOpen& open) const;
+
+  /// Re-labels lanes (tier indexes after a reload); FIFO order within a client is kept by seq.
+  /// @param map gives an entry's new lane
+  void remapLanes(const std::function<std::optional<size_t>(const QueueEntry&)>& map);
+
+  /// Changes the bounds; entries already waiting stay.
+  void setLimits(size_t max_size, size_t max_per_client);
+
+  size_t size() const { return entries_.size(); }
+  bool empty() const { return entries_.empty(); }
+  size_t maxSize() const { return max_size_; }
+  /// @return waiting entries of class @p p.
+  size_t size(Priority p) const { return classes_[static_cast<size_t>(p)].count; }
+  /// @return waiting entries on lane @p lane (all classes).
+  size_t laneSize(std::optional<size_t> lane) const;
+  /// @return waiting entries of client @p client (all classes).
+  size_t clientSize(const std::string& client) const;
+  bool contains(uint64_t id) const { return entries_.count(id) != 0; }
+  /// @return the entry with id @p id, if waiting.
+  const QueueEntry* find(uint64_t id) const;
+  /// @return the earliest deadline among waiting entries.
+  std::optional<MonotonicTime> nextDeadline() const;
+  /// @return whether any waiting entry is on lane @p lane.
+  bool hasLane(std::optional<size_t> lane) const { return laneSize(lane) != 0; }
+
+private:
+  struct Stored {
+    QueueEntry entry;
+    std::list<uint64_t>::iterator pos;
+  };
+  struct ClientQueue {
+    std::map<std::optional<size_t>, std::list<uint64_t>> lanes;
+    size_t count = 0;
+    uint64_t tag = 0;                     ///< virtual start tag of its head (while active)
+    uint64_t activation = 0;              ///< tie-break: when it became active
+    std::optional<uint64_t> last_served;  ///< tag of its last service
+  };
+  using OrderKey = std::tuple<uint64_t, uint64_t, std::string>;  // tag, activation, client
+  struct PriorityClass {
+    std::unordered_map<std::string, ClientQueue> clients;
+    std::set<OrderKey> order;  ///< active clients, next to serve first
+    uint64_t vtime = 0;
+    size_t count = 0;
+    size_t active = 0;
+  };
+
+  void prune(PriorityClass& cls);
+  void unlink(Stored& stored);
+
+  size_t max_size_;
+  size_t max_per_client_;
+  uint64_t next_seq_ = 1;
+  std::unordered_map<uint64_t, Stored> entries_;
+  std::set<std::pair<MonotonicTime, uint64_t>> by_deadline_;
+  std::array<PriorityClass, kPriorityCount> classes_;
+  std::unordered_map<std::string, size_t> per_client_;
+  std::map<std::optional<size_t>, size_t> per_lane_;
+};
+
+}  // namespace hiapi::core

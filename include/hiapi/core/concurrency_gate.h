@@ -1,0 +1,161 @@
+#pragma once
+// ConcurrencyGate: one tier's tasks running at once, against its ceiling.
+//
+// A slot is an id with a lease expiry. It is taken before a create is sent (acquire), kept by the
+// created task until a terminal status is seen (release) or the lease runs out (expireLeases), and
+// given back at once when the create fails or is never sent (release with NotCreated).
+//
+// Effective ceiling: a concurrency 429 on a create lowers it to
+//   max(1, min(effective - 1, running tasks other than the rejected create)),
+// i.e. to what upstream evidently allows, and always by at least one. It recovers by one each time
+// a task of the tier finishes (release with TaskFinished) and by one per `recovery_interval` since
+// the last lowering/step, never above the configured ceiling.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "hiapi/core/clock.h"
+
+namespace hiapi::core {
+
+/// A slot's id: unique within its gate (and, inside a KeyScheduler, within the key).
+using SlotId = uint64_t;
+
+/// Why a slot is given back.
+enum class ReleaseReason {
+  TaskFinished,  ///< the task reached a terminal status: counts toward ceiling recovery
+  NotCreated,    ///< the create failed, was rejected, or was never sent
+};
+
+/// Thread-safety: not thread-safe (single event-loop thread).
+class ConcurrencyGate {
+public:
+  /// @param ceiling configured max running (0 is treated as 1)
+  /// @param lease how long a slot lives without a terminal status
+  /// @param recovery_interval time after which a lowered effective ceiling rises by one
+  /// @param now the current time
+  ConcurrencyGate(uint32_t ceiling, Duration lease, Duration recovery_interval, MonotonicTime now);
+
+  /// @return whether acquire(now) would succeed (running < effective ceiling).
+  bool canAcquire(MonotonicTime now) const;
+
+  /// Takes a slot leased until now + lease.
+  /// @return its id, or nullopt when the gate is full.
+  std::optional<SlotId> acquire(MonotonicTime now);
+
+  /// As acquire() with a caller-chosen id (unique across the caller's gates).
+  /// @return false when full or @p id is already held.
+  bool acquireWithId(SlotId id, MonotonicTime now);
+
+  /// Gives a slot back. Exactly once: a second release (or an unknown or expired id) is a no-op.
+  /// @return true when the slot was held and is now free.
+  bool release(SlotId id, ReleaseReason reason = ReleaseReason::TaskFinished);
+
+  /// Frees every slot whose lease ended at or before @p now.
+  /// @param expired when given, the freed ids are appended to it
+  /// @return how many were freed (for the leases-expired metric).
+  size_t expireLeases(MonotonicTime now, std::vector<SlotId>* expired = nullptr);
+
+  /// Moves a held slot's lease expiry to @p new_expiry. @return false when not held.
+  bool extendLease(SlotId id, MonotonicTime new_expiry);
+
+  /// Re-occupies a slot for a task known from a state file, even above the ceiling (the task is
+  /// running upstream whatever we think). @return the new id.
+  SlotId restore(MonotonicTime lease_expiry);
+  /// As restore() with a caller-chosen id. @return false when @p id is already held.
+  bool restoreWithId(SlotId id, MonotonicTime lease_expiry);
+
+  /// Upstream answered a create with a concurrency 429: lowers the effective ceiling.
+  /// @param failed_slot the rejected create's slot, when still held (not counted as running)
+  void onConcurrencyLimited(MonotonicTime now, std::optional<SlotId> failed_slot = std::nullopt);
+
+  /// Applies a new configured ceiling / lease / recovery interval, keeping held slots.
+  void reconfigure(uint32_t ceiling, Duration lease, Duration recovery_interval, MonotonicTime now);
+
+  /// @return slots held now.
+  uint32_t running() const { return static_cast<uint32_t>(leases_.size()); }
+  /// @return the configured ceiling.
+  uint32_t ceiling() const { return ceiling_; }
+  /// @return the effective ceiling at @p now (1..ceiling).
+  uint32_t effectiveCeiling(MonotonicTime now) const;
+  /// @return the lease length.
+  Duration lease() const { return lease_; }
+  /// @return whether @p id is held.
+  bool holds(SlotId id) const { return leases_.count(id) != 0; }
+  /// @return the lease expiry of @p id, if held.
+  std::optional<MonotonicTime> leaseExpiry(SlotId id) const;
+  /// @return the earliest lease expiry, if any slot is held.
+  std::optional<MonotonicTime> nextLeaseExpiry() const;
+  /// @return when the effective ceiling next rises by time, if it is lowered.
+  std::optional<MonotonicTime> nextRecoveryAt(MonotonicTime now) const;
+  /// @return all held slots with their lease expiries, earliest first.
+  std::vector<std::pair<SlotId, MonotonicTime>> leases() const;
+  /// @return leases that ran out so far.
+  uint64_t expiredTotal() const { return expired_total_; }
+  /// @return times the effective ceiling was lowered.
+  uint64_t loweredTotal() const { return lowered_total_; }
+
+private:
+  void normalize(MonotonicTime now);
+
+  uint32_t ceiling_;
+  Duration lease_;
+  Duration recovery_interval_;
+  uint32_t effective_;                 ///< lowered ceiling as of effective_since_
+  MonotonicTime effective_since_;      ///< start of the current time-recovery interval
+  std::map<SlotId, MonotonicTime> leases_;
+  std::set<std::pair<MonotonicTime, SlotId>> by_expiry_;
+  SlotId next_id_ = 1;
+  uint64_t expired_total_ = 0;
+  uint64_t lowered_total_ = 0;
+};
+
+/// A move-only slot holder: frees its slot (as NotCreated) when destroyed unless released or
+/// detached first. The shell mostly passes explicit ids across callbacks instead (detach()).
+/// Thread-safety: not thread-safe. The gate must outlive the permit.
+class GatePermit {
+public:
+  GatePermit() = default;
+  GatePermit(ConcurrencyGate& gate, SlotId id) : gate_(&gate), id_(id) {}
+  GatePermit(GatePermit&& o) noexcept : gate_(std::exchange(o.gate_, nullptr)), id_(o.id_) {}
+  GatePermit& operator=(GatePermit&& o) noexcept {
+    if (this != &o) {
+      reset();
+      gate_ = std::exchange(o.gate_, nullptr);
+      id_ = o.id_;
+    }
+    return *this;
+  }
+  GatePermit(const GatePermit&) = delete;
+  GatePermit& operator=(const GatePermit&) = delete;
+  ~GatePermit() { reset(); }
+
+  /// @return whether this permit still owns a slot.
+  explicit operator bool() const { return gate_ != nullptr; }
+  /// @return the slot id (meaningful while owned).
+  SlotId id() const { return id_; }
+  /// Frees the slot now. @return whether it was freed by this call.
+  bool release(ReleaseReason reason = ReleaseReason::NotCreated) {
+    if (gate_ == nullptr) {
+      return false;
+    }
+    return std::exchange(gate_, nullptr)->release(id_, reason);
+  }
+  /// Gives up ownership without freeing. @return the id, now the caller's to release.
+  SlotId detach() {
+    gate_ = nullptr;
+    return id_;
+  }
+
+private:
+  void reset() { release(ReleaseReason::NotCreated); }
+
+  ConcurrencyGate* gate_ = nullptr;
+  SlotId id_ = 0;
+};
+
+}  // namespace hiapi::core

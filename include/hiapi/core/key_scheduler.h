@@ -1,0 +1,251 @@
+#pragma once
+// KeyScheduler: the admission facade the shell uses, one per API key. It combines the key's
+// RateBudget (token bucket), AdaptiveRate (effective rate and key-wide cool-down), one
+// ConcurrencyGate per tier, and the AdmissionQueue.
+//
+// Pull style — the shell never sleeps and the scheduler never calls back:
+//   1. submit() every request that must go upstream (nothing is admitted inside submit());
+//   2. call dispatch(now) after every submit / cancel / releaseSlot / onUpstreamOutcome /
+//      reconfigure, and when the timer for the last Dispatch::wake_at fires;
+//   3. send each Dispatch::admitted request at once; answer each Dispatch::expired one with
+//      429 queue_timeout and Retry-After = retryAfterSeconds(now);
+//   4. report each upstream answer with onUpstreamOutcome(); release a create's slot with
+//      releaseSlot() when the create fails / is never sent (NotCreated) or its task reaches a
+//      terminal status (TaskFinished). Leases end slots that are never released.
+// wake_at is the earliest time anything could change on its own (a token, the cool-down end, a
+// deadline, a lease expiry, a ceiling recovery step): there is no busy loop, and no timer while
+// nothing waits.
+//
+// Admission of one request = one token, plus (for a create without a held slot) one slot of its
+// tier; both are reserved together and committed together, or neither. Head-of-line blocking is
+// per tier lane: a create waiting for a full heavy gate does not block polls or light creates.
+//
+// 429 handling (onUpstreamOutcome):
+//   - rate 429 (by code; unknown cause on poll/list/other; unknown on a create when no other task
+//     of its tier is running): key-wide cool-down from Retry-After (capped at max_cooldown) or
+//     full-jitter backoff, and a multiplicative rate decrease (see adaptive_rate.h);
+//   - concurrency 429 (by code; unknown cause on a create while other tasks of its tier run): the
+//     tier's effective ceiling drops (see concurrency_gate.h); no cool-down;
+//   - `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` on any answer: pause until the reset.
+//
+// Thread-safety: not thread-safe; one event-loop thread owns it.
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "hiapi/core/adaptive_rate.h"
+#include "hiapi/core/admission_queue.h"
+#include "hiapi/core/clock.h"
+#include "hiapi/core/concurrency_gate.h"
+#include "hiapi/core/config.h"
+#include "hiapi/core/tier_matcher.h"
+#include "hiapi/core/token_bucket.h"
+
+namespace hiapi::core {
+
+/// One request that wants to go upstream.
+struct RequestInfo {
+  uint64_t id = 0;                    ///< shell's request id; unique among waiting requests
+  RouteKind route = RouteKind::Other;
+  Priority priority = Priority::Other;
+  std::string client;                 ///< client class (X-HiAPI-Client value or a shared default)
+  /// Creates: the tier from tierFor(). A create without one goes to the fallback (last) tier;
+  /// other routes ignore it.
+  std::optional<size_t> tier;
+  /// A retried create that still holds its slot from the first attempt: needs only a token.
+  /// The scheduler releases it (NotCreated) if the retry is cancelled or expires while queued.
+  std::optional<SlotId> held_slot;
+  MonotonicTime deadline{};           ///< queue_timeout at this time if not admitted by then
+};
+
+enum class SubmitResult {
+  Queued,       ///< waits; watch dispatch()
+  QueueFull,    ///< answer 429 queue_full with Retry-After = retryAfterSeconds(now)
+  DuplicateId,  ///< a request with this id is already waiting (a shell bug)
+};
+
+/// Why an upstream 429 came, as the shell read it from the error code.
+enum class Limit429Cause { Rate, Concurrency, Unknown };
+
+/// @return the cause named by an upstream error code (`RATE_LIMIT_EXCEEDED`,
+///         `concurrency_limit_exceeded`, ...): contains "concurren" → Concurrency, "rate" →
+///         Rate, else Unknown. Thread-safety: pure.
+Limit429Cause classify429Code(std::string_view error_code);
+
+/// One upstream answer (or failure) of an admitted request.
+struct UpstreamOutcome {
+  int status = 0;                     ///< HTTP status; 0 = connection failure
+  RouteKind route = RouteKind::Other;
+  std::optional<size_t> tier;         ///< creates: the tier of the slot
+  std::optional<SlotId> slot;         ///< creates: the slot, if still held
+  Limit429Cause cause = Limit429Cause::Unknown;
+  std::optional<std::string> retry_after;  ///< raw Retry-After header
+  RateLimitHeaders ratelimit;         ///< X-RateLimit-*
+  std::chrono::system_clock::time_point wall_now{};  ///< for HTTP-date / epoch values
+};
+
+/// One request let through by dispatch(): send it now.
+struct Admitted {
+  uint64_t id = 0;
+  std::optional<SlotId> slot;         ///< creates: the slot it holds (new or held_slot)
+  size_t tier = 0;                    ///< creates: its tier; others: 0 (meaningless)
+  RouteKind route = RouteKind::Other;
+  Duration waited{};                  ///< time spent queued
+};
+
+/// What dispatch() decided.
+struct Dispatch {
+  std::vector<Admitted> admitted;     ///< send these, in this order
+  std::vector<uint64_t> expired;      ///< answer these 429 queue_timeout (held slots released)
+  std::vector<SlotId> expired_slots;  ///< leases that ran out during this call
+  std::optional<MonotonicTime> wake_at;  ///< call dispatch() again at this time (nullopt: only
+                                         ///< after the next event)
+};
+
+/// Counters for metrics (monotonic).
+struct SchedulerCounters {
+  uint64_t submitted = 0;
+  uint64_t admitted = 0;
+  uint64_t cancelled = 0;
+  // Throttle reasons: why a submitted request could not go at once (judged at submit), plus the
+  // rejections.
+  uint64_t throttled_rate = 0;         ///< no token
+  uint64_t throttled_concurrency = 0;  ///< its tier's gate was full
+  uint64_t throttled_cooldown = 0;     ///< the key was cooling down
+  uint64_t queue_full = 0;
+  uint64_t queue_timeout = 0;
+  // Upstream signals.
+  uint64_t upstream_429_rate = 0;
+  uint64_t upstream_429_concurrency = 0;
+  uint64_t leases_expired = 0;
+  uint64_t rate_decreases = 0;
+};
+
+struct TierSnapshot {
+  std::string name;
+  uint32_t running = 0;
+  uint32_t ceiling = 0;
+  uint32_t effective_ceiling = 0;
+  size_t queued = 0;                  ///< waiting for a slot of this tier
+  std::vector<std::pair<SlotId, MonotonicTime>> leases;  ///< earliest expiry first
+  uint64_t leases_expired = 0;
+  uint64_t ceiling_lowered = 0;
+};
+
+struct Snapshot {
+  double configured_rate = 0;         ///< requests per second
+  double effective_rate = 0;
+  double tokens = 0;                  ///< may be negative while paused
+  double burst = 0;
+  Duration cooldown_remaining{};
+  size_t queue_depth = 0;
+  std::array<size_t, kPriorityCount> queued_by_priority{};
+  std::array<size_t, 4> queued_by_route{};  ///< indexed by RouteKind
+  std::vector<TierSnapshot> tiers;
+  SchedulerCounters counters;
+};
+
+/// See the file comment. Thread-safety: not thread-safe.
+class KeyScheduler {
+public:
+  /// @param limits the key's limits (the shell applies KeyConfig rate/burst overrides first);
+  ///        empty tiers mean defaultTiers()
+  /// @param queue max_size (per key here) and max_per_client
+  /// @param now the current time
+  /// @param random jitter for backoff; must outlive the scheduler
+  /// @param budget the rate budget to draw on; nullptr = a local TokenBucket (starts full)
+  KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue, MonotonicTime now,
+               Random& random, RateBudgetPtr budget = nullptr);
+
+  /// @return the tier for a create's model and body route (TierMatcher rules).
+  size_t tierFor(std::string_view model, std::optional<std::string_view> route) const;
+
+  /// Queues a request. Never admits by itself: call dispatch().
+  /// @return Queued, QueueFull (also when the client's share is full) or DuplicateId.
+  SubmitResult submit(const RequestInfo& request, MonotonicTime now);
+
+  /// Drops a waiting request (its client went away) and releases its held slot, if any.
+  /// @return true when it was waiting.
+  bool cancel(uint64_t id, MonotonicTime now);
+
+  /// Admits what can go now (see the file comment).
+  Dispatch dispatch(MonotonicTime now);
+
+  /// Undoes an admission that was never sent (client gone between dispatch and send): refunds
+  /// the token and releases the slot (NotCreated).
+  void unadmit(const Admitted& admitted, MonotonicTime now);
+
+  /// Frees a slot: exactly once; unknown, expired or already released ids are a no-op.
+  /// @return true when the slot was held.
+  bool releaseSlot(SlotId slot, ReleaseReason reason, MonotonicTime now);
+
+  /// Moves a held slot's lease end (a task seen still running). @return false when not held.
+  bool extendLease(SlotId slot, MonotonicTime new_expiry);
+
+  /// Re-occupies a slot for a task known from a state file (even above the ceiling).
+  /// @param tier its tier (clamped to the last)
+  /// @return the new slot id.
+  SlotId restoreSlot(size_t tier, MonotonicTime lease_expiry);
+
+  /// Feeds an upstream answer: 429 handling, success, X-RateLimit-* (see the file comment).
+  void onUpstreamOutcome(const UpstreamOutcome& outcome, MonotonicTime now);
+
+  /// @return an estimate of how long a request submitted now would wait (cool-down + queue
+  ///         ahead of it at the effective rate).
+  Duration estimatedWait(MonotonicTime now) const;
+  /// @return estimatedWait() rounded up to whole seconds, within [1, max(1, max_cooldown)]:
+  ///         the integer Retry-After for queue_full / queue_timeout answers.
+  uint32_t retryAfterSeconds(MonotonicTime now) const;
+
+  /// @return the state for /status and metrics.
+  Snapshot snapshot(MonotonicTime now) const;
+
+  /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
+  /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
+  /// creates of removed tiers move to the fallback (last) tier.
+  void reconfigure(const LimitsConfig& limits, MonotonicTime now);
+  void reconfigure(const LimitsConfig& limits, const QueueConfig& queue, MonotonicTime now);
+
+  const TierMatcher& tiers() const { return matcher_; }
+  const RateBudget& budget() const { return *budget_; }
+  const AdaptiveRate& adaptive() const { return adaptive_; }
+  const ConcurrencyGate& gate(size_t tier) const { return *gates_.at(tier); }
+  size_t queueDepth() const { return queue_.size(); }
+  const SchedulerCounters& counters() const { return counters_; }
+
+private:
+  struct Pending {
+    RouteKind route;
+    std::optional<size_t> tier;        ///< creates only
+    std::optional<SlotId> held_slot;
+    MonotonicTime enqueued;
+  };
+
+  void refresh(MonotonicTime now, Dispatch* out);
+  bool laneOpen(std::optional<size_t> lane, MonotonicTime now) const;
+  void dropPending(uint64_t id, MonotonicTime now);
+  void applyRate(MonotonicTime now);
+  void pauseBudget(MonotonicTime until);
+  size_t clampTier(size_t tier) const;
+
+  Random& random_;
+  LimitsConfig limits_;
+  TierMatcher matcher_;
+  RateBudgetPtr budget_;
+  AdaptiveRate adaptive_;
+  std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
+  AdmissionQueue queue_;
+  std::unordered_map<uint64_t, Pending> pending_;
+  std::unordered_map<SlotId, size_t> slot_tier_;
+  std::array<size_t, 4> queued_by_route_{};
+  SlotId next_slot_id_ = 1;
+  SchedulerCounters counters_;
+};
+
+}  // namespace hiapi::core

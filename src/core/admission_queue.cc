@@ -1,0 +1,233 @@
+#include "hiapi/core/admission_queue.h"
+
+#include <algorithm>
+
+namespace hiapi::core {
+
+const char* priorityName(Priority p) {
+  switch (p) {
+    case Priority::Retry: return "retry";
+    case Priority::Poll: return "poll";
+    case Priority::Create: return "create";
+    case Priority::Other: return "other";
+    case Priority::Background: return "background";
+  }
+  return "other";
+}
+
+const char* routeKindName(RouteKind r) {
+  switch (r) {
+    case RouteKind::Create: return "create";
+    case RouteKind::Poll: return "poll";
+    case RouteKind::List: return "list";
+    case RouteKind::Other: return "other";
+  }
+  return "other";
+}
+
+AdmissionQueue::AdmissionQueue(size_t max_size, size_t max_per_client)
+    : max_size_(std::max<size_t>(max_size, 1)), max_per_client_(max_per_client) {}
+
+void AdmissionQueue::setLimits(size_t max_size, size_t max_per_client) {
+  max_size_ = std::max<size_t>(max_size, 1);
+  max_per_client_ = max_per_client;
+}
+
+size_t AdmissionQueue::laneSize(std::optional<size_t> lane) const {
+  auto it = per_lane_.find(lane);
+  return it == per_lane_.end() ? 0 : it->second;
+}
+
+size_t AdmissionQueue::clientSize(const std::string& client) const {
+  auto it = per_client_.find(client);
+  return it == per_client_.end() ? 0 : it->second;
+}
+
+const QueueEntry* AdmissionQueue::find(uint64_t id) const {
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : &it->second.entry;
+}
+
+std::optional<MonotonicTime> AdmissionQueue::nextDeadline() const {
+  if (by_deadline_.empty()) {
+    return std::nullopt;
+  }
+  return by_deadline_.begin()->first;
+}
+
+EnqueueResult AdmissionQueue::push(QueueEntry entry) {
+  if (entries_.count(entry.id) != 0) {
+    return EnqueueResult::DuplicateId;
+  }
+  if (entries_.size() >= max_size_) {
+    return EnqueueResult::QueueFull;
+  }
+  if (max_per_client_ != 0 && clientSize(entry.client) >= max_per_client_) {
+    return EnqueueResult::ClientFull;
+  }
+  entry.seq = next_seq_++;
+  PriorityClass& cls = classes_[static_cast<size_t>(entry.priority)];
+  ClientQueue& cq = cls.clients[entry.client];
+  if (cq.count == 0) {
+    cq.tag = cq.last_served ? std::max(cls.vtime, *cq.last_served + 1) : cls.vtime;
+    cq.activation = entry.seq;
+    cls.order.emplace(cq.tag, cq.activation, entry.client);
+    ++cls.active;
+  }
+  std::list<uint64_t>& lane = cq.lanes[entry.lane];
+  lane.push_back(entry.id);
+  ++cq.count;
+  ++cls.count;
+  ++per_client_[entry.client];
+  ++per_lane_[entry.lane];
+  by_deadline_.emplace(entry.deadline, entry.id);
+  const uint64_t id = entry.id;
+  entries_.emplace(id, Stored{std::move(entry), std::prev(lane.end())});
+  return EnqueueResult::Queued;
+}
+
+void AdmissionQueue::unlink(Stored& stored) {
+  const QueueEntry& e = stored.entry;
+  PriorityClass& cls = classes_[static_cast<size_t>(e.priority)];
+  auto cit = cls.clients.find(e.client);
+  ClientQueue& cq = cit->second;
+  auto lit = cq.lanes.find(e.lane);
+  lit->second.erase(stored.pos);
+  if (lit->second.empty()) {
+    cq.lanes.erase(lit);
+  }
+  --cq.count;
+  --cls.count;
+  if (cq.count == 0) {
+    cls.order.erase(OrderKey{cq.tag, cq.activation, e.client});
+    --cls.active;
+    if (!cq.last_served) {
+      cls.clients.erase(cit);  // never served: nothing to remember
+    }
+  }
+  if (--per_client_[e.client] == 0) {
+    per_client_.erase(e.client);
+  }
+  if (--per_lane_[e.lane] == 0) {
+    per_lane_.erase(e.lane);
+  }
+  by_deadline_.erase({e.deadline, e.id});
+}
+
+std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    return std::nullopt;
+  }
+  unlink(it->second);
+  QueueEntry out = std::move(it->second.entry);
+  entries_.erase(it);
+  return out;
+}
+
+std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
+  std::vector<QueueEntry> out;
+  while (!by_deadline_.empty() && by_deadline_.begin()->first <= now) {
+    const uint64_t id = by_deadline_.begin()->second;
+    if (auto e = remove(id)) {
+      out.push_back(std::move(*e));
+    }
+  }
+  return out;
+}
+
+std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open) {
+  for (PriorityClass& cls : classes_) {
+    if (cls.count == 0) {
+      continue;
+    }
+    for (const OrderKey& key : cls.order) {
+      ClientQueue& cq = cls.clients.find(std::get<2>(key))->second;
+      // The client's oldest entry among its open lanes.
+      std::optional<uint64_t> best_id;
+      uint64_t best_seq = 0;
+      for (auto& [lane, ids] : cq.lanes) {
+        if (ids.empty() || !open(lane)) {
+          continue;
+        }
+        const uint64_t seq = entries_.at(ids.front()).entry.seq;
+        if (!best_id || seq < best_seq) {
+          best_id = ids.front();
+          best_seq = seq;
+        }
+      }
+      if (!best_id) {
+        continue;
+      }
+      const std::string client = std::get<2>(key);
+      const uint64_t served_tag = cq.tag;
+      auto it = entries_.find(*best_id);
+      unlink(it->second);  // may erase `key` from cls.order: do not touch it after this
+      QueueEntry out = std::move(it->second.entry);
+      entries_.erase(it);
+      cls.vtime = std::max(cls.vtime, served_tag);
+      ClientQueue& served = cls.clients[client];
+      served.last_served = served_tag;
+      if (served.count != 0) {
+        cls.order.erase(OrderKey{served.tag, served.activation, client});
+        served.tag = served_tag + 1;
+        cls.order.emplace(served.tag, served.activation, client);
+      }
+      prune(cls);
+      return out;
+    }
+  }
+  return std::nullopt;
+}
+
+bool AdmissionQueue::hasEligible(const LaneOpen& open) const {
+  for (const auto& [lane, count] : per_lane_) {
+    if (count != 0 && open(lane)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void AdmissionQueue::prune(PriorityClass& cls) {
+  // Idle clients whose last service is behind the virtual time are the same as new ones.
+  if (cls.clients.size() <= 2 * cls.active + 64) {
+    return;
+  }
+  for (auto it = cls.clients.begin(); it != cls.clients.end();) {
+    const ClientQueue& cq = it->second;
+    if (cq.count == 0 && (!cq.last_served || *cq.last_served + 1 <= cls.vtime)) {
+      it = cls.clients.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void AdmissionQueue::remapLanes(
+    const std::function<std::optional<size_t>(const QueueEntry&)>& map) {
+  per_lane_.clear();
+  for (PriorityClass& cls : classes_) {
+    for (auto& [client, cq] : cls.clients) {
+      std::vector<uint64_t> ids;
+      ids.reserve(cq.count);
+      for (auto& [lane, list] : cq.lanes) {
+        ids.insert(ids.end(), list.begin(), list.end());
+      }
+      std::sort(ids.begin(), ids.end(), [this](uint64_t a, uint64_t b) {
+        return entries_.at(a).entry.seq < entries_.at(b).entry.seq;
+      });
+      cq.lanes.clear();
+      for (uint64_t id : ids) {
+        Stored& s = entries_.at(id);
+        s.entry.lane = map(s.entry);
+        std::list<uint64_t>& lane = cq.lanes[s.entry.lane];
+        lane.push_back(id);
+        s.pos = std::prev(lane.end());
+        ++per_lane_[s.entry.lane];
+      }
+    }
+  }
+}
+
+}  // namespace hiapi::core

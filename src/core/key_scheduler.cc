@@ -1,0 +1,451 @@
+#include "hiapi/core/key_scheduler.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+
+#include "hiapi/core/retry_policy.h"
+
+namespace hiapi::core {
+
+namespace {
+
+std::string lowerCopy(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return out;
+}
+
+void earliest(std::optional<MonotonicTime>& acc, std::optional<MonotonicTime> t) {
+  if (t && (!acc || *t < *acc)) {
+    acc = t;
+  }
+}
+
+double sanitizedBurst(double burst) { return burst >= 1.0 ? burst : 1.0; }
+
+}  // namespace
+
+Limit429Cause classify429Code(std::string_view error_code) {
+  const std::string code = lowerCopy(error_code);
+  if (code.find("concurren") != std::string::npos) {
+    return Limit429Cause::Concurrency;
+  }
+  if (code.find("rate") != std::string::npos) {
+    return Limit429Cause::Rate;
+  }
+  return Limit429Cause::Unknown;
+}
+
+KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
+                           MonotonicTime now, Random& random, RateBudgetPtr budget)
+    : random_(random),
+      limits_(limits),
+      matcher_(limits.tiers),
+      budget_(std::move(budget)),
+      adaptive_(limits),
+      queue_(queue.max_size, queue.max_per_client) {
+  if (!budget_) {
+    budget_ = std::make_unique<TokenBucket>(adaptive_.configuredRate(),
+                                            sanitizedBurst(limits.burst), now);
+  }
+  for (const TierConfig& tier : matcher_.tiers()) {
+    gates_.push_back(std::make_unique<ConcurrencyGate>(tier.max_running, tier.lease,
+                                                       limits.recovery_time, now));
+  }
+}
+
+size_t KeyScheduler::clampTier(size_t tier) const { return std::min(tier, gates_.size() - 1); }
+
+size_t KeyScheduler::tierFor(std::string_view model,
+                             std::optional<std::string_view> route) const {
+  return matcher_.match(model, route);
+}
+
+void KeyScheduler::applyRate(MonotonicTime now) {
+  const double rate = adaptive_.effectiveRate(now);
+  if (rate > 0 && std::abs(rate - budget_->rate()) > 1e-12 * rate) {
+    budget_->setRate(rate, now);
+  }
+}
+
+void KeyScheduler::pauseBudget(MonotonicTime until) {
+  // Empty the budget so that exactly one token is there when the pause ends.
+  budget_->pauseUntil(until - fromSeconds(1.0 / budget_->rate()));
+}
+
+bool KeyScheduler::laneOpen(std::optional<size_t> lane, MonotonicTime now) const {
+  return !lane || gates_[*lane]->canAcquire(now);
+}
+
+SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now) {
+  if (pending_.count(request.id) != 0) {
+    return SubmitResult::DuplicateId;
+  }
+  Pending p;
+  p.route = request.route;
+  p.held_slot = request.held_slot;
+  p.enqueued = now;
+  if (request.route == RouteKind::Create) {
+    p.tier = clampTier(request.tier.value_or(gates_.size() - 1));
+    if (p.held_slot) {
+      // Trust the slot's real tier when we know it.
+      if (auto it = slot_tier_.find(*p.held_slot); it != slot_tier_.end()) {
+        p.tier = it->second;
+      } else {
+        p.held_slot.reset();  // expired or unknown: the retry needs a new slot
+      }
+    }
+  }
+  QueueEntry entry;
+  entry.id = request.id;
+  entry.client = request.client;
+  entry.priority = request.priority;
+  entry.deadline = request.deadline;
+  entry.enqueued = now;
+  if (p.route == RouteKind::Create && !p.held_slot) {
+    entry.lane = p.tier;
+  }
+  const std::optional<size_t> lane = entry.lane;
+  switch (queue_.push(std::move(entry))) {
+    case EnqueueResult::Queued:
+      break;
+    case EnqueueResult::DuplicateId:
+      return SubmitResult::DuplicateId;
+    case EnqueueResult::QueueFull:
+    case EnqueueResult::ClientFull:
+      ++counters_.queue_full;
+      return SubmitResult::QueueFull;
+  }
+  ++counters_.submitted;
+  ++queued_by_route_[static_cast<size_t>(p.route)];
+  pending_.emplace(request.id, p);
+  // Throttle reason, judged now: what would hold it back.
+  if (adaptive_.inCooldown(now)) {
+    ++counters_.throttled_cooldown;
+  } else if (!laneOpen(lane, now)) {
+    ++counters_.throttled_concurrency;
+  } else if (budget_->available(now) < 1.0) {
+    ++counters_.throttled_rate;
+  }
+  return SubmitResult::Queued;
+}
+
+void KeyScheduler::dropPending(uint64_t id, MonotonicTime /*now*/) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) {
+    return;
+  }
+  --queued_by_route_[static_cast<size_t>(it->second.route)];
+  if (it->second.held_slot) {
+    releaseSlot(*it->second.held_slot, ReleaseReason::NotCreated, MonotonicTime{});
+  }
+  pending_.erase(it);
+}
+
+bool KeyScheduler::cancel(uint64_t id, MonotonicTime now) {
+  if (!queue_.remove(id)) {
+    return false;
+  }
+  dropPending(id, now);
+  ++counters_.cancelled;
+  return true;
+}
+
+void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
+  std::vector<SlotId> expired;
+  for (auto& gate : gates_) {
+    counters_.leases_expired += gate->expireLeases(now, &expired);
+  }
+  for (SlotId id : expired) {
+    slot_tier_.erase(id);
+  }
+  if (out != nullptr) {
+    out->expired_slots.insert(out->expired_slots.end(), expired.begin(), expired.end());
+  }
+  applyRate(now);
+}
+
+Dispatch KeyScheduler::dispatch(MonotonicTime now) {
+  Dispatch out;
+  refresh(now, &out);
+
+  for (QueueEntry& e : queue_.popExpired(now)) {
+    dropPending(e.id, now);
+    ++counters_.queue_timeout;
+    out.expired.push_back(e.id);
+  }
+
+  const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
+  bool waiting_for_token = false;
+  while (!queue_.empty() && !adaptive_.inCooldown(now)) {
+    // Reserve the token first; give it back if no entry can use it.
+    if (!budget_->tryAcquire(1.0, now)) {
+      waiting_for_token = true;
+      break;
+    }
+    std::optional<QueueEntry> entry = queue_.popNext(open);
+    if (!entry) {
+      budget_->refund(1.0, now);
+      break;
+    }
+    auto pit = pending_.find(entry->id);
+    Pending p = pit->second;
+    pending_.erase(pit);
+    --queued_by_route_[static_cast<size_t>(p.route)];
+
+    Admitted a;
+    a.id = entry->id;
+    a.route = p.route;
+    a.waited = now - entry->enqueued;
+    if (p.route == RouteKind::Create) {
+      a.tier = *p.tier;
+      if (p.held_slot && slot_tier_.count(*p.held_slot) != 0) {
+        a.slot = p.held_slot;
+      } else {
+        if (p.held_slot && !gates_[*p.tier]->canAcquire(now)) {
+          // Its held slot's lease ran out while it waited: it needs a new slot, and must wait
+          // on its tier's lane for one.
+          budget_->refund(1.0, now);
+          p.held_slot.reset();
+          entry->lane = p.tier;
+          pending_.emplace(entry->id, p);
+          ++queued_by_route_[static_cast<size_t>(p.route)];
+          queue_.push(std::move(*entry));  // just popped, so there is room
+          continue;
+        }
+        const SlotId slot = next_slot_id_++;
+        // The lane was open at this same `now`, so this cannot fail; stay safe regardless.
+        if (!gates_[*p.tier]->acquireWithId(slot, now)) {
+          budget_->refund(1.0, now);
+          out.expired.push_back(entry->id);
+          ++counters_.queue_timeout;
+          continue;
+        }
+        slot_tier_.emplace(slot, *p.tier);
+        a.slot = slot;
+      }
+    }
+    ++counters_.admitted;
+    out.admitted.push_back(a);
+  }
+
+  // When could anything change by itself?
+  if (!queue_.empty()) {
+    earliest(out.wake_at, queue_.nextDeadline());
+    if (queue_.hasEligible(open)) {
+      if (adaptive_.inCooldown(now)) {
+        earliest(out.wake_at, adaptive_.cooldownUntil());
+      } else if (waiting_for_token) {
+        if (auto wait = budget_->timeUntilAvailable(1.0, now)) {
+          earliest(out.wake_at, now + std::max(*wait, Duration(1)));
+        }
+      }
+    }
+    for (size_t t = 0; t < gates_.size(); ++t) {
+      if (queue_.hasLane(t) && !gates_[t]->canAcquire(now)) {
+        earliest(out.wake_at, gates_[t]->nextLeaseExpiry());
+        earliest(out.wake_at, gates_[t]->nextRecoveryAt(now));
+      }
+    }
+    if (out.wake_at && *out.wake_at <= now) {
+      out.wake_at = now + Duration(1);  // never ask for a timer in the past
+    }
+  }
+  return out;
+}
+
+void KeyScheduler::unadmit(const Admitted& admitted, MonotonicTime now) {
+  budget_->refund(1.0, now);
+  if (admitted.slot) {
+    releaseSlot(*admitted.slot, ReleaseReason::NotCreated, now);
+  }
+  if (counters_.admitted > 0) {
+    --counters_.admitted;
+  }
+}
+
+bool KeyScheduler::releaseSlot(SlotId slot, ReleaseReason reason, MonotonicTime /*now*/) {
+  auto it = slot_tier_.find(slot);
+  if (it == slot_tier_.end()) {
+    return false;
+  }
+  const bool released = gates_[it->second]->release(slot, reason);
+  slot_tier_.erase(it);
+  return released;
+}
+
+bool KeyScheduler::extendLease(SlotId slot, MonotonicTime new_expiry) {
+  auto it = slot_tier_.find(slot);
+  if (it == slot_tier_.end()) {
+    return false;
+  }
+  return gates_[it->second]->extendLease(slot, new_expiry);
+}
+
+SlotId KeyScheduler::restoreSlot(size_t tier, MonotonicTime lease_expiry) {
+  tier = clampTier(tier);
+  const SlotId slot = next_slot_id_++;
+  gates_[tier]->restoreWithId(slot, lease_expiry);
+  slot_tier_.emplace(slot, tier);
+  return slot;
+}
+
+void KeyScheduler::onUpstreamOutcome(const UpstreamOutcome& o, MonotonicTime now) {
+  refresh(now, nullptr);
+  if (o.status == 429) {
+    Limit429Cause cause = o.cause;
+    std::optional<size_t> tier;
+    if (o.tier) {
+      tier = clampTier(*o.tier);
+    }
+    if (o.slot) {
+      if (auto it = slot_tier_.find(*o.slot); it != slot_tier_.end()) {
+        tier = it->second;
+      }
+    }
+    if (cause == Limit429Cause::Unknown) {
+      cause = Limit429Cause::Rate;
+      if (o.route == RouteKind::Create && tier) {
+        uint32_t others = gates_[*tier]->running();
+        if (o.slot && gates_[*tier]->holds(*o.slot) && others > 0) {
+          --others;
+        }
+        if (others > 0) {
+          cause = Limit429Cause::Concurrency;
+        }
+      }
+    }
+    if (cause == Limit429Cause::Concurrency && o.route == RouteKind::Create && tier) {
+      ++counters_.upstream_429_concurrency;
+      gates_[*tier]->onConcurrencyLimited(now, o.slot);
+    } else {
+      ++counters_.upstream_429_rate;
+      std::optional<Duration> retry_after;
+      if (o.retry_after) {
+        retry_after = parseRetryAfter(*o.retry_after, o.wall_now);
+      }
+      const uint64_t before = adaptive_.decreases();
+      const MonotonicTime end = adaptive_.onRateLimited(now, retry_after, random_);
+      counters_.rate_decreases += adaptive_.decreases() - before;
+      applyRate(now);
+      pauseBudget(end);
+    }
+  } else if (o.status >= 200 && o.status < 500) {
+    adaptive_.onSuccess(now);
+  }
+  if (auto end = adaptive_.onRateLimitHeaders(o.ratelimit, now, o.wall_now)) {
+    pauseBudget(*end);
+  }
+}
+
+Duration KeyScheduler::estimatedWait(MonotonicTime now) const {
+  const double rate = std::max(adaptive_.effectiveRate(now), 1e-9);
+  const double tokens = budget_->available(now);
+  const double ahead = static_cast<double>(queue_.size()) + 1.0;
+  Duration wait = adaptive_.cooldownRemaining(now);
+  const double token_wait_s = std::max(0.0, (ahead - std::max(tokens, 0.0)) / rate);
+  return wait + fromSeconds(std::min(token_wait_s, 1e9));
+}
+
+uint32_t KeyScheduler::retryAfterSeconds(MonotonicTime now) const {
+  const double s = std::ceil(toSeconds(estimatedWait(now)));
+  const double cap = std::max(1.0, std::ceil(toSeconds(limits_.max_cooldown)));
+  return static_cast<uint32_t>(std::clamp(s, 1.0, cap));
+}
+
+Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
+  Snapshot s;
+  s.configured_rate = adaptive_.configuredRate();
+  s.effective_rate = adaptive_.effectiveRate(now);
+  s.tokens = budget_->available(now);
+  s.burst = budget_->burst();
+  s.cooldown_remaining = adaptive_.cooldownRemaining(now);
+  s.queue_depth = queue_.size();
+  for (size_t p = 0; p < kPriorityCount; ++p) {
+    s.queued_by_priority[p] = queue_.size(static_cast<Priority>(p));
+  }
+  s.queued_by_route = queued_by_route_;
+  for (size_t t = 0; t < gates_.size(); ++t) {
+    const ConcurrencyGate& g = *gates_[t];
+    TierSnapshot ts;
+    ts.name = matcher_.tier(t).name;
+    ts.running = g.running();
+    ts.ceiling = g.ceiling();
+    ts.effective_ceiling = g.effectiveCeiling(now);
+    ts.queued = queue_.laneSize(t);
+    ts.leases = g.leases();
+    ts.leases_expired = g.expiredTotal();
+    ts.ceiling_lowered = g.loweredTotal();
+    s.tiers.push_back(std::move(ts));
+  }
+  s.counters = counters_;
+  return s;
+}
+
+void KeyScheduler::reconfigure(const LimitsConfig& limits, const QueueConfig& queue,
+                               MonotonicTime now) {
+  queue_.setLimits(queue.max_size, queue.max_per_client);
+  reconfigure(limits, now);
+}
+
+void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
+  refresh(now, nullptr);
+  limits_ = limits;
+  adaptive_.reconfigure(limits);
+  budget_->setBurst(sanitizedBurst(limits.burst), now);
+  applyRate(now);
+
+  TierMatcher matcher(limits.tiers);
+  std::vector<std::unique_ptr<ConcurrencyGate>> gates(matcher.size());
+  std::vector<size_t> old_to_new(gates_.size(), matcher.size() - 1);
+  std::vector<bool> kept(gates_.size(), false);
+  for (size_t o = 0; o < gates_.size(); ++o) {
+    if (auto n = matcher.indexOf(matcher_.tier(o).name); n && !gates[*n]) {
+      const TierConfig& tc = matcher.tier(*n);
+      gates_[o]->reconfigure(tc.max_running, tc.lease, limits.recovery_time, now);
+      gates[*n] = std::move(gates_[o]);
+      old_to_new[o] = *n;
+      kept[o] = true;
+    }
+  }
+  for (size_t n = 0; n < gates.size(); ++n) {
+    if (!gates[n]) {
+      const TierConfig& tc = matcher.tier(n);
+      gates[n] = std::make_unique<ConcurrencyGate>(tc.max_running, tc.lease, limits.recovery_time,
+                                                   now);
+    }
+  }
+  // Slots of removed tiers are dropped; the others follow their tier.
+  for (auto it = slot_tier_.begin(); it != slot_tier_.end();) {
+    if (!kept[it->second]) {
+      it = slot_tier_.erase(it);
+    } else {
+      it->second = old_to_new[it->second];
+      ++it;
+    }
+  }
+  for (auto& [id, p] : pending_) {
+    if (p.tier) {
+      if (p.held_slot && slot_tier_.count(*p.held_slot) == 0) {
+        p.held_slot.reset();
+      }
+      p.tier = old_to_new[*p.tier];
+    }
+  }
+  // Waiting creates follow their tier; a retry whose held slot was dropped now needs a new slot,
+  // so it moves onto its tier's lane.
+  queue_.remapLanes([this](const QueueEntry& e) -> std::optional<size_t> {
+    const Pending& p = pending_.at(e.id);
+    if (p.route == RouteKind::Create && !p.held_slot) {
+      return p.tier;
+    }
+    return std::nullopt;
+  });
+  matcher_ = std::move(matcher);
+  gates_ = std::move(gates);
+}
+
+}  // namespace hiapi::core
