@@ -53,8 +53,16 @@ const char* kindOf(const YAML::Node& n) {
   return "an undefined value";
 }
 
-/// A non-secret value, quoted and cut short for a message.
+/// A non-secret value, quoted and cut short for a message. Something that looks like an API key
+/// pasted into the wrong place (an unknown key, a name) is not shown either.
+bool looksLikeApiKey(const std::string& v) {
+  return v.rfind("sk-", 0) == 0 || v.rfind("hi-sk-", 0) == 0;
+}
+
 std::string quote(const std::string& v) {
+  if (looksLikeApiKey(v)) {
+    return "(a value that looks like an API key, not shown)";
+  }
   std::string out = "'";
   for (size_t i = 0; i < v.size() && i < 60; ++i) {
     const unsigned char c = static_cast<unsigned char>(v[i]);
@@ -223,7 +231,8 @@ private:
         const std::string name = k.Scalar();
         const std::string child = join(path, name);
         if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
-          p.fail(k.Mark(), child, "unknown key " + quote(name) + suggest(name, allowed));
+          p.fail(k.Mark(), looksLikeApiKey(name) ? path : child,
+                 "unknown key " + quote(name) + suggest(name, allowed));
         }
         for (const Field& f : fields_) {
           if (f.key.Scalar() == name) {
@@ -670,6 +679,10 @@ void Parser::parseKeys(const Field& f, std::vector<KeyConfig>& out) const {
       fail(item.Mark(), path, "missing name");
     }
     k.name = str(*name);
+    if (looksLikeApiKey(k.name)) {
+      fail(*name, "this looks like an API key: names are labels (e.g. prod) and appear in logs "
+                  "and metrics; put the key under key or key_file");
+    }
     if (!isValidName(k.name)) {
       fail(*name, "invalid name " + quote(k.name) + " (1 to 32 of a-z, 0-9, _ and -)");
     }
@@ -1036,8 +1049,13 @@ Config parseConfig(const std::string& yaml_text, const std::string& file_name, E
   try {
     docs = YAML::LoadAll(yaml_text);
   } catch (const YAML::Exception& e) {
-    // yaml-cpp's messages name the construct ("illegal map value"), not the text around it.
-    parser.fail(e.mark, "", "invalid YAML: " + e.msg);
+    // yaml-cpp's messages name the construct ("illegal map value"), not the text around it,
+    // except a bad escape, which quotes one character: possibly of a key, so drop it.
+    std::string msg = e.msg;
+    if (msg.rfind("unknown escape character", 0) == 0) {
+      msg = "unknown escape character in a double-quoted string";
+    }
+    parser.fail(e.mark, "", "invalid YAML: " + msg);
   }
   if (docs.size() > 1) {
     parser.fail(docs[1].Mark(), "", "expected one YAML document, found " +
