@@ -9,6 +9,9 @@ namespace hiapi::core {
 namespace {
 // A timer set for "when the tokens are there" must find them there despite rounding.
 constexpr double kWakeSlackSeconds = 1e-6;
+// Rounding in (now - zero_time_) * rate must not turn 1 token into 0.9999999999: a request may
+// go when this little is missing (the debt is recorded exactly in zero_time_).
+constexpr double kTokenEpsilon = 1e-6;
 }  // namespace
 
 TokenBucket::TokenBucket(double rate_per_s, double burst, MonotonicTime now, bool start_full)
@@ -24,7 +27,7 @@ double TokenBucket::balance(MonotonicTime now) const {
 
 bool TokenBucket::consume(double n, MonotonicTime now) {
   const double tokens = balance(now);
-  if (tokens < n) {
+  if (tokens + kTokenEpsilon < n) {
     return false;
   }
   // Moves zero_time_ forward by at least n / rate_ (see the class comment).
@@ -38,7 +41,7 @@ std::optional<Duration> TokenBucket::consumeWithBorrow(double n, MonotonicTime n
   }
   const double tokens = balance(now);
   zero_time_ = std::max(zero_time_, secondsOf(now) - (tokens - n) / rate_);
-  if (tokens >= n) {
+  if (tokens + kTokenEpsilon >= n) {
     return Duration::zero();
   }
   return fromSeconds((n - tokens) / rate_ + kWakeSlackSeconds);
@@ -49,7 +52,7 @@ std::optional<Duration> TokenBucket::timeUntilAvailable(double n, MonotonicTime 
     return std::nullopt;
   }
   const double tokens = balance(now);
-  if (tokens >= n) {
+  if (tokens + kTokenEpsilon >= n) {
     return Duration::zero();
   }
   const double wait_s = (n - tokens) / rate_ + kWakeSlackSeconds;
