@@ -415,8 +415,7 @@ private:
   }
 
   // ---- sections ------------------------------------------------------------------------------
-  void parseListen(const Field& f, ListenConfig& out, std::optional<Field>& address_field,
-                   std::optional<Field>& allow_field) const;
+  void parseListen(const Field& f, ListenConfig& out, std::optional<Field>& address_field) const;
   void parseAdmin(const Field& f, AdminConfig& out, std::optional<Field>& address_field,
                   std::optional<Field>& port_field) const;
   void parseUpstream(const Field& f, UpstreamConfig& out) const;
@@ -435,8 +434,8 @@ private:
   fs::path base_dir_;
 };
 
-void Parser::parseListen(const Field& f, ListenConfig& out, std::optional<Field>& address_field,
-                         std::optional<Field>& allow_field) const {
+void Parser::parseListen(const Field& f, ListenConfig& out,
+                         std::optional<Field>& address_field) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"address", "port", "allow_non_loopback", "max_body_size", "max_header_size",
              "client_timeout"});
@@ -446,8 +445,8 @@ void Parser::parseListen(const Field& f, ListenConfig& out, std::optional<Field>
   if (auto v = m.get("port")) {
     out.port = static_cast<uint16_t>(integer(*v, 0, 65535));
   }
-  if ((allow_field = m.get("allow_non_loopback"))) {
-    out.allow_non_loopback = boolean(*allow_field);
+  if (auto v = m.get("allow_non_loopback")) {
+    out.allow_non_loopback = boolean(*v);
   }
   if (auto v = m.get("max_body_size")) {
     out.max_body_bytes = size(*v);
@@ -968,11 +967,10 @@ Config Parser::parse(const YAML::Node& root) {
             {"listen", "admin", "upstream", "auth", "keys", "limits", "queue", "retry", "tasks",
              "log", "drain_timeout"});
   std::optional<Field> listen_address;
-  std::optional<Field> allow;
   std::optional<Field> admin_address;
   std::optional<Field> admin_port;
   if (auto v = m.get("listen")) {
-    parseListen(*v, c.listen, listen_address, allow);
+    parseListen(*v, c.listen, listen_address);
   }
   if (auto v = m.get("admin")) {
     parseAdmin(*v, c.admin, admin_address, admin_port);

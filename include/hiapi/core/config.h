@@ -202,11 +202,14 @@ Config parseConfig(const std::string& yaml_text, const std::string& file_name,
 /// Reads and parses a file. @throws ConfigError (also for an unreadable file).
 Config loadConfig(const std::string& path, EnvLookup env = nullptr);
 
-/// Parses `250ms`, `2s`, `5m`, `1h`, `1.5s`. @return nullopt when malformed.
+/// Parses `250ms`, `2s`, `5m`, `1h`, `1.5s`, and sums such as `1m30s`. A bare number, a sign or
+/// a space is malformed. @return nullopt when malformed (or beyond 100000 h).
 std::optional<Duration> parseDuration(const std::string& text);
-/// Parses `60/min`, `5/s`, `3600/h`, `0.5/s`. @return nullopt when malformed or ≤ 0.
+/// Parses `60/min`, `5/s`, `3600/h`, `0.5/s` (units s|sec|second, m|min|minute, h|hour).
+/// @return nullopt when malformed or ≤ 0.
 std::optional<Rate> parseRate(const std::string& text);
-/// Parses `10MiB`, `64KiB`, `1024`, `10MB`. @return nullopt when malformed.
+/// Parses `10MiB`, `64KiB`, `1GiB` (1024-based), `10MB`, `1kB` (1000-based), `1024` or `512B`
+/// (bytes). @return nullopt when malformed or too large for 64 bits.
 std::optional<uint64_t> parseSize(const std::string& text);
 
 }  // namespace hiapi::core
