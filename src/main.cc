@@ -1,1 +1,90 @@
-int main() { return 0; }
+// hiapi-proxy: flags, configuration, and the daemon. Wiring only.
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "hiapi/core/config.h"
+#include "hiapi/shell/daemon.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/version.h"
+
+namespace {
+
+constexpr const char* kDefaultConfig = "/etc/hiapi-proxy/hiapi-proxy.yaml";
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "Usage: hiapi-proxy [--config PATH] [--check-config [PATH]] [--port-file PATH]\n"
+               "                   [--version] [--help]\n"
+               "\n"
+               "A local rate-limiting proxy for the HiAPI task API: one token bucket per key,\n"
+               "per-tier concurrency gates, a fair bounded queue, 429 absorption.\n"
+               "\n"
+               "  --config PATH        configuration file (default %s)\n"
+               "  --check-config [PATH] validate the configuration, print a one-line summary,\n"
+               "                       exit 0 when valid and 1 when not (like nginx -t)\n"
+               "  --port-file PATH     write the bound ports there (proxy=N, admin=N)\n"
+               "  --version            print the version and exit\n"
+               "  --help               print this help and exit\n",
+               kDefaultConfig);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path = kDefaultConfig;
+  std::string port_file;
+  bool check_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "hiapi-proxy: %s needs a value\n", flag);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      usage(stdout);
+      return 0;
+    } else if (a == "--version") {
+      std::printf("hiapi-proxy %s\n", HIAPI_PROXY_VERSION);
+      return 0;
+    } else if (a == "--config" || a == "-c") {
+      config_path = value("--config");
+    } else if (a.rfind("--config=", 0) == 0) {
+      config_path = a.substr(std::strlen("--config="));
+    } else if (a == "--check-config" || a == "-t") {
+      check_only = true;
+      if (i + 1 < argc && argv[i + 1][0] != '-') {
+        config_path = argv[++i];
+      }
+    } else if (a == "--port-file") {
+      port_file = value("--port-file");
+    } else {
+      std::fprintf(stderr, "hiapi-proxy: unknown argument '%s'\n", a.c_str());
+      usage(stderr);
+      return 2;
+    }
+  }
+
+  std::shared_ptr<const hiapi::core::Config> cfg;
+  try {
+    cfg = std::make_shared<const hiapi::core::Config>(hiapi::core::loadConfig(config_path));
+  } catch (const hiapi::core::ConfigError& e) {
+    std::fprintf(stderr, "hiapi-proxy: %s\n", e.what());
+    if (check_only) {
+      std::fprintf(stderr, "hiapi-proxy: configuration %s is invalid\n", config_path.c_str());
+    }
+    return 1;
+  }
+  if (check_only) {
+    std::printf("%s: %s\n", config_path.c_str(), cfg->summary().c_str());
+    return 0;
+  }
+  hiapi::shell::Logger log(cfg->log.format, cfg->log.level);
+  hiapi::shell::Daemon daemon({config_path, port_file}, cfg, log);
+  return daemon.run();
+}

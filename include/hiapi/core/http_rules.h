@@ -1,0 +1,52 @@
+#pragma once
+// Pure HTTP rules the proxy applies: hop-by-hop header filtering, routing of HiAPI paths,
+// absolute-form URIs, Authorization parsing. No sockets, no libevent.
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hiapi::core {
+
+/// What a request is, for the budget and the task tracker.
+enum class ApiRoute { Create, Poll, List, Other };
+
+/// @return "create", "poll", "list" or "other" (metric label values).
+std::string_view routeName(ApiRoute r);
+
+/// The route of a request path (without query) and method, and the task id for a poll.
+struct RouteMatch {
+  ApiRoute kind = ApiRoute::Other;
+  std::string task_id;  ///< percent-decoded id for Poll, empty otherwise
+};
+
+/// @param method upper-case HTTP method. @param path the path part only (no query).
+/// @return nullopt when the path is outside /v1/ (the proxy answers 404 itself).
+std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view path);
+
+/// Lower-cased tokens named by a Connection header value ("close, X-Foo" → {"close","x-foo"}).
+std::vector<std::string> connectionTokens(std::string_view connection_value);
+
+/// @return true for hop-by-hop headers (RFC 9110 §7.6.1 plus Proxy-*), and for any header named
+///         by the message's Connection header. Case-insensitive.
+bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens);
+
+/// An absolute-form request target ("http://host:port/path?q") split up.
+struct AbsoluteUri {
+  std::string scheme;
+  std::string host;  ///< lower-cased, brackets removed for IPv6
+  std::optional<uint16_t> port;
+  std::string path_and_query;  ///< "/" when empty
+};
+
+/// @return the parts when @p target is absolute-form, nullopt when it is origin-form ("/...").
+std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target);
+
+/// @return the token of "Bearer <token>" (scheme case-insensitive), nullopt otherwise.
+std::optional<std::string> bearerToken(std::string_view authorization);
+
+/// Case-insensitive ASCII comparison.
+bool iequals(std::string_view a, std::string_view b);
+
+}  // namespace hiapi::core

@@ -1,0 +1,121 @@
+#pragma once
+// The client-facing listener: routes /v1/... to the upstream, answers everything else itself
+// with a proxy error, keeps the one-answer-per-request rule of evhttp, and tracks clients that go
+// away so that their requests are never sent.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/config.h"
+#include "hiapi/core/http_rules.h"
+#include "hiapi/core/proxy_error.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/shell/upstream_pool.h"
+
+namespace hiapi::shell {
+
+/// One client request from arrival to answer. Owned by ProxyServer.
+struct RequestCtx {
+  uint64_t id = 0;
+  std::string request_id;  ///< the proxy's id, "hp-…", in logs and proxy errors
+  evhttp_request* req = nullptr;
+  evhttp_connection* client_conn = nullptr;
+  bool client_gone = false;
+  bool answered = false;
+  std::string method;
+  core::RouteMatch route;
+  std::string client;        ///< fairness class from the client header, "" = shared
+  std::string key_name;      ///< config name or "pt-<fingerprint>"; never the key
+  UpstreamRequest upstream;  ///< what goes out (headers filtered, key set)
+  core::MonotonicTime received{};
+  core::MonotonicTime deadline{};  ///< the answer must be sent by then
+  core::Duration queued{};
+  core::Duration upstream_time{};
+  int attempts = 0;
+  uint64_t pool_handle = 0;
+  std::string upstream_request_id;
+  std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
+};
+
+/// Decides when a request may go upstream. The default lets everything through at once; the
+/// limiter plugs in here. Thread-safety: loop thread only.
+class AdmissionHook {
+public:
+  virtual ~AdmissionHook() = default;
+  /// Called once per request ready to go. Must eventually call @p go or @p reject, or be told
+  /// by clientGone() that the client left.
+  virtual void admit(RequestCtx& ctx, std::function<void()> go,
+                     std::function<void(core::ProxyError, int retry_after_s)> reject) = 0;
+  /// The client of a request still waiting in admit() has gone: forget it and return its
+  /// reservations; go/reject must not be called afterwards.
+  virtual void clientGone(RequestCtx& ctx) = 0;
+  /// The upstream answered (or failed): for budgets, cooldowns and retries.
+  /// @return true when the hook takes the request back to retry it (it will call go again).
+  virtual bool completed(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
+};
+
+/// Thread-safety: loop thread only.
+class ProxyServer {
+public:
+  ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPool& pool, Logger& log);
+  ~ProxyServer();
+  ProxyServer(const ProxyServer&) = delete;
+  ProxyServer& operator=(const ProxyServer&) = delete;
+
+  /// Binds the listener. @return false (and logs why) on failure.
+  bool listen();
+  /// @return the bound port (useful with port 0).
+  uint16_t port() const { return port_; }
+  /// Stops accepting new connections; in-flight requests continue.
+  void stopAccepting();
+  /// Answers every request still waiting with 503 shutting_down.
+  void abortPending();
+  /// @return requests received and not yet answered.
+  size_t active() const { return requests_.size(); }
+  bool draining() const { return draining_; }
+
+  void setAdmission(AdmissionHook* hook) { admission_ = hook; }
+  void setConfig(core::ConfigSharedPtr cfg) { cfg_ = std::move(cfg); }
+
+  /// Sends the request upstream now (called by the admission hook through go()).
+  void forward(RequestCtx& ctx);
+
+  /// Observer of finished requests (metrics). Called once per request, before it is freed.
+  std::function<void(const RequestCtx&, int status)> on_finished;
+
+private:
+  static void onRequest(evhttp_request* req, void* arg);
+  static void onClientClose(evhttp_connection* conn, void* arg);
+
+  void handle(evhttp_request* req);
+  bool prepare(RequestCtx& ctx);
+  void onUpstream(uint64_t id, UpstreamResponse&& resp);
+  void replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp);
+  void replyError(RequestCtx& ctx, core::ProxyError e, std::string_view message = {},
+                  int retry_after_s = -1);
+  void sendReply(RequestCtx& ctx, int status, evbuffer* body);
+  void done(RequestCtx& ctx, int status);
+  RequestCtx* find(uint64_t id);
+
+  event_base* base_;
+  core::ConfigSharedPtr cfg_;
+  UpstreamPool& pool_;
+  Logger& log_;
+  evhttp* http_ = nullptr;
+  evhttp_bound_socket* bound_ = nullptr;
+  uint16_t port_ = 0;
+  bool draining_ = false;
+  uint64_t next_id_ = 1;
+  uint64_t id_salt_ = 0;
+  AdmissionHook* admission_ = nullptr;
+  std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
+};
+
+}  // namespace hiapi::shell

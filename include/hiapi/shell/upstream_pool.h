@@ -1,0 +1,128 @@
+#pragma once
+// Connections to the one configured upstream: keep-alive, bounded in number, one request at a
+// time per evhttp_connection (libevent #1763), verified TLS, connect and response timeouts.
+// Moves bytes only: it never retries; the caller's retry step decides.
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/config.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/shell/tls.h"
+
+namespace hiapi::shell {
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+using Headers = std::vector<Header>;
+
+/// @return the first value of @p name (case-insensitive), or nullptr.
+const std::string* findHeader(const Headers& headers, std::string_view name);
+
+struct UpstreamRequest {
+  evhttp_cmd_type method = EVHTTP_REQ_GET;
+  std::string target;  ///< origin-form path and query, byte for byte from the client
+  Headers headers;     ///< end-to-end headers; the pool adds Host
+  std::string body;
+  core::Duration timeout{};  ///< this attempt's response timeout; zero = the pool's default
+};
+
+enum class UpstreamError {
+  None,
+  Connect,         ///< could not connect (refused, unreachable, DNS)
+  ConnectTimeout,  ///< no connection (or TLS handshake) within connect_timeout
+  Tls,             ///< TLS handshake or certificate verification failed
+  Timeout,         ///< no complete reply within response_timeout
+  Reset,           ///< connection closed or reset before a complete reply
+  Protocol,        ///< the reply could not be parsed
+};
+
+/// @return a short label for logs and metrics ("connect", "tls", ...).
+std::string_view upstreamErrorName(UpstreamError e);
+
+struct UpstreamResponse {
+  UpstreamError error = UpstreamError::None;
+  int status = 0;  ///< 0 when error != None
+  Headers headers;
+  std::string body;
+  std::string message;             ///< detail for an error (OpenSSL reason, errno text)
+  bool request_maybe_sent = true;  ///< false when it failed before any byte could be sent
+  core::Duration latency{};
+};
+
+using UpstreamCallback = std::function<void(UpstreamResponse&&)>;
+
+/// Thread-safety: the event loop thread only.
+class UpstreamPool {
+public:
+  /// @throws std::runtime_error when the TLS context cannot be built.
+  UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log);
+  ~UpstreamPool();
+  UpstreamPool(const UpstreamPool&) = delete;
+  UpstreamPool& operator=(const UpstreamPool&) = delete;
+
+  /// Sends @p req on an idle or new connection, or waits for one when the pool is full.
+  /// @p done is called exactly once, later (never from inside send), unless cancel() is called
+  /// first. @return a handle for cancel().
+  uint64_t send(UpstreamRequest req, UpstreamCallback done);
+
+  /// Drops a request that is still waiting for a connection (nothing was sent). A request already
+  /// on the wire is not cancelled (it may have created a task): @return false then.
+  bool cancelIfWaiting(uint64_t handle);
+
+  size_t busyConnections() const;
+  size_t idleConnections() const;
+  size_t waiting() const { return waiting_.size(); }
+  size_t inFlight() const { return attempts_.size() - waiting_.size(); }
+
+private:
+  struct Conn;
+  struct Attempt;
+
+  Conn* takeConnection();
+  Conn* newConnection();
+  void start(Attempt* a, Conn* c);
+  void finish(Attempt* a, UpstreamResponse&& resp);
+  void release(Conn* c, bool reusable);
+  void discard(Conn* c);
+  void pump();
+  void closeIdleExpired();
+  bool connectionEstablished(Conn* c) const;
+
+  static void onResponse(evhttp_request* req, void* arg);
+  static void onError(evhttp_request_error err, void* arg);
+  static void onConnClose(evhttp_connection* evcon, void* arg);
+  static void onAttemptTimeout(evutil_socket_t, short, void* arg);
+  static void onConnectTimeout(evutil_socket_t, short, void* arg);
+  static void onDeferred(evutil_socket_t, short, void* arg);
+  static void onIdleSweep(evutil_socket_t, short, void* arg);
+
+  event_base* base_;
+  evdns_base* dns_ = nullptr;
+  core::UpstreamConfig cfg_;
+  Logger& log_;
+  std::unique_ptr<TlsClientContext> tls_;
+  std::string host_header_;
+  uint64_t next_id_ = 1;
+  std::vector<std::unique_ptr<Conn>> conns_;
+  std::deque<uint64_t> waiting_;
+  std::unordered_map<uint64_t, std::unique_ptr<Attempt>> attempts_;
+  std::vector<std::unique_ptr<Conn>> graveyard_;  ///< freed on the next loop turn
+  event* deferred_ = nullptr;
+  event* idle_sweep_ = nullptr;
+  std::vector<std::pair<std::unique_ptr<Attempt>, UpstreamResponse>> completions_;
+};
+
+}  // namespace hiapi::shell

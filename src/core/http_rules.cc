@@ -1,0 +1,214 @@
+#include "hiapi/core/http_rules.h"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+
+namespace hiapi::core {
+namespace {
+
+char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
+
+std::string toLower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), lower);
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) {
+    s.remove_suffix(1);
+  }
+  return s;
+}
+
+int hexValue(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
+// Percent-decodes; nullopt on a malformed escape.
+std::optional<std::string> percentDecode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size()) {
+        return std::nullopt;
+      }
+      const int hi = hexValue(s[i + 1]);
+      const int lo = hexValue(s[i + 2]);
+      if (hi < 0 || lo < 0) {
+        return std::nullopt;
+      }
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (lower(a[i]) != lower(b[i])) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string_view routeName(ApiRoute r) {
+  switch (r) {
+  case ApiRoute::Create:
+    return "create";
+  case ApiRoute::Poll:
+    return "poll";
+  case ApiRoute::List:
+    return "list";
+  case ApiRoute::Other:
+    return "other";
+  }
+  return "other";
+}
+
+std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view path) {
+  constexpr std::string_view kV1 = "/v1/";
+  if (path.substr(0, kV1.size()) != kV1 && path != "/v1") {
+    return std::nullopt;
+  }
+  RouteMatch m;
+  constexpr std::string_view kTasks = "/v1/tasks";
+  if (path == kTasks || path == "/v1/tasks/") {
+    if (method == "POST") {
+      m.kind = ApiRoute::Create;
+    } else if (method == "GET") {
+      m.kind = ApiRoute::List;
+    }
+    return m;
+  }
+  if (method == "GET" && path.substr(0, kTasks.size() + 1) == "/v1/tasks/") {
+    std::string_view id = path.substr(kTasks.size() + 1);
+    if (!id.empty() && id.find('/') == std::string_view::npos) {
+      if (auto decoded = percentDecode(id); decoded && !decoded->empty()) {
+        m.kind = ApiRoute::Poll;
+        m.task_id = std::move(*decoded);
+      }
+    }
+  }
+  return m;
+}
+
+std::vector<std::string> connectionTokens(std::string_view value) {
+  std::vector<std::string> out;
+  while (!value.empty()) {
+    const size_t comma = value.find(',');
+    std::string_view tok = trim(value.substr(0, comma));
+    if (!tok.empty()) {
+      out.push_back(toLower(tok));
+    }
+    if (comma == std::string_view::npos) {
+      break;
+    }
+    value.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens) {
+  static constexpr std::array<std::string_view, 8> kHop{
+      "connection", "keep-alive", "te",      "trailer",
+      "trailers",   "transfer-encoding", "upgrade", "proxy-connection"};
+  const std::string n = toLower(name);
+  if (std::find(kHop.begin(), kHop.end(), n) != kHop.end()) {
+    return true;
+  }
+  if (n.rfind("proxy-", 0) == 0) {
+    return true;
+  }
+  return std::find(connection_tokens.begin(), connection_tokens.end(), n) !=
+         connection_tokens.end();
+}
+
+std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target) {
+  const size_t sep = target.find("://");
+  if (target.empty() || target.front() == '/' || sep == std::string_view::npos || sep == 0) {
+    return std::nullopt;
+  }
+  AbsoluteUri u;
+  u.scheme = toLower(target.substr(0, sep));
+  std::string_view rest = target.substr(sep + 3);
+  const size_t slash = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, slash);
+  u.path_and_query = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
+  if (!u.path_and_query.empty() && u.path_and_query.front() == '?') {
+    u.path_and_query = std::string("/") + u.path_and_query;
+  }
+  if (const size_t at = authority.rfind('@'); at != std::string_view::npos) {
+    authority.remove_prefix(at + 1);
+  }
+  std::string_view host = authority;
+  std::string_view port;
+  if (!authority.empty() && authority.front() == '[') {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos) {
+      return std::nullopt;
+    }
+    host = authority.substr(1, close - 1);
+    if (close + 1 < authority.size() && authority[close + 1] == ':') {
+      port = authority.substr(close + 2);
+    }
+  } else if (const size_t colon = authority.rfind(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  u.host = toLower(host);
+  if (!port.empty()) {
+    unsigned v = 0;
+    for (char c : port) {
+      if (c < '0' || c > '9' || v > 65535) {
+        return std::nullopt;
+      }
+      v = v * 10 + static_cast<unsigned>(c - '0');
+    }
+    if (v == 0 || v > 65535) {
+      return std::nullopt;
+    }
+    u.port = static_cast<uint16_t>(v);
+  }
+  return u;
+}
+
+std::optional<std::string> bearerToken(std::string_view authorization) {
+  authorization = trim(authorization);
+  constexpr std::string_view kBearer = "bearer";
+  if (authorization.size() <= kBearer.size() + 1 ||
+      !iequals(authorization.substr(0, kBearer.size()), kBearer) ||
+      (authorization[kBearer.size()] != ' ' && authorization[kBearer.size()] != '\t')) {
+    return std::nullopt;
+  }
+  std::string_view tok = trim(authorization.substr(kBearer.size()));
+  if (tok.empty()) {
+    return std::nullopt;
+  }
+  return std::string(tok);
+}
+
+}  // namespace hiapi::core

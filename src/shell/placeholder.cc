@@ -1,2 +1,0 @@
-// placeholder: replaced by the shell
-int placeholder_unused_symbol = 0;

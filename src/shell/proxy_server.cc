@@ -1,0 +1,549 @@
+#include "hiapi/shell/proxy_server.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace hiapi::shell {
+namespace {
+
+// The official clients give up after 60 s; every answer must leave the proxy before that.
+constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
+constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
+
+std::string methodName(evhttp_cmd_type t) {
+  switch (t) {
+  case EVHTTP_REQ_GET:
+    return "GET";
+  case EVHTTP_REQ_POST:
+    return "POST";
+  case EVHTTP_REQ_HEAD:
+    return "HEAD";
+  case EVHTTP_REQ_PUT:
+    return "PUT";
+  case EVHTTP_REQ_DELETE:
+    return "DELETE";
+  case EVHTTP_REQ_OPTIONS:
+    return "OPTIONS";
+  case EVHTTP_REQ_TRACE:
+    return "TRACE";
+  case EVHTTP_REQ_CONNECT:
+    return "CONNECT";
+  case EVHTTP_REQ_PATCH:
+    return "PATCH";
+  }
+  return "UNKNOWN";
+}
+
+long long ms(core::Duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+bool isLoopbackName(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+// Parses a client's deadline header: "5s", "2500ms" or a plain number of seconds.
+std::optional<core::Duration> parseClientDeadline(const char* v) {
+  if (v == nullptr) {
+    return std::nullopt;
+  }
+  if (auto d = core::parseDuration(v)) {
+    return d;
+  }
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  if (end != v && *end == '\0' && s > 0) {
+    return core::fromSeconds(s);
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+ProxyServer::ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPool& pool,
+                         Logger& log)
+    : base_(base), cfg_(std::move(cfg)), pool_(pool), log_(log) {
+  std::random_device rd;
+  id_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+ProxyServer::~ProxyServer() {
+  for (auto& [id, ctx] : requests_) {
+    if (ctx->client_conn != nullptr && !ctx->client_gone) {
+      evhttp_connection_set_closecb(ctx->client_conn, nullptr, nullptr);
+    }
+  }
+  if (http_ != nullptr) {
+    evhttp_free(http_);
+  }
+}
+
+bool ProxyServer::listen() {
+  http_ = evhttp_new(base_);
+  if (http_ == nullptr) {
+    log_.error("evhttp_new failed");
+    return false;
+  }
+  const core::ListenConfig& l = cfg_->listen;
+  // libevent 2.1 answers bodies and headers over its own limits with a plain 413 of its own;
+  // set those hard limits above ours so that the usual oversize request gets our envelope
+  // (413 body_too_large / 431 headers_too_large), and memory stays bounded.
+  evhttp_set_max_body_size(http_, static_cast<ev_ssize_t>(l.max_body_bytes * 2 + (1u << 20)));
+  evhttp_set_max_headers_size(http_, static_cast<ev_ssize_t>(l.max_header_bytes * 2 + 8192));
+  evhttp_set_allowed_methods(http_, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                        EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                        EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+  evhttp_set_default_content_type(http_, nullptr);
+  evhttp_set_timeout(http_, static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(
+                                                 l.client_timeout)
+                                                 .count()));
+  evhttp_set_gencb(http_, &ProxyServer::onRequest, this);
+  bound_ = evhttp_bind_socket_with_handle(http_, l.address.c_str(), l.port);
+  if (bound_ == nullptr) {
+    log_.error("cannot listen", {{"address", l.address}, {"port", l.port}});
+    return false;
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (getsockname(evhttp_bound_socket_get_fd(bound_), reinterpret_cast<sockaddr*>(&ss), &len) ==
+      0) {
+    port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
+                                     : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  }
+  return true;
+}
+
+void ProxyServer::stopAccepting() {
+  draining_ = true;
+  if (bound_ != nullptr && http_ != nullptr) {
+    evhttp_del_accept_socket(http_, bound_);
+    bound_ = nullptr;
+  }
+}
+
+void ProxyServer::abortPending() {
+  std::vector<uint64_t> ids;
+  for (auto& [id, ctx] : requests_) {
+    ids.push_back(id);
+  }
+  for (uint64_t id : ids) {
+    RequestCtx* ctx = find(id);
+    if (ctx == nullptr) {
+      continue;
+    }
+    if (ctx->pool_handle != 0) {
+      pool_.cancelIfWaiting(ctx->pool_handle);
+    }
+    if (admission_ != nullptr) {
+      admission_->clientGone(*ctx);
+    }
+    replyError(*ctx, core::ProxyError::ShuttingDown, {}, 1);
+  }
+}
+
+void ProxyServer::onRequest(evhttp_request* req, void* arg) {
+  static_cast<ProxyServer*>(arg)->handle(req);
+}
+
+RequestCtx* ProxyServer::find(uint64_t id) {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
+  auto* self = static_cast<ProxyServer*>(arg);
+  for (auto& [id, ctx] : self->requests_) {
+    if (ctx->client_conn == conn && !ctx->answered) {
+      ctx->client_gone = true;
+      ctx->client_conn = nullptr;
+      ctx->outcome = "client_gone";
+      const uint64_t rid = id;
+      // Never send a request whose client has gone: drop it from admission or the pool's
+      // waiting line. One already on the wire completes (it may have created a task).
+      bool dropped = false;
+      if (ctx->pool_handle != 0) {
+        dropped = self->pool_.cancelIfWaiting(ctx->pool_handle);
+      } else if (self->admission_ != nullptr) {
+        self->admission_->clientGone(*ctx);
+        dropped = true;
+      } else {
+        dropped = true;
+      }
+      if (dropped) {
+        // Not from inside libevent's connection teardown: on the next loop turn.
+        event_base_once(
+            self->base_, -1, EV_TIMEOUT,
+            [](evutil_socket_t, short, void* a) {
+              auto* pair = static_cast<std::pair<ProxyServer*, uint64_t>*>(a);
+              if (RequestCtx* c = pair->first->find(pair->second)) {
+                pair->first->done(*c, 0);
+              }
+              delete pair;
+            },
+            new std::pair<ProxyServer*, uint64_t>(self, rid), nullptr);
+      }
+      break;
+    }
+  }
+}
+
+void ProxyServer::handle(evhttp_request* req) {
+  auto owned = std::make_unique<RequestCtx>();
+  RequestCtx& ctx = *owned;
+  ctx.id = next_id_++;
+  char rid[32];
+  std::snprintf(rid, sizeof rid, "hp-%016llx",
+                static_cast<unsigned long long>(id_salt_ ^ (ctx.id * 0x9E3779B97F4A7C15ull)));
+  ctx.request_id = rid;
+  ctx.req = req;
+  ctx.received = core::MonotonicClock::now();
+  ctx.deadline = ctx.received + kAnswerWithin;
+  ctx.client_conn = evhttp_request_get_connection(req);
+  ctx.method = methodName(evhttp_request_get_command(req));
+  requests_.emplace(ctx.id, std::move(owned));
+  if (ctx.client_conn != nullptr) {
+    evhttp_connection_set_closecb(ctx.client_conn, &ProxyServer::onClientClose, this);
+  }
+  if (!prepare(ctx)) {
+    return;  // answered with a proxy error
+  }
+  if (admission_ == nullptr) {
+    forward(ctx);
+    return;
+  }
+  const uint64_t id = ctx.id;
+  admission_->admit(
+      ctx,
+      [this, id] {
+        if (RequestCtx* c = find(id)) {
+          forward(*c);
+        }
+      },
+      [this, id](core::ProxyError e, int retry_after_s) {
+        if (RequestCtx* c = find(id)) {
+          replyError(*c, e, {}, retry_after_s);
+        }
+      });
+}
+
+bool ProxyServer::prepare(RequestCtx& ctx) {
+  const core::Config& cfg = *cfg_;
+  if (draining_) {
+    replyError(ctx, core::ProxyError::ShuttingDown, {}, 1);
+    return false;
+  }
+  if (ctx.method == "CONNECT") {
+    replyError(ctx, core::ProxyError::MethodNotAllowed);
+    return false;
+  }
+  const char* raw_uri = evhttp_request_get_uri(ctx.req);
+  std::string target = raw_uri != nullptr ? raw_uri : "";
+  if (auto abs = core::parseAbsoluteUri(target)) {
+    const bool ours = abs->host == cfg.upstream.host || isLoopbackName(abs->host) ||
+                      abs->host == cfg.listen.address;
+    if (!ours) {
+      replyError(ctx, core::ProxyError::NotAnOpenProxy,
+                 "hiapi-proxy forwards only to " + cfg.upstream.url + ", not to " + abs->host);
+      return false;
+    }
+    target = abs->path_and_query;
+  }
+  if (target.empty() || target.front() != '/') {
+    replyError(ctx, core::ProxyError::BadRequest, "request target must start with /");
+    return false;
+  }
+  const std::string path = target.substr(0, target.find('?'));
+  auto route = core::matchRoute(ctx.method, path);
+  if (!route) {
+    replyError(ctx, core::ProxyError::NotFound,
+               "hiapi-proxy forwards only /v1/... paths; set the base URL to http://" +
+                   cfg.listen.address + ":" + std::to_string(port_));
+    return false;
+  }
+  ctx.route = std::move(*route);
+
+  // Headers: end-to-end ones go on; hop-by-hop, Host, Content-Length (recomputed), the key and
+  // the proxy's own control headers stay here.
+  const evkeyvalq* in = evhttp_request_get_input_headers(ctx.req);
+  std::vector<std::string> conn_tokens;
+  uint64_t header_bytes = 0;
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    header_bytes += std::strlen(kv->key) + std::strlen(kv->value) + 4;
+    if (core::iequals(kv->key, "Connection")) {
+      auto t = core::connectionTokens(kv->value);
+      conn_tokens.insert(conn_tokens.end(), t.begin(), t.end());
+    }
+  }
+  if (header_bytes > cfg.listen.max_header_bytes) {
+    replyError(ctx, core::ProxyError::HeadersTooLarge);
+    return false;
+  }
+  const char* authorization = nullptr;
+  const char* key_select = nullptr;
+  const char* deadline_hdr = nullptr;
+  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
+    if (core::iequals(kv->key, "Authorization")) {
+      authorization = kv->value;
+      continue;
+    }
+    if (core::iequals(kv->key, cfg.queue.client_header)) {
+      ctx.client = kv->value;
+      continue;
+    }
+    if (core::iequals(kv->key, cfg.queue.deadline_header)) {
+      deadline_hdr = kv->value;
+      continue;
+    }
+    if (core::iequals(kv->key, kKeySelectHeader)) {
+      key_select = kv->value;
+      continue;
+    }
+    if (core::iequals(kv->key, "Host") || core::iequals(kv->key, "Content-Length") ||
+        core::isHopByHop(kv->key, conn_tokens)) {
+      continue;
+    }
+    ctx.upstream.headers.push_back(Header{kv->key, kv->value});
+  }
+  if (ctx.client.size() > 64) {
+    ctx.client.resize(64);  // a bounded fairness class, not a free-form label
+  }
+  if (auto d = parseClientDeadline(deadline_hdr)) {
+    ctx.deadline = std::min(ctx.deadline, ctx.received + *d);
+  }
+
+  // The key.
+  if (cfg.key_mode == core::KeyMode::Inject) {
+    const core::KeyConfig* key = cfg.keys.empty() ? nullptr : &cfg.keys.front();
+    if (key_select != nullptr) {
+      key = nullptr;
+      for (const core::KeyConfig& k : cfg.keys) {
+        if (k.name == key_select) {
+          key = &k;
+        }
+      }
+      if (key == nullptr) {
+        replyError(ctx, core::ProxyError::MissingApiKey,
+                   std::string("no configured key is named '") + key_select + "'");
+        return false;
+      }
+    }
+    if (key == nullptr || key->key.empty()) {
+      replyError(ctx, core::ProxyError::MissingApiKey);
+      return false;
+    }
+    ctx.key_name = key->name;
+    ctx.upstream.headers.push_back(Header{"Authorization", "Bearer " + key->key.reveal()});
+  } else {
+    if (authorization == nullptr || *authorization == '\0') {
+      replyError(ctx, core::ProxyError::MissingApiKey);
+      return false;
+    }
+    const auto token = core::bearerToken(authorization);
+    const core::Secret secret(token ? *token : std::string(authorization));
+    for (const core::KeyConfig& k : cfg.keys) {
+      if (k.key == secret) {
+        ctx.key_name = k.name;
+      }
+    }
+    if (ctx.key_name.empty()) {
+      ctx.key_name = "pt-" + secret.fingerprint();
+    }
+    ctx.upstream.headers.push_back(Header{"Authorization", authorization});
+  }
+
+  // The body, byte for byte.
+  evbuffer* body = evhttp_request_get_input_buffer(ctx.req);
+  const size_t len = evbuffer_get_length(body);
+  if (len > cfg.listen.max_body_bytes) {
+    replyError(ctx, core::ProxyError::BodyTooLarge,
+               "request body of " + std::to_string(len) + " bytes exceeds the limit of " +
+                   std::to_string(cfg.listen.max_body_bytes) + " bytes");
+    return false;
+  }
+  ctx.upstream.body.resize(len);
+  if (len > 0) {
+    evbuffer_copyout(body, ctx.upstream.body.data(), len);
+  }
+  ctx.upstream.method = evhttp_request_get_command(ctx.req);
+  ctx.upstream.target = std::move(target);
+  return true;
+}
+
+void ProxyServer::forward(RequestCtx& ctx) {
+  if (ctx.answered || ctx.client_gone) {
+    return;
+  }
+  const auto now = core::MonotonicClock::now();
+  if (ctx.attempts == 0) {
+    ctx.queued = now - ctx.received;
+  }
+  const core::Duration left = ctx.deadline - now;
+  if (left <= core::Duration::zero()) {
+    replyError(ctx, core::ProxyError::UpstreamTimeout, "no time left before the client's deadline");
+    return;
+  }
+  ++ctx.attempts;
+  UpstreamRequest copy = ctx.upstream;
+  copy.timeout = left;
+  const uint64_t id = ctx.id;
+  ctx.pool_handle = pool_.send(std::move(copy), [this, id](UpstreamResponse&& resp) {
+    onUpstream(id, std::move(resp));
+  });
+}
+
+void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr) {
+    return;
+  }
+  ctx->pool_handle = 0;
+  ctx->upstream_time += resp.latency;
+  if (resp.status >= 400) {
+    if (auto f = core::parseUpstreamError(resp.body); f.request_id) {
+      ctx->upstream_request_id = *f.request_id;
+    }
+  }
+  if (admission_ != nullptr && !ctx->client_gone && admission_->completed(*ctx, resp)) {
+    return;  // the hook retries it
+  }
+  if (admission_ != nullptr && ctx->client_gone) {
+    admission_->completed(*ctx, resp);  // budgets and task tracking still learn from it
+  }
+  if (ctx->client_gone) {
+    done(*ctx, resp.status);
+    return;
+  }
+  switch (resp.error) {
+  case UpstreamError::None:
+    replyUpstream(*ctx, resp);
+    return;
+  case UpstreamError::Tls:
+    replyError(*ctx, core::ProxyError::UpstreamTlsError, "TLS with the upstream failed: " + resp.message);
+    return;
+  case UpstreamError::Timeout:
+  case UpstreamError::ConnectTimeout:
+    replyError(*ctx, core::ProxyError::UpstreamTimeout, resp.message, 1);
+    return;
+  case UpstreamError::Connect:
+  case UpstreamError::Reset:
+  case UpstreamError::Protocol:
+    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message, 1);
+    return;
+  }
+}
+
+void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp) {
+  evkeyvalq* out = evhttp_request_get_output_headers(ctx.req);
+  std::vector<std::string> conn_tokens;
+  if (const std::string* c = findHeader(resp.headers, "Connection")) {
+    conn_tokens = core::connectionTokens(*c);
+  }
+  for (const Header& h : resp.headers) {
+    if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_tokens)) {
+      continue;
+    }
+    evhttp_add_header(out, h.name.c_str(), h.value.c_str());
+  }
+  evbuffer* buf = evbuffer_new();
+  if (!resp.body.empty()) {
+    evbuffer_add(buf, resp.body.data(), resp.body.size());
+  }
+  ctx.outcome = "forwarded";
+  sendReply(ctx, resp.status, buf);
+  evbuffer_free(buf);
+}
+
+void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_view message,
+                             int retry_after_s) {
+  if (ctx.answered) {
+    return;
+  }
+  const core::ProxyErrorInfo& info = core::proxyErrorInfo(e);
+  if (ctx.client_gone) {
+    done(ctx, info.status);
+    return;
+  }
+  evkeyvalq* out = evhttp_request_get_output_headers(ctx.req);
+  evhttp_clear_headers(out);
+  evhttp_add_header(out, "Content-Type", "application/json");
+  evhttp_add_header(out, std::string(core::kProxyErrorHeader).c_str(),
+                    std::string(info.code).c_str());
+  evhttp_add_header(out, "X-Request-Id", ctx.request_id.c_str());
+  if (retry_after_s >= 0) {
+    evhttp_add_header(out, "Retry-After", std::to_string(retry_after_s).c_str());
+  }
+  const std::string body = core::renderProxyError(e, ctx.request_id, message);
+  // libevent leaves Content-Length off some replies (CONNECT): always state it.
+  evhttp_add_header(out, "Content-Length", std::to_string(body.size()).c_str());
+  if (e == core::ProxyError::MethodNotAllowed || e == core::ProxyError::BodyTooLarge ||
+      e == core::ProxyError::HeadersTooLarge) {
+    // libevent closes after the reply when the request asked for it; a CONNECT reply has no
+    // body framing otherwise, and an oversized request is not worth keeping the socket for.
+    evkeyvalq* in = evhttp_request_get_input_headers(ctx.req);
+    evhttp_remove_header(in, "Connection");
+    evhttp_add_header(in, "Connection", "close");
+  }
+  evbuffer* buf = evbuffer_new();
+  evbuffer_add(buf, body.data(), body.size());
+  ctx.outcome = std::string(info.code);
+  if (!message.empty() && info.status >= 500) {
+    log_.warn("proxy error", {{"request_id", ctx.request_id}, {"code", info.code}, {"detail", message}});
+  }
+  sendReply(ctx, info.status, buf);
+  evbuffer_free(buf);
+}
+
+void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
+  ctx.answered = true;
+  if (ctx.client_conn != nullptr) {
+    evhttp_connection_set_closecb(ctx.client_conn, nullptr, nullptr);
+  }
+  evhttp_send_reply(ctx.req, status, nullptr, body);
+  ctx.req = nullptr;  // libevent owns and frees it now
+  done(ctx, status);
+}
+
+void ProxyServer::done(RequestCtx& ctx, int status) {
+  if (ctx.req != nullptr && ctx.client_gone) {
+    // An orphaned request (its connection is gone): ours to free.
+    evhttp_request_free(ctx.req);
+    ctx.req = nullptr;
+  }
+  std::vector<LogField> fields{
+      {"request_id", ctx.request_id},
+      {"method", ctx.method},
+      {"route", core::routeName(ctx.route.kind)},
+      {"status", status},
+      {"outcome", ctx.outcome.empty() ? std::string("unknown") : ctx.outcome},
+      {"queued_ms", ms(ctx.queued)},
+      {"upstream_ms", ms(ctx.upstream_time)},
+      {"attempts", ctx.attempts},
+      {"total_ms", ms(core::MonotonicClock::now() - ctx.received)},
+  };
+  if (!ctx.key_name.empty()) {
+    fields.emplace_back("key", ctx.key_name);
+  }
+  if (!ctx.client.empty()) {
+    fields.emplace_back("client", ctx.client);
+  }
+  if (!ctx.route.task_id.empty()) {
+    fields.emplace_back("task", ctx.route.task_id);
+  }
+  if (!ctx.upstream_request_id.empty()) {
+    fields.emplace_back("upstream_request_id", ctx.upstream_request_id);
+  }
+  log_.log(core::LogLevel::Info, "request", fields);
+  if (on_finished) {
+    on_finished(ctx, status);
+  }
+  requests_.erase(ctx.id);
+}
+
+}  // namespace hiapi::shell
