@@ -572,11 +572,11 @@ Reply Simulator::handleCreate(evhttp_request* req, KeyState& ks, const std::stri
         return errorReply(422, "IDEMPOTENCY_KEY_MISMATCH",
                           "Idempotency-Key reused with a different request body");
       }
-      if (now < rec.ready_s) {
+      if (rec.processing) {
         stats_.idem_processing++;
         Reply r = errorReply(409, "IDEMPOTENCY_KEY_PROCESSING",
                              "A request with this Idempotency-Key is still being processed");
-        double wait = std::max(1.0, std::ceil(rec.ready_s - now));
+        double wait = std::max(1.0, std::ceil(rec.reply_at_s - now));
         r.headers.emplace_back("Retry-After", std::to_string(static_cast<long long>(wait)));
         return r;
       }
@@ -645,17 +645,28 @@ Reply Simulator::handleCreate(evhttp_request* req, KeyState& ks, const std::stri
   after(task->duration_s, [this, id, epoch] { onTaskTerminal(id, epoch); });
   tasks_.emplace(id, std::move(task));
 
+  *hold_s = cfg_.create_delay_s;
+  Reply r;
+  r.body = "{\"code\":200,\"message\":\"success\",\"data\":{\"taskId\":\"" + id + "\"}}";
   if (!ikey.empty()) {
     IdemRecord rec;
     rec.body = body;
     rec.task_id = id;
-    rec.ready_s = now + cfg_.create_delay_s;
+    rec.processing = cfg_.create_delay_s > 0;
+    rec.reply_at_s = now + cfg_.create_delay_s;
     rec.expires_s = now + cfg_.idempotency_ttl_s;
     idem_[{key, ikey}] = std::move(rec);
+    if (cfg_.create_delay_s > 0) {
+      // "Processing" ends when the held reply actually goes out (not by the clock: timers may
+      // fire a hair early), so a client that retries after the reply always gets the replay.
+      r.on_sent = [this, key, ikey, epoch] {
+        auto it = idem_.find({key, ikey});
+        if (epoch == epoch_ && it != idem_.end()) {
+          it->second.processing = false;
+        }
+      };
+    }
   }
-  *hold_s = cfg_.create_delay_s;
-  Reply r;
-  r.body = "{\"code\":200,\"message\":\"success\",\"data\":{\"taskId\":\"" + id + "\"}}";
   return r;
 }
 
@@ -909,6 +920,9 @@ void Simulator::sendNow(evhttp_request* req, const Reply& reply) {
   evhttp_send_reply(req, reply.status, reasonPhrase(reply.status), buf);
   if (buf != nullptr) {
     evbuffer_free(buf);
+  }
+  if (reply.on_sent) {
+    reply.on_sent();
   }
 }
 

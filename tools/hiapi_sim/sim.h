@@ -31,6 +31,7 @@ struct Reply {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  std::function<void()> on_sent;  ///< run right after the reply is handed to evhttp
 };
 
 /// One simulated task. Its status is derived from the clock; `terminal` flips when its timer fires.
@@ -168,7 +169,8 @@ private:
   struct IdemRecord {
     std::string body;
     std::string task_id;
-    double ready_s = 0;    ///< still "processing" before this
+    bool processing = false;  ///< true until the create's (held) reply has been sent
+    double reply_at_s = 0;    ///< when that reply is due (for Retry-After)
     double expires_s = 0;  ///< forgotten after this
   };
   std::map<std::pair<std::string, std::string>, IdemRecord> idem_;
