@@ -127,7 +127,8 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
     ++counters_.throttled_cooldown;
   } else if (!laneOpen(lane, now)) {
     ++counters_.throttled_concurrency;
-  } else if (budget_->available(now) < 1.0) {
+  } else if (budget_->available(now) < static_cast<double>(queue_.size())) {
+    // Fewer tokens than requests waiting (this one included).
     ++counters_.throttled_rate;
   }
   return SubmitResult::Queued;

@@ -115,7 +115,7 @@ struct SchedulerCounters {
   uint64_t cancelled = 0;
   // Throttle reasons: why a submitted request could not go at once (judged at submit), plus the
   // rejections.
-  uint64_t throttled_rate = 0;         ///< no token
+  uint64_t throttled_rate = 0;         ///< fewer tokens than waiting requests
   uint64_t throttled_concurrency = 0;  ///< its tier's gate was full
   uint64_t throttled_cooldown = 0;     ///< the key was cooling down
   uint64_t queue_full = 0;
