@@ -424,6 +424,20 @@ TEST_F(KeySchedulerTest, EstimatedWaitGrowsWithQueue) {
   EXPECT_EQ(s.retryAfterSeconds(kStart), 10u);
 }
 
+TEST_F(KeySchedulerTest, ClockGoingBackwardsAdmitsNothingExtra) {
+  KeyScheduler s(limits(1.0, 2), queueConfig(), kStart, random_);
+  for (uint64_t i = 1; i <= 5; ++i) {
+    s.submit(req(i, RouteKind::Poll), kStart + seconds(10));
+  }
+  EXPECT_EQ(s.dispatch(kStart + seconds(10)).admitted.size(), 2u);
+  // An earlier timestamp (another callback's stale `now`) sees fewer tokens, not more.
+  EXPECT_TRUE(s.dispatch(kStart + seconds(5)).admitted.empty());
+  EXPECT_TRUE(s.dispatch(kStart).admitted.empty());
+  EXPECT_EQ(s.dispatch(kStart + seconds(11)).admitted.size(), 1u);
+  // A jump far ahead gives at most a burst.
+  EXPECT_EQ(s.dispatch(kStart + std::chrono::hours(2)).admitted.size(), 2u);
+}
+
 // ---- End to end in simulated time ------------------------------------------------------------------
 
 struct SimParams {
