@@ -223,8 +223,9 @@ private:
       if (!node.IsMap()) {
         p.fail(where, path, std::string("expected a map, got ") + kindOf(node));
       }
-      for (auto it = node.begin(); it != node.end(); ++it) {
-        const YAML::Node& k = it->first;
+      for (const auto& entry : node) {
+        // Copies: a yaml-cpp iterator's `->` yields a temporary, so a reference would dangle.
+        const YAML::Node k = entry.first;
         if (!k.IsScalar()) {
           p.fail(k.Mark(), path, std::string("expected a plain key, got ") + kindOf(k));
         }
@@ -241,7 +242,7 @@ private:
                        std::to_string(f.key.Mark().line + 1) + ")");
           }
         }
-        fields_.push_back(Field{child, k, it->second});
+        fields_.push_back(Field{child, k, entry.second});
       }
     }
 
