@@ -75,15 +75,15 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-std::string_view routeName(ApiRoute r) {
+std::string_view routeName(RouteKind r) {
   switch (r) {
-  case ApiRoute::Create:
+  case RouteKind::Create:
     return "create";
-  case ApiRoute::Poll:
+  case RouteKind::Poll:
     return "poll";
-  case ApiRoute::List:
+  case RouteKind::List:
     return "list";
-  case ApiRoute::Other:
+  case RouteKind::Other:
     return "other";
   }
   return "other";
@@ -98,9 +98,9 @@ std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view p
   constexpr std::string_view kTasks = "/v1/tasks";
   if (path == kTasks || path == "/v1/tasks/") {
     if (method == "POST") {
-      m.kind = ApiRoute::Create;
+      m.kind = RouteKind::Create;
     } else if (method == "GET") {
-      m.kind = ApiRoute::List;
+      m.kind = RouteKind::List;
     }
     return m;
   }
@@ -108,7 +108,7 @@ std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view p
     std::string_view id = path.substr(kTasks.size() + 1);
     if (!id.empty() && id.find('/') == std::string_view::npos) {
       if (auto decoded = percentDecode(id); decoded && !decoded->empty()) {
-        m.kind = ApiRoute::Poll;
+        m.kind = RouteKind::Poll;
         m.task_id = std::move(*decoded);
       }
     }

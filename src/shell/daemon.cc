@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "hiapi/shell/limiter.h"
 #include "hiapi/shell/proxy_server.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -14,6 +15,7 @@ Daemon::Daemon(DaemonOptions opts, core::ConfigSharedPtr cfg, Logger& log)
 
 Daemon::~Daemon() {
   proxy_.reset();
+  limiter_.reset();
   pool_.reset();
   for (event* e : {sigterm_, sigint_, sighup_, drain_tick_}) {
     if (e != nullptr) {
@@ -55,6 +57,8 @@ int Daemon::run() {
     return 1;
   }
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
+  limiter_ = std::make_unique<Limiter>(base_, cfg_, log_);
+  proxy_->setAdmission(limiter_.get());
   if (!proxy_->listen()) {
     return 1;
   }
@@ -96,6 +100,7 @@ void Daemon::reload() {
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     proxy_->setConfig(next);
+    limiter_->reconfigure(next);
     cfg_ = next;
     log_.info("reload ok", {{"summary", cfg_->summary()}});
   } catch (const core::ConfigError& e) {

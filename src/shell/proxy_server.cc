@@ -170,6 +170,9 @@ void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
       bool dropped = false;
       if (ctx->pool_handle != 0) {
         dropped = self->pool_.cancelIfWaiting(ctx->pool_handle);
+        if (dropped && self->admission_ != nullptr) {
+          self->admission_->clientGone(*ctx);  // returns its slot
+        }
       } else if (self->admission_ != nullptr) {
         self->admission_->clientGone(*ctx);
         dropped = true;

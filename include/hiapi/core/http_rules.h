@@ -7,17 +7,16 @@
 #include <string_view>
 #include <vector>
 
+#include "hiapi/core/admission_queue.h"  // RouteKind
+
 namespace hiapi::core {
 
-/// What a request is, for the budget and the task tracker.
-enum class ApiRoute { Create, Poll, List, Other };
-
 /// @return "create", "poll", "list" or "other" (metric label values).
-std::string_view routeName(ApiRoute r);
+std::string_view routeName(RouteKind r);
 
 /// The route of a request path (without query) and method, and the task id for a poll.
 struct RouteMatch {
-  ApiRoute kind = ApiRoute::Other;
+  RouteKind kind = RouteKind::Other;
   std::string task_id;  ///< percent-decoded id for Poll, empty otherwise
 };
 

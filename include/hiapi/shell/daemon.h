@@ -13,6 +13,7 @@ namespace hiapi::shell {
 
 class UpstreamPool;
 class ProxyServer;
+class Limiter;
 
 struct DaemonOptions {
   std::string config_path;
@@ -43,6 +44,7 @@ private:
   event_base* base_ = nullptr;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
+  std::unique_ptr<Limiter> limiter_;
   event* sigterm_ = nullptr;
   event* sigint_ = nullptr;
   event* sighup_ = nullptr;

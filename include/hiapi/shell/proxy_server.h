@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -41,6 +42,12 @@ struct RequestCtx {
   int attempts = 0;
   uint64_t pool_handle = 0;
   std::string upstream_request_id;
+  // Set by the limiter.
+  std::optional<uint64_t> slot;   ///< a create's tier slot while it is held
+  std::optional<size_t> tier;     ///< a create's tier
+  std::string model;              ///< a create's model (from a parsed copy of the body)
+  bool has_idempotency_key = false;
+  bool retrying = false;          ///< waiting for a retry (timer or queue)
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
 };
 

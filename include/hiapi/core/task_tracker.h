@@ -1,0 +1,365 @@
+#pragma once
+// TaskTracker: each task's life after its create, plus the poll cache in front of upstream.
+//
+// Records are keyed by (key, task_id), where `key` is the key's NAME (or, in passthrough mode, a
+// label that identifies the credential, such as Secret::fingerprint()) — never the secret. One
+// key is never served another key's record or cached reply: HiAPI answers 404 for another
+// account's task, and so must the proxy.
+//
+// Slots. A task created through the proxy (onCreated) or known from the state file (onRestored)
+// holds its tier's slot until a terminal status is seen — in a poll reply, a list reply, a
+// callback, or the proxy's own reconcile poll — and then onStatus / completePoll return its
+// SlotRelease exactly once. The scheduler's lease ends slots of tasks that never report back:
+// the shell then calls onSlotExpired, and no release is returned for it later.
+//
+// Poll coalescing. beginPoll answers Hit (a fresh cached reply), Join (a fetch is in flight: the
+// waiter is recorded) or Fetch (the caller fetches upstream; the waiter is recorded). The fetch
+// ends with completePoll (a reply) or abandonPoll (none), which return the waiters to answer.
+// Freshness: a 2xx reply is fresh for its tier's min_poll_interval (unknown tasks: the last
+// tier's), a 2xx reply with a terminal status for terminal_ttl, a 404 for not_found_ttl. Other
+// statuses are never cached. A status change seen elsewhere (list, callback) drops a cached
+// reply that says otherwise, so the next poll fetches it.
+//
+// Bounds. expire() drops stale replies, forgets terminal tasks terminal_ttl after they ended,
+// and enforces cache_max_entries (all records) and cache_max_bytes (cached replies) by LRU. A
+// record with waiters or a fetch in flight is never evicted; a record that holds a slot is never
+// forgotten (only its cached reply may be dropped), so the bounds can be exceeded by them alone.
+//
+// Time is an argument everywhere; the tracker never reads a clock.
+// Thread-safety: not thread-safe; one event-loop thread owns it.
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/concurrency_gate.h"
+#include "hiapi/core/config.h"
+
+namespace hiapi::core {
+
+/// A cached upstream reply to a poll.
+struct CachedReply {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;  ///< end-to-end headers as received
+  std::string body;
+};
+using CachedReplyPtr = std::shared_ptr<const CachedReply>;
+
+/// A tracked task's slot to give back (KeyScheduler::releaseSlot(slot, reason, now) of `key`).
+struct SlotRelease {
+  std::string key;
+  std::string task_id;
+  size_t tier = 0;
+  SlotId slot = 0;
+  std::string status;  ///< the terminal status seen (empty for a duplicate create)
+  /// TaskFinished for a task that ended; NotCreated for the superfluous slot of a duplicate
+  /// create (an idempotent replay of a task that is already tracked).
+  ReleaseReason reason = ReleaseReason::TaskFinished;
+};
+
+enum class PollAction {
+  Hit,    ///< answer from `reply` now (X-HiAPI-Proxy-Cache: hit, Age from `age`)
+  Join,   ///< a fetch is in flight: wait for its completePoll / abandonPoll
+  Fetch,  ///< fetch upstream now, then completePoll or abandonPoll
+};
+
+struct PollDecision {
+  PollAction action = PollAction::Fetch;
+  CachedReplyPtr reply;  ///< Hit: serve this
+  Duration age{};        ///< Hit: how old (for the Age header)
+};
+
+/// One record, for /status, reconcile and tests.
+struct TrackedTaskInfo {
+  std::string key;
+  std::string task_id;
+  size_t tier = 0;
+  std::string tier_name;
+  std::string model;
+  std::string status;  ///< last status seen (empty until one is)
+  std::optional<SlotId> slot;
+  MonotonicTime created{};
+  MonotonicTime last_upstream_poll{};  ///< last fetch started, or last status seen from upstream
+  MonotonicTime last_client_poll{};
+};
+
+/// See the file comment. Thread-safety: not thread-safe.
+class TaskTracker {
+public:
+  /// @param cfg TTLs, bounds, reconcile, and the terminal set = terminal_statuses ∪
+  ///        tolerated_terminal (compared case-insensitively)
+  /// @param tiers the limits' tiers, for names and min_poll_interval; empty = defaultTierConfigs()
+  /// Thread-safety: not thread-safe.
+  TaskTracker(const TasksConfig& cfg, std::vector<TierConfig> tiers);
+
+  /// Hot reload: new settings and tiers, keeping every record. Records follow their tier by name;
+  /// a record whose tier is gone moves to the last tier. Bounds apply at the next expire().
+  /// @param cfg the new task settings
+  /// @param tiers the new tiers; empty = defaultTierConfigs()
+  /// Thread-safety: not thread-safe.
+  void reconfigure(const TasksConfig& cfg, std::vector<TierConfig> tiers);
+
+  /// @param status a task status as seen on the wire
+  /// @return whether it is in the terminal set (case-insensitive).
+  /// Thread-safety: const; safe while no other call runs.
+  bool isTerminal(std::string_view status) const;
+
+  /// After a 2xx create: tracks the task, holding @p slot of @p tier.
+  /// @param key the key's name (never the secret)
+  /// @param task_id the id from the create reply
+  /// @param tier its tier index (clamped to the last)
+  /// @param slot the slot it holds; nullopt when it holds none
+  /// @param model the model of the create body
+  /// @param now the current time
+  /// @return a slot the caller must give back at once: the new @p slot when the task is already
+  ///         tracked holding a slot or already terminal (an idempotent replay), with reason
+  ///         NotCreated; nullopt normally.
+  /// Thread-safety: not thread-safe.
+  std::optional<SlotRelease> onCreated(const std::string& key, const std::string& task_id,
+                                       size_t tier, std::optional<SlotId> slot,
+                                       const std::string& model, MonotonicTime now);
+
+  /// A status seen for (key, task) in a detail, list or callback.
+  /// A terminal status is final: later statuses do not change it.
+  /// @param key the key's name
+  /// @param task_id the task
+  /// @param status the status as seen (empty is ignored)
+  /// @param now the current time
+  /// @return the task's slot to release when this status is the first terminal one seen while it
+  ///         held a slot (exactly once; later calls return nullopt). Unknown (key, task) pairs
+  ///         create no record: tasks not created through the proxy appear only in the poll
+  ///         cache, when polled, and never hold a slot.
+  /// Thread-safety: not thread-safe.
+  std::optional<SlotRelease> onStatus(const std::string& key, const std::string& task_id,
+                                      std::string_view status, MonotonicTime now);
+
+  /// The scheduler of @p key ended @p slot's lease: forgets the slot (no release is returned for
+  /// it later). The task stays known (polls, cache) without a slot.
+  /// @param key the key's name (slot ids are unique only within a key's scheduler)
+  /// @param slot the expired slot
+  /// @return whether a task held it.
+  /// Thread-safety: not thread-safe.
+  bool onSlotExpired(const std::string& key, SlotId slot);
+
+  /// As onSlotExpired(key, slot) for the one task of any key that holds @p slot. Slot ids repeat
+  /// across keys, so when more than one key holds this id nothing is forgotten (prefer the
+  /// two-argument form).
+  /// @param slot the expired slot
+  /// @return how many tasks forgot it (0 or 1).
+  /// Thread-safety: not thread-safe.
+  size_t onSlotExpired(SlotId slot);
+
+  // ---- poll coalescing and cache, keyed by (key, task_id) -------------------------------------
+
+  /// A client poll of GET /v1/tasks/{task_id} arrived.
+  /// @param key the key's name the poll is made with
+  /// @param task_id the task id of the path (decoded)
+  /// @param waiter the shell's request id (unique among this record's waiters)
+  /// @param now the current time
+  /// @return Hit with the reply and its age when a fresh reply is cached; else Join when a fetch
+  ///         is in flight (the waiter is recorded); else Fetch: the fetch is recorded as in
+  ///         flight and the waiter too.
+  /// Thread-safety: not thread-safe.
+  PollDecision beginPoll(const std::string& key, const std::string& task_id, uint64_t waiter,
+                         MonotonicTime now);
+
+  /// What completePoll decided.
+  struct PollCompletion {
+    std::vector<uint64_t> waiters;       ///< all recorded waiters, in arrival order
+    std::optional<SlotRelease> release;  ///< the slot to release when the reply was terminal
+  };
+
+  /// The upstream fetch for (key, task_id) finished with a reply.
+  /// A 2xx reply is cached (and its detail's status applied as by onStatus); a 404 is cached for
+  /// not_found_ttl; any other status is not cached. The in-flight mark is cleared.
+  /// @param key the key's name
+  /// @param task_id the task
+  /// @param reply the upstream reply (status, end-to-end headers, body)
+  /// @param now the current time
+  /// @return every waiter recorded (the fetcher — answered "miss" — and the joiners —
+  ///         "coalesced"), and the release if the status turned terminal.
+  /// Thread-safety: not thread-safe.
+  PollCompletion completePoll(const std::string& key, const std::string& task_id,
+                              const CachedReply& reply, MonotonicTime now);
+
+  /// The fetch failed without a reply, or was never sent (its client went away while queued).
+  /// Clears the in-flight mark and every waiter.
+  /// @param key the key's name
+  /// @param task_id the task
+  /// @return all waiters still recorded, in arrival order. The shell answers them with the
+  ///         error, or calls beginPoll again for each in order: the first gets Fetch, the others
+  ///         Join (a gone fetcher should be removed with cancelWaiter first).
+  /// Thread-safety: not thread-safe.
+  std::vector<uint64_t> abandonPoll(const std::string& key, const std::string& task_id);
+
+  /// A waiter's client went away: it will not be returned by completePoll / abandonPoll. The
+  /// fetch, if any, stays in flight.
+  /// @param key the key's name
+  /// @param task_id the task
+  /// @param waiter the shell's request id
+  /// @return whether it was recorded.
+  /// Thread-safety: not thread-safe.
+  bool cancelWaiter(const std::string& key, const std::string& task_id, uint64_t waiter);
+
+  // ---- reconcile ------------------------------------------------------------------------------
+
+  /// Tasks that hold a slot, are not terminal, have no fetch in flight, and had neither a client
+  /// poll nor an upstream poll (or status) for reconcile_interval; longest idle first. Each is
+  /// marked in flight (client polls join it); finish it with completePoll / abandonPoll.
+  /// @param now the current time
+  /// @param max at most this many
+  /// @return the tasks to poll at the lowest priority; empty when reconcile is off.
+  /// Thread-safety: not thread-safe.
+  std::vector<TrackedTaskInfo> dueForReconcile(MonotonicTime now, size_t max = 16);
+
+  /// @return when dueForReconcile could next return something (may be in the past); nullopt
+  ///         when reconcile is off or no task could become due without another event.
+  /// Thread-safety: const.
+  std::optional<MonotonicTime> nextReconcileAt() const;
+
+  // ---- bounds, expiry, stats ------------------------------------------------------------------
+
+  /// Drops replies past their TTL and forgotten records (see the file comment), then enforces
+  /// the LRU bounds. Call every second or so.
+  /// @param now the current time
+  /// Thread-safety: not thread-safe.
+  void expire(MonotonicTime now);
+
+  struct Stats {
+    size_t tracked = 0;        ///< records of tasks created through the proxy (or restored)
+    size_t holding_slots = 0;  ///< of which hold a slot
+    size_t cache_entries = 0;  ///< records with a cached reply
+    uint64_t cache_bytes = 0;  ///< bytes of cached replies (body + headers + overhead)
+    uint64_t hits = 0, coalesced = 0, misses = 0, evictions = 0, released = 0;
+    size_t records = 0;        ///< all records (tracked and poll-only)
+    size_t in_flight = 0;      ///< records with a fetch in flight
+    uint64_t slots_expired = 0;  ///< slots forgotten through onSlotExpired
+    uint64_t reconciles = 0;     ///< tasks handed out by dueForReconcile
+  };
+  /// @return counts and counters (counters are monotonic). Thread-safety: const.
+  Stats stats() const;
+
+  /// @return tasks that hold a slot, oldest first (for /status). Thread-safety: const.
+  std::vector<TrackedTaskInfo> running() const;
+
+  /// @return the record of (key, task_id), if any. Thread-safety: const.
+  std::optional<TrackedTaskInfo> find(const std::string& key, const std::string& task_id) const;
+
+  // ---- persistence (the shell writes/reads the file; this produces/consumes the text) ---------
+
+  /// @param now the current time (ages are relative to it)
+  /// @param wall_now_unix_ms the wall clock, in Unix ms, written as saved_at_unix_ms
+  /// @return `{"version":1,"saved_at_unix_ms":...,"tasks":[{"key":"prod","task_id":"..",
+  ///         "tier":"heavy","model":"..","age_ms":12345},...]}` listing the non-terminal tasks
+  ///         that hold a slot (key names only, never a secret).
+  /// Thread-safety: const.
+  std::string serialize(MonotonicTime now, int64_t wall_now_unix_ms) const;
+
+  struct RestoredTask {
+    std::string key;
+    std::string task_id;
+    std::string tier;   ///< tier NAME; map it with the current tiers (unknown → last tier)
+    std::string model;
+    Duration age{};     ///< age when saved, plus the time since saved_at when wall_now is given
+  };
+
+  /// Parses a state file. Strict: any malformed task rejects the whole file.
+  /// @param text the file's content
+  /// @param error set to a message (with the JSON offset or the field path) on failure; may be
+  ///        nullptr
+  /// @param wall_now_unix_ms when given, the downtime since saved_at_unix_ms (when positive) is
+  ///        added to every age
+  /// @return the tasks to restore; nullopt for non-JSON, an unknown version or wrong types.
+  ///         Never throws. The shell re-occupies a slot per task (KeyScheduler::restoreSlot) and
+  ///         then calls onRestored.
+  /// Thread-safety: pure.
+  static std::optional<std::vector<RestoredTask>> parseState(
+      std::string_view text, std::string* error,
+      std::optional<int64_t> wall_now_unix_ms = std::nullopt);
+
+  /// Tracks a task read from the state file, holding @p slot. Like onCreated otherwise.
+  /// @param key the key's name
+  /// @param task_id the task
+  /// @param tier its tier index (clamped to the last)
+  /// @param slot the slot restoreSlot gave it
+  /// @param model its model
+  /// @param created when it was created (now - age)
+  /// @return as onCreated (a slot to give back at once when the task is already tracked).
+  /// Thread-safety: not thread-safe.
+  std::optional<SlotRelease> onRestored(const std::string& key, const std::string& task_id,
+                                        size_t tier, SlotId slot, const std::string& model,
+                                        MonotonicTime created);
+
+  /// @return the index of the tier named @p name, or the last tier when none is.
+  /// Thread-safety: const.
+  size_t tierIndex(std::string_view name) const;
+
+private:
+  using RecordKey = std::pair<std::string, std::string>;  // (key, task_id)
+  struct Record;
+  using LruList = std::list<Record*>;
+
+  struct Record {
+    const RecordKey* id = nullptr;  ///< the map node's key (stable)
+    bool tracked = false;           ///< created / restored through the proxy
+    size_t tier = 0;
+    std::string model;
+    std::string status;
+    bool terminal = false;
+    MonotonicTime terminal_at{};
+    std::optional<SlotId> slot;
+    MonotonicTime created{};
+    MonotonicTime last_upstream_poll{};
+    MonotonicTime last_client_poll{};
+    // Poll cache.
+    CachedReplyPtr reply;
+    MonotonicTime reply_at{};
+    std::string reply_status;  ///< the status in the cached 2xx detail, if any
+    bool reply_terminal = false;
+    uint64_t reply_bytes = 0;
+    bool in_flight = false;
+    std::vector<uint64_t> waiters;
+    LruList::iterator lru;
+  };
+  using RecordMap = std::map<RecordKey, Record>;
+
+  Record& findOrCreate(const std::string& key, const std::string& task_id, MonotonicTime now);
+  Record* lookup(const std::string& key, const std::string& task_id);
+  const Record* lookup(const std::string& key, const std::string& task_id) const;
+  std::optional<SlotRelease> track(const std::string& key, const std::string& task_id,
+                                   size_t tier, std::optional<SlotId> slot,
+                                   const std::string& model, MonotonicTime created,
+                                   MonotonicTime now);
+  std::optional<SlotRelease> applyStatus(Record& r, std::string_view status, MonotonicTime now);
+  void touch(Record& r);
+  void dropReply(Record& r);
+  void erase(Record& r);
+  bool replyFresh(const Record& r, MonotonicTime now) const;
+  Duration replyTtl(const Record& r) const;
+  bool forgettable(const Record& r, MonotonicTime now) const;
+  void enforceBounds();
+  MonotonicTime lastActivity(const Record& r) const;
+  Duration minPollInterval(size_t tier) const;
+  size_t clampTier(size_t tier) const;
+  TrackedTaskInfo info(const Record& r) const;
+  void setTiers(std::vector<TierConfig> tiers);
+  void setConfig(const TasksConfig& cfg);
+
+  TasksConfig cfg_;
+  std::vector<TierConfig> tiers_;
+  std::vector<std::string> terminal_;  ///< lower-cased
+  RecordMap records_;
+  LruList lru_;  ///< least recently used first
+  size_t cache_entries_ = 0;
+  uint64_t cache_bytes_ = 0;
+  Stats counters_;  ///< only the monotonic counters are used
+};
+
+}  // namespace hiapi::core

@@ -1,0 +1,88 @@
+#pragma once
+// The limiter's shell: one KeyScheduler per key (the pure core decides), libevent timers for its
+// wake-ups and for retry delays, and the retry step ("should") around RetryPolicy ("would").
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <event2/event.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/config.h"
+#include "hiapi/core/key_scheduler.h"
+#include "hiapi/core/retry_policy.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/shell/proxy_server.h"
+
+namespace hiapi::shell {
+
+class Metrics;
+
+/// Thread-safety: loop thread only.
+class Limiter final : public AdmissionHook {
+public:
+  Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metrics* metrics = nullptr);
+  ~Limiter() override;
+  Limiter(const Limiter&) = delete;
+  Limiter& operator=(const Limiter&) = delete;
+
+  // AdmissionHook
+  void admit(RequestCtx& ctx, std::function<void()> go,
+             std::function<void(core::ProxyError, int retry_after_s)> reject) override;
+  void clientGone(RequestCtx& ctx) override;
+  bool completed(RequestCtx& ctx, const UpstreamResponse& resp) override;
+
+  /// Applies a new configuration, keeping state for keys and tiers that still exist.
+  void reconfigure(core::ConfigSharedPtr cfg);
+
+  /// Per-key snapshots for /status and metrics (key names only).
+  std::vector<std::pair<std::string, core::Snapshot>> snapshots() const;
+
+  /// A task reached a terminal status (seen in a poll, list or callback): frees its slot.
+  void taskFinished(const std::string& key, const std::string& task_id, const std::string& status);
+
+  /// Access for the task tracker (slot restore, reconcile).
+  core::KeyScheduler& scheduler(const std::string& key);
+
+  /// Hook: called when a create succeeded with its task id (task tracking).
+  std::function<void(const RequestCtx&, const std::string& task_id)> on_task_created;
+  /// Hook: called for each lease that ran out.
+  std::function<void(const std::string& key, uint64_t slot)> on_lease_expired;
+
+private:
+  struct Waiter {
+    RequestCtx* ctx;
+    std::function<void()> go;
+    std::function<void(core::ProxyError, int)> reject;
+  };
+  struct KeyState;
+  struct RetryTimer;
+
+  KeyState& keyState(const std::string& key);
+  core::LimitsConfig limitsFor(const std::string& key) const;
+  bool isTerminal(const std::string& status) const;
+  void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
+  void reject(uint64_t id, core::ProxyError e, int retry_after_s);
+  void pump(KeyState& ks);
+  void arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at);
+  static void onWake(evutil_socket_t, short, void* arg);
+  static void onRetryTimer(evutil_socket_t, short, void* arg);
+
+  event_base* base_;
+  core::ConfigSharedPtr cfg_;
+  Logger& log_;
+  Metrics* metrics_;
+  core::SteadyClock clock_;
+  core::SeededRandom random_;
+  std::unique_ptr<core::RetryPolicy> retry_policy_;
+  std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
+  /// Every request between admit() and its final answer: how to send or reject it.
+  std::unordered_map<uint64_t, Waiter> handles_;
+  /// Requests waiting out a retry delay.
+  std::unordered_map<uint64_t, std::unique_ptr<RetryTimer>> retry_timers_;
+  /// Created tasks holding a slot, until a terminal status or the lease: "key\ntask" → slot.
+  std::unordered_map<std::string, uint64_t> task_slots_;
+};
+
+}  // namespace hiapi::shell

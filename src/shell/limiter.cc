@@ -1,0 +1,464 @@
+#include "hiapi/shell/limiter.h"
+
+#include <random>
+#include <unordered_set>
+
+#include <rapidjson/document.h>
+
+#include "hiapi/core/http_rules.h"
+
+namespace hiapi::shell {
+namespace {
+
+timeval toTimeval(core::Duration d) {
+  if (d < core::Duration::zero()) {
+    d = core::Duration::zero();
+  }
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(us / 1'000'000);
+  tv.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
+  return tv;
+}
+
+std::optional<double> headerNumber(const Headers& h, std::string_view name) {
+  const std::string* v = findHeader(h, name);
+  if (v == nullptr) {
+    return std::nullopt;
+  }
+  char* end = nullptr;
+  const double d = std::strtod(v->c_str(), &end);
+  if (end == v->c_str()) {
+    return std::nullopt;
+  }
+  return d;
+}
+
+std::string taskKey(const std::string& key, const std::string& task) { return key + "\n" + task; }
+
+// The model and route of a create, read from a parsed copy of the body (never modified).
+void readCreateBody(const std::string& body, std::string& model, std::optional<std::string>& route) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return;
+  }
+  auto m = doc.FindMember("model");
+  if (m != doc.MemberEnd() && m->value.IsString()) {
+    model.assign(m->value.GetString(), m->value.GetStringLength());
+  }
+  auto r = doc.FindMember("route");
+  if (r != doc.MemberEnd() && r->value.IsString()) {
+    route = std::string(r->value.GetString(), r->value.GetStringLength());
+  }
+}
+
+std::optional<std::string> createdTaskId(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return std::nullopt;
+  }
+  auto d = doc.FindMember("data");
+  if (d == doc.MemberEnd() || !d->value.IsObject()) {
+    return std::nullopt;
+  }
+  auto t = d->value.FindMember("taskId");
+  if (t == d->value.MemberEnd() || !t->value.IsString()) {
+    return std::nullopt;
+  }
+  return std::string(t->value.GetString(), t->value.GetStringLength());
+}
+
+std::optional<std::string> detailStatus(const std::string& body) {
+  rapidjson::Document doc;
+  doc.Parse(body.data(), body.size());
+  if (doc.HasParseError() || !doc.IsObject()) {
+    return std::nullopt;
+  }
+  auto d = doc.FindMember("data");
+  if (d == doc.MemberEnd() || !d->value.IsObject()) {
+    return std::nullopt;
+  }
+  auto t = d->value.FindMember("status");
+  if (t == d->value.MemberEnd() || !t->value.IsString()) {
+    return std::nullopt;
+  }
+  return std::string(t->value.GetString(), t->value.GetStringLength());
+}
+
+std::string randomIdempotencyKey(core::Random& r) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out = "hiapi-proxy-";
+  for (int i = 0; i < 32; ++i) {
+    out.push_back(kHex[static_cast<int>(r.uniform() * 16) & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+struct Limiter::KeyState {
+  Limiter* owner = nullptr;
+  std::string name;
+  std::unique_ptr<core::KeyScheduler> sched;
+  std::unique_ptr<core::RetryBudget> budget;
+  event* timer = nullptr;
+  std::unordered_set<uint64_t> waiting;  ///< ids queued in the scheduler
+
+  ~KeyState() {
+    if (timer != nullptr) {
+      event_free(timer);
+    }
+  }
+};
+
+struct Limiter::RetryTimer {
+  Limiter* owner = nullptr;
+  std::string key;
+  uint64_t id = 0;
+  event* ev = nullptr;
+  ~RetryTimer() {
+    if (ev != nullptr) {
+      event_free(ev);
+    }
+  }
+};
+
+Limiter::Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metrics* metrics)
+    : base_(base), cfg_(std::move(cfg)), log_(log), metrics_(metrics),
+      random_(std::random_device{}()),
+      retry_policy_(std::make_unique<core::RetryPolicy>(cfg_->retry)) {}
+
+Limiter::~Limiter() = default;
+
+bool Limiter::isTerminal(const std::string& status) const {
+  for (const auto* set : {&cfg_->tasks.terminal_statuses, &cfg_->tasks.tolerated_terminal}) {
+    for (const std::string& t : *set) {
+      if (core::iequals(t, status)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+core::LimitsConfig Limiter::limitsFor(const std::string& key) const {
+  core::LimitsConfig l = cfg_->limits;
+  for (const core::KeyConfig& k : cfg_->keys) {
+    if (k.name == key) {
+      if (k.rate) {
+        l.rate = *k.rate;
+      }
+      if (k.burst) {
+        l.burst = *k.burst;
+      }
+    }
+  }
+  return l;
+}
+
+Limiter::KeyState& Limiter::keyState(const std::string& key) {
+  auto it = keys_.find(key);
+  if (it != keys_.end()) {
+    return *it->second;
+  }
+  auto ks = std::make_unique<KeyState>();
+  ks->owner = this;
+  ks->name = key;
+  ks->sched = std::make_unique<core::KeyScheduler>(limitsFor(key), cfg_->queue, clock_.now(),
+                                                   random_);
+  ks->budget = std::make_unique<core::RetryBudget>(cfg_->retry.budget_ratio,
+                                                   cfg_->retry.budget_min_retries);
+  ks->timer = evtimer_new(base_, &Limiter::onWake, ks.get());
+  KeyState& ref = *ks;
+  keys_.emplace(key, std::move(ks));
+  return ref;
+}
+
+core::KeyScheduler& Limiter::scheduler(const std::string& key) { return *keyState(key).sched; }
+
+void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
+                    std::function<void(core::ProxyError, int)> reject) {
+  KeyState& ks = keyState(ctx.key_name);
+  ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
+  if (ctx.route.kind == core::RouteKind::Create) {
+    std::optional<std::string> route;
+    readCreateBody(ctx.upstream.body, ctx.model, route);
+    ctx.tier = ks.sched->tierFor(ctx.model, route ? std::optional<std::string_view>(*route)
+                                                  : std::nullopt);
+    if (!ctx.has_idempotency_key && cfg_->retry.idempotency == core::IdempotencyMode::Inject) {
+      // Makes the proxy's own retries of this create safe: the server dedupes by key and body.
+      ctx.upstream.headers.push_back(Header{"Idempotency-Key", randomIdempotencyKey(random_)});
+      ctx.has_idempotency_key = true;
+    }
+  }
+  core::Priority prio = core::Priority::Other;
+  switch (ctx.route.kind) {
+  case core::RouteKind::Create:
+    prio = core::Priority::Create;
+    break;
+  case core::RouteKind::Poll:
+  case core::RouteKind::List:
+    prio = core::Priority::Poll;
+    break;
+  case core::RouteKind::Other:
+    prio = core::Priority::Other;
+    break;
+  }
+  handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
+  submit(ks, ctx, prio);
+}
+
+void Limiter::reject(uint64_t id, core::ProxyError e, int retry_after_s) {
+  auto it = handles_.find(id);
+  if (it == handles_.end()) {
+    return;
+  }
+  Waiter w = std::move(it->second);
+  handles_.erase(it);
+  w.reject(e, retry_after_s);
+}
+
+void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
+  const auto now = clock_.now();
+  core::RequestInfo info;
+  info.id = ctx.id;
+  info.route = ctx.route.kind;
+  info.priority = prio;
+  info.client = ctx.client;
+  info.tier = ctx.tier;
+  info.held_slot = ctx.slot;
+  info.deadline = std::min(ctx.received + cfg_->queue.deadline, ctx.deadline);
+  if (prio == core::Priority::Retry) {
+    // A retry may wait until the client's own deadline, not only the queue's.
+    info.deadline = ctx.deadline - std::chrono::seconds(1);
+  }
+  const core::SubmitResult r = ks.sched->submit(info, now);
+  if (r != core::SubmitResult::Queued) {
+    if (ctx.slot) {
+      ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
+      ctx.slot.reset();
+    }
+    reject(ctx.id, core::ProxyError::QueueFull, static_cast<int>(ks.sched->retryAfterSeconds(now)));
+    return;
+  }
+  ks.waiting.insert(ctx.id);
+  pump(ks);
+}
+
+void Limiter::pump(KeyState& ks) {
+  const auto now = clock_.now();
+  core::Dispatch d = ks.sched->dispatch(now);
+  for (uint64_t slot : d.expired_slots) {
+    for (auto it = task_slots_.begin(); it != task_slots_.end(); ++it) {
+      if (it->second == slot && it->first.rfind(ks.name + "\n", 0) == 0) {
+        task_slots_.erase(it);
+        break;
+      }
+    }
+    if (on_lease_expired) {
+      on_lease_expired(ks.name, slot);
+    }
+    log_.warn("task slot lease expired", {{"key", ks.name}, {"slot", slot}});
+  }
+  for (uint64_t id : d.expired) {
+    ks.waiting.erase(id);
+    auto it = handles_.find(id);
+    if (it == handles_.end()) {
+      continue;
+    }
+    it->second.ctx->slot.reset();  // released by the scheduler with the expiry
+    it->second.ctx->retrying = false;
+    reject(id, core::ProxyError::QueueTimeout, static_cast<int>(ks.sched->retryAfterSeconds(now)));
+  }
+  for (const core::Admitted& a : d.admitted) {
+    ks.waiting.erase(a.id);
+    auto it = handles_.find(a.id);
+    if (it == handles_.end()) {
+      ks.sched->unadmit(a, now);  // nobody to send it for (never expected)
+      continue;
+    }
+    it->second.ctx->slot = a.slot;
+    it->second.ctx->retrying = false;
+    it->second.go();  // sends; handles_ keeps the entry until the final answer
+  }
+  arm(ks, d.wake_at);
+}
+
+void Limiter::arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at) {
+  evtimer_del(ks.timer);
+  if (!wake_at) {
+    return;
+  }
+  const timeval tv = toTimeval(*wake_at - clock_.now() + std::chrono::microseconds(500));
+  evtimer_add(ks.timer, &tv);
+}
+
+void Limiter::onWake(evutil_socket_t, short, void* arg) {
+  auto* ks = static_cast<KeyState*>(arg);
+  ks->owner->pump(*ks);
+}
+
+void Limiter::clientGone(RequestCtx& ctx) {
+  auto kit = keys_.find(ctx.key_name);
+  if (kit == keys_.end()) {
+    return;
+  }
+  KeyState& ks = *kit->second;
+  const auto now = clock_.now();
+  if (ks.waiting.erase(ctx.id) > 0) {
+    ks.sched->cancel(ctx.id, now);  // returns the token reservation and a held slot
+    ctx.slot.reset();
+  }
+  retry_timers_.erase(ctx.id);
+  handles_.erase(ctx.id);
+  if (ctx.slot) {
+    ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
+    ctx.slot.reset();
+  }
+  pump(ks);
+}
+
+bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
+  KeyState& ks = keyState(ctx.key_name);
+  const auto now = clock_.now();
+  const auto wall = clock_.wallNow();
+
+  core::UpstreamOutcome out;
+  out.status = resp.error == UpstreamError::None ? resp.status : 0;
+  out.route = ctx.route.kind;
+  out.tier = ctx.tier;
+  out.slot = ctx.slot;
+  out.wall_now = wall;
+  if (resp.status == 429) {
+    const core::UpstreamErrorFields f = core::parseUpstreamError(resp.body);
+    out.cause = f.code ? core::classify429Code(*f.code) : core::Limit429Cause::Unknown;
+  }
+  if (const std::string* ra = findHeader(resp.headers, "Retry-After")) {
+    out.retry_after = *ra;
+  }
+  out.ratelimit.limit = headerNumber(resp.headers, "X-RateLimit-Limit");
+  out.ratelimit.remaining = headerNumber(resp.headers, "X-RateLimit-Remaining");
+  out.ratelimit.reset = headerNumber(resp.headers, "X-RateLimit-Reset");
+  ks.sched->onUpstreamOutcome(out, now);
+  if (ctx.attempts == 1) {
+    ks.budget->onRequest(now);
+  }
+
+  const bool success = resp.error == UpstreamError::None && resp.status >= 200 && resp.status < 300;
+  if (ctx.route.kind == core::RouteKind::Create && ctx.slot) {
+    if (success) {
+      // The task holds its slot until a terminal status is seen or the lease runs out.
+      if (auto task = createdTaskId(resp.body)) {
+        task_slots_[taskKey(ctx.key_name, *task)] = *ctx.slot;
+        if (on_task_created) {
+          on_task_created(ctx, *task);
+        }
+      }
+      ctx.slot.reset();
+    } else {
+      // No task was created (or we cannot tell it was): the slot goes back at once. A retry
+      // waits for a slot again, under the ceiling a concurrency 429 may have lowered.
+      ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
+      ctx.slot.reset();
+    }
+  }
+
+  bool retry = false;
+  if (!success && !ctx.client_gone) {
+    core::RetryInput in;
+    in.method = core::parseHttpMethod(ctx.method);
+    in.route = ctx.route.kind;
+    in.status = out.status;
+    in.bytes_sent = resp.request_maybe_sent;
+    in.has_idempotency_key = ctx.has_idempotency_key;
+    in.retry_after = out.retry_after;
+    in.attempt = static_cast<uint32_t>(ctx.attempts);
+    in.time_left = ctx.deadline - now;
+    in.wall_now = wall;
+    const core::RetryDecision dec = retry_policy_->decide(in, random_);
+    if (dec.retry) {
+      if (ks.budget->tryRetry(now)) {
+        retry = true;
+        ctx.retrying = true;
+        log_.debug("retrying", {{"request_id", ctx.request_id},
+                                {"reason", core::retryReasonName(dec.reason)},
+                                {"delay_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                 dec.delay)
+                                                 .count()}});
+        auto rt = std::make_unique<RetryTimer>();
+        rt->owner = this;
+        rt->key = ctx.key_name;
+        rt->id = ctx.id;
+        rt->ev = evtimer_new(base_, &Limiter::onRetryTimer, rt.get());
+        const timeval tv = toTimeval(dec.delay);
+        evtimer_add(rt->ev, &tv);
+        retry_timers_[ctx.id] = std::move(rt);
+      } else {
+        log_.warn("retry budget spent: answering with the upstream reply",
+                  {{"request_id", ctx.request_id}, {"key", ctx.key_name}});
+      }
+    }
+  }
+  if (success && ctx.route.kind == core::RouteKind::Poll) {
+    if (auto st = detailStatus(resp.body); st && isTerminal(*st)) {
+      taskFinished(ctx.key_name, ctx.route.task_id, *st);
+    }
+  }
+  if (!retry) {
+    handles_.erase(ctx.id);  // the proxy answers it now
+  }
+  pump(ks);
+  return retry;
+}
+
+void Limiter::onRetryTimer(evutil_socket_t, short, void* arg) {
+  auto* rt = static_cast<RetryTimer*>(arg);
+  Limiter* self = rt->owner;
+  const std::string key = rt->key;
+  const uint64_t id = rt->id;
+  self->retry_timers_.erase(id);  // frees rt
+  auto h = self->handles_.find(id);
+  if (h == self->handles_.end()) {
+    return;
+  }
+  // Back into the queue at its head (retries first); go() sends it again through the proxy.
+  self->submit(self->keyState(key), *h->second.ctx, core::Priority::Retry);
+}
+
+void Limiter::taskFinished(const std::string& key, const std::string& task_id,
+                           const std::string& status) {
+  auto it = task_slots_.find(taskKey(key, task_id));
+  if (it == task_slots_.end()) {
+    return;
+  }
+  const uint64_t slot = it->second;
+  task_slots_.erase(it);
+  KeyState& ks = keyState(key);
+  ks.sched->releaseSlot(slot, core::ReleaseReason::TaskFinished, clock_.now());
+  log_.debug("task finished", {{"key", key}, {"task", task_id}, {"status", status}});
+  pump(ks);
+}
+
+void Limiter::reconfigure(core::ConfigSharedPtr cfg) {
+  cfg_ = std::move(cfg);
+  retry_policy_ = std::make_unique<core::RetryPolicy>(cfg_->retry);
+  const auto now = clock_.now();
+  for (auto& [name, ks] : keys_) {
+    ks->sched->reconfigure(limitsFor(name), cfg_->queue, now);
+    ks->budget->reconfigure(cfg_->retry.budget_ratio, cfg_->retry.budget_min_retries);
+    pump(*ks);
+  }
+}
+
+std::vector<std::pair<std::string, core::Snapshot>> Limiter::snapshots() const {
+  std::vector<std::pair<std::string, core::Snapshot>> out;
+  const auto now = clock_.now();
+  for (const auto& [name, ks] : keys_) {
+    out.emplace_back(name, ks->sched->snapshot(now));
+  }
+  return out;
+}
+
+}  // namespace hiapi::shell
