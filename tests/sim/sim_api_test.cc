@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,7 +72,27 @@ std::string createBody(const std::string& model, const std::string& prompt,
   return "{\"model\":\"" + model + "\",\"input\":{\"prompt\":\"" + prompt + "\"}" + extra + "}";
 }
 
-const std::regex kTaskId("^tk-hiapi-[0-9A-HJKMNP-TV-Z]{26}$");
+bool allDigits(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// A positive integer without leading zeros (Retry-After in seconds).
+bool isPositiveInteger(const std::string& s) { return allDigits(s) && s[0] != '0'; }
+
+// "12.345": decimal seconds with three decimals.
+bool isDecimal3(const std::string& s) {
+  size_t dot = s.find('.');
+  return dot != std::string::npos && allDigits(s.substr(0, dot)) && s.size() - dot - 1 == 3 &&
+         allDigits(s.substr(dot + 1));
+}
+
+// "tk-hiapi-" + 26 Crockford base32 characters.
+bool isTaskId(const std::string& s) {
+  const std::string prefix = "tk-hiapi-";
+  return s.size() == prefix.size() + 26 && s.rfind(prefix, 0) == 0 &&
+         s.find_first_not_of("0123456789ABCDEFGHJKMNPQRSTVWXYZ", prefix.size()) ==
+             std::string::npos;
+}
 
 class SimTest : public ::testing::Test {
 protected:
@@ -110,7 +129,7 @@ protected:
     EXPECT_EQ(r.status, 200) << r.error << r.body;
     auto d = parseJson(r.body);
     std::string id = str(d, "/data/taskId");
-    EXPECT_TRUE(std::regex_match(id, kTaskId)) << id;
+    EXPECT_TRUE(isTaskId(id)) << id;
     return id;
   }
 
@@ -278,7 +297,7 @@ TEST_F(SimTest, BurstOverRateGets429DocsEnvelopeWithIntegerRetryAfter) {
     EXPECT_EQ(str(d, "/error_code"), "RATE_LIMIT_EXCEEDED");
     EXPECT_TRUE(rapidjson::Pointer("/data").Get(d)->IsNull());
     EXPECT_FALSE(has(d, "/error"));  // docs form only
-    EXPECT_TRUE(std::regex_match(r.header("Retry-After"), std::regex("^[1-9][0-9]*$")))
+    EXPECT_TRUE(isPositiveInteger(r.header("Retry-After")))
         << r.header("Retry-After");
     EXPECT_EQ(r.header("X-RateLimit-Remaining"), "0");
   }
@@ -311,8 +330,9 @@ TEST_F(SimTest, RetryAfterShareGuideEnvelopeDateAndDecimalFormats) {
     if (r.hasHeader("Retry-After")) {
       ++with;
       struct tm tm {};
-      const char* end = strptime(r.header("Retry-After").c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-      EXPECT_TRUE(end != nullptr && *end == '\0') << r.header("Retry-After");
+      const std::string value = r.header("Retry-After");
+      const char* end = strptime(value.c_str(), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+      EXPECT_TRUE(end != nullptr && *end == '\0') << value;
     }
   }
   EXPECT_NEAR(with, kN / 2, 30);  // 0.5 ± 0.15 (over 4 standard deviations)
@@ -323,7 +343,7 @@ TEST_F(SimTest, RetryAfterShareGuideEnvelopeDateAndDecimalFormats) {
   ASSERT_EQ(cfg.status, 200) << cfg.body;
   HttpResponse r = c.request("GET", "/v1/tasks", authHeaders("sk-a"));
   ASSERT_EQ(r.status, 429);
-  EXPECT_TRUE(std::regex_match(r.header("Retry-After"), std::regex("^[0-9]+\\.[0-9]{3}$")))
+  EXPECT_TRUE(isDecimal3(r.header("Retry-After")))
       << r.header("Retry-After");
   auto d = parseJson(r.body);
   EXPECT_EQ(str(d, "/error_code"), "RATE_LIMIT_EXCEEDED");
@@ -417,7 +437,7 @@ TEST_F(SimTest, IdempotencyProcessingGets409WithRetryAfter) {
   HttpResponse dup = call("POST", "/v1/tasks", "sk-a", body, {{"Idempotency-Key", "k-slow"}});
   EXPECT_EQ(dup.status, 409) << dup.body;
   EXPECT_EQ(str(parseJson(dup.body), "/error_code"), "IDEMPOTENCY_KEY_PROCESSING");
-  EXPECT_TRUE(std::regex_match(dup.header("Retry-After"), std::regex("^[1-9][0-9]*$")));
+  EXPECT_TRUE(isPositiveInteger(dup.header("Retry-After")));
   HttpResponse r = first.receive();
   ASSERT_EQ(r.status, 200) << r.error;
   std::string id = str(parseJson(r.body), "/data/taskId");
@@ -590,7 +610,7 @@ TEST_F(SimTest, CallbackDeliveredSignedAndRedelivered) {
     EXPECT_EQ(r.method, "POST");
     EXPECT_EQ(r.target, "/hook?x=1");
     std::string ts = r.headers.count("x-hiapi-timestamp") ? r.headers.at("x-hiapi-timestamp") : "";
-    ASSERT_TRUE(std::regex_match(ts, std::regex("^[0-9]{10}$"))) << ts;
+    ASSERT_TRUE(allDigits(ts) && ts.size() == 10) << ts;
     EXPECT_LE(std::llabs(std::atoll(ts.c_str()) - static_cast<long long>(std::time(nullptr))), 300);
     EXPECT_EQ(r.headers.count("x-hiapi-signature") ? r.headers.at("x-hiapi-signature") : "",
               hmacHex("s3cr3t", ts + "." + r.body));

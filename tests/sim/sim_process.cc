@@ -3,6 +3,7 @@
 #include "sim_process.h"
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,6 +54,8 @@ std::unique_ptr<SimProcess> SimProcess::start(const std::vector<std::string>& ar
     return nullptr;
   }
   if (pid == 0) {
+    // If the test process dies (crash, abort), the simulator goes with it: no orphans.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     int out = open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int err = open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (out >= 0) {
