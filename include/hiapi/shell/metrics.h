@@ -1,0 +1,144 @@
+#pragma once
+// Prometheus metrics of the daemon: one prometheus-cpp registry with every family listed in
+// metrics_list.h, plus process metrics read from /proc/self at scrape time.
+//
+// Labels come from bounded sets only: key = the key's NAME from the config (or "pt-<fingerprint>"
+// for passthrough keys), never a key; tier = tier name; route = create|poll|list|other;
+// code = HTTP status; reason/cause/outcome/result = fixed words. Values outside a fixed set are
+// mapped to "other"; a key label that looks like a secret becomes "redacted"; after kMaxKeyLabels
+// distinct key names, further ones are counted under "overflow".
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "hiapi/core/proxy_error.h"
+#include "hiapi/shell/metrics_list.h"
+
+namespace hiapi::shell {
+
+/// One row of the metric list (README / docs/metrics.md table).
+struct MetricDoc {
+  std::string name;
+  std::string type;    ///< counter | gauge | histogram
+  std::string labels;  ///< comma-separated, "" for none
+  std::string help;
+};
+
+/// Every metric the daemon exposes (registry families, then process metrics), in list order.
+/// Thread-safety: pure.
+std::vector<MetricDoc> metricDocs();
+
+/// Thread-safety: every method is safe to call from any thread (one internal mutex guards the
+/// label caches; prometheus-cpp metrics are atomic). In the daemon all calls come from the loop.
+class Metrics {
+public:
+  /// Distinct key label values kept; further key names are reported as "overflow".
+  static constexpr size_t kMaxKeyLabels = 256;
+
+  Metrics();
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  std::shared_ptr<prometheus::Registry> registry() { return registry_; }
+
+  /// @return the text exposition format 0.0.4 of the registry plus the process metrics.
+  std::string serialize();
+
+  // ---- events (counters, histograms) --------------------------------------------------------
+  /// A response went to a client. @param status HTTP status sent.
+  void clientResponse(std::string_view key, std::string_view route, int status);
+  /// The proxy answered an error itself. @param code the lower-case proxy error code.
+  void proxyError(std::string_view code);
+  void proxyError(core::ProxyError e);
+  /// One upstream attempt finished. @param status 0 = no HTTP answer (connect error, timeout).
+  void upstreamRequest(std::string_view key, std::string_view route, int status, double latency_s);
+  /// @param cause rate | concurrency | unknown
+  void upstream429(std::string_view key, std::string_view cause);
+  /// @param reason rate | concurrency | cooldown | queue_full | queue_timeout
+  void throttle(std::string_view key, std::string_view reason);
+  /// @param reason a fixed word: status_429, status_5xx, network, timeout, … (sanitised)
+  void retry(std::string_view key, std::string_view reason);
+  /// Time spent queued before going upstream.
+  void queueWait(std::string_view key, std::string_view route, double seconds);
+  /// @param result hit | coalesced | miss
+  void pollCache(std::string_view result);
+  /// @param outcome success | fail | lease_expired | other
+  void taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome);
+  void leaseExpired(std::string_view key, std::string_view tier);
+  void configReload(bool ok);
+
+  // ---- gauges ---------------------------------------------------------------------------------
+  struct KeyGauges {
+    std::string key;
+    double configured_rate = 0;  ///< requests per second
+    double effective_rate = 0;   ///< requests per second
+    double tokens = 0;
+    double cooldown_seconds = 0;
+    size_t queue_depth = 0;
+  };
+  struct TierGauges {
+    std::string key, tier;
+    double running = 0, ceiling = 0, effective_ceiling = 0;
+    size_t queued = 0;
+  };
+  void setKeyGauges(const KeyGauges& g);
+  void setTierGauges(const TierGauges& g);
+  void setTrackedTasks(size_t n);
+  void setUpstreamConnections(size_t busy, size_t idle);
+  void setReady(bool ready);
+  void setInflight(size_t n);
+  /// Removes the per-key gauge series (rate, tokens, cooldown, queue depth, tiers) of keys not in
+  /// @p keys, e.g. after a reload dropped a key. Counters are kept (they must stay monotonic).
+  void retainKeys(const std::vector<std::string>& keys);
+
+  /// @return the label value used for @p key (sanitised as described in the file comment).
+  /// Exposed for tests.
+  std::string keyLabel(std::string_view key);
+
+private:
+  template <typename T>
+  struct Cached {
+    prometheus::Family<T>* family = nullptr;
+    std::vector<std::string> label_names;
+    std::unordered_map<std::string, T*> series;
+  };
+
+  prometheus::Counter& counter(Cached<prometheus::Counter>& c,
+                               std::initializer_list<std::string_view> values);
+  prometheus::Gauge& gauge(Cached<prometheus::Gauge>& c,
+                           std::initializer_list<std::string_view> values);
+  prometheus::Histogram& histogram(Cached<prometheus::Histogram>& c,
+                                   const std::vector<double>& buckets,
+                                   std::initializer_list<std::string_view> values);
+  std::string keyLabelLocked(std::string_view key);
+  template <typename T>
+  static prometheus::Labels labelsFor(const Cached<T>& c,
+                                      std::initializer_list<std::string_view> values);
+  template <typename T>
+  static std::string cacheKey(const Cached<T>& c, std::initializer_list<std::string_view> values);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::mutex mu_;
+  std::unordered_set<std::string> keys_seen_;
+
+#define HIAPI_METRICS_MEMBER(member, Type, name, labels, buckets, help) \
+  Cached<prometheus::Type> member##_;
+  HIAPI_METRICS(HIAPI_METRICS_MEMBER)
+#undef HIAPI_METRICS_MEMBER
+};
+
+}  // namespace hiapi::shell

@@ -1,0 +1,78 @@
+#pragma once
+// Every metric the daemon exposes, in one list. metrics.cc expands it to register the families,
+// metricDocs() expands it for the README table, and a test keeps docs/metrics.md in sync with it.
+//
+// HIAPI_METRICS(X): X(member, Type, "name", "labels", Buckets, "help")
+//   member   the Metrics data member holding the family (family_<member>)
+//   Type     Counter | Gauge | Histogram (prometheus-cpp class)
+//   labels   comma-separated label names, "" for none; every value comes from a bounded set
+//   Buckets  a kBuckets… constant in metrics.cc for histograms, NoBuckets otherwise
+//   help     one line, no backslash, no newline (the 0.0.4 serializer does not escape help)
+//
+// Units: seconds, bytes, requests per second; counters end in _total.
+
+// clang-format off
+#define HIAPI_METRICS(X)                                                                          \
+  X(client_responses, Counter, "hiapi_proxy_client_responses_total", "key,route,code", NoBuckets, \
+    "Responses sent to clients, by key name, route and HTTP status code")                        \
+  X(errors, Counter, "hiapi_proxy_errors_total", "code", NoBuckets,                              \
+    "Errors the proxy answered itself (not the upstream's), by proxy error code")                 \
+  X(upstream_requests, Counter, "hiapi_proxy_upstream_requests_total", "key,route,code",          \
+    NoBuckets,                                                                                    \
+    "Attempts sent upstream, by key name, route and HTTP status code (0 = no HTTP answer)")        \
+  X(upstream_latency, Histogram, "hiapi_proxy_upstream_latency_seconds", "route",                 \
+    kLatencyBuckets, "Time from sending an attempt upstream to its complete answer")             \
+  X(upstream_429, Counter, "hiapi_proxy_upstream_429_total", "key,cause", NoBuckets,              \
+    "Upstream 429 answers, by key name and cause (rate, concurrency, unknown)")                   \
+  X(throttled, Counter, "hiapi_proxy_throttled_total", "key,reason", NoBuckets,                   \
+    "Requests the proxy held back or refused, by key name and reason (rate, concurrency, "        \
+    "cooldown, queue_full, queue_timeout)")                                                       \
+  X(retries, Counter, "hiapi_proxy_retries_total", "key,reason", NoBuckets,                       \
+    "Upstream attempts retried by the proxy, by key name and reason")                             \
+  X(queue_wait, Histogram, "hiapi_proxy_queue_wait_seconds", "key,route", kQueueWaitBuckets,       \
+    "Time a request waited in the admission queue before going upstream (1 ms to 60 s buckets)")  \
+  X(poll_cache, Counter, "hiapi_proxy_poll_cache_total", "result", NoBuckets,                     \
+    "Task polls by how they were answered (hit = cached, coalesced = joined a fetch, miss)")      \
+  X(tasks, Counter, "hiapi_proxy_tasks_total", "key,tier,outcome", NoBuckets,                    \
+    "Tasks that left the tracker, by key name, tier and outcome (success, fail, lease_expired, "  \
+    "other)")                                                                                     \
+  X(lease_expiries, Counter, "hiapi_proxy_lease_expiries_total", "key,tier", NoBuckets,          \
+    "Tier slots freed because no terminal status was seen before the lease ran out")              \
+  X(config_reloads, Counter, "hiapi_proxy_config_reloads_total", "result", NoBuckets,            \
+    "Configuration reloads (SIGHUP), by result (ok, failed)")                                     \
+  X(rate_configured, Gauge, "hiapi_proxy_rate_configured", "key", NoBuckets,                      \
+    "Configured request rate of a key, in requests per second")                                   \
+  X(rate_effective, Gauge, "hiapi_proxy_rate_effective", "key", NoBuckets,                        \
+    "Effective request rate of a key after adaptive decreases, in requests per second")           \
+  X(tokens_available, Gauge, "hiapi_proxy_tokens_available", "key", NoBuckets,                    \
+    "Tokens in the key's bucket (negative while requests are borrowed ahead)")                    \
+  X(cooldown, Gauge, "hiapi_proxy_cooldown_seconds", "key", NoBuckets,                            \
+    "Seconds left in the key's cool-down after an upstream 429 (0 = none)")                       \
+  X(queue_depth, Gauge, "hiapi_proxy_queue_depth", "key,tier", NoBuckets,                         \
+    "Requests waiting in the admission queue, per key and tier (tier=all: the whole key)")        \
+  X(tasks_running, Gauge, "hiapi_proxy_tasks_running", "key,tier", NoBuckets,                     \
+    "Tasks holding a slot of the tier's concurrency gate")                                        \
+  X(tier_ceiling, Gauge, "hiapi_proxy_tier_ceiling", "key,tier,kind", NoBuckets,                  \
+    "Concurrency ceiling of a tier (kind=configured, or effective after upstream 429s)")          \
+  X(tracked_tasks, Gauge, "hiapi_proxy_tracked_tasks", "", NoBuckets,                             \
+    "Tasks held by the task tracker")                                                             \
+  X(upstream_connections, Gauge, "hiapi_proxy_upstream_connections", "state", NoBuckets,          \
+    "Upstream connections by state (busy, idle)")                                                 \
+  X(inflight, Gauge, "hiapi_proxy_inflight_requests", "", NoBuckets,                              \
+    "Client requests received and not yet answered")                                              \
+  X(ready, Gauge, "hiapi_proxy_ready", "", NoBuckets,                                             \
+    "1 when the configuration is loaded and the listener is up, else 0")                          \
+  X(build_info, Gauge, "hiapi_proxy_build_info", "version", NoBuckets,                            \
+    "Always 1; the version label is the daemon's version")
+
+// Process metrics, read from /proc/self at scrape time (not in the registry).
+// HIAPI_PROCESS_METRICS(X): X(member, Type, "name", "help")
+#define HIAPI_PROCESS_METRICS(X)                                                                  \
+  X(cpu, Counter, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds") \
+  X(resident, Gauge, "process_resident_memory_bytes", "Resident memory size in bytes")            \
+  X(virtual_mem, Gauge, "process_virtual_memory_bytes", "Virtual memory size in bytes")           \
+  X(open_fds, Gauge, "process_open_fds", "Number of open file descriptors")                       \
+  X(max_fds, Gauge, "process_max_fds", "Maximum number of open file descriptors")                 \
+  X(start_time, Gauge, "process_start_time_seconds",                                              \
+    "Start time of the process since unix epoch in seconds")
+// clang-format on

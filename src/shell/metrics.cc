@@ -1,0 +1,456 @@
+#include "hiapi/shell/metrics.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <prometheus/metric_family.h>
+#include <prometheus/text_serializer.h>
+
+#include "hiapi/version.h"
+
+namespace hiapi::shell {
+
+namespace {
+
+using prometheus::Counter;
+using prometheus::Gauge;
+using prometheus::Histogram;
+
+// Queue waits: from "went almost at once" (1 ms) to the clients' whole budget (60 s).
+const std::vector<double> kQueueWaitBuckets{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                            0.5,   1,      2.5,   5,    10,    20,   30,  45,
+                                            60};
+// Upstream attempts: tens of ms for a poll up to the 30 s response timeout (and a bit above).
+const std::vector<double> kLatencyBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                          1,     2.5,  5,     10,   20,  30,   60};
+const std::vector<double> NoBuckets{};
+
+constexpr char kSep = '\x1f';  // between label values in cache keys; never in a label value
+constexpr size_t kMaxLabelLength = 64;
+
+std::vector<std::string> splitLabels(std::string_view s) {
+  std::vector<std::string> out;
+  while (!s.empty()) {
+    const size_t comma = s.find(',');
+    out.emplace_back(s.substr(0, comma));
+    if (comma == std::string_view::npos) {
+      break;
+    }
+    s.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+template <typename T>
+const char* typeName();
+template <>
+const char* typeName<Counter>() { return "counter"; }
+template <>
+const char* typeName<Gauge>() { return "gauge"; }
+template <>
+const char* typeName<Histogram>() { return "histogram"; }
+
+prometheus::Family<Counter>& build(prometheus::Registry& r, Counter*, const char* name,
+                                   const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(r);
+}
+prometheus::Family<Gauge>& build(prometheus::Registry& r, Gauge*, const char* name,
+                                 const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+}
+prometheus::Family<Histogram>& build(prometheus::Registry& r, Histogram*, const char* name,
+                                     const char* help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
+}
+
+/// @return @p v when it is one of @p allowed, else @p fallback.
+std::string_view oneOf(std::string_view v, std::initializer_list<std::string_view> allowed,
+                       std::string_view fallback) {
+  for (std::string_view a : allowed) {
+    if (v == a) {
+      return a;
+    }
+  }
+  return fallback;
+}
+
+/// A free word (proxy error code, retry reason, tier): [A-Za-z0-9_.-], at most 64 characters,
+/// otherwise "other".
+std::string_view word(std::string_view v) {
+  if (v.empty() || v.size() > kMaxLabelLength) {
+    return "other";
+  }
+  for (char c : v) {
+    const auto u = static_cast<unsigned char>(c);
+    if (!(std::isalnum(u) || c == '_' || c == '-' || c == '.')) {
+      return "other";
+    }
+  }
+  return v;
+}
+
+std::string_view route(std::string_view r) {
+  return oneOf(r, {"create", "poll", "list", "other"}, "other");
+}
+
+std::string code(int status) {
+  if (status >= 100 && status <= 599) {
+    return std::to_string(status);
+  }
+  return "0";
+}
+
+bool looksLikeSecret(std::string_view v) {
+  auto starts = [&](std::string_view p) {
+    if (v.size() < p.size()) {
+      return false;
+    }
+    for (size_t i = 0; i < p.size(); ++i) {
+      if (std::tolower(static_cast<unsigned char>(v[i])) != p[i]) {
+        return false;
+      }
+    }
+    return true;
+  };
+  return starts("sk-") || starts("bearer") || v.size() > kMaxLabelLength;
+}
+
+// ---- process metrics ----------------------------------------------------------------------------
+
+struct ProcessSample {
+  double cpu = 0, resident = 0, virtual_mem = 0, open_fds = 0, max_fds = 0, start_time = 0;
+};
+
+double bootTime() {
+  std::ifstream f("/proc/stat");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("btime ", 0) == 0) {
+      return std::strtod(line.c_str() + 6, nullptr);
+    }
+  }
+  return 0;
+}
+
+ProcessSample sampleProcess() {
+  ProcessSample s;
+  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  static const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  static const double boot = bootTime();
+  std::ifstream f("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const size_t paren = stat.rfind(')');
+  if (paren != std::string::npos && ticks > 0) {
+    std::istringstream in(stat.substr(paren + 1));
+    std::vector<std::string> fields{std::istream_iterator<std::string>(in),
+                                    std::istream_iterator<std::string>()};
+    // fields[0] is field 3 (state) of proc(5): utime 14, stime 15, starttime 22, vsize 23, rss 24.
+    if (fields.size() > 21) {
+      s.cpu = (std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr)) /
+              ticks;
+      s.start_time = boot + std::strtod(fields[19].c_str(), nullptr) / ticks;
+      s.virtual_mem = std::strtod(fields[20].c_str(), nullptr);
+      s.resident = std::strtod(fields[21].c_str(), nullptr) * page;
+    }
+  }
+  std::error_code ec;
+  size_t fds = 0;
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end;
+       it.increment(ec)) {
+    ++fds;
+  }
+  s.open_fds = static_cast<double>(fds);
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
+    s.max_fds = lim.rlim_cur == RLIM_INFINITY ? 0 : static_cast<double>(lim.rlim_cur);
+  }
+  return s;
+}
+
+prometheus::MetricFamily processFamily(const char* name, const char* help,
+                                       prometheus::MetricType type, double value) {
+  prometheus::MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  prometheus::ClientMetric m;
+  if (type == prometheus::MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(std::move(m));
+  return f;
+}
+
+}  // namespace
+
+std::vector<MetricDoc> metricDocs() {
+  std::vector<MetricDoc> out;
+#define HIAPI_METRICS_DOC(member, Type, name, labels, buckets, help) \
+  out.push_back({name, typeName<prometheus::Type>(), labels, help});
+  HIAPI_METRICS(HIAPI_METRICS_DOC)
+#undef HIAPI_METRICS_DOC
+#define HIAPI_PROCESS_DOC(member, Type, name, help) \
+  out.push_back({name, typeName<prometheus::Type>(), "", help});
+  HIAPI_PROCESS_METRICS(HIAPI_PROCESS_DOC)
+#undef HIAPI_PROCESS_DOC
+  return out;
+}
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+#define HIAPI_METRICS_REGISTER(member, Type, name, labels, buckets, help)              \
+  member##_.family = &build(*registry_, static_cast<prometheus::Type*>(nullptr), name, help); \
+  member##_.label_names = splitLabels(labels);
+  HIAPI_METRICS(HIAPI_METRICS_REGISTER)
+#undef HIAPI_METRICS_REGISTER
+  gauge(build_info_, {HIAPI_PROXY_VERSION}).Set(1);
+  setReady(false);
+  setInflight(0);
+  setTrackedTasks(0);
+  setUpstreamConnections(0, 0);
+}
+
+Metrics::~Metrics() = default;
+
+template <typename T>
+std::string Metrics::cacheKey(const Cached<T>&, std::initializer_list<std::string_view> values) {
+  std::string k;
+  for (std::string_view v : values) {
+    k.append(v);
+    k.push_back(kSep);
+  }
+  return k;
+}
+
+template <typename T>
+prometheus::Labels Metrics::labelsFor(const Cached<T>& c,
+                                      std::initializer_list<std::string_view> values) {
+  prometheus::Labels labels;
+  size_t i = 0;
+  for (std::string_view v : values) {
+    if (i < c.label_names.size()) {
+      labels.emplace(c.label_names[i], std::string(v));
+    }
+    ++i;
+  }
+  return labels;
+}
+
+Counter& Metrics::counter(Cached<Counter>& c, std::initializer_list<std::string_view> values) {
+  std::string k = cacheKey(c, values);
+  auto it = c.series.find(k);
+  if (it != c.series.end()) {
+    return *it->second;
+  }
+  Counter& m = c.family->Add(labelsFor(c, values));
+  c.series.emplace(std::move(k), &m);
+  return m;
+}
+
+Gauge& Metrics::gauge(Cached<Gauge>& c, std::initializer_list<std::string_view> values) {
+  std::string k = cacheKey(c, values);
+  auto it = c.series.find(k);
+  if (it != c.series.end()) {
+    return *it->second;
+  }
+  Gauge& m = c.family->Add(labelsFor(c, values));
+  c.series.emplace(std::move(k), &m);
+  return m;
+}
+
+Histogram& Metrics::histogram(Cached<Histogram>& c, const std::vector<double>& buckets,
+                              std::initializer_list<std::string_view> values) {
+  std::string k = cacheKey(c, values);
+  auto it = c.series.find(k);
+  if (it != c.series.end()) {
+    return *it->second;
+  }
+  Histogram& m = c.family->Add(labelsFor(c, values), buckets);
+  c.series.emplace(std::move(k), &m);
+  return m;
+}
+
+std::string Metrics::keyLabelLocked(std::string_view key) {
+  if (key.empty()) {
+    return "none";
+  }
+  if (looksLikeSecret(key)) {
+    return "redacted";
+  }
+  std::string k(key);
+  if (keys_seen_.count(k) != 0) {
+    return k;
+  }
+  if (keys_seen_.size() >= kMaxKeyLabels) {
+    return "overflow";
+  }
+  keys_seen_.insert(k);
+  return k;
+}
+
+std::string Metrics::keyLabel(std::string_view key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return keyLabelLocked(key);
+}
+
+std::string Metrics::serialize() {
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  const ProcessSample p = sampleProcess();
+#define HIAPI_PROCESS_FAMILY(member, Type, name, help) \
+  families.push_back(processFamily(name, help, prometheus::Type::metric_type, p.member));
+  HIAPI_PROCESS_METRICS(HIAPI_PROCESS_FAMILY)
+#undef HIAPI_PROCESS_FAMILY
+  return prometheus::TextSerializer{}.Serialize(families);
+}
+
+// ---- events ---------------------------------------------------------------------------------------
+
+void Metrics::clientResponse(std::string_view key, std::string_view r, int status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(client_responses_, {keyLabelLocked(key), route(r), code(status)}).Increment();
+}
+
+void Metrics::proxyError(std::string_view c) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(errors_, {word(c)}).Increment();
+}
+
+void Metrics::proxyError(core::ProxyError e) { proxyError(core::proxyErrorInfo(e).code); }
+
+void Metrics::upstreamRequest(std::string_view key, std::string_view r, int status,
+                              double latency_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string_view rt = route(r);
+  counter(upstream_requests_, {keyLabelLocked(key), rt, code(status)}).Increment();
+  histogram(upstream_latency_, kLatencyBuckets, {rt}).Observe(std::max(0.0, latency_s));
+}
+
+void Metrics::upstream429(std::string_view key, std::string_view cause) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(upstream_429_,
+          {keyLabelLocked(key), oneOf(cause, {"rate", "concurrency", "unknown"}, "unknown")})
+      .Increment();
+}
+
+void Metrics::throttle(std::string_view key, std::string_view reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(throttled_,
+          {keyLabelLocked(key),
+           oneOf(reason, {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"},
+                 "other")})
+      .Increment();
+}
+
+void Metrics::retry(std::string_view key, std::string_view reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(retries_, {keyLabelLocked(key), word(reason)}).Increment();
+}
+
+void Metrics::queueWait(std::string_view key, std::string_view r, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  histogram(queue_wait_, kQueueWaitBuckets, {keyLabelLocked(key), route(r)})
+      .Observe(std::max(0.0, seconds));
+}
+
+void Metrics::pollCache(std::string_view result) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(poll_cache_, {oneOf(result, {"hit", "coalesced", "miss"}, "other")}).Increment();
+}
+
+void Metrics::taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(tasks_, {keyLabelLocked(key), word(tier),
+                   oneOf(outcome, {"success", "fail", "lease_expired", "other"}, "other")})
+      .Increment();
+}
+
+void Metrics::leaseExpired(std::string_view key, std::string_view tier) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(lease_expiries_, {keyLabelLocked(key), word(tier)}).Increment();
+}
+
+void Metrics::configReload(bool ok) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(config_reloads_, {ok ? "ok" : "failed"}).Increment();
+}
+
+// ---- gauges -------------------------------------------------------------------------------------
+
+void Metrics::setKeyGauges(const KeyGauges& g) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string k = keyLabelLocked(g.key);
+  gauge(rate_configured_, {k}).Set(g.configured_rate);
+  gauge(rate_effective_, {k}).Set(g.effective_rate);
+  gauge(tokens_available_, {k}).Set(g.tokens);
+  gauge(cooldown_, {k}).Set(std::max(0.0, g.cooldown_seconds));
+  gauge(queue_depth_, {k, "all"}).Set(static_cast<double>(g.queue_depth));
+}
+
+void Metrics::setTierGauges(const TierGauges& g) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string k = keyLabelLocked(g.key);
+  const std::string_view t = word(g.tier);
+  gauge(tasks_running_, {k, t}).Set(g.running);
+  gauge(tier_ceiling_, {k, t, "configured"}).Set(g.ceiling);
+  gauge(tier_ceiling_, {k, t, "effective"}).Set(g.effective_ceiling);
+  gauge(queue_depth_, {k, t}).Set(static_cast<double>(g.queued));
+}
+
+void Metrics::setTrackedTasks(size_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(tracked_tasks_, {}).Set(static_cast<double>(n));
+}
+
+void Metrics::setUpstreamConnections(size_t busy, size_t idle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(upstream_connections_, {"busy"}).Set(static_cast<double>(busy));
+  gauge(upstream_connections_, {"idle"}).Set(static_cast<double>(idle));
+}
+
+void Metrics::setReady(bool ready) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(ready_, {}).Set(ready ? 1 : 0);
+}
+
+void Metrics::setInflight(size_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(inflight_, {}).Set(static_cast<double>(n));
+}
+
+void Metrics::retainKeys(const std::vector<std::string>& keys) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::unordered_set<std::string> keep;
+  for (const std::string& k : keys) {
+    keep.insert(keyLabelLocked(k));
+  }
+  auto prune = [&](Cached<Gauge>& c) {
+    for (auto it = c.series.begin(); it != c.series.end();) {
+      const std::string key = it->first.substr(0, it->first.find(kSep));
+      if (keep.count(key) == 0) {
+        c.family->Remove(it->second);
+        it = c.series.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  prune(rate_configured_);
+  prune(rate_effective_);
+  prune(tokens_available_);
+  prune(cooldown_);
+  prune(queue_depth_);
+  prune(tasks_running_);
+  prune(tier_ceiling_);
+}
+
+}  // namespace hiapi::shell
