@@ -663,6 +663,8 @@ TEST_F(SimTest, TlsWithCertificateMadeAtTestTime) {
   HttpResponse r = c.request("POST", "/v1/tasks", authHeaders("sk-a"), createBody("m", "tls"));
   ASSERT_EQ(r.status, 200) << r.error;
   EXPECT_EQ(c.request("GET", "/__stats").status, 200);
+  EXPECT_EQ(sim_->stdoutText(),
+            "hiapi-sim listening on 127.0.0.1:" + std::to_string(sim_->port()) + "\n");
   HttpClient::Options wrong = o;
   wrong.verify_name = "not-this-host.example";
   EXPECT_FALSE(HttpClient(wrong).request("GET", "/__stats").ok());  // host name is checked

@@ -77,9 +77,12 @@ int main(int argc, char** argv) {
         std::string addr = cfg.listen.find(':') != std::string::npos && cfg.listen.front() != '['
                                ? "[" + cfg.listen + "]"
                                : cfg.listen;
-        std::printf("hiapi-sim listening on %s:%d%s\n", addr.c_str(), sim.port(),
-                    cfg.tls_cert.empty() ? "" : " (tls)");
+        // Exactly this line (parsed by tests and scripts); extras go to stderr.
+        std::printf("hiapi-sim listening on %s:%d\n", addr.c_str(), sim.port());
         std::fflush(stdout);
+        if (!cfg.tls_cert.empty()) {
+          std::fprintf(stderr, "hiapi-sim: serving HTTPS with %s\n", cfg.tls_cert.c_str());
+        }
         if (event_base_dispatch(base) < 0) {
           std::fprintf(stderr, "hiapi-sim: event loop failed\n");
           rc = 1;
