@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "hiapi/shell/limiter.h"
+#include "hiapi/shell/task_service.h"
 #include "hiapi/shell/proxy_server.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -14,6 +15,7 @@ Daemon::Daemon(DaemonOptions opts, core::ConfigSharedPtr cfg, Logger& log)
     : opts_(std::move(opts)), cfg_(std::move(cfg)), log_(log) {}
 
 Daemon::~Daemon() {
+  tasks_.reset();
   proxy_.reset();
   limiter_.reset();
   pool_.reset();
@@ -59,6 +61,15 @@ int Daemon::run() {
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
   limiter_ = std::make_unique<Limiter>(base_, cfg_, log_);
   proxy_->setAdmission(limiter_.get());
+  tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_);
+  proxy_->setPollHook(tasks_.get());
+  limiter_->on_task_created = [this](const RequestCtx& ctx, const std::string& task_id) {
+    tasks_->onCreated(ctx, task_id);
+  };
+  limiter_->on_lease_expired = [this](const std::string& key, uint64_t slot) {
+    tasks_->onLeaseExpired(key, slot);
+  };
+  tasks_->restore();
   if (!proxy_->listen()) {
     return 1;
   }
@@ -80,6 +91,7 @@ int Daemon::run() {
                           {"upstream", cfg_->upstream.url},
                           {"config", opts_.config_path}});
   event_base_dispatch(base_);
+  tasks_->save();
   log_.info("stopped", {{"aborted", aborted_ ? "true" : "false"}});
   return 0;
 }
@@ -101,6 +113,7 @@ void Daemon::reload() {
     log_.setLevel(next->log.level);
     proxy_->setConfig(next);
     limiter_->reconfigure(next);
+    tasks_->reconfigure(next);
     cfg_ = next;
     log_.info("reload ok", {{"summary", cfg_->summary()}});
   } catch (const core::ConfigError& e) {

@@ -3,9 +3,9 @@
 #include <random>
 #include <unordered_set>
 
-#include <rapidjson/document.h>
 
 #include "hiapi/core/http_rules.h"
+#include "hiapi/core/task_json.h"
 
 namespace hiapi::shell {
 namespace {
@@ -32,59 +32,6 @@ std::optional<double> headerNumber(const Headers& h, std::string_view name) {
     return std::nullopt;
   }
   return d;
-}
-
-std::string taskKey(const std::string& key, const std::string& task) { return key + "\n" + task; }
-
-// The model and route of a create, read from a parsed copy of the body (never modified).
-void readCreateBody(const std::string& body, std::string& model, std::optional<std::string>& route) {
-  rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) {
-    return;
-  }
-  auto m = doc.FindMember("model");
-  if (m != doc.MemberEnd() && m->value.IsString()) {
-    model.assign(m->value.GetString(), m->value.GetStringLength());
-  }
-  auto r = doc.FindMember("route");
-  if (r != doc.MemberEnd() && r->value.IsString()) {
-    route = std::string(r->value.GetString(), r->value.GetStringLength());
-  }
-}
-
-std::optional<std::string> createdTaskId(const std::string& body) {
-  rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) {
-    return std::nullopt;
-  }
-  auto d = doc.FindMember("data");
-  if (d == doc.MemberEnd() || !d->value.IsObject()) {
-    return std::nullopt;
-  }
-  auto t = d->value.FindMember("taskId");
-  if (t == d->value.MemberEnd() || !t->value.IsString()) {
-    return std::nullopt;
-  }
-  return std::string(t->value.GetString(), t->value.GetStringLength());
-}
-
-std::optional<std::string> detailStatus(const std::string& body) {
-  rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
-  if (doc.HasParseError() || !doc.IsObject()) {
-    return std::nullopt;
-  }
-  auto d = doc.FindMember("data");
-  if (d == doc.MemberEnd() || !d->value.IsObject()) {
-    return std::nullopt;
-  }
-  auto t = d->value.FindMember("status");
-  if (t == d->value.MemberEnd() || !t->value.IsString()) {
-    return std::nullopt;
-  }
-  return std::string(t->value.GetString(), t->value.GetStringLength());
 }
 
 std::string randomIdempotencyKey(core::Random& r) {
@@ -132,17 +79,6 @@ Limiter::Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metri
 
 Limiter::~Limiter() = default;
 
-bool Limiter::isTerminal(const std::string& status) const {
-  for (const auto* set : {&cfg_->tasks.terminal_statuses, &cfg_->tasks.tolerated_terminal}) {
-    for (const std::string& t : *set) {
-      if (core::iequals(t, status)) {
-        return true;
-      }
-    }
-  }
-  return false;
-}
-
 core::LimitsConfig Limiter::limitsFor(const std::string& key) const {
   core::LimitsConfig l = cfg_->limits;
   for (const core::KeyConfig& k : cfg_->keys) {
@@ -184,7 +120,10 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
   ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
   if (ctx.route.kind == core::RouteKind::Create) {
     std::optional<std::string> route;
-    readCreateBody(ctx.upstream.body, ctx.model, route);
+    if (auto body = core::parseCreateBody(ctx.upstream.body)) {
+      ctx.model = body->model;
+      route = body->route;
+    }
     ctx.tier = ks.sched->tierFor(ctx.model, route ? std::optional<std::string_view>(*route)
                                                   : std::nullopt);
     if (!ctx.has_idempotency_key && cfg_->retry.idempotency == core::IdempotencyMode::Inject) {
@@ -205,6 +144,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
   case core::RouteKind::Other:
     prio = core::Priority::Other;
     break;
+  }
+  if (ctx.internal) {
+    prio = core::Priority::Background;  // reconcile polls: the lowest priority, same budget
   }
   handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
   submit(ks, ctx, prio);
@@ -251,12 +193,6 @@ void Limiter::pump(KeyState& ks) {
   const auto now = clock_.now();
   core::Dispatch d = ks.sched->dispatch(now);
   for (uint64_t slot : d.expired_slots) {
-    for (auto it = task_slots_.begin(); it != task_slots_.end(); ++it) {
-      if (it->second == slot && it->first.rfind(ks.name + "\n", 0) == 0) {
-        task_slots_.erase(it);
-        break;
-      }
-    }
     if (on_lease_expired) {
       on_lease_expired(ks.name, slot);
     }
@@ -350,11 +286,12 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
   if (ctx.route.kind == core::RouteKind::Create && ctx.slot) {
     if (success) {
       // The task holds its slot until a terminal status is seen or the lease runs out.
-      if (auto task = createdTaskId(resp.body)) {
-        task_slots_[taskKey(ctx.key_name, *task)] = *ctx.slot;
-        if (on_task_created) {
-          on_task_created(ctx, *task);
-        }
+      const std::optional<std::string> task = core::parseCreatedTaskId(resp.body);
+      if (task && on_task_created) {
+        on_task_created(ctx, *task);  // the task tracker now holds the slot
+      } else if (!task) {
+        log_.warn("create succeeded without a readable taskId: its slot waits for the lease",
+                  {{"request_id", ctx.request_id}, {"key", ctx.key_name}});
       }
       ctx.slot.reset();
     } else {
@@ -401,11 +338,6 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
       }
     }
   }
-  if (success && ctx.route.kind == core::RouteKind::Poll) {
-    if (auto st = detailStatus(resp.body); st && isTerminal(*st)) {
-      taskFinished(ctx.key_name, ctx.route.task_id, *st);
-    }
-  }
   if (!retry) {
     handles_.erase(ctx.id);  // the proxy answers it now
   }
@@ -427,18 +359,18 @@ void Limiter::onRetryTimer(evutil_socket_t, short, void* arg) {
   self->submit(self->keyState(key), *h->second.ctx, core::Priority::Retry);
 }
 
-void Limiter::taskFinished(const std::string& key, const std::string& task_id,
-                           const std::string& status) {
-  auto it = task_slots_.find(taskKey(key, task_id));
-  if (it == task_slots_.end()) {
-    return;
-  }
-  const uint64_t slot = it->second;
-  task_slots_.erase(it);
+void Limiter::releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason) {
   KeyState& ks = keyState(key);
-  ks.sched->releaseSlot(slot, core::ReleaseReason::TaskFinished, clock_.now());
-  log_.debug("task finished", {{"key", key}, {"task", task_id}, {"status", status}});
+  ks.sched->releaseSlot(slot, reason, clock_.now());
   pump(ks);
+}
+
+uint64_t Limiter::restoreSlot(const std::string& key, size_t tier, core::Duration lease_left) {
+  KeyState& ks = keyState(key);
+  const auto now = clock_.now();
+  const uint64_t slot = ks.sched->restoreSlot(tier, now + lease_left);
+  pump(ks);
+  return slot;
 }
 
 void Limiter::reconfigure(core::ConfigSharedPtr cfg) {

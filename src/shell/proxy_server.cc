@@ -1,6 +1,9 @@
 #include "hiapi/shell/proxy_server.h"
 
+#include "hiapi/version.h"
+
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -159,45 +162,59 @@ RequestCtx* ProxyServer::find(uint64_t id) {
 
 void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
   auto* self = static_cast<ProxyServer*>(arg);
+  RequestCtx* found = nullptr;
   for (auto& [id, ctx] : self->requests_) {
-    if (ctx->client_conn == conn && !ctx->answered) {
-      ctx->client_gone = true;
-      ctx->client_conn = nullptr;
-      ctx->outcome = "client_gone";
-      const uint64_t rid = id;
-      // Never send a request whose client has gone: drop it from admission or the pool's
-      // waiting line. One already on the wire completes (it may have created a task).
-      bool dropped = false;
-      if (ctx->pool_handle != 0) {
-        dropped = self->pool_.cancelIfWaiting(ctx->pool_handle);
-        if (dropped && self->admission_ != nullptr) {
-          self->admission_->clientGone(*ctx);  // returns its slot
-        }
-      } else if (self->admission_ != nullptr) {
-        self->admission_->clientGone(*ctx);
-        dropped = true;
-      } else {
-        dropped = true;
-      }
-      if (dropped) {
-        // Not from inside libevent's connection teardown: on the next loop turn.
-        event_base_once(
-            self->base_, -1, EV_TIMEOUT,
-            [](evutil_socket_t, short, void* a) {
-              auto* pair = static_cast<std::pair<ProxyServer*, uint64_t>*>(a);
-              if (RequestCtx* c = pair->first->find(pair->second)) {
-                pair->first->done(*c, 0);
-              }
-              delete pair;
-            },
-            new std::pair<ProxyServer*, uint64_t>(self, rid), nullptr);
-      }
+    if (ctx->client_conn == conn && !ctx->answered && !ctx->internal) {
+      found = ctx.get();
       break;
     }
   }
+  if (found == nullptr) {
+    return;
+  }
+  RequestCtx& ctx = *found;
+  ctx.client_gone = true;
+  ctx.client_conn = nullptr;
+  ctx.outcome = "client_gone";
+  // Never send a request whose client has gone: drop it from admission or the pool's waiting
+  // line. One already on the wire completes (it may have created a task).
+  bool dropped = false;
+  if (ctx.poll_joined) {
+    dropped = true;
+  } else if (ctx.pool_handle != 0) {
+    dropped = self->pool_.cancelIfWaiting(ctx.pool_handle);
+    if (dropped) {
+      ctx.pool_handle = 0;
+      if (self->admission_ != nullptr) {
+        self->admission_->clientGone(ctx);  // returns its slot
+      }
+    }
+  } else {
+    if (self->admission_ != nullptr) {
+      self->admission_->clientGone(ctx);
+    }
+    dropped = true;
+  }
+  if (self->poll_hook_ != nullptr && (ctx.poll_joined || ctx.poll_fetcher)) {
+    self->poll_hook_->pollerGone(ctx, !dropped);
+  }
+  if (dropped) {
+    // Not from inside libevent's connection teardown: on the next loop turn.
+    const uint64_t rid = ctx.id;
+    event_base_once(
+        self->base_, -1, EV_TIMEOUT,
+        [](evutil_socket_t, short, void* a) {
+          auto* pair = static_cast<std::pair<ProxyServer*, uint64_t>*>(a);
+          if (RequestCtx* c = pair->first->find(pair->second)) {
+            pair->first->done(*c, 0);
+          }
+          delete pair;
+        },
+        new std::pair<ProxyServer*, uint64_t>(self, rid), nullptr);
+  }
 }
 
-void ProxyServer::handle(evhttp_request* req) {
+RequestCtx& ProxyServer::newCtx() {
   auto owned = std::make_unique<RequestCtx>();
   RequestCtx& ctx = *owned;
   ctx.id = next_id_++;
@@ -205,18 +222,13 @@ void ProxyServer::handle(evhttp_request* req) {
   std::snprintf(rid, sizeof rid, "hp-%016llx",
                 static_cast<unsigned long long>(id_salt_ ^ (ctx.id * 0x9E3779B97F4A7C15ull)));
   ctx.request_id = rid;
-  ctx.req = req;
   ctx.received = core::MonotonicClock::now();
   ctx.deadline = ctx.received + kAnswerWithin;
-  ctx.client_conn = evhttp_request_get_connection(req);
-  ctx.method = methodName(evhttp_request_get_command(req));
   requests_.emplace(ctx.id, std::move(owned));
-  if (ctx.client_conn != nullptr) {
-    evhttp_connection_set_closecb(ctx.client_conn, &ProxyServer::onClientClose, this);
-  }
-  if (!prepare(ctx)) {
-    return;  // answered with a proxy error
-  }
+  return ctx;
+}
+
+void ProxyServer::admitCtx(RequestCtx& ctx) {
   if (admission_ == nullptr) {
     forward(ctx);
     return;
@@ -231,9 +243,68 @@ void ProxyServer::handle(evhttp_request* req) {
       },
       [this, id](core::ProxyError e, int retry_after_s) {
         if (RequestCtx* c = find(id)) {
+          if (c->poll_fetcher && poll_hook_ != nullptr) {
+            poll_hook_->fetchRejected(*c, e, retry_after_s);  // the joiners get the same answer
+          }
           replyError(*c, e, {}, retry_after_s);
         }
       });
+}
+
+void ProxyServer::admitById(uint64_t id) {
+  if (RequestCtx* c = find(id)) {
+    c->poll_joined = false;
+    admitCtx(*c);
+  }
+}
+
+uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::string& authorization,
+                                   const std::string& task_id) {
+  RequestCtx& ctx = newCtx();
+  ctx.internal = true;
+  ctx.method = "GET";
+  ctx.client = "hiapi-proxy-reconcile";
+  ctx.key_name = key_name;
+  ctx.route.kind = core::RouteKind::Poll;
+  ctx.route.task_id = task_id;
+  ctx.poll_fetcher = true;
+  ctx.authorization = authorization;
+  ctx.upstream.method = EVHTTP_REQ_GET;
+  std::string enc;
+  for (unsigned char c : task_id) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      enc.push_back(static_cast<char>(c));
+    } else {
+      char b[4];
+      std::snprintf(b, sizeof b, "%%%02X", c);
+      enc += b;
+    }
+  }
+  ctx.upstream.target = "/v1/tasks/" + enc;
+  ctx.upstream.headers.push_back(Header{"Accept", "application/json"});
+  ctx.upstream.headers.push_back(Header{"User-Agent", "hiapi-proxy/" HIAPI_PROXY_VERSION});
+  ctx.upstream.headers.push_back(Header{"Authorization", authorization});
+  const uint64_t id = ctx.id;
+  admitCtx(ctx);
+  return id;
+}
+
+void ProxyServer::handle(evhttp_request* req) {
+  RequestCtx& ctx = newCtx();
+  ctx.req = req;
+  ctx.client_conn = evhttp_request_get_connection(req);
+  ctx.method = methodName(evhttp_request_get_command(req));
+  if (ctx.client_conn != nullptr) {
+    evhttp_connection_set_closecb(ctx.client_conn, &ProxyServer::onClientClose, this);
+  }
+  if (!prepare(ctx)) {
+    return;  // answered with a proxy error
+  }
+  if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
+      poll_hook_->beginClientPoll(ctx)) {
+    return;  // answered from the cache, or joined to a fetch in flight
+  }
+  admitCtx(ctx);
 }
 
 bool ProxyServer::prepare(RequestCtx& ctx) {
@@ -342,7 +413,8 @@ bool ProxyServer::prepare(RequestCtx& ctx) {
       return false;
     }
     ctx.key_name = key->name;
-    ctx.upstream.headers.push_back(Header{"Authorization", "Bearer " + key->key.reveal()});
+    ctx.authorization = "Bearer " + key->key.reveal();
+    ctx.upstream.headers.push_back(Header{"Authorization", ctx.authorization});
   } else {
     if (authorization == nullptr || *authorization == '\0') {
       replyError(ctx, core::ProxyError::MissingApiKey);
@@ -358,6 +430,7 @@ bool ProxyServer::prepare(RequestCtx& ctx) {
     if (ctx.key_name.empty()) {
       ctx.key_name = "pt-" + secret.fingerprint();
     }
+    ctx.authorization = authorization;
     ctx.upstream.headers.push_back(Header{"Authorization", authorization});
   }
 
@@ -419,7 +492,19 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
   if (admission_ != nullptr && ctx->client_gone) {
     admission_->completed(*ctx, resp);  // budgets and task tracking still learn from it
   }
-  if (ctx->client_gone) {
+  if (poll_hook_ != nullptr) {
+    poll_hook_->observe(*ctx, resp);
+    if (ctx->poll_fetcher) {
+      poll_hook_->fetchDone(*ctx, resp);  // answers the polls that joined this fetch
+      ctx = find(id);
+      if (ctx == nullptr) {
+        return;
+      }
+      ctx->cache_result = "miss";
+    }
+  }
+  if (ctx->client_gone || ctx->internal) {
+    ctx->answered = true;
     done(*ctx, resp.status);
     return;
   }
@@ -442,8 +527,48 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
   }
 }
 
+void ProxyServer::replyWith(uint64_t id, const UpstreamResponse& resp, std::string_view cache,
+                            long age_s) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr || ctx->answered) {
+    return;
+  }
+  ctx->poll_joined = false;
+  ctx->cache_result = std::string(cache);
+  if (ctx->client_gone || ctx->internal) {
+    ctx->answered = true;
+    done(*ctx, resp.status);
+    return;
+  }
+  if (resp.error != UpstreamError::None) {
+    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message, 1);
+    return;
+  }
+  if (age_s >= 0) {
+    evhttp_add_header(evhttp_request_get_output_headers(ctx->req), "Age",
+                      std::to_string(age_s).c_str());
+  }
+  replyUpstream(*ctx, resp);
+}
+
+void ProxyServer::replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message,
+                               int retry_after_s) {
+  if (RequestCtx* ctx = find(id)) {
+    ctx->poll_joined = false;
+    replyError(*ctx, e, message, retry_after_s);
+  }
+}
+
 void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp) {
+  if (ctx.internal) {
+    ctx.answered = true;
+    done(ctx, resp.status);
+    return;
+  }
   evkeyvalq* out = evhttp_request_get_output_headers(ctx.req);
+  if (!ctx.cache_result.empty()) {
+    evhttp_add_header(out, "X-HiAPI-Proxy-Cache", ctx.cache_result.c_str());
+  }
   std::vector<std::string> conn_tokens;
   if (const std::string* c = findHeader(resp.headers, "Connection")) {
     conn_tokens = core::connectionTokens(*c);
@@ -469,7 +594,8 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
     return;
   }
   const core::ProxyErrorInfo& info = core::proxyErrorInfo(e);
-  if (ctx.client_gone) {
+  if (ctx.client_gone || ctx.internal) {
+    ctx.answered = true;
     done(ctx, info.status);
     return;
   }

@@ -14,6 +14,7 @@ namespace hiapi::shell {
 class UpstreamPool;
 class ProxyServer;
 class Limiter;
+class TaskService;
 
 struct DaemonOptions {
   std::string config_path;
@@ -45,6 +46,7 @@ private:
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
   std::unique_ptr<Limiter> limiter_;
+  std::unique_ptr<TaskService> tasks_;
   event* sigterm_ = nullptr;
   event* sigint_ = nullptr;
   event* sighup_ = nullptr;

@@ -39,8 +39,10 @@ public:
   /// Per-key snapshots for /status and metrics (key names only).
   std::vector<std::pair<std::string, core::Snapshot>> snapshots() const;
 
-  /// A task reached a terminal status (seen in a poll, list or callback): frees its slot.
-  void taskFinished(const std::string& key, const std::string& task_id, const std::string& status);
+  /// Gives a slot back (task terminal, duplicate create).
+  void releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason);
+  /// Re-occupies a slot for a task read from the state file. @return the slot id.
+  uint64_t restoreSlot(const std::string& key, size_t tier, core::Duration lease_left);
 
   /// Access for the task tracker (slot restore, reconcile).
   core::KeyScheduler& scheduler(const std::string& key);
@@ -61,7 +63,6 @@ private:
 
   KeyState& keyState(const std::string& key);
   core::LimitsConfig limitsFor(const std::string& key) const;
-  bool isTerminal(const std::string& status) const;
   void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
   void reject(uint64_t id, core::ProxyError e, int retry_after_s);
   void pump(KeyState& ks);
@@ -81,8 +82,6 @@ private:
   std::unordered_map<uint64_t, Waiter> handles_;
   /// Requests waiting out a retry delay.
   std::unordered_map<uint64_t, std::unique_ptr<RetryTimer>> retry_timers_;
-  /// Created tasks holding a slot, until a terminal status or the lease: "key\ntask" → slot.
-  std::unordered_map<std::string, uint64_t> task_slots_;
 };
 
 }  // namespace hiapi::shell

@@ -48,6 +48,12 @@ struct RequestCtx {
   std::string model;              ///< a create's model (from a parsed copy of the body)
   bool has_idempotency_key = false;
   bool retrying = false;          ///< waiting for a retry (timer or queue)
+  // Set by the task service.
+  bool internal = false;          ///< the proxy's own request (reconcile poll): no client
+  bool poll_joined = false;       ///< waits for another request's fetch of the same task
+  bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
+  std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
+  std::string authorization;      ///< the Authorization value sent upstream (memory only)
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
 };
 
@@ -66,6 +72,24 @@ public:
   /// The upstream answered (or failed): for budgets, cooldowns and retries.
   /// @return true when the hook takes the request back to retry it (it will call go again).
   virtual bool completed(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
+};
+
+/// Poll coalescing and task tracking plug in here. Thread-safety: loop thread only.
+class PollHook {
+public:
+  virtual ~PollHook() = default;
+  /// A client poll arrived. @return true when it was answered (cache hit) or joined to a fetch in
+  ///         flight; false when it must fetch itself (it then goes through admission).
+  virtual bool beginClientPoll(RequestCtx& ctx) = 0;
+  /// The fetch of a poll ended (after any retries): answer the requests that joined it.
+  virtual void fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
+  /// The fetch was turned away by admission (queue full or timeout): the joiners get @p e too.
+  virtual void fetchRejected(RequestCtx& ctx, core::ProxyError e, int retry_after_s) = 0;
+  /// The client of a joined poll, or of a fetcher, went away. @p fetch_continues: the fetcher's
+  /// request is already on the wire and will still complete.
+  virtual void pollerGone(RequestCtx& ctx, bool fetch_continues) = 0;
+  /// Every final upstream reply passes here (statuses in details and lists).
+  virtual void observe(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
 };
 
 /// Thread-safety: loop thread only.
@@ -89,6 +113,21 @@ public:
   bool draining() const { return draining_; }
 
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
+  void setPollHook(PollHook* hook) { poll_hook_ = hook; }
+
+  /// Answers request @p id with an upstream reply (a joined poll); @p cache is the
+  /// X-HiAPI-Proxy-Cache value; @p age_s, when >= 0, the Age header.
+  void replyWith(uint64_t id, const UpstreamResponse& resp, std::string_view cache, long age_s = -1);
+  /// Answers request @p id with a proxy error.
+  void replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message = {}, int retry_after_s = -1);
+  /// Sends request @p id through admission (a joined poll that must now fetch itself).
+  void admitById(uint64_t id);
+  /// Issues the proxy's own poll of @p task_id with @p key_name's credentials, at the lowest
+  /// priority. @p done gets the final reply. @return the request id.
+  uint64_t internalPoll(const std::string& key_name, const std::string& authorization,
+                        const std::string& task_id);
+  /// @return the request, if it is still open.
+  RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg) { cfg_ = std::move(cfg); }
 
   /// Sends the request upstream now (called by the admission hook through go()).
@@ -109,7 +148,8 @@ private:
                   int retry_after_s = -1);
   void sendReply(RequestCtx& ctx, int status, evbuffer* body);
   void done(RequestCtx& ctx, int status);
-  RequestCtx* find(uint64_t id);
+  void admitCtx(RequestCtx& ctx);
+  RequestCtx& newCtx();
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
@@ -122,6 +162,7 @@ private:
   uint64_t next_id_ = 1;
   uint64_t id_salt_ = 0;
   AdmissionHook* admission_ = nullptr;
+  PollHook* poll_hook_ = nullptr;
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
 };
 

@@ -1,0 +1,77 @@
+#pragma once
+// Tasks, not requests: the shell around core::TaskTracker. It answers polls from the cache or
+// joins them to a fetch in flight, frees tier slots when a terminal status passes by, polls idle
+// tasks itself (reconcile), and keeps running tasks in a state file across restarts.
+
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <event2/event.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/config.h"
+#include "hiapi/core/task_tracker.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/shell/proxy_server.h"
+
+namespace hiapi::shell {
+
+class Limiter;
+class Metrics;
+
+/// Thread-safety: loop thread only.
+class TaskService final : public PollHook {
+public:
+  TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& limiter, ProxyServer& proxy,
+              Logger& log, Metrics* metrics = nullptr);
+  ~TaskService() override;
+  TaskService(const TaskService&) = delete;
+  TaskService& operator=(const TaskService&) = delete;
+
+  /// Reads the state file (if configured) and re-occupies the slots of tasks still running.
+  void restore();
+  /// Writes the state file now (atomically). @return false on an I/O error (logged).
+  bool save();
+  void reconfigure(core::ConfigSharedPtr cfg);
+
+  // PollHook
+  bool beginClientPoll(RequestCtx& ctx) override;
+  void fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) override;
+  void fetchRejected(RequestCtx& ctx, core::ProxyError e, int retry_after_s) override;
+  void pollerGone(RequestCtx& ctx, bool fetch_continues) override;
+  void observe(RequestCtx& ctx, const UpstreamResponse& resp) override;
+
+  /// A create succeeded (called by the limiter): the task now holds the create's slot.
+  void onCreated(const RequestCtx& ctx, const std::string& task_id);
+  /// A slot's lease ran out in the scheduler of @p key.
+  void onLeaseExpired(const std::string& key, uint64_t slot);
+
+  const core::TaskTracker& tracker() const { return *tracker_; }
+
+private:
+  static void onTick(evutil_socket_t, short, void* arg);
+  void tick();
+  void reconcile();
+  void release(const std::optional<core::SlotRelease>& r);
+  void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
+                     const UpstreamResponse& resp, std::string_view cache);
+  core::Duration leaseOf(size_t tier) const;
+
+  event_base* base_;
+  core::ConfigSharedPtr cfg_;
+  Limiter& limiter_;
+  ProxyServer& proxy_;
+  Logger& log_;
+  Metrics* metrics_;
+  core::SteadyClock clock_;
+  std::unique_ptr<core::TaskTracker> tracker_;
+  event* tick_ = nullptr;
+  core::MonotonicTime last_save_{};
+  bool dirty_ = false;
+  /// The Authorization value last seen per key name (memory only: never logged or saved), so
+  /// that reconcile polls can be made in passthrough mode.
+  std::unordered_map<std::string, std::string> auth_by_key_;
+};
+
+}  // namespace hiapi::shell

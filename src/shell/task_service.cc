@@ -1,0 +1,285 @@
+#include "hiapi/shell/task_service.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "hiapi/core/task_json.h"
+#include "hiapi/shell/limiter.h"
+
+namespace hiapi::shell {
+namespace {
+
+long ageSeconds(core::Duration d) {
+  return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+}
+
+int64_t wallMs(const core::Clock& c) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(c.wallNow().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+TaskService::TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& limiter,
+                         ProxyServer& proxy, Logger& log, Metrics* metrics)
+    : base_(base), cfg_(std::move(cfg)), limiter_(limiter), proxy_(proxy), log_(log),
+      metrics_(metrics),
+      tracker_(std::make_unique<core::TaskTracker>(cfg_->tasks, cfg_->limits.tiers)) {
+  tick_ = event_new(base_, -1, EV_PERSIST, &TaskService::onTick, this);
+  const timeval tv{0, 250'000};
+  event_add(tick_, &tv);
+  last_save_ = clock_.now();
+}
+
+TaskService::~TaskService() {
+  if (tick_ != nullptr) {
+    event_free(tick_);
+  }
+}
+
+void TaskService::reconfigure(core::ConfigSharedPtr cfg) {
+  cfg_ = std::move(cfg);
+  tracker_->reconfigure(cfg_->tasks, cfg_->limits.tiers);
+}
+
+core::Duration TaskService::leaseOf(size_t tier) const {
+  const auto& tiers = cfg_->limits.tiers;
+  if (tiers.empty()) {
+    return std::chrono::minutes(5);
+  }
+  return tiers[std::min(tier, tiers.size() - 1)].lease;
+}
+
+void TaskService::release(const std::optional<core::SlotRelease>& r) {
+  if (!r) {
+    return;
+  }
+  limiter_.releaseSlot(r->key, r->slot, r->reason);
+  dirty_ = true;
+  log_.debug("task slot released", {{"key", r->key}, {"task", r->task_id}, {"status", r->status}});
+}
+
+bool TaskService::beginClientPoll(RequestCtx& ctx) {
+  auth_by_key_[ctx.key_name] = ctx.authorization;
+  const auto now = clock_.now();
+  core::PollDecision d = tracker_->beginPoll(ctx.key_name, ctx.route.task_id, ctx.id, now);
+  switch (d.action) {
+  case core::PollAction::Hit: {
+    UpstreamResponse r;
+    r.status = d.reply->status;
+    for (const auto& [k, v] : d.reply->headers) {
+      r.headers.push_back(Header{k, v});
+    }
+    r.body = d.reply->body;
+    ctx.outcome = "cache_hit";
+    proxy_.replyWith(ctx.id, r, "hit", ageSeconds(d.age));
+    return true;
+  }
+  case core::PollAction::Join:
+    ctx.poll_joined = true;
+    return true;
+  case core::PollAction::Fetch:
+    ctx.poll_fetcher = true;
+    return false;
+  }
+  return false;
+}
+
+void TaskService::answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
+                                const UpstreamResponse& resp, std::string_view cache) {
+  for (uint64_t id : waiters) {
+    if (id != except) {
+      if (RequestCtx* c = proxy_.find(id)) {
+        c->outcome = "coalesced";
+      }
+      proxy_.replyWith(id, resp, cache);
+    }
+  }
+}
+
+void TaskService::fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) {
+  const auto now = clock_.now();
+  if (resp.error != UpstreamError::None) {
+    answerWaiters(tracker_->abandonPoll(ctx.key_name, ctx.route.task_id), ctx.id, resp,
+                  "coalesced");
+    return;
+  }
+  core::CachedReply cr;
+  cr.status = resp.status;
+  for (const Header& h : resp.headers) {
+    cr.headers.emplace_back(h.name, h.value);
+  }
+  cr.body = resp.body;
+  core::TaskTracker::PollCompletion c =
+      tracker_->completePoll(ctx.key_name, ctx.route.task_id, cr, now);
+  release(c.release);
+  answerWaiters(c.waiters, ctx.id, resp, "coalesced");
+}
+
+void TaskService::fetchRejected(RequestCtx& ctx, core::ProxyError e, int retry_after_s) {
+  for (uint64_t id : tracker_->abandonPoll(ctx.key_name, ctx.route.task_id)) {
+    if (id != ctx.id) {
+      proxy_.replyErrorTo(id, e, {}, retry_after_s);
+    }
+  }
+}
+
+void TaskService::pollerGone(RequestCtx& ctx, bool fetch_continues) {
+  tracker_->cancelWaiter(ctx.key_name, ctx.route.task_id, ctx.id);
+  if (!ctx.poll_fetcher || fetch_continues) {
+    return;
+  }
+  // The fetch is never sent: the first remaining waiter fetches instead, the rest join it.
+  const auto now = clock_.now();
+  for (uint64_t id : tracker_->abandonPoll(ctx.key_name, ctx.route.task_id)) {
+    RequestCtx* w = proxy_.find(id);
+    if (w == nullptr || w->client_gone) {
+      continue;
+    }
+    core::PollDecision d = tracker_->beginPoll(w->key_name, w->route.task_id, id, now);
+    if (d.action == core::PollAction::Fetch) {
+      w->poll_fetcher = true;
+      proxy_.admitById(id);
+    } else if (d.action == core::PollAction::Hit) {
+      UpstreamResponse r;
+      r.status = d.reply->status;
+      for (const auto& [k, v] : d.reply->headers) {
+        r.headers.push_back(Header{k, v});
+      }
+      r.body = d.reply->body;
+      proxy_.replyWith(id, r, "hit", ageSeconds(d.age));
+    }
+  }
+}
+
+void TaskService::observe(RequestCtx& ctx, const UpstreamResponse& resp) {
+  if (!ctx.authorization.empty()) {
+    auth_by_key_[ctx.key_name] = ctx.authorization;
+  }
+  if (resp.error != UpstreamError::None || resp.status < 200 || resp.status >= 300) {
+    return;
+  }
+  if (ctx.route.kind == core::RouteKind::List) {
+    const auto now = clock_.now();
+    for (const core::TaskStatusView& t : core::parseTaskList(resp.body)) {
+      release(tracker_->onStatus(ctx.key_name, t.task_id, t.status, now));
+    }
+  }
+}
+
+void TaskService::onCreated(const RequestCtx& ctx, const std::string& task_id) {
+  if (!ctx.authorization.empty()) {
+    auth_by_key_[ctx.key_name] = ctx.authorization;
+  }
+  release(tracker_->onCreated(ctx.key_name, task_id, ctx.tier.value_or(0), ctx.slot, ctx.model,
+                              clock_.now()));
+  dirty_ = true;
+}
+
+void TaskService::onLeaseExpired(const std::string& key, uint64_t slot) {
+  if (tracker_->onSlotExpired(key, slot)) {
+    dirty_ = true;
+  }
+}
+
+void TaskService::onTick(evutil_socket_t, short, void* arg) {
+  static_cast<TaskService*>(arg)->tick();
+}
+
+void TaskService::tick() {
+  const auto now = clock_.now();
+  tracker_->expire(now);
+  reconcile();
+  if (!cfg_->tasks.state_file.empty() && dirty_ &&
+      now - last_save_ >= cfg_->tasks.state_save_interval) {
+    save();
+  }
+}
+
+void TaskService::reconcile() {
+  if (!cfg_->tasks.reconcile || proxy_.draining()) {
+    return;
+  }
+  for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(clock_.now(), 16)) {
+    auto it = auth_by_key_.find(t.key);
+    if (it == auth_by_key_.end() || it->second.empty()) {
+      // Passthrough key not seen since a restart: no credentials to poll with yet.
+      tracker_->abandonPoll(t.key, t.task_id);
+      continue;
+    }
+    log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
+    proxy_.internalPoll(t.key, it->second, t.task_id);
+  }
+}
+
+bool TaskService::save() {
+  const std::string& path = cfg_->tasks.state_file;
+  if (path.empty()) {
+    return true;
+  }
+  const std::string text = tracker_->serialize(clock_.now(), wallMs(clock_));
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0;
+  if (ok) {
+    size_t off = 0;
+    while (ok && off < text.size()) {
+      const ssize_t n = ::write(fd, text.data() + off, text.size() - off);
+      ok = n > 0;
+      off += n > 0 ? static_cast<size_t>(n) : 0;
+    }
+    ok = ::fsync(fd) == 0 && ok;
+    ok = ::close(fd) == 0 && ok;
+  }
+  if (ok) {
+    ok = std::rename(tmp.c_str(), path.c_str()) == 0;
+  }
+  if (!ok) {
+    log_.warn("cannot write the task state file", {{"path", path}, {"error", std::strerror(errno)}});
+    return false;
+  }
+  last_save_ = clock_.now();
+  dirty_ = false;
+  return true;
+}
+
+void TaskService::restore() {
+  const std::string& path = cfg_->tasks.state_file;
+  if (path.empty()) {
+    return;
+  }
+  std::ifstream f(path, std::ios::binary);
+  if (!f) {
+    log_.info("no task state file: starting empty", {{"path", path}});
+    return;
+  }
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string error;
+  auto tasks = core::TaskTracker::parseState(ss.str(), &error, wallMs(clock_));
+  if (!tasks) {
+    log_.warn("ignoring a corrupt task state file", {{"path", path}, {"error", error}});
+    return;
+  }
+  const auto now = clock_.now();
+  size_t restored = 0;
+  for (const auto& t : *tasks) {
+    const size_t tier = tracker_->tierIndex(t.tier);
+    const core::Duration lease = leaseOf(tier);
+    if (t.age >= lease) {
+      continue;  // its lease would have run out by now
+    }
+    const uint64_t slot = limiter_.restoreSlot(t.key, tier, lease - t.age);
+    release(tracker_->onRestored(t.key, t.task_id, tier, slot, t.model, now - t.age));
+    ++restored;
+  }
+  log_.info("task state restored", {{"path", path}, {"tasks", restored}});
+}
+
+}  // namespace hiapi::shell
