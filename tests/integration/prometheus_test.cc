@@ -1,0 +1,342 @@
+// The Grafana dashboard against a real Prometheus: a Prometheus server (Debian package) scrapes an
+// AdminServer every second; once it has a few scrapes, every PromQL expression of
+// tools/grafana/hiapi-proxy.json must parse and return a non-empty result.
+//
+// The admin server runs in process here, with events generated at each scrape so that every
+// series exists and every counter moves between two scrapes. Loopback only; every wait bounded.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cctype>
+#include <functional>
+#include <memory>
+#include <csignal>
+#include <cstdio>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <event2/event.h>
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+#include "harness/harness.h"
+#include "hiapi/shell/admin_server.h"
+#include "hiapi/shell/metrics.h"
+
+namespace hiapi::test {
+namespace {
+
+using shell::AdminServer;
+using shell::Metrics;
+
+constexpr const char* kPrometheusBin = "/usr/bin/prometheus";
+
+/// An event loop on its own thread running an AdminServer (set up before the thread starts and
+/// torn down after it stops: libevent is used by one thread at a time).
+class AdminLoop {
+public:
+  AdminLoop(Metrics& m, std::function<void()> before_scrape) {
+    base_ = event_base_new();
+    server_ = std::make_unique<AdminServer>(
+        base_, m, [] { return std::string("{}"); }, [] { return true; },
+        std::move(before_scrape));
+    ok_ = server_->listen("127.0.0.1", 0);
+    tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
+    const timeval tv{0, 20'000};
+    event_add(tick_, &tv);
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        event_base_loop(base_, EVLOOP_ONCE);
+      }
+    });
+  }
+  ~AdminLoop() {
+    stop_ = true;
+    thread_.join();
+    server_.reset();
+    event_free(tick_);
+    event_base_free(base_);
+  }
+  bool ok() const { return ok_; }
+  uint16_t port() const { return server_->port(); }
+
+private:
+  event_base* base_ = nullptr;
+  event* tick_ = nullptr;
+  std::unique_ptr<AdminServer> server_;
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// One round of every event and gauge, as the daemon would produce them under throttling.
+void generateTraffic(Metrics& m, int round) {
+  for (const char* key : {"main", "backup"}) {
+    m.clientResponse(key, "create", 200);
+    m.clientResponse(key, "poll", 200);
+    m.clientResponse(key, "create", 429);
+    m.upstreamRequest(key, "create", 200, 0.08 + 0.01 * (round % 5));
+    m.upstreamRequest(key, "poll", 200, 0.02);
+    m.upstreamRequest(key, "create", 429, 0.05);
+    m.upstreamRequest(key, "poll", 0, 30.0);
+    m.upstream429(key, "rate");
+    m.upstream429(key, "concurrency");
+    for (const char* r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
+      m.throttle(key, r);
+    }
+    m.retry(key, "status_429");
+    m.queueWait(key, "create", 0.5 + (round % 7));
+    m.queueWait(key, "poll", 0.003);
+    m.taskOutcome(key, "heavy", "success");
+    m.taskOutcome(key, "light", "fail");
+    m.leaseExpired(key, "heavy");
+    m.setKeyGauges({key, 1.0, 0.5 + 0.05 * (round % 10), 2.0, 3.0, static_cast<size_t>(round % 9)});
+    m.setTierGauges({key, "heavy", 2, 2, 1, 3});
+    m.setTierGauges({key, "light", 3, 5, 5, 1});
+  }
+  m.proxyError(core::ProxyError::QueueTimeout);
+  m.proxyError(core::ProxyError::QueueFull);
+  for (const char* r : {"hit", "coalesced", "miss"}) {
+    m.pollCache(r);
+  }
+  m.pollCache("hit");
+  m.configReload(true);
+  m.setTrackedTasks(10 + static_cast<size_t>(round));
+  m.setUpstreamConnections(2, 4);
+  m.setReady(true);
+  m.setInflight(3);
+}
+
+uint16_t freeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  uint16_t port = 0;
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+std::string urlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+/// The PromQL expressions of a Grafana dashboard: every "expr" member, at any depth.
+void collectExprs(const rapidjson::Value& v, std::vector<std::string>& out) {
+  if (v.IsObject()) {
+    for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
+      if (std::string_view(it->name.GetString()) == "expr" && it->value.IsString()) {
+        out.emplace_back(it->value.GetString(), it->value.GetStringLength());
+      } else {
+        collectExprs(it->value, out);
+      }
+    }
+  } else if (v.IsArray()) {
+    for (const auto& e : v.GetArray()) {
+      collectExprs(e, out);
+    }
+  }
+}
+
+/// Grafana variables as Grafana would expand them with "All" selected: every query variable
+/// has allValue ".*" and is used with =~; interval macros become a 1 minute window.
+std::string expandVariables(std::string expr) {
+  static const std::regex kInterval(R"(\$__(rate_interval|interval|range))");
+  static const std::regex kVar(R"(\$\{?[A-Za-z_][A-Za-z0-9_]*\}?)");
+  expr = std::regex_replace(expr, kInterval, "1m");
+  return std::regex_replace(expr, kVar, ".*");
+}
+
+struct QueryResult {
+  std::string status;        ///< "success" or "error" ("" when there was no JSON answer)
+  std::string error;
+  size_t series = 0;
+  std::set<std::string> label_values;  ///< values of the label asked for by label_of
+  std::string raw;
+};
+
+QueryResult query(uint16_t prom_port, const std::string& promql,
+                  const std::string& label_of = {}) {
+  QueryResult out;
+  const HttpResponse r =
+      httpRequest(prom_port, "GET", "/api/v1/query?query=" + urlEncode(promql), {}, {}, 10s);
+  out.raw = r.body;
+  rapidjson::Document d;
+  if (r.status == 0 || d.Parse(r.body.c_str()).HasParseError() || !d.IsObject()) {
+    return out;
+  }
+  if (auto s = d.FindMember("status"); s != d.MemberEnd() && s->value.IsString()) {
+    out.status = s->value.GetString();
+  }
+  if (auto e = d.FindMember("error"); e != d.MemberEnd() && e->value.IsString()) {
+    out.error = e->value.GetString();
+  }
+  auto data = d.FindMember("data");
+  if (data == d.MemberEnd() || !data->value.IsObject()) {
+    return out;
+  }
+  auto result = data->value.FindMember("result");
+  if (result == data->value.MemberEnd()) {
+    return out;
+  }
+  if (result->value.IsArray()) {
+    out.series = result->value.Size();
+    for (const auto& s : result->value.GetArray()) {
+      if (!label_of.empty() && s.IsObject()) {
+        auto metric = s.FindMember("metric");
+        if (metric != s.MemberEnd() && metric->value.IsObject()) {
+          auto l = metric->value.FindMember(label_of.c_str());
+          if (l != metric->value.MemberEnd() && l->value.IsString()) {
+            out.label_values.insert(l->value.GetString());
+          }
+        }
+      }
+    }
+  } else {
+    out.series = 1;  // scalar / string result
+  }
+  return out;
+}
+
+/// A Prometheus server on a free loopback port, its TSDB in @p dir.
+class PrometheusServer {
+public:
+  PrometheusServer(const TempDir& dir, uint16_t target_port) {
+    port_ = freeLoopbackPort();
+    dir.write("prometheus.yml", "global:\n"
+                                "  scrape_interval: 1s\n"
+                                "  scrape_timeout: 1s\n"
+                                "  evaluation_interval: 1s\n"
+                                "scrape_configs:\n"
+                                "  - job_name: hiapi-proxy\n"
+                                "    static_configs:\n"
+                                "      - targets: [\"127.0.0.1:" +
+                                    std::to_string(target_port) + "\"]\n");
+    proc_ = std::make_unique<Process>(
+        std::vector<std::string>{kPrometheusBin, "--config.file=" + dir.file("prometheus.yml"),
+                                 "--storage.tsdb.path=" + dir.file("tsdb"),
+                                 "--web.listen-address=127.0.0.1:" + std::to_string(port_),
+                                 "--log.level=warn"},
+        dir.file("prometheus"));
+  }
+  ~PrometheusServer() {
+    if (proc_->running()) {
+      proc_->signal(SIGTERM);
+      if (!proc_->wait(10s)) {
+        proc_->signal(SIGKILL);
+        proc_->wait(5s);
+      }
+    }
+  }
+  uint16_t port() const { return port_; }
+  Process& process() { return *proc_; }
+
+private:
+  uint16_t port_ = 0;
+  std::unique_ptr<Process> proc_;
+};
+
+TEST(Prometheus, EveryDashboardQueryParsesAndReturnsData) {
+  if (::access(kPrometheusBin, X_OK) != 0) {
+    GTEST_SKIP() << kPrometheusBin << " is not installed";
+  }
+  // The dashboard's expressions.
+  const std::string dashboard_path = std::string(HIAPI_SOURCE_DIR) + "/tools/grafana/hiapi-proxy.json";
+  const std::string dashboard_text = readFile(dashboard_path);
+  rapidjson::Document dashboard;
+  ASSERT_FALSE(dashboard.Parse(dashboard_text.c_str()).HasParseError()) << dashboard_path;
+  std::vector<std::string> exprs;
+  collectExprs(dashboard, exprs);
+  ASSERT_GE(exprs.size(), 20u);
+
+  // The admin endpoint, with traffic at every scrape.
+  Metrics m;
+  std::atomic<int> scrapes{0};
+  AdminLoop admin(m, [&] { generateTraffic(m, scrapes++); });
+  ASSERT_TRUE(admin.ok());
+
+  TempDir dir;
+  PrometheusServer prom(dir, admin.port());
+  ASSERT_NE(prom.port(), 0);
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return !prom.process().running() ||
+               httpRequest(prom.port(), "GET", "/-/ready", {}, {}, 2s).status == 200;
+      },
+      30s));
+  ASSERT_TRUE(prom.process().running()) << prom.process().err();
+
+  // Enough scrapes for rate() over a 1m window: at least 4 samples of a series.
+  const bool scraped = waitFor(
+      [&] {
+        const QueryResult r =
+            query(prom.port(), R"(count_over_time(hiapi_proxy_ready{job="hiapi-proxy"}[1m]) >= 4)");
+        return r.series > 0;
+      },
+      30s);
+  ASSERT_TRUE(scraped) << "scrapes seen by the admin server: " << scrapes.load() << "\n"
+                       << query(prom.port(), R"(up)").raw << "\n"
+                       << prom.process().err();
+  EXPECT_EQ(query(prom.port(), R"(up{job="hiapi-proxy"} == 1)").series, 1u);
+
+  for (const std::string& raw : exprs) {
+    const std::string e = expandVariables(raw);
+    SCOPED_TRACE(e);
+    const QueryResult r = query(prom.port(), e);
+    EXPECT_EQ(r.status, "success") << r.error << "\n" << r.raw;
+    EXPECT_GT(r.series, 0u) << "empty result: " << r.raw;
+  }
+
+  // The template variables' label_values() queries find their series too.
+  std::vector<std::string> variable_sources;
+  const auto& templating = dashboard["templating"]["list"];
+  for (const auto& v : templating.GetArray()) {
+    if (v.HasMember("definition") && v["definition"].IsString()) {
+      static const std::regex kLabelValues(R"(label_values\((.*),\s*([A-Za-z_]+)\)$)");
+      std::smatch match;
+      const std::string def = v["definition"].GetString();
+      if (std::regex_search(def, match, kLabelValues)) {
+        const QueryResult r = query(prom.port(), expandVariables(match[1]), match[2]);
+        EXPECT_EQ(r.status, "success") << def;
+        EXPECT_FALSE(r.label_values.empty()) << def << ": " << r.raw;
+      }
+    }
+  }
+
+  // Spot checks on what the panels show: all five throttle reasons, both keys, per-tier depth.
+  const QueryResult reasons =
+      query(prom.port(), "sum by (reason) (rate(hiapi_proxy_throttled_total[1m]))", "reason");
+  EXPECT_EQ(reasons.label_values,
+            (std::set<std::string>{"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}));
+  const QueryResult keys = query(prom.port(), "hiapi_proxy_rate_effective", "key");
+  EXPECT_EQ(keys.label_values, (std::set<std::string>{"main", "backup"}));
+  const QueryResult moving =
+      query(prom.port(), "sum(rate(hiapi_proxy_client_responses_total[1m])) > 0");
+  EXPECT_EQ(moving.series, 1u) << moving.raw;
+}
+
+}  // namespace
+}  // namespace hiapi::test
