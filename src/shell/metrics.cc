@@ -214,6 +214,12 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   HIAPI_METRICS(HIAPI_METRICS_REGISTER)
 #undef HIAPI_METRICS_REGISTER
   gauge(build_info_, {HIAPI_PROXY_VERSION}).Set(1);
+  // Fixed label sets start at zero (Prometheus' advice: no "missing" series before an event).
+  for (std::string_view r : {"hit", "coalesced", "miss"}) {
+    counter(poll_cache_, {r});
+  }
+  counter(config_reloads_, {"ok"});
+  counter(config_reloads_, {"failed"});
   setReady(false);
   setInflight(0);
   setTrackedTasks(0);
@@ -382,6 +388,27 @@ void Metrics::leaseExpired(std::string_view key, std::string_view tier) {
 void Metrics::configReload(bool ok) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(config_reloads_, {ok ? "ok" : "failed"}).Increment();
+}
+
+void Metrics::declareKey(std::string_view key, const std::vector<std::string>& tiers) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string k = keyLabelLocked(key);
+  for (std::string_view r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
+    counter(throttled_, {k, r});
+  }
+  for (std::string_view c : {"rate", "concurrency"}) {
+    counter(upstream_429_, {k, c});
+  }
+  for (std::string_view r : {"create", "poll"}) {
+    histogram(queue_wait_, kQueueWaitBuckets, {k, r});
+  }
+  for (const std::string& tier : tiers) {
+    const std::string_view t = word(tier);
+    for (std::string_view o : {"success", "fail", "lease_expired"}) {
+      counter(tasks_, {k, t, o});
+    }
+    counter(lease_expiries_, {k, t});
+  }
 }
 
 // ---- gauges -------------------------------------------------------------------------------------

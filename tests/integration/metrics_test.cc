@@ -193,6 +193,29 @@ TEST(Metrics, LabelsStayBoundedAndNeverCarryAKey) {
   }
 }
 
+TEST(Metrics, DeclaredKeysAndFixedLabelSetsStartAtZero) {
+  Metrics m;
+  m.declareKey("main", {"heavy", "light"});
+  const std::string text = m.serialize();
+  for (const char* r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
+    EXPECT_NE(text.find(std::string(R"(hiapi_proxy_throttled_total{key="main",reason=")") + r +
+                        "\"} 0"),
+              std::string::npos)
+        << r;
+  }
+  EXPECT_NE(text.find(R"(hiapi_proxy_upstream_429_total{cause="concurrency",key="main"} 0)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_tasks_total{key="main",outcome="lease_expired",tier="light"} 0)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_lease_expiries_total{key="main",tier="heavy"} 0)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_count{key="main",route="poll"} 0)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_poll_cache_total{result="coalesced"} 0)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_config_reloads_total{result="failed"} 0)"), std::string::npos);
+  EXPECT_NE(text.find("hiapi_proxy_ready 0"), std::string::npos);
+}
+
 TEST(Metrics, DistinctKeyLabelsAreCapped) {
   Metrics m;
   for (size_t i = 0; i < Metrics::kMaxKeyLabels + 50; ++i) {

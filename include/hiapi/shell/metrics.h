@@ -105,6 +105,11 @@ public:
   /// @p keys, e.g. after a reload dropped a key. Counters are kept (they must stay monotonic).
   void retainKeys(const std::vector<std::string>& keys);
 
+  /// Creates at zero the reason/cause/outcome series of a configured key (throttles, upstream
+  /// 429s, tasks, lease expiries, queue waits), so that dashboards show 0 instead of "no data"
+  /// before the first event. Call for every configured key at start and after a reload.
+  void declareKey(std::string_view key, const std::vector<std::string>& tiers);
+
   /// @return the label value used for @p key (sanitised as described in the file comment).
   /// Exposed for tests.
   std::string keyLabel(std::string_view key);
