@@ -3,12 +3,14 @@
 #include "hiapi/version.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <random>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -79,6 +81,7 @@ ProxyServer::ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPo
 
 ProxyServer::~ProxyServer() {
   for (auto& [id, ctx] : requests_) {
+    unwatchClient(*ctx);
     if (ctx->client_conn != nullptr && !ctx->client_gone) {
       evhttp_connection_set_closecb(ctx->client_conn, nullptr, nullptr);
     }
@@ -175,6 +178,10 @@ void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
   RequestCtx& ctx = *found;
   ctx.client_gone = true;
   ctx.client_conn = nullptr;
+  self->unwatchClient(ctx);
+  if (conn == self->freeing_conn_) {
+    ctx.req = nullptr;  // evhttp_connection_free frees it with the connection
+  }
   ctx.outcome = "client_gone";
   // Never send a request whose client has gone: drop it from admission or the pool's waiting
   // line. One already on the wire completes (it may have created a task).
@@ -289,6 +296,65 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
   return id;
 }
 
+// libevent 2.1 stops reading a client's socket while its request is being processed, so a client
+// that goes away is not noticed until the reply is written. A waiting request watches its socket
+// for EOF itself, without reading from it (MSG_PEEK), and frees the connection when it closes.
+void ProxyServer::watchClient(RequestCtx& ctx) {
+  if (ctx.client_conn == nullptr || ctx.client_watch != nullptr) {
+    return;
+  }
+  bufferevent* bev = evhttp_connection_get_bufferevent(ctx.client_conn);
+  const evutil_socket_t fd = bev != nullptr ? bufferevent_getfd(bev) : -1;
+  if (fd < 0) {
+    return;
+  }
+  auto* arg = new std::pair<ProxyServer*, uint64_t>(this, ctx.id);
+  ctx.client_watch = event_new(base_, fd, EV_READ | EV_PERSIST, &ProxyServer::onClientReadable, arg);
+  if (ctx.client_watch == nullptr || event_add(ctx.client_watch, nullptr) != 0) {
+    if (ctx.client_watch != nullptr) {
+      event_free(ctx.client_watch);
+      ctx.client_watch = nullptr;
+    }
+    delete arg;
+  }
+}
+
+void ProxyServer::unwatchClient(RequestCtx& ctx) {
+  if (ctx.client_watch == nullptr) {
+    return;
+  }
+  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ctx.client_watch));
+  event_free(ctx.client_watch);
+  ctx.client_watch = nullptr;
+}
+
+void ProxyServer::onClientReadable(evutil_socket_t fd, short, void* arg) {
+  auto* pa = static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
+  ProxyServer* self = pa->first;
+  RequestCtx* ctx = self->find(pa->second);
+  if (ctx == nullptr) {
+    return;
+  }
+  char b;
+  const ssize_t n = ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) {
+    self->unwatchClient(*ctx);  // a pipelined request: libevent reads it after our reply
+    return;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+    return;
+  }
+  // EOF or reset: the client has gone.
+  evhttp_connection* conn = ctx->client_conn;
+  self->unwatchClient(*ctx);
+  if (conn == nullptr) {
+    return;
+  }
+  self->freeing_conn_ = conn;
+  evhttp_connection_free(conn);  // calls onClientClose, then frees the request
+  self->freeing_conn_ = nullptr;
+}
+
 void ProxyServer::handle(evhttp_request* req) {
   RequestCtx& ctx = newCtx();
   ctx.req = req;
@@ -300,11 +366,18 @@ void ProxyServer::handle(evhttp_request* req) {
   if (!prepare(ctx)) {
     return;  // answered with a proxy error
   }
+  const uint64_t id = ctx.id;
   if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
       poll_hook_->beginClientPoll(ctx)) {
-    return;  // answered from the cache, or joined to a fetch in flight
+    if (RequestCtx* c = find(id); c != nullptr && !c->answered) {
+      watchClient(*c);  // joined to a fetch in flight
+    }
+    return;
   }
   admitCtx(ctx);
+  if (RequestCtx* c = find(id); c != nullptr && !c->answered) {
+    watchClient(*c);
+  }
 }
 
 bool ProxyServer::prepare(RequestCtx& ctx) {
@@ -631,6 +704,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
 
 void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
   ctx.answered = true;
+  unwatchClient(ctx);
   if (ctx.client_conn != nullptr) {
     evhttp_connection_set_closecb(ctx.client_conn, nullptr, nullptr);
   }
@@ -640,6 +714,7 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
 }
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
+  unwatchClient(ctx);
   if (ctx.req != nullptr && ctx.client_gone) {
     // An orphaned request (its connection is gone): ours to free.
     evhttp_request_free(ctx.req);

@@ -54,6 +54,7 @@ struct RequestCtx {
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
+  event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
 };
 
@@ -139,6 +140,9 @@ public:
 private:
   static void onRequest(evhttp_request* req, void* arg);
   static void onClientClose(evhttp_connection* conn, void* arg);
+  static void onClientReadable(evutil_socket_t fd, short, void* arg);
+  void watchClient(RequestCtx& ctx);
+  void unwatchClient(RequestCtx& ctx);
 
   void handle(evhttp_request* req);
   bool prepare(RequestCtx& ctx);
@@ -163,6 +167,7 @@ private:
   uint64_t id_salt_ = 0;
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
+  evhttp_connection* freeing_conn_ = nullptr;  ///< set while we free a client's connection
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
 };
 
