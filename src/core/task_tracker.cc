@@ -203,8 +203,12 @@ std::optional<SlotRelease> TaskTracker::track(const std::string& key, const std:
   if (keeps_other_slot) {
     // An idempotent replay of a task already tracked: the new slot is superfluous.
     if (slot && r.slot != slot) {
-      give_back = SlotRelease{key, task_id, clampTier(tier), *slot, std::string(),
-                              ReleaseReason::NotCreated};
+      give_back = SlotRelease{.key = key,
+                              .task_id = task_id,
+                              .tier = clampTier(tier),
+                              .slot = *slot,
+                              .status = std::string(),
+                              .reason = ReleaseReason::NotCreated};
     }
     if (!r.tracked) {
       r.tracked = true;
@@ -260,15 +264,18 @@ std::optional<SlotRelease> TaskTracker::applyStatus(Record& r, std::string_view 
   if (!r.slot) {
     return std::nullopt;
   }
-  SlotRelease rel{r.id->first, r.id->second, clampTier(r.tier), *r.slot, r.status,
-                  ReleaseReason::TaskFinished};
+  SlotRelease rel{.key = r.id->first,
+                  .task_id = r.id->second,
+                  .tier = clampTier(r.tier),
+                  .slot = *r.slot,
+                  .status = r.status,
+                  .reason = ReleaseReason::TaskFinished};
   r.slot.reset();
   ++counters_.released;
   return rel;
 }
 
-std::optional<SlotRelease> TaskTracker::onStatus(const std::string& key,
-                                                 const std::string& task_id,
+std::optional<SlotRelease> TaskTracker::onStatus(const std::string& key, const std::string& task_id,
                                                  std::string_view status, MonotonicTime now) {
   Record* r = lookup(key, task_id);
   if (r == nullptr || status.empty()) {
@@ -355,8 +362,7 @@ PollDecision TaskTracker::beginPoll(const std::string& key, const std::string& t
 
 TaskTracker::PollCompletion TaskTracker::completePoll(const std::string& key,
                                                       const std::string& task_id,
-                                                      const CachedReply& reply,
-                                                      MonotonicTime now) {
+                                                      const CachedReply& reply, MonotonicTime now) {
   Record& r = findOrCreate(key, task_id, now);
   touch(r);
   PollCompletion out;
@@ -391,8 +397,7 @@ TaskTracker::PollCompletion TaskTracker::completePoll(const std::string& key,
   return out;
 }
 
-std::vector<uint64_t> TaskTracker::abandonPoll(const std::string& key,
-                                               const std::string& task_id) {
+std::vector<uint64_t> TaskTracker::abandonPoll(const std::string& key, const std::string& task_id) {
   Record* r = lookup(key, task_id);
   if (r == nullptr) {
     return {};
@@ -426,8 +431,7 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
   }
   std::vector<Record*> due;
   for (auto& [id, r] : records_) {
-    if (r.slot && !r.terminal && !r.in_flight &&
-        lastActivity(r) + cfg_.reconcile_interval <= now) {
+    if (r.slot && !r.terminal && !r.in_flight && lastActivity(r) + cfg_.reconcile_interval <= now) {
       due.push_back(&r);
     }
   }
@@ -567,9 +571,8 @@ std::string TaskTracker::serialize(MonotonicTime now, int64_t wall_now_unix_ms) 
     if (isTerminal(t.status)) {
       continue;  // cannot happen (a terminal status releases the slot); stay safe
     }
-    const int64_t age_ms =
-        std::clamp<int64_t>(std::chrono::duration_cast<milliseconds>(now - t.created).count(), 0,
-                            kMaxAgeMs);
+    const int64_t age_ms = std::clamp<int64_t>(
+        std::chrono::duration_cast<milliseconds>(now - t.created).count(), 0, kMaxAgeMs);
     w.StartObject();
     w.Key("key");
     w.String(t.key.data(), static_cast<rapidjson::SizeType>(t.key.size()));
@@ -623,9 +626,10 @@ std::optional<std::vector<TaskTracker::RestoredTask>> TaskTracker::parseState(
   int64_t downtime_ms = 0;
   if (saved_at && wall_now_unix_ms && *wall_now_unix_ms > *saved_at) {
     // Both are bounded int64s; clamp the difference before subtracting can overflow.
-    downtime_ms = (*saved_at < 0 && *wall_now_unix_ms > std::numeric_limits<int64_t>::max() + *saved_at)
-                      ? kMaxAgeMs
-                      : std::min(*wall_now_unix_ms - *saved_at, kMaxAgeMs);
+    downtime_ms =
+        (*saved_at < 0 && *wall_now_unix_ms > std::numeric_limits<int64_t>::max() + *saved_at)
+            ? kMaxAgeMs
+            : std::min(*wall_now_unix_ms - *saved_at, kMaxAgeMs);
   }
   auto tasks = doc.FindMember("tasks");
   if (tasks == doc.MemberEnd() || !tasks->value.IsArray()) {
@@ -648,8 +652,8 @@ std::optional<std::vector<TaskTracker::RestoredTask>> TaskTracker::parseState(
         return std::nullopt;
       }
       if (!it->value.IsString() || (non_empty && it->value.GetStringLength() == 0)) {
-        return where + "." + name + (non_empty ? ": expected a non-empty string"
-                                               : ": expected a string");
+        return where + "." + name +
+               (non_empty ? ": expected a non-empty string" : ": expected a string");
       }
       dst->assign(it->value.GetString(), it->value.GetStringLength());
       return std::nullopt;
@@ -674,8 +678,8 @@ std::optional<std::vector<TaskTracker::RestoredTask>> TaskTracker::parseState(
     if (age == item.MemberEnd() || !age->value.IsInt64() || age->value.GetInt64() < 0) {
       return fail(where + ".age_ms: expected a non-negative integer");
     }
-    const int64_t age_ms = std::min(std::min(age->value.GetInt64(), kMaxAgeMs) + downtime_ms,
-                                    kMaxAgeMs);
+    const int64_t age_ms =
+        std::min(std::min(age->value.GetInt64(), kMaxAgeMs) + downtime_ms, kMaxAgeMs);
     t.age = milliseconds(age_ms);
     out.push_back(std::move(t));
   }

@@ -41,14 +41,14 @@ TEST(TaskJson, CreatedTaskIdAbsentOnErrorsAndJunk) {
   EXPECT_FALSE(parseCreatedTaskId(R"({"code":200,"data":["tk-1"]})"));
   EXPECT_FALSE(parseCreatedTaskId(
       R"({"code":429,"message":"slow down","data":null,"error_code":"RATE_LIMIT_EXCEEDED"})"));
-  EXPECT_FALSE(parseCreatedTaskId(
-      R"({"code":429,"message":"x","data":{"taskId":"tk-should-not-count"}})"));
+  EXPECT_FALSE(
+      parseCreatedTaskId(R"({"code":429,"message":"x","data":{"taskId":"tk-should-not-count"}})"));
   EXPECT_FALSE(parseCreatedTaskId(
       R"({"error":{"type":"hiapi_error","code":"rate_limit_exceeded","request_id":"req_1"}})"));
   EXPECT_FALSE(parseCreatedTaskId(R"({"code":200,"data":{"taskId":"tk-1"})"));  // truncated
   EXPECT_FALSE(parseCreatedTaskId(R"({"code":200,"data":{"taskId":"tk-1"}} trailing)"));
-  EXPECT_FALSE(parseCreatedTaskId(std::string(kMaxTaskIdBytes + 1, 'a').insert(0, "{\"taskId\":\"")
-                                      .append("\"}")));
+  EXPECT_FALSE(parseCreatedTaskId(
+      std::string(kMaxTaskIdBytes + 1, 'a').insert(0, "{\"taskId\":\"").append("\"}")));
 }
 
 TEST(TaskJson, HugeAndOddNumbersDoNotCrash) {
@@ -57,8 +57,9 @@ TEST(TaskJson, HugeAndOddNumbersDoNotCrash) {
   EXPECT_FALSE(parseCreatedTaskId(R"({"code":1e400,"data":{"taskId":"a"}})"));
   EXPECT_FALSE(parseCreatedTaskId(R"({"code":200.5,"data":{"taskId":"a"}})"));
   EXPECT_EQ(parseCreatedTaskId(R"({"code":"200","data":{"taskId":"a"}})"), "a");
-  EXPECT_EQ(parseCreatedTaskId(R"({"code":200,"created":18446744073709551616,"data":{"taskId":"a"}})"),
-            "a");
+  EXPECT_EQ(
+      parseCreatedTaskId(R"({"code":200,"created":18446744073709551616,"data":{"taskId":"a"}})"),
+      "a");
   auto d = parseTaskDetail(R"({"data":{"taskId":"a","status":"success","completed":1e308}})");
   ASSERT_TRUE(d);
   EXPECT_EQ(d->status, "success");
@@ -70,7 +71,8 @@ TEST(TaskJson, DeepNestingIsNotAStackOverflow) {
   EXPECT_FALSE(parseTaskDetail(deep));
   EXPECT_TRUE(parseTaskList(deep).empty());
   EXPECT_FALSE(parseCreateBody(deep));
-  const std::string deep_obj = "{\"data\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  const std::string deep_obj =
+      "{\"data\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_FALSE(parseTaskDetail(deep_obj));
 }
 
@@ -146,14 +148,15 @@ TEST(TaskJson, DetailNotParseable) {
 // ---- parseTaskList --------------------------------------------------------------------------
 
 TEST(TaskJson, ListShapes) {
-  for (const char* body : {
-           R"({"code":200,"data":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]})",
-           R"({"code":200,"data":{"list":[{"taskId":"a","status":"success"},{"task_id":"b","status":"queued"}],"total":2}})",
-           R"({"code":200,"data":{"items":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]}})",
-           R"({"code":200,"data":{"tasks":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]}})",
-           R"({"code":200,"data":{"records":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}],"page":1,"size":20}})",
-           R"([{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}])",
-       }) {
+  for (
+      const char* body : {
+          R"({"code":200,"data":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]})",
+          R"({"code":200,"data":{"list":[{"taskId":"a","status":"success"},{"task_id":"b","status":"queued"}],"total":2}})",
+          R"({"code":200,"data":{"items":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]}})",
+          R"({"code":200,"data":{"tasks":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}]}})",
+          R"({"code":200,"data":{"records":[{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}],"page":1,"size":20}})",
+          R"([{"taskId":"a","status":"success"},{"taskId":"b","status":"queued"}])",
+      }) {
     SCOPED_TRACE(body);
     auto list = parseTaskList(body);
     ASSERT_EQ(list.size(), 2u);

@@ -98,6 +98,11 @@ public:
   /// @param tiers the limits' tiers, for names and min_poll_interval; empty = defaultTierConfigs()
   /// Thread-safety: not thread-safe.
   TaskTracker(const TasksConfig& cfg, std::vector<TierConfig> tiers);
+  // Records point at each other's map and list nodes: movable (nodes move along), not copyable.
+  TaskTracker(const TaskTracker&) = delete;
+  TaskTracker& operator=(const TaskTracker&) = delete;
+  TaskTracker(TaskTracker&&) = default;
+  TaskTracker& operator=(TaskTracker&&) = default;
 
   /// Hot reload: new settings and tiers, keeping every record. Records follow their tier by name;
   /// a record whose tier is gone moves to the last tier. Bounds apply at the next expire().
@@ -238,8 +243,8 @@ public:
     size_t cache_entries = 0;  ///< records with a cached reply
     uint64_t cache_bytes = 0;  ///< bytes of cached replies (body + headers + overhead)
     uint64_t hits = 0, coalesced = 0, misses = 0, evictions = 0, released = 0;
-    size_t records = 0;        ///< all records (tracked and poll-only)
-    size_t in_flight = 0;      ///< records with a fetch in flight
+    size_t records = 0;          ///< all records (tracked and poll-only)
+    size_t in_flight = 0;        ///< records with a fetch in flight
     uint64_t slots_expired = 0;  ///< slots forgotten through onSlotExpired
     uint64_t reconciles = 0;     ///< tasks handed out by dueForReconcile
   };
@@ -265,9 +270,9 @@ public:
   struct RestoredTask {
     std::string key;
     std::string task_id;
-    std::string tier;   ///< tier NAME; map it with the current tiers (unknown → last tier)
+    std::string tier;  ///< tier NAME; map it with the current tiers (unknown → last tier)
     std::string model;
-    Duration age{};     ///< age when saved, plus the time since saved_at when wall_now is given
+    Duration age{};  ///< age when saved, plus the time since saved_at when wall_now is given
   };
 
   /// Parses a state file. Strict: any malformed task rejects the whole file.
@@ -333,10 +338,9 @@ private:
   Record& findOrCreate(const std::string& key, const std::string& task_id, MonotonicTime now);
   Record* lookup(const std::string& key, const std::string& task_id);
   const Record* lookup(const std::string& key, const std::string& task_id) const;
-  std::optional<SlotRelease> track(const std::string& key, const std::string& task_id,
-                                   size_t tier, std::optional<SlotId> slot,
-                                   const std::string& model, MonotonicTime created,
-                                   MonotonicTime now);
+  std::optional<SlotRelease> track(const std::string& key, const std::string& task_id, size_t tier,
+                                   std::optional<SlotId> slot, const std::string& model,
+                                   MonotonicTime created, MonotonicTime now);
   std::optional<SlotRelease> applyStatus(Record& r, std::string_view status, MonotonicTime now);
   void touch(Record& r);
   void dropReply(Record& r);

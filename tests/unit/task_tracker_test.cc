@@ -1,0 +1,802 @@
+#include "hiapi/core/task_tracker.h"
+
+#include "hiapi/core/task_json.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace hiapi::core {
+namespace {
+
+using std::chrono::hours;
+using std::chrono::milliseconds;
+using std::chrono::minutes;
+using std::chrono::seconds;
+using ::testing::Test;
+
+const MonotonicTime kT0 = MonotonicTime{} + std::chrono::hours(1);
+
+std::vector<TierConfig> testTiers() {
+  TierConfig heavy;
+  heavy.name = "heavy";
+  heavy.max_running = 2;
+  heavy.min_poll_interval = seconds(5);
+  TierConfig light;
+  light.name = "light";
+  light.max_running = 5;
+  light.min_poll_interval = seconds(2);
+  return {heavy, light};
+}
+constexpr size_t kHeavy = 0;
+constexpr size_t kLight = 1;
+
+std::string detailBody(const std::string& id, const std::string& status) {
+  return R"({"code":200,"message":"success","data":{"taskId":")" + id +
+         R"(","model":"seedance-2-0","status":")" + status + R"(","created":1767225600}})";
+}
+
+CachedReply detail(const std::string& id, const std::string& status) {
+  CachedReply r;
+  r.status = 200;
+  r.headers = {{"Content-Type", "application/json"}};
+  r.body = detailBody(id, status);
+  return r;
+}
+
+CachedReply errorReply(int status) {
+  CachedReply r;
+  r.status = status;
+  r.body = R"({"code":)" + std::to_string(status) + R"(,"message":"x","data":null})";
+  return r;
+}
+
+std::string parseStatus(const std::string& body) {
+  auto d = parseTaskDetail(body);
+  return d ? d->status : std::string();
+}
+
+class TaskTrackerTest : public Test {
+protected:
+  TaskTrackerTest() : tracker_(cfg_, testTiers()) {}
+  void rebuild() { tracker_ = TaskTracker(cfg_, testTiers()); }
+
+  TasksConfig cfg_;
+  TaskTracker tracker_;
+};
+
+// ---- terminal set -------------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, TerminalSetIsConfiguredAndCaseInsensitive) {
+  for (const char* s : {"success", "fail", "SUCCESS", "Fail", "succeeded", "failed", "completed",
+                        "error", "cancelled", "timeout", "TimeOut"}) {
+    EXPECT_TRUE(tracker_.isTerminal(s)) << s;
+  }
+  for (const char* s : {"queued", "handling", "archiving", "", "succes", "success "}) {
+    EXPECT_FALSE(tracker_.isTerminal(s)) << s;
+  }
+  cfg_.tolerated_terminal = {"Done"};
+  rebuild();
+  EXPECT_TRUE(tracker_.isTerminal("done"));
+  EXPECT_FALSE(tracker_.isTerminal("cancelled"));
+}
+
+// ---- release exactly once ---------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, ReleaseExactlyOnceViaDetailThenList) {
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{7}, "seedance-2-0", kT0);
+  EXPECT_EQ(tracker_.stats().holding_slots, 1u);
+
+  // The detail reply arrives through a poll.
+  ASSERT_EQ(tracker_.beginPoll("prod", "tk-1", 1, kT0 + seconds(30)).action, PollAction::Fetch);
+  auto done = tracker_.completePoll("prod", "tk-1", detail("tk-1", "success"), kT0 + seconds(31));
+  ASSERT_TRUE(done.release);
+  EXPECT_EQ(done.release->key, "prod");
+  EXPECT_EQ(done.release->task_id, "tk-1");
+  EXPECT_EQ(done.release->tier, kHeavy);
+  EXPECT_EQ(done.release->slot, SlotId{7});
+  EXPECT_EQ(done.release->status, "success");
+  EXPECT_EQ(done.release->reason, ReleaseReason::TaskFinished);
+
+  // Then a list reply says so again, then a callback: nothing more.
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", "success", kT0 + seconds(32)));
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", "SUCCESS", kT0 + seconds(33)));
+  auto again = tracker_.completePoll("prod", "tk-1", detail("tk-1", "success"), kT0 + seconds(40));
+  EXPECT_FALSE(again.release);
+  EXPECT_EQ(tracker_.stats().released, 1u);
+  EXPECT_EQ(tracker_.stats().holding_slots, 0u);
+  EXPECT_TRUE(tracker_.running().empty());
+}
+
+TEST_F(TaskTrackerTest, ReleaseViaListThenDetail) {
+  tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "flux-2/dev", kT0);
+  auto rel = tracker_.onStatus("prod", "tk-1", "fail", kT0 + seconds(9));
+  ASSERT_TRUE(rel);
+  EXPECT_EQ(rel->slot, SlotId{1});
+  EXPECT_EQ(rel->status, "fail");
+  tracker_.beginPoll("prod", "tk-1", 1, kT0 + seconds(10));
+  EXPECT_FALSE(
+      tracker_.completePoll("prod", "tk-1", detail("tk-1", "fail"), kT0 + seconds(10)).release);
+}
+
+TEST_F(TaskTrackerTest, ToleratedTerminalStatusesRelease) {
+  size_t n = 0;
+  for (const char* s : {"succeeded", "failed", "completed", "error", "cancelled", "timeout"}) {
+    const std::string id = "tk-" + std::to_string(n);
+    tracker_.onCreated("prod", id, kLight, SlotId{++n}, "m", kT0);
+    auto rel = tracker_.onStatus("prod", id, s, kT0 + seconds(1));
+    ASSERT_TRUE(rel) << s;
+    EXPECT_EQ(rel->slot, SlotId{n});
+    EXPECT_EQ(rel->status, s);
+  }
+  EXPECT_EQ(tracker_.stats().released, 6u);
+}
+
+TEST_F(TaskTrackerTest, NonTerminalStatusesKeepTheSlot) {
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{3}, "m", kT0);
+  for (const char* s : {"queued", "handling", "archiving", "HANDLING", "weird-new-status", ""}) {
+    EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", s, kT0 + seconds(1))) << s;
+  }
+  auto running = tracker_.running();
+  ASSERT_EQ(running.size(), 1u);
+  EXPECT_EQ(running[0].slot, SlotId{3});
+  EXPECT_EQ(running[0].status, "weird-new-status");  // the last non-empty one
+  EXPECT_EQ(running[0].tier_name, "heavy");
+  auto rel = tracker_.onStatus("prod", "tk-1", "success", kT0 + seconds(2));
+  ASSERT_TRUE(rel);
+  // A stale non-terminal status after the end changes nothing.
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", "handling", kT0 + seconds(3)));
+  EXPECT_EQ(tracker_.find("prod", "tk-1")->status, "success");
+}
+
+TEST_F(TaskTrackerTest, TaskWithoutSlotNeverReleases) {
+  tracker_.onCreated("prod", "tk-1", kLight, std::nullopt, "m", kT0);
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", "success", kT0 + seconds(1)));
+  EXPECT_EQ(tracker_.stats().tracked, 1u);
+  EXPECT_EQ(tracker_.stats().holding_slots, 0u);
+}
+
+TEST_F(TaskTrackerTest, UnknownTasksCreateNoRecordAndNoRelease) {
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-x", "success", kT0));
+  EXPECT_FALSE(tracker_.find("prod", "tk-x"));
+  EXPECT_EQ(tracker_.stats().records, 0u);
+  // Another key's terminal status does not release this key's task.
+  tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "m", kT0);
+  EXPECT_FALSE(tracker_.onStatus("other", "tk-1", "success", kT0));
+  EXPECT_EQ(tracker_.stats().holding_slots, 1u);
+}
+
+TEST_F(TaskTrackerTest, LeaseExpiryThenTerminalReleasesNothing) {
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{5}, "m", kT0);
+  tracker_.onCreated("prod", "tk-2", kHeavy, SlotId{6}, "m", kT0);
+  EXPECT_TRUE(tracker_.onSlotExpired("prod", SlotId{5}));
+  EXPECT_FALSE(tracker_.onSlotExpired("prod", SlotId{5}));
+  EXPECT_FALSE(tracker_.onSlotExpired("prod", SlotId{99}));
+  EXPECT_FALSE(tracker_.onStatus("prod", "tk-1", "success", kT0 + minutes(30)));
+  ASSERT_TRUE(tracker_.onStatus("prod", "tk-2", "success", kT0 + minutes(30)));
+  EXPECT_EQ(tracker_.stats().slots_expired, 1u);
+  EXPECT_EQ(tracker_.stats().released, 1u);
+}
+
+TEST_F(TaskTrackerTest, SlotIdsRepeatAcrossKeys) {
+  tracker_.onCreated("a", "tk-1", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("b", "tk-2", kHeavy, SlotId{1}, "m", kT0);
+  // The key-less form refuses to guess.
+  EXPECT_EQ(tracker_.onSlotExpired(SlotId{1}), 0u);
+  EXPECT_EQ(tracker_.stats().holding_slots, 2u);
+  EXPECT_TRUE(tracker_.onSlotExpired("b", SlotId{1}));
+  ASSERT_TRUE(tracker_.onStatus("a", "tk-1", "success", kT0));
+  EXPECT_FALSE(tracker_.onStatus("b", "tk-2", "success", kT0));
+  // Unambiguous: the key-less form works.
+  tracker_.onCreated("c", "tk-3", kHeavy, SlotId{9}, "m", kT0);
+  EXPECT_EQ(tracker_.onSlotExpired(SlotId{9}), 1u);
+  EXPECT_EQ(tracker_.stats().holding_slots, 0u);
+}
+
+TEST_F(TaskTrackerTest, DuplicateCreateGivesTheNewSlotBack) {
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{1}, "m", kT0);
+  auto dup = tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{2}, "m", kT0 + seconds(1));
+  ASSERT_TRUE(dup);
+  EXPECT_EQ(dup->slot, SlotId{2});
+  EXPECT_EQ(dup->reason, ReleaseReason::NotCreated);
+  // The same slot reported twice is no duplicate.
+  EXPECT_FALSE(tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{1}, "m", kT0 + seconds(1)));
+  auto rel = tracker_.onStatus("prod", "tk-1", "success", kT0 + seconds(2));
+  ASSERT_TRUE(rel);
+  EXPECT_EQ(rel->slot, SlotId{1});
+  // A replay of a finished task: its new slot goes back at once.
+  auto late = tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{3}, "m", kT0 + seconds(3));
+  ASSERT_TRUE(late);
+  EXPECT_EQ(late->slot, SlotId{3});
+  EXPECT_EQ(tracker_.stats().holding_slots, 0u);
+}
+
+// ---- coalescing ---------------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, CoalescingOneFetchManyWaiters) {
+  tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "m", kT0);
+  const MonotonicTime t = kT0 + seconds(10);
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 100, t).action, PollAction::Fetch);
+  for (uint64_t w = 101; w < 150; ++w) {
+    EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", w, t + milliseconds(w)).action, PollAction::Join);
+  }
+  EXPECT_EQ(tracker_.stats().in_flight, 1u);
+  auto done = tracker_.completePoll("prod", "tk-1", detail("tk-1", "handling"), t + seconds(1));
+  ASSERT_EQ(done.waiters.size(), 50u);
+  for (uint64_t w = 100; w < 150; ++w) {
+    EXPECT_EQ(done.waiters[w - 100], w);
+  }
+  EXPECT_FALSE(done.release);
+  auto s = tracker_.stats();
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.coalesced, 49u);
+  EXPECT_EQ(s.in_flight, 0u);
+  // Nothing left recorded.
+  EXPECT_TRUE(tracker_.abandonPoll("prod", "tk-1").empty());
+}
+
+TEST_F(TaskTrackerTest, CancelledWaitersAreNotReturned) {
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 1, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 2, kT0).action, PollAction::Join);
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 3, kT0).action, PollAction::Join);
+  EXPECT_TRUE(tracker_.cancelWaiter("k", "tk-1", 2));
+  EXPECT_FALSE(tracker_.cancelWaiter("k", "tk-1", 2));
+  EXPECT_FALSE(tracker_.cancelWaiter("k", "tk-9", 3));
+  auto done = tracker_.completePoll("k", "tk-1", detail("tk-1", "queued"), kT0 + seconds(1));
+  EXPECT_EQ(done.waiters, (std::vector<uint64_t>{1, 3}));
+}
+
+TEST_F(TaskTrackerTest, AbandonReturnsWaitersAndOneRefetches) {
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 1, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 2, kT0).action, PollAction::Join);
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 3, kT0).action, PollAction::Join);
+  // The fetcher's client went away before the request was sent.
+  tracker_.cancelWaiter("k", "tk-1", 1);
+  auto left = tracker_.abandonPoll("k", "tk-1");
+  EXPECT_EQ(left, (std::vector<uint64_t>{2, 3}));
+  // The shell re-begins them in order: one fetches, the other joins.
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 2, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-1", 3, kT0).action, PollAction::Join);
+  auto done = tracker_.completePoll("k", "tk-1", detail("tk-1", "queued"), kT0 + seconds(1));
+  EXPECT_EQ(done.waiters, (std::vector<uint64_t>{2, 3}));
+}
+
+// ---- cache freshness ----------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, HitWithinMinPollIntervalWithAge) {
+  tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "m", kT0);
+  tracker_.beginPoll("prod", "tk-1", 1, kT0);
+  tracker_.completePoll("prod", "tk-1", detail("tk-1", "handling"), kT0 + milliseconds(300));
+
+  auto hit = tracker_.beginPoll("prod", "tk-1", 2, kT0 + milliseconds(1800));
+  ASSERT_EQ(hit.action, PollAction::Hit);
+  ASSERT_TRUE(hit.reply);
+  EXPECT_EQ(hit.reply->status, 200);
+  EXPECT_EQ(hit.reply->body, detailBody("tk-1", "handling"));
+  EXPECT_EQ(hit.reply->headers.at(0).first, "Content-Type");
+  EXPECT_EQ(hit.age, milliseconds(1500));
+  // Light tier: 2 s after the reply arrived it is stale.
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 3, kT0 + milliseconds(2300)).action,
+            PollAction::Fetch);
+  EXPECT_EQ(tracker_.stats().hits, 1u);
+}
+
+TEST_F(TaskTrackerTest, MinPollIntervalIsPerTierAndUnknownTasksUseTheLastTier) {
+  tracker_.onCreated("prod", "heavy-1", kHeavy, SlotId{1}, "m", kT0);
+  for (const char* id : {"heavy-1", "stranger"}) {
+    tracker_.beginPoll("prod", id, 1, kT0);
+    tracker_.completePoll("prod", id, detail(id, "handling"), kT0);
+  }
+  // Heavy: 5 s.
+  EXPECT_EQ(tracker_.beginPoll("prod", "heavy-1", 2, kT0 + milliseconds(4999)).action,
+            PollAction::Hit);
+  EXPECT_EQ(tracker_.beginPoll("prod", "heavy-1", 3, kT0 + seconds(5)).action, PollAction::Fetch);
+  // Not created through the proxy: the last tier (light, 2 s).
+  EXPECT_EQ(tracker_.beginPoll("prod", "stranger", 2, kT0 + milliseconds(1999)).action,
+            PollAction::Hit);
+  EXPECT_EQ(tracker_.beginPoll("prod", "stranger", 3, kT0 + seconds(2)).action, PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, TerminalRepliesLiveTerminalTtl) {
+  cfg_.terminal_ttl = minutes(10);
+  rebuild();
+  tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "m", kT0);
+  tracker_.beginPoll("prod", "tk-1", 1, kT0);
+  auto done = tracker_.completePoll("prod", "tk-1", detail("tk-1", "success"), kT0);
+  ASSERT_TRUE(done.release);
+  auto hit = tracker_.beginPoll("prod", "tk-1", 2, kT0 + minutes(9));
+  ASSERT_EQ(hit.action, PollAction::Hit);
+  EXPECT_EQ(hit.age, minutes(9));
+  tracker_.expire(kT0 + minutes(9));
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 3, kT0 + minutes(9) + seconds(59)).action,
+            PollAction::Hit);
+  // Past the TTL: reply and record go.
+  tracker_.expire(kT0 + minutes(10));
+  EXPECT_FALSE(tracker_.find("prod", "tk-1"));
+  EXPECT_EQ(tracker_.stats().cache_entries, 0u);
+  EXPECT_EQ(tracker_.stats().cache_bytes, 0u);
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 4, kT0 + minutes(10)).action, PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, NonSuccessRepliesAreNotCachedExcept404) {
+  for (int status : {429, 500, 502, 503, 401, 403, 400}) {
+    const std::string id = "tk-" + std::to_string(status);
+    EXPECT_EQ(tracker_.beginPoll("prod", id, 1, kT0).action, PollAction::Fetch);
+    tracker_.beginPoll("prod", id, 2, kT0);
+    auto done = tracker_.completePoll("prod", id, errorReply(status), kT0);
+    EXPECT_EQ(done.waiters.size(), 2u) << status;
+    EXPECT_EQ(tracker_.beginPoll("prod", id, 3, kT0 + milliseconds(1)).action, PollAction::Fetch)
+        << status;
+  }
+  EXPECT_EQ(tracker_.stats().cache_entries, 0u);
+
+  cfg_.not_found_ttl = seconds(2);
+  rebuild();
+  tracker_.beginPoll("prod", "gone", 1, kT0);
+  tracker_.completePoll("prod", "gone", errorReply(404), kT0);
+  auto hit = tracker_.beginPoll("prod", "gone", 2, kT0 + milliseconds(1999));
+  ASSERT_EQ(hit.action, PollAction::Hit);
+  EXPECT_EQ(hit.reply->status, 404);
+  EXPECT_EQ(tracker_.beginPoll("prod", "gone", 3, kT0 + seconds(2)).action, PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, AFailedRefreshKeepsNothingStale) {
+  tracker_.beginPoll("prod", "tk-1", 1, kT0);
+  tracker_.completePoll("prod", "tk-1", detail("tk-1", "queued"), kT0);
+  tracker_.beginPoll("prod", "tk-1", 2, kT0 + seconds(3));
+  tracker_.completePoll("prod", "tk-1", errorReply(500), kT0 + seconds(3));
+  // The old reply is stale and is never served again.
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 3, kT0 + seconds(3)).action, PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, StatusSeenElsewhereDropsAContradictingReply) {
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.beginPoll("prod", "tk-1", 1, kT0);
+  tracker_.completePoll("prod", "tk-1", detail("tk-1", "handling"), kT0);
+  // Same status in a list: the cached reply stays.
+  tracker_.onStatus("prod", "tk-1", "Handling", kT0 + seconds(1));
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 2, kT0 + seconds(1)).action, PollAction::Hit);
+  // A callback says it ended: the next poll fetches the news instead of "handling".
+  ASSERT_TRUE(tracker_.onStatus("prod", "tk-1", "success", kT0 + seconds(2)));
+  EXPECT_EQ(tracker_.beginPoll("prod", "tk-1", 3, kT0 + seconds(2)).action, PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, ReverseTimeServesWithZeroAge) {
+  tracker_.beginPoll("k", "tk-1", 1, kT0 + seconds(5));
+  tracker_.completePoll("k", "tk-1", detail("tk-1", "queued"), kT0 + seconds(5));
+  auto hit = tracker_.beginPoll("k", "tk-1", 2, kT0 + seconds(4));
+  ASSERT_EQ(hit.action, PollAction::Hit);
+  EXPECT_EQ(hit.age, Duration::zero());
+}
+
+// 50 clients poll one task every 100 ms for 20 s with 300 ms upstream latency: upstream sees at
+// most 20 s / min interval + 2 polls, and every client sees every status.
+TEST_F(TaskTrackerTest, FiftyClientsSimulation) {
+  ManualClock clock(kT0);
+  tracker_.onCreated("k", "tk-1", kLight, SlotId{1}, "m", clock.now());
+  const MonotonicTime start = clock.now();
+  auto upstreamStatus = [&](MonotonicTime t) {
+    const Duration d = t - start;
+    return d < seconds(5) ? "queued" : d < seconds(15) ? "handling" : "success";
+  };
+  constexpr int kClients = 50;
+  std::vector<std::vector<std::string>> seen(kClients);
+  std::vector<bool> waiting(kClients, false);
+  bool fetching = false;
+  MonotonicTime fetch_done = start;
+  std::string fetch_status;
+  int fetches = 0;
+  int releases = 0;
+  auto answer = [&](uint64_t w, const CachedReply& r) {
+    const auto st = parseStatus(r.body);
+    auto& v = seen[w];
+    if (v.empty() || v.back() != st) {
+      v.push_back(st);
+    }
+    waiting[w] = false;
+  };
+  while (clock.now() - start < seconds(20)) {
+    if (fetching && clock.now() >= fetch_done) {
+      const CachedReply r = detail("tk-1", fetch_status);
+      auto done = tracker_.completePoll("k", "tk-1", r, clock.now());
+      releases += done.release ? 1 : 0;
+      for (uint64_t w : done.waiters) {
+        answer(w, r);
+      }
+      fetching = false;
+    }
+    for (uint64_t c = 0; c < kClients; ++c) {
+      if (waiting[c]) {
+        continue;
+      }
+      auto d = tracker_.beginPoll("k", "tk-1", c, clock.now());
+      if (d.action == PollAction::Hit) {
+        answer(c, *d.reply);
+        continue;
+      }
+      waiting[c] = true;
+      if (d.action == PollAction::Fetch) {
+        ++fetches;
+        fetch_status = upstreamStatus(clock.now());  // upstream answers as of the request
+        fetching = true;
+        fetch_done = clock.now() + milliseconds(300);
+      }
+    }
+    tracker_.expire(clock.now());
+    clock.advance(milliseconds(100));
+  }
+  EXPECT_LE(fetches, 20 / 2 + 2);
+  EXPECT_EQ(releases, 1);
+  for (int c = 0; c < kClients; ++c) {
+    EXPECT_EQ(seen[c], (std::vector<std::string>{"queued", "handling", "success"})) << c;
+  }
+}
+
+// ---- cross-key isolation ------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, AnotherKeyIsNeverServedThisKeysTask) {
+  tracker_.onCreated("A", "tk-1", kLight, SlotId{1}, "m", kT0);
+  tracker_.beginPoll("A", "tk-1", 1, kT0);
+  tracker_.completePoll("A", "tk-1", detail("tk-1", "success"), kT0);
+  ASSERT_EQ(tracker_.beginPoll("A", "tk-1", 2, kT0 + seconds(1)).action, PollAction::Hit);
+
+  // Key B asks for A's task: it must go upstream (which answers 404), never get A's reply.
+  auto b = tracker_.beginPoll("B", "tk-1", 3, kT0 + seconds(1));
+  EXPECT_EQ(b.action, PollAction::Fetch);
+  EXPECT_FALSE(b.reply);
+  // B's fetch in flight is not joined by A, and A's cache is not touched by B's 404.
+  EXPECT_EQ(tracker_.beginPoll("A", "tk-1", 4, kT0 + seconds(1)).action, PollAction::Hit);
+  auto done = tracker_.completePoll("B", "tk-1", errorReply(404), kT0 + seconds(2));
+  EXPECT_EQ(done.waiters, (std::vector<uint64_t>{3}));
+  auto a = tracker_.beginPoll("A", "tk-1", 5, kT0 + seconds(2));
+  ASSERT_EQ(a.action, PollAction::Hit);
+  EXPECT_EQ(a.reply->status, 200);
+  auto b2 = tracker_.beginPoll("B", "tk-1", 6, kT0 + seconds(2));
+  ASSERT_EQ(b2.action, PollAction::Hit);
+  EXPECT_EQ(b2.reply->status, 404);
+
+  // Key names that could collide if joined naively stay apart.
+  EXPECT_EQ(tracker_.beginPoll("A\x1ftk", "-1", 7, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_
+                .beginPoll("",
+                           "A"
+                           "tk-1",
+                           8, kT0)
+                .action,
+            PollAction::Fetch);
+}
+
+TEST_F(TaskTrackerTest, KeyBJoinsNothingOfKeyA) {
+  EXPECT_EQ(tracker_.beginPoll("A", "tk-1", 1, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.beginPoll("B", "tk-1", 2, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.completePoll("A", "tk-1", detail("tk-1", "queued"), kT0).waiters,
+            (std::vector<uint64_t>{1}));
+  EXPECT_EQ(tracker_.completePoll("B", "tk-1", errorReply(404), kT0).waiters,
+            (std::vector<uint64_t>{2}));
+}
+
+// ---- LRU bounds ---------------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, LruBoundByEntries) {
+  cfg_.cache_max_entries = 3;
+  rebuild();
+  for (int i = 0; i < 5; ++i) {
+    const std::string id = "tk-" + std::to_string(i);
+    tracker_.beginPoll("k", id, 1, kT0);
+    tracker_.completePoll("k", id, detail(id, "queued"), kT0);
+  }
+  auto s = tracker_.stats();
+  EXPECT_EQ(s.records, 3u);
+  EXPECT_EQ(s.cache_entries, 3u);
+  EXPECT_EQ(s.evictions, 2u);
+  EXPECT_FALSE(tracker_.find("k", "tk-0"));
+  EXPECT_FALSE(tracker_.find("k", "tk-1"));
+  // A hit refreshes recency: tk-2 survives the next insert, tk-3 does not.
+  EXPECT_EQ(tracker_.beginPoll("k", "tk-2", 2, kT0 + seconds(1)).action, PollAction::Hit);
+  tracker_.beginPoll("k", "tk-5", 1, kT0 + seconds(1));
+  tracker_.completePoll("k", "tk-5", detail("tk-5", "queued"), kT0 + seconds(1));
+  EXPECT_TRUE(tracker_.find("k", "tk-2"));
+  EXPECT_FALSE(tracker_.find("k", "tk-3"));
+}
+
+TEST_F(TaskTrackerTest, LruBoundByBytes) {
+  const CachedReply sample = detail("tk-0", "queued");
+  // Room for three replies of this size, not four.
+  cfg_.cache_max_bytes = 3 * (sample.body.size() + 250);
+  rebuild();
+  for (int i = 0; i < 6; ++i) {
+    const std::string id = "tk-" + std::to_string(i);
+    tracker_.beginPoll("k", id, 1, kT0 + seconds(i));
+    tracker_.completePoll("k", id, detail(id, "queued"), kT0 + seconds(i));
+    EXPECT_LE(tracker_.stats().cache_bytes, cfg_.cache_max_bytes);
+  }
+  EXPECT_EQ(tracker_.stats().cache_entries, 3u);
+  EXPECT_TRUE(tracker_.find("k", "tk-5"));
+  EXPECT_FALSE(tracker_.find("k", "tk-2"));
+  // A reply larger than the whole budget is served to its waiters but not cached.
+  CachedReply huge = detail("big", "queued");
+  huge.body.append(cfg_.cache_max_bytes, ' ');
+  tracker_.beginPoll("k", "big", 1, kT0 + seconds(10));
+  EXPECT_EQ(tracker_.completePoll("k", "big", huge, kT0 + seconds(10)).waiters.size(), 1u);
+  EXPECT_EQ(tracker_.beginPoll("k", "big", 2, kT0 + seconds(10)).action, PollAction::Fetch);
+  EXPECT_LE(tracker_.stats().cache_bytes, cfg_.cache_max_bytes);
+}
+
+TEST_F(TaskTrackerTest, LruNeverEvictsWaitersOrSlotRecords) {
+  cfg_.cache_max_entries = 2;
+  cfg_.cache_max_bytes = 1;  // no reply fits: only records matter
+  rebuild();
+  tracker_.onCreated("k", "held-1", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("k", "held-2", kHeavy, SlotId{2}, "m", kT0);
+  tracker_.onCreated("k", "held-3", kHeavy, SlotId{3}, "m", kT0);
+  EXPECT_EQ(tracker_.beginPoll("k", "waited", 10, kT0).action, PollAction::Fetch);
+  EXPECT_EQ(tracker_.beginPoll("k", "waited", 11, kT0).action, PollAction::Join);
+  tracker_.expire(kT0 + seconds(1));
+  // Over the bound, but all four survive.
+  EXPECT_EQ(tracker_.stats().records, 4u);
+  EXPECT_EQ(tracker_.stats().holding_slots, 3u);
+  EXPECT_EQ(
+      tracker_.completePoll("k", "waited", detail("waited", "queued"), kT0 + seconds(1)).waiters,
+      (std::vector<uint64_t>{10, 11}));
+  // Now "waited" has no waiters and holds no slot: it goes.
+  EXPECT_FALSE(tracker_.find("k", "waited"));
+  for (SlotId s = 1; s <= 3; ++s) {
+    ASSERT_TRUE(tracker_.onStatus("k", "held-" + std::to_string(s), "success", kT0 + seconds(2)));
+  }
+}
+
+TEST_F(TaskTrackerTest, ByteBoundDropsReplyOfSlotRecordButKeepsTheSlot) {
+  const CachedReply sample = detail("held", "handling");
+  cfg_.cache_max_bytes = sample.body.size() + 250;  // one reply
+  rebuild();
+  tracker_.onCreated("k", "held", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.beginPoll("k", "held", 1, kT0);
+  tracker_.completePoll("k", "held", sample, kT0);
+  tracker_.beginPoll("k", "other", 1, kT0);
+  tracker_.completePoll("k", "other", detail("other", "handling"), kT0);
+  EXPECT_EQ(tracker_.stats().cache_entries, 1u);
+  auto held = tracker_.find("k", "held");
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->slot, SlotId{1});
+  EXPECT_EQ(tracker_.beginPoll("k", "held", 2, kT0).action, PollAction::Fetch);
+  tracker_.abandonPoll("k", "held");
+  EXPECT_TRUE(tracker_.onStatus("k", "held", "fail", kT0));
+}
+
+TEST_F(TaskTrackerTest, ExpireForgetsIdleRecordsButNotSlotHolders) {
+  cfg_.terminal_ttl = minutes(10);
+  rebuild();
+  tracker_.onCreated("k", "held", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("k", "lost", kHeavy, SlotId{2}, "m", kT0);
+  tracker_.onSlotExpired("k", SlotId{2});
+  tracker_.beginPoll("k", "stranger", 1, kT0);
+  tracker_.completePoll("k", "stranger", detail("stranger", "queued"), kT0);
+  tracker_.expire(kT0 + seconds(3));
+  EXPECT_FALSE(tracker_.find("k", "stranger"));  // poll-only, reply expired
+  EXPECT_TRUE(tracker_.find("k", "lost"));       // created here, asked about recently
+  tracker_.expire(kT0 + hours(5));
+  EXPECT_FALSE(tracker_.find("k", "lost"));
+  EXPECT_TRUE(tracker_.find("k", "held"));  // holds a slot: until terminal or lease
+  EXPECT_EQ(tracker_.stats().records, 1u);
+}
+
+// ---- reconcile ----------------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, ReconcileSelectsIdleSlotHolders) {
+  cfg_.reconcile_interval = seconds(15);
+  rebuild();
+  tracker_.onCreated("k", "polled", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("k", "silent", kHeavy, SlotId{2}, "m", kT0 + seconds(1));
+  tracker_.onCreated("k", "noslot", kLight, std::nullopt, "m", kT0);
+  tracker_.onCreated("k", "ended", kLight, SlotId{3}, "m", kT0);
+  tracker_.onStatus("k", "ended", "success", kT0 + seconds(1));
+  EXPECT_EQ(tracker_.nextReconcileAt(), kT0 + seconds(15));
+  EXPECT_TRUE(tracker_.dueForReconcile(kT0 + seconds(14)).empty());
+
+  // A client polls "polled" at 10 s (and its reply lands at 11 s).
+  tracker_.beginPoll("k", "polled", 1, kT0 + seconds(10));
+  tracker_.completePoll("k", "polled", detail("polled", "handling"), kT0 + seconds(11));
+  EXPECT_EQ(tracker_.nextReconcileAt(), kT0 + seconds(16));
+
+  auto due = tracker_.dueForReconcile(kT0 + seconds(16));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].task_id, "silent");
+  EXPECT_EQ(due[0].key, "k");
+  EXPECT_EQ(due[0].tier_name, "heavy");
+  EXPECT_EQ(due[0].slot, SlotId{2});
+  // Marked in flight: not handed out twice; a client poll now joins it.
+  EXPECT_TRUE(tracker_.dueForReconcile(kT0 + seconds(17)).empty());
+  EXPECT_EQ(tracker_.beginPoll("k", "silent", 7, kT0 + seconds(17)).action, PollAction::Join);
+  auto done = tracker_.completePoll("k", "silent", detail("silent", "success"), kT0 + seconds(18));
+  EXPECT_EQ(done.waiters, (std::vector<uint64_t>{7}));
+  ASSERT_TRUE(done.release);
+  EXPECT_EQ(done.release->slot, SlotId{2});
+
+  // "polled" is due 15 s after its last upstream poll (11 s).
+  EXPECT_TRUE(tracker_.dueForReconcile(kT0 + seconds(25)).empty());
+  due = tracker_.dueForReconcile(kT0 + seconds(26));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].task_id, "polled");
+  // A failed reconcile poll waits a full interval before the next.
+  EXPECT_TRUE(tracker_.abandonPoll("k", "polled").empty());
+  EXPECT_EQ(tracker_.nextReconcileAt(), kT0 + seconds(41));
+  EXPECT_TRUE(tracker_.dueForReconcile(kT0 + seconds(40)).empty());
+  EXPECT_EQ(tracker_.dueForReconcile(kT0 + seconds(41)).size(), 1u);
+  EXPECT_EQ(tracker_.stats().reconciles, 2u + 1u);
+}
+
+TEST_F(TaskTrackerTest, ReconcileRespectsMaxAndOrder) {
+  for (int i = 0; i < 5; ++i) {
+    tracker_.onCreated("k", "tk-" + std::to_string(i), kLight, SlotId(i + 1), "m",
+                       kT0 + seconds(4 - i));
+  }
+  auto due = tracker_.dueForReconcile(kT0 + minutes(1), 2);
+  ASSERT_EQ(due.size(), 2u);
+  EXPECT_EQ(due[0].task_id, "tk-4");  // idle longest
+  EXPECT_EQ(due[1].task_id, "tk-3");
+  EXPECT_EQ(tracker_.dueForReconcile(kT0 + minutes(1), 16).size(), 3u);
+}
+
+TEST_F(TaskTrackerTest, ReconcileOff) {
+  cfg_.reconcile = false;
+  rebuild();
+  tracker_.onCreated("k", "tk-1", kHeavy, SlotId{1}, "m", kT0);
+  EXPECT_FALSE(tracker_.nextReconcileAt());
+  EXPECT_TRUE(tracker_.dueForReconcile(kT0 + hours(1)).empty());
+  // Turned on by a reload: the task is due at once.
+  cfg_.reconcile = true;
+  tracker_.reconfigure(cfg_, testTiers());
+  EXPECT_EQ(tracker_.dueForReconcile(kT0 + hours(1)).size(), 1u);
+}
+
+TEST_F(TaskTrackerTest, ReconfigureFollowsTiersByName) {
+  tracker_.onCreated("k", "tk-1", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("k", "tk-2", kLight, SlotId{2}, "m", kT0);
+  auto tiers = testTiers();
+  std::swap(tiers[0], tiers[1]);  // light, heavy
+  TierConfig video;
+  video.name = "video";
+  tiers.push_back(video);
+  tracker_.reconfigure(cfg_, tiers);
+  EXPECT_EQ(tracker_.find("k", "tk-1")->tier, 1u);
+  EXPECT_EQ(tracker_.find("k", "tk-1")->tier_name, "heavy");
+  EXPECT_EQ(tracker_.find("k", "tk-2")->tier, 0u);
+  tracker_.reconfigure(cfg_, {video});  // both tiers gone: the last tier
+  EXPECT_EQ(tracker_.find("k", "tk-1")->tier_name, "video");
+  auto rel = tracker_.onStatus("k", "tk-1", "success", kT0);
+  ASSERT_TRUE(rel);
+  EXPECT_EQ(rel->tier, 0u);
+  EXPECT_EQ(tracker_.tierIndex("heavy"), 0u);
+}
+
+// ---- persistence --------------------------------------------------------------------------
+
+TEST_F(TaskTrackerTest, SerializeParseRoundTrip) {
+  tracker_.onCreated("prod", "tk-a", kHeavy, SlotId{1}, "seedance-2-0", kT0);
+  tracker_.onCreated("prod", "tk-b", kLight, SlotId{2}, "flux \"2\"\n/pro", kT0 + seconds(20));
+  tracker_.onCreated("batch", "tk-c", kHeavy, SlotId{1}, "veo-3.1/fast", kT0 + seconds(30));
+  tracker_.onCreated("prod", "tk-done", kHeavy, SlotId{3}, "m", kT0);
+  tracker_.onStatus("prod", "tk-done", "success", kT0);
+  tracker_.onCreated("prod", "tk-noslot", kHeavy, std::nullopt, "m", kT0);
+  tracker_.beginPoll("prod", "stranger", 1, kT0);
+
+  const std::string text = tracker_.serialize(kT0 + seconds(60), 1'767'225'600'000);
+  EXPECT_NE(text.find("\"version\":1"), std::string::npos);
+  EXPECT_NE(text.find("\"saved_at_unix_ms\":1767225600000"), std::string::npos);
+
+  std::string error;
+  auto tasks = TaskTracker::parseState(text, &error);
+  ASSERT_TRUE(tasks) << error;
+  ASSERT_EQ(tasks->size(), 3u);
+  EXPECT_EQ((*tasks)[0].key, "prod");
+  EXPECT_EQ((*tasks)[0].task_id, "tk-a");
+  EXPECT_EQ((*tasks)[0].tier, "heavy");
+  EXPECT_EQ((*tasks)[0].model, "seedance-2-0");
+  EXPECT_EQ((*tasks)[0].age, seconds(60));
+  EXPECT_EQ((*tasks)[1].task_id, "tk-b");
+  EXPECT_EQ((*tasks)[1].tier, "light");
+  EXPECT_EQ((*tasks)[1].model, "flux \"2\"\n/pro");
+  EXPECT_EQ((*tasks)[1].age, seconds(40));
+  EXPECT_EQ((*tasks)[2].key, "batch");
+  EXPECT_EQ((*tasks)[2].age, seconds(30));
+
+  // Downtime since saved_at is added when the wall clock is given.
+  auto later = TaskTracker::parseState(text, &error, 1'767'225'600'000 + 5'000);
+  ASSERT_TRUE(later);
+  EXPECT_EQ((*later)[0].age, seconds(65));
+  auto skewed = TaskTracker::parseState(text, &error, 1'767'225'600'000 - 5'000);
+  ASSERT_TRUE(skewed);
+  EXPECT_EQ((*skewed)[0].age, seconds(60));
+
+  // Restore into a fresh tracker (after a restart): the slots are held again.
+  const MonotonicTime boot = MonotonicTime{} + hours(100);
+  TaskTracker restored(cfg_, testTiers());
+  SlotId next = 1;
+  for (const auto& t : *tasks) {
+    restored.onRestored(t.key, t.task_id, restored.tierIndex(t.tier), next++, t.model,
+                        boot - t.age);
+  }
+  auto running = restored.running();
+  ASSERT_EQ(running.size(), 3u);
+  EXPECT_EQ(running[0].task_id, "tk-a");
+  EXPECT_EQ(running[0].created, boot - seconds(60));
+  EXPECT_EQ(running[0].tier, kHeavy);
+  auto rel = restored.onStatus("prod", "tk-a", "success", boot);
+  ASSERT_TRUE(rel);
+  EXPECT_EQ(rel->slot, SlotId{1});
+  EXPECT_EQ(restored.serialize(boot, 0).find("tk-a"), std::string::npos);
+}
+
+TEST_F(TaskTrackerTest, SerializeEmptyAndNeverASecret) {
+  const std::string text = tracker_.serialize(kT0, 0);
+  EXPECT_EQ(text, R"({"version":1,"saved_at_unix_ms":0,"tasks":[]})");
+  auto tasks = TaskTracker::parseState(text, nullptr);
+  ASSERT_TRUE(tasks);
+  EXPECT_TRUE(tasks->empty());
+}
+
+TEST(TaskTrackerState, CorruptFilesAreRejectedWithAMessage) {
+  struct Case {
+    const char* text;
+    const char* expect;  // substring of the message
+  };
+  const Case cases[] = {
+      {"", "not JSON"},
+      {"garbage", "not JSON"},
+      {R"({"version":1,"tasks":[)", "not JSON"},
+      {"[]", "expected a JSON object"},
+      {R"({"tasks":[]})", "version"},
+      {R"({"version":"1","tasks":[]})", "version"},
+      {R"({"version":2,"tasks":[]})", "unsupported version 2"},
+      {R"({"version":1.5,"tasks":[]})", "version"},
+      {R"({"version":1})", "tasks"},
+      {R"({"version":1,"tasks":{}})", "tasks"},
+      {R"({"version":1,"saved_at_unix_ms":"yesterday","tasks":[]})", "saved_at_unix_ms"},
+      {R"({"version":1,"tasks":[42]})", "tasks[0]"},
+      {R"({"version":1,"tasks":[{"task_id":"t","tier":"heavy","age_ms":1}]})", "tasks[0].key"},
+      {R"({"version":1,"tasks":[{"key":"","task_id":"t","tier":"h","age_ms":1}]})", "tasks[0].key"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":7,"tier":"h","age_ms":1}]})",
+       "tasks[0].task_id"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","age_ms":1}]})", "tasks[0].tier"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","model":1,"age_ms":1}]})",
+       "tasks[0].model"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h"}]})", "tasks[0].age_ms"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":-1}]})",
+       "tasks[0].age_ms"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":"5"}]})",
+       "tasks[0].age_ms"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":1e400}]})",
+       "not JSON"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":99999999999999999999}]})",
+       "tasks[0].age_ms"},
+      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":1},{"key":"k"}]})",
+       "tasks[1].task_id"},
+  };
+  for (const Case& c : cases) {
+    std::string error;
+    EXPECT_FALSE(TaskTracker::parseState(c.text, &error)) << c.text;
+    EXPECT_NE(error.find(c.expect), std::string::npos) << c.text << " -> " << error;
+  }
+  EXPECT_FALSE(TaskTracker::parseState("{", nullptr));  // no error sink: still fine
+}
+
+TEST(TaskTrackerState, HugeAgesAreClampedNotOverflowed) {
+  std::string error;
+  auto tasks = TaskTracker::parseState(
+      R"({"version":1,"saved_at_unix_ms":-9223372036854775807,"tasks":[
+          {"key":"k","task_id":"t","tier":"h","model":"m","age_ms":9223372036854775807}]})",
+      &error, 9'223'372'036'854'775'807);
+  ASSERT_TRUE(tasks) << error;
+  ASSERT_EQ(tasks->size(), 1u);
+  EXPECT_EQ((*tasks)[0].age, std::chrono::hours(100000));
+  // Extra fields are ignored; model is optional.
+  auto extra = TaskTracker::parseState(
+      R"({"version":1,"future":true,"tasks":[{"key":"k","task_id":"t","tier":"","age_ms":0,"x":[]}]})",
+      &error);
+  ASSERT_TRUE(extra) << error;
+  EXPECT_EQ((*extra)[0].model, "");
+}
+
+}  // namespace
+}  // namespace hiapi::core
