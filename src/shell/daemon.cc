@@ -4,28 +4,58 @@
 #include <cstdio>
 #include <fstream>
 
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <systemd/sd-daemon.h>
+
+#include "hiapi/core/http_rules.h"
+#include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/limiter.h"
-#include "hiapi/shell/task_service.h"
+#include "hiapi/shell/metrics.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/task_service.h"
 #include "hiapi/shell/upstream_pool.h"
+#include "hiapi/version.h"
 
 namespace hiapi::shell {
+namespace {
+
+double seconds(core::Duration d) { return core::toSeconds(d); }
+
+std::vector<std::string> tierNames(const core::Config& cfg) {
+  std::vector<std::string> out;
+  for (const auto& t : cfg.limits.tiers) {
+    out.push_back(t.name);
+  }
+  return out;
+}
+
+}  // namespace
 
 Daemon::Daemon(DaemonOptions opts, core::ConfigSharedPtr cfg, Logger& log)
     : opts_(std::move(opts)), cfg_(std::move(cfg)), log_(log) {}
 
 Daemon::~Daemon() {
+  admin_.reset();
   tasks_.reset();
   proxy_.reset();
   limiter_.reset();
   pool_.reset();
-  for (event* e : {sigterm_, sigint_, sighup_, drain_tick_}) {
+  for (event* e : {sigterm_, sigint_, sighup_, drain_tick_, watchdog_}) {
     if (e != nullptr) {
       event_free(e);
     }
   }
   if (base_ != nullptr) {
     event_base_free(base_);
+  }
+}
+
+void Daemon::notify(const std::string& state) {
+  // A no-op (returns 0) when not started by systemd with NOTIFY_SOCKET.
+  const int r = sd_notify(0, state.c_str());
+  if (r < 0) {
+    log_.warn("sd_notify failed", {{"error", std::strerror(-r)}});
   }
 }
 
@@ -40,18 +70,26 @@ bool Daemon::writePortFile() {
       return false;
     }
     f << "proxy=" << proxy_->port() << "\n";
-    f << "admin=0\n";
+    f << "admin=" << (admin_ ? admin_->port() : 0) << "\n";
   }
   return std::rename(tmp.c_str(), opts_.port_file.c_str()) == 0;
 }
 
+void Daemon::declareKeys() {
+  for (const core::KeyConfig& k : cfg_->keys) {
+    metrics_->declareKey(k.name, tierNames(*cfg_));
+  }
+}
+
 int Daemon::run() {
   std::signal(SIGPIPE, SIG_IGN);
+  started_ = core::MonotonicClock::now();
   base_ = event_base_new();
   if (base_ == nullptr) {
     log_.error("event_base_new failed");
     return 1;
   }
+  metrics_ = std::make_unique<Metrics>();
   try {
     pool_ = std::make_unique<UpstreamPool>(base_, cfg_->upstream, log_);
   } catch (const std::exception& e) {
@@ -59,9 +97,9 @@ int Daemon::run() {
     return 1;
   }
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
-  limiter_ = std::make_unique<Limiter>(base_, cfg_, log_);
+  limiter_ = std::make_unique<Limiter>(base_, cfg_, log_, metrics_.get());
   proxy_->setAdmission(limiter_.get());
-  tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_);
+  tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
   proxy_->setPollHook(tasks_.get());
   limiter_->on_task_created = [this](const RequestCtx& ctx, const std::string& task_id) {
     tasks_->onCreated(ctx, task_id);
@@ -69,9 +107,34 @@ int Daemon::run() {
   limiter_->on_lease_expired = [this](const std::string& key, uint64_t slot) {
     tasks_->onLeaseExpired(key, slot);
   };
+  proxy_->on_finished = [this](const RequestCtx& ctx, int status) {
+    if (ctx.internal) {
+      return;
+    }
+    metrics_->clientResponse(ctx.key_name.empty() ? "none" : ctx.key_name,
+                             core::routeName(ctx.route.kind), status);
+    if (ctx.proxy_error) {
+      metrics_->proxyError(*ctx.proxy_error);
+    }
+    if (!ctx.cache_result.empty()) {
+      metrics_->pollCache(ctx.cache_result);
+    }
+  };
+  declareKeys();
   tasks_->restore();
   if (!proxy_->listen()) {
     return 1;
+  }
+  if (cfg_->admin.enabled) {
+    admin_ = std::make_unique<AdminServer>(
+        base_, *metrics_, [this] { return statusJson(); }, [this] { return ready_; },
+        [this] { refreshGauges(); });
+    if (!admin_->listen(cfg_->admin.address, cfg_->admin.port)) {
+      log_.error("cannot listen for admin", {{"address", cfg_->admin.address},
+                                             {"port", cfg_->admin.port},
+                                             {"error", admin_->lastError()}});
+      return 1;
+    }
   }
   sigterm_ = evsignal_new(base_, SIGTERM, &Daemon::onSignal, this);
   sigint_ = evsignal_new(base_, SIGINT, &Daemon::onSignal, this);
@@ -82,18 +145,35 @@ int Daemon::run() {
       return 1;
     }
   }
+  uint64_t watchdog_usec = 0;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    watchdog_ = event_new(base_, -1, EV_PERSIST, &Daemon::onWatchdog, this);
+    const timeval tv{static_cast<time_t>(watchdog_usec / 2 / 1'000'000),
+                     static_cast<suseconds_t>((watchdog_usec / 2) % 1'000'000)};
+    event_add(watchdog_, &tv);
+  }
   if (!writePortFile()) {
     log_.error("cannot write the port file", {{"path", opts_.port_file}});
     return 1;
   }
+  ready_ = true;
+  metrics_->setReady(true);
   log_.info("listening", {{"address", cfg_->listen.address},
                           {"port", proxy_->port()},
+                          {"admin_port", admin_ ? admin_->port() : 0},
                           {"upstream", cfg_->upstream.url},
-                          {"config", opts_.config_path}});
+                          {"config", opts_.config_path},
+                          {"version", HIAPI_PROXY_VERSION}});
+  notify("READY=1\nSTATUS=listening on " + cfg_->listen.address + ":" +
+         std::to_string(proxy_->port()) + ", upstream " + cfg_->upstream.url);
   event_base_dispatch(base_);
   tasks_->save();
   log_.info("stopped", {{"aborted", aborted_ ? "true" : "false"}});
   return 0;
+}
+
+void Daemon::onWatchdog(evutil_socket_t, short, void* arg) {
+  static_cast<Daemon*>(arg)->notify("WATCHDOG=1");
 }
 
 void Daemon::onSignal(evutil_socket_t sig, short, void* arg) {
@@ -106,18 +186,41 @@ void Daemon::onSignal(evutil_socket_t sig, short, void* arg) {
 }
 
 void Daemon::reload() {
+  if (shutting_down_) {
+    return;
+  }
   log_.info("reload requested", {{"config", opts_.config_path}});
+  notify("RELOADING=1\nSTATUS=reloading " + opts_.config_path);
   try {
     auto next = std::make_shared<const core::Config>(core::loadConfig(opts_.config_path));
+    // What lives in sockets and TLS contexts stays until a restart; say so instead of
+    // silently ignoring it.
+    if (next->listen.address != cfg_->listen.address || next->listen.port != cfg_->listen.port ||
+        next->admin.address != cfg_->admin.address || next->admin.port != cfg_->admin.port ||
+        next->admin.enabled != cfg_->admin.enabled || next->upstream.url != cfg_->upstream.url ||
+        next->upstream.ca_file != cfg_->upstream.ca_file) {
+      log_.warn("listen, admin and upstream settings change only on restart; the rest applies");
+    }
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     proxy_->setConfig(next);
     limiter_->reconfigure(next);
     tasks_->reconfigure(next);
     cfg_ = next;
+    declareKeys();
+    std::vector<std::string> keys;
+    for (const auto& [name, snap] : limiter_->snapshots()) {
+      keys.push_back(name);
+    }
+    metrics_->retainKeys(keys);
+    metrics_->configReload(true);
     log_.info("reload ok", {{"summary", cfg_->summary()}});
+    notify("READY=1\nSTATUS=reloaded: " + cfg_->summary());
   } catch (const core::ConfigError& e) {
+    metrics_->configReload(false);
     log_.error("reload failed, keeping the running configuration", {{"error", e.what()}});
+    notify(std::string("READY=1\nSTATUS=reload failed, running the previous configuration: ") +
+           e.what());
   }
 }
 
@@ -129,6 +232,9 @@ void Daemon::beginShutdown(int sig) {
     return;
   }
   shutting_down_ = true;
+  ready_ = false;
+  metrics_->setReady(false);
+  notify("STOPPING=1\nSTATUS=draining");
   log_.info("shutting down: draining", {{"signal", sig}, {"in_flight", proxy_->active()}});
   proxy_->stopAccepting();
   drain_deadline_ = core::MonotonicClock::now() + cfg_->drain_timeout;
@@ -144,6 +250,9 @@ void Daemon::onDrainTick(evutil_socket_t, short, void* arg) {
     // Give libevent one more turn to flush the last replies.
     const timeval flush{0, 50'000};
     event_del(self->drain_tick_);
+    if (self->admin_) {
+      self->admin_->close();
+    }
     event_base_loopexit(self->base_, &flush);
     return;
   }
@@ -153,6 +262,152 @@ void Daemon::onDrainTick(evutil_socket_t, short, void* arg) {
                     {{"in_flight", self->proxy_->active()}});
     self->proxy_->abortPending();
   }
+}
+
+void Daemon::refreshGauges() {
+  for (const auto& [key, snap] : limiter_->snapshots()) {
+    Metrics::KeyGauges kg;
+    kg.key = key;
+    kg.configured_rate = snap.configured_rate;
+    kg.effective_rate = snap.effective_rate;
+    kg.tokens = snap.tokens;
+    kg.cooldown_seconds = seconds(snap.cooldown_remaining);
+    kg.queue_depth = snap.queue_depth;
+    metrics_->setKeyGauges(kg);
+    std::vector<uint64_t>& seen_leases = seen_lease_expiries_[key];
+    seen_leases.resize(snap.tiers.size(), 0);
+    for (size_t i = 0; i < snap.tiers.size(); ++i) {
+      const core::TierSnapshot& t = snap.tiers[i];
+      Metrics::TierGauges tg;
+      tg.key = key;
+      tg.tier = t.name;
+      tg.running = t.running;
+      tg.ceiling = t.ceiling;
+      tg.effective_ceiling = t.effective_ceiling;
+      tg.queued = t.queued;
+      metrics_->setTierGauges(tg);
+      for (uint64_t n = seen_leases[i]; n < t.leases_expired; ++n) {
+        metrics_->leaseExpired(key, t.name);
+        metrics_->taskOutcome(key, t.name, "lease_expired");
+      }
+      seen_leases[i] = std::max(seen_leases[i], t.leases_expired);
+    }
+    // Throttle counters live in the scheduler: turn their growth into metric increments.
+    core::SchedulerCounters& seen = seen_counters_[key];
+    const core::SchedulerCounters& c = snap.counters;
+    auto bump = [&](uint64_t now_v, uint64_t& was, std::string_view reason) {
+      for (uint64_t n = was; n < now_v; ++n) {
+        metrics_->throttle(key, reason);
+      }
+      was = std::max(was, now_v);
+    };
+    bump(c.throttled_rate, seen.throttled_rate, "rate");
+    bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
+    bump(c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
+    bump(c.queue_full, seen.queue_full, "queue_full");
+    bump(c.queue_timeout, seen.queue_timeout, "queue_timeout");
+  }
+  metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
+  metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
+  metrics_->setInflight(proxy_->active());
+}
+
+std::string Daemon::statusJson() {
+  refreshGauges();
+  const auto now = core::MonotonicClock::now();
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("version");
+  w.String(HIAPI_PROXY_VERSION);
+  w.Key("uptime_seconds");
+  w.Double(seconds(now - started_));
+  w.Key("ready");
+  w.Bool(ready_);
+  w.Key("draining");
+  w.Bool(shutting_down_);
+  w.Key("in_flight");
+  w.Uint64(proxy_->active());
+  w.Key("upstream");
+  w.StartObject();
+  w.Key("url");
+  w.String(cfg_->upstream.url.c_str());
+  w.Key("connections_busy");
+  w.Uint64(pool_->busyConnections());
+  w.Key("connections_idle");
+  w.Uint64(pool_->idleConnections());
+  w.Key("waiting_for_connection");
+  w.Uint64(pool_->waiting());
+  w.EndObject();
+  w.Key("keys");
+  w.StartArray();
+  for (const auto& [key, snap] : limiter_->snapshots()) {
+    w.StartObject();
+    w.Key("name");
+    w.String(key.c_str());  // a config name or pt-<fingerprint>: never the key
+    w.Key("configured_rate_per_s");
+    w.Double(snap.configured_rate);
+    w.Key("effective_rate_per_s");
+    w.Double(snap.effective_rate);
+    w.Key("tokens");
+    w.Double(snap.tokens);
+    w.Key("burst");
+    w.Double(snap.burst);
+    w.Key("cooldown_seconds");
+    w.Double(seconds(snap.cooldown_remaining));
+    w.Key("queue_depth");
+    w.Uint64(snap.queue_depth);
+    w.Key("tiers");
+    w.StartArray();
+    for (const core::TierSnapshot& t : snap.tiers) {
+      w.StartObject();
+      w.Key("name");
+      w.String(t.name.c_str());
+      w.Key("running");
+      w.Uint(t.running);
+      w.Key("ceiling");
+      w.Uint(t.ceiling);
+      w.Key("effective_ceiling");
+      w.Uint(t.effective_ceiling);
+      w.Key("queued");
+      w.Uint64(t.queued);
+      w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+  }
+  w.EndArray();
+  const core::TaskTracker::Stats ts = tasks_->tracker().stats();
+  w.Key("tasks");
+  w.StartObject();
+  w.Key("tracked");
+  w.Uint64(ts.tracked);
+  w.Key("holding_slots");
+  w.Uint64(ts.holding_slots);
+  w.Key("cache_entries");
+  w.Uint64(ts.cache_entries);
+  w.Key("cache_bytes");
+  w.Uint64(ts.cache_bytes);
+  w.Key("running");
+  w.StartArray();
+  for (const core::TrackedTaskInfo& t : tasks_->tracker().running()) {
+    w.StartObject();
+    w.Key("key");
+    w.String(t.key.c_str());
+    w.Key("task_id");
+    w.String(t.task_id.c_str());
+    w.Key("tier");
+    w.String(t.tier_name.c_str());
+    w.Key("status");
+    w.String(t.status.c_str());
+    w.Key("age_seconds");
+    w.Double(seconds(now - t.created));
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize());
 }
 
 }  // namespace hiapi::shell

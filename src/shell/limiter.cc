@@ -6,6 +6,7 @@
 
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/task_json.h"
+#include "hiapi/shell/metrics.h"
 
 namespace hiapi::shell {
 namespace {
@@ -217,6 +218,9 @@ void Limiter::pump(KeyState& ks) {
     }
     it->second.ctx->slot = a.slot;
     it->second.ctx->retrying = false;
+    if (metrics_ != nullptr && !it->second.ctx->internal) {
+      metrics_->queueWait(ks.name, core::routeName(a.route), core::toSeconds(a.waited));
+    }
     it->second.go();  // sends; handles_ keeps the entry until the final answer
   }
   arm(ks, d.wake_at);
@@ -278,6 +282,15 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
   out.ratelimit.remaining = headerNumber(resp.headers, "X-RateLimit-Remaining");
   out.ratelimit.reset = headerNumber(resp.headers, "X-RateLimit-Reset");
   ks.sched->onUpstreamOutcome(out, now);
+  if (metrics_ != nullptr) {
+    metrics_->upstreamRequest(ctx.key_name, core::routeName(ctx.route.kind), out.status,
+                              core::toSeconds(resp.latency));
+    if (out.status == 429) {
+      metrics_->upstream429(ctx.key_name, out.cause == core::Limit429Cause::Rate          ? "rate"
+                                          : out.cause == core::Limit429Cause::Concurrency ? "concurrency"
+                                                                                          : "unknown");
+    }
+  }
   if (ctx.attempts == 1) {
     ks.budget->onRequest(now);
   }
@@ -318,6 +331,9 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
     if (dec.retry) {
       if (ks.budget->tryRetry(now)) {
         retry = true;
+        if (metrics_ != nullptr) {
+          metrics_->retry(ctx.key_name, core::retryReasonName(dec.reason));
+        }
         ctx.retrying = true;
         log_.debug("retrying", {{"request_id", ctx.request_id},
                                 {"reason", core::retryReasonName(dec.reason)},

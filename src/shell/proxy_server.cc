@@ -667,6 +667,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
     return;
   }
   const core::ProxyErrorInfo& info = core::proxyErrorInfo(e);
+  ctx.proxy_error = e;
   if (ctx.client_gone || ctx.internal) {
     ctx.answered = true;
     done(ctx, info.status);

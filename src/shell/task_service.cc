@@ -9,8 +9,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "hiapi/core/http_rules.h"
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/limiter.h"
+#include "hiapi/shell/metrics.h"
 
 namespace hiapi::shell {
 namespace {
@@ -62,6 +64,18 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
   }
   limiter_.releaseSlot(r->key, r->slot, r->reason);
   dirty_ = true;
+  if (metrics_ != nullptr && r->reason == core::ReleaseReason::TaskFinished) {
+    const auto& tiers = cfg_->limits.tiers;
+    const std::string tier = tiers.empty() ? "default" : tiers[std::min(r->tier, tiers.size() - 1)].name;
+    const std::string outcome = core::iequals(r->status, "success") || core::iequals(r->status, "succeeded") ||
+                                        core::iequals(r->status, "completed")
+                                    ? "success"
+                                : core::iequals(r->status, "fail") || core::iequals(r->status, "failed") ||
+                                        core::iequals(r->status, "error")
+                                    ? "fail"
+                                    : "other";
+    metrics_->taskOutcome(r->key, tier, outcome);
+  }
   log_.debug("task slot released", {{"key", r->key}, {"task", r->task_id}, {"status", r->status}});
 }
 

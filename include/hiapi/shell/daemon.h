@@ -1,12 +1,16 @@
 #pragma once
-// Wiring: the event loop, the listener, the upstream pool, signals and the drain on shutdown.
+// Wiring: the event loop, the listener, the upstream pool, the limiter and task service, the
+// admin listener with its metrics, signals (drain on SIGTERM/SIGINT, reload on SIGHUP) and
+// systemd notification.
 
+#include <map>
 #include <memory>
 #include <string>
 
 #include <event2/event.h>
 
 #include "hiapi/core/config.h"
+#include "hiapi/core/key_scheduler.h"
 #include "hiapi/shell/log.h"
 
 namespace hiapi::shell {
@@ -15,6 +19,8 @@ class UpstreamPool;
 class ProxyServer;
 class Limiter;
 class TaskService;
+class Metrics;
+class AdminServer;
 
 struct DaemonOptions {
   std::string config_path;
@@ -35,25 +41,38 @@ public:
 private:
   static void onSignal(evutil_socket_t sig, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
+  static void onWatchdog(evutil_socket_t, short, void* arg);
   void beginShutdown(int sig);
   void reload();
   bool writePortFile();
+  void refreshGauges();
+  std::string statusJson();
+  void notify(const std::string& state);
+  void declareKeys();
 
   DaemonOptions opts_;
   core::ConfigSharedPtr cfg_;
   Logger& log_;
   event_base* base_ = nullptr;
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<TaskService> tasks_;
+  std::unique_ptr<AdminServer> admin_;
   event* sigterm_ = nullptr;
   event* sigint_ = nullptr;
   event* sighup_ = nullptr;
   event* drain_tick_ = nullptr;
+  event* watchdog_ = nullptr;
   core::MonotonicTime drain_deadline_{};
+  core::MonotonicTime started_{};
   bool shutting_down_ = false;
   bool aborted_ = false;
+  bool ready_ = false;
+  /// Scheduler counters already turned into metric increments, per key.
+  std::map<std::string, core::SchedulerCounters> seen_counters_;
+  std::map<std::string, std::vector<uint64_t>> seen_lease_expiries_;
 };
 
 }  // namespace hiapi::shell

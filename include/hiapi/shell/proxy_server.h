@@ -56,6 +56,7 @@ struct RequestCtx {
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
+  std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
 
 /// Decides when a request may go upstream. The default lets everything through at once; the
