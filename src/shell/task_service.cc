@@ -223,6 +223,15 @@ void TaskService::reconcile() {
   for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(clock_.now(), 16)) {
     auto it = auth_by_key_.find(t.key);
     if (it == auth_by_key_.end() || it->second.empty()) {
+      // A configured key: its credentials are in the config (inject mode, or a passthrough key
+      // given a name).
+      for (const core::KeyConfig& k : cfg_->keys) {
+        if (k.name == t.key && !k.key.empty()) {
+          it = auth_by_key_.insert_or_assign(t.key, "Bearer " + k.key.reveal()).first;
+        }
+      }
+    }
+    if (it == auth_by_key_.end() || it->second.empty()) {
       // Passthrough key not seen since a restart: no credentials to poll with yet.
       tracker_->abandonPoll(t.key, t.task_id);
       continue;

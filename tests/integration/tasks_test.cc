@@ -1,0 +1,233 @@
+// Tasks, not requests: poll coalescing and caching, slots held by running tasks, reconcile, and
+// the state file across a restart — the real daemon against the real simulator.
+
+#include <atomic>
+#include <csignal>
+#include <set>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "harness/harness.h"
+#include "harness/workload.h"
+
+namespace hiapi::test {
+namespace {
+
+const std::string kKeyA = "sk-tasks-test-key-aaaaaaaaaaaaaaaa";
+const std::string kKeyB = "sk-tasks-test-key-bbbbbbbbbbbbbbbb";
+
+std::string yamlFor(uint16_t sim_port, const std::string& extra) {
+  return "listen:\n  address: 127.0.0.1\n  port: 0\n"
+         "admin:\n  enabled: true\n  port: 0\n"
+         "upstream:\n  url: http://127.0.0.1:" + std::to_string(sim_port) + "\n"
+         "  response_timeout: 10s\n"
+         "log:\n  level: info\n" + extra;
+}
+
+std::string field(const std::string& body, const char* name) {
+  rapidjson::Document d;
+  d.Parse(body.c_str());
+  if (d.HasParseError() || !d.IsObject() || !d.HasMember("data") || !d["data"].IsObject()) {
+    return {};
+  }
+  const auto& data = d["data"];
+  auto it = data.FindMember(name);
+  return it != data.MemberEnd() && it->value.IsString() ? it->value.GetString() : "";
+}
+
+std::vector<std::pair<std::string, std::string>> auth(const std::string& key) {
+  return {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}};
+}
+
+std::string createBody(const std::string& model, const std::string& prompt,
+                       const std::string& extra = {}) {
+  return R"({"model":")" + model + R"(","input":{"prompt":")" + prompt + "\"}" + extra + "}";
+}
+
+int64_t detailRequests(const rapidjson::Document& st) {
+  return jsonInt(st, {"requests", "by_route", "detail"});
+}
+
+TEST(Tasks, FiftyClientsPollingOneTaskShareUpstreamPollsAndSeeEveryStatus) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKeyA + "," + kKeyB,
+                       "--light-duration", "18s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(), "limits:\n  rate: 20/s\n  burst: 10\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+
+  auto created = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
+                             createBody("gpt-image-2", "one task, fifty pollers"));
+  ASSERT_EQ(created.status, 200) << created.body;
+  const std::string task = field(created.body, "taskId");
+  ASSERT_FALSE(task.empty());
+  const int64_t detail_before = detailRequests(simStats(sim.port()));
+
+  constexpr int kClients = 50;
+  const auto poll_for = 22s;  // the task runs 18 s: every status and the end are in the window
+  std::vector<std::vector<std::string>> seen(kClients);
+  std::atomic<int> errors{0}, hits{0}, coalesced{0}, misses{0};
+  std::vector<std::thread> threads;
+  const auto stop = std::chrono::steady_clock::now() + poll_for;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      while (std::chrono::steady_clock::now() < stop) {
+        auto r = httpRequest(proxy.port(), "GET", "/v1/tasks/" + task, auth(kKeyA), {}, 10000ms);
+        if (r.status != 200) {
+          ++errors;
+        } else {
+          const std::string st = field(r.body, "status");
+          if (seen[c].empty() || seen[c].back() != st) {
+            seen[c].push_back(st);
+          }
+          const std::string cache = r.header("X-HiAPI-Proxy-Cache");
+          hits += cache == "hit";
+          coalesced += cache == "coalesced";
+          misses += cache == "miss";
+        }
+        std::this_thread::sleep_for(100ms);
+      }
+    });
+  }
+  // Meanwhile, a client of another key asks for the same task: the upstream says 404, and the
+  // proxy must not hand it key A's cached detail.
+  auto foreign = httpRequest(proxy.port(), "GET", "/v1/tasks/" + task, auth(kKeyB));
+  for (auto& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(foreign.status, 404) << foreign.body;
+  EXPECT_EQ(field(foreign.body, "status"), "");
+
+  const int64_t upstream_polls = detailRequests(simStats(sim.port())) - detail_before - 1;  // minus key B's
+  std::printf("upstream polls of the task: %lld; client answers: %d hit, %d coalesced, %d miss\n",
+              static_cast<long long>(upstream_polls), hits.load(), coalesced.load(), misses.load());
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_LE(upstream_polls, 22 / 2 + 2) << "at most one upstream poll per min_poll_interval (2 s)";
+  EXPECT_GT(hits.load(), 0);
+  const std::vector<std::string> expected{"queued", "handling", "archiving", "success"};
+  for (int c = 0; c < kClients; ++c) {
+    EXPECT_EQ(seen[c], expected) << "client " << c;
+  }
+}
+
+TEST(Tasks, HeavyCeilingHoldsAndEveryTaskFinishesWithoutAClient429) {
+  TempDir dir;
+  // The simulator would allow 10 heavy tasks: only the proxy's ceiling of 2 holds them back.
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--heavy-max", "10",
+                       "--heavy-duration", "1s"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(),
+                                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
+                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, "
+                                  "lease: 5m, min_poll_interval: 500ms}\n"
+                                  "    - {name: light, models: [\"*\"], max_running: 5}\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  std::vector<ClientSpec> specs;
+  for (int i = 0; i < 3; ++i) {
+    ClientSpec s;
+    s.name = "svc-" + std::to_string(i);
+    s.key = kKeyA;
+    s.tasks = i == 0 ? 4 : 3;  // 10 heavy creates
+    s.heavy_every = 1;
+    s.poll_interval = 200ms;
+    s.give_up = 60s;
+    specs.push_back(s);
+  }
+  int done = 0, c429 = 0, errors = 0;
+  for (const auto& r : runClients(proxy.port(), specs, dir)) {
+    done += r.done_success + r.done_fail;
+    c429 += r.status_429;
+    errors += r.other_errors;
+  }
+  rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(done, 10);
+  EXPECT_EQ(c429, 0);
+  EXPECT_EQ(errors, 0);
+  EXPECT_EQ(jsonInt(st, {"tasks_created"}), 10);
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
+  EXPECT_EQ(jsonInt(st, {"rejected_429", "concurrency"}), 0);
+}
+
+TEST(Tasks, ARestartWithTwoHeavyTasksRunningAdmitsNoThirdUntilOneEnds) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--heavy-max", "10",
+                       "--heavy-duration", "4s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  const std::string yaml = yamlFor(
+      sim.port(), "auth:\n  mode: inject\nkeys:\n  - name: prod\n    key: " + kKeyA + "\n"
+                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
+                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, lease: 5m}\n"
+                  "    - {name: light, models: [\"*\"], max_running: 5}\n"
+                  "tasks:\n  state_file: " + dir.file("tasks.json") + "\n"
+                  "  reconcile_interval: 1s\n  state_save_interval: 1s\n");
+  {
+    ProxyProcess first(dir, yaml, {}, "first");
+    ASSERT_TRUE(first.started()) << first.process().err();
+    for (int i = 0; i < 2; ++i) {
+      auto r = httpRequest(first.port(), "POST", "/v1/tasks", {{"Content-Type", "application/json"}},
+                           createBody("seedance-2-0", "before restart " + std::to_string(i)));
+      ASSERT_EQ(r.status, 200) << r.body;
+    }
+    first.process().signal(SIGTERM);
+    ASSERT_EQ(first.process().wait(10000ms), 0);
+  }
+  ASSERT_NE(readFile(dir.file("tasks.json")).find("seedance-2-0"), std::string::npos)
+      << readFile(dir.file("tasks.json"));
+
+  ProxyProcess second(dir, yaml, {}, "second");
+  ASSERT_TRUE(second.started()) << second.process().err();
+  auto third = httpRequest(second.port(), "POST", "/v1/tasks", {{"Content-Type", "application/json"}},
+                           createBody("seedance-2-0", "after restart"), 30000ms);
+  ASSERT_EQ(third.status, 200) << third.body;
+
+  rapidjson::Document st = simStats(sim.port());
+  ASSERT_TRUE(st.HasMember("tasks") && st["tasks"].IsArray() && st["tasks"].Size() == 3);
+  const auto& tasks = st["tasks"];
+  int64_t first_end = INT64_MAX;
+  for (rapidjson::SizeType i = 0; i < 2; ++i) {
+    ASSERT_TRUE(tasks[i]["terminal_ms"].IsInt64()) << "the first two ended before the third began";
+    first_end = std::min(first_end, tasks[i]["terminal_ms"].GetInt64());
+  }
+  EXPECT_GE(tasks[2]["created_ms"].GetInt64(), first_end)
+      << "the third heavy task was created only after one of the first two ended";
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
+  EXPECT_NE(second.process().err().find("task state restored"), std::string::npos);
+}
+
+TEST(Tasks, CallbackTasksNeverPolledFreeTheirSlotThroughReconcile) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--heavy-max", "10",
+                       "--heavy-duration", "1s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(),
+                                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
+                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 1, lease: 5m}\n"
+                                  "    - {name: light, models: [\"*\"], max_running: 5}\n"
+                                  "tasks:\n  reconcile_interval: 1s\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  // Three heavy creates with a callback and no polls: the second and third wait for the first's
+  // slot, which only the proxy's own reconcile poll can free.
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
+                           createBody("seedance-2-0", "callback " + std::to_string(i),
+                                      R"(,"callback":{"url":"http://127.0.0.1:9/hook","when":"final"})"),
+                           40000ms);
+      ok += r.status == 200;
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(ok.load(), 3);
+  rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(jsonInt(st, {"tasks_created"}), 3);
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 1);
+  EXPECT_GE(detailRequests(st), 2) << "the proxy polled the tasks itself";
+}
+
+}  // namespace
+}  // namespace hiapi::test
