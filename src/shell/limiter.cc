@@ -177,7 +177,10 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
     // A retry may wait until the client's own deadline, not only the queue's.
     info.deadline = ctx.deadline - std::chrono::seconds(1);
   }
-  const core::SubmitResult r = ks.sched->submit(info, now);
+  // queue.max_size bounds the waiting requests of all keys together (each scheduler also
+  // enforces it for its own key); retries already hold a place and are not turned away here.
+  const bool full = prio != core::Priority::Retry && waitingTotal() >= cfg_->queue.max_size;
+  const core::SubmitResult r = full ? core::SubmitResult::QueueFull : ks.sched->submit(info, now);
   if (r != core::SubmitResult::Queued) {
     if (ctx.slot) {
       ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
@@ -188,6 +191,14 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   }
   ks.waiting.insert(ctx.id);
   pump(ks);
+}
+
+size_t Limiter::waitingTotal() const {
+  size_t n = 0;
+  for (const auto& [name, ks] : keys_) {
+    n += ks->waiting.size();
+  }
+  return n;
 }
 
 void Limiter::pump(KeyState& ks) {

@@ -273,6 +273,48 @@ TEST_F(ForwardingTest, SigtermDuringAnInFlightRequestStillAnswersIt) {
   EXPECT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks", {}, {}, 1000ms).status, 0);
 }
 
+TEST_F(ForwardingTest, ListensOnIpv6Loopback) {
+  std::string yaml = baseYaml(url(), ca_.ca_cert);
+  const std::string v4 = "address: 127.0.0.1";
+  yaml.replace(yaml.find(v4), v4.size(), "address: \"::1\"");
+  ProxyProcess proxy(dir_, yaml);
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in6 sa{};
+  sa.sin6_family = AF_INET6;
+  sa.sin6_port = htons(proxy.port());
+  sa.sin6_addr = in6addr_loopback;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ::close(fd);
+    GTEST_SKIP() << "no IPv6 loopback on this machine";
+  }
+  const std::string req = "GET /v1/tasks HTTP/1.1\r\nHost: [::1]\r\nAuthorization: Bearer " +
+                          kClientKey + "\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+    got.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  EXPECT_EQ(upstream_->count(), 1u);
+}
+
+TEST_F(ForwardingTest, NonLoopbackListenAddressIsRefusedUnlessAllowed) {
+  TempDir dir;
+  dir.write("open.yaml", "listen:\n  address: 0.0.0.0\n");
+  Process refused({HIAPI_PROXY_BIN, "--check-config", dir.file("open.yaml")}, dir.file("refused"));
+  EXPECT_EQ(refused.wait(10000ms), 1);
+  EXPECT_NE(refused.err().find("listen.address"), std::string::npos) << refused.err();
+  EXPECT_NE(refused.err().find("allow_non_loopback"), std::string::npos) << refused.err();
+  dir.write("allowed.yaml", "listen:\n  address: 0.0.0.0\n  allow_non_loopback: true\n");
+  Process allowed({HIAPI_PROXY_BIN, "--check-config", dir.file("allowed.yaml")}, dir.file("allowed"));
+  EXPECT_EQ(allowed.wait(10000ms), 0) << allowed.err();
+}
+
 TEST(CheckConfig, ShippedConfigIsValidAndABrokenOneNamesTheLine) {
   TempDir dir;
   Process ok({HIAPI_PROXY_BIN, "--check-config", std::string(HIAPI_SOURCE_DIR) + "/conf/hiapi-proxy.yaml"},

@@ -147,5 +147,43 @@ TEST(SharedBudget, AClientKilledWhileQueuedCausesNoUpstreamRequest) {
   EXPECT_EQ(jsonInt(st, {"requests", "total"}), 1) << "the killed client's request was never sent";
 }
 
+TEST(SharedBudget, FullQueueAndDeadlinesAnswer429WithRetryAfterInBothEnvelopes) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "10/s", "--burst", "10"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, proxyYaml(sim.port(), "limits:\n  rate: 1/min\n  burst: 1\n"
+                                                 "queue:\n  max_size: 2\n  deadline: 3s\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const std::string req = "GET /v1/tasks?page=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                          kKey + "\r\nConnection: close\r\n";
+  ASSERT_EQ(httpRaw(proxy.port(), req + "\r\n").status, 200);  // spends the only token
+  OpenRequest waits_3s(proxy.port(), req + "\r\n");
+  OpenRequest waits_500ms(proxy.port(), req + "X-HiAPI-Deadline: 500ms\r\n\r\n");
+  // Both wait in the queue: the third is one too many.
+  HttpResponse full;
+  ASSERT_TRUE(waitFor([&] {
+    full = httpRaw(proxy.port(), req + "\r\n", 5000ms);
+    return full.status == 429;
+  }, 5000ms));
+  EXPECT_EQ(full.header("X-HiAPI-Proxy-Error"), "queue_full");
+  const int retry_after = std::atoi(full.header("Retry-After").c_str());
+  EXPECT_GE(retry_after, 1) << "an integer Retry-After the SDKs honour";
+  EXPECT_NE(full.body.find("\"error_code\":\"RATE_LIMIT_EXCEEDED\""), std::string::npos) << full.body;
+  EXPECT_NE(full.body.find("\"code\":\"queue_full\""), std::string::npos) << full.body;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  HttpResponse quick = waits_500ms.read(10000ms);
+  const auto quick_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(quick.status, 429);
+  EXPECT_EQ(quick.header("X-HiAPI-Proxy-Error"), "queue_timeout");
+  EXPECT_TRUE(quick.has("Retry-After"));
+  HttpResponse slow = waits_3s.read(10000ms);
+  EXPECT_EQ(slow.status, 429);
+  EXPECT_EQ(slow.header("X-HiAPI-Proxy-Error"), "queue_timeout");
+  std::printf("deadline 500ms answered after %lld ms of the test's wait\n", static_cast<long long>(quick_ms));
+  EXPECT_EQ(jsonInt(simStats(sim.port()), {"requests", "total"}), 1) << "nothing else went upstream";
+}
+
 }  // namespace
 }  // namespace hiapi::test

@@ -66,6 +66,7 @@ private:
   void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
   void reject(uint64_t id, core::ProxyError e, int retry_after_s);
   void pump(KeyState& ks);
+  size_t waitingTotal() const;
   void arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at);
   static void onWake(evutil_socket_t, short, void* arg);
   static void onRetryTimer(evutil_socket_t, short, void* arg);
