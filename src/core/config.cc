@@ -894,7 +894,7 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"terminal_statuses", "tolerated_terminal", "terminal_ttl", "not_found_ttl",
              "cache_max_entries", "cache_max_bytes", "reconcile", "reconcile_interval",
-             "state_file", "state_save_interval"});
+             "state_file", "state_save_interval", "max_hold"});
   if (auto v = m.get("terminal_statuses")) {
     out.terminal_statuses = stringList(*v);
     if (out.terminal_statuses.empty()) {
@@ -927,6 +927,9 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
   }
   if (auto v = m.get("state_save_interval")) {
     out.state_save_interval = positiveDuration(*v);
+  }
+  if (auto v = m.get("max_hold")) {
+    out.max_hold = duration(*v);
   }
 }
 

@@ -56,6 +56,8 @@ constexpr int64_t kMaxAgeMs = int64_t{100000} * 3600 * 1000;
 TaskTracker::TaskTracker(const TasksConfig& cfg, std::vector<TierConfig> tiers) {
   setConfig(cfg);
   setTiers(std::move(tiers));
+  duration_estimate_.clear();  // tiers may have moved: learn their durations again
+  duration_samples_.clear();
 }
 
 void TaskTracker::setConfig(const TasksConfig& cfg) {
@@ -257,10 +259,26 @@ std::optional<SlotRelease> TaskTracker::applyStatus(Record& r, std::string_view 
     dropReply(r);  // the cached reply says otherwise: the next poll fetches the news
   }
   if (!isTerminal(status)) {
+    r.last_running_seen = std::max(r.last_running_seen, now);
     return std::nullopt;
   }
   r.terminal = true;
   r.terminal_at = now;
+  if (r.tracked && now > r.created) {
+    // The task ended between the last running status and now: take the middle.
+    const MonotonicTime end =
+        r.last_running_seen > r.created ? r.last_running_seen + (now - r.last_running_seen) / 2 : now;
+    const Duration d = end - r.created;
+    const size_t t = clampTier(r.tier);
+    if (duration_samples_.size() < tiers_.size()) {
+      duration_samples_.resize(tiers_.size(), 0);
+      duration_estimate_.resize(tiers_.size(), Duration::zero());
+    }
+    duration_estimate_[t] = duration_samples_[t] == 0
+                                ? d
+                                : std::chrono::duration_cast<Duration>(duration_estimate_[t] * 0.8 + d * 0.2);
+    ++duration_samples_[t];
+  }
   if (!r.slot) {
     return std::nullopt;
   }
@@ -316,12 +334,35 @@ size_t TaskTracker::onSlotExpired(SlotId slot) {
 
 // ---- polls ----------------------------------------------------------------------------------
 
+std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
+  const size_t t = clampTier(tier);
+  if (t >= duration_samples_.size() || duration_samples_[t] < 3) {
+    return std::nullopt;
+  }
+  return duration_estimate_[t];
+}
+
 Duration TaskTracker::replyTtl(const Record& r) const {
   if (r.reply && r.reply->status == 404) {
     return cfg_.not_found_ttl;
   }
   const Duration interval = minPollInterval(r.tier);
-  return r.reply_terminal ? std::max(interval, cfg_.terminal_ttl) : interval;
+  if (r.reply_terminal) {
+    return std::max(interval, cfg_.terminal_ttl);
+  }
+  // A running task polled long before it is likely to end: keep serving the cached detail until
+  // shortly before then (at most max_hold), so polls mid-task spend no budget.
+  if (r.tracked && cfg_.max_hold > Duration::zero()) {
+    if (auto typical = typicalDuration(r.tier)) {
+      const MonotonicTime likely_end =
+          r.created + std::chrono::duration_cast<Duration>(*typical * 0.9);
+      if (likely_end > r.reply_at) {
+        const Duration hold = std::min<Duration>(likely_end - r.reply_at, cfg_.max_hold);
+        return std::max(interval, hold);
+      }
+    }
+  }
+  return interval;
 }
 
 bool TaskTracker::replyFresh(const Record& r, MonotonicTime now) const {

@@ -800,3 +800,69 @@ TEST(TaskTrackerState, HugeAgesAreClampedNotOverflowed) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// Runs one light task from creation to its end, polled every 500 ms; @return the fetches made.
+int runLightTask(TaskTracker& t, const std::string& id, MonotonicTime start, Duration length) {
+  t.onCreated("prod", id, kLight, SlotId{100}, "m", start);
+  int fetches = 0;
+  uint64_t waiter = 1;
+  for (MonotonicTime now = start; now < start + length + seconds(5); now += milliseconds(500)) {
+    const PollDecision d = t.beginPoll("prod", id, waiter++, now);
+    if (d.action == PollAction::Fetch) {
+      ++fetches;
+      const bool done = now >= start + length;
+      t.completePoll("prod", id, detail(id, done ? "success" : "handling"), now);
+      if (done) {
+        break;
+      }
+    }
+  }
+  return fetches;
+}
+
+TEST_F(TaskTrackerTest, LearnedDurationsHoldRunningDetailsUntilTheLikelyEnd) {
+  cfg_.max_hold = seconds(10);
+  rebuild();
+  EXPECT_FALSE(tracker_.typicalDuration(kLight));
+  // Three light tasks of 8 s, polled every 500 ms: a fetch every 2 s (min_poll_interval).
+  for (int i = 0; i < 3; ++i) {
+    const int fetches = runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(8));
+    EXPECT_GE(fetches, 4) << "nothing learned yet: plain min_poll_interval";
+  }
+  ASSERT_TRUE(tracker_.typicalDuration(kLight));
+  EXPECT_NEAR(toSeconds(*tracker_.typicalDuration(kLight)), 8.0, 1.0);
+  // Now a running task's detail is served from memory until about 90% of 8 s: one fetch at the
+  // start, then the next only near the end.
+  const int fetches = runLightTask(tracker_, "held", kT0 + minutes(10), seconds(8));
+  EXPECT_LE(fetches, 3);
+}
+
+TEST_F(TaskTrackerTest, MaxHoldZeroKeepsPlainMinPollInterval) {
+  cfg_.max_hold = Duration::zero();
+  rebuild();
+  for (int i = 0; i < 3; ++i) {
+    runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(8));
+  }
+  EXPECT_GE(runLightTask(tracker_, "plain", kT0 + minutes(10), seconds(8)), 4);
+}
+
+TEST_F(TaskTrackerTest, HoldNeverExceedsMaxHold) {
+  cfg_.max_hold = seconds(3);
+  rebuild();
+  for (int i = 0; i < 3; ++i) {
+    runLightTask(tracker_, "long-" + std::to_string(i), kT0 + minutes(i), seconds(30));
+  }
+  tracker_.onCreated("prod", "t", kLight, SlotId{7}, "m", kT0 + minutes(20));
+  tracker_.beginPoll("prod", "t", 1, kT0 + minutes(20));
+  tracker_.completePoll("prod", "t", detail("t", "handling"), kT0 + minutes(20));
+  EXPECT_EQ(tracker_.beginPoll("prod", "t", 2, kT0 + minutes(20) + milliseconds(2900)).action,
+            PollAction::Hit);
+  EXPECT_EQ(tracker_.beginPoll("prod", "t", 3, kT0 + minutes(20) + seconds(3)).action,
+            PollAction::Fetch);
+}
+
+}  // namespace
+}  // namespace hiapi::core

@@ -164,6 +164,10 @@ struct TasksConfig {
   Duration reconcile_interval = std::chrono::seconds(15);
   std::string state_file;             ///< empty = no persistence
   Duration state_save_interval = std::chrono::seconds(10);
+  /// Hold a running task's cached detail until the task is likely done (from the durations seen
+  /// for its tier), up to this long: polls mid-task cost no budget. 0 = off (plain
+  /// min_poll_interval). Never shortens min_poll_interval.
+  Duration max_hold = std::chrono::seconds(10);
 };
 
 struct LogConfig {

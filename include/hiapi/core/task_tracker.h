@@ -306,6 +306,12 @@ public:
   /// Thread-safety: const.
   size_t tierIndex(std::string_view name) const;
 
+  /// @return the learned typical duration of tier @p tier's tasks, once enough (3) tasks were
+  ///         seen from creation to their end; nullopt before. An end is estimated halfway between
+  ///         the last running status and the first terminal one.
+  /// Thread-safety: const.
+  std::optional<Duration> typicalDuration(size_t tier) const;
+
 private:
   using RecordKey = std::pair<std::string, std::string>;  // (key, task_id)
   struct Record;
@@ -323,6 +329,7 @@ private:
     MonotonicTime created{};
     MonotonicTime last_upstream_poll{};
     MonotonicTime last_client_poll{};
+    MonotonicTime last_running_seen{};  ///< last non-terminal status seen (duration learning)
     // Poll cache.
     CachedReplyPtr reply;
     MonotonicTime reply_at{};
@@ -364,6 +371,9 @@ private:
   size_t cache_entries_ = 0;
   uint64_t cache_bytes_ = 0;
   Stats counters_;  ///< only the monotonic counters are used
+  /// Learned task duration per tier (EWMA of created → estimated end), and how many samples.
+  std::vector<Duration> duration_estimate_;
+  std::vector<uint32_t> duration_samples_;
 };
 
 }  // namespace hiapi::core
