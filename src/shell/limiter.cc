@@ -53,6 +53,7 @@ struct Limiter::KeyState {
   std::unique_ptr<core::RetryBudget> budget;
   event* timer = nullptr;
   std::unordered_set<uint64_t> waiting;  ///< ids queued in the scheduler
+  core::MonotonicTime last_used{};
 
   ~KeyState() {
     if (timer != nullptr) {
@@ -76,9 +77,54 @@ struct Limiter::RetryTimer {
 Limiter::Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metrics* metrics)
     : base_(base), cfg_(std::move(cfg)), log_(log), metrics_(metrics),
       random_(std::random_device{}()),
-      retry_policy_(std::make_unique<core::RetryPolicy>(cfg_->retry)) {}
+      retry_policy_(std::make_unique<core::RetryPolicy>(cfg_->retry)) {
+  sweep_ = event_new(base_, -1, EV_PERSIST, &Limiter::onSweep, this);
+  const timeval tv{60, 0};
+  event_add(sweep_, &tv);
+}
 
-Limiter::~Limiter() = default;
+Limiter::~Limiter() {
+  if (sweep_ != nullptr) {
+    event_free(sweep_);
+  }
+}
+
+void Limiter::onSweep(evutil_socket_t, short, void* arg) {
+  static_cast<Limiter*>(arg)->forgetIdleKeys(kIdleKeyTtl);
+}
+
+size_t Limiter::forgetIdleKeys(core::Duration idle_for) {
+  // Passthrough keys appear as clients use them; a key nobody used for a while, with nothing
+  // waiting and no task running, is forgotten so that memory stays bounded. Configured keys stay.
+  const auto now = clock_.now();
+  std::unordered_set<std::string> busy;
+  for (const auto& [id, h] : handles_) {
+    busy.insert(h.ctx->key_name);
+  }
+  for (const auto& [id, rt] : retry_timers_) {
+    busy.insert(rt->key);
+  }
+  size_t forgotten = 0;
+  for (auto it = keys_.begin(); it != keys_.end();) {
+    KeyState& ks = *it->second;
+    bool configured = false;
+    for (const core::KeyConfig& k : cfg_->keys) {
+      configured = configured || k.name == ks.name;
+    }
+    bool running = false;
+    for (const core::TierSnapshot& t : ks.sched->snapshot(now).tiers) {
+      running = running || t.running > 0;
+    }
+    if (!configured && !running && ks.waiting.empty() && busy.count(ks.name) == 0 &&
+        now - ks.last_used >= idle_for) {
+      it = keys_.erase(it);
+      ++forgotten;
+    } else {
+      ++it;
+    }
+  }
+  return forgotten;
+}
 
 core::LimitsConfig Limiter::limitsFor(const std::string& key) const {
   core::LimitsConfig l = cfg_->limits;
@@ -118,6 +164,7 @@ core::KeyScheduler& Limiter::scheduler(const std::string& key) { return *keyStat
 void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
                     std::function<void(core::ProxyError, int)> reject) {
   KeyState& ks = keyState(ctx.key_name);
+  ks.last_used = clock_.now();
   ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
   if (ctx.route.kind == core::RouteKind::Create) {
     std::optional<std::string> route;

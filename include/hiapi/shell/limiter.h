@@ -36,6 +36,11 @@ public:
   /// Applies a new configuration, keeping state for keys and tiers that still exist.
   void reconfigure(core::ConfigSharedPtr cfg);
 
+  /// Forgets the state of unconfigured keys idle for @p idle_for with nothing waiting or running.
+  /// @return how many were forgotten. Runs every minute with kIdleKeyTtl.
+  size_t forgetIdleKeys(core::Duration idle_for);
+  static constexpr core::Duration kIdleKeyTtl = std::chrono::minutes(30);
+
   /// Per-key snapshots for /status and metrics (key names only).
   std::vector<std::pair<std::string, core::Snapshot>> snapshots() const;
 
@@ -70,8 +75,10 @@ private:
   void arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at);
   static void onWake(evutil_socket_t, short, void* arg);
   static void onRetryTimer(evutil_socket_t, short, void* arg);
+  static void onSweep(evutil_socket_t, short, void* arg);
 
   event_base* base_;
+  event* sweep_ = nullptr;
   core::ConfigSharedPtr cfg_;
   Logger& log_;
   Metrics* metrics_;
