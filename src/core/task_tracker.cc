@@ -1,5 +1,7 @@
 #include "hiapi/core/task_tracker.h"
 
+#include "hiapi/core/http_rules.h"
+
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 #include <rapidjson/stringbuffer.h>
@@ -21,18 +23,6 @@ std::string lowerCopy(std::string_view s) {
   std::string out(s);
   std::transform(out.begin(), out.end(), out.begin(), lowerAscii);
   return out;
-}
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lowerAscii(a[i]) != lowerAscii(b[i])) {
-      return false;
-    }
-  }
-  return true;
 }
 
 /// Bytes a cached reply is charged for: its body and headers plus bookkeeping.
@@ -113,7 +103,7 @@ bool TaskTracker::isTerminal(std::string_view status) const {
     return false;
   }
   return std::any_of(terminal_.begin(), terminal_.end(),
-                     [&](const std::string& t) { return equalsIgnoreCase(t, status); });
+                     [&](const std::string& t) { return iequals(t, status); });
 }
 
 // ---- records --------------------------------------------------------------------------------
@@ -255,7 +245,7 @@ std::optional<SlotRelease> TaskTracker::applyStatus(Record& r, std::string_view 
     return std::nullopt;  // final: a late or stale status changes nothing
   }
   r.status.assign(status.data(), status.size());
-  if (r.reply && !equalsIgnoreCase(r.reply_status, status)) {
+  if (r.reply && !iequals(r.reply_status, status)) {
     dropReply(r);  // the cached reply says otherwise: the next poll fetches the news
   }
   if (!isTerminal(status)) {

@@ -1,5 +1,7 @@
 #include "hiapi/core/tier_matcher.h"
 
+#include "hiapi/core/http_rules.h"
+
 #include <cctype>
 
 namespace hiapi::core {
@@ -8,17 +10,6 @@ namespace {
 
 char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
 
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -49,21 +40,7 @@ bool globMatch(std::string_view glob, std::string_view text) {
 }
 
 std::vector<TierConfig> defaultTiers() {
-  TierConfig heavy;
-  heavy.name = "heavy";
-  heavy.models = {"seedance-2-0", "seedance-2.0", "seedance-*",  "seedance-2.5/*",
-                  "wan2.7-video/*", "happyhorse-*", "veo-*",     "kling-*",
-                  "hailuo-*",     "*-pro",        "*-pro/*",     "*@pro"};
-  heavy.routes = {"pro"};
-  heavy.max_running = 2;
-  heavy.lease = std::chrono::minutes(20);
-
-  TierConfig light;
-  light.name = "light";
-  light.models = {"*"};
-  light.max_running = 5;
-  light.lease = std::chrono::minutes(5);
-  return {heavy, light};
+  return defaultTierConfigs();  // one list of defaults, kept with the config
 }
 
 TierMatcher::TierMatcher(std::vector<TierConfig> tiers) : tiers_(std::move(tiers)) {
@@ -91,8 +68,8 @@ size_t TierMatcher::match(std::string_view model, std::optional<std::string_view
   for (size_t i = 0; i < tiers_.size(); ++i) {
     const TierConfig& tier = tiers_[i];
     for (const std::string& r : tier.routes) {
-      if ((route && !route->empty() && equalsIgnoreCase(r, *route)) ||
-          (suffix_route && !suffix_route->empty() && equalsIgnoreCase(r, *suffix_route))) {
+      if ((route && !route->empty() && iequals(r, *route)) ||
+          (suffix_route && !suffix_route->empty() && iequals(r, *suffix_route))) {
         return i;
       }
     }
