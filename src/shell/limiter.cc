@@ -1,3 +1,4 @@
+#include "hiapi/shell/timer_util.h"
 #include "hiapi/shell/limiter.h"
 
 #include <random>
@@ -11,16 +12,6 @@
 namespace hiapi::shell {
 namespace {
 
-timeval toTimeval(core::Duration d) {
-  if (d < core::Duration::zero()) {
-    d = core::Duration::zero();
-  }
-  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(us / 1'000'000);
-  tv.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
-  return tv;
-}
 
 std::optional<double> headerNumber(const Headers& h, std::string_view name) {
   const std::string* v = findHeader(h, name);

@@ -1,3 +1,4 @@
+#include "hiapi/shell/timer_util.h"
 #include "hiapi/shell/upstream_pool.h"
 
 #include <algorithm>
@@ -16,13 +17,6 @@
 namespace hiapi::shell {
 namespace {
 
-timeval toTimeval(core::Duration d) {
-  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(us / 1'000'000);
-  tv.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
-  return tv;
-}
 
 constexpr ev_ssize_t kMaxResponseBody = 64 * 1024 * 1024;
 
