@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <fstream>
 
+#include <sys/resource.h>
+
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <systemd/sd-daemon.h>
@@ -83,6 +85,17 @@ void Daemon::declareKeys() {
 
 int Daemon::run() {
   std::signal(SIGPIPE, SIG_IGN);
+  // Every queued client holds a socket: raise the soft descriptor limit to the hard one, as
+  // nginx's worker_rlimit_nofile does (the systemd unit sets LimitNOFILE).
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    const rlim_t was = nofile.rlim_cur;
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+      log_.debug("raised the open file limit", {{"from", static_cast<uint64_t>(was)},
+                                                {"to", static_cast<uint64_t>(nofile.rlim_cur)}});
+    }
+  }
   started_ = core::MonotonicClock::now();
   base_ = event_base_new();
   if (base_ == nullptr) {
