@@ -765,5 +765,209 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
   EXPECT_TRUE(contains(version.output, "hiapi-proxy ")) << version.output;
 }
 
+// ---- the container files (no container engine runs here: what can be checked without one) ----
+
+const std::string kContainerDir = std::string(HIAPI_SOURCE_DIR) + "/tools/container";
+const std::string kDockerfile = kContainerDir + "/Dockerfile";
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    out.push_back(l);
+  }
+  return out;
+}
+
+/// Packages the Dockerfile's run-time stage installs (between the runtime-packages markers).
+std::set<std::string> runtimePackages() {
+  std::set<std::string> out;
+  bool inside = false;
+  static const std::regex pkg("^\\s+([a-z0-9][a-z0-9.+-]+)\\s*\\\\$");
+  for (const std::string& l : lines(readFile(kDockerfile))) {
+    if (contains(l, "runtime-packages-begin")) {
+      inside = true;
+    } else if (contains(l, "runtime-packages-end")) {
+      inside = false;
+    }
+    std::smatch m;
+    if (inside && std::regex_search(l, m, pkg)) {
+      out.insert(m[1].str());
+    }
+  }
+  return out;
+}
+
+/// The Debian packages that hold the shared libraries @p binary names directly (NEEDED).
+std::set<std::string> neededPackages(const std::string& binary, std::string& log) {
+  std::set<std::string> out;
+  const CommandResult needed = capture("readelf -d " + shq(binary));
+  const CommandResult ldd = capture("ldd " + shq(binary));
+  log += needed.output + ldd.output;
+  static const std::regex needed_re("\\(NEEDED\\)\\s+Shared library: \\[([^\\]]+)\\]");
+  for (auto it = std::sregex_iterator(needed.output.begin(), needed.output.end(), needed_re);
+       it != std::sregex_iterator(); ++it) {
+    const std::string soname = (*it)[1].str();
+    const std::regex path_re("\\s" + std::regex_replace(soname, std::regex("[.+]"), "\\$&") +
+                             " => (\\S+)");
+    std::smatch m;
+    if (!std::regex_search(ldd.output, m, path_re)) {
+      out.insert("<unresolved " + soname + ">");
+      continue;
+    }
+    // Debian 12 is merged-/usr, but dpkg knows each file by the path its package ships: try
+    // the name ldd printed and the real file, each with and without /usr.
+    const std::string given = m[1].str();
+    const std::string real = fs::canonical(given).string();
+    std::vector<std::string> candidates;
+    for (const std::string& c : {given, real}) {
+      candidates.push_back(c);
+      candidates.push_back(c.rfind("/usr/", 0) == 0 ? c.substr(4) : "/usr" + c);
+    }
+    CommandResult owner;
+    std::string path;
+    for (const std::string& c : candidates) {
+      owner = capture("dpkg -S " + shq(c));
+      path = c;
+      if (owner.status == 0) {
+        break;
+      }
+    }
+    log += owner.output;
+    out.insert(owner.status == 0 ? owner.output.substr(0, owner.output.find_first_of(":,"))
+                                 : "<no package for " + path + ">");
+  }
+  return out;
+}
+
+TEST(ServiceContainer, RuntimeStageInstallsEveryLibraryTheBinariesNeed) {
+  if (!haveCommand("dpkg") || !haveCommand("readelf")) {
+    GTEST_SKIP() << "needs dpkg and readelf (binutils)";
+  }
+  const std::set<std::string> installed = runtimePackages();
+  ASSERT_FALSE(installed.empty()) << "no runtime-packages block in " << kDockerfile;
+  // In every Debian image: the C library and libgcc.
+  const std::set<std::string> base{"libc6", "libgcc-s1"};
+  for (const std::string& bin : {std::string(HIAPI_PROXY_BIN), std::string(HIAPI_SIM_BIN)}) {
+    std::string log;
+    const std::set<std::string> needed = neededPackages(bin, log);
+    EXPECT_FALSE(needed.empty()) << log;
+    for (const std::string& p : needed) {
+      EXPECT_TRUE(installed.count(p) || base.count(p))
+          << bin << " needs " << p << ", which the run-time stage does not install\n" << log;
+    }
+  }
+  EXPECT_TRUE(installed.count("ca-certificates")) << "the upstream's certificate is verified";
+}
+
+TEST(ServiceContainer, BuildStageRunsTheQuickStartSteps) {
+  // README's quick start is tools/run.sh: setup.sh, then build.sh into build/.
+  const std::string run = readFile(std::string(HIAPI_SOURCE_DIR) + "/tools/run.sh");
+  ASSERT_TRUE(contains(run, "/tools/setup.sh\"\n")) << run;
+  ASSERT_TRUE(contains(run, "/tools/build.sh\" \"$root/build\"")) << run;
+  const std::string df = readFile(kDockerfile);
+  EXPECT_TRUE(contains(df, "\nFROM debian:12 AS build\n")) << df;
+  EXPECT_TRUE(contains(df, "\nRUN ./tools/setup.sh\nRUN ./tools/build.sh /src/build\n")) << df;
+  EXPECT_TRUE(contains(df, "\nFROM debian:12-slim AS runtime\n")) << df;
+  EXPECT_TRUE(contains(df, "\nUSER 10001:10001\n")) << "runs as a non-root user";
+  EXPECT_TRUE(contains(df, "\nHEALTHCHECK ")) << df;
+  EXPECT_TRUE(contains(df, "COPY tools/container/hiapi-proxy.sidecar.yaml "
+                           "/etc/hiapi-proxy/hiapi-proxy.yaml\n"));
+  // The last stage is the default target: the proxy, not the build tools or the simulator.
+  const std::string last_stage = "\nFROM runtime AS hiapi-proxy\n";
+  const size_t last_from = df.rfind("\nFROM ");
+  ASSERT_NE(last_from, std::string::npos);
+  EXPECT_EQ(df.substr(last_from, last_stage.size()), last_stage);
+}
+
+/// The script of `HEALTHCHECK ... CMD ["/bin/bash", "-c", "<script>"]`, JSON-unescaped.
+std::string healthcheckScript() {
+  const std::string df = readFile(kDockerfile);
+  static const std::regex re("CMD \\[\"/bin/bash\", \"-c\", \"((?:[^\"\\\\]|\\\\.)*)\"\\]");
+  const size_t at = df.find("\nHEALTHCHECK ");
+  std::smatch m;
+  const std::string rest = at == std::string::npos ? "" : df.substr(at);
+  if (!std::regex_search(rest, m, re)) {
+    return {};
+  }
+  std::string out;
+  const std::string esc = m[1].str();
+  for (size_t i = 0; i < esc.size(); ++i) {
+    if (esc[i] == '\\' && i + 1 < esc.size()) {
+      ++i;
+    }
+    out += esc[i];
+  }
+  return out;
+}
+
+TEST(ServiceContainer, HealthcheckAsksTheAdminListenersHealthz) {
+  if (!haveCommand("bash")) {
+    GTEST_SKIP() << "bash is missing";
+  }
+  const std::string script = healthcheckScript();
+  ASSERT_TRUE(contains(script, "/dev/tcp/127.0.0.1/9787")) << script;
+  ASSERT_TRUE(contains(script, "GET /healthz ")) << script;
+  TempDir dir;
+  ProxyProcess proxy(dir, baseYaml(kNoUpstream));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  // The image's script, against this daemon's admin port.
+  const std::string here = replaceAll(script, "9787", std::to_string(proxy.adminPort()));
+  const CommandResult healthy = capture("bash -c " + shq(here));
+  EXPECT_EQ(healthy.status, 0) << here << "\n" << healthy.output;
+  // Against the proxy listener, which answers /healthz with 404: unhealthy.
+  const CommandResult wrong =
+      capture("bash -c " + shq(replaceAll(script, "9787", std::to_string(proxy.port()))));
+  EXPECT_NE(wrong.status, 0) << wrong.output;
+  proxy.process().signal(SIGTERM);
+  ASSERT_EQ(proxy.process().wait(15s), 0);
+  const CommandResult gone = capture("bash -c " + shq(here));
+  EXPECT_NE(gone.status, 0) << "a stopped daemon is not healthy";
+}
+
+TEST(ServiceContainer, SidecarConfigsListenOnThePodNetworkOnPurposeAndAreValid) {
+  TempDir dir;
+  dir.write("key", "sk-container-test-key\n");
+  for (const std::string name : {"hiapi-proxy.sidecar.yaml", "compose/hiapi-proxy.yaml"}) {
+    const std::string text = readFile(kContainerDir + "/" + name);
+    ASSERT_FALSE(text.empty()) << name;
+    EXPECT_TRUE(contains(text, "\nlisten:\n")) << name;
+    EXPECT_TRUE(contains(text, "\n  address: 0.0.0.0\n")) << name;
+    EXPECT_TRUE(contains(text, "\n  allow_non_loopback: true\n")) << name;
+    EXPECT_TRUE(contains(text, "\n    key_file: /run/secrets/hiapi-key\n")) << name;
+    // Valid, once the mounted key exists.
+    dir.write("check.yaml", replaceAll(text, "/run/secrets/hiapi-key", dir.file("key")));
+    const CommandResult check = capture(shq(HIAPI_PROXY_BIN) + " --check-config --config " +
+                                        shq(dir.file("check.yaml")));
+    EXPECT_EQ(check.status, 0) << name << ": " << check.output;
+    EXPECT_TRUE(contains(check.output, "listen 0.0.0.0:8787")) << check.output;
+  }
+}
+
+TEST(ServiceContainer, ComposeMountsFilesThatExist) {
+  const std::string compose = readFile(kContainerDir + "/compose.yaml");
+  ASSERT_FALSE(compose.empty());
+  static const std::regex mount_re("- (\\.\\.?/[^:\\s]+):/");
+  int mounts = 0;
+  for (auto it = std::sregex_iterator(compose.begin(), compose.end(), mount_re);
+       it != std::sregex_iterator(); ++it) {
+    ++mounts;
+    const std::string p = kContainerDir + "/" + (*it)[1].str();
+    EXPECT_TRUE(fs::exists(p)) << p;
+  }
+  EXPECT_GE(mounts, 5) << compose;
+  EXPECT_TRUE(fs::exists(kContainerDir + "/compose/demo-key"));
+  for (const char* piece : {"dockerfile: tools/container/Dockerfile", "target: hiapi-sim",
+                            "network_mode: \"service:hiapi-proxy\"", "prom/prometheus:",
+                            "grafana/grafana-oss:", "../grafana/hiapi-proxy.json:"}) {
+    EXPECT_TRUE(contains(compose, piece)) << piece;
+  }
+  if (haveCommand("promtool")) {
+    const CommandResult r =
+        capture("promtool check config " + shq(kContainerDir + "/compose/prometheus.yml"));
+    EXPECT_EQ(r.status, 0) << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace hiapi::test
