@@ -808,6 +808,9 @@ std::set<std::string> neededPackages(const std::string& binary, std::string& log
   for (auto it = std::sregex_iterator(needed.output.begin(), needed.output.end(), needed_re);
        it != std::sregex_iterator(); ++it) {
     const std::string soname = (*it)[1].str();
+    if (std::regex_search(soname, std::regex("^lib(asan|ubsan|lsan|tsan)\\.so"))) {
+      continue;  // a sanitizer build's runtime (HIAPI_SANITIZE=1), not the image's
+    }
     const std::regex path_re("\\s" + std::regex_replace(soname, std::regex("[.+]"), "\\$&") +
                              " => (\\S+)");
     std::smatch m;
