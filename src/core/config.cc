@@ -706,10 +706,9 @@ void Parser::parseKeys(const Field& f, std::vector<KeyConfig>& out) const {
     if (key) {
       k.key = expandKey(*key);
     } else {
-      const std::string p = str(*key_file);
-      if (p.empty()) {
-        fail(*key_file, "must not be empty");
-      }
+      str(*key_file);  // a string, or a type error naming it
+      // ${VAR} expands here too, e.g. ${CREDENTIALS_DIRECTORY}/hiapi-key under systemd.
+      const std::string p = expandKey(*key_file).reveal();
       const fs::path resolved = resolve(p);
       std::string err;
       std::optional<std::string> content = readFile(resolved, kMaxKeyFileBytes, err);

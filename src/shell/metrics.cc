@@ -130,22 +130,15 @@ struct ProcessSample {
   double cpu = 0, resident = 0, virtual_mem = 0, open_fds = 0, max_fds = 0, start_time = 0;
 };
 
-double bootTime() {
-  std::ifstream f("/proc/stat");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("btime ", 0) == 0) {
-      return std::strtod(line.c_str() + 6, nullptr);
-    }
-  }
-  return 0;
-}
+// The process's start, taken when the library is loaded (before main): reading the boot time
+// from /proc/stat would rule out systemd's ProcSubset=pid hardening.
+const double kProcessStartWall =
+    std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 
 ProcessSample sampleProcess() {
   ProcessSample s;
   static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
   static const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
-  static const double boot = bootTime();
   std::ifstream f("/proc/self/stat");
   std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   const size_t paren = stat.rfind(')');
@@ -157,7 +150,7 @@ ProcessSample sampleProcess() {
     if (fields.size() > 21) {
       s.cpu = (std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr)) /
               ticks;
-      s.start_time = boot + std::strtod(fields[19].c_str(), nullptr) / ticks;
+      s.start_time = kProcessStartWall;
       s.virtual_mem = std::strtod(fields[20].c_str(), nullptr);
       s.resident = std::strtod(fields[21].c_str(), nullptr) * page;
     }

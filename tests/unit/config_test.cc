@@ -679,6 +679,21 @@ TEST_F(ConfigTest, KeyFile) {
   EXPECT_EQ(c.keys[1].key.reveal(), "sk-relative");
   EXPECT_EQ(c.keys[1].key_file, (dir.path() / "rel-key").string());
 
+  // ${VAR} expands in the path (systemd's ${CREDENTIALS_DIRECTORY}); an unset one is named.
+  ASSERT_EQ(setenv("HIAPI_CONFIG_TEST_CREDS", dir.path().c_str(), 1), 0);
+  const Config creds = parseConfig("keys:\n  - name: a\n    key_file: ${HIAPI_CONFIG_TEST_CREDS}/abs-key\n",
+                                   cfg_file, nullptr);
+  EXPECT_EQ(creds.keys.at(0).key.reveal(), "sk-from-file");
+  ASSERT_EQ(unsetenv("HIAPI_CONFIG_TEST_CREDS"), 0);
+  try {
+    parseConfig("keys:\n  - name: a\n    key_file: ${HIAPI_CONFIG_TEST_CREDS}/abs-key\n", cfg_file,
+                nullptr);
+    ADD_FAILURE() << "an unset variable in key_file must be an error";
+  } catch (const ConfigError& ce) {
+    EXPECT_NE(std::string(ce.what()).find("HIAPI_CONFIG_TEST_CREDS is not set"), std::string::npos)
+        << ce.what();
+  }
+
   // Through loadConfig, relative to the config file's directory, whatever the working directory.
   dir.write("hiapi-proxy.yaml", "auth: {mode: inject}\nkeys:\n  - name: a\n    key_file: rel-key\n");
   const Config loaded = loadConfig(cfg_file, &testEnv);
