@@ -375,7 +375,10 @@ void ProxyServer::handle(evhttp_request* req) {
     return;
   }
   admitCtx(ctx);
-  if (RequestCtx* c = find(id); c != nullptr && !c->answered) {
+  // Only a request that still waits needs to notice its client leaving: one already on the wire
+  // completes anyway (it may have created a task).
+  if (RequestCtx* c = find(id);
+      c != nullptr && !c->answered && (c->pool_handle == 0 || pool_.isWaiting(c->pool_handle))) {
     watchClient(*c);
   }
 }
@@ -560,7 +563,8 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
     }
   }
   if (admission_ != nullptr && !ctx->client_gone && admission_->completed(*ctx, resp)) {
-    return;  // the hook retries it
+    watchClient(*ctx);  // it waits again: a client leaving now must stop the retry
+    return;             // the hook retries it
   }
   if (admission_ != nullptr && ctx->client_gone) {
     admission_->completed(*ctx, resp);  // budgets and task tracking still learn from it

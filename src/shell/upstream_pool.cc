@@ -169,6 +169,10 @@ bool UpstreamPool::cancelIfWaiting(uint64_t handle) {
   return true;
 }
 
+bool UpstreamPool::isWaiting(uint64_t handle) const {
+  return std::find(waiting_.begin(), waiting_.end(), handle) != waiting_.end();
+}
+
 UpstreamPool::Conn* UpstreamPool::takeConnection() {
   // Most recently used first: keeps a small hot set and lets the rest idle out.
   Conn* best = nullptr;

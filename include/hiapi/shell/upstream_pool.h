@@ -81,6 +81,8 @@ public:
   /// Drops a request that is still waiting for a connection (nothing was sent). A request already
   /// on the wire is not cancelled (it may have created a task): @return false then.
   bool cancelIfWaiting(uint64_t handle);
+  /// @return whether @p handle still waits for a connection (nothing sent yet).
+  bool isWaiting(uint64_t handle) const;
 
   size_t busyConnections() const;
   size_t idleConnections() const;
