@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <rapidjson/document.h>
+
 #include "harness/harness.h"
 
 namespace hiapi::test {
@@ -249,6 +251,44 @@ TEST_F(ForwardingTest, InjectModeReplacesTheClientsKeyAndNeverLogsIt) {
   EXPECT_NE(log.find("key=prod"), std::string::npos) << log;
   EXPECT_EQ(log.find(kInjectKey), std::string::npos) << "the injected key leaked into the log";
   EXPECT_EQ(log.find(kClientKey), std::string::npos) << "the client's key leaked into the log";
+}
+
+TEST_F(ForwardingTest, JsonLogsAreOneObjectPerLineWithTheRequestFields) {
+  ProxyProcess proxy(dir_, baseYaml(url(), ca_.ca_cert, "log:\n  format: json\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks/tk-json",
+                        {{"Authorization", "Bearer " + kClientKey}, {"X-HiAPI-Client", "svc \"a\""}})
+                .status,
+            200);
+  proxy.process().signal(SIGTERM);
+  ASSERT_EQ(proxy.process().wait(10000ms), 0);
+  const std::string log = proxy.process().err();
+  size_t lines = 0;
+  bool saw_request = false;
+  for (size_t pos = 0; pos < log.size();) {
+    const size_t nl = log.find('\n', pos);
+    const std::string line = log.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? log.size() : nl + 1;
+    if (line.empty()) {
+      continue;
+    }
+    ++lines;
+    rapidjson::Document d;
+    d.Parse(line.c_str());
+    ASSERT_FALSE(d.HasParseError()) << line;
+    ASSERT_TRUE(d.IsObject() && d.HasMember("ts") && d.HasMember("level") && d.HasMember("msg")) << line;
+    if (std::string(d["msg"].GetString()) == "request") {
+      saw_request = true;
+      EXPECT_STREQ(d["route"].GetString(), "poll");
+      EXPECT_STREQ(d["status"].GetString(), "200");
+      EXPECT_STREQ(d["client"].GetString(), "svc \"a\"");
+      EXPECT_STREQ(d["task"].GetString(), "tk-json");
+      EXPECT_TRUE(d.HasMember("queued_ms") && d.HasMember("upstream_ms") && d.HasMember("attempts"));
+    }
+  }
+  EXPECT_GE(lines, 3u);
+  EXPECT_TRUE(saw_request) << log;
+  EXPECT_EQ(log.find(kClientKey), std::string::npos);
 }
 
 TEST_F(ForwardingTest, SigtermDuringAnInFlightRequestStillAnswersIt) {
