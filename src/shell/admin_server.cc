@@ -1,3 +1,4 @@
+#include "hiapi/shell/event_util.h"
 #include "hiapi/shell/admin_server.h"
 
 #include <arpa/inet.h>
@@ -72,13 +73,7 @@ bool AdminServer::listen(const std::string& address, uint16_t port) {
     http_ = nullptr;
     return false;
   }
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getsockname(evhttp_bound_socket_get_fd(bound), reinterpret_cast<sockaddr*>(&ss), &len) ==
-      0) {
-    port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                     : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-  }
+  port_ = boundPort(evhttp_bound_socket_get_fd(bound));
   return true;
 }
 

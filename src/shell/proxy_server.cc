@@ -1,3 +1,4 @@
+#include "hiapi/shell/event_util.h"
 #include "hiapi/shell/proxy_server.h"
 
 #include "hiapi/version.h"
@@ -116,13 +117,7 @@ bool ProxyServer::listen() {
     log_.error("cannot listen", {{"address", l.address}, {"port", l.port}});
     return false;
   }
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  if (getsockname(evhttp_bound_socket_get_fd(bound_), reinterpret_cast<sockaddr*>(&ss), &len) ==
-      0) {
-    port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                     : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-  }
+  port_ = boundPort(evhttp_bound_socket_get_fd(bound_));
   return true;
 }
 

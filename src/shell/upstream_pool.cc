@@ -1,4 +1,4 @@
-#include "hiapi/shell/timer_util.h"
+#include "hiapi/shell/event_util.h"
 #include "hiapi/shell/upstream_pool.h"
 
 #include <algorithm>
