@@ -332,6 +332,16 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return duration_estimate_[t];
 }
 
+bool TaskTracker::likelyRunning(const std::string& key, const std::string& task_id,
+                                MonotonicTime now) const {
+  const Record* r = lookup(key, task_id);
+  if (r == nullptr || !r->tracked || r->terminal) {
+    return false;
+  }
+  const std::optional<Duration> typical = typicalDuration(r->tier);
+  return typical && now < r->created + std::chrono::duration_cast<Duration>(*typical * 0.9);
+}
+
 Duration TaskTracker::replyTtl(const Record& r) const {
   if (r.reply && r.reply->status == 404) {
     return cfg_.not_found_ttl;

@@ -184,6 +184,11 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = core::Priority::Other;
     break;
   }
+  if (ctx.poll_early) {
+    // By its tier's typical duration the task is still running: the answer is most likely
+    // "still running", so the fetch waits behind creates instead of taking their tokens.
+    prio = core::Priority::Other;
+  }
   if (ctx.internal) {
     prio = core::Priority::Background;  // reconcile polls: the lowest priority, same budget
   }

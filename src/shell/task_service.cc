@@ -100,6 +100,7 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
     return true;
   case core::PollAction::Fetch:
     ctx.poll_fetcher = true;
+    ctx.poll_early = tracker_->likelyRunning(ctx.key_name, ctx.route.task_id, now);
     return false;
   }
   return false;

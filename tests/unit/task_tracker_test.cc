@@ -866,3 +866,26 @@ TEST_F(TaskTrackerTest, HoldNeverExceedsMaxHold) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikelyEnd) {
+  tracker_.onCreated("prod", "new", kLight, SlotId{1}, "m", kT0);
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
+      << "nothing learned yet";
+  for (int i = 0; i < 3; ++i) {
+    runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
+  }
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "run", kLight, SlotId{2}, "m", t);
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "run", t + seconds(1)));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "run", t + seconds(8)));
+  EXPECT_FALSE(tracker_.likelyRunning("other-key", "run", t + seconds(1)));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "stranger", t + seconds(1)));
+  tracker_.onStatus("prod", "run", "fail", t + seconds(2));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "run", t + seconds(3))) << "ended";
+}
+
+}  // namespace
+}  // namespace hiapi::core

@@ -52,6 +52,7 @@ struct RequestCtx {
   bool internal = false;          ///< the proxy's own request (reconcile poll): no client
   bool poll_joined = false;       ///< waits for another request's fetch of the same task
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
+  bool poll_early = false;        ///< its task is most likely still running: yields to creates
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
