@@ -25,6 +25,17 @@ const char* routeKindName(RouteKind r) {
   return "other";
 }
 
+size_t AdmissionQueue::classOf(Priority p) {
+  switch (p) {
+    case Priority::Retry: return 0;
+    case Priority::Poll:
+    case Priority::Create:
+    case Priority::Other: return 1;
+    case Priority::Background: return 2;
+  }
+  return 1;
+}
+
 AdmissionQueue::AdmissionQueue(size_t max_size, size_t max_per_client)
     : max_size_(std::max<size_t>(max_size, 1)), max_per_client_(max_per_client) {}
 
@@ -66,7 +77,7 @@ EnqueueResult AdmissionQueue::push(QueueEntry entry) {
     return EnqueueResult::ClientFull;
   }
   entry.seq = next_seq_++;
-  PriorityClass& cls = classes_[static_cast<size_t>(entry.priority)];
+  PriorityClass& cls = classes_[classOf(entry.priority)];
   ClientQueue& cq = cls.clients[entry.client];
   if (cq.count == 0) {
     cq.tag = cq.last_served ? std::max(cls.vtime, *cq.last_served + 1) : cls.vtime;
@@ -74,10 +85,11 @@ EnqueueResult AdmissionQueue::push(QueueEntry entry) {
     cls.order.emplace(cq.tag, cq.activation, entry.client);
     ++cls.active;
   }
-  std::list<uint64_t>& lane = cq.lanes[entry.lane];
+  std::list<uint64_t>& lane = cq.lanes[LaneKey{entry.priority, entry.lane}];
   lane.push_back(entry.id);
   ++cq.count;
   ++cls.count;
+  ++per_priority_[static_cast<size_t>(entry.priority)];
   ++per_client_[entry.client];
   ++per_lane_[entry.lane];
   by_deadline_.emplace(entry.deadline, entry.id);
@@ -88,16 +100,17 @@ EnqueueResult AdmissionQueue::push(QueueEntry entry) {
 
 void AdmissionQueue::unlink(Stored& stored) {
   const QueueEntry& e = stored.entry;
-  PriorityClass& cls = classes_[static_cast<size_t>(e.priority)];
+  PriorityClass& cls = classes_[classOf(e.priority)];
   auto cit = cls.clients.find(e.client);
   ClientQueue& cq = cit->second;
-  auto lit = cq.lanes.find(e.lane);
+  auto lit = cq.lanes.find(LaneKey{e.priority, e.lane});
   lit->second.erase(stored.pos);
   if (lit->second.empty()) {
     cq.lanes.erase(lit);
   }
   --cq.count;
   --cls.count;
+  --per_priority_[static_cast<size_t>(e.priority)];
   if (cq.count == 0) {
     cls.order.erase(OrderKey{cq.tag, cq.activation, e.client});
     --cls.active;
@@ -143,17 +156,17 @@ std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open) {
     }
     for (const OrderKey& key : cls.order) {
       ClientQueue& cq = cls.clients.find(std::get<2>(key))->second;
-      // The client's oldest entry among its open lanes.
+      // The client's most urgent entry among its open lanes, oldest first within a priority.
       std::optional<uint64_t> best_id;
-      uint64_t best_seq = 0;
+      std::pair<Priority, uint64_t> best{};
       for (auto& [lane, ids] : cq.lanes) {
-        if (ids.empty() || !open(lane)) {
+        if (ids.empty() || !open(lane.second)) {
           continue;
         }
-        const uint64_t seq = entries_.at(ids.front()).entry.seq;
-        if (!best_id || seq < best_seq) {
+        const std::pair<Priority, uint64_t> cand{lane.first, entries_.at(ids.front()).entry.seq};
+        if (!best_id || cand < best) {
           best_id = ids.front();
-          best_seq = seq;
+          best = cand;
         }
       }
       if (!best_id) {
@@ -221,7 +234,7 @@ void AdmissionQueue::remapLanes(
       for (uint64_t id : ids) {
         Stored& s = entries_.at(id);
         s.entry.lane = map(s.entry);
-        std::list<uint64_t>& lane = cq.lanes[s.entry.lane];
+        std::list<uint64_t>& lane = cq.lanes[LaneKey{s.entry.priority, s.entry.lane}];
         lane.push_back(id);
         s.pos = std::prev(lane.end());
         ++per_lane_[s.entry.lane];

@@ -338,8 +338,13 @@ bool TaskTracker::likelyRunning(const std::string& key, const std::string& task_
   if (r == nullptr || !r->tracked || r->terminal) {
     return false;
   }
-  const std::optional<Duration> typical = typicalDuration(r->tier);
-  return typical && now < r->created + std::chrono::duration_cast<Duration>(*typical * 0.9);
+  // One finished task of the tier is enough here: a wrong guess only changes the order in which
+  // fetches are admitted, never what a client is told.
+  const size_t t = clampTier(r->tier);
+  if (t >= duration_samples_.size() || duration_samples_[t] == 0) {
+    return false;
+  }
+  return now < r->created + duration_estimate_[t];
 }
 
 Duration TaskTracker::replyTtl(const Record& r) const {

@@ -186,8 +186,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
   }
   if (ctx.poll_early) {
     // By its tier's typical duration the task is still running: the answer is most likely
-    // "still running", so the fetch waits behind creates instead of taking their tokens.
-    prio = core::Priority::Other;
+    // "still running", so the fetch waits for a token nobody else needs (with the proxy's own
+    // reconcile polls) instead of taking one from any service's create.
+    prio = core::Priority::Background;
   }
   if (ctx.internal) {
     prio = core::Priority::Background;  // reconcile polls: the lowest priority, same budget

@@ -123,8 +123,10 @@ TEST(AdmissionQueue, ClosedLaneDoesNotBlockOthers) {
   q.push(entry(3, "A", Priority::Create, 1));  // light, same client, later
   q.push(entry(4, "B", Priority::Poll));
   auto heavy_closed = [](std::optional<size_t> lane) { return lane != std::optional<size_t>(0); };
-  EXPECT_EQ(q.popNext(heavy_closed)->id, 4u);
+  // A became active first; its open (light) entry goes, then B's poll: the closed heavy lane
+  // holds back neither.
   EXPECT_EQ(q.popNext(heavy_closed)->id, 3u);
+  EXPECT_EQ(q.popNext(heavy_closed)->id, 4u);
   EXPECT_FALSE(q.popNext(heavy_closed));
   EXPECT_TRUE(q.hasLane(0));
   EXPECT_FALSE(q.hasEligible(heavy_closed));
@@ -219,6 +221,39 @@ TEST_P(QueueFuzz, NothingLostAndFifoPerClientLane) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Seeds, QueueFuzz, ::testing::Values(7, 8, 9, 2024));
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST(AdmissionQueue, AnotherServicesPollsDoNotHoldBackACreateBeyondOneTurn) {
+  AdmissionQueue q(1000);
+  for (uint64_t i = 1; i <= 100; ++i) {
+    q.push(entry(i, "flood", Priority::Poll));
+  }
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 1u);
+  q.push(entry(500, "interactive", Priority::Create, 1));
+  // The newcomer goes at the very next admission, ahead of the flood's 99 other polls.
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 500u);
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 2u);
+}
+
+TEST(AdmissionQueue, WithinAClientPollsGoBeforeCreatesAndRetriesBeforeAll) {
+  AdmissionQueue q(100);
+  q.push(entry(1, "svc", Priority::Create, 1));
+  q.push(entry(2, "svc", Priority::Other));
+  q.push(entry(3, "svc", Priority::Poll));
+  q.push(entry(4, "other", Priority::Background));
+  q.push(entry(5, "other", Priority::Retry));
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 5u);  // retries first, whoever asks
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 3u);  // then the client's poll
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 1u);  // its create
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 2u);  // the rest
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 4u);  // background last
+  EXPECT_EQ(q.size(Priority::Poll), 0u);
+}
 
 }  // namespace
 }  // namespace hiapi::core

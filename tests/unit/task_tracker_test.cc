@@ -874,7 +874,7 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   tracker_.onCreated("prod", "new", kLight, SlotId{1}, "m", kT0);
   EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
       << "nothing learned yet";
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
   }
   const MonotonicTime t = kT0 + minutes(10);

@@ -2,13 +2,16 @@
 // AdmissionQueue: requests that cannot go upstream yet wait here instead of failing.
 //
 // Order:
-//  1. Priority classes strictly: Retry > Poll > Create > Other > Background.
-//  2. Within a class, fair across client classes by start-time fair queueing with unit cost: a
-//     client's head carries a virtual tag; a client that becomes active gets the class's current
+//  1. Three strict tiers: retries first (they have waited already), then everything a client
+//     asked for, then the proxy's own background work (reconcile polls).
+//  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
+//     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client
-//     moves its tag up by one. So a client with 1,000 waiting creates and one that just arrived
-//     with one request alternate, and the newcomer goes at the very next admission.
-//  3. FIFO within a client and lane.
+//     moves its tag up by one. So a client with 1,000 waiting requests of any kind and one that
+//     just arrived with one request alternate, and the newcomer goes at the very next admission:
+//     one service's polls can no more hold back another service's create than its creates can.
+//  3. Within a client: Poll > Create > Other (a client's own polls, which free tier slots, go
+//     before its own creates), then FIFO within a lane.
 // Lanes: an entry may wait on a lane (a tier's concurrency gate). popNext() takes a predicate that
 // says which lanes are open; entries on closed lanes are skipped, so a create waiting for a full
 // heavy gate never blocks polls, light creates, or the same client's later light creates.
@@ -95,8 +98,8 @@ public:
   size_t size() const { return entries_.size(); }
   bool empty() const { return entries_.empty(); }
   size_t maxSize() const { return max_size_; }
-  /// @return waiting entries of class @p p.
-  size_t size(Priority p) const { return classes_[static_cast<size_t>(p)].count; }
+  /// @return waiting entries of priority @p p.
+  size_t size(Priority p) const { return per_priority_[static_cast<size_t>(p)]; }
   /// @return waiting entries on lane @p lane (all classes).
   size_t laneSize(std::optional<size_t> lane) const;
   /// @return waiting entries of client @p client (all classes).
@@ -114,8 +117,9 @@ private:
     QueueEntry entry;
     std::list<uint64_t>::iterator pos;
   };
+  using LaneKey = std::pair<Priority, std::optional<size_t>>;  // priority first: serve order
   struct ClientQueue {
-    std::map<std::optional<size_t>, std::list<uint64_t>> lanes;
+    std::map<LaneKey, std::list<uint64_t>> lanes;
     size_t count = 0;
     uint64_t tag = 0;                     ///< virtual start tag of its head (while active)
     uint64_t activation = 0;              ///< tie-break: when it became active
@@ -130,6 +134,8 @@ private:
     size_t active = 0;
   };
 
+  static constexpr size_t kClassCount = 3;  ///< retries, client requests, background
+  static size_t classOf(Priority p);
   void prune(PriorityClass& cls);
   void unlink(Stored& stored);
 
@@ -138,7 +144,8 @@ private:
   uint64_t next_seq_ = 1;
   std::unordered_map<uint64_t, Stored> entries_;
   std::set<std::pair<MonotonicTime, uint64_t>> by_deadline_;
-  std::array<PriorityClass, kPriorityCount> classes_;
+  std::array<PriorityClass, kClassCount> classes_;
+  std::array<size_t, kPriorityCount> per_priority_{};
   std::unordered_map<std::string, size_t> per_client_;
   std::map<std::optional<size_t>, size_t> per_lane_;
 };

@@ -312,8 +312,8 @@ public:
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
 
-  /// @return whether (key, task_id) is a tracked task that, by its tier's typical duration, is
-  ///         most likely still running at @p now (younger than 90% of it). Polling such a task
+  /// @return whether (key, task_id) is a tracked task that, by its tier's typical duration (one
+  ///         finished task is enough here), is most likely still running at @p now. Polling such a task
   ///         upstream is unlikely to tell anything new: its fetch may wait behind creates.
   /// Thread-safety: const.
   bool likelyRunning(const std::string& key, const std::string& task_id, MonotonicTime now) const;
