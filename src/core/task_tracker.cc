@@ -326,7 +326,7 @@ size_t TaskTracker::onSlotExpired(SlotId slot) {
 
 std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   const size_t t = clampTier(tier);
-  if (t >= duration_samples_.size() || duration_samples_[t] < 3) {
+  if (t >= duration_samples_.size() || duration_samples_[t] < 2) {
     return std::nullopt;
   }
   return duration_estimate_[t];
@@ -360,7 +360,7 @@ Duration TaskTracker::replyTtl(const Record& r) const {
   if (r.tracked && cfg_.max_hold > Duration::zero()) {
     if (auto typical = typicalDuration(r.tier)) {
       const MonotonicTime likely_end =
-          r.created + std::chrono::duration_cast<Duration>(*typical * 0.9);
+          r.created + *typical;
       if (likely_end > r.reply_at) {
         const Duration hold = std::min<Duration>(likely_end - r.reply_at, cfg_.max_hold);
         return std::max(interval, hold);
@@ -494,6 +494,42 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
     r->in_flight = true;
     r->last_upstream_poll = std::max(r->last_upstream_poll, now);
     ++counters_.reconciles;
+  }
+  return out;
+}
+
+std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
+                                                             MonotonicTime now, size_t max) {
+  std::vector<TrackedTaskInfo> out;
+  const size_t t = clampTier(tier);
+  const Duration interval = minPollInterval(t);
+  const std::optional<Duration> typical = typicalDuration(t);
+  std::vector<Record*> due;
+  for (auto it = records_.lower_bound(RecordKey{key, std::string()});
+       it != records_.end() && it->first.first == key; ++it) {
+    Record& r = it->second;
+    if (!r.slot || r.terminal || r.in_flight || clampTier(r.tier) != t) {
+      continue;
+    }
+    const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
+    if (last + interval > now) {
+      continue;
+    }
+    if (typical && now < r.created + *typical) {
+      continue;  // most likely still running: a poll would only say so
+    }
+    due.push_back(&r);
+  }
+  std::sort(due.begin(), due.end(), [](const Record* a, const Record* b) {
+    return a->created != b->created ? a->created < b->created : *a->id < *b->id;
+  });
+  if (due.size() > max) {
+    due.resize(max);
+  }
+  for (Record* r : due) {
+    out.push_back(info(*r));
+    r->in_flight = true;
+    r->last_upstream_poll = std::max(r->last_upstream_poll, now);
   }
   return out;
 }

@@ -191,7 +191,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = core::Priority::Background;
   }
   if (ctx.internal) {
-    prio = core::Priority::Background;  // reconcile polls: the lowest priority, same budget
+    // Reconcile polls: the lowest priority, same budget. A poll that frees a full gate's slot
+    // for waiting creates goes like a client's poll.
+    prio = ctx.urgent ? core::Priority::Poll : core::Priority::Background;
   }
   handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
   submit(ks, ctx, prio);

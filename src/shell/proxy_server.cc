@@ -261,11 +261,12 @@ void ProxyServer::admitById(uint64_t id) {
 }
 
 uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::string& authorization,
-                                   const std::string& task_id) {
+                                   const std::string& task_id, bool urgent) {
   RequestCtx& ctx = newCtx();
   ctx.internal = true;
+  ctx.urgent = urgent;
   ctx.method = "GET";
-  ctx.client = "hiapi-proxy-reconcile";
+  ctx.client = urgent ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;
   ctx.route.kind = core::RouteKind::Poll;
   ctx.route.task_id = task_id;

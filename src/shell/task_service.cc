@@ -34,7 +34,7 @@ TaskService::TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& l
       metrics_(metrics),
       tracker_(std::make_unique<core::TaskTracker>(cfg_->tasks, cfg_->limits.tiers)) {
   tick_ = event_new(base_, -1, EV_PERSIST, &TaskService::onTick, this);
-  const timeval tv{0, 250'000};
+  const timeval tv{0, 100'000};
   event_add(tick_, &tv);
   last_save_ = clock_.now();
 }
@@ -217,28 +217,52 @@ void TaskService::tick() {
   }
 }
 
+const std::string* TaskService::authFor(const std::string& key) {
+  auto it = auth_by_key_.find(key);
+  if (it == auth_by_key_.end() || it->second.empty()) {
+    // A configured key: its credentials are in the config (inject mode, or a passthrough key
+    // given a name).
+    for (const core::KeyConfig& k : cfg_->keys) {
+      if (k.name == key && !k.key.empty()) {
+        it = auth_by_key_.insert_or_assign(key, "Bearer " + k.key.reveal()).first;
+      }
+    }
+  }
+  return it == auth_by_key_.end() || it->second.empty() ? nullptr : &it->second;
+}
+
 void TaskService::reconcile() {
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
-  for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(clock_.now(), 16)) {
-    auto it = auth_by_key_.find(t.key);
-    if (it == auth_by_key_.end() || it->second.empty()) {
-      // A configured key: its credentials are in the config (inject mode, or a passthrough key
-      // given a name).
-      for (const core::KeyConfig& k : cfg_->keys) {
-        if (k.name == t.key && !k.key.empty()) {
-          it = auth_by_key_.insert_or_assign(t.key, "Bearer " + k.key.reveal()).first;
-        }
-      }
-    }
-    if (it == auth_by_key_.end() || it->second.empty()) {
+  const auto now = clock_.now();
+  for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
+    const std::string* auth = authFor(t.key);
+    if (auth == nullptr) {
       // Passthrough key not seen since a restart: no credentials to poll with yet.
       tracker_->abandonPoll(t.key, t.task_id);
       continue;
     }
     log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
-    proxy_.internalPoll(t.key, it->second, t.task_id);
+    proxy_.internalPoll(t.key, *auth, t.task_id, false);
+  }
+  // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
+  // than at the pace of their clients' polls (or never, for callback users).
+  for (const auto& [key, snap] : limiter_.snapshots()) {
+    for (size_t tier = 0; tier < snap.tiers.size(); ++tier) {
+      const core::TierSnapshot& ts = snap.tiers[tier];
+      if (ts.queued == 0 || ts.running < ts.effective_ceiling) {
+        continue;
+      }
+      for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
+        const std::string* auth = authFor(t.key);
+        if (auth == nullptr) {
+          tracker_->abandonPoll(t.key, t.task_id);
+          continue;
+        }
+        proxy_.internalPoll(t.key, *auth, t.task_id, true);
+      }
+    }
   }
 }
 

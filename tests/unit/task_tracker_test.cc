@@ -827,15 +827,15 @@ TEST_F(TaskTrackerTest, LearnedDurationsHoldRunningDetailsUntilTheLikelyEnd) {
   cfg_.max_hold = seconds(10);
   rebuild();
   EXPECT_FALSE(tracker_.typicalDuration(kLight));
-  // Three light tasks of 8 s, polled every 500 ms: a fetch every 2 s (min_poll_interval).
-  for (int i = 0; i < 3; ++i) {
+  // Two light tasks of 8 s, polled every 500 ms: a fetch every 2 s (min_poll_interval).
+  for (int i = 0; i < 2; ++i) {
     const int fetches = runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(8));
     EXPECT_GE(fetches, 4) << "nothing learned yet: plain min_poll_interval";
   }
   ASSERT_TRUE(tracker_.typicalDuration(kLight));
   EXPECT_NEAR(toSeconds(*tracker_.typicalDuration(kLight)), 8.0, 1.0);
-  // Now a running task's detail is served from memory until about 90% of 8 s: one fetch at the
-  // start, then the next only near the end.
+  // Now a running task's detail is served from memory until about 8 s: one fetch at the start,
+  // then the next only at the likely end.
   const int fetches = runLightTask(tracker_, "held", kT0 + minutes(10), seconds(8));
   EXPECT_LE(fetches, 3);
 }
@@ -885,6 +885,40 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   EXPECT_FALSE(tracker_.likelyRunning("prod", "stranger", t + seconds(1)));
   tracker_.onStatus("prod", "run", "fail", t + seconds(2));
   EXPECT_FALSE(tracker_.likelyRunning("prod", "run", t + seconds(3))) << "ended";
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(TaskTrackerTest, GatePressurePollsTasksLikelyDoneAtMostEveryMinInterval) {
+  // Learn light tasks of 8 s.
+  for (int i = 0; i < 3; ++i) {
+    runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(8));
+  }
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
+  tracker_.onCreated("prod", "b", kLight, SlotId{2}, "m", t + seconds(3));
+  tracker_.onCreated("other", "c", kLight, SlotId{3}, "m", t);
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(2)).empty())
+      << "still running by the learned duration";
+  auto due = tracker_.dueForGatePressure("prod", kLight, t + seconds(8));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].task_id, "a");
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(8)).empty()) << "in flight";
+  // A client poll joins the in-flight fetch.
+  EXPECT_EQ(tracker_.beginPoll("prod", "a", 9, t + seconds(8)).action, PollAction::Join);
+  auto done = tracker_.completePoll("prod", "a", detail("a", "handling"), t + seconds(8));
+  EXPECT_EQ(done.waiters, std::vector<uint64_t>{9});
+  // Not again before min_poll_interval (2 s for light).
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(9)).empty());
+  due = tracker_.dueForGatePressure("prod", kLight, t + seconds(11));
+  ASSERT_EQ(due.size(), 2u);
+  EXPECT_EQ(due[0].task_id, "a");
+  EXPECT_EQ(due[1].task_id, "b");
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, t + seconds(11)).empty());
 }
 
 }  // namespace

@@ -224,6 +224,19 @@ public:
   /// Thread-safety: not thread-safe.
   std::vector<TrackedTaskInfo> dueForReconcile(MonotonicTime now, size_t max = 16);
 
+  /// Tasks of @p key's tier @p tier worth polling now because creates wait for that tier's full
+  /// gate: they hold a slot, are not terminal, have no fetch in flight, were last fetched at
+  /// least the tier's min_poll_interval ago, and are likely done by their tier's typical duration
+  /// (or no duration is known yet); oldest first. Each is marked in flight like
+  /// dueForReconcile's (client polls join it); finish it with completePoll / abandonPoll.
+  /// @param key the key's name
+  /// @param tier the tier whose gate is full
+  /// @param now the current time
+  /// @param max at most this many
+  /// Thread-safety: not thread-safe.
+  std::vector<TrackedTaskInfo> dueForGatePressure(const std::string& key, size_t tier,
+                                                  MonotonicTime now, size_t max = 4);
+
   /// @return when dueForReconcile could next return something (may be in the past); nullopt
   ///         when reconcile is off or no task could become due without another event.
   /// Thread-safety: const.
@@ -306,7 +319,7 @@ public:
   /// Thread-safety: const.
   size_t tierIndex(std::string_view name) const;
 
-  /// @return the learned typical duration of tier @p tier's tasks, once enough (3) tasks were
+  /// @return the learned typical duration of tier @p tier's tasks, once enough (2) tasks were
   ///         seen from creation to their end; nullopt before. An end is estimated halfway between
   ///         the last running status and the first terminal one.
   /// Thread-safety: const.

@@ -57,6 +57,8 @@ private:
   void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
                      const UpstreamResponse& resp, std::string_view cache);
   core::Duration leaseOf(size_t tier) const;
+  /// @return the Authorization value to poll @p key's tasks with, or nullptr.
+  const std::string* authFor(const std::string& key);
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
