@@ -97,7 +97,18 @@ int Daemon::run() {
     }
   }
   started_ = core::MonotonicClock::now();
-  base_ = event_base_new();
+  // The changelist coalesces the read/write interest evhttp turns on and off several times per
+  // request into at most one epoll_ctl per descriptor and loop turn (B3 showed ~6 per request).
+  // Its one caveat, dup()ed descriptors, does not apply: every socket here is our own.
+  event_config* ev_cfg = event_config_new();
+  if (ev_cfg != nullptr) {
+    event_config_set_flag(ev_cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    base_ = event_base_new_with_config(ev_cfg);
+    event_config_free(ev_cfg);
+  }
+  if (base_ == nullptr) {
+    base_ = event_base_new();
+  }
   if (base_ == nullptr) {
     log_.error("event_base_new failed");
     return 1;

@@ -721,6 +721,13 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
     evhttp_request_free(ctx.req);
     ctx.req = nullptr;
   }
+  if (!log_.enabled(core::LogLevel::Info)) {
+    if (on_finished) {
+      on_finished(ctx, status);
+    }
+    requests_.erase(ctx.id);
+    return;
+  }
   std::vector<LogField> fields{
       {"request_id", ctx.request_id},
       {"method", ctx.method},
