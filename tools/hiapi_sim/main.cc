@@ -90,12 +90,22 @@ int main(int argc, char** argv) {
       }
     }
   }  // the simulator frees its listener, timers and connections before the base goes
+  // Stopping already: a second SIGTERM/SIGINT during the teardown (a test's stop() right after
+  // its SIGINT) must not turn the clean exit into a death by signal. Freeing a signal event
+  // restores the default action, so block both first and ignore them after.
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  sigaddset(&block, SIGINT);
+  sigprocmask(SIG_BLOCK, &block, nullptr);
   if (sigterm != nullptr) {
     event_free(sigterm);
   }
   if (sigint != nullptr) {
     event_free(sigint);
   }
+  std::signal(SIGTERM, SIG_IGN);
+  std::signal(SIGINT, SIG_IGN);
   event_base_free(base);
   return rc;
 }
