@@ -160,16 +160,12 @@ RequestCtx* ProxyServer::find(uint64_t id) {
 
 void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
   auto* self = static_cast<ProxyServer*>(arg);
-  RequestCtx* found = nullptr;
-  for (auto& [id, ctx] : self->requests_) {
-    if (ctx->client_conn == conn && !ctx->answered && !ctx->internal) {
-      found = ctx.get();
-      break;
-    }
-  }
-  if (found == nullptr) {
+  auto byc = self->by_conn_.find(conn);
+  RequestCtx* found = byc == self->by_conn_.end() ? nullptr : self->find(byc->second);
+  if (found == nullptr || found->client_conn != conn || found->answered || found->internal) {
     return;
   }
+  self->by_conn_.erase(byc);
   RequestCtx& ctx = *found;
   ctx.client_gone = true;
   ctx.client_conn = nullptr;
@@ -357,6 +353,7 @@ void ProxyServer::handle(evhttp_request* req) {
   ctx.client_conn = evhttp_request_get_connection(req);
   ctx.method = methodName(evhttp_request_get_command(req));
   if (ctx.client_conn != nullptr) {
+    by_conn_[ctx.client_conn] = ctx.id;
     evhttp_connection_set_closecb(ctx.client_conn, &ProxyServer::onClientClose, this);
   }
   if (!prepare(ctx)) {
@@ -708,6 +705,7 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
   unwatchClient(ctx);
   if (ctx.client_conn != nullptr) {
     evhttp_connection_set_closecb(ctx.client_conn, nullptr, nullptr);
+    by_conn_.erase(ctx.client_conn);
   }
   evhttp_send_reply(ctx.req, status, nullptr, body);
   ctx.req = nullptr;  // libevent owns and frees it now
@@ -716,6 +714,12 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
   unwatchClient(ctx);
+  if (ctx.client_conn != nullptr) {
+    auto byc = by_conn_.find(ctx.client_conn);
+    if (byc != by_conn_.end() && byc->second == ctx.id) {
+      by_conn_.erase(byc);
+    }
+  }
   if (ctx.req != nullptr && ctx.client_gone) {
     // An orphaned request (its connection is gone): ours to free.
     evhttp_request_free(ctx.req);

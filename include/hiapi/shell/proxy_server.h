@@ -173,6 +173,8 @@ private:
   PollHook* poll_hook_ = nullptr;
   evhttp_connection* freeing_conn_ = nullptr;  ///< set while we free a client's connection
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
+  /// Client connection → its open request (evhttp serves one request per connection at a time).
+  std::unordered_map<evhttp_connection*, uint64_t> by_conn_;
 };
 
 }  // namespace hiapi::shell
