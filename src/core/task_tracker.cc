@@ -470,6 +470,22 @@ bool TaskTracker::cancelWaiter(const std::string& key, const std::string& task_i
 
 // ---- reconcile ------------------------------------------------------------------------------
 
+std::vector<TrackedTaskInfo> TaskTracker::startFetches(std::vector<Record*>& due, size_t max,
+                                                       MonotonicTime now) {
+  // The proxy's own fetch: marked in flight so that client polls join it.
+  if (due.size() > max) {
+    due.resize(max);
+  }
+  std::vector<TrackedTaskInfo> out;
+  out.reserve(due.size());
+  for (Record* r : due) {
+    out.push_back(info(*r));
+    r->in_flight = true;
+    r->last_upstream_poll = std::max(r->last_upstream_poll, now);
+  }
+  return out;
+}
+
 std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, size_t max) {
   std::vector<TrackedTaskInfo> out;
   if (!cfg_.reconcile || max == 0) {
@@ -486,21 +502,13 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
     const MonotonicTime tb = lastActivity(*b);
     return ta != tb ? ta < tb : *a->id < *b->id;
   });
-  if (due.size() > max) {
-    due.resize(max);
-  }
-  for (Record* r : due) {
-    out.push_back(info(*r));
-    r->in_flight = true;
-    r->last_upstream_poll = std::max(r->last_upstream_poll, now);
-    ++counters_.reconciles;
-  }
+  out = startFetches(due, max, now);
+  counters_.reconciles += out.size();
   return out;
 }
 
 std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
                                                              MonotonicTime now, size_t max) {
-  std::vector<TrackedTaskInfo> out;
   const size_t t = clampTier(tier);
   const Duration interval = minPollInterval(t);
   const std::optional<Duration> typical = typicalDuration(t);
@@ -523,15 +531,7 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
   std::sort(due.begin(), due.end(), [](const Record* a, const Record* b) {
     return a->created != b->created ? a->created < b->created : *a->id < *b->id;
   });
-  if (due.size() > max) {
-    due.resize(max);
-  }
-  for (Record* r : due) {
-    out.push_back(info(*r));
-    r->in_flight = true;
-    r->last_upstream_poll = std::max(r->last_upstream_poll, now);
-  }
-  return out;
+  return startFetches(due, max, now);
 }
 
 std::optional<MonotonicTime> TaskTracker::nextReconcileAt() const {

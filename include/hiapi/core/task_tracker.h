@@ -379,6 +379,8 @@ private:
   Duration minPollInterval(size_t tier) const;
   size_t clampTier(size_t tier) const;
   TrackedTaskInfo info(const Record& r) const;
+  std::vector<TrackedTaskInfo> startFetches(std::vector<Record*>& due, size_t max,
+                                            MonotonicTime now);
   void setTiers(std::vector<TierConfig> tiers);
   void setConfig(const TasksConfig& cfg);
 
