@@ -150,7 +150,6 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   return ref;
 }
 
-core::KeyScheduler& Limiter::scheduler(const std::string& key) { return *keyState(key).sched; }
 
 void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
                     std::function<void(core::ProxyError, int)> reject) {
@@ -263,7 +262,6 @@ void Limiter::pump(KeyState& ks) {
       continue;
     }
     it->second.ctx->slot.reset();  // released by the scheduler with the expiry
-    it->second.ctx->retrying = false;
     reject(id, core::ProxyError::QueueTimeout, static_cast<int>(ks.sched->retryAfterSeconds(now)));
   }
   for (const core::Admitted& a : d.admitted) {
@@ -274,7 +272,6 @@ void Limiter::pump(KeyState& ks) {
       continue;
     }
     it->second.ctx->slot = a.slot;
-    it->second.ctx->retrying = false;
     if (metrics_ != nullptr && !it->second.ctx->internal) {
       metrics_->queueWait(ks.name, core::routeName(a.route), core::toSeconds(a.waited));
     }
@@ -391,7 +388,6 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
         if (metrics_ != nullptr) {
           metrics_->retry(ctx.key_name, core::retryReasonName(dec.reason));
         }
-        ctx.retrying = true;
         log_.debug("retrying", {{"request_id", ctx.request_id},
                                 {"reason", core::retryReasonName(dec.reason)},
                                 {"delay_ms", std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -59,7 +59,6 @@ struct UpstreamPool::Conn {
   bool dead = false;
   bool answered_before = false;  // served a complete reply: the socket was established
   core::MonotonicTime idle_since{};
-  uint64_t attempt = 0;
 };
 
 struct UpstreamPool::Attempt {
@@ -76,7 +75,6 @@ struct UpstreamPool::Attempt {
   bool got_error = false;
   int saved_errno = 0;
   bool finished = false;
-  UpstreamError forced = UpstreamError::None;  // set by our own timers before cancelling
   core::Duration timeout{};
 
   ~Attempt() {
@@ -266,7 +264,6 @@ void UpstreamPool::pump() {
 
 void UpstreamPool::start(Attempt* a, Conn* c) {
   c->busy = true;
-  c->attempt = a->id;
   a->conn = c;
   a->started = core::MonotonicClock::now();
   evhttp_request* req = evhttp_request_new(&UpstreamPool::onResponse, a);
@@ -339,7 +336,6 @@ void UpstreamPool::onConnectTimeout(evutil_socket_t, short, void* arg) {
   if (a->finished || a->conn == nullptr || self->connectionEstablished(a->conn)) {
     return;
   }
-  a->forced = UpstreamError::ConnectTimeout;
   Conn* c = a->conn;
   c->dead = true;
   evhttp_request* req = a->ereq;
@@ -365,7 +361,6 @@ void UpstreamPool::onAttemptTimeout(evutil_socket_t, short, void* arg) {
     return;
   }
   const bool established = a->conn != nullptr && self->connectionEstablished(a->conn);
-  a->forced = UpstreamError::Timeout;
   if (a->conn != nullptr) {
     a->conn->dead = true;
   }
@@ -507,7 +502,6 @@ void UpstreamPool::finish(Attempt* a, UpstreamResponse&& resp) {
 
 void UpstreamPool::release(Conn* c, bool reusable) {
   c->busy = false;
-  c->attempt = 0;
   if (!reusable) {
     discard(c);
     return;

@@ -49,9 +49,6 @@ public:
   /// Re-occupies a slot for a task read from the state file. @return the slot id.
   uint64_t restoreSlot(const std::string& key, size_t tier, core::Duration lease_left);
 
-  /// Access for the task tracker (slot restore, reconcile).
-  core::KeyScheduler& scheduler(const std::string& key);
-
   /// Hook: called when a create succeeded with its task id (task tracking).
   std::function<void(const RequestCtx&, const std::string& task_id)> on_task_created;
   /// Hook: called for each lease that ran out.

@@ -47,7 +47,6 @@ struct RequestCtx {
   std::optional<size_t> tier;     ///< a create's tier
   std::string model;              ///< a create's model (from a parsed copy of the body)
   bool has_idempotency_key = false;
-  bool retrying = false;          ///< waiting for a retry (timer or queue)
   // Set by the task service.
   bool internal = false;          ///< the proxy's own request (reconcile poll): no client
   bool urgent = false;            ///< internal, and creates wait on its answer (a full gate)

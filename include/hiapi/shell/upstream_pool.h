@@ -87,7 +87,6 @@ public:
   size_t busyConnections() const;
   size_t idleConnections() const;
   size_t waiting() const { return waiting_.size(); }
-  size_t inFlight() const { return attempts_.size() - waiting_.size(); }
 
 private:
   struct Conn;
