@@ -84,17 +84,10 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
   const auto now = clock_.now();
   core::PollDecision d = tracker_->beginPoll(ctx.key_name, ctx.route.task_id, ctx.id, now);
   switch (d.action) {
-  case core::PollAction::Hit: {
-    UpstreamResponse r;
-    r.status = d.reply->status;
-    for (const auto& [k, v] : d.reply->headers) {
-      r.headers.push_back(Header{k, v});
-    }
-    r.body = d.reply->body;
+  case core::PollAction::Hit:
     ctx.outcome = "cache_hit";
-    proxy_.replyWith(ctx.id, r, "hit", ageSeconds(d.age));
+    answerFromCache(ctx.id, d);
     return true;
-  }
   case core::PollAction::Join:
     ctx.poll_joined = true;
     return true;
@@ -104,6 +97,16 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
     return false;
   }
   return false;
+}
+
+void TaskService::answerFromCache(uint64_t id, const core::PollDecision& hit) {
+  UpstreamResponse r;
+  r.status = hit.reply->status;
+  for (const auto& [k, v] : hit.reply->headers) {
+    r.headers.push_back(Header{k, v});
+  }
+  r.body = hit.reply->body;
+  proxy_.replyWith(id, r, "hit", ageSeconds(hit.age));
 }
 
 void TaskService::answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
@@ -162,13 +165,7 @@ void TaskService::pollerGone(RequestCtx& ctx, bool fetch_continues) {
       w->poll_fetcher = true;
       proxy_.admitById(id);
     } else if (d.action == core::PollAction::Hit) {
-      UpstreamResponse r;
-      r.status = d.reply->status;
-      for (const auto& [k, v] : d.reply->headers) {
-        r.headers.push_back(Header{k, v});
-      }
-      r.body = d.reply->body;
-      proxy_.replyWith(id, r, "hit", ageSeconds(d.age));
+      answerFromCache(id, d);
     }
   }
 }

@@ -54,6 +54,7 @@ private:
   void tick();
   void reconcile();
   void release(const std::optional<core::SlotRelease>& r);
+  void answerFromCache(uint64_t id, const core::PollDecision& hit);
   void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
                      const UpstreamResponse& resp, std::string_view cache);
   core::Duration leaseOf(size_t tier) const;
