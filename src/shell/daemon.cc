@@ -310,20 +310,21 @@ void Daemon::refreshGauges() {
       tg.effective_ceiling = t.effective_ceiling;
       tg.queued = t.queued;
       metrics_->setTierGauges(tg);
-      for (uint64_t n = seen_leases[i]; n < t.leases_expired; ++n) {
-        metrics_->leaseExpired(key, t.name);
-        metrics_->taskOutcome(key, t.name, "lease_expired");
+      if (t.leases_expired > seen_leases[i]) {
+        const auto n = static_cast<double>(t.leases_expired - seen_leases[i]);
+        metrics_->leaseExpired(key, t.name, n);
+        metrics_->taskOutcome(key, t.name, "lease_expired", n);
+        seen_leases[i] = t.leases_expired;
       }
-      seen_leases[i] = std::max(seen_leases[i], t.leases_expired);
     }
     // Throttle counters live in the scheduler: turn their growth into metric increments.
     core::SchedulerCounters& seen = seen_counters_[key];
     const core::SchedulerCounters& c = snap.counters;
     auto bump = [&](uint64_t now_v, uint64_t& was, std::string_view reason) {
-      for (uint64_t n = was; n < now_v; ++n) {
-        metrics_->throttle(key, reason);
+      if (now_v > was) {
+        metrics_->throttle(key, reason, static_cast<double>(now_v - was));
+        was = now_v;
       }
-      was = std::max(was, now_v);
     };
     bump(c.throttled_rate, seen.throttled_rate, "rate");
     bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");

@@ -341,13 +341,13 @@ void Metrics::upstream429(std::string_view key, std::string_view cause) {
       .Increment();
 }
 
-void Metrics::throttle(std::string_view key, std::string_view reason) {
+void Metrics::throttle(std::string_view key, std::string_view reason, double count) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(throttled_,
           {keyLabelLocked(key),
            oneOf(reason, {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"},
                  "other")})
-      .Increment();
+      .Increment(count);
 }
 
 void Metrics::retry(std::string_view key, std::string_view reason) {
@@ -366,16 +366,17 @@ void Metrics::pollCache(std::string_view result) {
   counter(poll_cache_, {oneOf(result, {"hit", "coalesced", "miss"}, "other")}).Increment();
 }
 
-void Metrics::taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome) {
+void Metrics::taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome,
+                          double count) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(tasks_, {keyLabelLocked(key), word(tier),
                    oneOf(outcome, {"success", "fail", "lease_expired", "other"}, "other")})
-      .Increment();
+      .Increment(count);
 }
 
-void Metrics::leaseExpired(std::string_view key, std::string_view tier) {
+void Metrics::leaseExpired(std::string_view key, std::string_view tier, double count) {
   std::lock_guard<std::mutex> lock(mu_);
-  counter(lease_expiries_, {keyLabelLocked(key), word(tier)}).Increment();
+  counter(lease_expiries_, {keyLabelLocked(key), word(tier)}).Increment(count);
 }
 
 void Metrics::configReload(bool ok) {

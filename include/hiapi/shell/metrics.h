@@ -69,7 +69,8 @@ public:
   /// @param cause rate | concurrency | unknown
   void upstream429(std::string_view key, std::string_view cause);
   /// @param reason rate | concurrency | cooldown | queue_full | queue_timeout
-  void throttle(std::string_view key, std::string_view reason);
+  /// @param count how many (the daemon adds up the scheduler's counters since the last scrape)
+  void throttle(std::string_view key, std::string_view reason, double count = 1);
   /// @param reason a fixed word: status_429, status_5xx, network, timeout, … (sanitised)
   void retry(std::string_view key, std::string_view reason);
   /// Time spent queued before going upstream.
@@ -77,8 +78,9 @@ public:
   /// @param result hit | coalesced | miss
   void pollCache(std::string_view result);
   /// @param outcome success | fail | lease_expired | other
-  void taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome);
-  void leaseExpired(std::string_view key, std::string_view tier);
+  void taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome,
+                   double count = 1);
+  void leaseExpired(std::string_view key, std::string_view tier, double count = 1);
   void configReload(bool ok);
 
   // ---- gauges ---------------------------------------------------------------------------------
