@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <gtest/gtest.h>
 
+#include "harness/admin_loop.h"
 #include "harness/harness.h"
 #include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/metrics.h"
@@ -352,43 +353,6 @@ TEST(MetricsDocs, ReadmeMetricsSectionNamesEveryMetric) {
 
 // ---- AdminServer -------------------------------------------------------------------------------
 
-/// An event loop on its own thread running an AdminServer (set up before the thread starts,
-/// torn down after it stops, so that libevent is only ever used by one thread at a time).
-class AdminLoop {
-public:
-  AdminLoop(Metrics& m, std::function<std::string()> status, std::function<bool()> ready,
-            std::function<void()> before_scrape) {
-    base_ = event_base_new();
-    server_ = std::make_unique<AdminServer>(base_, m, std::move(status), std::move(ready),
-                                            std::move(before_scrape));
-    ok_ = server_->listen("127.0.0.1", 0);
-    tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
-    const timeval tv{0, 20'000};
-    event_add(tick_, &tv);
-    thread_ = std::thread([this] {
-      while (!stop_) {
-        event_base_loop(base_, EVLOOP_ONCE);
-      }
-    });
-  }
-  ~AdminLoop() {
-    stop_ = true;
-    thread_.join();
-    server_.reset();
-    event_free(tick_);
-    event_base_free(base_);
-  }
-  bool ok() const { return ok_; }
-  uint16_t port() const { return server_->port(); }
-
-private:
-  event_base* base_ = nullptr;
-  event* tick_ = nullptr;
-  std::unique_ptr<AdminServer> server_;
-  bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
 
 TEST(AdminServerTest, ServesMetricsHealthReadinessStatusAnd404) {
   Metrics m;

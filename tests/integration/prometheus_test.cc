@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
+#include "harness/admin_loop.h"
 #include "harness/harness.h"
 #include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/metrics.h"
@@ -38,43 +39,6 @@ using shell::Metrics;
 
 constexpr const char* kPrometheusBin = "/usr/bin/prometheus";
 
-/// An event loop on its own thread running an AdminServer (set up before the thread starts and
-/// torn down after it stops: libevent is used by one thread at a time).
-class AdminLoop {
-public:
-  AdminLoop(Metrics& m, std::function<void()> before_scrape) {
-    base_ = event_base_new();
-    server_ = std::make_unique<AdminServer>(
-        base_, m, [] { return std::string("{}"); }, [] { return true; },
-        std::move(before_scrape));
-    ok_ = server_->listen("127.0.0.1", 0);
-    tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
-    const timeval tv{0, 20'000};
-    event_add(tick_, &tv);
-    thread_ = std::thread([this] {
-      while (!stop_) {
-        event_base_loop(base_, EVLOOP_ONCE);
-      }
-    });
-  }
-  ~AdminLoop() {
-    stop_ = true;
-    thread_.join();
-    server_.reset();
-    event_free(tick_);
-    event_base_free(base_);
-  }
-  bool ok() const { return ok_; }
-  uint16_t port() const { return server_->port(); }
-
-private:
-  event_base* base_ = nullptr;
-  event* tick_ = nullptr;
-  std::unique_ptr<AdminServer> server_;
-  bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
 
 /// One round of every event and gauge, as the daemon would produce them under throttling.
 void generateTraffic(Metrics& m, int round) {
@@ -356,7 +320,9 @@ TEST(Prometheus, EveryDashboardQueryParsesAndReturnsData) {
   // The admin endpoint, with traffic at every scrape.
   Metrics m;
   std::atomic<int> scrapes{0};
-  AdminLoop admin(m, [&] { generateTraffic(m, scrapes++); });
+  AdminLoop admin(
+      m, [] { return std::string("{}"); }, [] { return true; },
+      [&] { generateTraffic(m, scrapes++); });
   ASSERT_TRUE(admin.ok());
 
   TempDir dir;
