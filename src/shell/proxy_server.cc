@@ -145,7 +145,7 @@ void ProxyServer::abortPending() {
     if (admission_ != nullptr) {
       admission_->clientGone(*ctx);
     }
-    replyError(*ctx, core::ProxyError::ShuttingDown, {}, 1);
+    replyError(*ctx, core::ProxyError::ShuttingDown);
   }
 }
 
@@ -379,7 +379,7 @@ void ProxyServer::handle(evhttp_request* req) {
 bool ProxyServer::prepare(RequestCtx& ctx) {
   const core::Config& cfg = *cfg_;
   if (draining_) {
-    replyError(ctx, core::ProxyError::ShuttingDown, {}, 1);
+    replyError(ctx, core::ProxyError::ShuttingDown);
     return false;
   }
   if (ctx.method == "CONNECT") {
@@ -587,12 +587,12 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
     return;
   case UpstreamError::Timeout:
   case UpstreamError::ConnectTimeout:
-    replyError(*ctx, core::ProxyError::UpstreamTimeout, resp.message, 1);
+    replyError(*ctx, core::ProxyError::UpstreamTimeout, resp.message);
     return;
   case UpstreamError::Connect:
   case UpstreamError::Reset:
   case UpstreamError::Protocol:
-    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message, 1);
+    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message);
     return;
   }
 }
@@ -611,7 +611,7 @@ void ProxyServer::replyWith(uint64_t id, const UpstreamResponse& resp, std::stri
     return;
   }
   if (resp.error != UpstreamError::None) {
-    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message, 1);
+    replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message);
     return;
   }
   if (age_s >= 0) {
@@ -676,6 +676,9 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
   evhttp_add_header(out, std::string(core::kProxyErrorHeader).c_str(),
                     std::string(info.code).c_str());
   evhttp_add_header(out, "X-Request-Id", ctx.request_id.c_str());
+  if (retry_after_s < 0 && info.retry_helps) {
+    retry_after_s = 1;  // the table says waiting helps; callers that know better pass their own
+  }
   if (retry_after_s >= 0) {
     evhttp_add_header(out, "Retry-After", std::to_string(retry_after_s).c_str());
   }

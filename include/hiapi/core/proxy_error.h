@@ -33,7 +33,7 @@ struct ProxyErrorInfo {
   std::string_view code;      ///< lower-case code: guide envelope `error.code` and the header
   std::string_view error_code;///< upper-case code: docs envelope `error_code`
   std::string_view message;   ///< default human message
-  bool retry_helps;           ///< whether a Retry-After should accompany it
+  bool retry_helps;           ///< Retry-After accompanies it (1 s unless the caller knows better)
 };
 
 /// @return the table row for @p e. Thread-safety: pure.
