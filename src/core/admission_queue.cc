@@ -7,6 +7,7 @@ namespace hiapi::core {
 const char* priorityName(Priority p) {
   switch (p) {
     case Priority::Retry: return "retry";
+    case Priority::Unblock: return "unblock";
     case Priority::Poll: return "poll";
     case Priority::Create: return "create";
     case Priority::Other: return "other";
@@ -27,7 +28,8 @@ const char* routeKindName(RouteKind r) {
 
 size_t AdmissionQueue::classOf(Priority p) {
   switch (p) {
-    case Priority::Retry: return 0;
+    case Priority::Retry:
+    case Priority::Unblock: return 0;
     case Priority::Poll:
     case Priority::Create:
     case Priority::Other: return 1;
@@ -76,6 +78,11 @@ EnqueueResult AdmissionQueue::push(QueueEntry entry) {
   if (max_per_client_ != 0 && clientSize(entry.client) >= max_per_client_) {
     return EnqueueResult::ClientFull;
   }
+  link(std::move(entry));
+  return EnqueueResult::Queued;
+}
+
+void AdmissionQueue::link(QueueEntry entry) {
   entry.seq = next_seq_++;
   PriorityClass& cls = classes_[classOf(entry.priority)];
   ClientQueue& cq = cls.clients[entry.client];
@@ -95,7 +102,6 @@ EnqueueResult AdmissionQueue::push(QueueEntry entry) {
   by_deadline_.emplace(entry.deadline, entry.id);
   const uint64_t id = entry.id;
   entries_.emplace(id, Stored{std::move(entry), std::prev(lane.end())});
-  return EnqueueResult::Queued;
 }
 
 void AdmissionQueue::unlink(Stored& stored) {
@@ -138,6 +144,20 @@ std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {
   return out;
 }
 
+bool AdmissionQueue::reprioritize(uint64_t id, Priority priority) {
+  auto it = entries_.find(id);
+  if (it == entries_.end()) {
+    return false;
+  }
+  if (it->second.entry.priority == priority) {
+    return true;
+  }
+  std::optional<QueueEntry> e = remove(id);
+  e->priority = priority;
+  link(std::move(*e));  // it had its place already: no bounds
+  return true;
+}
+
 std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
   std::vector<QueueEntry> out;
   while (!by_deadline_.empty() && by_deadline_.begin()->first <= now) {
@@ -149,46 +169,64 @@ std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
   return out;
 }
 
-std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open) {
-  for (PriorityClass& cls : classes_) {
-    if (cls.count == 0) {
-      continue;
+std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open, const LaneOpen& first) {
+  // Retries (and Unblock polls), then client requests on `first` lanes, then all client
+  // requests, then background work.
+  if (auto e = popFrom(classes_[0], open)) {
+    return e;
+  }
+  if (first && classes_[1].count != 0) {
+    const auto both = [&](std::optional<size_t> lane) { return first(lane) && open(lane); };
+    if (auto e = popFrom(classes_[1], both)) {
+      return e;
     }
-    for (const OrderKey& key : cls.order) {
-      ClientQueue& cq = cls.clients.find(std::get<2>(key))->second;
-      // The client's most urgent entry among its open lanes, oldest first within a priority.
-      std::optional<uint64_t> best_id;
-      std::pair<Priority, uint64_t> best{};
-      for (auto& [lane, ids] : cq.lanes) {
-        if (ids.empty() || !open(lane.second)) {
-          continue;
-        }
-        const std::pair<Priority, uint64_t> cand{lane.first, entries_.at(ids.front()).entry.seq};
-        if (!best_id || cand < best) {
-          best_id = ids.front();
-          best = cand;
-        }
-      }
-      if (!best_id) {
+  }
+  for (size_t c = 1; c < kClassCount; ++c) {
+    if (auto e = popFrom(classes_[c], open)) {
+      return e;
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<QueueEntry> AdmissionQueue::popFrom(PriorityClass& cls, const LaneOpen& open) {
+  if (cls.count == 0) {
+    return std::nullopt;
+  }
+  for (const OrderKey& key : cls.order) {
+    ClientQueue& cq = cls.clients.find(std::get<2>(key))->second;
+    // The client's most urgent entry among its open lanes, oldest first within a priority.
+    std::optional<uint64_t> best_id;
+    std::pair<Priority, uint64_t> best{};
+    for (auto& [lane, ids] : cq.lanes) {
+      if (ids.empty() || !open(lane.second)) {
         continue;
       }
-      const std::string client = std::get<2>(key);
-      const uint64_t served_tag = cq.tag;
-      auto it = entries_.find(*best_id);
-      unlink(it->second);  // may erase `key` from cls.order: do not touch it after this
-      QueueEntry out = std::move(it->second.entry);
-      entries_.erase(it);
-      cls.vtime = std::max(cls.vtime, served_tag);
-      ClientQueue& served = cls.clients[client];
-      served.last_served = served_tag;
-      if (served.count != 0) {
-        cls.order.erase(OrderKey{served.tag, served.activation, client});
-        served.tag = served_tag + 1;
-        cls.order.emplace(served.tag, served.activation, client);
+      const std::pair<Priority, uint64_t> cand{lane.first, entries_.at(ids.front()).entry.seq};
+      if (!best_id || cand < best) {
+        best_id = ids.front();
+        best = cand;
       }
-      prune(cls);
-      return out;
     }
+    if (!best_id) {
+      continue;
+    }
+    const std::string client = std::get<2>(key);
+    const uint64_t served_tag = cq.tag;
+    auto it = entries_.find(*best_id);
+    unlink(it->second);  // may erase `key` from cls.order: do not touch it after this
+    QueueEntry out = std::move(it->second.entry);
+    entries_.erase(it);
+    cls.vtime = std::max(cls.vtime, served_tag);
+    ClientQueue& served = cls.clients[client];
+    served.last_served = served_tag;
+    if (served.count != 0) {
+      cls.order.erase(OrderKey{served.tag, served.activation, client});
+      served.tag = served_tag + 1;
+      cls.order.emplace(served.tag, served.activation, client);
+    }
+    prune(cls);
+    return out;
   }
   return std::nullopt;
 }

@@ -155,6 +155,17 @@ bool KeyScheduler::cancel(uint64_t id, MonotonicTime now) {
   return true;
 }
 
+bool KeyScheduler::raisePriority(uint64_t id, Priority priority) {
+  const QueueEntry* e = queue_.find(id);
+  if (e == nullptr) {
+    return false;
+  }
+  if (e->priority > priority) {
+    queue_.reprioritize(id, priority);
+  }
+  return true;
+}
+
 void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
   std::vector<SlotId> expired;
   for (auto& gate : gates_) {
@@ -180,6 +191,18 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   }
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
+  // A tier whose creates outnumber its free slots is the bottleneck: a slot that frees there is
+  // capacity every service waits for, and it stays idle while its create waits behind polls
+  // and other tiers' creates for a token. Those creates go first (fair across clients).
+  const auto scarce = [this, now](std::optional<size_t> lane) {
+    if (!lane) {
+      return false;
+    }
+    const ConcurrencyGate& g = *gates_[*lane];
+    const uint32_t ceiling = g.effectiveCeiling(now);
+    const size_t free = ceiling > g.running() ? ceiling - g.running() : 0;
+    return queue_.laneSize(lane) >= free;
+  };
   bool waiting_for_token = false;
   while (!queue_.empty() && !adaptive_.inCooldown(now)) {
     // Reserve the token first; give it back if no entry can use it.
@@ -187,7 +210,7 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
       waiting_for_token = true;
       break;
     }
-    std::optional<QueueEntry> entry = queue_.popNext(open);
+    std::optional<QueueEntry> entry = queue_.popNext(open, scarce);
     if (!entry) {
       budget_->refund(1.0, now);
       break;

@@ -17,6 +17,9 @@
 namespace hiapi::core {
 namespace {
 
+/// The shortest gap between polls of a task around its likely end (see endPollInterval).
+constexpr Duration kMinEndPollInterval = std::chrono::milliseconds(100);
+
 char lowerAscii(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::string lowerCopy(std::string_view s) {
@@ -48,6 +51,7 @@ TaskTracker::TaskTracker(const TasksConfig& cfg, std::vector<TierConfig> tiers) 
   setTiers(std::move(tiers));
   duration_estimate_.clear();  // tiers may have moved: learn their durations again
   duration_samples_.clear();
+  duration_hits_.clear();
 }
 
 void TaskTracker::setConfig(const TasksConfig& cfg) {
@@ -255,19 +259,7 @@ std::optional<SlotRelease> TaskTracker::applyStatus(Record& r, std::string_view 
   r.terminal = true;
   r.terminal_at = now;
   if (r.tracked && now > r.created) {
-    // The task ended between the last running status and now: take the middle.
-    const MonotonicTime end =
-        r.last_running_seen > r.created ? r.last_running_seen + (now - r.last_running_seen) / 2 : now;
-    const Duration d = end - r.created;
-    const size_t t = clampTier(r.tier);
-    if (duration_samples_.size() < tiers_.size()) {
-      duration_samples_.resize(tiers_.size(), 0);
-      duration_estimate_.resize(tiers_.size(), Duration::zero());
-    }
-    duration_estimate_[t] = duration_samples_[t] == 0
-                                ? d
-                                : std::chrono::duration_cast<Duration>(duration_estimate_[t] * 0.8 + d * 0.2);
-    ++duration_samples_[t];
+    learnDuration(r, now);
   }
   if (!r.slot) {
     return std::nullopt;
@@ -332,42 +324,117 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return duration_estimate_[t];
 }
 
+Duration TaskTracker::endPollInterval(size_t tier) const {
+  const Duration interval = minPollInterval(tier);
+  const std::optional<Duration> typical = typicalDuration(tier);
+  if (!typical) {
+    return interval;
+  }
+  return std::clamp<Duration>(*typical / 20, std::min<Duration>(kMinEndPollInterval, interval),
+                              interval);
+}
+
+void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
+  // The task ended in (a, b]: after the last running status seen, by the first terminal one.
+  const MonotonicTime a = std::max(r.last_running_seen, r.created);
+  const Duration upper = now - r.created;
+  const Duration lower = a - r.created;
+  const size_t t = clampTier(r.tier);
+  if (duration_samples_.size() < tiers_.size()) {
+    duration_samples_.resize(tiers_.size(), 0);
+    duration_estimate_.resize(tiers_.size(), Duration::zero());
+    duration_hits_.resize(tiers_.size(), 0);
+  }
+  Duration& e = duration_estimate_[t];
+  const Duration mid = lower > Duration::zero() ? lower + (upper - lower) / 2 : upper;
+  if (duration_samples_[t] == 0) {
+    e = mid;
+  } else {
+    // A narrow bracket (polls close together around the end) is a measurement: average it in.
+    // A wide one only bounds the duration: move the estimate into it, and when the end was seen
+    // by the first poll aimed at the estimate, probe a little lower next time, so that an
+    // estimate that is too long does not stay so (one that is too short corrects itself: the
+    // next end is bracketed narrowly by the end polls).
+    const Duration fine = endPollInterval(t);
+    uint32_t& hits = duration_hits_[t];
+    if (upper - lower <= std::max<Duration>(2 * fine, e / 10)) {
+      // Aim at the bracket's upper end: a look just after the end costs a little lateness, a
+      // look just before it costs a wasted request and another end-poll interval.
+      e = std::chrono::duration_cast<Duration>(e * 0.7 + upper * 0.3);
+      hits = 0;
+    } else if (e <= lower) {
+      e = mid;  // it ran longer than that
+    } else if (upper - e <= fine + fine / 2) {
+      // Seen ended by the first look aimed at it (or before it): it may have ended long before.
+      // Probe lower, by steps that double while looks keep landing after the end (an estimate
+      // that is far too long comes down in a few tasks, one that is right barely moves).
+      e = std::min(e, upper) - (fine / 8) * (1 << std::min<uint32_t>(hits, 4));
+      ++hits;
+    }
+  }
+  ++duration_samples_[t];
+}
+
+MonotonicTime TaskTracker::likelyEnd(const Record& r) const {
+  const size_t t = clampTier(r.tier);
+  if (t < duration_samples_.size() && duration_samples_[t] != 0) {
+    return r.created + duration_estimate_[t];
+  }
+  // Nothing of its tier has finished yet. Not before min_poll_interval, and after the task was
+  // last seen running at age a, not before age 1.25 a: the longer a task of unknown length has
+  // run, the longer it is likely to run on, so looks at it thin out geometrically.
+  MonotonicTime end = r.created + minPollInterval(t);
+  if (r.last_running_seen > r.created) {
+    end = std::max(end, r.last_running_seen + (r.last_running_seen - r.created) / 4);
+  }
+  return end;
+}
+
 bool TaskTracker::likelyRunning(const std::string& key, const std::string& task_id,
                                 MonotonicTime now) const {
   const Record* r = lookup(key, task_id);
   if (r == nullptr || !r->tracked || r->terminal) {
     return false;
   }
-  // One finished task of the tier is enough here: a wrong guess only changes the order in which
-  // fetches are admitted, never what a client is told.
-  const size_t t = clampTier(r->tier);
-  if (t >= duration_samples_.size() || duration_samples_[t] == 0) {
-    return false;
+  // A wrong guess only changes the order in which fetches are admitted, never what a client is
+  // told.
+  return now < likelyEnd(*r);
+}
+
+Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
+  const Duration interval = minPollInterval(r.tier);
+  if (!r.tracked) {
+    return interval;
   }
-  return now < r->created + duration_estimate_[t];
+  const std::optional<Duration> typical = typicalDuration(r.tier);
+  if (!typical) {
+    return interval;
+  }
+  const Duration fine = endPollInterval(r.tier);
+  const MonotonicTime likely_end = r.created + *typical;
+  if (at < likely_end) {
+    // Long before the likely end: hold the running detail until then (at most max_hold), so
+    // polls mid-task spend no budget. Shortly before it: look again right at it.
+    const Duration to_end = likely_end - at;
+    if (to_end <= interval) {
+      return std::max(fine, to_end);
+    }
+    return cfg_.max_hold > Duration::zero() ? std::max(interval, std::min(to_end, cfg_.max_hold))
+                                            : interval;
+  }
+  // Past the likely end: look often for a while (the end is near), then at the plain pace
+  // (this task is a long one).
+  return at < likely_end + *typical / 2 ? fine : interval;
 }
 
 Duration TaskTracker::replyTtl(const Record& r) const {
   if (r.reply && r.reply->status == 404) {
     return cfg_.not_found_ttl;
   }
-  const Duration interval = minPollInterval(r.tier);
   if (r.reply_terminal) {
-    return std::max(interval, cfg_.terminal_ttl);
+    return std::max(minPollInterval(r.tier), cfg_.terminal_ttl);
   }
-  // A running task polled long before it is likely to end: keep serving the cached detail until
-  // shortly before then (at most max_hold), so polls mid-task spend no budget.
-  if (r.tracked && cfg_.max_hold > Duration::zero()) {
-    if (auto typical = typicalDuration(r.tier)) {
-      const MonotonicTime likely_end =
-          r.created + *typical;
-      if (likely_end > r.reply_at) {
-        const Duration hold = std::min<Duration>(likely_end - r.reply_at, cfg_.max_hold);
-        return std::max(interval, hold);
-      }
-    }
-  }
-  return interval;
+  return refreshAfter(r, r.reply_at);
 }
 
 bool TaskTracker::replyFresh(const Record& r, MonotonicTime now) const {
@@ -510,8 +577,6 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
 std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
                                                              MonotonicTime now, size_t max) {
   const size_t t = clampTier(tier);
-  const Duration interval = minPollInterval(t);
-  const std::optional<Duration> typical = typicalDuration(t);
   std::vector<Record*> due;
   for (auto it = records_.lower_bound(RecordKey{key, std::string()});
        it != records_.end() && it->first.first == key; ++it) {
@@ -520,10 +585,10 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
       continue;
     }
     const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
-    if (last + interval > now) {
+    if (last + refreshAfter(r, last) > now) {
       continue;
     }
-    if (typical && now < r.created + *typical) {
+    if (now < likelyEnd(r)) {
       continue;  // most likely still running: a poll would only say so
     }
     due.push_back(&r);

@@ -105,7 +105,12 @@ void runBurst(const std::vector<std::string>& sim_extra, const std::string& prox
       << "no 1-second window above rate + burst";
   EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
   EXPECT_LE(jsonInt(st, {"tiers", "light", "max_running_per_key"}), 5);
-  EXPECT_LT(upstream, t.requests) << "polls were coalesced or cached, not all forwarded";
+  // Polling every 200 ms for tasks of 2 to 5 s would be 10 to 25 polls per task straight to
+  // the upstream; through the proxy a task's detail is fetched about once near its end (held
+  // polls wait for it rather than coming back), plus the fault retries.
+  const int64_t details = jsonInt(st, {"requests", "by_route", "detail"});
+  std::printf("upstream detail requests: %lld for 100 tasks\n", static_cast<long long>(details));
+  EXPECT_LE(details, 2 * 100) << "polls were coalesced, cached or held, not all forwarded";
 }
 
 TEST(SharedBudget, FiveClientsBurstHundredCreatesWithoutAClientSeeing429) {

@@ -107,9 +107,9 @@ TEST_F(KeySchedulerTest, FullHeavyGateBlocksNeitherPollsNorLightCreates) {
   s.submit(req(10, RouteKind::Poll, "b"), kStart);
   s.submit(req(11, RouteKind::Create, "a", kLight), kStart);
   Dispatch d = s.dispatch(kStart);
-  // Clients alternate (a became active first); the heavy lane closes after 2 without blocking
-  // b's poll or a's light create.
-  EXPECT_EQ(ids(d), (std::vector<uint64_t>{1, 10, 2, 11}));
+  // The heavy tier is the bottleneck (4 creates, 2 free slots): its creates take the slots
+  // first; then the heavy lane is closed without blocking b's poll or a's light create.
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{1, 2, 10, 11}));
   EXPECT_EQ(s.gate(kHeavy).running(), 2u);
   // Blocked creates consumed no token: reserve both or neither.
   EXPECT_NEAR(s.budget().available(kStart), 6.0, 1e-6);
@@ -624,6 +624,36 @@ TEST(KeySchedulerCooldownSim, NothingAdmittedDuringCooldown) {
   }
   EXPECT_GT(admitted, 100u);
   EXPECT_GT(s.counters().upstream_429_rate, 0u);
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(KeySchedulerTest, AFreedSlotOfABottleneckTierGoesBeforeOtherRequests) {
+  KeyScheduler s(limits(1.0, 2), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+  s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+  s.submit(req(3, RouteKind::Create, "c", kHeavy), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(ids(d), (std::vector<uint64_t>{1, 3})) << "fair across a and c";
+  const SlotId first = *d.admitted[0].slot;
+  // The bucket is empty; other clients' polls and light creates queue up.
+  for (uint64_t i = 10; i < 14; ++i) {
+    s.submit(req(i, RouteKind::Poll, "b"), kStart);
+  }
+  s.submit(req(20, RouteKind::Create, "d", kLight), kStart);
+  EXPECT_TRUE(s.dispatch(kStart).admitted.empty());
+  // A heavy task ends: with the next token, a's second heavy create takes the slot, not b's
+  // polls or d's light create that waited as long.
+  s.releaseSlot(first, ReleaseReason::TaskFinished, kStart);
+  d = s.dispatch(kStart + seconds(1));
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{2}));
+  // Then the others share the tokens as before.
+  d = s.dispatch(kStart + seconds(3));
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{10, 20}));
 }
 
 }  // namespace

@@ -804,15 +804,17 @@ TEST(TaskTrackerState, HugeAgesAreClampedNotOverflowed) {
 namespace hiapi::core {
 namespace {
 
-// Runs one light task from creation to its end, polled every 500 ms; @return the fetches made.
-int runLightTask(TaskTracker& t, const std::string& id, MonotonicTime start, Duration length) {
+// Runs one light task from creation to its end, polled every @p every; @return when each fetch
+// was made (offsets from @p start).
+std::vector<Duration> runLightTaskAt(TaskTracker& t, const std::string& id, MonotonicTime start,
+                                     Duration length, Duration every = milliseconds(500)) {
   t.onCreated("prod", id, kLight, SlotId{100}, "m", start);
-  int fetches = 0;
+  std::vector<Duration> fetches;
   uint64_t waiter = 1;
-  for (MonotonicTime now = start; now < start + length + seconds(5); now += milliseconds(500)) {
+  for (MonotonicTime now = start; now < start + length + seconds(5); now += every) {
     const PollDecision d = t.beginPoll("prod", id, waiter++, now);
     if (d.action == PollAction::Fetch) {
-      ++fetches;
+      fetches.push_back(now - start);
       const bool done = now >= start + length;
       t.completePoll("prod", id, detail(id, done ? "success" : "handling"), now);
       if (done) {
@@ -821,6 +823,11 @@ int runLightTask(TaskTracker& t, const std::string& id, MonotonicTime start, Dur
     }
   }
   return fetches;
+}
+
+// As runLightTaskAt, polled every 500 ms; @return the number of fetches made.
+int runLightTask(TaskTracker& t, const std::string& id, MonotonicTime start, Duration length) {
+  return static_cast<int>(runLightTaskAt(t, id, start, length).size());
 }
 
 TEST_F(TaskTrackerTest, LearnedDurationsHoldRunningDetailsUntilTheLikelyEnd) {
@@ -835,9 +842,13 @@ TEST_F(TaskTrackerTest, LearnedDurationsHoldRunningDetailsUntilTheLikelyEnd) {
   ASSERT_TRUE(tracker_.typicalDuration(kLight));
   EXPECT_NEAR(toSeconds(*tracker_.typicalDuration(kLight)), 8.0, 1.0);
   // Now a running task's detail is served from memory until about 8 s: one fetch at the start,
-  // then the next only at the likely end.
-  const int fetches = runLightTask(tracker_, "held", kT0 + minutes(10), seconds(8));
-  EXPECT_LE(fetches, 3);
+  // then none until shortly before the likely end, and then a few close together.
+  const auto fetches = runLightTaskAt(tracker_, "held", kT0 + minutes(10), seconds(8));
+  ASSERT_GE(fetches.size(), 2u);
+  EXPECT_LE(fetches.size(), 4u);
+  EXPECT_EQ(fetches[0], Duration::zero());
+  EXPECT_GE(fetches[1], seconds(6)) << "held mid-task";
+  EXPECT_EQ(fetches.back(), seconds(8)) << "the end is seen at once";
 }
 
 TEST_F(TaskTrackerTest, MaxHoldZeroKeepsPlainMinPollInterval) {
@@ -870,10 +881,12 @@ TEST_F(TaskTrackerTest, HoldNeverExceedsMaxHold) {
 namespace hiapi::core {
 namespace {
 
-TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikelyEnd) {
+TEST_F(TaskTrackerTest, LikelyRunningByLearnedDurationOrElseMinPollInterval) {
   tracker_.onCreated("prod", "new", kLight, SlotId{1}, "m", kT0);
-  EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
-      << "nothing learned yet";
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
+      << "nothing learned yet: younger than min_poll_interval (2 s)";
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + seconds(2)))
+      << "nothing learned yet: older than min_poll_interval";
   for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
   }
@@ -912,13 +925,128 @@ TEST_F(TaskTrackerTest, GatePressurePollsTasksLikelyDoneAtMostEveryMinInterval) 
   EXPECT_EQ(tracker_.beginPoll("prod", "a", 9, t + seconds(8)).action, PollAction::Join);
   auto done = tracker_.completePoll("prod", "a", detail("a", "handling"), t + seconds(8));
   EXPECT_EQ(done.waiters, std::vector<uint64_t>{9});
-  // Not again before min_poll_interval (2 s for light).
-  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(9)).empty());
-  due = tracker_.dueForGatePressure("prod", kLight, t + seconds(11));
-  ASSERT_EQ(due.size(), 2u);
+  // Past its likely end, again after the end-poll interval (1/20 of the typical duration), not
+  // the plain min_poll_interval (2 s for light).
+  const Duration fine = tracker_.endPollInterval(kLight);
+  EXPECT_LT(fine, seconds(1));
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(8) + fine - milliseconds(1))
+                  .empty());
+  due = tracker_.dueForGatePressure("prod", kLight, t + seconds(8) + fine);
+  ASSERT_EQ(due.size(), 1u);
   EXPECT_EQ(due[0].task_id, "a");
-  EXPECT_EQ(due[1].task_id, "b");
-  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, t + seconds(11)).empty());
+  tracker_.completePoll("prod", "a", detail("a", "handling"), t + seconds(8) + fine);
+  // Long past it (more than half a typical duration): a long task, min_poll_interval again.
+  tracker_.beginPoll("prod", "a", 10, t + seconds(13));
+  tracker_.completePoll("prod", "a", detail("a", "handling"), t + seconds(13));
+  due = tracker_.dueForGatePressure("prod", kLight, t + seconds(14));
+  ASSERT_EQ(due.size(), 1u) << "b (created 3 s later) is due, a is not";
+  EXPECT_EQ(due[0].task_id, "b");
+  tracker_.abandonPoll("prod", "b");
+  due = tracker_.dueForGatePressure("prod", kLight, t + seconds(15));
+  ASSERT_FALSE(due.empty());
+  EXPECT_EQ(due[0].task_id, "a");
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, t + seconds(15)).empty());
+}
+
+TEST_F(TaskTrackerTest, EndPollIntervalIsATwentiethOfTheTypicalDurationWithinBounds) {
+  EXPECT_EQ(tracker_.endPollInterval(kLight), seconds(2)) << "nothing learned: min_poll_interval";
+  for (int i = 0; i < 2; ++i) {
+    runLightTaskAt(tracker_, "w" + std::to_string(i), kT0 + minutes(i), seconds(8),
+                   milliseconds(100));
+  }
+  ASSERT_TRUE(tracker_.typicalDuration(kLight));
+  EXPECT_NEAR(toSeconds(tracker_.endPollInterval(kLight)),
+              toSeconds(*tracker_.typicalDuration(kLight)) / 20, 0.001);
+  // Short tasks: at least 100 ms.
+  TaskTracker quick(cfg_, testTiers());
+  for (int i = 0; i < 2; ++i) {
+    runLightTaskAt(quick, "q" + std::to_string(i), kT0 + minutes(i), milliseconds(600),
+                   milliseconds(50));
+  }
+  ASSERT_TRUE(quick.typicalDuration(kLight));
+  EXPECT_EQ(quick.endPollInterval(kLight), milliseconds(100));
+}
+
+// Tasks of exactly @p length, polled the way the proxy would under gate pressure: at the likely
+// end and then every end-poll interval; @return how late each end was seen.
+std::vector<Duration> endLateness(TaskTracker& t, Duration length, int n, MonotonicTime start) {
+  std::vector<Duration> late;
+  for (int i = 0; i < n; ++i) {
+    const std::string id = "g" + std::to_string(i);
+    const MonotonicTime created = start + minutes(i);
+    t.onCreated("prod", id, kLight, SlotId{200}, "m", created);
+    for (MonotonicTime now = created; now < created + length * 3; now += milliseconds(10)) {
+      auto due = t.dueForGatePressure("prod", kLight, now, 1);
+      if (due.empty()) {
+        continue;
+      }
+      const bool done = now >= created + length;
+      t.completePoll("prod", id, detail(id, done ? "success" : "handling"), now);
+      if (done) {
+        late.push_back(now - (created + length));
+        break;
+      }
+    }
+  }
+  return late;
+}
+
+TEST_F(TaskTrackerTest, LearnedDurationConvergesSoEndsAreSeenWithinAboutOneEndPollInterval) {
+  // Warm up with coarse client polls (every 2 s): the first estimates are off by up to 1 s.
+  for (int i = 0; i < 2; ++i) {
+    runLightTaskAt(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(5),
+                   milliseconds(1700));
+  }
+  ASSERT_TRUE(tracker_.typicalDuration(kLight));
+  const std::vector<Duration> late = endLateness(tracker_, seconds(5), 12, kT0 + minutes(10));
+  ASSERT_EQ(late.size(), 12u);
+  const Duration fine = tracker_.endPollInterval(kLight);
+  // After a few tasks every end is seen within about one end-poll interval (plus the 10 ms step).
+  for (size_t i = 4; i < late.size(); ++i) {
+    EXPECT_LE(late[i], fine + milliseconds(20)) << "task " << i;
+  }
+  EXPECT_NEAR(toSeconds(*tracker_.typicalDuration(kLight)), 5.0, toSeconds(fine));
+}
+
+TEST_F(TaskTrackerTest, AnEstimateThatIsTooLongComesDown) {
+  // Learn 10 s tasks, then the tasks get faster (6 s): the estimate follows them down.
+  for (int i = 0; i < 3; ++i) {
+    runLightTaskAt(tracker_, "slow-" + std::to_string(i), kT0 + minutes(i), seconds(10),
+                   milliseconds(100));
+  }
+  ASSERT_TRUE(tracker_.typicalDuration(kLight));
+  EXPECT_NEAR(toSeconds(*tracker_.typicalDuration(kLight)), 10.0, 1.0);
+  // Clients polling every 500 ms are held until the (too long) estimate; each end seen by the
+  // first look after the hold lowers it a little.
+  for (int i = 0; i < 25; ++i) {
+    runLightTaskAt(tracker_, "fast-" + std::to_string(i), kT0 + minutes(10 + i), seconds(6),
+                   milliseconds(500));
+  }
+  EXPECT_LT(toSeconds(*tracker_.typicalDuration(kLight)), 7.0);
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(TaskTrackerTest, BeforeAnyEndIsLearnedLooksAtATaskThinOutWithItsAge) {
+  // Heavy tier, min_poll_interval 5 s, nothing learned.
+  tracker_.onCreated("prod", "h", kHeavy, SlotId{1}, "m", kT0);
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + seconds(4)));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(5)));
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(4)).empty());
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(5)).size(), 1u);
+  // Seen running at age 20: likely running until age 25, then due again.
+  tracker_.completePoll("prod", "h", detail("h", "handling"), kT0 + seconds(20));
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + milliseconds(24900)));
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, kT0 + milliseconds(24900)).empty());
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(25)));
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(25)).size(), 1u);
+  tracker_.completePoll("prod", "h", detail("h", "handling"), kT0 + seconds(40));
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + seconds(49)));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(50)));
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 // AdmissionQueue: requests that cannot go upstream yet wait here instead of failing.
 //
 // Order:
-//  1. Three strict tiers: retries first (they have waited already), then everything a client
-//     asked for, then the proxy's own background work (reconcile polls).
+//  1. Three strict tiers: retries first (they have waited already) with the proxy's polls that
+//     may free a full gate's slot (Unblock), then everything a client asked for, then the
+//     proxy's own background work (reconcile polls, early polls).
 //  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
 //     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client
@@ -14,7 +15,9 @@
 //     before its own creates), then FIFO within a lane.
 // Lanes: an entry may wait on a lane (a tier's concurrency gate). popNext() takes a predicate that
 // says which lanes are open; entries on closed lanes are skipped, so a create waiting for a full
-// heavy gate never blocks polls, light creates, or the same client's later light creates.
+// heavy gate never blocks polls, light creates, or the same client's later light creates. A
+// second predicate may name lanes whose client requests go ahead of the other client requests
+// (the scheduler names tiers whose gate is the bottleneck: a freed slot is taken at once).
 // Entries hold no reservations: tokens and slots are taken only when an entry is popped
 // (KeyScheduler commits both or neither), so removing an entry frees nothing here.
 
@@ -39,8 +42,17 @@ namespace hiapi::core {
 enum class RouteKind { Create, Poll, List, Other };
 
 /// Queue priority classes, most urgent first.
-enum class Priority : uint8_t { Retry = 0, Poll = 1, Create = 2, Other = 3, Background = 4 };
-inline constexpr size_t kPriorityCount = 5;
+/// Unblock: the proxy's own poll of a task that likely ended while creates wait for its tier's
+/// full gate (a found end frees a slot for all of them); it goes with the retries.
+enum class Priority : uint8_t {
+  Retry = 0,
+  Unblock = 1,
+  Poll = 2,
+  Create = 3,
+  Other = 4,
+  Background = 5
+};
+inline constexpr size_t kPriorityCount = 6;
 
 /// @return a stable lower-case name ("retry", "poll", ...). Thread-safety: pure.
 const char* priorityName(Priority p);
@@ -78,12 +90,21 @@ public:
   /// @return the entry, or nullopt when @p id is not waiting.
   std::optional<QueueEntry> remove(uint64_t id);
 
+  /// Moves a waiting entry to priority @p priority (say, a background poll that became urgent):
+  /// it joins the tail of its client's lane there, keeping its id, deadline, lane and enqueued
+  /// time. The bounds are not checked again (the entry already had its place).
+  /// @return whether @p id was waiting.
+  bool reprioritize(uint64_t id, Priority priority);
+
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);
 
   /// Removes and returns the next entry to serve among open lanes (see the file comment).
+  /// @param open which lanes may be served
+  /// @param first when given, client requests on lanes it names go before the other client
+  ///        requests (still after the first class, and fair across clients among themselves)
   /// @return nullopt when no entry is on an open lane.
-  std::optional<QueueEntry> popNext(const LaneOpen& open);
+  std::optional<QueueEntry> popNext(const LaneOpen& open, const LaneOpen& first = nullptr);
 
   /// @return whether some waiting entry is on a lane for which @p open is true.
   bool hasEligible(const LaneOpen& open) const;
@@ -137,6 +158,8 @@ private:
   static constexpr size_t kClassCount = 3;  ///< retries, client requests, background
   static size_t classOf(Priority p);
   void prune(PriorityClass& cls);
+  void link(QueueEntry entry);  ///< push() past its checks
+  std::optional<QueueEntry> popFrom(PriorityClass& cls, const LaneOpen& open);
   void unlink(Stored& stored);
 
   size_t max_size_;

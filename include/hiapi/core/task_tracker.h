@@ -16,7 +16,9 @@
 // waiter is recorded) or Fetch (the caller fetches upstream; the waiter is recorded). The fetch
 // ends with completePoll (a reply) or abandonPoll (none), which return the waiters to answer.
 // Freshness: a 2xx reply is fresh for its tier's min_poll_interval (unknown tasks: the last
-// tier's), a 2xx reply with a terminal status for terminal_ttl, a 404 for not_found_ttl. Other
+// tier's), a 2xx reply with a terminal status for terminal_ttl, a 404 for not_found_ttl. Once
+// the tier's typical duration is learned, a tracked task's running detail is held until its
+// likely end (at most max_hold) and is fresh only endPollInterval() around it. Other
 // statuses are never cached. A status change seen elsewhere (list, callback) drops a cached
 // reply that says otherwise, so the next poll fetches it.
 //
@@ -225,9 +227,9 @@ public:
   std::vector<TrackedTaskInfo> dueForReconcile(MonotonicTime now, size_t max = 16);
 
   /// Tasks of @p key's tier @p tier worth polling now because creates wait for that tier's full
-  /// gate: they hold a slot, are not terminal, have no fetch in flight, were last fetched at
-  /// least the tier's min_poll_interval ago, and are likely done by their tier's typical duration
-  /// (or no duration is known yet); oldest first. Each is marked in flight like
+  /// gate: they hold a slot, are not terminal, have no fetch in flight, were last fetched long
+  /// enough ago (min_poll_interval; endPollInterval() around the likely end), and are not
+  /// likelyRunning(); oldest first. Each is marked in flight like
   /// dueForReconcile's (client polls join it); finish it with completePoll / abandonPoll.
   /// @param key the key's name
   /// @param tier the tier whose gate is full
@@ -320,14 +322,29 @@ public:
   size_t tierIndex(std::string_view name) const;
 
   /// @return the learned typical duration of tier @p tier's tasks, once enough (2) tasks were
-  ///         seen from creation to their end; nullopt before. An end is estimated halfway between
-  ///         the last running status and the first terminal one.
+  ///         seen from creation to their end; nullopt before. Each end is known to lie between
+  ///         the last running status and the first terminal one: a narrow bracket's upper end
+  ///         is averaged in (EWMA: looks land just after ends rather than just before), a wide
+  ///         bracket only moves the estimate inside it, and an end seen by the first poll aimed
+  ///         at the estimate nudges it lower, by steps that double while that repeats (so an
+  ///         estimate that is too long comes down in a few tasks).
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
 
-  /// @return whether (key, task_id) is a tracked task that, by its tier's typical duration (one
-  ///         finished task is enough here), is most likely still running at @p now. Polling such a task
-  ///         upstream is unlikely to tell anything new: its fetch may wait behind creates.
+  /// @return the gap between polls of a task of tier @p tier around its likely end: 1/20 of the
+  ///         typical duration, at least 100 ms and at most min_poll_interval; min_poll_interval
+  ///         while no duration is known. A task's running detail fetched from shortly before
+  ///         until half a typical duration after its likely end is fresh only this long, and
+  ///         gate-pressure polls come this often, so the end is seen within about this much.
+  /// Thread-safety: const.
+  Duration endPollInterval(size_t tier) const;
+
+  /// @return whether (key, task_id) is a tracked task that is most likely still running at
+  ///         @p now: by its tier's learned duration (one finished task is enough here); before
+  ///         any task of its tier has finished, while it is younger than the tier's
+  ///         min_poll_interval or than 1.5 times its age when last seen running (looks at a task
+  ///         of unknown length thin out geometrically). Polling such a task upstream is unlikely
+  ///         to tell anything new: its fetch may wait behind creates.
   /// Thread-safety: const.
   bool likelyRunning(const std::string& key, const std::string& task_id, MonotonicTime now) const;
 
@@ -373,6 +390,11 @@ private:
   void erase(Record& r);
   bool replyFresh(const Record& r, MonotonicTime now) const;
   Duration replyTtl(const Record& r) const;
+  /// How long after an upstream look at @p r at @p at the next is worthwhile (see replyTtl).
+  Duration refreshAfter(const Record& r, MonotonicTime at) const;
+  void learnDuration(const Record& r, MonotonicTime now);
+  /// When @p r is likely to have ended (see likelyRunning).
+  MonotonicTime likelyEnd(const Record& r) const;
   bool forgettable(const Record& r, MonotonicTime now) const;
   void enforceBounds();
   MonotonicTime lastActivity(const Record& r) const;
@@ -395,6 +417,8 @@ private:
   /// Learned task duration per tier (EWMA of created → estimated end), and how many samples.
   std::vector<Duration> duration_estimate_;
   std::vector<uint32_t> duration_samples_;
+  /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
+  std::vector<uint32_t> duration_hits_;
 };
 
 }  // namespace hiapi::core
