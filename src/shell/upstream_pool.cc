@@ -95,9 +95,14 @@ UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Lo
   const bool default_port =
       (cfg_.scheme == "https" && cfg_.port == 443) || (cfg_.scheme == "http" && cfg_.port == 80);
   const bool v6 = cfg_.host.find(':') != std::string::npos;
-  host_header_ = v6 ? "[" + cfg_.host + "]" : cfg_.host;
+  // Appends rather than operator+ on a literal: GCC 12 -O2 warns falsely (-Wrestrict, PR 105329).
+  if (v6) {
+    host_header_.append(1, '[').append(cfg_.host).append(1, ']');
+  } else {
+    host_header_ = cfg_.host;
+  }
   if (!default_port) {
-    host_header_ += ":" + std::to_string(cfg_.port);
+    host_header_.append(1, ':').append(std::to_string(cfg_.port));
   }
   // Name resolution on the loop, never a blocking getaddrinfo (IP literals resolve at once).
   dns_ = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS |
