@@ -7,7 +7,6 @@ namespace hiapi::core {
 const char* priorityName(Priority p) {
   switch (p) {
     case Priority::Retry: return "retry";
-    case Priority::Unblock: return "unblock";
     case Priority::Poll: return "poll";
     case Priority::Create: return "create";
     case Priority::Other: return "other";
@@ -28,8 +27,7 @@ const char* routeKindName(RouteKind r) {
 
 size_t AdmissionQueue::classOf(Priority p) {
   switch (p) {
-    case Priority::Retry:
-    case Priority::Unblock: return 0;
+    case Priority::Retry: return 0;
     case Priority::Poll:
     case Priority::Create:
     case Priority::Other: return 1;
@@ -144,20 +142,6 @@ std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {
   return out;
 }
 
-bool AdmissionQueue::reprioritize(uint64_t id, Priority priority) {
-  auto it = entries_.find(id);
-  if (it == entries_.end()) {
-    return false;
-  }
-  if (it->second.entry.priority == priority) {
-    return true;
-  }
-  std::optional<QueueEntry> e = remove(id);
-  e->priority = priority;
-  link(std::move(*e));  // it had its place already: no bounds
-  return true;
-}
-
 std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
   std::vector<QueueEntry> out;
   while (!by_deadline_.empty() && by_deadline_.begin()->first <= now) {
@@ -170,8 +154,8 @@ std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
 }
 
 std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open, const LaneOpen& first) {
-  // Retries (and Unblock polls), then client requests on `first` lanes, then all client
-  // requests, then background work.
+  // Retries, then client requests on `first` lanes, then all client requests, then background
+  // work.
   if (auto e = popFrom(classes_[0], open)) {
     return e;
   }

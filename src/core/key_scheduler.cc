@@ -155,17 +155,6 @@ bool KeyScheduler::cancel(uint64_t id, MonotonicTime now) {
   return true;
 }
 
-bool KeyScheduler::raisePriority(uint64_t id, Priority priority) {
-  const QueueEntry* e = queue_.find(id);
-  if (e == nullptr) {
-    return false;
-  }
-  if (e->priority > priority) {
-    queue_.reprioritize(id, priority);
-  }
-  return true;
-}
-
 void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
   std::vector<SlotId> expired;
   for (auto& gate : gates_) {

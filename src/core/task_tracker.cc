@@ -376,18 +376,13 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
 }
 
 MonotonicTime TaskTracker::likelyEnd(const Record& r) const {
+  // One finished task of the tier is enough here (typicalDuration() waits for two). Before any,
+  // nothing is likely: every look may find the end.
   const size_t t = clampTier(r.tier);
   if (t < duration_samples_.size() && duration_samples_[t] != 0) {
     return r.created + duration_estimate_[t];
   }
-  // Nothing of its tier has finished yet. Not before min_poll_interval, and after the task was
-  // last seen running at age a, not before age 1.25 a: the longer a task of unknown length has
-  // run, the longer it is likely to run on, so looks at it thin out geometrically.
-  MonotonicTime end = r.created + minPollInterval(t);
-  if (r.last_running_seen > r.created) {
-    end = std::max(end, r.last_running_seen + (r.last_running_seen - r.created) / 4);
-  }
-  return end;
+  return r.created;
 }
 
 bool TaskTracker::likelyRunning(const std::string& key, const std::string& task_id,

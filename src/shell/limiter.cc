@@ -190,10 +190,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = core::Priority::Background;
   }
   if (ctx.internal) {
-    // Reconcile polls: the lowest priority, same budget. A poll that may free a full gate's
-    // slot for waiting creates goes like a client's poll, or first when that tier is the
-    // bottleneck (TaskService decides).
-    prio = ctx.internal_priority;
+    // Reconcile polls: the lowest priority, same budget. A poll that frees a full gate's slot
+    // for waiting creates goes like a client's poll.
+    prio = ctx.urgent ? core::Priority::Poll : core::Priority::Background;
   }
   handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
   submit(ks, ctx, prio);
@@ -313,24 +312,6 @@ void Limiter::clientGone(RequestCtx& ctx) {
     ctx.slot.reset();
   }
   pump(ks);
-}
-
-bool Limiter::waiting(const RequestCtx& ctx) const {
-  auto kit = keys_.find(ctx.key_name);
-  return kit != keys_.end() && kit->second->waiting.count(ctx.id) != 0;
-}
-
-bool Limiter::promote(RequestCtx& ctx, core::Priority priority) {
-  auto kit = keys_.find(ctx.key_name);
-  if (kit == keys_.end() || kit->second->waiting.count(ctx.id) == 0) {
-    return false;
-  }
-  KeyState& ks = *kit->second;
-  if (!ks.sched->raisePriority(ctx.id, priority)) {
-    return false;
-  }
-  pump(ks);
-  return true;
 }
 
 bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {

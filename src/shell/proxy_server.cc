@@ -257,12 +257,12 @@ void ProxyServer::admitById(uint64_t id) {
 }
 
 uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::string& authorization,
-                                   const std::string& task_id, core::Priority priority) {
+                                   const std::string& task_id, bool urgent) {
   RequestCtx& ctx = newCtx();
   ctx.internal = true;
-  ctx.internal_priority = priority;
+  ctx.urgent = urgent;
   ctx.method = "GET";
-  ctx.client = priority == core::Priority::Background ? "hiapi-proxy-reconcile" : "hiapi-proxy-gate";
+  ctx.client = urgent ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;
   ctx.route.kind = core::RouteKind::Poll;
   ctx.route.task_id = task_id;

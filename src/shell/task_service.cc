@@ -94,7 +94,6 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
   case core::PollAction::Fetch:
     ctx.poll_fetcher = true;
     ctx.poll_early = tracker_->likelyRunning(ctx.key_name, ctx.route.task_id, now);
-    queued_fetches_.push_back(ctx.id);
     return false;
   }
   return false;
@@ -208,9 +207,7 @@ void TaskService::onTick(evutil_socket_t, short, void* arg) {
 void TaskService::tick() {
   const auto now = clock_.now();
   tracker_->expire(now);
-  const PressuredTiers pressured = pressuredTiers();
-  promoteQueuedPolls(now, pressured);
-  reconcile(now, pressured);
+  reconcile();
   if (!cfg_->tasks.state_file.empty() && dirty_ &&
       now - last_save_ >= cfg_->tasks.state_save_interval) {
     save();
@@ -231,71 +228,11 @@ const std::string* TaskService::authFor(const std::string& key) {
   return it == auth_by_key_.end() || it->second.empty() ? nullptr : &it->second;
 }
 
-TaskService::PressuredTiers TaskService::pressuredTiers() const {
-  // A tier is under pressure when creates wait for its full gate. Polls that may free one of
-  // its slots go like client polls; those of the key's bottleneck tier (the longest backlog:
-  // waiting creates x typical duration / ceiling) go first, with the retries.
-  PressuredTiers out;
-  for (const auto& [key, snap] : limiter_.snapshots()) {
-    std::optional<std::pair<std::string, size_t>> worst;
-    double worst_backlog = -1;
-    for (size_t tier = 0; tier < snap.tiers.size(); ++tier) {
-      const core::TierSnapshot& ts = snap.tiers[tier];
-      if (ts.queued == 0 || ts.running < ts.effective_ceiling) {
-        continue;
-      }
-      const core::Duration typical =
-          tracker_->typicalDuration(tier).value_or(tracker_->endPollInterval(tier));
-      const double backlog = static_cast<double>(ts.queued) * core::toSeconds(typical) /
-                             std::max<double>(1, ts.effective_ceiling);
-      out.emplace(std::pair{key, tier}, core::Priority::Poll);
-      if (backlog > worst_backlog) {
-        worst_backlog = backlog;
-        worst = std::pair{key, tier};
-      }
-    }
-    if (worst) {
-      out[*worst] = core::Priority::Unblock;
-    }
-  }
-  return out;
-}
-
-void TaskService::promoteQueuedPolls(core::MonotonicTime now, const PressuredTiers& pressured) {
-  // A client poll that holds a task's in-flight mark is the one fetch that can tell (joiners
-  // and the gate-pressure poll wait on it), so its priority follows what it may find:
-  //  - queued as early (background) while its task likely runs; once the task likely ended, or
-  //    after a quarter of the queue deadline (its client should hear "running" rather than
-  //    time out), like any client poll;
-  //  - when its task likely ended and creates wait for the task's full tier gate, like the
-  //    proxy's own gate-pressure polls (see pressuredTiers).
-  const core::Duration patience = cfg_->queue.deadline / 4;
-  std::erase_if(queued_fetches_, [&](uint64_t id) {
-    RequestCtx* ctx = proxy_.find(id);
-    if (ctx == nullptr || !limiter_.waiting(*ctx)) {
-      return true;  // sent, answered or gone
-    }
-    if (tracker_->likelyRunning(ctx->key_name, ctx->route.task_id, now)) {
-      if (ctx->poll_early && now - ctx->received >= patience) {
-        limiter_.promote(*ctx, core::Priority::Poll);
-      }
-      return false;
-    }
-    core::Priority prio = core::Priority::Poll;
-    if (const auto info = tracker_->find(ctx->key_name, ctx->route.task_id); info && info->slot) {
-      if (auto it = pressured.find({ctx->key_name, info->tier}); it != pressured.end()) {
-        prio = it->second;
-      }
-    }
-    limiter_.promote(*ctx, prio);
-    return prio == core::Priority::Unblock;  // nothing more to raise it to
-  });
-}
-
-void TaskService::reconcile(core::MonotonicTime now, const PressuredTiers& pressured) {
+void TaskService::reconcile() {
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
+  const auto now = clock_.now();
   for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
     const std::string* auth = authFor(t.key);
     if (auth == nullptr) {
@@ -304,19 +241,24 @@ void TaskService::reconcile(core::MonotonicTime now, const PressuredTiers& press
       continue;
     }
     log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
-    proxy_.internalPoll(t.key, *auth, t.task_id, core::Priority::Background);
+    proxy_.internalPoll(t.key, *auth, t.task_id, false);
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
-  for (const auto& [key_tier, prio] : pressured) {
-    const auto& [key, tier] = key_tier;
-    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
-      const std::string* auth = authFor(t.key);
-      if (auth == nullptr) {
-        tracker_->abandonPoll(t.key, t.task_id);
+  for (const auto& [key, snap] : limiter_.snapshots()) {
+    for (size_t tier = 0; tier < snap.tiers.size(); ++tier) {
+      const core::TierSnapshot& ts = snap.tiers[tier];
+      if (ts.queued == 0 || ts.running < ts.effective_ceiling) {
         continue;
       }
-      proxy_.internalPoll(t.key, *auth, t.task_id, prio);
+      for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
+        const std::string* auth = authFor(t.key);
+        if (auth == nullptr) {
+          tracker_->abandonPoll(t.key, t.task_id);
+          continue;
+        }
+        proxy_.internalPoll(t.key, *auth, t.task_id, true);
+      }
     }
   }
 }

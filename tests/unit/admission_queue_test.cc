@@ -257,30 +257,3 @@ TEST(AdmissionQueue, WithinAClientPollsGoBeforeCreatesAndRetriesBeforeAll) {
 
 }  // namespace
 }  // namespace hiapi::core
-
-namespace hiapi::core {
-namespace {
-
-TEST(AdmissionQueue, ReprioritizeMovesABackgroundEntryUpKeepingItsPlaceInTheBounds) {
-  AdmissionQueue q(3, 2);
-  q.push(entry(1, "svc", Priority::Background));
-  q.push(entry(2, "svc", Priority::Create, 0));
-  q.push(entry(3, "other", Priority::Create, 0));
-  EXPECT_EQ(q.size(Priority::Background), 1u);
-  ASSERT_TRUE(q.reprioritize(1, Priority::Poll));  // full queue, full client: still moves
-  EXPECT_EQ(q.size(), 3u);
-  EXPECT_EQ(q.size(Priority::Background), 0u);
-  EXPECT_EQ(q.size(Priority::Poll), 1u);
-  EXPECT_EQ(q.clientSize("svc"), 2u);
-  EXPECT_EQ(q.find(1)->deadline, kStart + seconds(45));
-  EXPECT_TRUE(q.reprioritize(1, Priority::Poll)) << "already there";
-  EXPECT_FALSE(q.reprioritize(99, Priority::Poll)) << "not waiting";
-  // Now it is svc's most urgent request: svc's turn serves it, before svc's create.
-  EXPECT_EQ(q.popNext(kAllOpen)->id, 1u);
-  EXPECT_EQ(q.popNext(kAllOpen)->id, 3u);
-  EXPECT_EQ(q.popNext(kAllOpen)->id, 2u);
-  EXPECT_TRUE(q.empty());
-}
-
-}  // namespace
-}  // namespace hiapi::core

@@ -881,12 +881,10 @@ TEST_F(TaskTrackerTest, HoldNeverExceedsMaxHold) {
 namespace hiapi::core {
 namespace {
 
-TEST_F(TaskTrackerTest, LikelyRunningByLearnedDurationOrElseMinPollInterval) {
+TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikelyEnd) {
   tracker_.onCreated("prod", "new", kLight, SlotId{1}, "m", kT0);
-  EXPECT_TRUE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
-      << "nothing learned yet: younger than min_poll_interval (2 s)";
-  EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + seconds(2)))
-      << "nothing learned yet: older than min_poll_interval";
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
+      << "nothing learned yet";
   for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
   }
@@ -1023,30 +1021,6 @@ TEST_F(TaskTrackerTest, AnEstimateThatIsTooLongComesDown) {
                    milliseconds(500));
   }
   EXPECT_LT(toSeconds(*tracker_.typicalDuration(kLight)), 7.0);
-}
-
-}  // namespace
-}  // namespace hiapi::core
-
-namespace hiapi::core {
-namespace {
-
-TEST_F(TaskTrackerTest, BeforeAnyEndIsLearnedLooksAtATaskThinOutWithItsAge) {
-  // Heavy tier, min_poll_interval 5 s, nothing learned.
-  tracker_.onCreated("prod", "h", kHeavy, SlotId{1}, "m", kT0);
-  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + seconds(4)));
-  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(5)));
-  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(4)).empty());
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(5)).size(), 1u);
-  // Seen running at age 20: likely running until age 25, then due again.
-  tracker_.completePoll("prod", "h", detail("h", "handling"), kT0 + seconds(20));
-  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + milliseconds(24900)));
-  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kHeavy, kT0 + milliseconds(24900)).empty());
-  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(25)));
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kHeavy, kT0 + seconds(25)).size(), 1u);
-  tracker_.completePoll("prod", "h", detail("h", "handling"), kT0 + seconds(40));
-  EXPECT_TRUE(tracker_.likelyRunning("prod", "h", kT0 + seconds(49)));
-  EXPECT_FALSE(tracker_.likelyRunning("prod", "h", kT0 + seconds(50)));
 }
 
 }  // namespace

@@ -2,9 +2,8 @@
 // AdmissionQueue: requests that cannot go upstream yet wait here instead of failing.
 //
 // Order:
-//  1. Three strict tiers: retries first (they have waited already) with the proxy's polls that
-//     may free a full gate's slot (Unblock), then everything a client asked for, then the
-//     proxy's own background work (reconcile polls, early polls).
+//  1. Three strict tiers: retries first (they have waited already), then everything a client
+//     asked for, then the proxy's own background work (reconcile polls, early polls).
 //  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
 //     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client
@@ -42,17 +41,8 @@ namespace hiapi::core {
 enum class RouteKind { Create, Poll, List, Other };
 
 /// Queue priority classes, most urgent first.
-/// Unblock: the proxy's own poll of a task that likely ended while creates wait for its tier's
-/// full gate (a found end frees a slot for all of them); it goes with the retries.
-enum class Priority : uint8_t {
-  Retry = 0,
-  Unblock = 1,
-  Poll = 2,
-  Create = 3,
-  Other = 4,
-  Background = 5
-};
-inline constexpr size_t kPriorityCount = 6;
+enum class Priority : uint8_t { Retry = 0, Poll = 1, Create = 2, Other = 3, Background = 4 };
+inline constexpr size_t kPriorityCount = 5;
 
 /// @return a stable lower-case name ("retry", "poll", ...). Thread-safety: pure.
 const char* priorityName(Priority p);
@@ -89,12 +79,6 @@ public:
   /// Removes a waiting entry (client gone, or the caller admits it another way).
   /// @return the entry, or nullopt when @p id is not waiting.
   std::optional<QueueEntry> remove(uint64_t id);
-
-  /// Moves a waiting entry to priority @p priority (say, a background poll that became urgent):
-  /// it joins the tail of its client's lane there, keeping its id, deadline, lane and enqueued
-  /// time. The bounds are not checked again (the entry already had its place).
-  /// @return whether @p id was waiting.
-  bool reprioritize(uint64_t id, Priority priority);
 
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);

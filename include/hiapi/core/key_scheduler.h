@@ -174,11 +174,6 @@ public:
   /// @return true when it was waiting.
   bool cancel(uint64_t id, MonotonicTime now);
 
-  /// Moves a waiting request up to priority @p priority (AdmissionQueue::reprioritize) when it
-  /// waits at a less urgent one; never moves it down.
-  /// @return true when it was waiting.
-  bool raisePriority(uint64_t id, Priority priority);
-
   /// Admits what can go now (see the file comment).
   Dispatch dispatch(MonotonicTime now);
 

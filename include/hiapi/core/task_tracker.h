@@ -339,12 +339,10 @@ public:
   /// Thread-safety: const.
   Duration endPollInterval(size_t tier) const;
 
-  /// @return whether (key, task_id) is a tracked task that is most likely still running at
-  ///         @p now: by its tier's learned duration (one finished task is enough here); before
-  ///         any task of its tier has finished, while it is younger than the tier's
-  ///         min_poll_interval or than 1.5 times its age when last seen running (looks at a task
-  ///         of unknown length thin out geometrically). Polling such a task upstream is unlikely
-  ///         to tell anything new: its fetch may wait behind creates.
+  /// @return whether (key, task_id) is a tracked task that, by its tier's learned duration (one
+  ///         finished task is enough here), is most likely still running at @p now; false while
+  ///         no task of its tier has finished. Polling such a task upstream is unlikely to tell
+  ///         anything new: its fetch may wait behind creates.
   /// Thread-safety: const.
   bool likelyRunning(const std::string& key, const std::string& task_id, MonotonicTime now) const;
 

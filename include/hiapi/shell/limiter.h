@@ -44,14 +44,6 @@ public:
   /// Per-key snapshots for /status and metrics (key names only).
   std::vector<std::pair<std::string, core::Snapshot>> snapshots() const;
 
-  /// @return whether @p ctx waits in a queue (not yet sent).
-  bool waiting(const RequestCtx& ctx) const;
-
-  /// Moves the waiting request @p ctx (not yet sent) up to @p priority (never down): a poll
-  /// queued as early whose task has likely ended by now, or one that may free a full gate.
-  /// @return whether it was waiting (false: already sent, answered or gone).
-  bool promote(RequestCtx& ctx, core::Priority priority);
-
   /// Gives a slot back (task terminal, duplicate create).
   void releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason);
   /// Re-occupies a slot for a task read from the state file. @return the slot id.

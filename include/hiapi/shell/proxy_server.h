@@ -49,9 +49,7 @@ struct RequestCtx {
   bool has_idempotency_key = false;
   // Set by the task service.
   bool internal = false;          ///< the proxy's own request (reconcile poll): no client
-  /// internal: its queue priority (Background for reconcile; Unblock or Poll when creates wait
-  /// for the task's full tier gate)
-  core::Priority internal_priority = core::Priority::Background;
+  bool urgent = false;            ///< internal, and creates wait on its answer (a full gate)
   bool poll_joined = false;       ///< waits for another request's fetch of the same task
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
   bool poll_early = false;        ///< its task is most likely still running: yields to creates
@@ -127,11 +125,11 @@ public:
   void replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message = {}, int retry_after_s = -1);
   /// Sends request @p id through admission (a joined poll that must now fetch itself).
   void admitById(uint64_t id);
-  /// Issues the proxy's own poll of @p task_id with @p key_name's credentials, queued at
-  /// @p priority (Background: a reconcile poll; else a poll creates wait on).
+  /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
+  /// priority, or, when @p urgent (creates wait for the task's tier gate), as a client's poll.
   /// @return the request id.
   uint64_t internalPoll(const std::string& key_name, const std::string& authorization,
-                        const std::string& task_id, core::Priority priority);
+                        const std::string& task_id, bool urgent);
   /// @return the request, if it is still open.
   RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg) { cfg_ = std::move(cfg); }

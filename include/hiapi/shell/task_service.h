@@ -4,12 +4,8 @@
 // tasks itself (reconcile), and keeps running tasks in a state file across restarts.
 
 #include <memory>
-#include <map>
-#include <optional>
 #include <string>
 #include <unordered_map>
-#include <utility>
-#include <vector>
 
 #include <event2/event.h>
 
@@ -56,12 +52,7 @@ public:
 private:
   static void onTick(evutil_socket_t, short, void* arg);
   void tick();
-  /// (key, tier) pairs whose gate is full while creates wait for it, with the priority of polls
-  /// that may free one of its slots.
-  using PressuredTiers = std::map<std::pair<std::string, size_t>, core::Priority>;
-  PressuredTiers pressuredTiers() const;
-  void reconcile(core::MonotonicTime now, const PressuredTiers& pressured);
-  void promoteQueuedPolls(core::MonotonicTime now, const PressuredTiers& pressured);
+  void reconcile();
   void release(const std::optional<core::SlotRelease>& r);
   void answerFromCache(uint64_t id, const core::PollDecision& hit);
   void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
@@ -84,9 +75,6 @@ private:
   /// The Authorization value last seen per key name (memory only: never logged or saved), so
   /// that reconcile polls can be made in passthrough mode.
   std::unordered_map<std::string, std::string> auth_by_key_;
-  /// Client poll fetches (request ids) that may still wait in the limiter: see
-  /// promoteQueuedPolls.
-  std::vector<uint64_t> queued_fetches_;
 };
 
 }  // namespace hiapi::shell
