@@ -98,6 +98,9 @@ void AdmissionQueue::link(QueueEntry entry) {
   ++per_client_[entry.client];
   ++per_lane_[entry.lane];
   by_deadline_.emplace(entry.deadline, entry.id);
+  if (entry.priority == Priority::Background) {
+    background_by_age_.emplace(entry.enqueued, entry.id);
+  }
   const uint64_t id = entry.id;
   entries_.emplace(id, Stored{std::move(entry), std::prev(lane.end())});
 }
@@ -129,6 +132,21 @@ void AdmissionQueue::unlink(Stored& stored) {
     per_lane_.erase(e.lane);
   }
   by_deadline_.erase({e.deadline, e.id});
+  if (e.priority == Priority::Background) {
+    background_by_age_.erase({e.enqueued, e.id});
+  }
+}
+
+size_t AdmissionQueue::promoteBackground(MonotonicTime cutoff, Priority to) {
+  size_t moved = 0;
+  while (!background_by_age_.empty() && background_by_age_.begin()->first <= cutoff) {
+    const uint64_t id = background_by_age_.begin()->second;
+    std::optional<QueueEntry> e = remove(id);  // unlink() drops it from background_by_age_
+    e->priority = to;
+    link(std::move(*e));
+    ++moved;
+  }
+  return moved;
 }
 
 std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {

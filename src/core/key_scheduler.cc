@@ -46,6 +46,7 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
       matcher_(limits.tiers),
       budget_(std::move(budget)),
       adaptive_(limits),
+      queue_cfg_(queue),
       queue_(queue.max_size, queue.max_per_client) {
   if (!budget_) {
     budget_ = std::make_unique<TokenBucket>(adaptive_.configuredRate(),
@@ -178,6 +179,12 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
     ++counters_.queue_timeout;
     out.expired.push_back(e.id);
   }
+
+  // Background work (polls of tasks that are likely still running, reconcile polls) waits for
+  // spare tokens, but not without bound: at a budget that never has one it would wait out its
+  // deadline and the client would get a queue_timeout for a poll. After a quarter of the queue
+  // deadline it waits like any poll.
+  queue_.promoteBackground(now - queue_cfg_.deadline / 4, Priority::Poll);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
   // A tier whose creates outnumber its free slots is the bottleneck: a slot that frees there is
@@ -400,6 +407,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
 
 void KeyScheduler::reconfigure(const LimitsConfig& limits, const QueueConfig& queue,
                                MonotonicTime now) {
+  queue_cfg_ = queue;
   queue_.setLimits(queue.max_size, queue.max_per_client);
   reconfigure(limits, now);
 }

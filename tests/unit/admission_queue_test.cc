@@ -257,3 +257,33 @@ TEST(AdmissionQueue, WithinAClientPollsGoBeforeCreatesAndRetriesBeforeAll) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST(AdmissionQueue, PromoteBackgroundMovesOnlyEntriesOldEnoughKeepingTheirPlace) {
+  AdmissionQueue q(3, 2);
+  QueueEntry old_bg = entry(1, "svc", Priority::Background);
+  old_bg.enqueued = kStart;
+  QueueEntry new_bg = entry(2, "svc", Priority::Background);
+  new_bg.enqueued = kStart + seconds(10);
+  q.push(old_bg);
+  q.push(new_bg);
+  q.push(entry(3, "other", Priority::Create, 0));  // the queue is full now
+  EXPECT_EQ(q.promoteBackground(kStart + seconds(5), Priority::Poll), 1u);
+  EXPECT_EQ(q.size(), 3u);
+  EXPECT_EQ(q.size(Priority::Background), 1u);
+  EXPECT_EQ(q.find(1)->priority, Priority::Poll);
+  EXPECT_EQ(q.find(1)->enqueued, kStart);
+  EXPECT_EQ(q.find(1)->deadline, kStart + seconds(45));
+  EXPECT_EQ(q.promoteBackground(kStart + seconds(5), Priority::Poll), 0u) << "done already";
+  // svc's promoted poll joins the client requests as a newcomer after other's create (fair
+  // order); svc's younger background entry stays last.
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 3u);
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 1u);
+  EXPECT_EQ(q.popNext(kAllOpen)->id, 2u);
+  EXPECT_EQ(q.promoteBackground(kStart + seconds(60), Priority::Poll), 0u) << "nothing left";
+}
+
+}  // namespace
+}  // namespace hiapi::core

@@ -658,3 +658,34 @@ TEST_F(KeySchedulerTest, AFreedSlotOfABottleneckTierGoesBeforeOtherRequests) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToAQuarterOfTheDeadline) {
+  QueueConfig q = queueConfig();
+  q.deadline = seconds(40);
+  KeyScheduler s(limits(1.0, 1), q, kStart, random_);
+  // An early poll (background) behind a steady stream of another service's creates.
+  RequestInfo early = req(1, RouteKind::Poll, "svc", std::nullopt, kStart + seconds(40));
+  early.priority = Priority::Background;
+  s.submit(early, kStart);
+  uint64_t next = 100;
+  std::vector<uint64_t> order;
+  for (int sec = 0; sec <= 15; ++sec) {
+    const MonotonicTime now = kStart + seconds(sec);
+    s.submit(req(next++, RouteKind::List, "busy", std::nullopt, now + seconds(40)), now);
+    for (uint64_t id : ids(s.dispatch(now))) {
+      order.push_back(id);
+    }
+    if (std::find(order.begin(), order.end(), 1u) != order.end()) {
+      // Admitted once it had waited 10 s (a quarter of 40 s), ahead of its deadline.
+      EXPECT_EQ(sec, 10);
+      return;
+    }
+  }
+  ADD_FAILURE() << "the background poll was never admitted";
+}
+
+}  // namespace
+}  // namespace hiapi::core

@@ -3,7 +3,8 @@
 //
 // Order:
 //  1. Three strict tiers: retries first (they have waited already), then everything a client
-//     asked for, then the proxy's own background work (reconcile polls, early polls).
+//     asked for, then background work (reconcile polls, early polls). promoteBackground() moves
+//     background entries that waited long enough up (the scheduler: a quarter of the deadline).
 //  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
 //     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client
@@ -80,6 +81,12 @@ public:
   /// @return the entry, or nullopt when @p id is not waiting.
   std::optional<QueueEntry> remove(uint64_t id);
 
+  /// Moves every Background entry enqueued at or before @p cutoff to priority @p to (the tail of
+  /// its client's lane there; id, deadline, lane and enqueued time kept; no bound is checked
+  /// again): background work must not wait forever behind a budget that never has a spare token.
+  /// @return how many moved.
+  size_t promoteBackground(MonotonicTime cutoff, Priority to);
+
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);
 
@@ -143,6 +150,8 @@ private:
   static size_t classOf(Priority p);
   void prune(PriorityClass& cls);
   void link(QueueEntry entry);  ///< push() past its checks
+  /// Background entries by (enqueued, id), oldest first (promoteBackground).
+  std::set<std::pair<MonotonicTime, uint64_t>> background_by_age_;
   std::optional<QueueEntry> popFrom(PriorityClass& cls, const LaneOpen& open);
   void unlink(Stored& stored);
 
