@@ -46,7 +46,7 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
       matcher_(limits.tiers),
       budget_(std::move(budget)),
       adaptive_(limits),
-      queue_cfg_(queue),
+      queue_deadline_(queue.deadline),
       queue_(queue.max_size, queue.max_per_client) {
   if (!budget_) {
     budget_ = std::make_unique<TokenBucket>(adaptive_.configuredRate(),
@@ -184,7 +184,7 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   // spare tokens, but not without bound: at a budget that never has one it would wait out its
   // deadline and the client would get a queue_timeout for a poll. After a quarter of the queue
   // deadline it waits like any poll.
-  queue_.promoteBackground(now - queue_cfg_.deadline / 4, Priority::Poll);
+  queue_.promoteBackground(now - queue_deadline_ / 4, Priority::Poll);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
   // A tier whose creates outnumber its free slots is the bottleneck: a slot that frees there is
@@ -407,7 +407,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
 
 void KeyScheduler::reconfigure(const LimitsConfig& limits, const QueueConfig& queue,
                                MonotonicTime now) {
-  queue_cfg_ = queue;
+  queue_deadline_ = queue.deadline;
   queue_.setLimits(queue.max_size, queue.max_per_client);
   reconfigure(limits, now);
 }

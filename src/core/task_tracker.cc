@@ -49,9 +49,6 @@ constexpr int64_t kMaxAgeMs = int64_t{100000} * 3600 * 1000;
 TaskTracker::TaskTracker(const TasksConfig& cfg, std::vector<TierConfig> tiers) {
   setConfig(cfg);
   setTiers(std::move(tiers));
-  duration_estimate_.clear();  // tiers may have moved: learn their durations again
-  duration_samples_.clear();
-  duration_hits_.clear();
 }
 
 void TaskTracker::setConfig(const TasksConfig& cfg) {

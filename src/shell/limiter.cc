@@ -150,7 +150,6 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   return ref;
 }
 
-
 void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
                     std::function<void(core::ProxyError, int)> reject) {
   KeyState& ks = keyState(ctx.key_name);

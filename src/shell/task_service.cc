@@ -228,20 +228,26 @@ const std::string* TaskService::authFor(const std::string& key) {
   return it == auth_by_key_.end() || it->second.empty() ? nullptr : &it->second;
 }
 
+void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
+  const std::string* auth = authFor(t.key);
+  if (auth == nullptr) {
+    // Passthrough key not seen since a restart: no credentials to poll with yet.
+    tracker_->abandonPoll(t.key, t.task_id);
+    return;
+  }
+  if (!urgent) {
+    log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
+  }
+  proxy_.internalPoll(t.key, *auth, t.task_id, urgent);
+}
+
 void TaskService::reconcile() {
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
   const auto now = clock_.now();
   for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
-    const std::string* auth = authFor(t.key);
-    if (auth == nullptr) {
-      // Passthrough key not seen since a restart: no credentials to poll with yet.
-      tracker_->abandonPoll(t.key, t.task_id);
-      continue;
-    }
-    log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
-    proxy_.internalPoll(t.key, *auth, t.task_id, false);
+    pollItself(t, false);
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
@@ -252,12 +258,7 @@ void TaskService::reconcile() {
         continue;
       }
       for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
-        const std::string* auth = authFor(t.key);
-        if (auth == nullptr) {
-          tracker_->abandonPoll(t.key, t.task_id);
-          continue;
-        }
-        proxy_.internalPoll(t.key, *auth, t.task_id, true);
+        pollItself(t, true);
       }
     }
   }

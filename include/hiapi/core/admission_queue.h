@@ -150,8 +150,6 @@ private:
   static size_t classOf(Priority p);
   void prune(PriorityClass& cls);
   void link(QueueEntry entry);  ///< push() past its checks
-  /// Background entries by (enqueued, id), oldest first (promoteBackground).
-  std::set<std::pair<MonotonicTime, uint64_t>> background_by_age_;
   std::optional<QueueEntry> popFrom(PriorityClass& cls, const LaneOpen& open);
   void unlink(Stored& stored);
 
@@ -160,6 +158,8 @@ private:
   uint64_t next_seq_ = 1;
   std::unordered_map<uint64_t, Stored> entries_;
   std::set<std::pair<MonotonicTime, uint64_t>> by_deadline_;
+  /// Background entries by (enqueued, id), oldest first (promoteBackground).
+  std::set<std::pair<MonotonicTime, uint64_t>> background_by_age_;
   std::array<PriorityClass, kClassCount> classes_;
   std::array<size_t, kPriorityCount> per_priority_{};
   std::unordered_map<std::string, size_t> per_client_;

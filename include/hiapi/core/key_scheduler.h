@@ -240,7 +240,7 @@ private:
   RateBudgetPtr budget_;
   AdaptiveRate adaptive_;
   std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
-  QueueConfig queue_cfg_;
+  Duration queue_deadline_;  ///< queue.deadline (background work waits at most a quarter)
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
   std::unordered_map<SlotId, size_t> slot_tier_;

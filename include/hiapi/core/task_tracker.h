@@ -412,7 +412,7 @@ private:
   size_t cache_entries_ = 0;
   uint64_t cache_bytes_ = 0;
   Stats counters_;  ///< only the monotonic counters are used
-  /// Learned task duration per tier (EWMA of created → estimated end), and how many samples.
+  /// Learned task duration per tier (see typicalDuration), and how many ends it has seen.
   std::vector<Duration> duration_estimate_;
   std::vector<uint32_t> duration_samples_;
   /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).

@@ -60,6 +60,9 @@ private:
   core::Duration leaseOf(size_t tier) const;
   /// @return the Authorization value to poll @p key's tasks with, or nullptr.
   const std::string* authFor(const std::string& key);
+  /// The proxy's own poll of @p t (marked in flight by the tracker), or, without credentials
+  /// for its key, gives the fetch up. @p urgent: creates wait for its tier's full gate.
+  void pollItself(const core::TrackedTaskInfo& t, bool urgent);
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
