@@ -171,15 +171,19 @@ std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
   return out;
 }
 
-std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open, const LaneOpen& first) {
-  // Retries, then client requests on `first` lanes, then all client requests, then background
-  // work.
+std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open,
+                                                  const std::vector<size_t>& first) {
+  // Retries, then client requests on `first` lanes (in that order), then all client requests,
+  // then background work.
   if (auto e = popFrom(classes_[0], open)) {
     return e;
   }
-  if (first && classes_[1].count != 0) {
-    const auto both = [&](std::optional<size_t> lane) { return first(lane) && open(lane); };
-    if (auto e = popFrom(classes_[1], both)) {
+  for (size_t lane : first) {
+    if (classes_[1].count == 0) {
+      break;
+    }
+    const auto this_one = [&](std::optional<size_t> l) { return l == lane && open(l); };
+    if (auto e = popFrom(classes_[1], this_one)) {
       return e;
     }
   }

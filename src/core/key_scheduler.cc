@@ -187,18 +187,6 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   queue_.promoteBackground(now - queue_deadline_ / 4, Priority::Poll);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
-  // A tier whose creates outnumber its free slots is the bottleneck: a slot that frees there is
-  // capacity every service waits for, and it stays idle while its create waits behind polls
-  // and other tiers' creates for a token. Those creates go first (fair across clients).
-  const auto scarce = [this, now](std::optional<size_t> lane) {
-    if (!lane) {
-      return false;
-    }
-    const ConcurrencyGate& g = *gates_[*lane];
-    const uint32_t ceiling = g.effectiveCeiling(now);
-    const size_t free = ceiling > g.running() ? ceiling - g.running() : 0;
-    return queue_.laneSize(lane) >= free;
-  };
   bool waiting_for_token = false;
   while (!queue_.empty() && !adaptive_.inCooldown(now)) {
     // Reserve the token first; give it back if no entry can use it.
@@ -206,7 +194,7 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
       waiting_for_token = true;
       break;
     }
-    std::optional<QueueEntry> entry = queue_.popNext(open, scarce);
+    std::optional<QueueEntry> entry = queue_.popNext(open, bottlenecks(now));
     if (!entry) {
       budget_->refund(1.0, now);
       break;
@@ -272,6 +260,62 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
     }
     if (out.wake_at && *out.wake_at <= now) {
       out.wake_at = now + Duration(1);  // never ask for a timer in the past
+    }
+  }
+  return out;
+}
+
+// A tier whose waiting creates outnumber its free slots is a bottleneck: a slot that frees there
+// is capacity every service waits for, and it stays idle while its create waits behind polls and
+// other tiers' creates for a token. Those creates go first (fair across clients), the tier with
+// the most work left (waves of waiting creates times its task duration) before the others: the
+// makespan is that tier's, so every token it waits for is lost at the end, while a tier with
+// less work left has slack.
+std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
+  Duration longest_known{0};
+  for (const auto& d : tier_duration_) {
+    if (d) {
+      longest_known = std::max(longest_known, *d);
+    }
+  }
+  std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
+  for (size_t t = 0; t < gates_.size(); ++t) {
+    const size_t waiting = queue_.laneSize(t);
+    if (waiting == 0) {
+      continue;
+    }
+    const ConcurrencyGate& g = *gates_[t];
+    const uint32_t ceiling = g.effectiveCeiling(now);
+    const size_t free = ceiling > g.running() ? ceiling - g.running() : 0;
+    if (waiting < free) {
+      continue;
+    }
+    const double waves = static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1);
+    const std::optional<Duration> d = t < tier_duration_.size() ? tier_duration_[t] : std::nullopt;
+    const Duration unit = d ? *d : std::max(longest_known, Duration(std::chrono::seconds(1)));
+    ranked.emplace_back(-std::ceil(waves) * std::chrono::duration<double>(unit).count(), t);
+  }
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<size_t> out;
+  out.reserve(ranked.size());
+  for (const auto& [work, t] : ranked) {
+    out.push_back(t);
+  }
+  return out;
+}
+
+void KeyScheduler::setTierDuration(size_t tier, std::optional<Duration> typical) {
+  if (tier >= tier_duration_.size()) {
+    tier_duration_.resize(tier + 1);
+  }
+  tier_duration_[tier] = typical;
+}
+
+std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
+  std::vector<size_t> out;
+  for (size_t t = 0; t < gates_.size(); ++t) {
+    if (queue_.laneSize(t) != 0 && gates_[t]->running() >= gates_[t]->effectiveCeiling(now)) {
+      out.push_back(t);
     }
   }
   return out;

@@ -144,6 +144,9 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
                                                    random_);
   ks->budget = std::make_unique<core::RetryBudget>(cfg_->retry.budget_ratio,
                                                    cfg_->retry.budget_min_retries);
+  for (size_t t = 0; t < tier_durations_.size(); ++t) {
+    ks->sched->setTierDuration(t, tier_durations_[t]);
+  }
   ks->timer = evtimer_new(base_, &Limiter::onWake, ks.get());
   KeyState& ref = *ks;
   keys_.emplace(key, std::move(ks));
@@ -459,6 +462,29 @@ std::vector<std::pair<std::string, core::Snapshot>> Limiter::snapshots() const {
     out.emplace_back(name, ks->sched->snapshot(now));
   }
   return out;
+}
+
+std::vector<std::pair<std::string, size_t>> Limiter::blockedTiers() const {
+  std::vector<std::pair<std::string, size_t>> out;
+  const auto now = clock_.now();
+  for (const auto& [name, ks] : keys_) {
+    for (size_t tier : ks->sched->blockedTiers(now)) {
+      out.emplace_back(name, tier);
+    }
+  }
+  return out;
+}
+
+void Limiter::setTierDurations(std::vector<std::optional<core::Duration>> typical) {
+  if (typical == tier_durations_) {
+    return;
+  }
+  tier_durations_ = std::move(typical);
+  for (auto& [name, ks] : keys_) {
+    for (size_t t = 0; t < tier_durations_.size(); ++t) {
+      ks->sched->setTierDuration(t, tier_durations_[t]);
+    }
+  }
 }
 
 }  // namespace hiapi::shell

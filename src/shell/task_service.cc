@@ -242,6 +242,12 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
 }
 
 void TaskService::reconcile() {
+  // Which tier is the bottleneck depends on how long its tasks run.
+  std::vector<std::optional<core::Duration>> typical(cfg_->limits.tiers.size());
+  for (size_t tier = 0; tier < typical.size(); ++tier) {
+    typical[tier] = tracker_->typicalDuration(tier);
+  }
+  limiter_.setTierDurations(std::move(typical));
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
@@ -251,15 +257,9 @@ void TaskService::reconcile() {
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
-  for (const auto& [key, snap] : limiter_.snapshots()) {
-    for (size_t tier = 0; tier < snap.tiers.size(); ++tier) {
-      const core::TierSnapshot& ts = snap.tiers[tier];
-      if (ts.queued == 0 || ts.running < ts.effective_ceiling) {
-        continue;
-      }
-      for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
-        pollItself(t, true);
-      }
+  for (const auto& [key, tier] : limiter_.blockedTiers()) {
+    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
+      pollItself(t, true);
     }
   }
 }

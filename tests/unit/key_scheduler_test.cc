@@ -129,6 +129,47 @@ TEST_F(KeySchedulerTest, FullHeavyGateBlocksNeitherPollsNorLightCreates) {
   EXPECT_EQ(s.counters().leases_expired, 2u);
 }
 
+// Two full tiers with waiting creates, one token: it goes to the tier with the most work left.
+// Heavy: 6 waiting over 2 slots (3 waves); light: 10 waiting over 5 slots (2 waves). With equal
+// (unknown) durations that is heavy; once light tasks are known to run ten times longer, light.
+TEST_F(KeySchedulerTest, BottleneckWithMostWorkLeftTakesTheFreedToken) {
+  for (const bool light_runs_longer : {false, true}) {
+    SCOPED_TRACE(light_runs_longer ? "light 10 s, heavy 1 s" : "durations unknown");
+    LimitsConfig l = limits(1.0, 7);
+    l.tiers[kHeavy].max_running = 2;
+    l.tiers[kLight].max_running = 5;
+    KeyScheduler s(l, queueConfig(), kStart, random_);
+    if (light_runs_longer) {
+      s.setTierDuration(kHeavy, seconds(1));
+      s.setTierDuration(kLight, seconds(10));
+    }
+    std::vector<SlotId> heavy_slots;
+    std::vector<SlotId> light_slots;
+    for (uint64_t i = 1; i <= 7; ++i) {
+      s.submit(req(i, RouteKind::Create, "a", i <= 2 ? kHeavy : kLight), kStart);
+    }
+    for (const Admitted& a : s.dispatch(kStart).admitted) {
+      (a.tier == kHeavy ? heavy_slots : light_slots).push_back(*a.slot);
+    }
+    ASSERT_EQ(heavy_slots.size(), 2u);
+    ASSERT_EQ(light_slots.size(), 5u);
+    // Light creates arrive first, so FIFO (or one client's order) alone would pick light.
+    for (uint64_t i = 0; i < 10; ++i) {
+      s.submit(req(100 + i, RouteKind::Create, "a", kLight), kStart);
+    }
+    for (uint64_t i = 0; i < 6; ++i) {
+      s.submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);
+    }
+    const MonotonicTime later = kStart + milliseconds(1000);
+    s.releaseSlot(heavy_slots[0], ReleaseReason::TaskFinished, later);
+    s.releaseSlot(light_slots[0], ReleaseReason::TaskFinished, later);
+    const Dispatch d = s.dispatch(later);  // one token has come back
+    ASSERT_EQ(d.admitted.size(), 1u);
+    EXPECT_EQ(d.admitted[0].id, light_runs_longer ? 100u : 200u);
+    EXPECT_EQ(s.blockedTiers(later), (std::vector<size_t>{light_runs_longer ? kLight : kHeavy}));
+  }
+}
+
 TEST_F(KeySchedulerTest, FairnessNewClientWithinOneTokenInterval) {
   LimitsConfig l = limits(1.0, 1);
   l.tiers[kLight].max_running = 100000;

@@ -16,8 +16,9 @@
 // Lanes: an entry may wait on a lane (a tier's concurrency gate). popNext() takes a predicate that
 // says which lanes are open; entries on closed lanes are skipped, so a create waiting for a full
 // heavy gate never blocks polls, light creates, or the same client's later light creates. A
-// second predicate may name lanes whose client requests go ahead of the other client requests
-// (the scheduler names tiers whose gate is the bottleneck: a freed slot is taken at once).
+// ranked list may name lanes whose client requests go ahead of the other client requests, in
+// that order (the scheduler names the tiers whose gate is the bottleneck, the one with the most
+// work left first: a freed slot there is taken at once).
 // Entries hold no reservations: tokens and slots are taken only when an entry is popped
 // (KeyScheduler commits both or neither), so removing an entry frees nothing here.
 
@@ -92,10 +93,11 @@ public:
 
   /// Removes and returns the next entry to serve among open lanes (see the file comment).
   /// @param open which lanes may be served
-  /// @param first when given, client requests on lanes it names go before the other client
-  ///        requests (still after the first class, and fair across clients among themselves)
+  /// @param first client requests on these lanes go before the other client requests, lane by
+  ///        lane in this order (still after the first class, and fair across clients within a
+  ///        lane)
   /// @return nullopt when no entry is on an open lane.
-  std::optional<QueueEntry> popNext(const LaneOpen& open, const LaneOpen& first = nullptr);
+  std::optional<QueueEntry> popNext(const LaneOpen& open, const std::vector<size_t>& first = {});
 
   /// @return whether some waiting entry is on a lane for which @p open is true.
   bool hasEligible(const LaneOpen& open) const;

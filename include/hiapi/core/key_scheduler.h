@@ -206,6 +206,15 @@ public:
   /// @return the state for /status and metrics.
   Snapshot snapshot(MonotonicTime now) const;
 
+  /// How long a task of @p tier typically runs (task tracking learns it), or nullopt when not
+  /// known. Ranks bottleneck tiers: the one with the most work left (waves of waiting creates
+  /// times this duration) takes a token first. Unknown tiers count as long as the longest known.
+  void setTierDuration(size_t tier, std::optional<Duration> typical);
+
+  /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
+  ///         their tasks finished frees capacity someone is waiting for).
+  std::vector<size_t> blockedTiers(MonotonicTime now) const;
+
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
   /// creates of removed tiers move to the fallback (last) tier.
@@ -233,6 +242,7 @@ private:
   void applyRate(MonotonicTime now);
   void pauseBudget(MonotonicTime until);
   size_t clampTier(size_t tier) const;
+  std::vector<size_t> bottlenecks(MonotonicTime now) const;
 
   Random& random_;
   LimitsConfig limits_;
@@ -241,6 +251,7 @@ private:
   AdaptiveRate adaptive_;
   std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
   Duration queue_deadline_;  ///< queue.deadline (background work waits at most a quarter)
+  std::vector<std::optional<Duration>> tier_duration_;  ///< see setTierDuration()
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
   std::unordered_map<SlotId, size_t> slot_tier_;

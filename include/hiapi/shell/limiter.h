@@ -44,6 +44,13 @@ public:
   /// Per-key snapshots for /status and metrics (key names only).
   std::vector<std::pair<std::string, core::Snapshot>> snapshots() const;
 
+  /// @return (key name, tier) for every tier gate that is full while creates wait for it.
+  std::vector<std::pair<std::string, size_t>> blockedTiers() const;
+
+  /// Typical task duration per tier index (task tracking learns them); every key's scheduler
+  /// ranks bottleneck tiers by it. Applied to keys seen later too.
+  void setTierDurations(std::vector<std::optional<core::Duration>> typical);
+
   /// Gives a slot back (task terminal, duplicate create).
   void releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason);
   /// Re-occupies a slot for a task read from the state file. @return the slot id.
@@ -83,6 +90,7 @@ private:
   core::SeededRandom random_;
   std::unique_ptr<core::RetryPolicy> retry_policy_;
   std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
+  std::vector<std::optional<core::Duration>> tier_durations_;
   /// Every request between admit() and its final answer: how to send or reject it.
   std::unordered_map<uint64_t, Waiter> handles_;
   /// Requests waiting out a retry delay.
