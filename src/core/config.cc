@@ -755,7 +755,8 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
       fail(item.Mark(), path, std::string("expected a map, got ") + kindOf(item));
     }
     MapView m(*this, item, item.Mark(), path,
-              {"name", "models", "routes", "max_running", "lease", "min_poll_interval"});
+              {"name", "models", "routes", "max_running", "lease", "min_poll_interval",
+               "expected_duration"});
     TierConfig t;
     const std::optional<Field> name = m.get("name");
     if (!name) {
@@ -789,6 +790,9 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
     }
     if (auto v = m.get("min_poll_interval")) {
       t.min_poll_interval = duration(*v);
+    }
+    if (auto v = m.get("expected_duration")) {
+      t.expected_duration = positiveDuration(*v);
     }
     out.push_back(std::move(t));
   }

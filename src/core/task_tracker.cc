@@ -64,10 +64,35 @@ void TaskTracker::setConfig(const TasksConfig& cfg) {
 }
 
 void TaskTracker::setTiers(std::vector<TierConfig> tiers) {
+  std::vector<std::string> old_names;
+  for (const TierConfig& t : tiers_) {
+    old_names.push_back(t.name);
+  }
+  const std::vector<Duration> old_estimate = std::move(duration_estimate_);
+  const std::vector<uint32_t> old_samples = std::move(duration_samples_);
+  const std::vector<uint32_t> old_hits = std::move(duration_hits_);
   tiers_ = tiers.empty() ? defaultTierConfigs() : std::move(tiers);
   if (tiers_.empty()) {  // defaultTierConfigs() is never empty; stay safe anyway
     tiers_.push_back(TierConfig{});
     tiers_.back().name = "default";
+  }
+  // Learned durations follow their tier by name (tiers may have moved in a reload); a tier
+  // without one starts from its expected_duration, as if two tasks had been seen.
+  duration_estimate_.assign(tiers_.size(), Duration::zero());
+  duration_samples_.assign(tiers_.size(), 0);
+  duration_hits_.assign(tiers_.size(), 0);
+  for (size_t i = 0; i < tiers_.size(); ++i) {
+    for (size_t j = 0; j < old_names.size() && j < old_samples.size(); ++j) {
+      if (old_names[j] == tiers_[i].name && old_samples[j] != 0) {
+        duration_estimate_[i] = old_estimate[j];
+        duration_samples_[i] = old_samples[j];
+        duration_hits_[i] = j < old_hits.size() ? old_hits[j] : 0;
+      }
+    }
+    if (duration_samples_[i] == 0 && tiers_[i].expected_duration > Duration::zero()) {
+      duration_estimate_[i] = tiers_[i].expected_duration;
+      duration_samples_[i] = 2;
+    }
   }
 }
 

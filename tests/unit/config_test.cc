@@ -245,7 +245,7 @@ limits:
   recovery_time: 1m
   max_cooldown: 10s
   tiers:
-    - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s }
+    - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s, expected_duration: 90s }
     - { name: pro-route, routes: [pro] }
 queue: { max_size: 5, max_per_client: 2, deadline: 59s, client_header: X-Me, deadline_header: X-D }
 retry: { max_attempts: 10, base_delay: 100ms, max_delay: 60s, budget_ratio: 0, budget_min_retries: 0, idempotency: inject }
@@ -300,7 +300,9 @@ drain_timeout: 0s
   EXPECT_EQ(c.limits.tiers[0].max_running, 1u);
   EXPECT_EQ(c.limits.tiers[0].lease, 1h);
   EXPECT_EQ(c.limits.tiers[0].min_poll_interval, 0s);
+  EXPECT_EQ(c.limits.tiers[0].expected_duration, 90s);
   EXPECT_EQ(c.limits.tiers[1].name, "pro-route");
+  EXPECT_EQ(c.limits.tiers[1].expected_duration, 0s) << "unset: learn only";
   EXPECT_TRUE(c.limits.tiers[1].models.empty());
   EXPECT_EQ(c.limits.tiers[1].routes, std::vector<std::string>{"pro"});
   EXPECT_EQ(c.limits.tiers[1].max_running, TierConfig{}.max_running);
@@ -514,6 +516,8 @@ TEST_F(ConfigTest, TierRules) {
               "limits.tiers[0].name", "invalid name 'Heavy!'");
   expectError("limits:\n  tiers:\n    - name: a\n      models: [x]\n      lease: 0s\n", 5, 14,
               "limits.tiers[0].lease", "must be greater than 0");
+  expectError("limits:\n  tiers:\n    - name: a\n      models: [x]\n      expected_duration: 0s\n",
+              5, 26, "limits.tiers[0].expected_duration", "must be greater than 0");
   expectError("limits:\n  tiers:\n    - name: a\n      models: [\"\"]\n", 4, 16,
               "limits.tiers[0].models[0]", "must not be empty");
 }

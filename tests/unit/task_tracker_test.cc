@@ -1025,3 +1025,34 @@ TEST_F(TaskTrackerTest, AnEstimateThatIsTooLongComesDown) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST_F(TaskTrackerTest, ExpectedDurationIsTheStartingEstimateAndLearningFollowsTiersByName) {
+  std::vector<TierConfig> tiers = testTiers();
+  tiers[kHeavy].expected_duration = seconds(30);
+  TaskTracker t(cfg_, tiers);
+  ASSERT_TRUE(t.typicalDuration(kHeavy));
+  EXPECT_EQ(*t.typicalDuration(kHeavy), seconds(30));
+  EXPECT_FALSE(t.typicalDuration(kLight)) << "no expectation: learn from nothing";
+  // The very first heavy task is held until about 30 s and looked at then.
+  t.onCreated("prod", "h", kHeavy, SlotId{1}, "m", kT0);
+  EXPECT_TRUE(t.likelyRunning("prod", "h", kT0 + seconds(29)));
+  EXPECT_TRUE(t.dueForGatePressure("prod", kHeavy, kT0 + seconds(29)).empty());
+  ASSERT_EQ(t.dueForGatePressure("prod", kHeavy, kT0 + seconds(30)).size(), 1u);
+  t.completePoll("prod", "h", detail("h", "success"), kT0 + seconds(30));
+  // Learn light tasks, then reload with the tiers in the other order: each keeps its own.
+  for (int i = 0; i < 2; ++i) {
+    runLightTaskAt(t, "l" + std::to_string(i), kT0 + minutes(1 + i), seconds(4), milliseconds(100));
+  }
+  const Duration light = *t.typicalDuration(kLight);
+  const Duration heavy = *t.typicalDuration(kHeavy);
+  std::vector<TierConfig> swapped{tiers[kLight], tiers[kHeavy]};
+  t.reconfigure(cfg_, swapped);
+  EXPECT_EQ(t.typicalDuration(0), light);
+  EXPECT_EQ(t.typicalDuration(1), heavy);
+}
+
+}  // namespace
+}  // namespace hiapi::core

@@ -7,7 +7,9 @@ Two profiles on hiapi-sim (duration jitter 0, so the ideal is exact):
   budget: 2 req/s (burst 2), same ceilings and durations, 40 tasks (4 clients x 10), a quarter
          heavy: the request budget binds.
 Rows: naive direct, guide direct, naive through nginx limit_req (burst large, no nodelay,
-keep-alive upstream), naive through hiapi-proxy, sdk through hiapi-proxy.
+keep-alive upstream), naive through hiapi-proxy, sdk through hiapi-proxy. Optional rows
+naive-proxy+expected / sdk-proxy+expected give the proxy's tiers an expected_duration equal to the
+simulator's durations (what an operator who knows the models would configure).
 
 Ideal lower bound (every task needs at least one create and one poll that sees it finished):
   ideal = max( ceil(H / heavy_max) * heavy_duration,      heavy tasks in waves of the ceiling
@@ -52,7 +54,12 @@ def proxy_burst(p):
 
 
 def run_row(row, p, sim, args, seed):
-    """@param row e.g. naive-proxy, or naive-proxy@2s for another min_poll_interval."""
+    """@param row e.g. naive-proxy, naive-proxy@2s for another min_poll_interval, or
+    naive-proxy+expected with the tiers' expected_duration set to the simulator's durations."""
+    expected = None
+    if row.endswith("+expected"):
+        row = row[:-len("+expected")]
+        expected = ("%ds" % p["heavy_s"], "%ds" % p["light_s"])
     row, _, min_poll = row.partition("@")
     min_poll = min_poll or args.min_poll
     preset = row.split("-")[0]
@@ -69,7 +76,8 @@ def run_row(row, p, sim, args, seed):
             target = "http://127.0.0.1:%d" % port
         else:
             px = st.proxy(bl.proxy_yaml(sim.port, "%d/s" % p["rate"], proxy_burst(p),
-                                        p["heavy_max"], p["light_max"], min_poll))
+                                        p["heavy_max"], p["light_max"], min_poll,
+                                        expected=expected))
             target = px.url
         return bl.run_load(target, load, sim=sim.url)
 
@@ -99,7 +107,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions per row (medians quoted)")
     ap.add_argument("--profiles", default="heavy,budget")
     ap.add_argument("--rows", default=",".join(ROWS),
-                    help="comma-separated; a proxy row may name its min_poll_interval: naive-proxy@2s")
+                    help="comma-separated; a proxy row may name its min_poll_interval "
+                         "(naive-proxy@2s) or end in +expected (tiers' expected_duration = the "
+                         "simulator's durations)")
     ap.add_argument("--min-poll", default="1s", help="hiapi-proxy tiers' min_poll_interval")
     ap.add_argument("--max-duration", type=int, default=240, help="bound of one run, seconds")
     ap.add_argument("--json", help="write every run's report here")

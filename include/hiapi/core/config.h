@@ -107,6 +107,9 @@ struct TierConfig {
   uint32_t max_running = 5;
   Duration lease = std::chrono::minutes(15);  ///< slot freed if no terminal status by then
   Duration min_poll_interval = std::chrono::seconds(2);
+  /// What the operator expects a task of this tier to take: the task tracker starts from it
+  /// (as if two tasks had been seen) instead of learning from nothing; zero = learn only.
+  Duration expected_duration{};
 };
 
 /// The built-in tiers, used when the config has no `limits.tiers`: `heavy` (video models, `*-pro`,

@@ -327,7 +327,9 @@ public:
   ///         is averaged in (EWMA: looks land just after ends rather than just before), a wide
   ///         bracket only moves the estimate inside it, and an end seen by the first poll aimed
   ///         at the estimate nudges it lower, by steps that double while that repeats (so an
-  ///         estimate that is too long comes down in a few tasks).
+  ///         estimate that is too long comes down in a few tasks). A tier's expected_duration,
+  ///         when set, is the starting estimate (as if two tasks had been seen). Estimates follow
+  ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
 
