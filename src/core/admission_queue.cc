@@ -99,7 +99,7 @@ void AdmissionQueue::link(QueueEntry entry) {
   ++per_lane_[entry.lane];
   by_deadline_.emplace(entry.deadline, entry.id);
   if (entry.priority == Priority::Background) {
-    background_by_age_.emplace(entry.enqueued, entry.id);
+    background_by_until_.emplace(entry.background_until, entry.id);
   }
   const uint64_t id = entry.id;
   entries_.emplace(id, Stored{std::move(entry), std::prev(lane.end())});
@@ -133,15 +133,15 @@ void AdmissionQueue::unlink(Stored& stored) {
   }
   by_deadline_.erase({e.deadline, e.id});
   if (e.priority == Priority::Background) {
-    background_by_age_.erase({e.enqueued, e.id});
+    background_by_until_.erase({e.background_until, e.id});
   }
 }
 
-size_t AdmissionQueue::promoteBackground(MonotonicTime cutoff, Priority to) {
+size_t AdmissionQueue::promoteBackground(MonotonicTime now, Priority to) {
   size_t moved = 0;
-  while (!background_by_age_.empty() && background_by_age_.begin()->first <= cutoff) {
-    const uint64_t id = background_by_age_.begin()->second;
-    std::optional<QueueEntry> e = remove(id);  // unlink() drops it from background_by_age_
+  while (!background_by_until_.empty() && background_by_until_.begin()->first <= now) {
+    const uint64_t id = background_by_until_.begin()->second;
+    std::optional<QueueEntry> e = remove(id);  // unlink() drops it from background_by_until_
     e->priority = to;
     link(std::move(*e));
     ++moved;

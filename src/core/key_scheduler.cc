@@ -77,8 +77,14 @@ void KeyScheduler::pauseBudget(MonotonicTime until) {
   budget_->pauseUntil(until - fromSeconds(1.0 / budget_->rate()));
 }
 
+namespace {
+// Polls that may free a slot of tier t wait on lane kUnblockLanes + t: no gate, but named
+// separately so that a bottleneck tier's turn covers them (see bottlenecks()).
+constexpr size_t kUnblockLanes = size_t{1} << 20;
+}  // namespace
+
 bool KeyScheduler::laneOpen(std::optional<size_t> lane, MonotonicTime now) const {
-  return !lane || gates_[*lane]->canAcquire(now);
+  return !lane || *lane >= gates_.size() || gates_[*lane]->canAcquire(now);
 }
 
 SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now) {
@@ -106,8 +112,16 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
   entry.priority = request.priority;
   entry.deadline = request.deadline;
   entry.enqueued = now;
+  if (entry.priority == Priority::Background) {
+    // Background work waits for spare tokens, but not without bound: at a budget that never has
+    // one it would wait out its deadline and the client would get a queue_timeout for a poll.
+    entry.background_until = std::min(now + queue_deadline_ / 4,
+                                      request.background_until.value_or(MonotonicTime::max()));
+  }
   if (p.route == RouteKind::Create && !p.held_slot) {
     entry.lane = p.tier;
+  } else if (p.route == RouteKind::Poll && request.unblocks && *request.unblocks < gates_.size()) {
+    entry.lane = kUnblockLanes + *request.unblocks;
   }
   const std::optional<size_t> lane = entry.lane;
   switch (queue_.push(std::move(entry))) {
@@ -181,10 +195,8 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   }
 
   // Background work (polls of tasks that are likely still running, reconcile polls) waits for
-  // spare tokens, but not without bound: at a budget that never has one it would wait out its
-  // deadline and the client would get a queue_timeout for a poll. After a quarter of the queue
-  // deadline it waits like any poll.
-  queue_.promoteBackground(now - queue_deadline_ / 4, Priority::Poll);
+  // spare tokens until its background_until (see submit()), then like any poll.
+  queue_.promoteBackground(now, Priority::Poll);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
   bool waiting_for_token = false;
@@ -267,10 +279,10 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
 
 // A tier whose waiting creates outnumber its free slots is a bottleneck: a slot that frees there
 // is capacity every service waits for, and it stays idle while its create waits behind polls and
-// other tiers' creates for a token. Those creates go first (fair across clients), the tier with
-// the most work left (waves of waiting creates times its task duration) before the others: the
-// makespan is that tier's, so every token it waits for is lost at the end, while a tier with
-// less work left has slack.
+// other tiers' creates for a token. Those creates go first (fair across clients), and so do the
+// proxy's polls that may free one of its slots; the tier with the most work left (waves of
+// waiting creates times its task duration) before the others: the makespan is that tier's, so
+// every token it waits for is lost at the end, while a tier with less work left has slack.
 std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
   Duration longest_known{0};
   for (const auto& d : tier_duration_) {
@@ -297,9 +309,10 @@ std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
   }
   std::sort(ranked.begin(), ranked.end());
   std::vector<size_t> out;
-  out.reserve(ranked.size());
+  out.reserve(2 * ranked.size());
   for (const auto& [work, t] : ranked) {
-    out.push_back(t);
+    out.push_back(t);                  // its creates, when a slot is free
+    out.push_back(kUnblockLanes + t);  // else the polls that may free one
   }
   return out;
 }

@@ -346,6 +346,20 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return duration_estimate_[t];
 }
 
+std::optional<Duration> TaskTracker::longestRunning(size_t tier, MonotonicTime now) const {
+  const size_t t = clampTier(tier);
+  std::optional<MonotonicTime> oldest;
+  for (const auto& [id, r] : records_) {
+    if (r.slot && !r.terminal && clampTier(r.tier) == t && (!oldest || r.created < *oldest)) {
+      oldest = r.created;
+    }
+  }
+  if (!oldest || *oldest > now) {
+    return std::nullopt;
+  }
+  return now - *oldest;
+}
+
 Duration TaskTracker::endPollInterval(size_t tier) const {
   const Duration interval = minPollInterval(tier);
   const std::optional<Duration> typical = typicalDuration(tier);
@@ -407,15 +421,31 @@ MonotonicTime TaskTracker::likelyEnd(const Record& r) const {
   return r.created;
 }
 
+std::optional<size_t> TaskTracker::slotTier(const std::string& key,
+                                            const std::string& task_id) const {
+  const Record* r = lookup(key, task_id);
+  if (r == nullptr || !r->slot || r->terminal) {
+    return std::nullopt;
+  }
+  return clampTier(r->tier);
+}
+
 bool TaskTracker::likelyRunning(const std::string& key, const std::string& task_id,
                                 MonotonicTime now) const {
+  return likelyRunningUntil(key, task_id, now).has_value();
+}
+
+std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& key,
+                                                             const std::string& task_id,
+                                                             MonotonicTime now) const {
   const Record* r = lookup(key, task_id);
   if (r == nullptr || !r->tracked || r->terminal) {
-    return false;
+    return std::nullopt;
   }
   // A wrong guess only changes the order in which fetches are admitted, never what a client is
   // told.
-  return now < likelyEnd(*r);
+  const MonotonicTime end = likelyEnd(*r);
+  return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
 }
 
 Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {

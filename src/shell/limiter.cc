@@ -185,10 +185,11 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = core::Priority::Other;
     break;
   }
-  if (ctx.poll_early) {
+  if (ctx.poll_early_until) {
     // By its tier's typical duration the task is still running: the answer is most likely
     // "still running", so the fetch waits for a token nobody else needs (with the proxy's own
-    // reconcile polls) instead of taking one from any service's create.
+    // reconcile polls) instead of taking one from any service's create, until the task's likely
+    // end. Then it is the poll that sees the end (and frees a slot): it waits like any poll.
     prio = core::Priority::Background;
   }
   if (ctx.internal) {
@@ -219,6 +220,10 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   info.client = ctx.client;
   info.tier = ctx.tier;
   info.held_slot = ctx.slot;
+  if (prio == core::Priority::Background) {
+    info.background_until = ctx.poll_early_until;
+  }
+  info.unblocks = ctx.unblocks;
   info.deadline = std::min(ctx.received + cfg_->queue.deadline, ctx.deadline);
   if (prio == core::Priority::Retry) {
     // A retry may wait until the client's own deadline, not only the queue's.

@@ -93,7 +93,10 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
     return true;
   case core::PollAction::Fetch:
     ctx.poll_fetcher = true;
-    ctx.poll_early = tracker_->likelyRunning(ctx.key_name, ctx.route.task_id, now);
+    ctx.poll_early_until = tracker_->likelyRunningUntil(ctx.key_name, ctx.route.task_id, now);
+    // A poll that may find the task ended frees its slot: when creates wait for that tier's
+    // full gate, it goes with them (see core::RequestInfo::unblocks).
+    ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);
     return false;
   }
   return false;
@@ -238,20 +241,25 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
   if (!urgent) {
     log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
   }
-  proxy_.internalPoll(t.key, *auth, t.task_id, urgent);
+  proxy_.internalPoll(t.key, *auth, t.task_id,
+                      urgent ? std::optional<size_t>(t.tier) : std::nullopt);
 }
 
 void TaskService::reconcile() {
-  // Which tier is the bottleneck depends on how long its tasks run.
+  const auto now = clock_.now();
+  // Which tier is the bottleneck depends on how long its tasks run (before that is learned: at
+  // least as long as its oldest running task so far).
   std::vector<std::optional<core::Duration>> typical(cfg_->limits.tiers.size());
   for (size_t tier = 0; tier < typical.size(); ++tier) {
     typical[tier] = tracker_->typicalDuration(tier);
+    if (!typical[tier]) {
+      typical[tier] = tracker_->longestRunning(tier, now);
+    }
   }
   limiter_.setTierDurations(std::move(typical));
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
-  const auto now = clock_.now();
   for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
     pollItself(t, false);
   }

@@ -261,12 +261,14 @@ TEST(AdmissionQueue, WithinAClientPollsGoBeforeCreatesAndRetriesBeforeAll) {
 namespace hiapi::core {
 namespace {
 
-TEST(AdmissionQueue, PromoteBackgroundMovesOnlyEntriesOldEnoughKeepingTheirPlace) {
+TEST(AdmissionQueue, PromoteBackgroundMovesOnlyEntriesWhoseTimeHasComeKeepingTheirPlace) {
   AdmissionQueue q(3, 2);
   QueueEntry old_bg = entry(1, "svc", Priority::Background);
   old_bg.enqueued = kStart;
+  old_bg.background_until = kStart + seconds(5);
   QueueEntry new_bg = entry(2, "svc", Priority::Background);
-  new_bg.enqueued = kStart + seconds(10);
+  new_bg.enqueued = kStart - seconds(10);  // older, but background until later
+  new_bg.background_until = kStart + seconds(15);
   q.push(old_bg);
   q.push(new_bg);
   q.push(entry(3, "other", Priority::Create, 0));  // the queue is full now
@@ -278,7 +280,7 @@ TEST(AdmissionQueue, PromoteBackgroundMovesOnlyEntriesOldEnoughKeepingTheirPlace
   EXPECT_EQ(q.find(1)->deadline, kStart + seconds(45));
   EXPECT_EQ(q.promoteBackground(kStart + seconds(5), Priority::Poll), 0u) << "done already";
   // svc's promoted poll joins the client requests as a newcomer after other's create (fair
-  // order); svc's younger background entry stays last.
+  // order); svc's other background entry stays last.
   EXPECT_EQ(q.popNext(kAllOpen)->id, 3u);
   EXPECT_EQ(q.popNext(kAllOpen)->id, 1u);
   EXPECT_EQ(q.popNext(kAllOpen)->id, 2u);

@@ -170,6 +170,47 @@ TEST_F(KeySchedulerTest, BottleneckWithMostWorkLeftTakesTheFreedToken) {
   }
 }
 
+// The heavy gate is full with creates waiting (the bottleneck); light creates wait too. A poll
+// that may free a heavy slot goes before the light creates, a plain poll after them.
+TEST_F(KeySchedulerTest, APollThatMayFreeABottleneckSlotGoesWithItsTiersCreates) {
+  LimitsConfig l = limits(1.0, 7);
+  l.tiers[kHeavy].max_running = 2;
+  l.tiers[kLight].max_running = 5;
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  s.setTierDuration(kHeavy, seconds(5));
+  s.setTierDuration(kLight, seconds(2));
+  std::vector<SlotId> light_slots;
+  for (uint64_t i = 1; i <= 7; ++i) {
+    s.submit(req(i, RouteKind::Create, "a", i <= 2 ? kHeavy : kLight), kStart);
+  }
+  for (const Admitted& a : s.dispatch(kStart).admitted) {
+    if (a.tier == kLight) {
+      light_slots.push_back(*a.slot);
+    }
+  }
+  ASSERT_EQ(light_slots.size(), 5u);
+  for (uint64_t i = 0; i < 4; ++i) {
+    s.submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);  // 2 waves of 5 s
+    s.submit(req(100 + i, RouteKind::Create, "b", kLight), kStart);  // 1 wave of 2 s
+  }
+  s.releaseSlot(light_slots[0], ReleaseReason::TaskFinished, kStart);
+  s.releaseSlot(light_slots[1], ReleaseReason::TaskFinished, kStart);
+  s.submit(req(300, RouteKind::Poll, "c"), kStart);  // some other task
+  RequestInfo unblock = req(301, RouteKind::Poll, "d");
+  unblock.unblocks = kHeavy;
+  s.submit(unblock, kStart);
+  EXPECT_EQ(s.blockedTiers(kStart), (std::vector<size_t>{kHeavy}));
+  std::vector<uint64_t> order;
+  for (int sec = 1; sec <= 3; ++sec) {
+    for (uint64_t id : ids(s.dispatch(kStart + seconds(sec)))) {
+      order.push_back(id);
+    }
+  }
+  // The heavy-freeing poll first; then the light creates of the freed slots (light is scarce
+  // too: 4 waiting for 2 free); the plain poll after them.
+  EXPECT_EQ(order, (std::vector<uint64_t>{301, 100, 101}));
+}
+
 TEST_F(KeySchedulerTest, FairnessNewClientWithinOneTokenInterval) {
   LimitsConfig l = limits(1.0, 1);
   l.tiers[kLight].max_running = 100000;
@@ -704,28 +745,37 @@ namespace hiapi::core {
 namespace {
 
 TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToAQuarterOfTheDeadline) {
-  QueueConfig q = queueConfig();
-  q.deadline = seconds(40);
-  KeyScheduler s(limits(1.0, 1), q, kStart, random_);
-  // An early poll (background) behind a steady stream of another service's creates.
-  RequestInfo early = req(1, RouteKind::Poll, "svc", std::nullopt, kStart + seconds(40));
-  early.priority = Priority::Background;
-  s.submit(early, kStart);
-  uint64_t next = 100;
-  std::vector<uint64_t> order;
-  for (int sec = 0; sec <= 15; ++sec) {
-    const MonotonicTime now = kStart + seconds(sec);
-    s.submit(req(next++, RouteKind::List, "busy", std::nullopt, now + seconds(40)), now);
-    for (uint64_t id : ids(s.dispatch(now))) {
-      order.push_back(id);
+  // An early poll (background) behind a steady stream of another service's requests: admitted
+  // once it has waited a quarter of the 40 s deadline, or from its own background_until (a
+  // poll's task likely ends then) when that is sooner.
+  for (const std::optional<int> until : {std::optional<int>(), std::optional<int>(3),
+                                         std::optional<int>(25)}) {
+    SCOPED_TRACE(until ? "background until " + std::to_string(*until) + " s" : "no end known");
+    QueueConfig q = queueConfig();
+    q.deadline = seconds(40);
+    KeyScheduler s(limits(1.0, 1), q, kStart, random_);
+    RequestInfo early = req(1, RouteKind::Poll, "svc", std::nullopt, kStart + seconds(40));
+    early.priority = Priority::Background;
+    if (until) {
+      early.background_until = kStart + seconds(*until);
     }
-    if (std::find(order.begin(), order.end(), 1u) != order.end()) {
-      // Admitted once it had waited 10 s (a quarter of 40 s), ahead of its deadline.
-      EXPECT_EQ(sec, 10);
-      return;
+    s.submit(early, kStart);
+    uint64_t next = 100;
+    std::vector<uint64_t> order;
+    std::optional<int> admitted_at;
+    for (int sec = 0; sec <= 15 && !admitted_at; ++sec) {
+      const MonotonicTime now = kStart + seconds(sec);
+      s.submit(req(next++, RouteKind::List, "busy", std::nullopt, now + seconds(40)), now);
+      for (uint64_t id : ids(s.dispatch(now))) {
+        order.push_back(id);
+      }
+      if (std::find(order.begin(), order.end(), 1u) != order.end()) {
+        admitted_at = sec;
+      }
     }
+    ASSERT_TRUE(admitted_at) << "the background poll was never admitted";
+    EXPECT_EQ(*admitted_at, until && *until < 10 ? *until : 10);
   }
-  ADD_FAILURE() << "the background poll was never admitted";
 }
 
 }  // namespace

@@ -885,6 +885,9 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   tracker_.onCreated("prod", "new", kLight, SlotId{1}, "m", kT0);
   EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
       << "nothing learned yet";
+  EXPECT_EQ(tracker_.slotTier("prod", "new"), std::optional<size_t>(kLight));
+  EXPECT_EQ(tracker_.longestRunning(kLight, kT0 + seconds(3)), std::optional<Duration>(seconds(3)))
+      << "before any task ended, a lower bound on the duration";
   for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
   }
@@ -896,6 +899,8 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   EXPECT_FALSE(tracker_.likelyRunning("prod", "stranger", t + seconds(1)));
   tracker_.onStatus("prod", "run", "fail", t + seconds(2));
   EXPECT_FALSE(tracker_.likelyRunning("prod", "run", t + seconds(3))) << "ended";
+  EXPECT_FALSE(tracker_.slotTier("prod", "run")) << "its slot is free";
+  EXPECT_FALSE(tracker_.slotTier("prod", "stranger"));
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 // Order:
 //  1. Three strict tiers: retries first (they have waited already), then everything a client
 //     asked for, then background work (reconcile polls, early polls). promoteBackground() moves
-//     background entries that waited long enough up (the scheduler: a quarter of the deadline).
+//     background entries up at their background_until (the scheduler: a poll's likely end, at
+//     most a quarter of the deadline).
 //  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
 //     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client
@@ -59,6 +60,8 @@ struct QueueEntry {
   MonotonicTime deadline{};         ///< popExpired() returns it at or after this time
   std::optional<size_t> lane;       ///< tier gate it waits on; nullopt = needs only a token
   MonotonicTime enqueued{};         ///< for wait-time metrics
+  /// Background entries: promoteBackground() moves them up from this time on.
+  MonotonicTime background_until = MonotonicTime::max();
   uint64_t seq = 0;                 ///< set by push(): global arrival order
 };
 
@@ -82,11 +85,12 @@ public:
   /// @return the entry, or nullopt when @p id is not waiting.
   std::optional<QueueEntry> remove(uint64_t id);
 
-  /// Moves every Background entry enqueued at or before @p cutoff to priority @p to (the tail of
-  /// its client's lane there; id, deadline, lane and enqueued time kept; no bound is checked
-  /// again): background work must not wait forever behind a budget that never has a spare token.
+  /// Moves every Background entry whose background_until is at or before @p now to priority
+  /// @p to (the tail of its client's lane there; id, deadline, lane and enqueued time kept; no
+  /// bound is checked again): background work must not wait forever behind a budget that never
+  /// has a spare token, nor past the time it stops being background work. O(log n) per entry.
   /// @return how many moved.
-  size_t promoteBackground(MonotonicTime cutoff, Priority to);
+  size_t promoteBackground(MonotonicTime now, Priority to);
 
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);
@@ -160,8 +164,8 @@ private:
   uint64_t next_seq_ = 1;
   std::unordered_map<uint64_t, Stored> entries_;
   std::set<std::pair<MonotonicTime, uint64_t>> by_deadline_;
-  /// Background entries by (enqueued, id), oldest first (promoteBackground).
-  std::set<std::pair<MonotonicTime, uint64_t>> background_by_age_;
+  /// Background entries by (background_until, id), earliest first (promoteBackground).
+  std::set<std::pair<MonotonicTime, uint64_t>> background_by_until_;
   std::array<PriorityClass, kClassCount> classes_;
   std::array<size_t, kPriorityCount> per_priority_{};
   std::unordered_map<std::string, size_t> per_client_;

@@ -62,6 +62,13 @@ struct RequestInfo {
   /// The scheduler releases it (NotCreated) if the retry is cancelled or expires while queued.
   std::optional<SlotId> held_slot;
   MonotonicTime deadline{};           ///< queue_timeout at this time if not admitted by then
+  /// Background requests: wait like client requests (Poll) from this time on (e.g. a poll of a
+  /// task from its likely end); at the latest after a quarter of queue.deadline.
+  std::optional<MonotonicTime> background_until;
+  /// Polls: the tier whose full gate this poll may free a slot of (the proxy's own poll of a task
+  /// that has likely ended, while creates wait). It goes with that tier's creates when the tier
+  /// is a bottleneck (see setTierDuration()).
+  std::optional<size_t> unblocks;
 };
 
 enum class SubmitResult {
@@ -206,9 +213,11 @@ public:
   /// @return the state for /status and metrics.
   Snapshot snapshot(MonotonicTime now) const;
 
-  /// How long a task of @p tier typically runs (task tracking learns it), or nullopt when not
-  /// known. Ranks bottleneck tiers: the one with the most work left (waves of waiting creates
-  /// times this duration) takes a token first. Unknown tiers count as long as the longest known.
+  /// How long a task of @p tier typically runs (task tracking learns it; before that, how long
+  /// its oldest running task has run so far), or nullopt when not known. Ranks bottleneck tiers:
+  /// the one with the most work left (waves of waiting creates times this duration) takes a
+  /// token first, for its creates and for polls that may free one of its slots. Unknown tiers
+  /// count as long as the longest known.
   void setTierDuration(size_t tier, std::optional<Duration> typical);
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of

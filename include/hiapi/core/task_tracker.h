@@ -332,6 +332,10 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
+  /// @return how long the oldest task of @p tier still holding a slot (any key) has run at
+  ///         @p now: a lower bound on the tier's duration before typicalDuration() is known.
+  ///         O(tasks). Thread-safety: const.
+  std::optional<Duration> longestRunning(size_t tier, MonotonicTime now) const;
 
   /// @return the gap between polls of a task of tier @p tier around its likely end: 1/20 of the
   ///         typical duration, at least 100 ms and at most min_poll_interval; min_poll_interval
@@ -347,6 +351,14 @@ public:
   ///         anything new: its fetch may wait behind creates.
   /// Thread-safety: const.
   bool likelyRunning(const std::string& key, const std::string& task_id, MonotonicTime now) const;
+  /// @return the tier of the concurrency slot (key, task_id) holds, if it holds one (a poll that
+  ///         finds it ended frees that slot). Thread-safety: const.
+  std::optional<size_t> slotTier(const std::string& key, const std::string& task_id) const;
+  /// @return when the task likely ends, if likelyRunning() at @p now; else nullopt.
+  /// Thread-safety: const.
+  std::optional<MonotonicTime> likelyRunningUntil(const std::string& key,
+                                                  const std::string& task_id,
+                                                  MonotonicTime now) const;
 
 private:
   using RecordKey = std::pair<std::string, std::string>;  // (key, task_id)

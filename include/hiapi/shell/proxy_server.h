@@ -50,9 +50,11 @@ struct RequestCtx {
   // Set by the task service.
   bool internal = false;          ///< the proxy's own request (reconcile poll): no client
   bool urgent = false;            ///< internal, and creates wait on its answer (a full gate)
+  std::optional<size_t> unblocks;  ///< a poll: the tier whose gate it may free a slot of
   bool poll_joined = false;       ///< waits for another request's fetch of the same task
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
-  bool poll_early = false;        ///< its task is most likely still running: yields to creates
+  /// Its task is most likely still running until then: the fetch yields to creates until then.
+  std::optional<core::MonotonicTime> poll_early_until;
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
@@ -126,10 +128,11 @@ public:
   /// Sends request @p id through admission (a joined poll that must now fetch itself).
   void admitById(uint64_t id);
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
-  /// priority, or, when @p urgent (creates wait for the task's tier gate), as a client's poll.
+  /// priority, or, when it @p unblocks a tier (creates wait for that tier's full gate), as a
+  /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).
   /// @return the request id.
   uint64_t internalPoll(const std::string& key_name, const std::string& authorization,
-                        const std::string& task_id, bool urgent);
+                        const std::string& task_id, std::optional<size_t> unblocks);
   /// @return the request, if it is still open.
   RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg) { cfg_ = std::move(cfg); }
