@@ -115,8 +115,18 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
   if (entry.priority == Priority::Background) {
     // Background work waits for spare tokens, but not without bound: at a budget that never has
     // one it would wait out its deadline and the client would get a queue_timeout for a poll.
-    entry.background_until = std::min(now + queue_deadline_ / 4,
-                                      request.background_until.value_or(MonotonicTime::max()));
+    // After three quarters of its time it waits like any poll, with a quarter left to be served
+    // (not sooner: a flood's early polls would then go before the same flood's creates, which
+    // B2 measured timing out). A poll that may free a slot of a full gate with creates waiting
+    // goes from its task's likely end.
+    const Duration left = std::max(Duration::zero(), request.deadline - now);
+    entry.background_until = now + std::min(left, queue_deadline_) * 3 / 4;
+    if (request.background_until && request.unblocks && *request.unblocks < gates_.size() &&
+        queue_.laneSize(*request.unblocks) != 0 &&
+        gates_[*request.unblocks]->running() >=
+            gates_[*request.unblocks]->effectiveCeiling(now)) {
+      entry.background_until = std::min(entry.background_until, *request.background_until);
+    }
   }
   if (p.route == RouteKind::Create && !p.held_slot) {
     entry.lane = p.tier;

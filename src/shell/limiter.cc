@@ -188,8 +188,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
   if (ctx.poll_early_until) {
     // By its tier's typical duration the task is still running: the answer is most likely
     // "still running", so the fetch waits for a token nobody else needs (with the proxy's own
-    // reconcile polls) instead of taking one from any service's create, until the task's likely
-    // end. Then it is the poll that sees the end (and frees a slot): it waits like any poll.
+    // reconcile polls) instead of taking one from any service's create; for a bounded time
+    // (core::RequestInfo::background_until: the task's likely end when creates wait for its
+    // tier's full gate, since then it is the poll that frees a slot).
     prio = core::Priority::Background;
   }
   if (ctx.internal) {

@@ -744,26 +744,40 @@ TEST_F(KeySchedulerTest, AFreedSlotOfABottleneckTierGoesBeforeOtherRequests) {
 namespace hiapi::core {
 namespace {
 
-TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToAQuarterOfTheDeadline) {
+TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToThreeQuartersOfTheDeadline) {
   // An early poll (background) behind a steady stream of another service's requests: admitted
-  // once it has waited a quarter of the 40 s deadline, or from its own background_until (a
-  // poll's task likely ends then) when that is sooner.
-  for (const std::optional<int> until : {std::optional<int>(), std::optional<int>(3),
-                                         std::optional<int>(25)}) {
-    SCOPED_TRACE(until ? "background until " + std::to_string(*until) + " s" : "no end known");
+  // once it has waited three quarters of the 40 s deadline; from its own background_until (its
+  // task likely ends then) only when it may free a slot of a full gate that creates wait for.
+  struct Case {
+    std::optional<int> until;
+    bool unblocks_full_gate;
+    int admitted_at;
+  };
+  for (const Case c : {Case{std::nullopt, false, 30}, Case{3, false, 30}, Case{3, true, 3},
+                       Case{35, true, 30}}) {
+    SCOPED_TRACE(testing::Message() << "until " << c.until.value_or(-1) << " s, unblocks "
+                                    << c.unblocks_full_gate);
     QueueConfig q = queueConfig();
     q.deadline = seconds(40);
-    KeyScheduler s(limits(1.0, 1), q, kStart, random_);
+    LimitsConfig l = limits(1.0, 1);
+    l.tiers[kHeavy].max_running = 1;
+    KeyScheduler s(l, q, kStart, random_);
+    // The heavy gate: one running, one waiting.
+    s.submit(req(50, RouteKind::Create, "h", kHeavy, kStart + seconds(40)), kStart);
+    s.submit(req(51, RouteKind::Create, "h", kHeavy, kStart + seconds(40)), kStart);
+    std::vector<uint64_t> order = ids(s.dispatch(kStart));
     RequestInfo early = req(1, RouteKind::Poll, "svc", std::nullopt, kStart + seconds(40));
     early.priority = Priority::Background;
-    if (until) {
-      early.background_until = kStart + seconds(*until);
+    if (c.until) {
+      early.background_until = kStart + seconds(*c.until);
+    }
+    if (c.unblocks_full_gate) {
+      early.unblocks = kHeavy;
     }
     s.submit(early, kStart);
     uint64_t next = 100;
-    std::vector<uint64_t> order;
     std::optional<int> admitted_at;
-    for (int sec = 0; sec <= 15 && !admitted_at; ++sec) {
+    for (int sec = 1; sec <= 39 && !admitted_at; ++sec) {
       const MonotonicTime now = kStart + seconds(sec);
       s.submit(req(next++, RouteKind::List, "busy", std::nullopt, now + seconds(40)), now);
       for (uint64_t id : ids(s.dispatch(now))) {
@@ -774,7 +788,8 @@ TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToAQuarterOfTheD
       }
     }
     ASSERT_TRUE(admitted_at) << "the background poll was never admitted";
-    EXPECT_EQ(*admitted_at, until && *until < 10 ? *until : 10);
+    EXPECT_EQ(*admitted_at, c.admitted_at);
+    EXPECT_EQ(order.front(), 50u) << "the first heavy create took the first token";
   }
 }
 

@@ -5,7 +5,7 @@
 //  1. Three strict tiers: retries first (they have waited already), then everything a client
 //     asked for, then background work (reconcile polls, early polls). promoteBackground() moves
 //     background entries up at their background_until (the scheduler: a poll's likely end, at
-//     most a quarter of the deadline).
+//     most three quarters of the deadline).
 //  2. In the middle tier, fair across client classes by start-time fair queueing with unit cost:
 //     a client's head carries a virtual tag; a client that becomes active gets the current
 //     virtual time (or one past its own last service, whichever is later), and serving a client

@@ -62,8 +62,10 @@ struct RequestInfo {
   /// The scheduler releases it (NotCreated) if the retry is cancelled or expires while queued.
   std::optional<SlotId> held_slot;
   MonotonicTime deadline{};           ///< queue_timeout at this time if not admitted by then
-  /// Background requests: wait like client requests (Poll) from this time on (e.g. a poll of a
-  /// task from its likely end); at the latest after a quarter of queue.deadline.
+  /// Background requests: wait like client requests (Poll) after 3/4 of queue.deadline,
+  /// or from this time on (a poll of a task from its likely end) when the request may free a
+  /// slot of a tier whose full gate creates wait for (see unblocks) at submit. Otherwise such a
+  /// poll would only tell its client sooner, and it must not take tokens from creates.
   std::optional<MonotonicTime> background_until;
   /// Polls: the tier whose full gate this poll may free a slot of (the proxy's own poll of a task
   /// that has likely ended, while creates wait). It goes with that tier's creates when the tier
@@ -259,7 +261,7 @@ private:
   RateBudgetPtr budget_;
   AdaptiveRate adaptive_;
   std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
-  Duration queue_deadline_;  ///< queue.deadline (background work waits at most a quarter)
+  Duration queue_deadline_;  ///< queue.deadline (background work waits at most 3/4)
   std::vector<std::optional<Duration>> tier_duration_;  ///< see setTierDuration()
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
