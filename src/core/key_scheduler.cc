@@ -122,9 +122,7 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
     const Duration left = std::max(Duration::zero(), request.deadline - now);
     entry.background_until = now + std::min(left, queue_deadline_) * 3 / 4;
     if (request.background_until && request.unblocks && *request.unblocks < gates_.size() &&
-        queue_.laneSize(*request.unblocks) != 0 &&
-        gates_[*request.unblocks]->running() >=
-            gates_[*request.unblocks]->effectiveCeiling(now)) {
+        blocked(*request.unblocks, now)) {
       entry.background_until = std::min(entry.background_until, *request.background_until);
     }
   }
@@ -334,10 +332,15 @@ void KeyScheduler::setTierDuration(size_t tier, std::optional<Duration> typical)
   tier_duration_[tier] = typical;
 }
 
+bool KeyScheduler::blocked(size_t tier, MonotonicTime now) const {
+  return queue_.laneSize(tier) != 0 &&
+         gates_[tier]->running() >= gates_[tier]->effectiveCeiling(now);
+}
+
 std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
   std::vector<size_t> out;
   for (size_t t = 0; t < gates_.size(); ++t) {
-    if (queue_.laneSize(t) != 0 && gates_[t]->running() >= gates_[t]->effectiveCeiling(now)) {
+    if (blocked(t, now)) {
       out.push_back(t);
     }
   }

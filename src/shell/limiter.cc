@@ -196,7 +196,7 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
   if (ctx.internal) {
     // Reconcile polls: the lowest priority, same budget. A poll that frees a full gate's slot
     // for waiting creates goes like a client's poll.
-    prio = ctx.urgent ? core::Priority::Poll : core::Priority::Background;
+    prio = ctx.unblocks ? core::Priority::Poll : core::Priority::Background;
   }
   handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
   submit(ks, ctx, prio);

@@ -260,10 +260,9 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
                                    const std::string& task_id, std::optional<size_t> unblocks) {
   RequestCtx& ctx = newCtx();
   ctx.internal = true;
-  ctx.urgent = unblocks.has_value();
   ctx.unblocks = unblocks;
   ctx.method = "GET";
-  ctx.client = ctx.urgent ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
+  ctx.client = unblocks ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;
   ctx.route.kind = core::RouteKind::Poll;
   ctx.route.task_id = task_id;

@@ -254,6 +254,8 @@ private:
   void pauseBudget(MonotonicTime until);
   size_t clampTier(size_t tier) const;
   std::vector<size_t> bottlenecks(MonotonicTime now) const;
+  /// @return whether @p tier's gate is full while creates wait for it.
+  bool blocked(size_t tier, MonotonicTime now) const;
 
   Random& random_;
   LimitsConfig limits_;

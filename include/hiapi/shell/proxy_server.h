@@ -49,8 +49,9 @@ struct RequestCtx {
   bool has_idempotency_key = false;
   // Set by the task service.
   bool internal = false;          ///< the proxy's own request (reconcile poll): no client
-  bool urgent = false;            ///< internal, and creates wait on its answer (a full gate)
-  std::optional<size_t> unblocks;  ///< a poll: the tier whose gate it may free a slot of
+  /// A poll: the tier whose gate it may free a slot of. An internal poll with one is urgent
+  /// (creates wait on its answer); without one it is a reconcile poll.
+  std::optional<size_t> unblocks;
   bool poll_joined = false;       ///< waits for another request's fetch of the same task
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
   /// Its task is most likely still running until then: the fetch yields to creates until then.
