@@ -346,18 +346,29 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return duration_estimate_[t];
 }
 
-std::optional<Duration> TaskTracker::longestRunning(size_t tier, MonotonicTime now) const {
-  const size_t t = clampTier(tier);
-  std::optional<MonotonicTime> oldest;
+std::vector<std::optional<Duration>> TaskTracker::tierDurations(MonotonicTime now) const {
+  std::vector<std::optional<Duration>> out(tiers_.size());
+  bool unknown = false;
+  for (size_t t = 0; t < out.size(); ++t) {
+    out[t] = typicalDuration(t);
+    unknown = unknown || !out[t];
+  }
+  if (!unknown) {
+    return out;
+  }
+  std::vector<std::optional<MonotonicTime>> oldest(tiers_.size());
   for (const auto& [id, r] : records_) {
-    if (r.slot && !r.terminal && clampTier(r.tier) == t && (!oldest || r.created < *oldest)) {
-      oldest = r.created;
+    std::optional<MonotonicTime>& o = oldest[clampTier(r.tier)];
+    if (r.slot && !r.terminal && (!o || r.created < *o)) {
+      o = r.created;
     }
   }
-  if (!oldest || *oldest > now) {
-    return std::nullopt;
+  for (size_t t = 0; t < out.size(); ++t) {
+    if (!out[t] && oldest[t] && *oldest[t] <= now) {
+      out[t] = now - *oldest[t];
+    }
   }
-  return now - *oldest;
+  return out;
 }
 
 Duration TaskTracker::endPollInterval(size_t tier) const {

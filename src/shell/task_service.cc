@@ -210,6 +210,8 @@ void TaskService::onTick(evutil_socket_t, short, void* arg) {
 void TaskService::tick() {
   const auto now = clock_.now();
   tracker_->expire(now);
+  // Which tier is the bottleneck depends on how long its tasks run.
+  limiter_.setTierDurations(tracker_->tierDurations(now));
   reconcile();
   if (!cfg_->tasks.state_file.empty() && dirty_ &&
       now - last_save_ >= cfg_->tasks.state_save_interval) {
@@ -247,16 +249,6 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
 
 void TaskService::reconcile() {
   const auto now = clock_.now();
-  // Which tier is the bottleneck depends on how long its tasks run (before that is learned: at
-  // least as long as its oldest running task so far).
-  std::vector<std::optional<core::Duration>> typical(cfg_->limits.tiers.size());
-  for (size_t tier = 0; tier < typical.size(); ++tier) {
-    typical[tier] = tracker_->typicalDuration(tier);
-    if (!typical[tier]) {
-      typical[tier] = tracker_->longestRunning(tier, now);
-    }
-  }
-  limiter_.setTierDurations(std::move(typical));
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }

@@ -886,7 +886,7 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
       << "nothing learned yet";
   EXPECT_EQ(tracker_.slotTier("prod", "new"), std::optional<size_t>(kLight));
-  EXPECT_EQ(tracker_.longestRunning(kLight, kT0 + seconds(3)), std::optional<Duration>(seconds(3)))
+  EXPECT_EQ(tracker_.tierDurations(kT0 + seconds(3))[kLight], std::optional<Duration>(seconds(3)))
       << "before any task ended, a lower bound on the duration";
   for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));

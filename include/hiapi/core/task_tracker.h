@@ -332,10 +332,11 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
-  /// @return how long the oldest task of @p tier still holding a slot (any key) has run at
-  ///         @p now: a lower bound on the tier's duration before typicalDuration() is known.
-  ///         O(tasks). Thread-safety: const.
-  std::optional<Duration> longestRunning(size_t tier, MonotonicTime now) const;
+  /// @return per tier: typicalDuration(), or, before that is known, how long the tier's oldest
+  ///         task still holding a slot (any key) has run at @p now (a lower bound on its
+  ///         duration), or nullopt. One pass over the tasks, and only while some tier's
+  ///         typicalDuration() is unknown. Thread-safety: const.
+  std::vector<std::optional<Duration>> tierDurations(MonotonicTime now) const;
 
   /// @return the gap between polls of a task of tier @p tier around its likely end: 1/20 of the
   ///         typical duration, at least 100 ms and at most min_poll_interval; min_poll_interval
