@@ -172,7 +172,8 @@ std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
 }
 
 std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open,
-                                                  const std::vector<size_t>& first) {
+                                                  const std::vector<size_t>& first,
+                                                  bool first_only) {
   // Retries, then client requests on `first` lanes (in that order), then all client requests,
   // then background work.
   if (auto e = popFrom(classes_[0], open)) {
@@ -186,6 +187,9 @@ std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open,
     if (auto e = popFrom(classes_[1], this_one)) {
       return e;
     }
+  }
+  if (first_only) {
+    return std::nullopt;
   }
   for (size_t c = 1; c < kClassCount; ++c) {
     if (auto e = popFrom(classes_[c], open)) {

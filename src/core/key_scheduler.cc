@@ -81,6 +81,9 @@ namespace {
 // Polls that may free a slot of tier t wait on lane kUnblockLanes + t: no gate, but named
 // separately so that a bottleneck tier's turn covers them (see bottlenecks()).
 constexpr size_t kUnblockLanes = size_t{1} << 20;
+// How long after a bottleneck's planned look its reserve still holds (the shell updates the
+// plan every tick; past this it is stale).
+constexpr Duration kLookGrace = std::chrono::seconds(1);
 }  // namespace
 
 bool KeyScheduler::laneOpen(std::optional<size_t> lane, MonotonicTime now) const {
@@ -207,16 +210,34 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   queue_.promoteBackground(now, Priority::Poll);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
+  const Reserve reserve = reserveFor(now);
   bool waiting_for_token = false;
+  double tokens_wanted = 1.0;
   while (!queue_.empty() && !adaptive_.inCooldown(now)) {
     // Reserve the token first; give it back if no entry can use it.
     if (!budget_->tryAcquire(1.0, now)) {
       waiting_for_token = true;
       break;
     }
-    std::optional<QueueEntry> entry = queue_.popNext(open, bottlenecks(now));
+    // Tokens kept for a bottleneck's imminent look: only its lanes' client requests (its
+    // creates, the proxy's look) may dig into them, not background polls of its tasks.
+    const bool spare = budget_->available(now) >= reserve.tokens;
+    std::optional<QueueEntry> entry;
+    if (spare) {
+      entry = queue_.popNext(open, bottlenecks(now));
+    } else {
+      const std::vector<size_t> lanes{reserve.tier, kUnblockLanes + reserve.tier};
+      const auto reserved = [&](std::optional<size_t> lane) {
+        return lane && (*lane == lanes[0] || *lane == lanes[1]) && open(lane);
+      };
+      entry = queue_.popNext(reserved, lanes, /*first_only=*/true);
+    }
     if (!entry) {
       budget_->refund(1.0, now);
+      if (!spare) {
+        waiting_for_token = true;
+        tokens_wanted = reserve.tokens + 1.0;
+      }
       break;
     }
     auto pit = pending_.find(entry->id);
@@ -267,7 +288,7 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
       if (adaptive_.inCooldown(now)) {
         earliest(out.wake_at, adaptive_.cooldownUntil());
       } else if (waiting_for_token) {
-        if (auto wait = budget_->timeUntilAvailable(1.0, now)) {
+        if (auto wait = budget_->timeUntilAvailable(tokens_wanted, now)) {
           earliest(out.wake_at, now + std::max(*wait, Duration(1)));
         }
       }
@@ -292,10 +313,10 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
 // waiting creates times its task duration) before the others: the makespan is that tier's, so
 // every token it waits for is lost at the end, while a tier with less work left has slack.
 std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
-  Duration longest_known{0};
+  Duration unknown_unit = std::chrono::seconds(1);
   for (const auto& d : tier_duration_) {
     if (d) {
-      longest_known = std::max(longest_known, *d);
+      unknown_unit = std::max(unknown_unit, d->value);
     }
   }
   std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
@@ -311,8 +332,9 @@ std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
       continue;
     }
     const double waves = static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1);
-    const std::optional<Duration> d = t < tier_duration_.size() ? tier_duration_[t] : std::nullopt;
-    const Duration unit = d ? *d : std::max(longest_known, Duration(std::chrono::seconds(1)));
+    const std::optional<TierDuration>& d =
+        t < tier_duration_.size() ? tier_duration_[t] : std::optional<TierDuration>{};
+    const Duration unit = d && d->learned ? d->value : unknown_unit;
     ranked.emplace_back(-std::ceil(waves) * std::chrono::duration<double>(unit).count(), t);
   }
   std::sort(ranked.begin(), ranked.end());
@@ -325,11 +347,50 @@ std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
   return out;
 }
 
-void KeyScheduler::setTierDuration(size_t tier, std::optional<Duration> typical) {
+// The proxy's look at a blocked bottleneck's likely end, and the create it lets go, each need a
+// token: if other work has just spent the bucket, each waits 1/rate, and at every wave change of
+// the makespan's tier that is lost twice. So from (reserve / rate) before the look, tokens are
+// kept for the tier's lanes: other requests take one only while more than the reserve is left.
+// That costs them no throughput (the reserve stays below the burst, so refills are not lost to
+// a full bucket), only up to reserve / rate of delay around the look. A burst below 2 keeps no
+// reserve (it would hold the whole bucket). Only the bottleneck with the most work left (the
+// makespan's tier) keeps one: a reserve shared with other tiers would go to whichever tier's
+// look came first.
+KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
+  Reserve out;
+  const double tokens = std::min(2.0, std::floor(budget_->burst()) - 1.0);
+  const double rate = budget_->rate();
+  if (tokens < 1.0 || rate <= 0.0) {
+    return out;
+  }
+  const std::vector<size_t> ranked = bottlenecks(now);
+  if (ranked.empty()) {
+    return out;
+  }
+  const size_t t = ranked.front();
+  const std::optional<MonotonicTime> look =
+      t < tier_next_look_.size() ? tier_next_look_[t] : std::nullopt;
+  const Duration lead = fromSeconds(tokens / rate);
+  // A look long past is stale (the tier was blocked then): it no longer holds tokens.
+  if (look && now + lead >= *look && now <= *look + kLookGrace && blocked(t, now)) {
+    out.tokens = tokens;
+    out.tier = t;
+  }
+  return out;
+}
+
+void KeyScheduler::setNextLook(size_t tier, std::optional<MonotonicTime> at) {
+  if (tier >= tier_next_look_.size()) {
+    tier_next_look_.resize(tier + 1);
+  }
+  tier_next_look_[tier] = at;
+}
+
+void KeyScheduler::setTierDuration(size_t tier, std::optional<TierDuration> duration) {
   if (tier >= tier_duration_.size()) {
     tier_duration_.resize(tier + 1);
   }
-  tier_duration_[tier] = typical;
+  tier_duration_[tier] = duration;
 }
 
 bool KeyScheduler::blocked(size_t tier, MonotonicTime now) const {

@@ -346,11 +346,13 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return duration_estimate_[t];
 }
 
-std::vector<std::optional<Duration>> TaskTracker::tierDurations(MonotonicTime now) const {
-  std::vector<std::optional<Duration>> out(tiers_.size());
+std::vector<std::optional<TierDuration>> TaskTracker::tierDurations(MonotonicTime now) const {
+  std::vector<std::optional<TierDuration>> out(tiers_.size());
   bool unknown = false;
   for (size_t t = 0; t < out.size(); ++t) {
-    out[t] = typicalDuration(t);
+    if (const std::optional<Duration> d = typicalDuration(t)) {
+      out[t] = TierDuration{*d, true};
+    }
     unknown = unknown || !out[t];
   }
   if (!unknown) {
@@ -365,19 +367,27 @@ std::vector<std::optional<Duration>> TaskTracker::tierDurations(MonotonicTime no
   }
   for (size_t t = 0; t < out.size(); ++t) {
     if (!out[t] && oldest[t] && *oldest[t] <= now) {
-      out[t] = now - *oldest[t];
+      out[t] = TierDuration{now - *oldest[t], false};
     }
   }
   return out;
 }
 
+std::optional<Duration> TaskTracker::firstEstimate(size_t tier) const {
+  const size_t t = clampTier(tier);
+  if (t >= duration_samples_.size() || duration_samples_[t] == 0) {
+    return std::nullopt;
+  }
+  return duration_estimate_[t];
+}
+
 Duration TaskTracker::endPollInterval(size_t tier) const {
   const Duration interval = minPollInterval(tier);
-  const std::optional<Duration> typical = typicalDuration(tier);
-  if (!typical) {
+  const std::optional<Duration> estimate = firstEstimate(tier);
+  if (!estimate) {
     return interval;
   }
-  return std::clamp<Duration>(*typical / 20, std::min<Duration>(kMinEndPollInterval, interval),
+  return std::clamp<Duration>(*estimate / 20, std::min<Duration>(kMinEndPollInterval, interval),
                               interval);
 }
 
@@ -425,11 +435,8 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
 MonotonicTime TaskTracker::likelyEnd(const Record& r) const {
   // One finished task of the tier is enough here (typicalDuration() waits for two). Before any,
   // nothing is likely: every look may find the end.
-  const size_t t = clampTier(r.tier);
-  if (t < duration_samples_.size() && duration_samples_[t] != 0) {
-    return r.created + duration_estimate_[t];
-  }
-  return r.created;
+  const std::optional<Duration> estimate = firstEstimate(r.tier);
+  return estimate ? r.created + *estimate : r.created;
 }
 
 std::optional<size_t> TaskTracker::slotTier(const std::string& key,
@@ -455,6 +462,13 @@ std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& 
   }
   // A wrong guess only changes the order in which fetches are admitted, never what a client is
   // told.
+  if (!firstEstimate(r->tier)) {
+    // No duration known yet: while an older task of its tier runs, this one likely does too.
+    const std::optional<MonotonicTime> oldest = oldestUnlearned(key, clampTier(r->tier));
+    if (r->slot && oldest && r->created > *oldest) {
+      return now + minPollInterval(r->tier);
+    }
+  }
   const MonotonicTime end = likelyEnd(*r);
   return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
 }
@@ -464,12 +478,15 @@ Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
   if (!r.tracked) {
     return interval;
   }
-  const std::optional<Duration> typical = typicalDuration(r.tier);
-  if (!typical) {
+  // One finished task is enough to look right at the likely end and often around it (a wrong
+  // guess costs a few polls of one task); holding a running detail long before it waits for the
+  // typical duration (two), since a wrong guess there would hide an end.
+  const std::optional<Duration> estimate = firstEstimate(r.tier);
+  if (!estimate) {
     return interval;
   }
   const Duration fine = endPollInterval(r.tier);
-  const MonotonicTime likely_end = r.created + *typical;
+  const MonotonicTime likely_end = r.created + *estimate;
   if (at < likely_end) {
     // Long before the likely end: hold the running detail until then (at most max_hold), so
     // polls mid-task spend no budget. Shortly before it: look again right at it.
@@ -477,12 +494,13 @@ Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
     if (to_end <= interval) {
       return std::max(fine, to_end);
     }
-    return cfg_.max_hold > Duration::zero() ? std::max(interval, std::min(to_end, cfg_.max_hold))
-                                            : interval;
+    return cfg_.max_hold > Duration::zero() && typicalDuration(r.tier)
+               ? std::max(interval, std::min(to_end, cfg_.max_hold))
+               : interval;
   }
   // Past the likely end: look often for a while (the end is near), then at the plain pace
   // (this task is a long one).
-  return at < likely_end + *typical / 2 ? fine : interval;
+  return at < likely_end + *estimate / 2 ? fine : interval;
 }
 
 Duration TaskTracker::replyTtl(const Record& r) const {
@@ -635,12 +653,16 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
 std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
                                                              MonotonicTime now, size_t max) {
   const size_t t = clampTier(tier);
+  const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   std::vector<Record*> due;
   for (auto it = records_.lower_bound(RecordKey{key, std::string()});
        it != records_.end() && it->first.first == key; ++it) {
     Record& r = it->second;
     if (!r.slot || r.terminal || r.in_flight || clampTier(r.tier) != t) {
       continue;
+    }
+    if (oldest && r.created > *oldest) {
+      continue;  // no duration known yet: while an older task runs, this one likely does too
     }
     const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
     if (last + refreshAfter(r, last) > now) {
@@ -655,6 +677,46 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
     return a->created != b->created ? a->created < b->created : *a->id < *b->id;
   });
   return startFetches(due, max, now);
+}
+
+std::optional<MonotonicTime> TaskTracker::oldestUnlearned(const std::string& key,
+                                                          size_t tier) const {
+  if (firstEstimate(tier)) {
+    return std::nullopt;
+  }
+  std::optional<MonotonicTime> oldest;
+  for (auto it = records_.lower_bound(RecordKey{key, std::string()});
+       it != records_.end() && it->first.first == key; ++it) {
+    const Record& r = it->second;
+    if (r.slot && !r.terminal && clampTier(r.tier) == tier && (!oldest || r.created < *oldest)) {
+      oldest = r.created;
+    }
+  }
+  return oldest;
+}
+
+std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& key, size_t tier,
+                                                             MonotonicTime now) const {
+  const size_t t = clampTier(tier);
+  const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
+  std::optional<MonotonicTime> next;
+  for (auto it = records_.lower_bound(RecordKey{key, std::string()});
+       it != records_.end() && it->first.first == key; ++it) {
+    const Record& r = it->second;
+    if (!r.slot || r.terminal || clampTier(r.tier) != t || (oldest && r.created > *oldest)) {
+      continue;
+    }
+    MonotonicTime at = now;
+    if (!r.in_flight) {
+      const MonotonicTime last =
+          std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
+      at = std::max(last + refreshAfter(r, last), likelyEnd(r));
+    }
+    if (!next || at < *next) {
+      next = at;
+    }
+  }
+  return next;
 }
 
 std::optional<MonotonicTime> TaskTracker::nextReconcileAt() const {

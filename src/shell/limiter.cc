@@ -481,11 +481,18 @@ std::vector<std::pair<std::string, size_t>> Limiter::blockedTiers() const {
   return out;
 }
 
-void Limiter::setTierDurations(std::vector<std::optional<core::Duration>> typical) {
-  if (typical == tier_durations_) {
+void Limiter::setNextLook(const std::string& key, size_t tier,
+                          std::optional<core::MonotonicTime> at) {
+  if (auto it = keys_.find(key); it != keys_.end()) {
+    it->second->sched->setNextLook(tier, at);
+  }
+}
+
+void Limiter::setTierDurations(std::vector<std::optional<core::TierDuration>> durations) {
+  if (durations == tier_durations_) {
     return;
   }
-  tier_durations_ = std::move(typical);
+  tier_durations_ = std::move(durations);
   for (auto& [name, ks] : keys_) {
     for (size_t t = 0; t < tier_durations_.size(); ++t) {
       ks->sched->setTierDuration(t, tier_durations_[t]);

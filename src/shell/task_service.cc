@@ -17,6 +17,9 @@
 namespace hiapi::shell {
 namespace {
 
+// Expiry, tier durations, reconcile and gate-pressure polls, state saves run this often.
+constexpr core::Duration kTick = std::chrono::milliseconds(100);
+
 long ageSeconds(core::Duration d) {
   return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
 }
@@ -34,14 +37,19 @@ TaskService::TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& l
       metrics_(metrics),
       tracker_(std::make_unique<core::TaskTracker>(cfg_->tasks, cfg_->limits.tiers)) {
   tick_ = event_new(base_, -1, EV_PERSIST, &TaskService::onTick, this);
-  const timeval tv{0, 100'000};
+  const timeval tv{0, static_cast<suseconds_t>(
+                          std::chrono::duration_cast<std::chrono::microseconds>(kTick).count())};
   event_add(tick_, &tv);
+  look_ = evtimer_new(base_, &TaskService::onLook, this);
   last_save_ = clock_.now();
 }
 
 TaskService::~TaskService() {
   if (tick_ != nullptr) {
     event_free(tick_);
+  }
+  if (look_ != nullptr) {
+    event_free(look_);
   }
 }
 
@@ -207,6 +215,10 @@ void TaskService::onTick(evutil_socket_t, short, void* arg) {
   static_cast<TaskService*>(arg)->tick();
 }
 
+void TaskService::onLook(evutil_socket_t, short, void* arg) {
+  static_cast<TaskService*>(arg)->reconcile();
+}
+
 void TaskService::tick() {
   const auto now = clock_.now();
   tracker_->expire(now);
@@ -240,9 +252,7 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
     tracker_->abandonPoll(t.key, t.task_id);
     return;
   }
-  if (!urgent) {
-    log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
-  }
+  log_.debug(urgent ? "gate poll" : "reconcile poll", {{"key", t.key}, {"task", t.task_id}});
   proxy_.internalPoll(t.key, *auth, t.task_id,
                       urgent ? std::optional<size_t>(t.tier) : std::nullopt);
 }
@@ -257,10 +267,23 @@ void TaskService::reconcile() {
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
+  // A look planned between two ticks gets its own timer: at a wave change of the makespan's
+  // tier, every millisecond the end goes unseen is lost.
+  std::optional<core::MonotonicTime> next_look;
   for (const auto& [key, tier] : limiter_.blockedTiers()) {
     for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
       pollItself(t, true);
     }
+    const std::optional<core::MonotonicTime> at = tracker_->nextGatePressureAt(key, tier, now);
+    limiter_.setNextLook(key, tier, at);
+    if (at && *at > now && (!next_look || *at < *next_look)) {
+      next_look = at;
+    }
+  }
+  if (next_look && *next_look - now < kTick) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(*next_look - now);
+    const timeval tv{0, static_cast<suseconds_t>(std::max<int64_t>(us.count(), 1))};
+    event_add(look_, &tv);
   }
 }
 

@@ -131,17 +131,27 @@ TEST_F(KeySchedulerTest, FullHeavyGateBlocksNeitherPollsNorLightCreates) {
 
 // Two full tiers with waiting creates, one token: it goes to the tier with the most work left.
 // Heavy: 6 waiting over 2 slots (3 waves); light: 10 waiting over 5 slots (2 waves). With equal
-// (unknown) durations that is heavy; once light tasks are known to run ten times longer, light.
+// (unknown) durations that is heavy; also when only lower bounds are known (light tasks started
+// first, so their lower bound is the larger: it says nothing about which tier runs longer); once
+// light tasks are known to run ten times longer, light.
 TEST_F(KeySchedulerTest, BottleneckWithMostWorkLeftTakesTheFreedToken) {
-  for (const bool light_runs_longer : {false, true}) {
-    SCOPED_TRACE(light_runs_longer ? "light 10 s, heavy 1 s" : "durations unknown");
+  enum Known { Nothing, LowerBounds, Learned };
+  for (const Known known : {Nothing, LowerBounds, Learned}) {
+    const bool light_runs_longer = known == Learned;
+    SCOPED_TRACE(known == Learned       ? "light 10 s, heavy 1 s"
+                 : known == LowerBounds ? "light ran 3 s so far, heavy 0.5 s"
+                                        : "durations unknown");
     LimitsConfig l = limits(1.0, 7);
     l.tiers[kHeavy].max_running = 2;
     l.tiers[kLight].max_running = 5;
     KeyScheduler s(l, queueConfig(), kStart, random_);
+    if (known == LowerBounds) {
+      s.setTierDuration(kHeavy, TierDuration{milliseconds(500), false});
+      s.setTierDuration(kLight, TierDuration{seconds(3), false});
+    }
     if (light_runs_longer) {
-      s.setTierDuration(kHeavy, seconds(1));
-      s.setTierDuration(kLight, seconds(10));
+      s.setTierDuration(kHeavy, TierDuration{seconds(1), true});
+      s.setTierDuration(kLight, TierDuration{seconds(10), true});
     }
     std::vector<SlotId> heavy_slots;
     std::vector<SlotId> light_slots;
@@ -177,8 +187,8 @@ TEST_F(KeySchedulerTest, APollThatMayFreeABottleneckSlotGoesWithItsTiersCreates)
   l.tiers[kHeavy].max_running = 2;
   l.tiers[kLight].max_running = 5;
   KeyScheduler s(l, queueConfig(), kStart, random_);
-  s.setTierDuration(kHeavy, seconds(5));
-  s.setTierDuration(kLight, seconds(2));
+  s.setTierDuration(kHeavy, TierDuration{seconds(5), true});
+  s.setTierDuration(kLight, TierDuration{seconds(2), true});
   std::vector<SlotId> light_slots;
   for (uint64_t i = 1; i <= 7; ++i) {
     s.submit(req(i, RouteKind::Create, "a", i <= 2 ? kHeavy : kLight), kStart);
@@ -790,6 +800,90 @@ TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToThreeQuartersO
     ASSERT_TRUE(admitted_at) << "the background poll was never admitted";
     EXPECT_EQ(*admitted_at, c.admitted_at);
     EXPECT_EQ(order.front(), 50u) << "the first heavy create took the first token";
+  }
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// The heavy gate is full with creates waiting (the bottleneck) and the proxy plans to look at
+// one of its tasks at +10 s. Another service's polls spend every token as it comes. From 2 s
+// before the look (reserve 2 = min(2, burst 3 - 1), at 1 token/s) they take a token only while
+// more than 2 are left: the look and the create it lets go then need no wait. A background poll
+// of a heavy task does not dig into the reserve either.
+TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
+  for (const bool planned : {false, true}) {
+    SCOPED_TRACE(planned ? "look planned at +10 s" : "no look planned");
+    LimitsConfig l = limits(1.0, 3);
+    l.tiers[kHeavy].max_running = 2;
+    KeyScheduler s(l, queueConfig(), kStart, random_);
+    s.setTierDuration(kHeavy, TierDuration{seconds(10), true});
+    s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+    s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+    const Dispatch first = s.dispatch(kStart);
+    ASSERT_EQ(ids(first), (std::vector<uint64_t>{1, 2}));
+    for (uint64_t i = 0; i < 4; ++i) {
+      s.submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);
+    }
+    RequestInfo early = req(150, RouteKind::Poll, "e");
+    early.priority = Priority::Background;
+    early.unblocks = kHeavy;
+    s.submit(early, kStart + seconds(7));
+    for (uint64_t i = 0; i < 30; ++i) {
+      s.submit(req(300 + i, RouteKind::Poll, "b"), kStart);
+    }
+    const MonotonicTime look = kStart + seconds(10);
+    if (planned) {
+      s.setNextLook(kHeavy, look);
+    }
+    std::vector<MonotonicTime> poll_times;
+    for (MonotonicTime t = kStart; t < look; t += milliseconds(100)) {
+      for (const Admitted& a : s.dispatch(t).admitted) {
+        EXPECT_NE(a.id, 150u) << "background: no spare token";
+        poll_times.push_back(t);
+      }
+    }
+    // The look: the proxy's poll, then the slot it frees goes to the next heavy create.
+    RequestInfo gate_poll = req(100, RouteKind::Poll, "hiapi-proxy-gate");
+    gate_poll.unblocks = kHeavy;
+    s.submit(gate_poll, look);
+    Dispatch d = s.dispatch(look);
+    ASSERT_FALSE(d.admitted.empty());
+    std::vector<uint64_t> at_look = ids(d);
+    s.releaseSlot(*first.admitted[0].slot, ReleaseReason::TaskFinished, look);
+    for (uint64_t id : ids(s.dispatch(look))) {
+      at_look.push_back(id);
+    }
+    if (planned) {
+      // b's polls at 0 (the bucket's last token) and 1..7 s; none from 8 s on.
+      EXPECT_EQ(poll_times.size(), 8u);
+      EXPECT_LT(poll_times.back(), look - seconds(2));
+      // Both at once (and, the gate no longer full, the reserve is over: one of b's polls).
+      ASSERT_GE(at_look.size(), 2u);
+      EXPECT_EQ(std::vector<uint64_t>(at_look.begin(), at_look.begin() + 2),
+                (std::vector<uint64_t>{100, 200}));
+    } else {
+      EXPECT_EQ(poll_times.size(), 10u);  // one per token
+      EXPECT_EQ(at_look, (std::vector<uint64_t>{100})) << "the create waits for the next token";
+    }
+  }
+}
+
+// A burst below 2 keeps no reserve (it would be the whole bucket); a look long past holds none.
+TEST_F(KeySchedulerTest, NoReserveForABurstOfOneOrAStaleLook) {
+  for (const bool stale : {false, true}) {
+    LimitsConfig l = limits(1.0, stale ? 3 : 1);
+    l.tiers[kHeavy].max_running = 1;
+    KeyScheduler s(l, queueConfig(), kStart, random_);
+    s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+    s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+    ASSERT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
+    s.setNextLook(kHeavy, stale ? kStart - seconds(30) : kStart + seconds(1));
+    s.submit(req(10, RouteKind::Poll, "b"), kStart);
+    EXPECT_EQ(ids(s.dispatch(kStart + seconds(1))), (std::vector<uint64_t>{10}));
   }
 }
 

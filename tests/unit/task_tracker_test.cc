@@ -886,7 +886,8 @@ TEST_F(TaskTrackerTest, LikelyRunningOnlyOnceDurationsAreKnownAndBeforeTheLikely
   EXPECT_FALSE(tracker_.likelyRunning("prod", "new", kT0 + milliseconds(100)))
       << "nothing learned yet";
   EXPECT_EQ(tracker_.slotTier("prod", "new"), std::optional<size_t>(kLight));
-  EXPECT_EQ(tracker_.tierDurations(kT0 + seconds(3))[kLight], std::optional<Duration>(seconds(3)))
+  EXPECT_EQ(tracker_.tierDurations(kT0 + seconds(3))[kLight],
+            std::optional<TierDuration>(TierDuration{seconds(3), false}))
       << "before any task ended, a lower bound on the duration";
   for (int i = 0; i < 1; ++i) {
     runLightTask(tracker_, "warm-" + std::to_string(i), kT0 + minutes(i + 1), seconds(8));
@@ -920,10 +921,19 @@ TEST_F(TaskTrackerTest, GatePressurePollsTasksLikelyDoneAtMostEveryMinInterval) 
   tracker_.onCreated("other", "c", kLight, SlotId{3}, "m", t);
   EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(2)).empty())
       << "still running by the learned duration";
+  // The next look is planned at a's likely end (the scheduler keeps tokens for it).
+  const std::optional<MonotonicTime> planned =
+      tracker_.nextGatePressureAt("prod", kLight, t + seconds(2));
+  ASSERT_TRUE(planned);
+  EXPECT_EQ(*planned, t + *tracker_.typicalDuration(kLight));
+  EXPECT_FALSE(tracker_.nextGatePressureAt("prod", kHeavy, t + seconds(2))) << "no heavy task";
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, *planned - milliseconds(1)).empty());
   auto due = tracker_.dueForGatePressure("prod", kLight, t + seconds(8));
   ASSERT_EQ(due.size(), 1u);
   EXPECT_EQ(due[0].task_id, "a");
   EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(8)).empty()) << "in flight";
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + seconds(8)), t + seconds(8))
+      << "in flight: its answer may free the slot now";
   // A client poll joins the in-flight fetch.
   EXPECT_EQ(tracker_.beginPoll("prod", "a", 9, t + seconds(8)).action, PollAction::Join);
   auto done = tracker_.completePoll("prod", "a", detail("a", "handling"), t + seconds(8));
@@ -932,6 +942,7 @@ TEST_F(TaskTrackerTest, GatePressurePollsTasksLikelyDoneAtMostEveryMinInterval) 
   // the plain min_poll_interval (2 s for light).
   const Duration fine = tracker_.endPollInterval(kLight);
   EXPECT_LT(fine, seconds(1));
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + seconds(8)), t + seconds(8) + fine);
   EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + seconds(8) + fine - milliseconds(1))
                   .empty());
   due = tracker_.dueForGatePressure("prod", kLight, t + seconds(8) + fine);
@@ -956,6 +967,9 @@ TEST_F(TaskTrackerTest, EndPollIntervalIsATwentiethOfTheTypicalDurationWithinBou
   for (int i = 0; i < 2; ++i) {
     runLightTaskAt(tracker_, "w" + std::to_string(i), kT0 + minutes(i), seconds(8),
                    milliseconds(100));
+    // One ended task is enough to aim end polls (typicalDuration waits for two).
+    EXPECT_LT(tracker_.endPollInterval(kLight), seconds(1)) << i + 1 << " ended";
+    EXPECT_EQ(tracker_.typicalDuration(kLight).has_value(), i == 1);
   }
   ASSERT_TRUE(tracker_.typicalDuration(kLight));
   EXPECT_NEAR(toSeconds(tracker_.endPollInterval(kLight)),
@@ -1057,6 +1071,40 @@ TEST_F(TaskTrackerTest, ExpectedDurationIsTheStartingEstimateAndLearningFollowsT
   t.reconfigure(cfg_, swapped);
   EXPECT_EQ(t.typicalDuration(0), light);
   EXPECT_EQ(t.typicalDuration(1), heavy);
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// Before any task of a tier has ended, the proxy knows nothing of its duration. While the
+// tier's oldest task runs, younger ones likely do too: their client polls wait for spare tokens
+// (likely running), and gate pressure looks only at the oldest. Once one has ended, each task
+// is judged by its own likely end.
+TEST_F(TaskTrackerTest, BeforeAnyEndOnlyTheOldestTaskOfATierIsWorthALook) {
+  tracker_.onCreated("prod", "old", kHeavy, SlotId{1}, "m", kT0);
+  tracker_.onCreated("prod", "young", kHeavy, SlotId{2}, "m", kT0 + seconds(1));
+  tracker_.onCreated("other", "elsewhere", kHeavy, SlotId{3}, "m", kT0 + seconds(2));
+  const MonotonicTime t = kT0 + seconds(10);
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "old", t));
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "young", t));
+  EXPECT_FALSE(tracker_.likelyRunning("other", "elsewhere", t)) << "the oldest of its key";
+  const std::optional<MonotonicTime> next = tracker_.nextGatePressureAt("prod", kHeavy, t);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(*next, kT0 + seconds(5)) << "old's look, min_poll_interval after its creation";
+  auto due = tracker_.dueForGatePressure("prod", kHeavy, t);
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].task_id, "old");
+  auto done = tracker_.completePoll("prod", "old", detail("old", "success"), t);
+  EXPECT_TRUE(done.release) << "old ended: its slot is free";
+  // One ended task of 10 s (or so): young's likely end is about 11 s.
+  EXPECT_TRUE(tracker_.likelyRunning("prod", "young", t + seconds(0)));
+  EXPECT_FALSE(tracker_.likelyRunning("prod", "young", t + seconds(5)));
+  due = tracker_.dueForGatePressure("prod", kHeavy, t + seconds(5));
+  ASSERT_EQ(due.size(), 1u);
+  EXPECT_EQ(due[0].task_id, "young");
 }
 
 }  // namespace

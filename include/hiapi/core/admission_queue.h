@@ -100,8 +100,11 @@ public:
   /// @param first client requests on these lanes go before the other client requests, lane by
   ///        lane in this order (still after the first class, and fair across clients within a
   ///        lane)
+  /// @param first_only serve only retries and the client requests on @p first lanes (no other
+  ///        client requests, no background work)
   /// @return nullopt when no entry is on an open lane.
-  std::optional<QueueEntry> popNext(const LaneOpen& open, const std::vector<size_t>& first = {});
+  std::optional<QueueEntry> popNext(const LaneOpen& open, const std::vector<size_t>& first = {},
+                                    bool first_only = false);
 
   /// @return whether some waiting entry is on a lane for which @p open is true.
   bool hasEligible(const LaneOpen& open) const;

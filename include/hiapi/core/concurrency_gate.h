@@ -25,6 +25,16 @@ namespace hiapi::core {
 /// A slot's id: unique within its gate (and, inside a KeyScheduler, within the key).
 using SlotId = uint64_t;
 
+/// How long a tier's tasks run, as far as is known: learned from finished tasks, or, before
+/// any has finished, a lower bound (its oldest task still running has run this long).
+/// Task tracking measures it; the key scheduler ranks bottleneck tiers by it.
+struct TierDuration {
+  Duration value{0};
+  bool learned = false;
+  bool operator==(const TierDuration& o) const { return value == o.value && learned == o.learned; }
+  bool operator!=(const TierDuration& o) const { return !(*this == o); }
+};
+
 /// Why a slot is given back.
 enum class ReleaseReason {
   TaskFinished,  ///< the task reached a terminal status: counts toward ceiling recovery

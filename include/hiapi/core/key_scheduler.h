@@ -215,12 +215,22 @@ public:
   /// @return the state for /status and metrics.
   Snapshot snapshot(MonotonicTime now) const;
 
-  /// How long a task of @p tier typically runs (task tracking learns it; before that, how long
-  /// its oldest running task has run so far), or nullopt when not known. Ranks bottleneck tiers:
-  /// the one with the most work left (waves of waiting creates times this duration) takes a
-  /// token first, for its creates and for polls that may free one of its slots. Unknown tiers
-  /// count as long as the longest known.
-  void setTierDuration(size_t tier, std::optional<Duration> typical);
+  /// How long a task of @p tier runs (task tracking learns it; before that, how long its oldest
+  /// running task has run so far, a lower bound), or nullopt when not known. Ranks bottleneck
+  /// tiers: the one with the most work left (waves of waiting creates times this duration) takes
+  /// a token first, for its creates and for polls that may free one of its slots. A tier not
+  /// learned yet counts as long as the longest duration or lower bound of any tier (at least
+  /// 1 s): knowing nothing, tiers rank by waves alone — a lower bound only says which tier
+  /// started first, and ranking by it would put the light tier (whose first creates came
+  /// first) ahead of the heavy one at start-up.
+  void setTierDuration(size_t tier, std::optional<TierDuration> duration);
+
+  /// When the proxy will next poll a task holding a slot of @p tier to see whether it has ended
+  /// (task tracking knows: TaskTracker::nextGatePressureAt), or nullopt. While the tier's gate
+  /// is full with creates waiting, from (reserve / rate) before that time until a second after
+  /// it, min(2, burst - 1) tokens are kept in reserve for the tier's creates and for the polls
+  /// that may free one of its slots; other requests take a token only while more are left.
+  void setNextLook(size_t tier, std::optional<MonotonicTime> at);
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).
@@ -254,6 +264,11 @@ private:
   void pauseBudget(MonotonicTime until);
   size_t clampTier(size_t tier) const;
   std::vector<size_t> bottlenecks(MonotonicTime now) const;
+  struct Reserve {
+    double tokens = 0.0;  ///< kept back from requests outside this tier's lanes
+    size_t tier = 0;      ///< its creates and the polls that may free one of its slots
+  };
+  Reserve reserveFor(MonotonicTime now) const;
   /// @return whether @p tier's gate is full while creates wait for it.
   bool blocked(size_t tier, MonotonicTime now) const;
 
@@ -264,7 +279,8 @@ private:
   AdaptiveRate adaptive_;
   std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
   Duration queue_deadline_;  ///< queue.deadline (background work waits at most 3/4)
-  std::vector<std::optional<Duration>> tier_duration_;  ///< see setTierDuration()
+  std::vector<std::optional<TierDuration>> tier_duration_;  ///< see setTierDuration()
+  std::vector<std::optional<MonotonicTime>> tier_next_look_;  ///< see setNextLook()
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
   std::unordered_map<SlotId, size_t> slot_tier_;

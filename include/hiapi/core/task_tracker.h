@@ -18,7 +18,8 @@
 // Freshness: a 2xx reply is fresh for its tier's min_poll_interval (unknown tasks: the last
 // tier's), a 2xx reply with a terminal status for terminal_ttl, a 404 for not_found_ttl. Once
 // the tier's typical duration is learned, a tracked task's running detail is held until its
-// likely end (at most max_hold) and is fresh only endPollInterval() around it. Other
+// likely end (at most max_hold); once one task of the tier has ended, it is fresh only
+// endPollInterval() around its likely end. Other
 // statuses are never cached. A status change seen elsewhere (list, callback) drops a cached
 // reply that says otherwise, so the next poll fetches it.
 //
@@ -238,6 +239,14 @@ public:
   /// Thread-safety: not thread-safe.
   std::vector<TrackedTaskInfo> dueForGatePressure(const std::string& key, size_t tier,
                                                   MonotonicTime now, size_t max = 4);
+  /// @return when dueForGatePressure(@p key, @p tier) will next have a task to poll: the
+  ///         earliest, over the tier's tasks holding a slot, of the time its last fetch stops
+  ///         being fresh or its likely end, whichever is later; @p now while one has a fetch
+  ///         in flight (its answer may free the slot at any moment); nullopt if none holds a
+  ///         slot. The key scheduler keeps tokens in reserve for that moment.
+  /// Thread-safety: const.
+  std::optional<MonotonicTime> nextGatePressureAt(const std::string& key, size_t tier,
+                                                  MonotonicTime now) const;
 
   /// @return when dueForReconcile could next return something (may be in the past); nullopt
   ///         when reconcile is off or no task could become due without another event.
@@ -332,15 +341,15 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
-  /// @return per tier: typicalDuration(), or, before that is known, how long the tier's oldest
-  ///         task still holding a slot (any key) has run at @p now (a lower bound on its
-  ///         duration), or nullopt. One pass over the tasks, and only while some tier's
+  /// @return per tier: typicalDuration() (learned), or, before that is known, how long the
+  ///         tier's oldest task still holding a slot (any key) has run at @p now (a lower bound
+  ///         on its duration), or nullopt. One pass over the tasks, and only while some tier's
   ///         typicalDuration() is unknown. Thread-safety: const.
-  std::vector<std::optional<Duration>> tierDurations(MonotonicTime now) const;
+  std::vector<std::optional<TierDuration>> tierDurations(MonotonicTime now) const;
 
   /// @return the gap between polls of a task of tier @p tier around its likely end: 1/20 of the
-  ///         typical duration, at least 100 ms and at most min_poll_interval; min_poll_interval
-  ///         while no duration is known. A task's running detail fetched from shortly before
+  ///         estimated duration (one finished task is enough), at least 100 ms and at most
+  ///         min_poll_interval; min_poll_interval while no task of the tier has finished. A task's running detail fetched from shortly before
   ///         until half a typical duration after its likely end is fresh only this long, and
   ///         gate-pressure polls come this often, so the end is seen within about this much.
   /// Thread-safety: const.
@@ -427,6 +436,12 @@ private:
   size_t cache_entries_ = 0;
   uint64_t cache_bytes_ = 0;
   Stats counters_;  ///< only the monotonic counters are used
+  /// Before any task of @p tier has ended: when @p key's oldest task of it holding a slot was
+  /// created (gate-pressure polls look only at that one: while it runs, younger ones likely do
+  /// too, and each look at them would be a token spent to learn nothing). nullopt otherwise.
+  std::optional<MonotonicTime> oldestUnlearned(const std::string& key, size_t tier) const;
+  /// The tier's duration estimate once one task has ended (typicalDuration() waits for two).
+  std::optional<Duration> firstEstimate(size_t tier) const;
   /// Learned task duration per tier (see typicalDuration), and how many ends it has seen.
   std::vector<Duration> duration_estimate_;
   std::vector<uint32_t> duration_samples_;

@@ -47,9 +47,13 @@ public:
   /// @return (key name, tier) for every tier gate that is full while creates wait for it.
   std::vector<std::pair<std::string, size_t>> blockedTiers() const;
 
+  /// When the proxy will next poll a task holding a slot of @p key's blocked tier @p tier
+  /// (KeyScheduler::setNextLook: tokens are kept in reserve for it).
+  void setNextLook(const std::string& key, size_t tier, std::optional<core::MonotonicTime> at);
+
   /// Typical task duration per tier index (task tracking learns them); every key's scheduler
   /// ranks bottleneck tiers by it. Applied to keys seen later too.
-  void setTierDurations(std::vector<std::optional<core::Duration>> typical);
+  void setTierDurations(std::vector<std::optional<core::TierDuration>> durations);
 
   /// Gives a slot back (task terminal, duplicate create).
   void releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason);
@@ -90,7 +94,7 @@ private:
   core::SeededRandom random_;
   std::unique_ptr<core::RetryPolicy> retry_policy_;
   std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
-  std::vector<std::optional<core::Duration>> tier_durations_;
+  std::vector<std::optional<core::TierDuration>> tier_durations_;
   /// Every request between admit() and its final answer: how to send or reject it.
   std::unordered_map<uint64_t, Waiter> handles_;
   /// Requests waiting out a retry delay.

@@ -51,6 +51,7 @@ public:
 
 private:
   static void onTick(evutil_socket_t, short, void* arg);
+  static void onLook(evutil_socket_t, short, void* arg);
   void tick();
   void reconcile();
   void release(const std::optional<core::SlotRelease>& r);
@@ -73,6 +74,7 @@ private:
   core::SteadyClock clock_;
   std::unique_ptr<core::TaskTracker> tracker_;
   event* tick_ = nullptr;
+  event* look_ = nullptr;  ///< one-shot: a gate-pressure look planned between two ticks
   core::MonotonicTime last_save_{};
   bool dirty_ = false;
   /// The Authorization value last seen per key name (memory only: never logged or saved), so
