@@ -118,10 +118,11 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
   if (entry.priority == Priority::Background) {
     // Background work waits for spare tokens, but not without bound: at a budget that never has
     // one it would wait out its deadline and the client would get a queue_timeout for a poll.
-    // After three quarters of its time it waits like any poll, with a quarter left to be served
-    // (not sooner: a flood's early polls would then go before the same flood's creates, which
-    // B2 measured timing out). A poll that may free a slot of a full gate with creates waiting
-    // goes from its task's likely end.
+    // After three quarters of its time it waits with the creates, with a quarter left to be
+    // served: in arrival order within its client (a flood's creates, queued first and due
+    // first, still go before the same flood's polls; ahead of them, as polls, B2 measured the
+    // last creates timing out), fair across clients. A poll that may free a slot of a full gate
+    // with creates waiting goes from its task's likely end.
     const Duration left = std::max(Duration::zero(), request.deadline - now);
     entry.background_until = now + std::min(left, queue_deadline_) * 3 / 4;
     if (request.background_until && request.unblocks && *request.unblocks < gates_.size() &&
@@ -206,8 +207,8 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   }
 
   // Background work (polls of tasks that are likely still running, reconcile polls) waits for
-  // spare tokens until its background_until (see submit()), then like any poll.
-  queue_.promoteBackground(now, Priority::Poll);
+  // spare tokens until its background_until (see submit()), then with the creates.
+  queue_.promoteBackground(now, Priority::Create);
 
   const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
   const Reserve reserve = reserveFor(now);

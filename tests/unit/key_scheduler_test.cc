@@ -889,3 +889,25 @@ TEST_F(KeySchedulerTest, NoReserveForABurstOfOneOrAStaleLook) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// A background poll promoted after three quarters of its time waits with the creates, in
+// arrival order within its client: a flood's older creates (due first) still go before it.
+TEST_F(KeySchedulerTest, APromotedBackgroundPollWaitsBehindItsClientsOlderCreates) {
+  KeyScheduler s(limits(0.05, 1), queueConfig(), kStart, random_);  // a token every 20 s
+  for (uint64_t i = 1; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Create, "flood", kLight), kStart);
+  }
+  RequestInfo poll = req(10, RouteKind::Poll, "flood", std::nullopt, kStart + seconds(50));
+  poll.priority = Priority::Background;
+  s.submit(poll, kStart + seconds(1));
+  EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(ids(s.dispatch(kStart + seconds(20))), (std::vector<uint64_t>{2}));
+  EXPECT_EQ(ids(s.dispatch(kStart + seconds(40))), (std::vector<uint64_t>{3}))
+      << "the poll, promoted at about 35 s, comes after the older create";
+}
+
+}  // namespace
+}  // namespace hiapi::core

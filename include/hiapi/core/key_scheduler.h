@@ -62,7 +62,8 @@ struct RequestInfo {
   /// The scheduler releases it (NotCreated) if the retry is cancelled or expires while queued.
   std::optional<SlotId> held_slot;
   MonotonicTime deadline{};           ///< queue_timeout at this time if not admitted by then
-  /// Background requests: wait like client requests (Poll) after 3/4 of queue.deadline,
+  /// Background requests: wait like client requests (with the creates, in arrival order
+  /// within a client) after 3/4 of queue.deadline,
   /// or from this time on (a poll of a task from its likely end) when the request may free a
   /// slot of a tier whose full gate creates wait for (see unblocks) at submit. Otherwise such a
   /// poll would only tell its client sooner, and it must not take tokens from creates.
