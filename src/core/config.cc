@@ -899,7 +899,7 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"terminal_statuses", "tolerated_terminal", "terminal_ttl", "not_found_ttl",
              "cache_max_entries", "cache_max_bytes", "reconcile", "reconcile_interval",
-             "state_file", "state_save_interval", "max_hold"});
+             "state_file", "state_save_interval", "max_hold", "hold_near_end"});
   if (auto v = m.get("terminal_statuses")) {
     out.terminal_statuses = stringList(*v);
     if (out.terminal_statuses.empty()) {
@@ -935,6 +935,13 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
   }
   if (auto v = m.get("max_hold")) {
     out.max_hold = duration(*v);
+  }
+  if (auto v = m.get("hold_near_end")) {
+    out.hold_near_end = duration(*v);
+    if (out.hold_near_end > std::chrono::seconds(10)) {
+      fail(*v, "at most 10s (a held poll still has to be answered well within the client's "
+               "timeout), got " + quote(scalar(*v, "a duration")));
+    }
   }
 }
 

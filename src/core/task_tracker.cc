@@ -473,6 +473,18 @@ std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& 
   return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
 }
 
+std::optional<MonotonicTime> TaskTracker::likelyEndWithin(const std::string& key,
+                                                          const std::string& task_id,
+                                                          MonotonicTime now,
+                                                          Duration within) const {
+  const Record* r = lookup(key, task_id);
+  if (r == nullptr || !r->tracked || r->terminal || !firstEstimate(r->tier)) {
+    return std::nullopt;
+  }
+  const MonotonicTime end = likelyEnd(*r);
+  return now < end && end - now <= within ? std::optional<MonotonicTime>(end) : std::nullopt;
+}
+
 Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
   const Duration interval = minPollInterval(r.tier);
   if (!r.tracked) {

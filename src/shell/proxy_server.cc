@@ -83,6 +83,7 @@ ProxyServer::ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPo
 ProxyServer::~ProxyServer() {
   for (auto& [id, ctx] : requests_) {
     unwatchClient(*ctx);
+    unhold(*ctx);
     if (ctx->client_conn != nullptr && !ctx->client_gone) {
       evhttp_connection_set_closecb(ctx->client_conn, nullptr, nullptr);
     }
@@ -311,6 +312,48 @@ void ProxyServer::watchClient(RequestCtx& ctx) {
   }
 }
 
+void ProxyServer::holdPoll(uint64_t id, core::Duration wait) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr || ctx->answered || ctx->hold_timer != nullptr) {
+    return;
+  }
+  ctx->poll_held = true;
+  auto* arg = new std::pair<ProxyServer*, uint64_t>(this, id);
+  ctx->hold_timer = evtimer_new(base_, &ProxyServer::onHoldTimer, arg);
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(wait).count();
+  const timeval tv{static_cast<time_t>(us / 1'000'000),
+                   static_cast<suseconds_t>(us % 1'000'000)};
+  if (ctx->hold_timer == nullptr || evtimer_add(ctx->hold_timer, &tv) != 0) {
+    if (ctx->hold_timer != nullptr) {
+      event_free(ctx->hold_timer);
+      ctx->hold_timer = nullptr;
+    }
+    delete arg;
+    serve(*ctx);  // cannot wait: serve it now (poll_held keeps it from being held again)
+  }
+}
+
+void ProxyServer::onHoldTimer(evutil_socket_t, short, void* arg) {
+  const auto [self, id] = *static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
+  RequestCtx* ctx = self->find(id);
+  if (ctx == nullptr) {
+    return;  // cannot happen: done() frees the timer
+  }
+  self->unhold(*ctx);
+  if (!ctx->answered && !ctx->client_gone) {
+    self->serve(*ctx);
+  }
+}
+
+void ProxyServer::unhold(RequestCtx& ctx) {
+  if (ctx.hold_timer == nullptr) {
+    return;
+  }
+  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ctx.hold_timer));
+  event_free(ctx.hold_timer);
+  ctx.hold_timer = nullptr;
+}
+
 void ProxyServer::unwatchClient(RequestCtx& ctx) {
   if (ctx.client_watch == nullptr) {
     return;
@@ -359,11 +402,15 @@ void ProxyServer::handle(evhttp_request* req) {
   if (!prepare(ctx)) {
     return;  // answered with a proxy error
   }
+  serve(ctx);
+}
+
+void ProxyServer::serve(RequestCtx& ctx) {
   const uint64_t id = ctx.id;
   if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
       poll_hook_->beginClientPoll(ctx)) {
     if (RequestCtx* c = find(id); c != nullptr && !c->answered) {
-      watchClient(*c);  // joined to a fetch in flight
+      watchClient(*c);  // joined to a fetch in flight, or held until its task's likely end
     }
     return;
   }
@@ -717,6 +764,7 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
   unwatchClient(ctx);
+  unhold(ctx);
   if (ctx.client_conn != nullptr) {
     auto byc = by_conn_.find(ctx.client_conn);
     if (byc != by_conn_.end() && byc->second == ctx.id) {

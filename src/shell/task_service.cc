@@ -20,6 +20,10 @@ namespace {
 // Expiry, tier durations, reconcile and gate-pressure polls, state saves run this often.
 constexpr core::Duration kTick = std::chrono::milliseconds(100);
 
+// A held poll fetches this long after its task's likely end: timers and the two sides' clocks
+// may be a few milliseconds apart, and a look just before the end would find "running".
+constexpr core::Duration kHoldSlack = std::chrono::milliseconds(50);
+
 long ageSeconds(core::Duration d) {
   return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
 }
@@ -90,6 +94,18 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
 bool TaskService::beginClientPoll(RequestCtx& ctx) {
   auth_by_key_[ctx.key_name] = ctx.authorization;
   const auto now = clock_.now();
+  if (!ctx.poll_held && cfg_->tasks.hold_near_end > core::Duration::zero()) {
+    // Its task likely ends very soon: answer then, with what a look there finds, rather than now
+    // with a running detail (from the cache, or fetched for a token): a client polling every
+    // few seconds would see the end up to a poll interval late.
+    if (auto end = tracker_->likelyEndWithin(ctx.key_name, ctx.route.task_id, now,
+                                             cfg_->tasks.hold_near_end);
+        end && *end + kHoldSlack < ctx.deadline) {
+      ctx.outcome = "held";
+      proxy_.holdPoll(ctx.id, *end - now + kHoldSlack);
+      return true;
+    }
+  }
   core::PollDecision d = tracker_->beginPoll(ctx.key_name, ctx.route.task_id, ctx.id, now);
   switch (d.action) {
   case core::PollAction::Hit:
@@ -102,6 +118,12 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
   case core::PollAction::Fetch:
     ctx.poll_fetcher = true;
     ctx.poll_early_until = tracker_->likelyRunningUntil(ctx.key_name, ctx.route.task_id, now);
+    if (ctx.poll_held && !ctx.poll_early_until) {
+      // Held until its task's likely end, it fetches like a poll of a likely-running task: for a
+      // spare token, or at once when it may free a slot creates wait for. Polls held to their
+      // ends must not take the tokens of a flood's creates (B2 measured those timing out).
+      ctx.poll_early_until = now;
+    }
     // A poll that may find the task ended frees its slot: when creates wait for that tier's
     // full gate, it goes with them (see core::RequestInfo::unblocks).
     ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);

@@ -229,5 +229,40 @@ TEST(Tasks, CallbackTasksNeverPolledFreeTheirSlotThroughReconcile) {
   EXPECT_GE(detailRequests(st), 2) << "the proxy polled the tasks itself";
 }
 
+// A client that polls every few seconds sees its task's end when it happens: a poll that
+// arrives 1.5 s before the likely end (tasks of 3 s, the tier's expected_duration) is held and
+// answered at the end with what a look there finds. With hold_near_end off, the same poll is
+// answered at once with the running status.
+TEST(Tasks, APollJustBeforeItsTasksLikelyEndIsAnsweredAtThatEnd) {
+  for (const bool hold : {true, false}) {
+    SCOPED_TRACE(hold ? "hold_near_end 2s" : "hold_near_end 0s");
+    TempDir dir;
+    SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--light-duration", "3s",
+                         "--duration-jitter", "0"});
+    ASSERT_TRUE(sim.started());
+    ProxyProcess proxy(
+        dir, yamlFor(sim.port(),
+                     "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
+                     "    - {name: light, models: [\"*\"], max_running: 5, expected_duration: 3s}\n"
+                     "tasks:\n  hold_near_end: " + std::string(hold ? "2s" : "0s") + "\n"));
+    ASSERT_TRUE(proxy.started()) << proxy.process().err();
+    auto created = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
+                               createBody("gpt-image-2", "held poll"));
+    ASSERT_EQ(created.status, 200) << created.body;
+    const std::string task = field(created.body, "taskId");
+    std::this_thread::sleep_for(1500ms);
+    auto polled = httpRequest(proxy.port(), "GET", "/v1/tasks/" + task, auth(kKeyA), {}, 10000ms);
+    ASSERT_EQ(polled.status, 200) << polled.body;
+    if (hold) {
+      EXPECT_EQ(field(polled.body, "status"), "success") << "answered at the task's end";
+    } else {
+      EXPECT_NE(field(polled.body, "status"), "success") << "answered at once, mid-task";
+      EXPECT_FALSE(field(polled.body, "status").empty()) << polled.body;
+    }
+    // The proxy's own view agrees: one upstream detail request served the poll.
+    EXPECT_EQ(detailRequests(simStats(sim.port())), 1);
+  }
+}
+
 }  // namespace
 }  // namespace hiapi::test

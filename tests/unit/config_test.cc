@@ -169,6 +169,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(c.tasks.reconcile_interval, 15s);
   EXPECT_EQ(c.tasks.state_file, "");
   EXPECT_EQ(c.tasks.state_save_interval, 10s);
+  EXPECT_EQ(c.tasks.hold_near_end, 2s);
   EXPECT_EQ(c.log.format, LogFormat::Logfmt);
   EXPECT_EQ(c.log.level, LogLevel::Info);
   EXPECT_EQ(c.drain_timeout, 30s);
@@ -260,6 +261,7 @@ tasks:
   reconcile_interval: 1s
   state_file: /var/lib/hiapi-proxy/state.json
   state_save_interval: 5s
+  hold_near_end: 500ms
 log: { format: json, level: debug }
 drain_timeout: 0s
 )");
@@ -327,6 +329,7 @@ drain_timeout: 0s
   EXPECT_EQ(c.tasks.reconcile_interval, 1s);
   EXPECT_EQ(c.tasks.state_file, "/var/lib/hiapi-proxy/state.json");
   EXPECT_EQ(c.tasks.state_save_interval, 5s);
+  EXPECT_EQ(c.tasks.hold_near_end, 500ms);
   EXPECT_EQ(c.log.format, LogFormat::Json);
   EXPECT_EQ(c.log.level, LogLevel::Debug);
   EXPECT_EQ(c.drain_timeout, 0s);
@@ -422,6 +425,9 @@ TEST_F(ConfigTest, WrongTypes) {
   expectError("auth:\n  mode: steal\n", 2, 9, "auth.mode", "must be passthrough or inject");
   expectError("retry:\n  idempotency: on\n", 2, 16, "retry.idempotency", "must be off or inject");
   expectError("{1: 2}\n", 1, 2, "1", "unknown key '1'");
+  expectError("tasks:\n  hold_near_end: 30s\n", 2, 18, "tasks.hold_near_end",
+              "at most 10s (a held poll still has to be answered well within the client's "
+              "timeout), got '30s'");
 }
 
 TEST_F(ConfigTest, YamlSyntaxErrorsCarryTheirPosition) {

@@ -341,6 +341,12 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
+  /// @return the likely end of (key, task_id) when it lies in (@p now, @p now + @p within]: a
+  ///         tracked task, not seen terminal, whose tier has a duration estimate (one ended
+  ///         task is enough); nullopt otherwise. A client poll arriving then may wait for it
+  ///         (tasks.hold_near_end). Thread-safety: const.
+  std::optional<MonotonicTime> likelyEndWithin(const std::string& key, const std::string& task_id,
+                                               MonotonicTime now, Duration within) const;
   /// @return per tier: typicalDuration() (learned), or, before that is known, how long the
   ///         tier's oldest task still holding a slot (any key) has run at @p now (a lower bound
   ///         on its duration), or nullopt. One pass over the tasks, and only while some tier's

@@ -59,6 +59,10 @@ struct RequestCtx {
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
+  /// A client poll held until its task's likely end (tasks.hold_near_end): fires once, then the
+  /// poll is served as if it arrived then (poll_held keeps it from being held twice).
+  event* hold_timer = nullptr;
+  bool poll_held = false;
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
@@ -128,6 +132,10 @@ public:
   void replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message = {}, int retry_after_s = -1);
   /// Sends request @p id through admission (a joined poll that must now fetch itself).
   void admitById(uint64_t id);
+  /// Holds client poll @p id for @p wait (its task likely ends then), then serves it as if it
+  /// arrived then: from the cache, by joining a fetch, or by fetching. A client that goes away
+  /// meanwhile is noticed as for any waiting request.
+  void holdPoll(uint64_t id, core::Duration wait);
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
   /// priority, or, when it @p unblocks a tier (creates wait for that tier's full gate), as a
   /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).
@@ -148,6 +156,10 @@ private:
   static void onRequest(evhttp_request* req, void* arg);
   static void onClientClose(evhttp_connection* conn, void* arg);
   static void onClientReadable(evutil_socket_t fd, short, void* arg);
+  static void onHoldTimer(evutil_socket_t, short, void* arg);
+  void unhold(RequestCtx& ctx);
+  /// Serves a prepared request: a poll through the poll hook (cache, join) or admission.
+  void serve(RequestCtx& ctx);
   void watchClient(RequestCtx& ctx);
   void unwatchClient(RequestCtx& ctx);
 
