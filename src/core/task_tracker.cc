@@ -473,16 +473,27 @@ std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& 
   return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
 }
 
-std::optional<MonotonicTime> TaskTracker::likelyEndWithin(const std::string& key,
-                                                          const std::string& task_id,
-                                                          MonotonicTime now,
-                                                          Duration within) const {
+MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now) const {
+  if (r.in_flight) {
+    return now;
+  }
+  const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
+  return std::max(last + refreshAfter(r, last), likelyEnd(r));
+}
+
+std::optional<MonotonicTime> TaskTracker::holdPollUntil(const std::string& key,
+                                                        const std::string& task_id,
+                                                        MonotonicTime now,
+                                                        Duration within) const {
   const Record* r = lookup(key, task_id);
   if (r == nullptr || !r->tracked || r->terminal || !firstEstimate(r->tier)) {
     return std::nullopt;
   }
   const MonotonicTime end = likelyEnd(*r);
-  return now < end && end - now <= within ? std::optional<MonotonicTime>(end) : std::nullopt;
+  if (now >= end || end - now > within) {
+    return std::nullopt;
+  }
+  return end + 2 * endPollInterval(r->tier);
 }
 
 Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
@@ -718,12 +729,7 @@ std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& 
     if (!r.slot || r.terminal || clampTier(r.tier) != t || (oldest && r.created > *oldest)) {
       continue;
     }
-    MonotonicTime at = now;
-    if (!r.in_flight) {
-      const MonotonicTime last =
-          std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
-      at = std::max(last + refreshAfter(r, last), likelyEnd(r));
-    }
+    const MonotonicTime at = nextLookAt(r, now);
     if (!next || at < *next) {
       next = at;
     }

@@ -335,13 +335,17 @@ void ProxyServer::holdPoll(uint64_t id, core::Duration wait) {
 
 void ProxyServer::onHoldTimer(evutil_socket_t, short, void* arg) {
   const auto [self, id] = *static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
-  RequestCtx* ctx = self->find(id);
-  if (ctx == nullptr) {
-    return;  // cannot happen: done() frees the timer
+  self->serveHeldNow(id);
+}
+
+void ProxyServer::serveHeldNow(uint64_t id) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr || ctx->hold_timer == nullptr) {
+    return;  // gone, or already served
   }
-  self->unhold(*ctx);
+  unhold(*ctx);
   if (!ctx->answered && !ctx->client_gone) {
-    self->serve(*ctx);
+    serve(*ctx);
   }
 }
 

@@ -1,5 +1,7 @@
 #include "hiapi/shell/task_service.h"
 
+#include <algorithm>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -19,10 +21,6 @@ namespace {
 
 // Expiry, tier durations, reconcile and gate-pressure polls, state saves run this often.
 constexpr core::Duration kTick = std::chrono::milliseconds(100);
-
-// A held poll fetches this long after its task's likely end: timers and the two sides' clocks
-// may be a few milliseconds apart, and a look just before the end would find "running".
-constexpr core::Duration kHoldSlack = std::chrono::milliseconds(50);
 
 long ageSeconds(core::Duration d) {
   return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
@@ -70,9 +68,29 @@ core::Duration TaskService::leaseOf(size_t tier) const {
   return tiers[std::min(tier, tiers.size() - 1)].lease;
 }
 
+void TaskService::unholdIndex(const RequestCtx& ctx) {
+  auto it = held_.find({ctx.key_name, ctx.route.task_id});
+  if (it == held_.end()) {
+    return;
+  }
+  auto& ids = it->second;
+  ids.erase(std::remove(ids.begin(), ids.end(), ctx.id), ids.end());
+  if (ids.empty()) {
+    held_.erase(it);
+  }
+}
+
 void TaskService::release(const std::optional<core::SlotRelease>& r) {
   if (!r) {
     return;
+  }
+  // Polls held for this task's end are answered now (from the terminal detail just cached).
+  if (auto it = held_.find({r->key, r->task_id}); it != held_.end()) {
+    const std::vector<uint64_t> ids = std::move(it->second);
+    held_.erase(it);
+    for (uint64_t id : ids) {
+      proxy_.serveHeldNow(id);
+    }
   }
   limiter_.releaseSlot(r->key, r->slot, r->reason);
   dirty_ = true;
@@ -94,15 +112,19 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
 bool TaskService::beginClientPoll(RequestCtx& ctx) {
   auth_by_key_[ctx.key_name] = ctx.authorization;
   const auto now = clock_.now();
-  if (!ctx.poll_held && cfg_->tasks.hold_near_end > core::Duration::zero()) {
-    // Its task likely ends very soon: answer then, with what a look there finds, rather than now
-    // with a running detail (from the cache, or fetched for a token): a client polling every
-    // few seconds would see the end up to a poll interval late.
-    if (auto end = tracker_->likelyEndWithin(ctx.key_name, ctx.route.task_id, now,
+  if (ctx.poll_held) {
+    unholdIndex(ctx);
+  } else if (cfg_->tasks.hold_near_end > core::Duration::zero()) {
+    // Its task likely ends very soon: answer when it is seen ended (by the proxy's look at the
+    // likely end, or any other poll), or at the latest a little after that end with what a look
+    // then finds, rather than now with a running detail (from the cache, or fetched for a
+    // token): a client polling every few seconds would see the end up to a poll interval late.
+    if (auto until = tracker_->holdPollUntil(ctx.key_name, ctx.route.task_id, now,
                                              cfg_->tasks.hold_near_end);
-        end && *end + kHoldSlack < ctx.deadline) {
+        until && *until < ctx.deadline) {
       ctx.outcome = "held";
-      proxy_.holdPoll(ctx.id, *end - now + kHoldSlack);
+      held_[{ctx.key_name, ctx.route.task_id}].push_back(ctx.id);
+      proxy_.holdPoll(ctx.id, *until - now);
       return true;
     }
   }

@@ -420,7 +420,10 @@ std::string loadYaml(uint16_t sim_port, const Variant& v) {
          std::to_string(v.heavy_max) + ", lease: 10m, min_poll_interval: 1s}\n"
          "    - {name: light, models: [\"*\"], max_running: " + std::to_string(v.light_max) +
          ", lease: 10m, min_poll_interval: 50ms}\n"
-         "queue:\n  deadline: 30s\n";
+         "queue:\n  deadline: 30s\n"
+         // Every poll goes through admission (none held for its task's end): the reload test
+         // wants requests waiting in the queue.
+         "tasks:\n  hold_near_end: 0s\n";
 }
 
 std::string taskIdOf(const std::string& create_body) {

@@ -1113,22 +1113,24 @@ TEST_F(TaskTrackerTest, BeforeAnyEndOnlyTheOldestTaskOfATierIsWorthALook) {
 namespace hiapi::core {
 namespace {
 
-// tasks.hold_near_end asks whether a task likely ends within a short window from now.
-TEST_F(TaskTrackerTest, LikelyEndWithinAWindowOnlyOnceADurationIsEstimated) {
+// tasks.hold_near_end asks whether a task likely ends within a short window from now, and
+// until when a poll may wait for that end: two end-poll intervals past it.
+TEST_F(TaskTrackerTest, HoldPollUntilOnlyOnceADurationIsEstimatedAndTheEndIsNear) {
   tracker_.onCreated("prod", "t", kLight, SlotId{1}, "m", kT0 + minutes(10));
-  EXPECT_FALSE(tracker_.likelyEndWithin("prod", "t", kT0 + minutes(10), seconds(30)))
+  EXPECT_FALSE(tracker_.holdPollUntil("prod", "t", kT0 + minutes(10), seconds(30)))
       << "no task of the tier has ended yet";
   runLightTask(tracker_, "warm", kT0, seconds(8));  // one ended task is enough
   const std::optional<MonotonicTime> end =
       tracker_.likelyRunningUntil("prod", "t", kT0 + minutes(10));
   ASSERT_TRUE(end);
-  EXPECT_EQ(tracker_.likelyEndWithin("prod", "t", *end - seconds(1), seconds(2)), end);
-  EXPECT_EQ(tracker_.likelyEndWithin("prod", "t", *end - seconds(2), seconds(2)), end);
-  EXPECT_FALSE(tracker_.likelyEndWithin("prod", "t", *end - seconds(3), seconds(2))) << "too early";
-  EXPECT_FALSE(tracker_.likelyEndWithin("prod", "t", *end, seconds(2))) << "already due";
-  EXPECT_FALSE(tracker_.likelyEndWithin("other", "t", *end - seconds(1), seconds(2)));
+  const MonotonicTime until = *end + 2 * tracker_.endPollInterval(kLight);
+  EXPECT_EQ(tracker_.holdPollUntil("prod", "t", *end - seconds(1), seconds(2)), until);
+  EXPECT_EQ(tracker_.holdPollUntil("prod", "t", *end - seconds(2), seconds(2)), until);
+  EXPECT_FALSE(tracker_.holdPollUntil("prod", "t", *end - seconds(3), seconds(2))) << "too early";
+  EXPECT_FALSE(tracker_.holdPollUntil("prod", "t", *end, seconds(2))) << "already due";
+  EXPECT_FALSE(tracker_.holdPollUntil("other", "t", *end - seconds(1), seconds(2)));
   tracker_.onStatus("prod", "t", "success", *end - seconds(3));
-  EXPECT_FALSE(tracker_.likelyEndWithin("prod", "t", *end - seconds(1), seconds(2))) << "ended";
+  EXPECT_FALSE(tracker_.holdPollUntil("prod", "t", *end - seconds(1), seconds(2))) << "ended";
 }
 
 }  // namespace

@@ -341,12 +341,15 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
-  /// @return the likely end of (key, task_id) when it lies in (@p now, @p now + @p within]: a
-  ///         tracked task, not seen terminal, whose tier has a duration estimate (one ended
-  ///         task is enough); nullopt otherwise. A client poll arriving then may wait for it
-  ///         (tasks.hold_near_end). Thread-safety: const.
-  std::optional<MonotonicTime> likelyEndWithin(const std::string& key, const std::string& task_id,
-                                               MonotonicTime now, Duration within) const;
+  /// When the likely end of (key, task_id) lies in (@p now, @p now + @p within] (a tracked
+  /// task, not seen terminal, whose tier has a duration estimate: one ended task is enough), a
+  /// client poll arriving now may wait for it (tasks.hold_near_end).
+  /// @return until when it waits at most: that end plus two endPollInterval()s, since the
+  ///         estimate probes lower and may sit up to about that far before the true end (a
+  ///         look there would answer "running", and the client would see the end a poll
+  ///         interval late); nullopt when it should not wait. Thread-safety: const.
+  std::optional<MonotonicTime> holdPollUntil(const std::string& key, const std::string& task_id,
+                                             MonotonicTime now, Duration within) const;
   /// @return per tier: typicalDuration() (learned), or, before that is known, how long the
   ///         tier's oldest task still holding a slot (any key) has run at @p now (a lower bound
   ///         on its duration), or nullopt. One pass over the tasks, and only while some tier's
@@ -429,6 +432,9 @@ private:
   Duration minPollInterval(size_t tier) const;
   size_t clampTier(size_t tier) const;
   TrackedTaskInfo info(const Record& r) const;
+  /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
+  /// when its last fetch stops being fresh or at its likely end, whichever is later.
+  MonotonicTime nextLookAt(const Record& r, MonotonicTime now) const;
   std::vector<TrackedTaskInfo> startFetches(std::vector<Record*>& due, size_t max,
                                             MonotonicTime now);
   void setTiers(std::vector<TierConfig> tiers);

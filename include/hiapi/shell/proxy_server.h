@@ -136,6 +136,8 @@ public:
   /// arrived then: from the cache, by joining a fetch, or by fetching. A client that goes away
   /// meanwhile is noticed as for any waiting request.
   void holdPoll(uint64_t id, core::Duration wait);
+  /// Ends the hold of poll @p id now (its task was seen ended) and serves it.
+  void serveHeldNow(uint64_t id);
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
   /// priority, or, when it @p unblocks a tier (creates wait for that tier's full gate), as a
   /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).

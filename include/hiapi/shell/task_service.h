@@ -3,9 +3,12 @@
 // joins them to a fetch in flight, frees tier slots when a terminal status passes by, polls idle
 // tasks itself (reconcile), and keeps running tasks in a state file across restarts.
 
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <event2/event.h>
 
@@ -55,6 +58,8 @@ private:
   void tick();
   void reconcile();
   void release(const std::optional<core::SlotRelease>& r);
+  /// Forgets @p ctx in held_ (it is being served).
+  void unholdIndex(const RequestCtx& ctx);
   void answerFromCache(uint64_t id, const core::PollDecision& hit);
   void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
                      const UpstreamResponse& resp, std::string_view cache);
@@ -80,6 +85,9 @@ private:
   /// The Authorization value last seen per key name (memory only: never logged or saved), so
   /// that reconcile polls can be made in passthrough mode.
   std::unordered_map<std::string, std::string> auth_by_key_;
+  /// Client polls held until their task's likely end, by (key name, task id): answered as soon
+  /// as the task is seen ended (release()), else when their timer fires.
+  std::map<std::pair<std::string, std::string>, std::vector<uint64_t>> held_;
 };
 
 }  // namespace hiapi::shell
