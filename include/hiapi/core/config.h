@@ -171,10 +171,11 @@ struct TasksConfig {
   /// for its tier), up to this long: polls mid-task cost no budget. 0 = off (plain
   /// min_poll_interval). Never shortens min_poll_interval.
   Duration max_hold = std::chrono::seconds(10);
-  /// A client poll that arrives this long or less before its task's likely end is answered at
-  /// that end, with what a fetch there finds, rather than at once with the running detail it
-  /// would get: a client that polls every few seconds sees the end when it happens, not up to a
-  /// poll interval later. 0 = off; at most 10 s.
+  /// A client poll that arrives this long or less before its task's likely end waits and is
+  /// answered as soon as the end is seen (at the latest two end-poll intervals past the likely
+  /// end, with what a fetch then finds), rather than at once with the running detail it would
+  /// get: a client that polls every few seconds sees the end when it happens, not up to a poll
+  /// interval later. 0 = off; at most 10 s.
   Duration hold_near_end = std::chrono::seconds(2);
 };
 
