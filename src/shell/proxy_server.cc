@@ -349,23 +349,21 @@ void ProxyServer::serveHeldNow(uint64_t id) {
   }
 }
 
-void ProxyServer::unhold(RequestCtx& ctx) {
-  if (ctx.hold_timer == nullptr) {
+namespace {
+// Frees an event of a request (client watch, hold timer) and its (server, request id) argument.
+void freeRequestEvent(event*& ev) {
+  if (ev == nullptr) {
     return;
   }
-  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ctx.hold_timer));
-  event_free(ctx.hold_timer);
-  ctx.hold_timer = nullptr;
+  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ev));
+  event_free(ev);
+  ev = nullptr;
 }
+}  // namespace
 
-void ProxyServer::unwatchClient(RequestCtx& ctx) {
-  if (ctx.client_watch == nullptr) {
-    return;
-  }
-  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ctx.client_watch));
-  event_free(ctx.client_watch);
-  ctx.client_watch = nullptr;
-}
+void ProxyServer::unhold(RequestCtx& ctx) { freeRequestEvent(ctx.hold_timer); }
+
+void ProxyServer::unwatchClient(RequestCtx& ctx) { freeRequestEvent(ctx.client_watch); }
 
 void ProxyServer::onClientReadable(evutil_socket_t fd, short, void* arg) {
   auto* pa = static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
