@@ -473,6 +473,12 @@ std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& 
   return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
 }
 
+bool TaskTracker::gatePressureCandidate(const Record& r, size_t tier,
+                                        std::optional<MonotonicTime> oldest) const {
+  // With no duration known yet, only the oldest: while it runs, younger ones likely do too.
+  return r.slot && !r.terminal && clampTier(r.tier) == tier && (!oldest || r.created <= *oldest);
+}
+
 MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now) const {
   if (r.in_flight) {
     return now;
@@ -681,20 +687,11 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
   for (auto it = records_.lower_bound(RecordKey{key, std::string()});
        it != records_.end() && it->first.first == key; ++it) {
     Record& r = it->second;
-    if (!r.slot || r.terminal || r.in_flight || clampTier(r.tier) != t) {
-      continue;
+    // Not before its last fetch goes stale, nor before its likely end (most likely still
+    // running: a poll would only say so).
+    if (gatePressureCandidate(r, t, oldest) && !r.in_flight && nextLookAt(r, now) <= now) {
+      due.push_back(&r);
     }
-    if (oldest && r.created > *oldest) {
-      continue;  // no duration known yet: while an older task runs, this one likely does too
-    }
-    const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
-    if (last + refreshAfter(r, last) > now) {
-      continue;
-    }
-    if (now < likelyEnd(r)) {
-      continue;  // most likely still running: a poll would only say so
-    }
-    due.push_back(&r);
   }
   std::sort(due.begin(), due.end(), [](const Record* a, const Record* b) {
     return a->created != b->created ? a->created < b->created : *a->id < *b->id;
@@ -726,7 +723,7 @@ std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& 
   for (auto it = records_.lower_bound(RecordKey{key, std::string()});
        it != records_.end() && it->first.first == key; ++it) {
     const Record& r = it->second;
-    if (!r.slot || r.terminal || clampTier(r.tier) != t || (oldest && r.created > *oldest)) {
+    if (!gatePressureCandidate(r, t, oldest)) {
       continue;
     }
     const MonotonicTime at = nextLookAt(r, now);

@@ -435,6 +435,10 @@ private:
   /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
   /// when its last fetch stops being fresh or at its likely end, whichever is later.
   MonotonicTime nextLookAt(const Record& r, MonotonicTime now) const;
+  /// A task gate pressure may look at: holds a slot of @p tier, not terminal, and, while the
+  /// tier has no duration estimate, is the key's oldest (@p oldest, see oldestUnlearned()).
+  bool gatePressureCandidate(const Record& r, size_t tier,
+                             std::optional<MonotonicTime> oldest) const;
   std::vector<TrackedTaskInfo> startFetches(std::vector<Record*>& due, size_t max,
                                             MonotonicTime now);
   void setTiers(std::vector<TierConfig> tiers);
