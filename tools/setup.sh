@@ -10,6 +10,8 @@ PACKAGES=(
   # libraries (design card)
   libevent-dev libssl-dev rapidjson-dev libyaml-cpp-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libsystemd-dev
+  # HTTP/1.1 message parsing on the proxy's hot path (nodejs/http-parser)
+  libhttp-parser-dev
   # tests and tools
   openssl curl python3 procps
   nginx-light prometheus wrk
