@@ -23,28 +23,23 @@ namespace {
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
 constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
 
-std::string methodName(evhttp_cmd_type t) {
-  switch (t) {
-  case EVHTTP_REQ_GET:
-    return "GET";
-  case EVHTTP_REQ_POST:
-    return "POST";
-  case EVHTTP_REQ_HEAD:
-    return "HEAD";
-  case EVHTTP_REQ_PUT:
-    return "PUT";
-  case EVHTTP_REQ_DELETE:
-    return "DELETE";
-  case EVHTTP_REQ_OPTIONS:
-    return "OPTIONS";
-  case EVHTTP_REQ_TRACE:
-    return "TRACE";
-  case EVHTTP_REQ_CONNECT:
-    return "CONNECT";
-  case EVHTTP_REQ_PATCH:
-    return "PATCH";
+// The method as the upstream pool sends it; nullopt for one the proxy does not forward.
+std::optional<evhttp_cmd_type> upstreamMethod(std::string_view m) {
+  static constexpr std::pair<std::string_view, evhttp_cmd_type> kMethods[] = {
+      {"GET", EVHTTP_REQ_GET},         {"POST", EVHTTP_REQ_POST},   {"HEAD", EVHTTP_REQ_HEAD},
+      {"PUT", EVHTTP_REQ_PUT},         {"DELETE", EVHTTP_REQ_DELETE},
+      {"OPTIONS", EVHTTP_REQ_OPTIONS}, {"PATCH", EVHTTP_REQ_PATCH},
+  };
+  for (const auto& [name, cmd] : kMethods) {
+    if (m == name) {
+      return cmd;
+    }
   }
-  return "UNKNOWN";
+  return std::nullopt;
+}
+
+HttpServerLimits serverLimits(const core::ListenConfig& l) {
+  return HttpServerLimits{l.max_header_bytes, l.max_body_bytes, l.client_timeout};
 }
 
 long long ms(core::Duration d) {
@@ -82,51 +77,35 @@ ProxyServer::ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPo
 
 ProxyServer::~ProxyServer() {
   for (auto& [id, ctx] : requests_) {
-    unwatchClient(*ctx);
     unhold(*ctx);
-    if (ctx->client_conn != nullptr && !ctx->client_gone) {
-      evhttp_connection_set_closecb(ctx->client_conn, nullptr, nullptr);
-    }
   }
-  if (http_ != nullptr) {
-    evhttp_free(http_);
+  http_.reset();  // closes the client connections; nothing is reported back any more
+}
+
+void ProxyServer::setConfig(core::ConfigSharedPtr cfg) {
+  cfg_ = std::move(cfg);
+  if (http_) {
+    http_->setLimits(serverLimits(cfg_->listen));
   }
 }
 
 bool ProxyServer::listen() {
-  http_ = evhttp_new(base_);
-  if (http_ == nullptr) {
-    log_.error("evhttp_new failed");
-    return false;
-  }
   const core::ListenConfig& l = cfg_->listen;
-  // libevent 2.1 answers bodies and headers over its own limits with a plain 413 of its own;
-  // set those hard limits above ours so that the usual oversize request gets our envelope
-  // (413 body_too_large / 431 headers_too_large), and memory stays bounded.
-  evhttp_set_max_body_size(http_, static_cast<ev_ssize_t>(l.max_body_bytes * 2 + (1u << 20)));
-  evhttp_set_max_headers_size(http_, static_cast<ev_ssize_t>(l.max_header_bytes * 2 + 8192));
-  evhttp_set_allowed_methods(http_, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                        EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                        EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-  evhttp_set_default_content_type(http_, nullptr);
-  evhttp_set_timeout(http_, static_cast<int>(std::chrono::duration_cast<std::chrono::seconds>(
-                                                 l.client_timeout)
-                                                 .count()));
-  evhttp_set_gencb(http_, &ProxyServer::onRequest, this);
-  bound_ = evhttp_bind_socket_with_handle(http_, l.address.c_str(), l.port);
-  if (bound_ == nullptr) {
-    log_.error("cannot listen", {{"address", l.address}, {"port", l.port}});
+  http_ = std::make_unique<HttpServer>(base_, static_cast<HttpServer::Handler&>(*this), log_,
+                                       serverLimits(l));
+  std::string error;
+  if (!http_->listen(l.address, l.port, error)) {
+    log_.error("cannot listen", {{"address", l.address}, {"port", l.port}, {"error", error}});
     return false;
   }
-  port_ = boundPort(evhttp_bound_socket_get_fd(bound_));
+  port_ = http_->port();
   return true;
 }
 
 void ProxyServer::stopAccepting() {
   draining_ = true;
-  if (bound_ != nullptr && http_ != nullptr) {
-    evhttp_del_accept_socket(http_, bound_);
-    bound_ = nullptr;
+  if (http_) {
+    http_->stopAccepting();
   }
 }
 
@@ -150,30 +129,23 @@ void ProxyServer::abortPending() {
   }
 }
 
-void ProxyServer::onRequest(evhttp_request* req, void* arg) {
-  static_cast<ProxyServer*>(arg)->handle(req);
-}
-
 RequestCtx* ProxyServer::find(uint64_t id) {
   auto it = requests_.find(id);
   return it == requests_.end() ? nullptr : it->second.get();
 }
 
-void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
-  auto* self = static_cast<ProxyServer*>(arg);
-  auto byc = self->by_conn_.find(conn);
-  RequestCtx* found = byc == self->by_conn_.end() ? nullptr : self->find(byc->second);
-  if (found == nullptr || found->client_conn != conn || found->answered || found->internal) {
+void ProxyServer::onClientGone(uint64_t exchange) {
+  auto bye = by_exchange_.find(exchange);
+  RequestCtx* found = bye == by_exchange_.end() ? nullptr : find(bye->second);
+  if (bye != by_exchange_.end()) {
+    by_exchange_.erase(bye);
+  }
+  if (found == nullptr || found->answered || found->internal) {
     return;
   }
-  self->by_conn_.erase(byc);
   RequestCtx& ctx = *found;
   ctx.client_gone = true;
-  ctx.client_conn = nullptr;
-  self->unwatchClient(ctx);
-  if (conn == self->freeing_conn_) {
-    ctx.req = nullptr;  // evhttp_connection_free frees it with the connection
-  }
+  ctx.exchange = 0;
   ctx.outcome = "client_gone";
   // Never send a request whose client has gone: drop it from admission or the pool's waiting
   // line. One already on the wire completes (it may have created a task).
@@ -181,27 +153,26 @@ void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
   if (ctx.poll_joined) {
     dropped = true;
   } else if (ctx.pool_handle != 0) {
-    dropped = self->pool_.cancelIfWaiting(ctx.pool_handle);
+    dropped = pool_.cancelIfWaiting(ctx.pool_handle);
     if (dropped) {
       ctx.pool_handle = 0;
-      if (self->admission_ != nullptr) {
-        self->admission_->clientGone(ctx);  // returns its slot
+      if (admission_ != nullptr) {
+        admission_->clientGone(ctx);  // returns its slot
       }
     }
   } else {
-    if (self->admission_ != nullptr) {
-      self->admission_->clientGone(ctx);
+    if (admission_ != nullptr) {
+      admission_->clientGone(ctx);
     }
     dropped = true;
   }
-  if (self->poll_hook_ != nullptr && (ctx.poll_joined || ctx.poll_fetcher)) {
-    self->poll_hook_->pollerGone(ctx, !dropped);
+  if (poll_hook_ != nullptr && (ctx.poll_joined || ctx.poll_fetcher)) {
+    poll_hook_->pollerGone(ctx, !dropped);
   }
   if (dropped) {
-    // Not from inside libevent's connection teardown: on the next loop turn.
-    const uint64_t rid = ctx.id;
+    // Not from inside the server's connection teardown: on the next loop turn.
     event_base_once(
-        self->base_, -1, EV_TIMEOUT,
+        base_, -1, EV_TIMEOUT,
         [](evutil_socket_t, short, void* a) {
           auto* pair = static_cast<std::pair<ProxyServer*, uint64_t>*>(a);
           if (RequestCtx* c = pair->first->find(pair->second)) {
@@ -209,7 +180,7 @@ void ProxyServer::onClientClose(evhttp_connection* conn, void* arg) {
           }
           delete pair;
         },
-        new std::pair<ProxyServer*, uint64_t>(self, rid), nullptr);
+        new std::pair<ProxyServer*, uint64_t>(this, ctx.id), nullptr);
   }
 }
 
@@ -289,29 +260,6 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
   return id;
 }
 
-// libevent 2.1 stops reading a client's socket while its request is being processed, so a client
-// that goes away is not noticed until the reply is written. A waiting request watches its socket
-// for EOF itself, without reading from it (MSG_PEEK), and frees the connection when it closes.
-void ProxyServer::watchClient(RequestCtx& ctx) {
-  if (ctx.client_conn == nullptr || ctx.client_watch != nullptr) {
-    return;
-  }
-  bufferevent* bev = evhttp_connection_get_bufferevent(ctx.client_conn);
-  const evutil_socket_t fd = bev != nullptr ? bufferevent_getfd(bev) : -1;
-  if (fd < 0) {
-    return;
-  }
-  auto* arg = new std::pair<ProxyServer*, uint64_t>(this, ctx.id);
-  ctx.client_watch = event_new(base_, fd, EV_READ | EV_PERSIST, &ProxyServer::onClientReadable, arg);
-  if (ctx.client_watch == nullptr || event_add(ctx.client_watch, nullptr) != 0) {
-    if (ctx.client_watch != nullptr) {
-      event_free(ctx.client_watch);
-      ctx.client_watch = nullptr;
-    }
-    delete arg;
-  }
-}
-
 void ProxyServer::holdPoll(uint64_t id, core::Duration wait) {
   RequestCtx* ctx = find(id);
   if (ctx == nullptr || ctx->answered || ctx->hold_timer != nullptr) {
@@ -363,45 +311,28 @@ void freeRequestEvent(event*& ev) {
 
 void ProxyServer::unhold(RequestCtx& ctx) { freeRequestEvent(ctx.hold_timer); }
 
-void ProxyServer::unwatchClient(RequestCtx& ctx) { freeRequestEvent(ctx.client_watch); }
-
-void ProxyServer::onClientReadable(evutil_socket_t fd, short, void* arg) {
-  auto* pa = static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
-  ProxyServer* self = pa->first;
-  RequestCtx* ctx = self->find(pa->second);
-  if (ctx == nullptr) {
-    return;
-  }
-  char b;
-  const ssize_t n = ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n > 0) {
-    self->unwatchClient(*ctx);  // a pipelined request: libevent reads it after our reply
-    return;
-  }
-  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-    return;
-  }
-  // EOF or reset: the client has gone.
-  evhttp_connection* conn = ctx->client_conn;
-  self->unwatchClient(*ctx);
-  if (conn == nullptr) {
-    return;
-  }
-  self->freeing_conn_ = conn;
-  evhttp_connection_free(conn);  // calls onClientClose, then frees the request
-  self->freeing_conn_ = nullptr;
-}
-
-void ProxyServer::handle(evhttp_request* req) {
+void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
   RequestCtx& ctx = newCtx();
-  ctx.req = req;
-  ctx.client_conn = evhttp_request_get_connection(req);
-  ctx.method = methodName(evhttp_request_get_command(req));
-  if (ctx.client_conn != nullptr) {
-    by_conn_[ctx.client_conn] = ctx.id;
-    evhttp_connection_set_closecb(ctx.client_conn, &ProxyServer::onClientClose, this);
+  ctx.exchange = exchange;
+  ctx.method = std::move(req.method);
+  by_exchange_[exchange] = ctx.id;
+  switch (req.problem) {
+  case InboundProblem::None:
+    break;
+  case InboundProblem::Malformed:
+    replyError(ctx, core::ProxyError::BadRequest, "the request is not HTTP/1.1 hiapi-proxy can read");
+    return;
+  case InboundProblem::HeadersTooLarge:
+    replyError(ctx, core::ProxyError::HeadersTooLarge);
+    return;
+  case InboundProblem::BodyTooLarge:
+    replyError(ctx, core::ProxyError::BodyTooLarge,
+               "request body of " + std::to_string(req.body_bytes_seen) +
+                   (req.body.empty() ? " bytes" : " bytes or more") + " exceeds the limit of " +
+                   std::to_string(cfg_->listen.max_body_bytes) + " bytes");
+    return;
   }
-  if (!prepare(ctx)) {
+  if (!prepare(ctx, req)) {
     return;  // answered with a proxy error
   }
   serve(ctx);
@@ -409,34 +340,26 @@ void ProxyServer::handle(evhttp_request* req) {
 
 void ProxyServer::serve(RequestCtx& ctx) {
   const uint64_t id = ctx.id;
+  (void)id;
   if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
       poll_hook_->beginClientPoll(ctx)) {
-    if (RequestCtx* c = find(id); c != nullptr && !c->answered) {
-      watchClient(*c);  // joined to a fetch in flight, or held until its task's likely end
-    }
-    return;
+    return;  // answered from the cache, joined to a fetch in flight, or held
   }
   admitCtx(ctx);
-  // Only a request that still waits needs to notice its client leaving: one already on the wire
-  // completes anyway (it may have created a task).
-  if (RequestCtx* c = find(id);
-      c != nullptr && !c->answered && (c->pool_handle == 0 || pool_.isWaiting(c->pool_handle))) {
-    watchClient(*c);
-  }
 }
 
-bool ProxyServer::prepare(RequestCtx& ctx) {
+bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
   const core::Config& cfg = *cfg_;
   if (draining_) {
     replyError(ctx, core::ProxyError::ShuttingDown);
     return false;
   }
-  if (ctx.method == "CONNECT") {
+  const std::optional<evhttp_cmd_type> method = upstreamMethod(ctx.method);
+  if (!method) {
     replyError(ctx, core::ProxyError::MethodNotAllowed);
     return false;
   }
-  const char* raw_uri = evhttp_request_get_uri(ctx.req);
-  std::string target = raw_uri != nullptr ? raw_uri : "";
+  std::string target = std::move(req.target);
   if (auto abs = core::parseAbsoluteUri(target)) {
     const bool ours = abs->host == cfg.upstream.host || isLoopbackName(abs->host) ||
                       abs->host == cfg.listen.address;
@@ -463,45 +386,40 @@ bool ProxyServer::prepare(RequestCtx& ctx) {
 
   // Headers: end-to-end ones go on; hop-by-hop, Host, Content-Length (recomputed), the key and
   // the proxy's own control headers stay here.
-  const evkeyvalq* in = evhttp_request_get_input_headers(ctx.req);
+  // (HttpServer has checked max_header_bytes.)
   std::vector<std::string> conn_tokens;
-  uint64_t header_bytes = 0;
-  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-    header_bytes += std::strlen(kv->key) + std::strlen(kv->value) + 4;
-    if (core::iequals(kv->key, "Connection")) {
-      auto t = core::connectionTokens(kv->value);
+  for (const Header& h : req.headers) {
+    if (core::iequals(h.name, "Connection")) {
+      auto t = core::connectionTokens(h.value);
       conn_tokens.insert(conn_tokens.end(), t.begin(), t.end());
     }
-  }
-  if (header_bytes > cfg.listen.max_header_bytes) {
-    replyError(ctx, core::ProxyError::HeadersTooLarge);
-    return false;
   }
   const char* authorization = nullptr;
   const char* key_select = nullptr;
   const char* deadline_hdr = nullptr;
-  for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
-    if (core::iequals(kv->key, "Authorization")) {
-      authorization = kv->value;
+  ctx.upstream.headers.reserve(req.headers.size() + 1);
+  for (Header& h : req.headers) {
+    if (core::iequals(h.name, "Authorization")) {
+      authorization = h.value.c_str();
       continue;
     }
-    if (core::iequals(kv->key, cfg.queue.client_header)) {
-      ctx.client = kv->value;
+    if (core::iequals(h.name, cfg.queue.client_header)) {
+      ctx.client = h.value;
       continue;
     }
-    if (core::iequals(kv->key, cfg.queue.deadline_header)) {
-      deadline_hdr = kv->value;
+    if (core::iequals(h.name, cfg.queue.deadline_header)) {
+      deadline_hdr = h.value.c_str();
       continue;
     }
-    if (core::iequals(kv->key, kKeySelectHeader)) {
-      key_select = kv->value;
+    if (core::iequals(h.name, kKeySelectHeader)) {
+      key_select = h.value.c_str();
       continue;
     }
-    if (core::iequals(kv->key, "Host") || core::iequals(kv->key, "Content-Length") ||
-        core::isHopByHop(kv->key, conn_tokens)) {
+    if (core::iequals(h.name, "Host") || core::iequals(h.name, "Content-Length") ||
+        core::iequals(h.name, "Expect") || core::isHopByHop(h.name, conn_tokens)) {
       continue;
     }
-    ctx.upstream.headers.push_back(Header{kv->key, kv->value});
+    ctx.upstream.headers.push_back(std::move(h));
   }
   if (ctx.client.size() > 64) {
     ctx.client.resize(64);  // a bounded fairness class, not a free-form label
@@ -553,19 +471,8 @@ bool ProxyServer::prepare(RequestCtx& ctx) {
   }
 
   // The body, byte for byte.
-  evbuffer* body = evhttp_request_get_input_buffer(ctx.req);
-  const size_t len = evbuffer_get_length(body);
-  if (len > cfg.listen.max_body_bytes) {
-    replyError(ctx, core::ProxyError::BodyTooLarge,
-               "request body of " + std::to_string(len) + " bytes exceeds the limit of " +
-                   std::to_string(cfg.listen.max_body_bytes) + " bytes");
-    return false;
-  }
-  ctx.upstream.body.resize(len);
-  if (len > 0) {
-    evbuffer_copyout(body, ctx.upstream.body.data(), len);
-  }
-  ctx.upstream.method = evhttp_request_get_command(ctx.req);
+  ctx.upstream.body = std::move(req.body);  // (HttpServer has checked max_body_bytes)
+  ctx.upstream.method = *method;
   ctx.upstream.target = std::move(target);
   return true;
 }
@@ -605,8 +512,7 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
     }
   }
   if (admission_ != nullptr && !ctx->client_gone && admission_->completed(*ctx, resp)) {
-    watchClient(*ctx);  // it waits again: a client leaving now must stop the retry
-    return;             // the hook retries it
+    return;  // the hook retries it (a client leaving meanwhile stops the retry)
   }
   if (admission_ != nullptr && ctx->client_gone) {
     admission_->completed(*ctx, resp);  // budgets and task tracking still learn from it
@@ -663,11 +569,7 @@ void ProxyServer::replyWith(uint64_t id, const UpstreamResponse& resp, std::stri
     replyError(*ctx, core::ProxyError::UpstreamUnreachable, resp.message);
     return;
   }
-  if (age_s >= 0) {
-    evhttp_add_header(evhttp_request_get_output_headers(ctx->req), "Age",
-                      std::to_string(age_s).c_str());
-  }
-  replyUpstream(*ctx, resp);
+  replyUpstream(*ctx, resp, age_s);
 }
 
 void ProxyServer::replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message,
@@ -678,15 +580,19 @@ void ProxyServer::replyErrorTo(uint64_t id, core::ProxyError e, std::string_view
   }
 }
 
-void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp) {
+void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, long age_s) {
   if (ctx.internal) {
     ctx.answered = true;
     done(ctx, resp.status);
     return;
   }
-  evkeyvalq* out = evhttp_request_get_output_headers(ctx.req);
+  Headers out;
+  out.reserve(resp.headers.size() + 2);
   if (!ctx.cache_result.empty()) {
-    evhttp_add_header(out, "X-HiAPI-Proxy-Cache", ctx.cache_result.c_str());
+    out.push_back(Header{"X-HiAPI-Proxy-Cache", ctx.cache_result});
+  }
+  if (age_s >= 0) {
+    out.push_back(Header{"Age", std::to_string(age_s)});
   }
   std::vector<std::string> conn_tokens;
   if (const std::string* c = findHeader(resp.headers, "Connection")) {
@@ -696,15 +602,10 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp) {
     if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_tokens)) {
       continue;
     }
-    evhttp_add_header(out, h.name.c_str(), h.value.c_str());
-  }
-  evbuffer* buf = evbuffer_new();
-  if (!resp.body.empty()) {
-    evbuffer_add(buf, resp.body.data(), resp.body.size());
+    out.push_back(h);
   }
   ctx.outcome = "forwarded";
-  sendReply(ctx, resp.status, buf);
-  evbuffer_free(buf);
+  sendReply(ctx, resp.status, out, resp.body);
 }
 
 void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_view message,
@@ -719,64 +620,47 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
     done(ctx, info.status);
     return;
   }
-  evkeyvalq* out = evhttp_request_get_output_headers(ctx.req);
-  evhttp_clear_headers(out);
-  evhttp_add_header(out, "Content-Type", "application/json");
-  evhttp_add_header(out, std::string(core::kProxyErrorHeader).c_str(),
-                    std::string(info.code).c_str());
-  evhttp_add_header(out, "X-Request-Id", ctx.request_id.c_str());
+  Headers out;
+  out.reserve(4);
+  out.push_back(Header{"Content-Type", "application/json"});
+  out.push_back(Header{std::string(core::kProxyErrorHeader), std::string(info.code)});
+  out.push_back(Header{"X-Request-Id", ctx.request_id});
   if (retry_after_s < 0 && info.retry_helps) {
     retry_after_s = 1;  // the table says waiting helps; callers that know better pass their own
   }
   if (retry_after_s >= 0) {
-    evhttp_add_header(out, "Retry-After", std::to_string(retry_after_s).c_str());
+    out.push_back(Header{"Retry-After", std::to_string(retry_after_s)});
   }
   const std::string body = core::renderProxyError(e, ctx.request_id, message);
-  // libevent leaves Content-Length off some replies (CONNECT): always state it.
-  evhttp_add_header(out, "Content-Length", std::to_string(body.size()).c_str());
-  if (e == core::ProxyError::MethodNotAllowed || e == core::ProxyError::BodyTooLarge ||
-      e == core::ProxyError::HeadersTooLarge) {
-    // libevent closes after the reply when the request asked for it; a CONNECT reply has no
-    // body framing otherwise, and an oversized request is not worth keeping the socket for.
-    evkeyvalq* in = evhttp_request_get_input_headers(ctx.req);
-    evhttp_remove_header(in, "Connection");
-    evhttp_add_header(in, "Connection", "close");
-  }
-  evbuffer* buf = evbuffer_new();
-  evbuffer_add(buf, body.data(), body.size());
+  // A CONNECT has no body framing after it, and the rest of an oversized or unreadable request
+  // is not read: close after these.
+  const bool close = e == core::ProxyError::MethodNotAllowed ||
+                     e == core::ProxyError::BodyTooLarge ||
+                     e == core::ProxyError::HeadersTooLarge || e == core::ProxyError::BadRequest;
   ctx.outcome = std::string(info.code);
   if (!message.empty() && info.status >= 500) {
     log_.warn("proxy error", {{"request_id", ctx.request_id}, {"code", info.code}, {"detail", message}});
   }
-  sendReply(ctx, info.status, buf);
-  evbuffer_free(buf);
+  sendReply(ctx, info.status, out, body, close);
 }
 
-void ProxyServer::sendReply(RequestCtx& ctx, int status, evbuffer* body) {
+void ProxyServer::sendReply(RequestCtx& ctx, int status, const Headers& headers,
+                            std::string_view body, bool close) {
   ctx.answered = true;
-  unwatchClient(ctx);
-  if (ctx.client_conn != nullptr) {
-    evhttp_connection_set_closecb(ctx.client_conn, nullptr, nullptr);
-    by_conn_.erase(ctx.client_conn);
+  if (ctx.exchange != 0) {
+    by_exchange_.erase(ctx.exchange);
+    if (http_) {
+      http_->reply(ctx.exchange, status, headers, body, close);
+    }
+    ctx.exchange = 0;
   }
-  evhttp_send_reply(ctx.req, status, nullptr, body);
-  ctx.req = nullptr;  // libevent owns and frees it now
   done(ctx, status);
 }
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
-  unwatchClient(ctx);
   unhold(ctx);
-  if (ctx.client_conn != nullptr) {
-    auto byc = by_conn_.find(ctx.client_conn);
-    if (byc != by_conn_.end() && byc->second == ctx.id) {
-      by_conn_.erase(byc);
-    }
-  }
-  if (ctx.req != nullptr && ctx.client_gone) {
-    // An orphaned request (its connection is gone): ours to free.
-    evhttp_request_free(ctx.req);
-    ctx.req = nullptr;
+  if (ctx.exchange != 0) {
+    by_exchange_.erase(ctx.exchange);
   }
   if (!log_.enabled(core::LogLevel::Info)) {
     if (on_finished) {

@@ -1,7 +1,7 @@
 #pragma once
-// The client-facing listener: routes /v1/... to the upstream, answers everything else itself
-// with a proxy error, keeps the one-answer-per-request rule of evhttp, and tracks clients that go
-// away so that their requests are never sent.
+// The client-facing side: routes /v1/... to the upstream, answers everything else itself with a
+// proxy error, answers every request exactly once, and drops requests whose clients went away so
+// that they are never sent. HTTP/1.1 itself is HttpServer's.
 
 #include <cstdint>
 #include <functional>
@@ -11,12 +11,12 @@
 #include <unordered_map>
 
 #include <event2/event.h>
-#include <event2/http.h>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/proxy_error.h"
+#include "hiapi/shell/http_server.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -26,8 +26,7 @@ namespace hiapi::shell {
 struct RequestCtx {
   uint64_t id = 0;
   std::string request_id;  ///< the proxy's id, "hp-…", in logs and proxy errors
-  evhttp_request* req = nullptr;
-  evhttp_connection* client_conn = nullptr;
+  uint64_t exchange = 0;  ///< the client's exchange with HttpServer (0: internal)
   bool client_gone = false;
   bool answered = false;
   std::string method;
@@ -58,7 +57,6 @@ struct RequestCtx {
   std::optional<core::MonotonicTime> poll_early_until;
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
-  event* client_watch = nullptr;  ///< EOF watch on the client's socket while it waits
   /// A client poll held until its task's likely end (tasks.hold_near_end): fires once, then the
   /// poll is served as if it arrived then (poll_held keeps it from being held twice).
   event* hold_timer = nullptr;
@@ -103,10 +101,10 @@ public:
 };
 
 /// Thread-safety: loop thread only.
-class ProxyServer {
+class ProxyServer : private HttpServer::Handler {
 public:
   ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPool& pool, Logger& log);
-  ~ProxyServer();
+  ~ProxyServer() override;
   ProxyServer(const ProxyServer&) = delete;
   ProxyServer& operator=(const ProxyServer&) = delete;
 
@@ -146,7 +144,7 @@ public:
                         const std::string& task_id, std::optional<size_t> unblocks);
   /// @return the request, if it is still open.
   RequestCtx* find(uint64_t id);
-  void setConfig(core::ConfigSharedPtr cfg) { cfg_ = std::move(cfg); }
+  void setConfig(core::ConfigSharedPtr cfg);
 
   /// Sends the request upstream now (called by the admission hook through go()).
   void forward(RequestCtx& ctx);
@@ -155,23 +153,20 @@ public:
   std::function<void(const RequestCtx&, int status)> on_finished;
 
 private:
-  static void onRequest(evhttp_request* req, void* arg);
-  static void onClientClose(evhttp_connection* conn, void* arg);
-  static void onClientReadable(evutil_socket_t fd, short, void* arg);
+  void onRequest(uint64_t exchange, InboundRequest& req) override;
+  void onClientGone(uint64_t exchange) override;
   static void onHoldTimer(evutil_socket_t, short, void* arg);
   void unhold(RequestCtx& ctx);
   /// Serves a prepared request: a poll through the poll hook (cache, join) or admission.
   void serve(RequestCtx& ctx);
-  void watchClient(RequestCtx& ctx);
-  void unwatchClient(RequestCtx& ctx);
-
-  void handle(evhttp_request* req);
-  bool prepare(RequestCtx& ctx);
+  bool prepare(RequestCtx& ctx, InboundRequest& req);
   void onUpstream(uint64_t id, UpstreamResponse&& resp);
-  void replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp);
+  /// @p age_s, when >= 0, the Age header (an answer from the cache).
+  void replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, long age_s = -1);
   void replyError(RequestCtx& ctx, core::ProxyError e, std::string_view message = {},
                   int retry_after_s = -1);
-  void sendReply(RequestCtx& ctx, int status, evbuffer* body);
+  void sendReply(RequestCtx& ctx, int status, const Headers& headers, std::string_view body,
+                 bool close = false);
   void done(RequestCtx& ctx, int status);
   void admitCtx(RequestCtx& ctx);
   RequestCtx& newCtx();
@@ -180,18 +175,16 @@ private:
   core::ConfigSharedPtr cfg_;
   UpstreamPool& pool_;
   Logger& log_;
-  evhttp* http_ = nullptr;
-  evhttp_bound_socket* bound_ = nullptr;
+  std::unique_ptr<HttpServer> http_;
   uint16_t port_ = 0;
   bool draining_ = false;
   uint64_t next_id_ = 1;
   uint64_t id_salt_ = 0;
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
-  evhttp_connection* freeing_conn_ = nullptr;  ///< set while we free a client's connection
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
-  /// Client connection → its open request (evhttp serves one request per connection at a time).
-  std::unordered_map<evhttp_connection*, uint64_t> by_conn_;
+  /// HttpServer exchange → its open request.
+  std::unordered_map<uint64_t, uint64_t> by_exchange_;
 };
 
 }  // namespace hiapi::shell

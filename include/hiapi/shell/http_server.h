@@ -1,0 +1,127 @@
+#pragma once
+// The client-facing HTTP/1.1 server: keep-alive connections on non-blocking sockets, each
+// registered with epoll once (edge-triggered, read, write and peer-close), requests parsed with
+// nodejs/http-parser, replies written at once with one writev.
+//
+// Why not evhttp: libevent's evhttp switches a connection's epoll interest off and on around
+// every request and writes a reply only after another epoll round (B3 counted six epoll_ctl per
+// forwarded request on the two sides); a proxy that must cost less than nginx cannot afford it.
+//
+// One request per connection is open at a time: bytes a client pipelines behind it wait in the
+// connection's buffer until the reply is written. A client that closes its connection while its
+// request is open is reported at once (Handler::onClientGone), so a queued request whose client
+// left is never sent.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/shell/log.h"
+#include "hiapi/shell/upstream_pool.h"  // Header, Headers
+
+namespace hiapi::shell {
+
+struct HttpServerLimits {
+  uint64_t max_header_bytes = 64 * 1024;  ///< names + values + 4 per header line
+  uint64_t max_body_bytes = 10 * 1024 * 1024;
+  /// A connection with no open request and no progress for this long is closed.
+  core::Duration idle_timeout = std::chrono::seconds(65);
+};
+
+/// What was wrong with a request the server could not read whole. The handler answers it like
+/// any request (the connection closes after that answer).
+enum class InboundProblem {
+  None,
+  Malformed,        ///< not HTTP/1.x the parser accepts
+  HeadersTooLarge,  ///< over max_header_bytes
+  BodyTooLarge,     ///< over max_body_bytes (declared or received)
+};
+
+struct InboundRequest {
+  std::string method;  ///< "GET", "POST", ... as sent (http-parser's names)
+  std::string target;  ///< the request target, byte for byte
+  Headers headers;     ///< in order, names as sent
+  std::string body;    ///< de-chunked
+  unsigned short http_major = 1;
+  unsigned short http_minor = 1;
+  InboundProblem problem = InboundProblem::None;
+  /// With BodyTooLarge: the declared Content-Length, or the bytes received when chunked.
+  uint64_t body_bytes_seen = 0;
+};
+
+/// Thread-safety: the event loop thread only.
+class HttpServer {
+public:
+  class Handler {
+  public:
+    virtual ~Handler() = default;
+    /// A request (or an unreadable one, see InboundRequest::problem) to answer with reply().
+    /// May reply at once or later. @p req may be moved from.
+    virtual void onRequest(uint64_t exchange, InboundRequest& req) = 0;
+    /// The client of open exchange @p exchange closed or reset its connection; reply() to it is
+    /// a no-op from now on.
+    virtual void onClientGone(uint64_t exchange) = 0;
+  };
+
+  struct Conn;  ///< one client connection (opaque; public for the parser's callbacks)
+
+  HttpServer(event_base* base, Handler& handler, Logger& log, HttpServerLimits limits);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  /// Binds @p address (IPv4 or IPv6 literal, or a name resolved now) and @p port (0: any).
+  /// @return false, with the reason in @p error, on failure.
+  bool listen(const std::string& address, uint16_t port, std::string& error);
+  uint16_t port() const { return port_; }
+  /// Stops accepting; open connections go on.
+  void stopAccepting();
+  void setLimits(const HttpServerLimits& limits) { limits_ = limits; }
+  const HttpServerLimits& limits() const { return limits_; }
+
+  /// Answers @p exchange. Adds Content-Length (none for 1xx, 204, 304), Date when @p headers
+  /// have none, and Connection when the connection closes after this reply (@p close, a client
+  /// that asked for it, HTTP/1.0 without keep-alive, an unreadable request). A HEAD request's
+  /// reply carries no body. No-op for an exchange that is closed or unknown.
+  void reply(uint64_t exchange, int status, const Headers& headers, std::string_view body,
+             bool close = false);
+  /// @return whether @p exchange is open (its client is still there, no reply yet).
+  bool isOpen(uint64_t exchange) const { return open_.count(exchange) != 0; }
+  /// @return open client connections.
+  size_t connections() const { return conns_.size(); }
+
+private:
+  static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg);
+  static void onAcceptError(evconnlistener*, void* arg);
+  static void onSocket(evutil_socket_t fd, short what, void* arg);
+  static void onTimer(evutil_socket_t fd, short what, void* arg);
+
+  void readIn(Conn& c, bool peer_closed);
+  void parse(Conn& c);
+  void dispatch(Conn& c);
+  bool flush(Conn& c);
+  void afterWrite(Conn& c);
+  void startLinger(Conn& c);
+  void clientGone(Conn& c);
+  void destroy(Conn& c);
+  void armTimer(Conn& c, core::Duration d);
+
+  event_base* base_;
+  Handler& handler_;
+  Logger& log_;
+  HttpServerLimits limits_;
+  evconnlistener* listener_ = nullptr;
+  uint16_t port_ = 0;
+  uint64_t next_exchange_ = 1;
+  std::unordered_set<Conn*> conns_;
+  std::unordered_map<uint64_t, Conn*> open_;  ///< exchange → its connection
+};
+
+}  // namespace hiapi::shell

@@ -1,0 +1,590 @@
+#include "hiapi/shell/http_server.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <ctime>
+
+#include <http_parser.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "hiapi/core/http_rules.h"
+#include "hiapi/shell/event_util.h"
+
+namespace hiapi::shell {
+namespace {
+
+// Read this much per recv(); a request that fits (all of the proxy's usual ones) takes one.
+constexpr size_t kReadChunk = 16 * 1024;
+// After a reply that closes the connection: how long unread request bytes are drained before
+// the socket is closed (closing with unread bytes resets the connection, and the reset can
+// destroy the reply before the client has read it).
+constexpr core::Duration kLinger = std::chrono::seconds(2);
+// A connection keeps at most this much of a buffer it no longer needs.
+constexpr size_t kKeepCapacity = 64 * 1024;
+
+std::string_view reasonPhrase(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 202: return "Accepted";
+  case 204: return "No Content";
+  case 206: return "Partial Content";
+  case 301: return "Moved Permanently";
+  case 302: return "Found";
+  case 304: return "Not Modified";
+  case 307: return "Temporary Redirect";
+  case 308: return "Permanent Redirect";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 410: return "Gone";
+  case 411: return "Length Required";
+  case 413: return "Payload Too Large";
+  case 415: return "Unsupported Media Type";
+  case 422: return "Unprocessable Entity";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  default: break;
+  }
+  if (status >= 500) return "Server Error";
+  if (status >= 400) return "Client Error";
+  if (status >= 300) return "Redirection";
+  if (status >= 200) return "Success";
+  return "Informational";
+}
+
+// RFC 9110 IMF-fixdate, formatted once per second.
+std::string_view httpDate() {
+  static time_t last = 0;
+  static char buf[40];
+  static size_t len = 0;
+  const time_t now = std::time(nullptr);
+  if (now != last || len == 0) {
+    tm t{};
+    gmtime_r(&now, &t);
+    len = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &t);
+    last = now;
+  }
+  return {buf, len};
+}
+
+bool bodyAllowed(int status) { return status >= 200 && status != 204 && status != 304; }
+
+}  // namespace
+
+struct HttpServer::Conn {
+  HttpServer* server = nullptr;
+  evutil_socket_t fd = -1;
+  event* ev = nullptr;     ///< read | write | closed, edge-triggered, registered once
+  event* timer = nullptr;  ///< idle timeout, then the linger
+  http_parser parser{};
+  std::string in;   ///< bytes read and not yet parsed
+  std::string out;  ///< reply bytes not yet written
+  InboundRequest req;
+  bool in_value = false;      ///< the last header callback was a value
+  uint64_t header_bytes = 0;  ///< names + values + 4 per line, as max_header_bytes counts
+  bool message_done = false;
+  bool expect_continue = false;
+  uint64_t exchange = 0;  ///< the open exchange, 0 when none
+  bool head = false;      ///< the open exchange is a HEAD request
+  bool keep_alive = true;
+  bool close_after = false;  ///< close once `out` is written
+  bool lingering = false;
+  bool read_blocked = false;  ///< stopped reading (buffer cap): read again after the reply
+  bool http10 = false;        ///< the open exchange is HTTP/1.0 (keep-alive said so)
+  bool parsing = false;       ///< parse() runs: a reply inside it lets that loop go on
+  int busy = 0;               ///< inside one of its handlers: destroy on the way out
+  bool dead = false;
+  core::MonotonicTime last_activity{};
+};
+
+namespace {
+
+HttpServer::Conn& connOf(http_parser* p) { return *static_cast<HttpServer::Conn*>(p->data); }
+
+int onMessageBegin(http_parser* p) {
+  auto& c = connOf(p);
+  c.req = InboundRequest{};
+  c.in_value = false;
+  c.header_bytes = 0;
+  c.message_done = false;
+  c.expect_continue = false;
+  return 0;
+}
+
+int onUrl(http_parser* p, const char* at, size_t len) {
+  connOf(p).req.target.append(at, len);
+  return 0;
+}
+
+int onHeaderField(http_parser* p, const char* at, size_t len) {
+  auto& c = connOf(p);
+  if (c.in_value || c.req.headers.empty()) {
+    c.req.headers.emplace_back();
+    c.in_value = false;
+    c.header_bytes += 4;
+  }
+  c.req.headers.back().name.append(at, len);
+  c.header_bytes += len;
+  return 0;
+}
+
+int onHeaderValue(http_parser* p, const char* at, size_t len) {
+  auto& c = connOf(p);
+  if (c.req.headers.empty()) {
+    return 1;
+  }
+  c.in_value = true;
+  c.req.headers.back().value.append(at, len);
+  c.header_bytes += len;
+  return 0;
+}
+
+int onHeadersComplete(http_parser* p) {
+  auto& c = connOf(p);
+  const HttpServerLimits& lim = c.server->limits();
+  c.req.method = http_method_str(static_cast<http_method>(p->method));
+  c.req.http_major = p->http_major;
+  c.req.http_minor = p->http_minor;
+  if (c.header_bytes > lim.max_header_bytes) {
+    c.req.problem = InboundProblem::HeadersTooLarge;
+    http_parser_pause(p, 1);
+    return 0;
+  }
+  if (p->content_length != ULLONG_MAX && p->content_length > lim.max_body_bytes) {
+    c.req.problem = InboundProblem::BodyTooLarge;
+    c.req.body_bytes_seen = p->content_length;
+    http_parser_pause(p, 1);
+    return 0;
+  }
+  const bool has_body = (p->flags & F_CHUNKED) != 0 ||
+                        (p->content_length != ULLONG_MAX && p->content_length > 0);
+  if (has_body && p->http_major == 1 && p->http_minor >= 1) {
+    for (const Header& h : c.req.headers) {
+      if (core::iequals(h.name, "Expect") && core::iequals(h.value, "100-continue")) {
+        c.expect_continue = true;
+      }
+    }
+  }
+  return 0;
+}
+
+int onBody(http_parser* p, const char* at, size_t len) {
+  auto& c = connOf(p);
+  if (c.req.body.size() + len > c.server->limits().max_body_bytes) {
+    c.req.problem = InboundProblem::BodyTooLarge;
+    c.req.body_bytes_seen = c.req.body.size() + len;
+    http_parser_pause(p, 1);
+    return 0;
+  }
+  c.req.body.append(at, len);
+  return 0;
+}
+
+int onMessageComplete(http_parser* p) {
+  auto& c = connOf(p);
+  c.message_done = true;
+  c.keep_alive = http_should_keep_alive(p) != 0 && p->upgrade == 0;
+  http_parser_pause(p, 1);  // one request at a time: what follows waits for the reply
+  return 0;
+}
+
+const http_parser_settings& parserSettings() {
+  static const http_parser_settings s = [] {
+    http_parser_settings x{};
+    x.on_message_begin = &onMessageBegin;
+    x.on_url = &onUrl;
+    x.on_header_field = &onHeaderField;
+    x.on_header_value = &onHeaderValue;
+    x.on_headers_complete = &onHeadersComplete;
+    x.on_body = &onBody;
+    x.on_message_complete = &onMessageComplete;
+    return x;
+  }();
+  return s;
+}
+
+// Keeps a connection alive while one of its handlers runs (a callback may close it).
+struct BusyGuard {
+  HttpServer::Conn& c;
+  explicit BusyGuard(HttpServer::Conn& conn) : c(conn) { ++c.busy; }
+  ~BusyGuard() { --c.busy; }
+  BusyGuard(const BusyGuard&) = delete;
+  BusyGuard& operator=(const BusyGuard&) = delete;
+};
+
+}  // namespace
+
+HttpServer::HttpServer(event_base* base, Handler& handler, Logger& log, HttpServerLimits limits)
+    : base_(base), handler_(handler), log_(log), limits_(limits) {}
+
+HttpServer::~HttpServer() {
+  stopAccepting();
+  for (Conn* c : conns_) {
+    event_free(c->ev);
+    event_free(c->timer);
+    evutil_closesocket(c->fd);
+    delete c;
+  }
+}
+
+bool HttpServer::listen(const std::string& address, uint16_t port, std::string& error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string service = std::to_string(port);
+  if (const int rc = getaddrinfo(address.c_str(), service.c_str(), &hints, &res); rc != 0) {
+    error = gai_strerror(rc);
+    return false;
+  }
+  for (addrinfo* ai = res; ai != nullptr && listener_ == nullptr; ai = ai->ai_next) {
+    listener_ = evconnlistener_new_bind(base_, &HttpServer::onAccept, this,
+                                        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                            LEV_OPT_CLOSE_ON_EXEC,
+                                        SOMAXCONN, ai->ai_addr, static_cast<int>(ai->ai_addrlen));
+    if (listener_ == nullptr) {
+      error = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+    }
+  }
+  freeaddrinfo(res);
+  if (listener_ == nullptr) {
+    return false;
+  }
+  evconnlistener_set_error_cb(listener_, &HttpServer::onAcceptError);
+  port_ = boundPort(evconnlistener_get_fd(listener_));
+  return true;
+}
+
+void HttpServer::stopAccepting() {
+  if (listener_ != nullptr) {
+    evconnlistener_free(listener_);
+    listener_ = nullptr;
+  }
+}
+
+void HttpServer::onAcceptError(evconnlistener*, void* arg) {
+  auto* self = static_cast<HttpServer*>(arg);
+  const int err = EVUTIL_SOCKET_ERROR();
+  // EMFILE and friends: the listener tries again on the next connection; say so once per burst.
+  self->log_.warn("accept failed", {{"error", evutil_socket_error_to_string(err)}});
+}
+
+void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+  auto* self = static_cast<HttpServer*>(arg);
+  auto* c = new Conn();
+  c->server = self;
+  c->fd = fd;
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // replies go out whole anyway
+  c->ev = event_new(self->base_, fd, EV_READ | EV_WRITE | EV_CLOSED | EV_PERSIST | EV_ET,
+                    &HttpServer::onSocket, c);
+  c->timer = evtimer_new(self->base_, &HttpServer::onTimer, c);
+  if (c->ev == nullptr || c->timer == nullptr || event_add(c->ev, nullptr) != 0) {
+    if (c->ev != nullptr) event_free(c->ev);
+    if (c->timer != nullptr) event_free(c->timer);
+    evutil_closesocket(fd);
+    delete c;
+    return;
+  }
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  c->last_activity = core::MonotonicClock::now();
+  self->conns_.insert(c);
+  self->armTimer(*c, self->limits_.idle_timeout);
+}
+
+void HttpServer::armTimer(Conn& c, core::Duration d) {
+  const timeval tv = toTimeval(std::max(d, core::Duration(std::chrono::milliseconds(1))));
+  evtimer_add(c.timer, &tv);
+}
+
+void HttpServer::onTimer(evutil_socket_t, short, void* arg) {
+  auto& c = *static_cast<Conn*>(arg);
+  HttpServer& self = *c.server;
+  if (c.lingering || c.dead) {
+    if (c.busy == 0) {
+      self.destroy(c);
+    }
+    return;
+  }
+  if (c.exchange != 0 && c.out.empty()) {
+    self.armTimer(c, self.limits_.idle_timeout);  // waiting for our own answer: not idle
+    return;
+  }
+  const core::Duration idle = core::MonotonicClock::now() - c.last_activity;
+  if (idle < self.limits_.idle_timeout) {
+    self.armTimer(c, self.limits_.idle_timeout - idle);
+    return;
+  }
+  // Idle, or a request or reply that makes no progress: close. An open exchange's client is
+  // treated as gone.
+  self.clientGone(c);
+  if (c.busy == 0) {
+    self.destroy(c);
+  }
+}
+
+void HttpServer::onSocket(evutil_socket_t, short what, void* arg) {
+  auto& c = *static_cast<Conn*>(arg);
+  HttpServer& self = *c.server;
+  {
+    BusyGuard guard(c);
+    if ((what & EV_WRITE) != 0 && !c.out.empty() && !c.dead) {
+      c.last_activity = core::MonotonicClock::now();
+      if (self.flush(c) && c.out.empty()) {
+        self.afterWrite(c);
+      }
+    }
+    if ((what & (EV_READ | EV_CLOSED)) != 0 && !c.dead) {
+      self.readIn(c, (what & EV_CLOSED) != 0);
+    }
+  }
+  if (c.dead && c.busy == 0) {
+    self.destroy(c);
+  }
+}
+
+void HttpServer::readIn(Conn& c, bool peer_closed) {
+  // Edge-triggered: read until the socket is drained. A short read means drained, unless the
+  // peer closed (EV_CLOSED): then read on to see the end.
+  const size_t cap = limits_.max_header_bytes + limits_.max_body_bytes + kReadChunk;
+  while (!c.dead) {
+    if (c.exchange != 0 && c.in.size() > cap) {
+      c.read_blocked = true;  // a client pipelining more than one request's worth: wait
+      return;
+    }
+    char buf[kReadChunk];
+    const ssize_t n = ::recv(c.fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      c.last_activity = core::MonotonicClock::now();
+      if (!c.lingering) {
+        c.in.append(buf, static_cast<size_t>(n));
+      }
+      if (static_cast<size_t>(n) < sizeof buf && !peer_closed) {
+        break;
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      break;
+    }
+    // EOF or an error: the client has gone (a lingering close is complete).
+    if (c.lingering) {
+      c.dead = true;
+      return;
+    }
+    clientGone(c);
+    return;
+  }
+  c.read_blocked = false;
+  if (!c.dead && !c.lingering) {
+    parse(c);
+  }
+}
+
+void HttpServer::parse(Conn& c) {
+  BusyGuard guard(c);
+  c.parsing = true;
+  while (!c.dead && !c.lingering && c.exchange == 0 && c.out.empty() && !c.in.empty()) {
+    const size_t n =
+        http_parser_execute(&c.parser, &parserSettings(), c.in.data(), c.in.size());
+    const auto err = HTTP_PARSER_ERRNO(&c.parser);
+    c.in.erase(0, n);
+    if (err == HPE_PAUSED) {
+      http_parser_pause(&c.parser, 0);
+      if (c.message_done || c.req.problem != InboundProblem::None) {
+        dispatch(c);
+      }
+      continue;
+    }
+    if (err != HPE_OK) {
+      c.req.problem = err == HPE_HEADER_OVERFLOW ? InboundProblem::HeadersTooLarge
+                                                 : InboundProblem::Malformed;
+      if (c.req.method.empty()) {
+        c.req.method = http_method_str(static_cast<http_method>(c.parser.method));
+      }
+      dispatch(c);
+      break;
+    }
+    if (c.parser.upgrade != 0) {
+      break;  // CONNECT or Upgrade: answered (messageComplete ran), then closed
+    }
+    // Everything parsed, request incomplete: wait for more. Tell a client that waits for it
+    // that the body is welcome.
+    if (c.expect_continue) {
+      c.expect_continue = false;
+      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+      c.out.append(kContinue);
+      flush(c);
+    }
+    break;
+  }
+  c.parsing = false;
+  if (c.in.capacity() > kKeepCapacity && c.in.size() < kKeepCapacity / 2) {
+    c.in.shrink_to_fit();
+  }
+}
+
+void HttpServer::dispatch(Conn& c) {
+  c.exchange = next_exchange_++;
+  c.head = c.req.method == "HEAD";
+  c.http10 = c.req.http_major == 1 && c.req.http_minor == 0;
+  if (c.req.problem != InboundProblem::None || !c.message_done) {
+    c.keep_alive = false;  // the rest of this request is not read: close after the answer
+  }
+  c.message_done = false;
+  c.expect_continue = false;
+  open_.emplace(c.exchange, &c);
+  InboundRequest req = std::move(c.req);
+  c.req = InboundRequest{};
+  handler_.onRequest(c.exchange, req);
+}
+
+void HttpServer::reply(uint64_t exchange, int status, const Headers& headers,
+                       std::string_view body, bool close) {
+  auto it = open_.find(exchange);
+  if (it == open_.end()) {
+    return;
+  }
+  Conn& c = *it->second;
+  open_.erase(it);
+  c.exchange = 0;
+  const bool closing = close || !c.keep_alive;
+  std::string& out = c.out;  // empty: one exchange at a time
+  out.reserve(256 + body.size());
+  char line[64];
+  const int ln = std::snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
+  out.append(line, static_cast<size_t>(ln));
+  out.append(reasonPhrase(status));
+  out.append("\r\n");
+  bool has_date = false;
+  for (const Header& h : headers) {
+    if (!has_date && core::iequals(h.name, "Date")) {
+      has_date = true;
+    }
+    out.append(h.name).append(": ").append(h.value).append("\r\n");
+  }
+  if (!has_date) {
+    out.append("Date: ").append(httpDate()).append("\r\n");
+  }
+  if (bodyAllowed(status)) {
+    const int cl = std::snprintf(line, sizeof line, "Content-Length: %zu\r\n", body.size());
+    out.append(line, static_cast<size_t>(cl));
+  }
+  if (closing) {
+    out.append("Connection: close\r\n");
+  } else if (c.http10) {
+    out.append("Connection: keep-alive\r\n");
+  }
+  out.append("\r\n");
+  if (bodyAllowed(status) && !c.head) {
+    out.append(body);
+  }
+  c.close_after = closing;
+  c.last_activity = core::MonotonicClock::now();
+  if (flush(c) && c.out.empty()) {
+    afterWrite(c);
+  }
+  if (c.dead && c.busy == 0) {
+    destroy(c);
+  }
+}
+
+bool HttpServer::flush(Conn& c) {
+  size_t done = 0;
+  while (done < c.out.size()) {
+    const ssize_t n = ::send(c.fd, c.out.data() + done, c.out.size() - done, MSG_NOSIGNAL);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      break;  // the rest goes on the next write edge
+    }
+    c.out.clear();
+    clientGone(c);
+    return false;
+  }
+  if (done == c.out.size()) {
+    c.out.clear();
+    if (c.out.capacity() > kKeepCapacity) {
+      c.out.shrink_to_fit();
+    }
+  } else {
+    c.out.erase(0, done);
+  }
+  return true;
+}
+
+void HttpServer::afterWrite(Conn& c) {
+  if (c.close_after) {
+    startLinger(c);
+    return;
+  }
+  if (!c.parsing) {
+    if (c.read_blocked) {
+      readIn(c, false);  // parses too
+    } else {
+      parse(c);
+    }
+  }
+}
+
+void HttpServer::startLinger(Conn& c) {
+  c.lingering = true;
+  c.in.clear();
+  c.in.shrink_to_fit();
+  ::shutdown(c.fd, SHUT_WR);
+  armTimer(c, kLinger);
+  readIn(c, false);  // what is already there; EOF ends it
+}
+
+void HttpServer::clientGone(Conn& c) {
+  c.dead = true;
+  if (c.exchange != 0) {
+    const uint64_t ex = c.exchange;
+    c.exchange = 0;
+    open_.erase(ex);
+    BusyGuard guard(c);
+    handler_.onClientGone(ex);
+  }
+}
+
+void HttpServer::destroy(Conn& c) {
+  if (c.exchange != 0) {
+    open_.erase(c.exchange);  // not reported: only the server's own teardown gets here
+  }
+  conns_.erase(&c);
+  event_free(c.ev);
+  event_free(c.timer);
+  evutil_closesocket(c.fd);
+  delete &c;
+}
+
+}  // namespace hiapi::shell
