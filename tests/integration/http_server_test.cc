@@ -1,0 +1,458 @@
+// HttpServer, the client-facing HTTP/1.1 server, on a real event loop and real loopback sockets:
+// keep-alive and pipelining, bodies (chunked, Expect: 100-continue, oversize), unreadable
+// requests, HTTP/1.0, HEAD, clients that leave while their request is open, and idle timeouts.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <event2/event.h>
+#include <gtest/gtest.h>
+
+#include "harness/harness.h"
+#include "hiapi/shell/http_server.h"
+#include "hiapi/shell/log.h"
+
+using namespace std::chrono_literals;
+
+namespace hiapi::test {
+namespace {
+
+struct Seen {
+  std::string method, target, body;
+  shell::Headers headers;
+  shell::InboundProblem problem = shell::InboundProblem::None;
+  uint64_t body_bytes_seen = 0;
+  unsigned short minor = 1;
+};
+
+// Echo handler: answers every request with "<method> <target> <body size>" (status 200), or,
+// with hold set, keeps it open (for client-gone tests), or answers after a delay on the loop.
+class Recorder : public shell::HttpServer::Handler {
+public:
+  shell::HttpServer* server = nullptr;
+  event_base* base = nullptr;
+  std::atomic<bool> hold{false};
+  std::atomic<bool> delay{false};
+
+  void onRequest(uint64_t exchange, shell::InboundRequest& req) override {
+    Seen s{req.method, req.target, req.body, req.headers, req.problem, req.body_bytes_seen,
+           req.http_minor};
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      seen_.push_back(s);
+    }
+    if (req.problem != shell::InboundProblem::None) {
+      server->reply(exchange, 400, {{"Content-Type", "text/plain"}}, "problem", true);
+      return;
+    }
+    if (hold) {
+      return;
+    }
+    if (delay) {
+      auto* arg = new std::pair<Recorder*, uint64_t>(this, exchange);
+      const timeval tv{0, 30'000};
+      event_base_once(
+          base, -1, EV_TIMEOUT,
+          [](evutil_socket_t, short, void* a) {
+            auto* p = static_cast<std::pair<Recorder*, uint64_t>*>(a);
+            p->first->answer(p->second, "late");
+            delete p;
+          },
+          arg, &tv);
+      return;
+    }
+    answer(exchange, s.method + " " + s.target + " " + std::to_string(s.body.size()));
+  }
+  void onClientGone(uint64_t exchange) override {
+    std::lock_guard<std::mutex> l(mu_);
+    gone_.push_back(exchange);
+    still_open_after_gone_ = still_open_after_gone_ || server->isOpen(exchange);
+  }
+  void answer(uint64_t exchange, const std::string& body) {
+    server->reply(exchange, 200, {{"Content-Type", "text/plain"}, {"X-Test", "1"}}, body);
+  }
+  std::vector<Seen> seen() {
+    std::lock_guard<std::mutex> l(mu_);
+    return seen_;
+  }
+  size_t goneCount() {
+    std::lock_guard<std::mutex> l(mu_);
+    return gone_.size();
+  }
+  bool stillOpenAfterGone() {
+    std::lock_guard<std::mutex> l(mu_);
+    return still_open_after_gone_;
+  }
+
+private:
+  std::mutex mu_;
+  std::vector<Seen> seen_;
+  std::vector<uint64_t> gone_;
+  bool still_open_after_gone_ = false;
+};
+
+// The server on an event loop of its own thread (set up before the thread starts, torn down after
+// it stops: libevent is used by one thread at a time).
+class ServerLoop {
+public:
+  explicit ServerLoop(shell::HttpServerLimits limits)
+      : log_(core::LogFormat::Logfmt, core::LogLevel::Error) {
+    base_ = event_base_new();
+    rec_.base = base_;
+    server_ = std::make_unique<shell::HttpServer>(base_, rec_, log_, limits);
+    rec_.server = server_.get();
+    std::string error;
+    ok_ = server_->listen("127.0.0.1", 0, error);
+    tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
+    const timeval tv{0, 20'000};
+    event_add(tick_, &tv);
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        event_base_loop(base_, EVLOOP_ONCE);
+      }
+    });
+  }
+  ~ServerLoop() {
+    stop_ = true;
+    thread_.join();
+    server_.reset();
+    event_free(tick_);
+    event_base_free(base_);
+  }
+  bool ok() const { return ok_; }
+  uint16_t port() const { return server_->port(); }
+  Recorder& rec() { return rec_; }
+
+private:
+  shell::Logger log_;
+  event_base* base_ = nullptr;
+  event* tick_ = nullptr;
+  Recorder rec_;
+  std::unique_ptr<shell::HttpServer> server_;
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// A client connection that keeps what it read past one response for the next.
+class Client {
+public:
+  explicit Client(uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  }
+  ~Client() { close(); }
+  bool connected() const { return connected_; }
+  void close() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+  void shutdownWrite() { ::shutdown(fd_, SHUT_WR); }
+  void send(const std::string& bytes) {
+    size_t off = 0;
+    while (off < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+      if (n <= 0) {
+        return;
+      }
+      off += static_cast<size_t>(n);
+    }
+  }
+  /// Reads one response (Content-Length bodies; @p head: none). status 0 on close or timeout.
+  HttpResponse read(bool head = false, std::chrono::milliseconds timeout = 5s) {
+    HttpResponse r;
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    size_t end = std::string::npos;
+    while ((end = buf_.find("\r\n\r\n")) == std::string::npos) {
+      if (!fill(until)) {
+        return r;
+      }
+    }
+    const std::string head_text = buf_.substr(0, end);
+    size_t pos = head_text.find("\r\n");
+    const std::string status_line = head_text.substr(0, pos);
+    r.status = std::atoi(status_line.substr(9, 3).c_str());
+    while (pos != std::string::npos && pos < head_text.size()) {
+      const size_t next = head_text.find("\r\n", pos + 2);
+      const std::string line =
+          head_text.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        size_t v = colon + 1;
+        while (v < line.size() && line[v] == ' ') {
+          ++v;
+        }
+        r.headers.emplace_back(line.substr(0, colon), line.substr(v));
+      }
+      pos = next;
+    }
+    buf_.erase(0, end + 4);
+    size_t len = head || r.status < 200 ? 0 : std::stoul("0" + r.header("Content-Length"));
+    while (buf_.size() < len) {
+      if (!fill(until)) {
+        r.status = 0;
+        return r;
+      }
+    }
+    r.body = buf_.substr(0, len);
+    buf_.erase(0, len);
+    return r;
+  }
+  /// @return whether the server closed the connection (EOF) within @p timeout.
+  bool closedByServer(std::chrono::milliseconds timeout = 5s) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        char b[4096];
+        const ssize_t n = ::recv(fd_, b, sizeof b, 0);
+        if (n <= 0) {
+          return true;
+        }
+        buf_.append(b, static_cast<size_t>(n));
+      }
+    }
+    return false;
+  }
+
+private:
+  bool fill(std::chrono::steady_clock::time_point until) {
+    while (std::chrono::steady_clock::now() < until) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        char b[4096];
+        const ssize_t n = ::recv(fd_, b, sizeof b, 0);
+        if (n <= 0) {
+          return false;
+        }
+        buf_.append(b, static_cast<size_t>(n));
+        return true;
+      }
+    }
+    return false;
+  }
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+shell::HttpServerLimits smallLimits() {
+  shell::HttpServerLimits l;
+  l.max_header_bytes = 1024;
+  l.max_body_bytes = 1024;
+  l.idle_timeout = 10s;
+  return l;
+}
+
+TEST(HttpServer, PipelinedRequestsAreAnsweredInOrderOnOneConnection) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  ASSERT_TRUE(c.connected());
+  std::string three;
+  for (int i = 1; i <= 3; ++i) {
+    three += "GET /v1/tasks/t" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  c.send(three);
+  for (int i = 1; i <= 3; ++i) {
+    const HttpResponse r = c.read();
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "GET /v1/tasks/t" + std::to_string(i) + " 0");
+    EXPECT_EQ(r.header("X-Test"), "1");
+    EXPECT_FALSE(r.header("Date").empty());
+    EXPECT_NE(r.header("Connection"), "close");
+  }
+  // The same connection still serves, also when the replies come later than the requests.
+  loop.rec().delay = true;
+  c.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(c.read().body, "late");
+  EXPECT_EQ(c.read().body, "late");
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 5u);
+  EXPECT_EQ(seen[3].target, "/a");
+  EXPECT_EQ(seen[4].target, "/b");
+}
+
+TEST(HttpServer, ARequestSplitByteByByteIsReadWhole) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  const std::string req =
+      "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Long-Header: abc\r\nContent-Length: 11\r\n\r\n"
+      "hello world";
+  for (char ch : req) {
+    c.send(std::string(1, ch));
+  }
+  const HttpResponse r = c.read();
+  EXPECT_EQ(r.body, "POST /v1/tasks 11");
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].body, "hello world");
+  ASSERT_EQ(seen[0].headers.size(), 3u);
+  EXPECT_EQ(seen[0].headers[1].name, "X-Long-Header");
+  EXPECT_EQ(seen[0].headers[1].value, "abc");
+}
+
+TEST(HttpServer, ChunkedBodiesAreDechunkedAndExpectContinueIsAnswered) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  c.send("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+         "Expect: 100-continue\r\n\r\n");
+  const HttpResponse cont = c.read();
+  EXPECT_EQ(cont.status, 100) << "the client waits for 100 Continue before sending the body";
+  c.send("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+  const HttpResponse r = c.read();
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "POST /v1/tasks 11");
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].body, "hello world");
+}
+
+TEST(HttpServer, AnOversizedBodyIsRefusedFromItsLengthAndTheAnswerArrivesWhole) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  // The client sends all of it without waiting; the server answers after the headers and
+  // closes without reading the rest: the answer must still arrive (no reset before it).
+  c.send("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" +
+         std::string(200000, 'x'));
+  const HttpResponse r = c.read();
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body, "problem");
+  EXPECT_EQ(r.header("Connection"), "close");
+  EXPECT_TRUE(c.closedByServer());
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::BodyTooLarge);
+  EXPECT_EQ(seen[0].body_bytes_seen, 200000u);
+
+  Client chunked(loop.port());
+  chunked.send("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "800\r\n" + std::string(0x800, 'y') + "\r\n0\r\n\r\n");
+  EXPECT_EQ(chunked.read().status, 400);
+  const auto seen2 = loop.rec().seen();
+  ASSERT_EQ(seen2.size(), 2u);
+  EXPECT_EQ(seen2[1].problem, shell::InboundProblem::BodyTooLarge);
+}
+
+TEST(HttpServer, OversizedHeadersAndGarbageAreProblemsAnsweredThenClosed) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  {
+    Client c(loop.port());
+    c.send("GET /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(2000, 'h') + "\r\n\r\n");
+    const HttpResponse r = c.read();
+    EXPECT_EQ(r.status, 400);
+    EXPECT_TRUE(c.closedByServer());
+  }
+  {
+    Client c(loop.port());
+    c.send("NOT HTTP AT ALL\r\n\r\n");
+    EXPECT_EQ(c.read().status, 400);
+    EXPECT_TRUE(c.closedByServer());
+  }
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::HeadersTooLarge);
+  EXPECT_EQ(seen[1].problem, shell::InboundProblem::Malformed);
+}
+
+TEST(HttpServer, Http10ClosesUnlessItAsksForKeepAlive) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  {
+    Client c(loop.port());
+    c.send("GET /v1/tasks HTTP/1.0\r\n\r\n");
+    const HttpResponse r = c.read();
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.header("Connection"), "close");
+    EXPECT_TRUE(c.closedByServer());
+  }
+  {
+    Client c(loop.port());
+    c.send("GET /v1/one HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    const HttpResponse r = c.read();
+    EXPECT_EQ(r.header("Connection"), "keep-alive");
+    c.send("GET /v1/two HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    EXPECT_EQ(c.read().body, "GET /v1/two 0");
+  }
+  {
+    Client c(loop.port());
+    c.send("GET /v1/tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(c.read().header("Connection"), "close");
+    EXPECT_TRUE(c.closedByServer());
+  }
+}
+
+TEST(HttpServer, HeadRepliesCarryNoBody) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  c.send("HEAD /v1/tasks HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/after HTTP/1.1\r\nHost: x\r\n\r\n");
+  const HttpResponse h = c.read(/*head=*/true);
+  EXPECT_EQ(h.status, 200);
+  EXPECT_EQ(h.header("Content-Length"), std::to_string(std::string("HEAD /v1/tasks 0").size()));
+  // Had the HEAD reply carried a body, this would read it as the next response.
+  EXPECT_EQ(c.read().body, "GET /v1/after 0");
+}
+
+TEST(HttpServer, AClientLeavingWhileItsRequestIsOpenIsReportedAtOnce) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  loop.rec().hold = true;
+  Client c(loop.port());
+  c.send("GET /v1/tasks/t1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(waitFor([&] { return loop.rec().seen().size() == 1; }, 5s));
+  EXPECT_EQ(loop.rec().goneCount(), 0u);
+  c.close();
+  EXPECT_TRUE(waitFor([&] { return loop.rec().goneCount() == 1; }, 5s));
+  EXPECT_FALSE(loop.rec().stillOpenAfterGone()) << "reply() to a gone exchange must be a no-op";
+
+  // A client that sends its request and its end together (as nginx, it counts as leaving): the
+  // server closes, and if the request was handed on at all, it was reported gone as well.
+  Client d(loop.port());
+  d.send("GET /v1/tasks/t2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  d.shutdownWrite();
+  EXPECT_TRUE(d.closedByServer());
+  EXPECT_EQ(loop.rec().seen().size(), loop.rec().goneCount());
+}
+
+TEST(HttpServer, IdleConnectionsAreClosedAfterTheTimeoutButOpenRequestsAreNot) {
+  shell::HttpServerLimits l = smallLimits();
+  l.idle_timeout = 200ms;
+  ServerLoop loop(l);
+  ASSERT_TRUE(loop.ok());
+  Client idle(loop.port());
+  idle.send("GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(idle.read().status, 200);
+  EXPECT_TRUE(idle.closedByServer(5s));
+
+  loop.rec().hold = true;
+  Client waiting(loop.port());
+  waiting.send("GET /v1/b HTTP/1.1\r\nHost: x\r\n\r\n");
+  // Several idle timeouts pass: a request waiting for its answer keeps its connection.
+  EXPECT_FALSE(waiting.closedByServer(800ms));
+  EXPECT_EQ(loop.rec().goneCount(), 0u);
+}
+
+}  // namespace
+}  // namespace hiapi::test
