@@ -7,7 +7,9 @@
 namespace hiapi::core {
 namespace {
 
-char lower(char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); }
+// ASCII only, as HTTP's tokens are (and without the locale lookup std::tolower does per call:
+// header names are compared several times per forwarded request).
+char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 
 std::string toLower(std::string_view s) {
   std::string out(s);
@@ -136,15 +138,20 @@ bool isHopByHop(std::string_view name, const std::vector<std::string>& connectio
   static constexpr std::array<std::string_view, 8> kHop{
       "connection", "keep-alive", "te",      "trailer",
       "trailers",   "transfer-encoding", "upgrade", "proxy-connection"};
-  const std::string n = toLower(name);
-  if (std::find(kHop.begin(), kHop.end(), n) != kHop.end()) {
+  for (std::string_view h : kHop) {
+    if (iequals(name, h)) {
+      return true;
+    }
+  }
+  if (name.size() >= 6 && iequals(name.substr(0, 6), "proxy-")) {
     return true;
   }
-  if (n.rfind("proxy-", 0) == 0) {
-    return true;
+  for (const std::string& t : connection_tokens) {
+    if (iequals(name, t)) {
+      return true;
+    }
   }
-  return std::find(connection_tokens.begin(), connection_tokens.end(), n) !=
-         connection_tokens.end();
+  return false;
 }
 
 std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target) {

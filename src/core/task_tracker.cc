@@ -307,6 +307,11 @@ std::optional<SlotRelease> TaskTracker::onStatus(const std::string& key, const s
   return applyStatus(*r, status, now);
 }
 
+bool TaskTracker::hasRecords(const std::string& key) const {
+  auto it = records_.lower_bound(RecordKey{key, std::string()});
+  return it != records_.end() && it->first.first == key;
+}
+
 bool TaskTracker::onSlotExpired(const std::string& key, SlotId slot) {
   for (auto it = records_.lower_bound(RecordKey{key, std::string()});
        it != records_.end() && it->first.first == key; ++it) {

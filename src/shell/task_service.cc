@@ -232,7 +232,7 @@ void TaskService::observe(RequestCtx& ctx, const UpstreamResponse& resp) {
   if (resp.error != UpstreamError::None || resp.status < 200 || resp.status >= 300) {
     return;
   }
-  if (ctx.route.kind == core::RouteKind::List) {
+  if (ctx.route.kind == core::RouteKind::List && tracker_->hasRecords(ctx.key_name)) {
     const auto now = clock_.now();
     for (const core::TaskStatusView& t : core::parseTaskList(resp.body)) {
       release(tracker_->onStatus(ctx.key_name, t.task_id, t.status, now));

@@ -109,6 +109,14 @@ TEST_F(TaskTrackerTest, ReleaseExactlyOnceViaDetailThenList) {
   EXPECT_TRUE(tracker_.running().empty());
 }
 
+TEST_F(TaskTrackerTest, HasRecordsIsPerKey) {
+  EXPECT_FALSE(tracker_.hasRecords("prod"));
+  tracker_.onCreated("prod", "tk-1", kHeavy, SlotId{7}, "seedance-2-0", kT0);
+  EXPECT_TRUE(tracker_.hasRecords("prod"));
+  EXPECT_FALSE(tracker_.hasRecords("pro")) << "a prefix of a key is another key";
+  EXPECT_FALSE(tracker_.hasRecords("staging"));
+}
+
 TEST_F(TaskTrackerTest, ReleaseViaListThenDetail) {
   tracker_.onCreated("prod", "tk-1", kLight, SlotId{1}, "flux-2/dev", kT0);
   auto rel = tracker_.onStatus("prod", "tk-1", "fail", kT0 + seconds(9));

@@ -134,6 +134,10 @@ public:
                                        size_t tier, std::optional<SlotId> slot,
                                        const std::string& model, MonotonicTime now);
 
+  /// @return whether any task of @p key has a record (a list's statuses can update nothing
+  ///         otherwise, so the caller need not parse it).
+  bool hasRecords(const std::string& key) const;
+
   /// A status seen for (key, task) in a detail, list or callback.
   /// A terminal status is final: later statuses do not change it.
   /// @param key the key's name
