@@ -1,6 +1,7 @@
 #include "hiapi/shell/http_server.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -463,7 +464,7 @@ void HttpServer::dispatch(Conn& c) {
   handler_.onRequest(c.exchange, req);
 }
 
-void HttpServer::reply(uint64_t exchange, int status, const Headers& headers,
+void HttpServer::reply(uint64_t exchange, int status, const HeaderViews& headers,
                        std::string_view body, bool close) {
   auto it = open_.find(exchange);
   if (it == open_.end()) {
@@ -475,13 +476,14 @@ void HttpServer::reply(uint64_t exchange, int status, const Headers& headers,
   const bool closing = close || !c.keep_alive;
   std::string& out = c.out;  // empty: one exchange at a time
   out.reserve(256 + body.size());
-  char line[64];
-  const int ln = std::snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
-  out.append(line, static_cast<size_t>(ln));
+  char num[24];
+  out.append("HTTP/1.1 ");
+  out.append(num, static_cast<size_t>(std::to_chars(num, num + sizeof num, status).ptr - num));
+  out.push_back(' ');
   out.append(reasonPhrase(status));
   out.append("\r\n");
   bool has_date = false;
-  for (const Header& h : headers) {
+  for (const HeaderView& h : headers) {
     if (!has_date && core::iequals(h.name, "Date")) {
       has_date = true;
     }
@@ -491,8 +493,9 @@ void HttpServer::reply(uint64_t exchange, int status, const Headers& headers,
     out.append("Date: ").append(httpDate()).append("\r\n");
   }
   if (bodyAllowed(status)) {
-    const int cl = std::snprintf(line, sizeof line, "Content-Length: %zu\r\n", body.size());
-    out.append(line, static_cast<size_t>(cl));
+    out.append("Content-Length: ");
+    out.append(num, static_cast<size_t>(std::to_chars(num, num + sizeof num, body.size()).ptr - num));
+    out.append("\r\n");
   }
   if (closing) {
     out.append("Connection: close\r\n");

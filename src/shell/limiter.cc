@@ -43,6 +43,9 @@ struct Limiter::KeyState {
   std::unique_ptr<core::KeyScheduler> sched;
   std::unique_ptr<core::RetryBudget> budget;
   event* timer = nullptr;
+  /// When `timer` fires (nullopt: not armed). pump() re-arms only when this changes: most pumps
+  /// (one per admitted or finished request) leave it as it was.
+  std::optional<core::MonotonicTime> armed_for;
   std::unordered_set<uint64_t> waiting;  ///< ids queued in the scheduler
   core::MonotonicTime last_used{};
 
@@ -289,6 +292,10 @@ void Limiter::pump(KeyState& ks) {
 }
 
 void Limiter::arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at) {
+  if (wake_at == ks.armed_for && (!wake_at || evtimer_pending(ks.timer, nullptr) != 0)) {
+    return;
+  }
+  ks.armed_for = wake_at;
   evtimer_del(ks.timer);
   if (!wake_at) {
     return;

@@ -22,6 +22,8 @@ namespace {
 // The official clients give up after 60 s; every answer must leave the proxy before that.
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
 constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
+// Passthrough keys whose names are remembered (see prepare()).
+constexpr size_t kMaxKeyNames = 1024;
 
 // The method as the upstream pool sends it; nullopt for one the proxy does not forward.
 std::optional<evhttp_cmd_type> upstreamMethod(std::string_view m) {
@@ -84,6 +86,7 @@ ProxyServer::~ProxyServer() {
 
 void ProxyServer::setConfig(core::ConfigSharedPtr cfg) {
   cfg_ = std::move(cfg);
+  key_names_.clear();  // the configured keys may have changed names
   if (http_) {
     http_->setLimits(serverLimits(cfg_->listen));
   }
@@ -188,10 +191,14 @@ RequestCtx& ProxyServer::newCtx() {
   auto owned = std::make_unique<RequestCtx>();
   RequestCtx& ctx = *owned;
   ctx.id = next_id_++;
-  char rid[32];
-  std::snprintf(rid, sizeof rid, "hp-%016llx",
-                static_cast<unsigned long long>(id_salt_ ^ (ctx.id * 0x9E3779B97F4A7C15ull)));
-  ctx.request_id = rid;
+  // "hp-" and 16 hex digits (formatted by hand: this runs for every request).
+  static constexpr char kHex[] = "0123456789abcdef";
+  char rid[19] = {'h', 'p', '-'};
+  const uint64_t v = id_salt_ ^ (ctx.id * 0x9E3779B97F4A7C15ull);
+  for (int i = 0; i < 16; ++i) {
+    rid[3 + i] = kHex[(v >> (60 - 4 * i)) & 0xF];
+  }
+  ctx.request_id.assign(rid, sizeof rid);
   ctx.received = core::MonotonicClock::now();
   ctx.deadline = ctx.received + kAnswerWithin;
   requests_.emplace(ctx.id, std::move(owned));
@@ -456,15 +463,24 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
       replyError(ctx, core::ProxyError::MissingApiKey);
       return false;
     }
-    const auto token = core::bearerToken(authorization);
-    const core::Secret secret(token ? *token : std::string(authorization));
-    for (const core::KeyConfig& k : cfg.keys) {
-      if (k.key == secret) {
-        ctx.key_name = k.name;
+    // A service sends the same key on every request: remember which name it maps to.
+    if (auto known = key_names_.find(std::string_view(authorization)); known != key_names_.end()) {
+      ctx.key_name = known->second;
+    } else {
+      const auto token = core::bearerToken(authorization);
+      const core::Secret secret(token ? *token : std::string(authorization));
+      for (const core::KeyConfig& k : cfg.keys) {
+        if (k.key == secret) {
+          ctx.key_name = k.name;
+        }
       }
-    }
-    if (ctx.key_name.empty()) {
-      ctx.key_name = "pt-" + secret.fingerprint();
+      if (ctx.key_name.empty()) {
+        ctx.key_name = "pt-" + secret.fingerprint();
+      }
+      if (key_names_.size() >= kMaxKeyNames) {
+        key_names_.clear();  // many keys come and go: start over rather than grow
+      }
+      key_names_.emplace(authorization, ctx.key_name);
     }
     ctx.authorization = authorization;
     ctx.upstream.headers.push_back(Header{"Authorization", authorization});
@@ -586,13 +602,15 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     done(ctx, resp.status);
     return;
   }
-  Headers out;
+  HeaderViews out;
   out.reserve(resp.headers.size() + 2);
   if (!ctx.cache_result.empty()) {
-    out.push_back(Header{"X-HiAPI-Proxy-Cache", ctx.cache_result});
+    out.push_back(HeaderView{"X-HiAPI-Proxy-Cache", ctx.cache_result});
   }
+  std::string age;
   if (age_s >= 0) {
-    out.push_back(Header{"Age", std::to_string(age_s)});
+    age = std::to_string(age_s);
+    out.push_back(HeaderView{"Age", age});
   }
   std::vector<std::string> conn_tokens;
   if (const std::string* c = findHeader(resp.headers, "Connection")) {
@@ -602,7 +620,7 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_tokens)) {
       continue;
     }
-    out.push_back(h);
+    out.push_back(HeaderView{h.name, h.value});
   }
   ctx.outcome = "forwarded";
   sendReply(ctx, resp.status, out, resp.body);
@@ -620,16 +638,18 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
     done(ctx, info.status);
     return;
   }
-  Headers out;
+  HeaderViews out;
   out.reserve(4);
-  out.push_back(Header{"Content-Type", "application/json"});
-  out.push_back(Header{std::string(core::kProxyErrorHeader), std::string(info.code)});
-  out.push_back(Header{"X-Request-Id", ctx.request_id});
+  out.push_back(HeaderView{"Content-Type", "application/json"});
+  out.push_back(HeaderView{core::kProxyErrorHeader, info.code});
+  out.push_back(HeaderView{"X-Request-Id", ctx.request_id});
   if (retry_after_s < 0 && info.retry_helps) {
     retry_after_s = 1;  // the table says waiting helps; callers that know better pass their own
   }
+  std::string retry_after;
   if (retry_after_s >= 0) {
-    out.push_back(Header{"Retry-After", std::to_string(retry_after_s)});
+    retry_after = std::to_string(retry_after_s);
+    out.push_back(HeaderView{"Retry-After", retry_after});
   }
   const std::string body = core::renderProxyError(e, ctx.request_id, message);
   // A CONNECT has no body framing after it, and the rest of an oversized or unreadable request
@@ -644,7 +664,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
   sendReply(ctx, info.status, out, body, close);
 }
 
-void ProxyServer::sendReply(RequestCtx& ctx, int status, const Headers& headers,
+void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& headers,
                             std::string_view body, bool close) {
   ctx.answered = true;
   if (ctx.exchange != 0) {

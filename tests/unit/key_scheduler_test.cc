@@ -285,12 +285,40 @@ TEST_F(KeySchedulerTest, PrioritiesRetryPollCreateOther) {
 
 TEST_F(KeySchedulerTest, QueueFullRejects) {
   KeyScheduler s(limits(), queueConfig(2), kStart, random_);
+  // Nothing waits: the first poll takes its token at once and holds no queue place.
   EXPECT_EQ(s.submit(req(1, RouteKind::Poll), kStart), SubmitResult::Queued);
   EXPECT_EQ(s.submit(req(1, RouteKind::Poll), kStart), SubmitResult::DuplicateId);
   EXPECT_EQ(s.submit(req(2, RouteKind::Poll), kStart), SubmitResult::Queued);
-  EXPECT_EQ(s.submit(req(3, RouteKind::Poll), kStart), SubmitResult::QueueFull);
+  EXPECT_EQ(s.submit(req(3, RouteKind::Poll), kStart), SubmitResult::Queued);
+  EXPECT_EQ(s.submit(req(4, RouteKind::Poll), kStart), SubmitResult::QueueFull);
   EXPECT_EQ(s.counters().queue_full, 1u);
   EXPECT_GE(s.retryAfterSeconds(kStart), 1u);
+}
+
+TEST_F(KeySchedulerTest, WithNothingWaitingARequestSkipsTheQueueButIsReportedByDispatch) {
+  KeyScheduler s(limits(2.0, 2), queueConfig(), kStart, random_);
+  ASSERT_EQ(s.submit(req(1, RouteKind::Poll, "a"), kStart), SubmitResult::Queued);
+  EXPECT_EQ(s.queueDepth(), 0u) << "admitted at once";
+  // Only one goes that way before dispatch() reports it: the next ones queue and are ordered.
+  ASSERT_EQ(s.submit(req(2, RouteKind::Poll, "a"), kStart), SubmitResult::Queued);
+  ASSERT_EQ(s.submit(req(3, RouteKind::Poll, "b"), kStart), SubmitResult::Queued);
+  EXPECT_EQ(s.queueDepth(), 2u);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 2u) << "a burst of 2: the first one's token was taken at submit";
+  EXPECT_EQ(d.admitted[0].id, 1u);
+  EXPECT_EQ(d.admitted[1].id, 2u);
+  // A client that leaves before dispatch() gets its token back.
+  KeyScheduler t(limits(1.0, 1), queueConfig(), kStart, random_);
+  ASSERT_EQ(t.submit(req(7, RouteKind::Poll), kStart), SubmitResult::Queued);
+  EXPECT_TRUE(t.cancel(7, kStart));
+  ASSERT_EQ(t.submit(req(8, RouteKind::Poll), kStart), SubmitResult::Queued);
+  d = t.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  EXPECT_EQ(d.admitted[0].id, 8u);
+  // Creates always go through the queue (their tier's gate decides).
+  KeyScheduler c(limits(), queueConfig(), kStart, random_);
+  ASSERT_EQ(c.submit(req(9, RouteKind::Create, "a", kHeavy), kStart), SubmitResult::Queued);
+  EXPECT_EQ(c.queueDepth(), 1u);
 }
 
 TEST_F(KeySchedulerTest, DeadlineExpiresAndReturnsHeldSlot) {

@@ -176,7 +176,10 @@ public:
   /// @return the tier for a create's model and body route (TierMatcher rules).
   size_t tierFor(std::string_view model, std::optional<std::string_view> route) const;
 
-  /// Queues a request. Never admits by itself: call dispatch().
+  /// Queues a request. Never reports an admission by itself: call dispatch(). When nothing waits
+  /// (and nothing taken this way is still unreported), a request that dispatch() would admit
+  /// first anyway (not a create, no lane, not background, a spare token, no cooldown) takes its
+  /// token now and skips the queue's bookkeeping; the next dispatch() reports it first.
   /// @return Queued, QueueFull (also when the client's share is full) or DuplicateId.
   SubmitResult submit(const RequestInfo& request, MonotonicTime now);
 
@@ -259,6 +262,8 @@ private:
   };
 
   void refresh(MonotonicTime now, Dispatch* out);
+  /// submit()'s shortcut: @return whether @p entry was admitted at once (into ready_).
+  bool admitAtOnce(const QueueEntry& entry, RouteKind route, MonotonicTime now);
   bool laneOpen(std::optional<size_t> lane, MonotonicTime now) const;
   void dropPending(uint64_t id, MonotonicTime now);
   void applyRate(MonotonicTime now);
@@ -284,6 +289,8 @@ private:
   std::vector<std::optional<MonotonicTime>> tier_next_look_;  ///< see setNextLook()
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
+  /// Admitted by submit() (see there), reported by the next dispatch(). At most one.
+  std::vector<Admitted> ready_;
   std::unordered_map<SlotId, size_t> slot_tier_;
   std::array<size_t, 4> queued_by_route_{};
   SlotId next_slot_id_ = 1;

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -27,6 +28,13 @@
 #include "hiapi/shell/upstream_pool.h"  // Header, Headers
 
 namespace hiapi::shell {
+
+/// A reply header by reference: replies are written at once, nothing needs to own a copy.
+struct HeaderView {
+  std::string_view name;
+  std::string_view value;
+};
+using HeaderViews = std::vector<HeaderView>;
 
 struct HttpServerLimits {
   uint64_t max_header_bytes = 64 * 1024;  ///< names + values + 4 per header line
@@ -90,7 +98,7 @@ public:
   /// have none, and Connection when the connection closes after this reply (@p close, a client
   /// that asked for it, HTTP/1.0 without keep-alive, an unreadable request). A HEAD request's
   /// reply carries no body. No-op for an exchange that is closed or unknown.
-  void reply(uint64_t exchange, int status, const Headers& headers, std::string_view body,
+  void reply(uint64_t exchange, int status, const HeaderViews& headers, std::string_view body,
              bool close = false);
   /// @return whether @p exchange is open (its client is still there, no reply yet).
   bool isOpen(uint64_t exchange) const { return open_.count(exchange) != 0; }

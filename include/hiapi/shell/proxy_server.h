@@ -165,7 +165,7 @@ private:
   void replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, long age_s = -1);
   void replyError(RequestCtx& ctx, core::ProxyError e, std::string_view message = {},
                   int retry_after_s = -1);
-  void sendReply(RequestCtx& ctx, int status, const Headers& headers, std::string_view body,
+  void sendReply(RequestCtx& ctx, int status, const HeaderViews& headers, std::string_view body,
                  bool close = false);
   void done(RequestCtx& ctx, int status);
   void admitCtx(RequestCtx& ctx);
@@ -185,6 +185,12 @@ private:
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
   /// HttpServer exchange → its open request.
   std::unordered_map<uint64_t, uint64_t> by_exchange_;
+  /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, std::string, StringHash, std::equal_to<>> key_names_;
 };
 
 }  // namespace hiapi::shell
