@@ -115,7 +115,8 @@ bool looksLikeSecret(std::string_view v) {
       return false;
     }
     for (size_t i = 0; i < p.size(); ++i) {
-      if (std::tolower(static_cast<unsigned char>(v[i])) != p[i]) {
+      const char c = v[i] >= 'A' && v[i] <= 'Z' ? static_cast<char>(v[i] - 'A' + 'a') : v[i];
+      if (c != p[i]) {
         return false;
       }
     }
@@ -222,13 +223,14 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
 Metrics::~Metrics() = default;
 
 template <typename T>
-std::string Metrics::cacheKey(const Cached<T>&, std::initializer_list<std::string_view> values) {
-  std::string k;
+const std::string& Metrics::cacheKey(const Cached<T>&,
+                                    std::initializer_list<std::string_view> values) {
+  scratch_.clear();
   for (std::string_view v : values) {
-    k.append(v);
-    k.push_back(kSep);
+    scratch_.append(v);
+    scratch_.push_back(kSep);
   }
-  return k;
+  return scratch_;
 }
 
 template <typename T>
@@ -246,60 +248,58 @@ prometheus::Labels Metrics::labelsFor(const Cached<T>& c,
 }
 
 Counter& Metrics::counter(Cached<Counter>& c, std::initializer_list<std::string_view> values) {
-  std::string k = cacheKey(c, values);
+  const std::string& k = cacheKey(c, values);
   auto it = c.series.find(k);
   if (it != c.series.end()) {
     return *it->second;
   }
   Counter& m = c.family->Add(labelsFor(c, values));
-  c.series.emplace(std::move(k), &m);
+  c.series.emplace(k, &m);
   return m;
 }
 
 Gauge& Metrics::gauge(Cached<Gauge>& c, std::initializer_list<std::string_view> values) {
-  std::string k = cacheKey(c, values);
+  const std::string& k = cacheKey(c, values);
   auto it = c.series.find(k);
   if (it != c.series.end()) {
     return *it->second;
   }
   Gauge& m = c.family->Add(labelsFor(c, values));
-  c.series.emplace(std::move(k), &m);
+  c.series.emplace(k, &m);
   return m;
 }
 
 Histogram& Metrics::histogram(Cached<Histogram>& c, const std::vector<double>& buckets,
                               std::initializer_list<std::string_view> values) {
-  std::string k = cacheKey(c, values);
+  const std::string& k = cacheKey(c, values);
   auto it = c.series.find(k);
   if (it != c.series.end()) {
     return *it->second;
   }
   Histogram& m = c.family->Add(labelsFor(c, values), buckets);
-  c.series.emplace(std::move(k), &m);
+  c.series.emplace(k, &m);
   return m;
 }
 
-std::string Metrics::keyLabelLocked(std::string_view key) {
+std::string_view Metrics::keyLabelLocked(std::string_view key) {
   if (key.empty()) {
     return "none";
   }
   if (looksLikeSecret(key)) {
     return "redacted";
   }
-  std::string k(key);
-  if (keys_seen_.count(k) != 0) {
-    return k;
+  if (auto it = keys_seen_.find(key); it != keys_seen_.end()) {
+    return *it;
   }
   if (keys_seen_.size() >= kMaxKeyLabels) {
     return "overflow";
   }
-  keys_seen_.insert(k);
-  return k;
+  return *keys_seen_.emplace(key).first;
 }
 
 std::string Metrics::keyLabel(std::string_view key) {
   std::lock_guard<std::mutex> lock(mu_);
-  return keyLabelLocked(key);
+  return std::string(keyLabelLocked(key));
 }
 
 std::string Metrics::serialize() {
@@ -386,7 +386,7 @@ void Metrics::configReload(bool ok) {
 
 void Metrics::declareKey(std::string_view key, const std::vector<std::string>& tiers) {
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string k = keyLabelLocked(key);
+  const std::string k(keyLabelLocked(key));
   for (std::string_view r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
     counter(throttled_, {k, r});
   }
@@ -409,7 +409,7 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
 
 void Metrics::setKeyGauges(const KeyGauges& g) {
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string k = keyLabelLocked(g.key);
+  const std::string k(keyLabelLocked(g.key));
   gauge(rate_configured_, {k}).Set(g.configured_rate);
   gauge(rate_effective_, {k}).Set(g.effective_rate);
   gauge(tokens_available_, {k}).Set(g.tokens);
@@ -419,7 +419,7 @@ void Metrics::setKeyGauges(const KeyGauges& g) {
 
 void Metrics::setTierGauges(const TierGauges& g) {
   std::lock_guard<std::mutex> lock(mu_);
-  const std::string k = keyLabelLocked(g.key);
+  const std::string k(keyLabelLocked(g.key));
   const std::string_view t = word(g.tier);
   gauge(tasks_running_, {k, t}).Set(g.running);
   gauge(tier_ceiling_, {k, t, "configured"}).Set(g.ceiling);
@@ -452,7 +452,7 @@ void Metrics::retainKeys(const std::vector<std::string>& keys) {
   std::lock_guard<std::mutex> lock(mu_);
   std::unordered_set<std::string> keep;
   for (const std::string& k : keys) {
-    keep.insert(keyLabelLocked(k));
+    keep.insert(std::string(keyLabelLocked(k)));
   }
   auto prune = [&](Cached<Gauge>& c) {
     for (auto it = c.series.begin(); it != c.series.end();) {

@@ -131,16 +131,23 @@ private:
   prometheus::Histogram& histogram(Cached<prometheus::Histogram>& c,
                                    const std::vector<double>& buckets,
                                    std::initializer_list<std::string_view> values);
-  std::string keyLabelLocked(std::string_view key);
+  /// @return a literal or a string kept in keys_seen_ (valid while the lock is held).
+  std::string_view keyLabelLocked(std::string_view key);
   template <typename T>
   static prometheus::Labels labelsFor(const Cached<T>& c,
                                       std::initializer_list<std::string_view> values);
+  /// Builds the series' cache key in scratch_ (no allocation once it has grown). Needs the lock.
   template <typename T>
-  static std::string cacheKey(const Cached<T>& c, std::initializer_list<std::string_view> values);
+  const std::string& cacheKey(const Cached<T>& c, std::initializer_list<std::string_view> values);
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::mutex mu_;
-  std::unordered_set<std::string> keys_seen_;
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
+  };
+  std::unordered_set<std::string, StringHash, std::equal_to<>> keys_seen_;
+  std::string scratch_;
 
 #define HIAPI_METRICS_MEMBER(member, Type, name, labels, buckets, help) \
   Cached<prometheus::Type> member##_;
