@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <arpa/inet.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -734,6 +735,52 @@ TEST_F(UpstreamPoolTest, Ipv6LiteralHost) {
       << seen.requests[0];
 }
 
+TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
+  // Which address evdns gives first for "localhost" (the hosts file), so that the server listens
+  // where the pool will connect.
+  evdns_base* dns = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+  ASSERT_NE(dns, nullptr);
+  struct Lookup {
+    bool done = false;
+    int family = AF_UNSPEC;
+  } lookup;
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  evdns_getaddrinfo(
+      dns, "localhost", "80", &hints,
+      [](int result, evutil_addrinfo* res, void* arg) {
+        auto* l = static_cast<Lookup*>(arg);
+        l->done = true;
+        if (result == 0 && res != nullptr) {
+          l->family = res->ai_family;
+        }
+        if (res != nullptr) {
+          evutil_freeaddrinfo(res);
+        }
+      },
+      &lookup);
+  ASSERT_TRUE(runUntil([&] { return lookup.done; }));
+  evdns_base_free(dns, 0);
+  if (lookup.family != AF_INET && lookup.family != AF_INET6) {
+    GTEST_SKIP() << "localhost does not resolve here";
+  }
+  Seen seen;
+  ScriptServer server(keepAliveServer(seen), lookup.family == AF_INET6);
+  ASSERT_TRUE(server.ok());
+  makePool(config(server.port(), "localhost"));
+  for (int i = 0; i < 2; ++i) {
+    Outcome o = exchange(get("/named"));
+    ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen.requests[0].find("\r\nHost: localhost:" + std::to_string(server.port()) + "\r\n"),
+            std::string::npos)
+      << seen.requests[0];
+  EXPECT_EQ(server.accepted(), 1u);
+}
+
 // ---- the pool -----------------------------------------------------------------------------------
 
 TEST_F(UpstreamPoolTest, PoolSizeBoundsConnectionsAndTheRestWaitInLine) {
@@ -886,6 +933,19 @@ TEST_F(UpstreamPoolTlsTest, WrongHostCertificateIsATlsErrorWithTheReason) {
   EXPECT_FALSE(o.resp.request_maybe_sent);
   EXPECT_NE(o.resp.message.find("mismatch"), std::string::npos) << o.resp.message;
   EXPECT_EQ(up.count(), 0u);
+}
+
+TEST_F(UpstreamPoolTlsTest, AHandshakeThatNeverEndsIsAConnectTimeoutWithNothingSent) {
+  ScriptServer server([](ServerConn& c) { c.waitForClose(); });  // accepts, never speaks TLS
+  ASSERT_TRUE(server.ok());
+  TestCa ca = TestCa::create(dir_, {"localhost"}, {"127.0.0.1"});
+  auto cfg = tlsConfig(server.port(), ca.ca_cert);
+  cfg.connect_timeout = std::chrono::milliseconds(200);
+  makePool(cfg);
+  Outcome o = exchange(get("/x"));
+  EXPECT_EQ(o.resp.error, UpstreamError::ConnectTimeout) << o.resp.message;
+  EXPECT_FALSE(o.resp.request_maybe_sent);
+  EXPECT_EQ(pool_->busyConnections() + pool_->idleConnections(), 0u);
 }
 
 TEST_F(UpstreamPoolTlsTest, PlainHttpServerIsATlsError) {
