@@ -1,7 +1,8 @@
 #pragma once
 // Connections to the one configured upstream: keep-alive, bounded in number, one request at a
-// time per evhttp_connection (libevent #1763), verified TLS, connect and response timeouts.
-// Moves bytes only: it never retries; the caller's retry step decides.
+// time per connection, verified TLS, connect and response timeouts. The HTTP/1.1 client itself is
+// UpstreamConn (upstream_conn.h). Moves bytes only: it never retries; the caller's retry step
+// decides.
 
 #include <cstdint>
 #include <deque>
@@ -90,22 +91,28 @@ public:
 
 private:
   struct Conn;
-  struct Attempt;
+  /// One request from send() to its callback.
+  struct Attempt {
+    uint64_t id = 0;
+    UpstreamRequest req;
+    UpstreamCallback done;
+    Conn* conn = nullptr;  ///< null while waiting
+    core::MonotonicTime started{};
+    core::Duration timeout{};  ///< this attempt's response timeout
+  };
 
   Conn* takeConnection();
   Conn* newConnection();
-  void start(Attempt* a, Conn* c);
-  void finish(Attempt* a, UpstreamResponse&& resp);
-  void release(Conn* c, bool reusable);
+  void start(Attempt& a, Conn* c);
+  /// Ends @p c's attempt with @p resp; the callback runs from the deferred event.
+  void finish(Conn* c, UpstreamResponse&& resp);
+  void complete(Attempt& a, UpstreamResponse&& resp);
+  void release(Conn* c);
   void discard(Conn* c);
   void pump();
   void closeIdleExpired();
-  bool connectionEstablished(Conn* c) const;
 
-  static void onResponse(evhttp_request* req, void* arg);
-  static void onError(evhttp_request_error err, void* arg);
-  static void onConnClose(evhttp_connection* evcon, void* arg);
-  static void onAttemptTimeout(evutil_socket_t, short, void* arg);
+  static void onResponseTimeout(evutil_socket_t, short, void* arg);
   static void onConnectTimeout(evutil_socket_t, short, void* arg);
   static void onDeferred(evutil_socket_t, short, void* arg);
   static void onIdleSweep(evutil_socket_t, short, void* arg);
@@ -119,11 +126,13 @@ private:
   uint64_t next_id_ = 1;
   std::vector<std::unique_ptr<Conn>> conns_;
   std::deque<uint64_t> waiting_;
-  std::unordered_map<uint64_t, std::unique_ptr<Attempt>> attempts_;
-  std::vector<std::unique_ptr<Conn>> graveyard_;  ///< freed on the next loop turn
+  std::unordered_map<uint64_t, Attempt> attempts_;  ///< nodes: an Attempt never moves
+  std::vector<std::unique_ptr<Conn>> graveyard_;    ///< closed; freed on the next loop turn
   event* deferred_ = nullptr;
   event* idle_sweep_ = nullptr;
-  std::vector<std::pair<std::unique_ptr<Attempt>, UpstreamResponse>> completions_;
+  /// Callbacks due, run from deferred_ (never from inside send or a socket callback).
+  std::vector<std::pair<UpstreamCallback, UpstreamResponse>> completions_;
+  std::vector<std::pair<UpstreamCallback, UpstreamResponse>> running_;  ///< keeps its capacity
 };
 
 }  // namespace hiapi::shell
