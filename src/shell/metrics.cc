@@ -247,15 +247,43 @@ prometheus::Labels Metrics::labelsFor(const Cached<T>& c,
   return labels;
 }
 
+template <typename T>
+T* Metrics::lastIf(const Cached<T>& c, std::initializer_list<std::string_view> values) {
+  if (c.last == nullptr || c.last_values.size() != values.size()) {
+    return nullptr;
+  }
+  size_t i = 0;
+  for (std::string_view v : values) {
+    if (c.last_values[i++] != v) {
+      return nullptr;
+    }
+  }
+  return c.last;
+}
+
+template <typename T>
+void Metrics::remember(Cached<T>& c, T* m, std::initializer_list<std::string_view> values) {
+  c.last = m;
+  c.last_values.resize(values.size());
+  size_t i = 0;
+  for (std::string_view v : values) {
+    c.last_values[i++].assign(v);
+  }
+}
+
 Counter& Metrics::counter(Cached<Counter>& c, std::initializer_list<std::string_view> values) {
+  if (Counter* last = lastIf(c, values)) {
+    return *last;
+  }
   const std::string& k = cacheKey(c, values);
   auto it = c.series.find(k);
-  if (it != c.series.end()) {
-    return *it->second;
+  Counter* m = it != c.series.end() ? it->second : nullptr;
+  if (m == nullptr) {
+    m = &c.family->Add(labelsFor(c, values));
+    c.series.emplace(k, m);
   }
-  Counter& m = c.family->Add(labelsFor(c, values));
-  c.series.emplace(k, &m);
-  return m;
+  remember(c, m, values);
+  return *m;
 }
 
 Gauge& Metrics::gauge(Cached<Gauge>& c, std::initializer_list<std::string_view> values) {
@@ -271,14 +299,18 @@ Gauge& Metrics::gauge(Cached<Gauge>& c, std::initializer_list<std::string_view> 
 
 Histogram& Metrics::histogram(Cached<Histogram>& c, const std::vector<double>& buckets,
                               std::initializer_list<std::string_view> values) {
+  if (Histogram* last = lastIf(c, values)) {
+    return *last;
+  }
   const std::string& k = cacheKey(c, values);
   auto it = c.series.find(k);
-  if (it != c.series.end()) {
-    return *it->second;
+  Histogram* m = it != c.series.end() ? it->second : nullptr;
+  if (m == nullptr) {
+    m = &c.family->Add(labelsFor(c, values), buckets);
+    c.series.emplace(k, m);
   }
-  Histogram& m = c.family->Add(labelsFor(c, values), buckets);
-  c.series.emplace(k, &m);
-  return m;
+  remember(c, m, values);
+  return *m;
 }
 
 std::string_view Metrics::keyLabelLocked(std::string_view key) {
@@ -459,6 +491,7 @@ void Metrics::retainKeys(const std::vector<std::string>& keys) {
       const std::string key = it->first.substr(0, it->first.find(kSep));
       if (keep.count(key) == 0) {
         c.family->Remove(it->second);
+        c.last = nullptr;  // (gauges do not use it today; never leave it dangling)
         it = c.series.erase(it);
       } else {
         ++it;

@@ -122,7 +122,16 @@ private:
     prometheus::Family<T>* family = nullptr;
     std::vector<std::string> label_names;
     std::unordered_map<std::string, T*> series;
+    /// The series used last and its label values: consecutive observations mostly hit the
+    /// same series, and comparing a few short strings is cheaper than building and hashing a key.
+    T* last = nullptr;
+    std::vector<std::string> last_values;
   };
+  /// @return c.last when @p values are c.last_values.
+  template <typename T>
+  static T* lastIf(const Cached<T>& c, std::initializer_list<std::string_view> values);
+  template <typename T>
+  static void remember(Cached<T>& c, T* m, std::initializer_list<std::string_view> values);
 
   prometheus::Counter& counter(Cached<prometheus::Counter>& c,
                                std::initializer_list<std::string_view> values);
