@@ -314,6 +314,16 @@ Histogram& Metrics::histogram(Cached<Histogram>& c, const std::vector<double>& b
 }
 
 std::string_view Metrics::keyLabelLocked(std::string_view key) {
+  if (!last_key_label_.empty() && key == last_key_) {
+    return last_key_label_;  // the same key as last time (the usual case): no hashing
+  }
+  const std::string_view label = keyLabelUncached(key);
+  last_key_.assign(key);
+  last_key_label_ = label;
+  return label;
+}
+
+std::string_view Metrics::keyLabelUncached(std::string_view key) {
   if (key.empty()) {
     return "none";
   }

@@ -22,6 +22,8 @@ namespace {
 // The official clients give up after 60 s; every answer must leave the proxy before that.
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
 constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
+// Ids of the proxy's own requests (exchange ids of client requests never get this high).
+constexpr uint64_t kInternalIds = uint64_t{1} << 62;
 // Passthrough keys whose names are remembered (see prepare()).
 constexpr size_t kMaxKeyNames = 1024;
 
@@ -138,12 +140,8 @@ RequestCtx* ProxyServer::find(uint64_t id) {
 }
 
 void ProxyServer::onClientGone(uint64_t exchange) {
-  auto bye = by_exchange_.find(exchange);
-  RequestCtx* found = bye == by_exchange_.end() ? nullptr : find(bye->second);
-  if (bye != by_exchange_.end()) {
-    by_exchange_.erase(bye);
-  }
-  if (found == nullptr || found->answered || found->internal) {
+  RequestCtx* found = find(exchange);  // a client request's id is its exchange
+  if (found == nullptr || found->exchange != exchange || found->answered || found->internal) {
     return;
   }
   RequestCtx& ctx = *found;
@@ -187,10 +185,12 @@ void ProxyServer::onClientGone(uint64_t exchange) {
   }
 }
 
-RequestCtx& ProxyServer::newCtx() {
+RequestCtx& ProxyServer::newCtx(uint64_t id) {
   auto owned = std::make_unique<RequestCtx>();
   RequestCtx& ctx = *owned;
-  ctx.id = next_id_++;
+  // A client request takes its HttpServer exchange id (so that onClientGone finds it); the
+  // proxy's own requests count in a space of their own.
+  ctx.id = id != 0 ? id : kInternalIds | next_id_++;
   // "hp-" and 16 hex digits (formatted by hand: this runs for every request).
   static constexpr char kHex[] = "0123456789abcdef";
   char rid[19] = {'h', 'p', '-'};
@@ -319,10 +319,9 @@ void freeRequestEvent(event*& ev) {
 void ProxyServer::unhold(RequestCtx& ctx) { freeRequestEvent(ctx.hold_timer); }
 
 void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
-  RequestCtx& ctx = newCtx();
+  RequestCtx& ctx = newCtx(exchange);
   ctx.exchange = exchange;
   ctx.method = std::move(req.method);
-  by_exchange_[exchange] = ctx.id;
   switch (req.problem) {
   case InboundProblem::None:
     break;
@@ -668,7 +667,6 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& head
                             std::string_view body, bool close) {
   ctx.answered = true;
   if (ctx.exchange != 0) {
-    by_exchange_.erase(ctx.exchange);
     if (http_) {
       http_->reply(ctx.exchange, status, headers, body, close);
     }
@@ -679,9 +677,6 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& head
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
   unhold(ctx);
-  if (ctx.exchange != 0) {
-    by_exchange_.erase(ctx.exchange);
-  }
   if (!log_.enabled(core::LogLevel::Info)) {
     if (on_finished) {
       on_finished(ctx, status);

@@ -142,6 +142,7 @@ private:
                                    std::initializer_list<std::string_view> values);
   /// @return a literal or a string kept in keys_seen_ (valid while the lock is held).
   std::string_view keyLabelLocked(std::string_view key);
+  std::string_view keyLabelUncached(std::string_view key);
   template <typename T>
   static prometheus::Labels labelsFor(const Cached<T>& c,
                                       std::initializer_list<std::string_view> values);
@@ -157,6 +158,8 @@ private:
   };
   std::unordered_set<std::string, StringHash, std::equal_to<>> keys_seen_;
   std::string scratch_;
+  std::string last_key_;              ///< keyLabelLocked()'s last input...
+  std::string_view last_key_label_;   ///< ...and answer (a literal or a keys_seen_ entry)
 
 #define HIAPI_METRICS_MEMBER(member, Type, name, labels, buckets, help) \
   Cached<prometheus::Type> member##_;

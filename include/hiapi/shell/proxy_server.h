@@ -169,7 +169,8 @@ private:
                  bool close = false);
   void done(RequestCtx& ctx, int status);
   void admitCtx(RequestCtx& ctx);
-  RequestCtx& newCtx();
+  /// @param id the request's id; 0: a new internal one.
+  RequestCtx& newCtx(uint64_t id = 0);
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
@@ -183,8 +184,6 @@ private:
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
-  /// HttpServer exchange → its open request.
-  std::unordered_map<uint64_t, uint64_t> by_exchange_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
   struct StringHash {
     using is_transparent = void;
