@@ -134,6 +134,31 @@ std::vector<std::string> connectionTokens(std::string_view value) {
   return out;
 }
 
+bool isHopByHop(std::string_view name, std::string_view connection_value) {
+  static constexpr std::array<std::string_view, 8> kHop{
+      "connection", "keep-alive", "te",      "trailer",
+      "trailers",   "transfer-encoding", "upgrade", "proxy-connection"};
+  for (std::string_view h : kHop) {
+    if (iequals(name, h)) {
+      return true;
+    }
+  }
+  if (name.size() >= 6 && iequals(name.substr(0, 6), "proxy-")) {
+    return true;
+  }
+  while (!connection_value.empty()) {
+    const size_t comma = connection_value.find(',');
+    if (iequals(trim(connection_value.substr(0, comma)), name)) {
+      return true;
+    }
+    if (comma == std::string_view::npos) {
+      break;
+    }
+    connection_value.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
 bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens) {
   static constexpr std::array<std::string_view, 8> kHop{
       "connection", "keep-alive", "te",      "trailer",

@@ -191,12 +191,13 @@ RequestCtx& ProxyServer::newCtx(uint64_t id) {
   // A client request takes its HttpServer exchange id (so that onClientGone finds it); the
   // proxy's own requests count in a space of their own.
   ctx.id = id != 0 ? id : kInternalIds | next_id_++;
-  // "hp-" and 16 hex digits (formatted by hand: this runs for every request).
+  // "hp-" and 12 hex digits (48 bits of a salted, scrambled counter): 15 characters, short
+  // enough for std::string to keep without an allocation, formatted by hand (every request).
   static constexpr char kHex[] = "0123456789abcdef";
-  char rid[19] = {'h', 'p', '-'};
+  char rid[15] = {'h', 'p', '-'};
   const uint64_t v = id_salt_ ^ (ctx.id * 0x9E3779B97F4A7C15ull);
-  for (int i = 0; i < 16; ++i) {
-    rid[3 + i] = kHex[(v >> (60 - 4 * i)) & 0xF];
+  for (int i = 0; i < 12; ++i) {
+    rid[3 + i] = kHex[(v >> (44 - 4 * i)) & 0xF];
   }
   ctx.request_id.assign(rid, sizeof rid);
   ctx.received = core::MonotonicClock::now();
@@ -392,41 +393,50 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
 
   // Headers: end-to-end ones go on; hop-by-hop, Host, Content-Length (recomputed), the key and
   // the proxy's own control headers stay here.
-  // (HttpServer has checked max_header_bytes.)
-  std::vector<std::string> conn_tokens;
+  // (HttpServer has checked max_header_bytes.) The client's header vector becomes the
+  // upstream's, filtered in place: end-to-end headers go on; hop-by-hop ones, Host,
+  // Content-Length (recomputed), Expect, the key and the proxy's own control headers stay here.
+  std::string connection;  // every Connection value, comma-joined (usually none or one)
   for (const Header& h : req.headers) {
     if (core::iequals(h.name, "Connection")) {
-      auto t = core::connectionTokens(h.value);
-      conn_tokens.insert(conn_tokens.end(), t.begin(), t.end());
+      connection.append(connection.empty() ? "" : ",").append(h.value);
     }
   }
-  const char* authorization = nullptr;
-  const char* key_select = nullptr;
-  const char* deadline_hdr = nullptr;
-  ctx.upstream.headers.reserve(req.headers.size() + 1);
-  for (Header& h : req.headers) {
+  std::optional<std::string> auth_value, key_select_value, deadline_value;
+  Headers& hs = req.headers;
+  size_t kept = 0;
+  for (size_t i = 0; i < hs.size(); ++i) {
+    Header& h = hs[i];
     if (core::iequals(h.name, "Authorization")) {
-      authorization = h.value.c_str();
+      auth_value = std::move(h.value);
       continue;
     }
     if (core::iequals(h.name, cfg.queue.client_header)) {
-      ctx.client = h.value;
+      ctx.client = std::move(h.value);
       continue;
     }
     if (core::iequals(h.name, cfg.queue.deadline_header)) {
-      deadline_hdr = h.value.c_str();
+      deadline_value = std::move(h.value);
       continue;
     }
     if (core::iequals(h.name, kKeySelectHeader)) {
-      key_select = h.value.c_str();
+      key_select_value = std::move(h.value);
       continue;
     }
     if (core::iequals(h.name, "Host") || core::iequals(h.name, "Content-Length") ||
-        core::iequals(h.name, "Expect") || core::isHopByHop(h.name, conn_tokens)) {
+        core::iequals(h.name, "Expect") || core::isHopByHop(h.name, connection)) {
       continue;
     }
-    ctx.upstream.headers.push_back(std::move(h));
+    if (kept != i) {
+      hs[kept] = std::move(h);
+    }
+    ++kept;
   }
+  hs.resize(kept);
+  ctx.upstream.headers = std::move(hs);
+  const char* authorization = auth_value ? auth_value->c_str() : nullptr;
+  const char* key_select = key_select_value ? key_select_value->c_str() : nullptr;
+  const char* deadline_hdr = deadline_value ? deadline_value->c_str() : nullptr;
   if (ctx.client.size() > 64) {
     ctx.client.resize(64);  // a bounded fairness class, not a free-form label
   }
@@ -481,8 +491,8 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
       }
       key_names_.emplace(authorization, ctx.key_name);
     }
-    ctx.authorization = authorization;
-    ctx.upstream.headers.push_back(Header{"Authorization", authorization});
+    ctx.authorization = *auth_value;
+    ctx.upstream.headers.push_back(Header{"Authorization", std::move(*auth_value)});
   }
 
   // The body, byte for byte.
@@ -611,12 +621,10 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     age = std::to_string(age_s);
     out.push_back(HeaderView{"Age", age});
   }
-  std::vector<std::string> conn_tokens;
-  if (const std::string* c = findHeader(resp.headers, "Connection")) {
-    conn_tokens = core::connectionTokens(*c);
-  }
+  const std::string* connection = findHeader(resp.headers, "Connection");
+  const std::string_view conn_value = connection != nullptr ? *connection : std::string_view();
   for (const Header& h : resp.headers) {
-    if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_tokens)) {
+    if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_value)) {
       continue;
     }
     out.push_back(HeaderView{h.name, h.value});

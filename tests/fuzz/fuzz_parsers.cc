@@ -31,7 +31,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)parseAbsoluteUri(in);
   (void)bearerToken(in);
   (void)connectionTokens(in);
-  (void)isHopByHop(in, {"x-a"});
+  (void)isHopByHop(in, std::vector<std::string>{"x-a"});
+  (void)isHopByHop("x-a", std::string_view(in));
   (void)parseRetryAfter(in, std::chrono::system_clock::time_point{} + std::chrono::hours(500000));
 
   (void)parseDuration(owned);

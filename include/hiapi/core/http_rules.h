@@ -30,6 +30,9 @@ std::vector<std::string> connectionTokens(std::string_view connection_value);
 /// @return true for hop-by-hop headers (RFC 9110 §7.6.1 plus Proxy-*), and for any header named
 ///         by the message's Connection header. Case-insensitive.
 bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens);
+/// The same against the raw Connection header values of a message, joined by commas or
+/// given one by one (no allocation: this runs for every header of every forwarded message).
+bool isHopByHop(std::string_view name, std::string_view connection_value);
 
 /// An absolute-form request target ("http://host:port/path?q") split up.
 struct AbsoluteUri {

@@ -1,0 +1,46 @@
+// HTTP rules of the core: case folding of header names, hop-by-hop headers (the fixed list,
+// Proxy-*, and what a message's Connection header names), Connection tokens.
+
+#include <gtest/gtest.h>
+
+#include "hiapi/core/http_rules.h"
+
+namespace hiapi::core {
+namespace {
+
+TEST(HttpRules, IequalsFoldsAsciiOnly) {
+  EXPECT_TRUE(iequals("Content-Length", "content-length"));
+  EXPECT_TRUE(iequals("X-HIAPI-KEY", "x-hiapi-key"));
+  EXPECT_FALSE(iequals("Content-Length", "Content-Lengt"));
+  EXPECT_FALSE(iequals("a", "b"));
+  EXPECT_TRUE(iequals("", ""));
+  // Bytes outside ASCII compare as they are (header names are ASCII tokens).
+  EXPECT_FALSE(iequals("\xC3\x89", "\xC3\xA9"));
+  EXPECT_FALSE(iequals("[", "{")) << "'[' + 32 is '{': only A-Z fold";
+}
+
+TEST(HttpRules, HopByHopFromTheListProxyPrefixAndConnection) {
+  for (const char* name : {"Connection", "keep-alive", "TE", "Trailer", "Transfer-Encoding",
+                           "Upgrade", "Proxy-Connection", "Proxy-Authorization"}) {
+    EXPECT_TRUE(isHopByHop(name, std::string_view())) << name;
+    EXPECT_TRUE(isHopByHop(name, std::vector<std::string>{})) << name;
+  }
+  for (const char* name : {"Content-Type", "Authorization", "X-Foo", "Date", "Prox"}) {
+    EXPECT_FALSE(isHopByHop(name, std::string_view())) << name;
+  }
+  // Named by the message's Connection header: with spaces, tabs, any case, several values.
+  EXPECT_TRUE(isHopByHop("X-Foo", std::string_view("close, x-foo")));
+  EXPECT_TRUE(isHopByHop("x-bar", std::string_view("X-Foo ,\tX-BAR\t")));
+  EXPECT_FALSE(isHopByHop("X-Fo", std::string_view("close, x-foo")));
+  EXPECT_FALSE(isHopByHop("X-Foo", std::string_view("close,,")));
+  // Both overloads agree.
+  const std::string value = "keep-alive, X-Trace-Hop";
+  const std::vector<std::string> tokens = connectionTokens(value);
+  ASSERT_EQ(tokens, (std::vector<std::string>{"keep-alive", "x-trace-hop"}));
+  for (const char* name : {"X-Trace-Hop", "x-trace-hop", "X-Trace", "Content-Type"}) {
+    EXPECT_EQ(isHopByHop(name, std::string_view(value)), isHopByHop(name, tokens)) << name;
+  }
+}
+
+}  // namespace
+}  // namespace hiapi::core
