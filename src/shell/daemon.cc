@@ -143,6 +143,9 @@ int Daemon::run() {
     if (!ctx.cache_result.empty()) {
       metrics_->pollCache(ctx.cache_result);
     }
+    if (ctx.poll_held) {
+      metrics_->pollHeld(ctx.key_name);
+    }
   };
   declareKeys();
   tasks_->restore();

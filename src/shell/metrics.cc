@@ -403,6 +403,11 @@ void Metrics::queueWait(std::string_view key, std::string_view r, double seconds
       .Observe(std::max(0.0, seconds));
 }
 
+void Metrics::pollHeld(std::string_view key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(polls_held_, {keyLabelLocked(key)}).Increment();
+}
+
 void Metrics::pollCache(std::string_view result) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(poll_cache_, {oneOf(result, {"hit", "coalesced", "miss"}, "other")}).Increment();
@@ -438,6 +443,7 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
   for (std::string_view r : {"create", "poll"}) {
     histogram(queue_wait_, kQueueWaitBuckets, {k, r});
   }
+  counter(polls_held_, {k});
   for (const std::string& tier : tiers) {
     const std::string_view t = word(tier);
     for (std::string_view o : {"success", "fail", "lease_expired"}) {

@@ -48,6 +48,7 @@ void exerciseAll(Metrics& m) {
   for (const char* r : {"hit", "coalesced", "miss"}) {
     m.pollCache(r);
   }
+  m.pollHeld("main");
   m.taskOutcome("main", "heavy", "success");
   m.taskOutcome("main", "light", "fail");
   m.taskOutcome("main", "heavy", "lease_expired");
@@ -213,6 +214,7 @@ TEST(Metrics, DeclaredKeysAndFixedLabelSetsStartAtZero) {
   EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_count{key="main",route="poll"} 0)"),
             std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_poll_cache_total{result="coalesced"} 0)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_polls_held_total{key="main"} 0)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_config_reloads_total{result="failed"} 0)"), std::string::npos);
   EXPECT_NE(text.find("hiapi_proxy_ready 0"), std::string::npos);
 }

@@ -261,6 +261,16 @@ TEST(Tasks, APollJustBeforeItsTasksLikelyEndIsAnsweredAtThatEnd) {
     }
     // One upstream detail request served the poll, held or not.
     EXPECT_EQ(detailRequests(simStats(sim.port())), 1);
+    // The held poll is counted (hiapi_proxy_polls_held_total, the key's pt- name).
+    const std::string metrics = httpRequest(proxy.adminPort(), "GET", "/metrics").body;
+    double held = 0;
+    for (size_t pos = metrics.find("\nhiapi_proxy_polls_held_total{key=\"pt-");
+         pos != std::string::npos;
+         pos = metrics.find("\nhiapi_proxy_polls_held_total{key=\"pt-", pos + 1)) {
+      const size_t space = metrics.find(' ', pos + 1);
+      held += std::stod(metrics.substr(space + 1, metrics.find('\n', space) - space - 1));
+    }
+    EXPECT_EQ(held, hold ? 1.0 : 0.0) << metrics.substr(0, 0);
   }
 }
 

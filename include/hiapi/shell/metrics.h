@@ -77,6 +77,8 @@ public:
   void queueWait(std::string_view key, std::string_view route, double seconds);
   /// @param result hit | coalesced | miss
   void pollCache(std::string_view result);
+  /// A client poll was held until its task's likely end (tasks.hold_near_end).
+  void pollHeld(std::string_view key);
   /// @param outcome success | fail | lease_expired | other
   void taskOutcome(std::string_view key, std::string_view tier, std::string_view outcome,
                    double count = 1);

@@ -33,6 +33,8 @@
     "Time a request waited in the admission queue before going upstream (1 ms to 60 s buckets)")  \
   X(poll_cache, Counter, "hiapi_proxy_poll_cache_total", "result", NoBuckets,                     \
     "Task polls by how they were answered (hit = cached, coalesced = joined a fetch, miss)")      \
+  X(polls_held, Counter, "hiapi_proxy_polls_held_total", "key", NoBuckets,                        \
+    "Client polls held until their task's likely end (tasks.hold_near_end), by key name")         \
   X(tasks, Counter, "hiapi_proxy_tasks_total", "key,tier,outcome", NoBuckets,                    \
     "Tasks that left the tracker, by key name, tier and outcome (success, fail, lease_expired, "  \
     "other)")                                                                                     \
