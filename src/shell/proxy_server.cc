@@ -4,17 +4,11 @@
 #include "hiapi/version.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <random>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/keyvalq_struct.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 namespace hiapi::shell {
 namespace {
@@ -346,8 +340,8 @@ void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
 }
 
 void ProxyServer::serve(RequestCtx& ctx) {
-  const uint64_t id = ctx.id;
-  (void)id;
+  // A client that leaves while its request waits (here or in admission) is seen by HttpServer's
+  // read edge: onClientGone() drops the request.
   if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
       poll_hook_->beginClientPoll(ctx)) {
     return;  // answered from the cache, joined to a fetch in flight, or held

@@ -26,7 +26,9 @@ namespace hiapi::shell {
 struct RequestCtx {
   uint64_t id = 0;
   std::string request_id;  ///< the proxy's id, "hp-…", in logs and proxy errors
-  uint64_t exchange = 0;  ///< the client's exchange with HttpServer (0: internal)
+  /// The client's open exchange with HttpServer (its id is also this request's id); 0 for the
+  /// proxy's own requests, and once answered or the client has gone.
+  uint64_t exchange = 0;
   bool client_gone = false;
   bool answered = false;
   std::string method;
