@@ -245,7 +245,20 @@ struct BusyGuard {
 }  // namespace
 
 HttpServer::HttpServer(event_base* base, Handler& handler, Logger& log, HttpServerLimits limits)
-    : base_(base), handler_(handler), log_(log), limits_(limits) {}
+    : base_(base), handler_(handler), log_(log) {
+  setLimits(limits);
+}
+
+void HttpServer::setLimits(const HttpServerLimits& limits) {
+  limits_ = limits;
+  // http-parser stops at its own limit for the start line and headers together (80 KiB unless
+  // raised; one setting for the process, the upstream side's replies included). Keep it above
+  // ours, so that listen.max_header_size decides, and the usual oversize gets the proxy's 431.
+  const uint64_t parser_limit =
+      std::max<uint64_t>(HTTP_MAX_HEADER_SIZE, limits.max_header_bytes * 2 + 8192);
+  http_parser_set_max_header_size(
+      static_cast<uint32_t>(std::min<uint64_t>(parser_limit, UINT32_MAX)));
+}
 
 HttpServer::~HttpServer() {
   stopAccepting();

@@ -376,6 +376,25 @@ TEST(HttpServer, OversizedHeadersAndGarbageAreProblemsAnsweredThenClosed) {
   EXPECT_EQ(seen[1].problem, shell::InboundProblem::Malformed);
 }
 
+TEST(HttpServer, HeadersUpToTheConfiguredLimitPassEvenAboveTheParsersDefault) {
+  // http-parser's own default limit is 80 KiB for the start line and headers: a configured
+  // listen.max_header_size above it must still decide.
+  shell::HttpServerLimits l = smallLimits();
+  l.max_header_bytes = 200 * 1024;
+  ServerLoop loop(l);
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  c.send("GET /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(120 * 1024, 'h') +
+         "\r\n\r\n");
+  const HttpResponse r = c.read();
+  EXPECT_EQ(r.status, 200);
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::None);
+  ASSERT_EQ(seen[0].headers.size(), 2u);
+  EXPECT_EQ(seen[0].headers[1].value.size(), 120u * 1024);
+}
+
 TEST(HttpServer, Http10ClosesUnlessItAsksForKeepAlive) {
   ServerLoop loop(smallLimits());
   ASSERT_TRUE(loop.ok());

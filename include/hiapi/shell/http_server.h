@@ -91,7 +91,7 @@ public:
   uint16_t port() const { return port_; }
   /// Stops accepting; open connections go on.
   void stopAccepting();
-  void setLimits(const HttpServerLimits& limits) { limits_ = limits; }
+  void setLimits(const HttpServerLimits& limits);
   const HttpServerLimits& limits() const { return limits_; }
 
   /// Answers @p exchange. Adds Content-Length (none for 1xx, 204, 304), Date when @p headers
