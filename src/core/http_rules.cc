@@ -118,22 +118,6 @@ std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view p
   return m;
 }
 
-std::vector<std::string> connectionTokens(std::string_view value) {
-  std::vector<std::string> out;
-  while (!value.empty()) {
-    const size_t comma = value.find(',');
-    std::string_view tok = trim(value.substr(0, comma));
-    if (!tok.empty()) {
-      out.push_back(toLower(tok));
-    }
-    if (comma == std::string_view::npos) {
-      break;
-    }
-    value.remove_prefix(comma + 1);
-  }
-  return out;
-}
-
 bool isHopByHop(std::string_view name, std::string_view connection_value) {
   static constexpr std::array<std::string_view, 8> kHop{
       "connection", "keep-alive", "te",      "trailer",
@@ -155,26 +139,6 @@ bool isHopByHop(std::string_view name, std::string_view connection_value) {
       break;
     }
     connection_value.remove_prefix(comma + 1);
-  }
-  return false;
-}
-
-bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens) {
-  static constexpr std::array<std::string_view, 8> kHop{
-      "connection", "keep-alive", "te",      "trailer",
-      "trailers",   "transfer-encoding", "upgrade", "proxy-connection"};
-  for (std::string_view h : kHop) {
-    if (iequals(name, h)) {
-      return true;
-    }
-  }
-  if (name.size() >= 6 && iequals(name.substr(0, 6), "proxy-")) {
-    return true;
-  }
-  for (const std::string& t : connection_tokens) {
-    if (iequals(name, t)) {
-      return true;
-    }
   }
   return false;
 }

@@ -24,14 +24,10 @@ struct RouteMatch {
 /// @return nullopt when the path is outside /v1/ (the proxy answers 404 itself).
 std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view path);
 
-/// Lower-cased tokens named by a Connection header value ("close, X-Foo" → {"close","x-foo"}).
-std::vector<std::string> connectionTokens(std::string_view connection_value);
-
 /// @return true for hop-by-hop headers (RFC 9110 §7.6.1 plus Proxy-*), and for any header named
-///         by the message's Connection header. Case-insensitive.
-bool isHopByHop(std::string_view name, const std::vector<std::string>& connection_tokens);
-/// The same against the raw Connection header values of a message, joined by commas or
-/// given one by one (no allocation: this runs for every header of every forwarded message).
+///         by the message's Connection header, whose values @p connection_value holds joined by
+///         commas ("close, X-Foo"). Case-insensitive; no allocation (it runs for every header of
+///         every forwarded message).
 bool isHopByHop(std::string_view name, std::string_view connection_value);
 
 /// An absolute-form request target ("http://host:port/path?q") split up.
