@@ -25,6 +25,7 @@
 #include <prometheus/registry.h>
 
 #include "hiapi/core/proxy_error.h"
+#include "hiapi/core/string_hash.h"
 #include "hiapi/shell/metrics_list.h"
 
 namespace hiapi::shell {
@@ -154,11 +155,7 @@ private:
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::mutex mu_;
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
-  };
-  std::unordered_set<std::string, StringHash, std::equal_to<>> keys_seen_;
+  std::unordered_set<std::string, core::StringHash, std::equal_to<>> keys_seen_;
   std::string scratch_;
   std::string last_key_;              ///< keyLabelLocked()'s last input...
   std::string_view last_key_label_;   ///< ...and answer (a literal or a keys_seen_ entry)

@@ -16,6 +16,7 @@
 #include "hiapi/core/config.h"
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/proxy_error.h"
+#include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"
@@ -187,11 +188,7 @@ private:
   PollHook* poll_hook_ = nullptr;
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  std::unordered_map<std::string, std::string, StringHash, std::equal_to<>> key_names_;
+  std::unordered_map<std::string, std::string, core::StringHash, std::equal_to<>> key_names_;
 };
 
 }  // namespace hiapi::shell
