@@ -30,18 +30,6 @@ std::string baseYaml(const std::string& upstream_url, const std::string& ca_file
   return y + extra;
 }
 
-uint16_t unusedPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);  // nothing listens there any more
-  return ntohs(sa.sin_port);
-}
-
 class ForwardingTest : public ::testing::Test {
 protected:
   void SetUp() override {

@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include "harness/harness.h"
+#include "harness/loop_thread.h"
 #include "hiapi/shell/http_server.h"
 #include "hiapi/shell/log.h"
 
@@ -102,47 +103,32 @@ private:
   bool still_open_after_gone_ = false;
 };
 
-// The server on an event loop of its own thread (set up before the thread starts, torn down after
-// it stops: libevent is used by one thread at a time).
+// The server on an event loop of its own thread (LoopThread).
 class ServerLoop {
 public:
   explicit ServerLoop(shell::HttpServerLimits limits)
       : log_(core::LogFormat::Logfmt, core::LogLevel::Error) {
-    base_ = event_base_new();
-    rec_.base = base_;
-    server_ = std::make_unique<shell::HttpServer>(base_, rec_, log_, limits);
+    rec_.base = loop_.base();
+    server_ = std::make_unique<shell::HttpServer>(loop_.base(), rec_, log_, limits);
     rec_.server = server_.get();
     std::string error;
     ok_ = server_->listen("127.0.0.1", 0, error);
-    tick_ = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
-    const timeval tv{0, 20'000};
-    event_add(tick_, &tv);
-    thread_ = std::thread([this] {
-      while (!stop_) {
-        event_base_loop(base_, EVLOOP_ONCE);
-      }
-    });
+    loop_.start();
   }
   ~ServerLoop() {
-    stop_ = true;
-    thread_.join();
+    loop_.stop();
     server_.reset();
-    event_free(tick_);
-    event_base_free(base_);
   }
   bool ok() const { return ok_; }
   uint16_t port() const { return server_->port(); }
   Recorder& rec() { return rec_; }
 
 private:
+  LoopThread loop_;  // first: freed last, after the server
   shell::Logger log_;
-  event_base* base_ = nullptr;
-  event* tick_ = nullptr;
   Recorder rec_;
   std::unique_ptr<shell::HttpServer> server_;
   bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
 };
 
 // A client connection that keeps what it read past one response for the next.
@@ -218,36 +204,31 @@ public:
   /// @return whether the server closed the connection (EOF) within @p timeout.
   bool closedByServer(std::chrono::milliseconds timeout = 5s) {
     const auto until = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < until) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 50) > 0) {
-        char b[4096];
-        const ssize_t n = ::recv(fd_, b, sizeof b, 0);
-        if (n <= 0) {
-          return true;
-        }
-        buf_.append(b, static_cast<size_t>(n));
-      }
+    Read r;
+    while ((r = readSome(until)) == Read::Data) {
     }
-    return false;
+    return r == Read::Closed;
   }
 
 private:
-  bool fill(std::chrono::steady_clock::time_point until) {
+  enum class Read { Data, Closed, TimedOut };
+  /// Appends what one recv() gives to buf_, waiting for it until @p until.
+  Read readSome(std::chrono::steady_clock::time_point until) {
     while (std::chrono::steady_clock::now() < until) {
       pollfd p{fd_, POLLIN, 0};
       if (::poll(&p, 1, 50) > 0) {
         char b[4096];
         const ssize_t n = ::recv(fd_, b, sizeof b, 0);
         if (n <= 0) {
-          return false;
+          return Read::Closed;
         }
         buf_.append(b, static_cast<size_t>(n));
-        return true;
+        return Read::Data;
       }
     }
-    return false;
+    return Read::TimedOut;
   }
+  bool fill(std::chrono::steady_clock::time_point until) { return readSome(until) == Read::Data; }
   int fd_ = -1;
   bool connected_ = false;
   std::string buf_;

@@ -319,6 +319,18 @@ std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
 std::string Process::out() const { return readFile(out_path_); }
 std::string Process::err() const { return readFile(err_path_); }
 
+uint16_t unusedPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  socklen_t len = sizeof sa;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  ::close(fd);  // nothing listens there any more
+  return ntohs(sa.sin_port);
+}
+
 bool waitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
@@ -410,8 +422,7 @@ bufferevent* sslBevCb(event_base* base, void* arg) {
 }  // namespace
 
 TestUpstream::TestUpstream(const std::string& cert, const std::string& key) {
-  base_ = event_base_new();
-  http_ = evhttp_new(base_);
+  http_ = evhttp_new(loop_.base());
   evhttp_set_allowed_methods(http_, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                         EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
                                         EVHTTP_REQ_OPTIONS);
@@ -442,29 +453,15 @@ TestUpstream::TestUpstream(const std::string& cert, const std::string& key) {
     r.body = R"({"code":200,"message":"success","data":{"taskId":"tk-hiapi-01HZTQ8BX2N3GM3YFK4Z9D7VQR"}})";
     return r;
   };
-  thread_ = std::thread([this] { loop(); });
+  loop_.start();
 }
 
 TestUpstream::~TestUpstream() {
-  stop_ = true;  // the loop's 20 ms tick sees it
-  if (thread_.joinable()) {
-    thread_.join();
-  }
+  loop_.stop();
   evhttp_free(http_);
-  event_base_free(base_);
   if (ssl_ctx_ != nullptr) {
     SSL_CTX_free(ssl_ctx_);
   }
-}
-
-void TestUpstream::loop() {
-  event* tick = event_new(base_, -1, EV_PERSIST, [](evutil_socket_t, short, void*) {}, nullptr);
-  const timeval tv{0, 20'000};
-  event_add(tick, &tv);
-  while (!stop_) {
-    event_base_loop(base_, EVLOOP_ONCE);
-  }
-  event_free(tick);
 }
 
 void TestUpstream::setHandler(Handler h) {
@@ -536,7 +533,7 @@ void TestUpstream::onRequest(evhttp_request* req, void* arg) {
     const timeval tv{static_cast<time_t>(reply.delay.count() / 1000),
                      static_cast<suseconds_t>((reply.delay.count() % 1000) * 1000)};
     event_base_once(
-        self->base_, -1, EV_TIMEOUT,
+        self->loop_.base(), -1, EV_TIMEOUT,
         [](evutil_socket_t, short, void* a) {
           auto* f = static_cast<std::function<void()>*>(a);
           (*f)();

@@ -17,6 +17,8 @@
 
 #include <sys/types.h>
 
+#include "harness/loop_thread.h"
+
 struct event_base;
 struct evhttp;
 struct evhttp_request;
@@ -71,6 +73,10 @@ private:
   std::string out_path_, err_path_;
   std::optional<int> status_;
 };
+
+/// @return a 127.0.0.1 port that was free a moment ago and that nothing listens on (connections
+///         to it are refused).
+uint16_t unusedPort();
 
 /// Polls @p pred every 10 ms until it holds or @p timeout passes.
 bool waitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
@@ -139,14 +145,11 @@ public:
 
 private:
   static void onRequest(evhttp_request* req, void* arg);
-  void loop();
 
-  event_base* base_ = nullptr;
+  LoopThread loop_;  // first: freed last, after the evhttp on it
   evhttp* http_ = nullptr;
   ssl_ctx_st* ssl_ctx_ = nullptr;
   uint16_t port_ = 0;
-  std::thread thread_;
-  std::atomic<bool> stop_{false};
   mutable std::mutex mu_;
   Handler handler_;
   std::vector<RecordedRequest> requests_;
