@@ -404,6 +404,15 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
   if (tokens < 1.0 || rate <= 0.0) {
     return out;
   }
+  const Duration lead = fromSeconds(tokens / rate);
+  // A look long past is stale (the tier was blocked then): it no longer holds tokens.
+  const auto near = [&](const std::optional<MonotonicTime>& look) {
+    return look && now + lead >= *look && now <= *look + kLookGrace;
+  };
+  // Most calls (every dispatch, and submit's shortcut) have no look near: skip the ranking.
+  if (std::none_of(tier_next_look_.begin(), tier_next_look_.end(), near)) {
+    return out;
+  }
   const std::vector<size_t> ranked = bottlenecks(now);
   if (ranked.empty()) {
     return out;
@@ -411,9 +420,7 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
   const size_t t = ranked.front();
   const std::optional<MonotonicTime> look =
       t < tier_next_look_.size() ? tier_next_look_[t] : std::nullopt;
-  const Duration lead = fromSeconds(tokens / rate);
-  // A look long past is stale (the tier was blocked then): it no longer holds tokens.
-  if (look && now + lead >= *look && now <= *look + kLookGrace && blocked(t, now)) {
+  if (near(look) && blocked(t, now)) {
     out.tokens = tokens;
     out.tier = t;
   }
