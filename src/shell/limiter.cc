@@ -48,6 +48,10 @@ struct Limiter::KeyState {
   std::optional<core::MonotonicTime> armed_for;
   std::unordered_set<uint64_t> waiting;  ///< ids queued in the scheduler
   core::MonotonicTime last_used{};
+  /// pump() is running: a pump asked for meanwhile (a callback submitted or cancelled a request
+  /// of this key) runs as another round of that one.
+  bool pumping = false;
+  bool pump_again = false;
 
   ~KeyState() {
     if (timer != nullptr) {
@@ -258,6 +262,24 @@ size_t Limiter::waitingTotal() const {
 }
 
 void Limiter::pump(KeyState& ks) {
+  // Callbacks below (go, reject) may submit to this same key (a rejected look's joiners fetch
+  // themselves): that pump must not run inside this one, whose timer would then be armed from a
+  // dispatch that had not seen the new request — it would wait with no timer.
+  if (ks.pumping) {
+    ks.pump_again = true;
+    return;
+  }
+  ks.pumping = true;
+  std::optional<core::MonotonicTime> wake_at;
+  do {
+    ks.pump_again = false;
+    wake_at = pumpOnce(ks);
+  } while (ks.pump_again);
+  ks.pumping = false;
+  arm(ks, wake_at);
+}
+
+std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
   const auto now = clock_.now();
   core::Dispatch d = ks.sched->dispatch(now);
   for (uint64_t slot : d.expired_slots) {
@@ -288,7 +310,7 @@ void Limiter::pump(KeyState& ks) {
     }
     it->second.go();  // sends; handles_ keeps the entry until the final answer
   }
-  arm(ks, d.wake_at);
+  return d.wake_at;
 }
 
 void Limiter::arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at) {

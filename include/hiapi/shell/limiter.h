@@ -79,6 +79,8 @@ private:
   void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
   void reject(uint64_t id, core::ProxyError e, int retry_after_s);
   void pump(KeyState& ks);
+  /// One dispatch of @p ks and its callbacks. @return the dispatch's wake_at.
+  std::optional<core::MonotonicTime> pumpOnce(KeyState& ks);
   size_t waitingTotal() const;
   void arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at);
   static void onWake(evutil_socket_t, short, void* arg);
