@@ -492,6 +492,27 @@ MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now) const 
   return std::max(last + refreshAfter(r, last), likelyEnd(r));
 }
 
+std::optional<MonotonicTime> TaskTracker::nextHeldLookAt(const std::string& key,
+                                                         const std::string& task_id,
+                                                         MonotonicTime now) const {
+  const Record* r = lookup(key, task_id);
+  if (r == nullptr || !r->tracked || r->terminal || r->in_flight || !firstEstimate(r->tier)) {
+    return std::nullopt;
+  }
+  return nextLookAt(*r, now);
+}
+
+std::optional<TrackedTaskInfo> TaskTracker::startHeldLook(const std::string& key,
+                                                          const std::string& task_id,
+                                                          MonotonicTime now) {
+  const std::optional<MonotonicTime> at = nextHeldLookAt(key, task_id, now);
+  if (!at || *at > now) {
+    return std::nullopt;
+  }
+  std::vector<Record*> due{lookup(key, task_id)};
+  return startFetches(due, 1, now).front();
+}
+
 std::optional<MonotonicTime> TaskTracker::holdPollUntil(const std::string& key,
                                                         const std::string& task_id,
                                                         MonotonicTime now,

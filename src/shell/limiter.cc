@@ -233,6 +233,9 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   }
   info.unblocks = ctx.unblocks;
   info.deadline = std::min(ctx.received + cfg_->queue.deadline, ctx.deadline);
+  if (ctx.wait_until) {
+    info.deadline = std::min(info.deadline, *ctx.wait_until);
+  }
   if (prio == core::Priority::Retry) {
     // A retry may wait until the client's own deadline, not only the queue's.
     info.deadline = ctx.deadline - std::chrono::seconds(1);

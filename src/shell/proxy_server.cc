@@ -231,10 +231,12 @@ void ProxyServer::admitById(uint64_t id) {
 }
 
 uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::string& authorization,
-                                   const std::string& task_id, std::optional<size_t> unblocks) {
+                                   const std::string& task_id, std::optional<size_t> unblocks,
+                                   std::optional<core::MonotonicTime> wait_until) {
   RequestCtx& ctx = newCtx();
   ctx.internal = true;
   ctx.unblocks = unblocks;
+  ctx.wait_until = wait_until;
   ctx.method = "GET";
   ctx.client = unblocks ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;

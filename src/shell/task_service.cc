@@ -73,7 +73,7 @@ void TaskService::unholdIndex(const RequestCtx& ctx) {
   if (it == held_.end()) {
     return;
   }
-  auto& ids = it->second;
+  auto& ids = it->second.ids;
   ids.erase(std::remove(ids.begin(), ids.end(), ctx.id), ids.end());
   if (ids.empty()) {
     held_.erase(it);
@@ -86,7 +86,7 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
   }
   // Polls held for this task's end are answered now (from the terminal detail just cached).
   if (auto it = held_.find({r->key, r->task_id}); it != held_.end()) {
-    const std::vector<uint64_t> ids = std::move(it->second);
+    const std::vector<uint64_t> ids = std::move(it->second.ids);
     held_.erase(it);
     for (uint64_t id : ids) {
       proxy_.serveHeldNow(id);
@@ -123,8 +123,13 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
                                              cfg_->tasks.hold_near_end);
         until && *until < ctx.deadline) {
       ctx.outcome = "held";
-      held_[{ctx.key_name, ctx.route.task_id}].push_back(ctx.id);
+      Held& h = held_[{ctx.key_name, ctx.route.task_id}];
+      h.ids.push_back(ctx.id);
+      h.until = std::max(h.until, *until);
       proxy_.holdPoll(ctx.id, *until - now);
+      if (h.ids.size() == 1) {
+        reconcile();  // its look may be due before the next tick: plan it
+      }
       return true;
     }
   }
@@ -196,6 +201,12 @@ void TaskService::fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) {
 }
 
 void TaskService::fetchRejected(RequestCtx& ctx, core::ProxyError e, int retry_after_s) {
+  if (ctx.internal) {
+    // The proxy's own look was turned away (a look for held polls not sent by its time, a full
+    // queue): that is no answer for the client polls that joined it; they fetch themselves.
+    refetch(tracker_->abandonPoll(ctx.key_name, ctx.route.task_id), clock_.now());
+    return;
+  }
   for (uint64_t id : tracker_->abandonPoll(ctx.key_name, ctx.route.task_id)) {
     if (id != ctx.id) {
       proxy_.replyErrorTo(id, e, {}, retry_after_s);
@@ -209,8 +220,11 @@ void TaskService::pollerGone(RequestCtx& ctx, bool fetch_continues) {
     return;
   }
   // The fetch is never sent: the first remaining waiter fetches instead, the rest join it.
-  const auto now = clock_.now();
-  for (uint64_t id : tracker_->abandonPoll(ctx.key_name, ctx.route.task_id)) {
+  refetch(tracker_->abandonPoll(ctx.key_name, ctx.route.task_id), clock_.now());
+}
+
+void TaskService::refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now) {
+  for (uint64_t id : waiters) {
     RequestCtx* w = proxy_.find(id);
     if (w == nullptr || w->client_gone) {
       continue;
@@ -301,6 +315,16 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
                       urgent ? std::optional<size_t>(t.tier) : std::nullopt);
 }
 
+void TaskService::lookForHeld(const core::TrackedTaskInfo& t, core::MonotonicTime until) {
+  const std::string* auth = authFor(t.key);
+  if (auth == nullptr) {
+    tracker_->abandonPoll(t.key, t.task_id);
+    return;
+  }
+  log_.debug("held poll look", {{"key", t.key}, {"task", t.task_id}});
+  proxy_.internalPoll(t.key, *auth, t.task_id, std::nullopt, until);
+}
+
 void TaskService::reconcile() {
   const auto now = clock_.now();
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
@@ -314,13 +338,35 @@ void TaskService::reconcile() {
   // A look planned between two ticks gets its own timer: at a wave change of the makespan's
   // tier, every millisecond the end goes unseen is lost.
   std::optional<core::MonotonicTime> next_look;
-  for (const auto& [key, tier] : limiter_.blockedTiers()) {
+  const std::vector<std::pair<std::string, size_t>> blocked = limiter_.blockedTiers();
+  for (const auto& [key, tier] : blocked) {
     for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
       pollItself(t, true);
     }
     const std::optional<core::MonotonicTime> at = tracker_->nextGatePressureAt(key, tier, now);
     limiter_.setNextLook(key, tier, at);
     if (at && *at > now && (!next_look || *at < *next_look)) {
+      next_look = at;
+    }
+  }
+  // Polls held for a task's end: look at the likely end and around it, so the end is answered
+  // when it happens, not when the hold runs out (nobody else looks when no create waits: the
+  // last tasks of a batch). For a spare token only: where the budget binds, the held polls'
+  // own fetches at the end of the hold are the looks. A task of a blocked tier is gate
+  // pressure's to look at, with its tier's creates (a look queued for a spare token would keep
+  // that one from being sent).
+  for (const auto& [id, h] : held_) {
+    const std::optional<size_t> tier = tracker_->slotTier(id.first, id.second);
+    if (tier && std::find(blocked.begin(), blocked.end(), std::make_pair(id.first, *tier)) !=
+                    blocked.end()) {
+      continue;
+    }
+    if (auto t = tracker_->startHeldLook(id.first, id.second, now)) {
+      lookForHeld(*t, h.until);
+    }
+    const std::optional<core::MonotonicTime> at =
+        tracker_->nextHeldLookAt(id.first, id.second, now);
+    if (at && *at > now && *at < h.until && (!next_look || *at < *next_look)) {
       next_look = at;
     }
   }

@@ -1143,3 +1143,34 @@ TEST_F(TaskTrackerTest, HoldPollUntilOnlyOnceADurationIsEstimatedAndTheEndIsNear
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// While polls are held for a task's end, the proxy looks itself: at the likely end, then every
+// end-poll interval, each look in flight until answered.
+TEST_F(TaskTrackerTest, HeldLooksComeAtTheLikelyEndAndThenEveryEndPollInterval) {
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "t", kLight, SlotId{1}, "m", t);
+  EXPECT_FALSE(tracker_.nextHeldLookAt("prod", "t", t)) << "no duration estimate yet";
+  runLightTask(tracker_, "warm", kT0, seconds(8));
+  const std::optional<MonotonicTime> end = tracker_.likelyRunningUntil("prod", "t", t);
+  ASSERT_TRUE(end);
+  EXPECT_EQ(tracker_.nextHeldLookAt("prod", "t", t + seconds(1)), *end);
+  EXPECT_FALSE(tracker_.startHeldLook("prod", "t", *end - milliseconds(1))) << "not due yet";
+  const std::optional<TrackedTaskInfo> look = tracker_.startHeldLook("prod", "t", *end);
+  ASSERT_TRUE(look);
+  EXPECT_EQ(look->task_id, "t");
+  EXPECT_FALSE(tracker_.nextHeldLookAt("prod", "t", *end)) << "in flight";
+  EXPECT_FALSE(tracker_.startHeldLook("prod", "t", *end));
+  EXPECT_EQ(tracker_.beginPoll("prod", "t", 7, *end).action, PollAction::Join);
+  tracker_.completePoll("prod", "t", detail("t", "handling"), *end);
+  const Duration fine = tracker_.endPollInterval(kLight);
+  EXPECT_EQ(tracker_.nextHeldLookAt("prod", "t", *end), *end + fine);
+  tracker_.onStatus("prod", "t", "success", *end + fine);
+  EXPECT_FALSE(tracker_.nextHeldLookAt("prod", "t", *end + fine)) << "ended";
+  EXPECT_FALSE(tracker_.nextHeldLookAt("prod", "stranger", *end)) << "not tracked";
+}
+
+}  // namespace
+}  // namespace hiapi::core

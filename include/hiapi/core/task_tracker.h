@@ -252,6 +252,21 @@ public:
   std::optional<MonotonicTime> nextGatePressureAt(const std::string& key, size_t tier,
                                                   MonotonicTime now) const;
 
+  /// A client poll of (key, task_id) is held for its task's end (holdPollUntil): the proxy
+  /// looks itself at the likely end and then every endPollInterval(), so the end is seen when it
+  /// happens rather than when the hold runs out.
+  /// @return when that look is due (may be in the past): as for gate pressure, the time its last
+  ///         fetch stops being fresh or its likely end, whichever is later; nullopt when the task
+  ///         is not tracked, is terminal, has no duration estimate yet or has a fetch in flight.
+  /// Thread-safety: const.
+  std::optional<MonotonicTime> nextHeldLookAt(const std::string& key, const std::string& task_id,
+                                              MonotonicTime now) const;
+  /// When nextHeldLookAt(@p key, @p task_id, @p now) is due: marks the fetch in flight (client
+  /// polls join it) and returns the task; finish it with completePoll / abandonPoll.
+  /// Thread-safety: not thread-safe.
+  std::optional<TrackedTaskInfo> startHeldLook(const std::string& key, const std::string& task_id,
+                                               MonotonicTime now);
+
   /// @return when dueForReconcile could next return something (may be in the past); nullopt
   ///         when reconcile is off or no task could become due without another event.
   /// Thread-safety: const.

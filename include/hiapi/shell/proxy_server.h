@@ -58,6 +58,8 @@ struct RequestCtx {
   bool poll_fetcher = false;      ///< fetches a task detail for itself and the joiners
   /// Its task is most likely still running until then: the fetch yields to creates until then.
   std::optional<core::MonotonicTime> poll_early_until;
+  /// The proxy's own look for held polls: not sent after this (the held polls then fetch).
+  std::optional<core::MonotonicTime> wait_until;
   std::string cache_result;       ///< X-HiAPI-Proxy-Cache: hit | coalesced | miss
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   /// A client poll held until its task's likely end (tasks.hold_near_end): fires once, then the
@@ -142,9 +144,12 @@ public:
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
   /// priority, or, when it @p unblocks a tier (creates wait for that tier's full gate), as a
   /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).
+  /// @param wait_until when given, it is dropped (fetchRejected, QueueTimeout) if it has not
+  ///        left the queue by then.
   /// @return the request id.
   uint64_t internalPoll(const std::string& key_name, const std::string& authorization,
-                        const std::string& task_id, std::optional<size_t> unblocks);
+                        const std::string& task_id, std::optional<size_t> unblocks,
+                        std::optional<core::MonotonicTime> wait_until = std::nullopt);
   /// @return the request, if it is still open.
   RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg);

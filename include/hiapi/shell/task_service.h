@@ -69,6 +69,13 @@ private:
   /// The proxy's own poll of @p t (marked in flight by the tracker), or, without credentials
   /// for its key, gives the fetch up. @p urgent: creates wait for its tier's full gate.
   void pollItself(const core::TrackedTaskInfo& t, bool urgent);
+  /// The proxy's own look at a task polls are held for: for a spare token, and only until
+  /// @p until (the held polls fetch then).
+  void lookForHeld(const core::TrackedTaskInfo& t, core::MonotonicTime until);
+  /// A fetch of (@p key, @p task_id) was given up without a reply, for reasons of its own (its
+  /// client left, or the proxy's own look was dropped): the first of @p waiters still open
+  /// fetches instead, the others join it (or are answered from the cache).
+  void refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now);
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
@@ -86,8 +93,13 @@ private:
   /// that reconcile polls can be made in passthrough mode.
   std::unordered_map<std::string, std::string> auth_by_key_;
   /// Client polls held until their task's likely end, by (key name, task id): answered as soon
-  /// as the task is seen ended (release()), else when their timer fires.
-  std::map<std::pair<std::string, std::string>, std::vector<uint64_t>> held_;
+  /// as the task is seen ended (release()), else when their timer fires (at `until`, the
+  /// latest of them). Meanwhile the proxy looks itself (reconcile()).
+  struct Held {
+    std::vector<uint64_t> ids;
+    core::MonotonicTime until{};
+  };
+  std::map<std::pair<std::string, std::string>, Held> held_;
 };
 
 }  // namespace hiapi::shell
