@@ -827,7 +827,8 @@ void Parser::parseLimits(const Field& f, LimitsConfig& out) const {
 
 void Parser::parseQueue(const Field& f, QueueConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
-            {"max_size", "max_per_client", "deadline", "client_header", "deadline_header"});
+            {"max_size", "max_per_client", "deadline", "create_gather", "client_header",
+             "deadline_header"});
   if (auto v = m.get("max_size")) {
     out.max_size = static_cast<uint32_t>(integer(*v, 1, 10'000'000));
   }
@@ -839,6 +840,12 @@ void Parser::parseQueue(const Field& f, QueueConfig& out) const {
     if (out.deadline >= 60s) {
       fail(*v, "must be less than 60s: HiAPI clients give up after 60 s, so a queued request "
                "must get its answer (if only a 429) before then");
+    }
+  }
+  if (auto v = m.get("create_gather")) {
+    out.create_gather = duration(*v);
+    if (out.create_gather > 1s) {
+      fail(*v, "must be at most 1s: every create burst waits this long before the first is sent");
     }
   }
   auto header = [&](std::string_view key, std::string& dst) {

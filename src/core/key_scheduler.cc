@@ -47,6 +47,7 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
       budget_(std::move(budget)),
       adaptive_(limits),
       queue_deadline_(queue.deadline),
+      create_gather_(queue.create_gather),
       queue_(queue.max_size, queue.max_per_client) {
   if (!budget_) {
     budget_ = std::make_unique<TokenBucket>(adaptive_.configuredRate(),
@@ -144,6 +145,13 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
   const std::optional<size_t> lane = entry.lane;
   switch (queue_.push(std::move(entry))) {
     case EnqueueResult::Queued:
+      if (p.route == RouteKind::Create && !p.held_slot && create_gather_ > Duration::zero()) {
+        if (!gathering_) {
+          gathering_ = true;
+          gather_start_ = now;
+        }
+        last_create_ = now;
+      }
       break;
     case EnqueueResult::DuplicateId:
       return SubmitResult::DuplicateId;
@@ -250,7 +258,13 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   // spare tokens until its background_until (see submit()), then with the creates.
   queue_.promoteBackground(now, Priority::Create);
 
-  const auto open = [this, now](std::optional<size_t> lane) { return laneOpen(lane, now); };
+  if (gathering_ && now >= gatherEnd()) {
+    gathering_ = false;
+  }
+  // While creates are gathered, their lanes are closed (creates holding a slot have none).
+  const auto open = [this, now](std::optional<size_t> lane) {
+    return !(gathering_ && lane && *lane < gates_.size()) && laneOpen(lane, now);
+  };
   const Reserve reserve = reserveFor(now);
   bool waiting_for_token = false;
   double tokens_wanted = 1.0;
@@ -325,6 +339,9 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   // When could anything change by itself?
   if (!queue_.empty()) {
     earliest(out.wake_at, queue_.nextDeadline());
+    if (gathering_) {
+      earliest(out.wake_at, gatherEnd());
+    }
     if (queue_.hasEligible(open)) {
       if (adaptive_.inCooldown(now)) {
         earliest(out.wake_at, adaptive_.cooldownUntil());
@@ -425,6 +442,10 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
     out.tier = t;
   }
   return out;
+}
+
+MonotonicTime KeyScheduler::gatherEnd() const {
+  return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
 }
 
 void KeyScheduler::setNextLook(size_t tier, std::optional<MonotonicTime> at) {
@@ -587,6 +608,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
 void KeyScheduler::reconfigure(const LimitsConfig& limits, const QueueConfig& queue,
                                MonotonicTime now) {
   queue_deadline_ = queue.deadline;
+  create_gather_ = queue.create_gather;
   queue_.setLimits(queue.max_size, queue.max_per_client);
   reconfigure(limits, now);
 }

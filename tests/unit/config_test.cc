@@ -151,6 +151,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(c.queue.max_size, 10000u);
   EXPECT_EQ(c.queue.max_per_client, 0u);
   EXPECT_EQ(c.queue.deadline, 45s);
+  EXPECT_EQ(c.queue.create_gather, 10ms);
   EXPECT_EQ(c.queue.client_header, "X-HiAPI-Client");
   EXPECT_EQ(c.queue.deadline_header, "X-HiAPI-Deadline");
   EXPECT_EQ(c.retry.max_attempts, 4u);
@@ -248,7 +249,7 @@ limits:
   tiers:
     - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s, expected_duration: 90s }
     - { name: pro-route, routes: [pro] }
-queue: { max_size: 5, max_per_client: 2, deadline: 59s, client_header: X-Me, deadline_header: X-D }
+queue: { max_size: 5, max_per_client: 2, deadline: 59s, create_gather: 0s, client_header: X-Me, deadline_header: X-D }
 retry: { max_attempts: 10, base_delay: 100ms, max_delay: 60s, budget_ratio: 0, budget_min_retries: 0, idempotency: inject }
 tasks:
   terminal_statuses: [done]
@@ -311,6 +312,7 @@ drain_timeout: 0s
   EXPECT_EQ(c.queue.max_size, 5u);
   EXPECT_EQ(c.queue.max_per_client, 2u);
   EXPECT_EQ(c.queue.deadline, 59s);
+  EXPECT_EQ(c.queue.create_gather, 0s) << "0 turns gathering off";
   EXPECT_EQ(c.queue.client_header, "X-Me");
   EXPECT_EQ(c.queue.deadline_header, "X-D");
   EXPECT_EQ(c.retry.max_attempts, 10u);
@@ -479,6 +481,7 @@ TEST_F(ConfigTest, ImpossibleValues) {
   expectError("queue:\n  deadline: 2m\n", 2, 13, "queue.deadline", "clients give up after 60 s");
   expectError("queue:\n  deadline: 0s\n", 2, 13, "queue.deadline", "must be greater than 0");
   expectError("queue:\n  max_size: 0\n", 2, 13, "queue.max_size", "must be between 1");
+  expectError("queue:\n  create_gather: 2s\n", 2, 18, "queue.create_gather", "must be at most 1s");
   expectError("queue:\n  client_header: \"X Client\"\n", 2, 18, "queue.client_header",
               "invalid HTTP header name");
   expectError("retry:\n  max_delay: 61s\n", 2, 14, "retry.max_delay", "must be at most 60s");

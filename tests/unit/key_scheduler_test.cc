@@ -28,6 +28,7 @@ LimitsConfig limits(double rate = 1.0, double burst = 5) {
 QueueConfig queueConfig(uint32_t max_size = 10000) {
   QueueConfig q;
   q.max_size = max_size;
+  q.create_gather = Duration::zero();  // most tests look at one instant; gathering has its own
   return q;
 }
 
@@ -935,6 +936,72 @@ TEST_F(KeySchedulerTest, APromotedBackgroundPollWaitsBehindItsClientsOlderCreate
   EXPECT_EQ(ids(s.dispatch(kStart + seconds(20))), (std::vector<uint64_t>{2}));
   EXPECT_EQ(ids(s.dispatch(kStart + seconds(40))), (std::vector<uint64_t>{3}))
       << "the poll, promoted at about 35 s, comes after the older create";
+}
+
+// Creates that arrive a millisecond apart (one service's light ones first) are ordered by the
+// scheduler, not by the race: the heavy tier is the bottleneck, so its creates take the first
+// tokens. Without gathering, the light creates that came first would spend the burst.
+TEST_F(KeySchedulerTest, CreatesArrivingTogetherAreGatheredAndOrderedByTheScheduler) {
+  for (const bool gather : {true, false}) {
+    SCOPED_TRACE(gather ? "gathering" : "create_gather: 0");
+    LimitsConfig l = limits(4.0, 3);
+    l.tiers[kHeavy].max_running = 2;
+    l.tiers[kLight].max_running = 5;
+    QueueConfig q = queueConfig();
+    q.create_gather = gather ? milliseconds(10) : Duration::zero();
+    KeyScheduler s(l, q, kStart, random_);
+    for (uint64_t i = 1; i <= 3; ++i) {
+      s.submit(req(i, RouteKind::Create, "svc-0", kLight), kStart);
+    }
+    Dispatch first = s.dispatch(kStart);
+    const MonotonicTime t1 = kStart + milliseconds(1);
+    for (uint64_t i = 0; i < 6; ++i) {
+      s.submit(req(10 + i, RouteKind::Create, "svc-2", kHeavy), t1);
+    }
+    Dispatch second = s.dispatch(t1);
+    if (!gather) {
+      EXPECT_EQ(ids(first), (std::vector<uint64_t>{1, 2, 3}));
+      EXPECT_TRUE(second.admitted.empty());
+      continue;
+    }
+    EXPECT_TRUE(first.admitted.empty());
+    ASSERT_TRUE(first.wake_at);
+    EXPECT_EQ(*first.wake_at, kStart + milliseconds(2)) << "a fifth of create_gather of quiet";
+    EXPECT_TRUE(second.admitted.empty());
+    ASSERT_TRUE(second.wake_at);
+    EXPECT_EQ(*second.wake_at, t1 + milliseconds(2));
+    // A poll is not gathered.
+    s.submit(req(50, RouteKind::Poll, "svc-1"), t1);
+    EXPECT_EQ(ids(s.dispatch(t1)), (std::vector<uint64_t>{50}));
+    const Dispatch d = s.dispatch(*second.wake_at);
+    EXPECT_EQ(ids(d), (std::vector<uint64_t>{10, 11})) << "heavy first; the poll took a token";
+    EXPECT_EQ(s.gate(kHeavy).running(), 2u);
+  }
+}
+
+// Creates that keep arriving are gathered for at most create_gather after the first.
+TEST_F(KeySchedulerTest, GatheringEndsAtCreateGatherWhileCreatesKeepArriving) {
+  QueueConfig q = queueConfig();
+  q.create_gather = milliseconds(10);
+  LimitsConfig l = limits(100.0, 100);
+  l.tiers[kLight].max_running = 100;
+  KeyScheduler s(l, q, kStart, random_);
+  std::vector<uint64_t> admitted_at_ms;
+  for (uint64_t ms = 0; ms <= 21; ++ms) {
+    const MonotonicTime now = kStart + milliseconds(ms);
+    s.submit(req(100 + ms, RouteKind::Create, "a", kLight), now);
+    for (const Admitted& a : s.dispatch(now).admitted) {
+      (void)a;
+      admitted_at_ms.push_back(ms);
+    }
+  }
+  ASSERT_FALSE(admitted_at_ms.empty());
+  EXPECT_EQ(admitted_at_ms.front(), 10u) << "the first gather ends 10 ms after its first create";
+  EXPECT_EQ(std::count(admitted_at_ms.begin(), admitted_at_ms.end(), 10u), 11)
+      << "everything gathered so far goes together";
+  EXPECT_EQ(std::count(admitted_at_ms.begin(), admitted_at_ms.end(), 21u), 11)
+      << "the next gather began at 11 ms";
+  EXPECT_EQ(admitted_at_ms.size(), 22u);
 }
 
 }  // namespace

@@ -142,6 +142,10 @@ struct QueueConfig {
   uint32_t max_size = 10000;          ///< waiting requests, all keys together
   uint32_t max_per_client = 0;        ///< 0 = no per-client bound
   Duration deadline = std::chrono::seconds(45);  ///< well under the clients' 60 s
+  /// Creates that arrive together are ordered by the scheduler (bottleneck tier first, fair
+  /// across clients), not by which connection won the race: a create waits until no other has
+  /// arrived for a fifth of this, and at most this long after the first of them. 0 = off.
+  Duration create_gather = std::chrono::milliseconds(10);
   std::string client_header = "X-HiAPI-Client";
   std::string deadline_header = "X-HiAPI-Deadline";  ///< client asks for less (e.g. `5s`)
 };

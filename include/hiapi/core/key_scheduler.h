@@ -285,6 +285,13 @@ private:
   AdaptiveRate adaptive_;
   std::vector<std::unique_ptr<ConcurrencyGate>> gates_;
   Duration queue_deadline_;  ///< queue.deadline (background work waits at most 3/4)
+  Duration create_gather_;   ///< queue.create_gather
+  /// Creates arriving together are gathered (see QueueConfig::create_gather): while gathering,
+  /// no create without a held slot is admitted, until gatherEnd().
+  bool gathering_ = false;
+  MonotonicTime gather_start_{};
+  MonotonicTime last_create_{};
+  MonotonicTime gatherEnd() const;
   std::vector<std::optional<TierDuration>> tier_duration_;  ///< see setTierDuration()
   std::vector<std::optional<MonotonicTime>> tier_next_look_;  ///< see setNextLook()
   AdmissionQueue queue_;
