@@ -170,7 +170,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(c.tasks.reconcile_interval, 15s);
   EXPECT_EQ(c.tasks.state_file, "");
   EXPECT_EQ(c.tasks.state_save_interval, 10s);
-  EXPECT_EQ(c.tasks.hold_near_end, 2s);
+  EXPECT_EQ(c.tasks.hold_near_end, 5s);
   EXPECT_EQ(c.log.format, LogFormat::Logfmt);
   EXPECT_EQ(c.log.level, LogLevel::Info);
   EXPECT_EQ(c.drain_timeout, 30s);

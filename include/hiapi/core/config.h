@@ -179,8 +179,9 @@ struct TasksConfig {
   /// answered as soon as the end is seen (at the latest two end-poll intervals past the likely
   /// end, with what a fetch then finds), rather than at once with the running detail it would
   /// get: a client that polls every few seconds sees the end when it happens, not up to a poll
-  /// interval later. 0 = off; at most 10 s.
-  Duration hold_near_end = std::chrono::seconds(2);
+  /// interval later. 5 s covers the poll intervals clients use (the guide's 2-5 s, the official
+  /// SDK's 3 s): the last poll before the end is held. 0 = off; at most 10 s.
+  Duration hold_near_end = std::chrono::seconds(5);
 };
 
 struct LogConfig {
