@@ -100,6 +100,9 @@ void AdmissionQueue::link(QueueEntry entry) {
   by_deadline_.emplace(entry.deadline, entry.id);
   if (entry.priority == Priority::Background) {
     background_by_until_.emplace(entry.background_until, entry.id);
+    if (entry.lane && entry.unblock_at != MonotonicTime::max()) {
+      background_by_lane_.emplace(*entry.lane, entry.unblock_at, entry.id);
+    }
   }
   const uint64_t id = entry.id;
   entries_.emplace(id, Stored{std::move(entry), std::prev(lane.end())});
@@ -134,6 +137,9 @@ void AdmissionQueue::unlink(Stored& stored) {
   by_deadline_.erase({e.deadline, e.id});
   if (e.priority == Priority::Background) {
     background_by_until_.erase({e.background_until, e.id});
+    if (e.lane) {
+      background_by_lane_.erase({*e.lane, e.unblock_at, e.id});
+    }
   }
 }
 
@@ -147,6 +153,27 @@ size_t AdmissionQueue::promoteBackground(MonotonicTime now, Priority to) {
     ++moved;
   }
   return moved;
+}
+
+size_t AdmissionQueue::promoteBackgroundOnLane(size_t lane, MonotonicTime now, Priority to) {
+  size_t moved = 0;
+  for (auto it = background_by_lane_.lower_bound({lane, MonotonicTime::min(), 0});
+       it != background_by_lane_.end() && std::get<0>(*it) == lane && std::get<1>(*it) <= now;
+       it = background_by_lane_.lower_bound({lane, MonotonicTime::min(), 0})) {
+    std::optional<QueueEntry> e = remove(std::get<2>(*it));  // unlink() drops it from the index
+    e->priority = to;
+    link(std::move(*e));
+    ++moved;
+  }
+  return moved;
+}
+
+std::optional<MonotonicTime> AdmissionQueue::nextUnblockAt(size_t lane) const {
+  auto it = background_by_lane_.lower_bound({lane, MonotonicTime::min(), 0});
+  if (it == background_by_lane_.end() || std::get<0>(*it) != lane) {
+    return std::nullopt;
+  }
+  return std::get<1>(*it);
 }
 
 std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {

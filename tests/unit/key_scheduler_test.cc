@@ -1004,5 +1004,42 @@ TEST_F(KeySchedulerTest, GatheringEndsAtCreateGatherWhileCreatesKeepArriving) {
   EXPECT_EQ(admitted_at_ms.size(), 22u);
 }
 
+// A client's poll of a task that likely still runs waits for a spare token. Queued while its
+// tier's gate still had a slot free, it must go with the tier's creates from its task's likely
+// end once the gate is full with creates waiting (judged at each dispatch, not at submit): its
+// answer frees the slot they wait for, and nobody else looks while it is the task's fetch.
+TEST_F(KeySchedulerTest, ABackgroundPollGoesAtItsTasksLikelyEndOnceItsGateHasFilled) {
+  LimitsConfig l = limits(1.0, 1);
+  l.tiers[kHeavy].max_running = 2;
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+  ASSERT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
+  const MonotonicTime likely_end = kStart + seconds(5);
+  RequestInfo poll = req(50, RouteKind::Poll, "a");
+  poll.priority = Priority::Background;
+  poll.unblocks = kHeavy;
+  poll.background_until = likely_end;
+  s.submit(poll, kStart + milliseconds(500));  // one heavy slot of two is free
+  for (uint64_t i = 0; i < 40; ++i) {
+    s.submit(req(300 + i, RouteKind::Poll, "b"), kStart + milliseconds(500));  // no spare token
+  }
+  for (uint64_t i = 2; i <= 4; ++i) {
+    s.submit(req(i, RouteKind::Create, "c", kHeavy), kStart + milliseconds(600));
+  }
+  std::optional<MonotonicTime> poll_at;
+  for (MonotonicTime t = kStart + milliseconds(600); t < kStart + seconds(8);
+       t += milliseconds(100)) {
+    for (const Admitted& a : s.dispatch(t).admitted) {
+      if (a.id == 50) {
+        poll_at = t;
+      }
+    }
+  }
+  EXPECT_EQ(s.gate(kHeavy).running(), 2u) << "create 2 took the free slot";
+  ASSERT_TRUE(poll_at) << "still waiting for a spare token";
+  EXPECT_GE(*poll_at, likely_end);
+  EXPECT_LE(*poll_at, likely_end + seconds(1)) << "the first token from its likely end";
+}
+
 }  // namespace
 }  // namespace hiapi::core

@@ -62,6 +62,9 @@ struct QueueEntry {
   MonotonicTime enqueued{};         ///< for wait-time metrics
   /// Background entries: promoteBackground() moves them up from this time on.
   MonotonicTime background_until = MonotonicTime::max();
+  /// Background entries on a lane: promoteBackgroundOnLane() may move them up from this time on
+  /// (the caller decides when the lane deserves it); max = never.
+  MonotonicTime unblock_at = MonotonicTime::max();
   uint64_t seq = 0;                 ///< set by push(): global arrival order
 };
 
@@ -91,6 +94,11 @@ public:
   /// has a spare token, nor past the time it stops being background work. O(log n) per entry.
   /// @return how many moved.
   size_t promoteBackground(MonotonicTime now, Priority to);
+  /// As promoteBackground(), for the Background entries on @p lane whose unblock_at is at or
+  /// before @p now. O(log n) per entry.
+  size_t promoteBackgroundOnLane(size_t lane, MonotonicTime now, Priority to);
+  /// @return the earliest unblock_at of a Background entry on @p lane, if any.
+  std::optional<MonotonicTime> nextUnblockAt(size_t lane) const;
 
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);
@@ -169,6 +177,8 @@ private:
   std::set<std::pair<MonotonicTime, uint64_t>> by_deadline_;
   /// Background entries by (background_until, id), earliest first (promoteBackground).
   std::set<std::pair<MonotonicTime, uint64_t>> background_by_until_;
+  /// Background entries with a lane and an unblock_at, by (lane, unblock_at, id).
+  std::set<std::tuple<size_t, MonotonicTime, uint64_t>> background_by_lane_;
   std::array<PriorityClass, kClassCount> classes_;
   std::array<size_t, kPriorityCount> per_priority_{};
   std::unordered_map<std::string, size_t> per_client_;

@@ -64,9 +64,10 @@ struct RequestInfo {
   MonotonicTime deadline{};           ///< queue_timeout at this time if not admitted by then
   /// Background requests: wait like client requests (with the creates, in arrival order
   /// within a client) after 3/4 of queue.deadline,
-  /// or from this time on (a poll of a task from its likely end) when the request may free a
-  /// slot of a tier whose full gate creates wait for (see unblocks) at submit. Otherwise such a
-  /// poll would only tell its client sooner, and it must not take tokens from creates.
+  /// or from this time on (a poll of a task from its likely end) while the request may free a
+  /// slot of a tier whose full gate creates wait for (see unblocks; judged at every dispatch).
+  /// Otherwise such a poll would only tell its client sooner, and it must not take tokens from
+  /// creates.
   std::optional<MonotonicTime> background_until;
   /// Polls: the tier whose full gate this poll may free a slot of (the proxy's own poll of a task
   /// that has likely ended, while creates wait). It goes with that tier's creates when the tier
