@@ -201,9 +201,10 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = core::Priority::Background;
   }
   if (ctx.internal) {
-    // Reconcile polls: the lowest priority, same budget. A poll that frees a full gate's slot
-    // for waiting creates goes like a client's poll.
-    prio = ctx.unblocks ? core::Priority::Poll : core::Priority::Background;
+    // Reconcile polls and looks for held polls: the lowest priority, same budget. A poll that
+    // frees a full gate's slot for waiting creates goes like a client's poll.
+    prio = ctx.unblocks && !ctx.poll_early_until ? core::Priority::Poll
+                                                 : core::Priority::Background;
   }
   handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
   submit(ks, ctx, prio);

@@ -232,13 +232,17 @@ void ProxyServer::admitById(uint64_t id) {
 
 uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::string& authorization,
                                    const std::string& task_id, std::optional<size_t> unblocks,
-                                   std::optional<core::MonotonicTime> wait_until) {
+                                   std::optional<core::MonotonicTime> wait_until,
+                                   bool spare_token) {
   RequestCtx& ctx = newCtx();
   ctx.internal = true;
   ctx.unblocks = unblocks;
   ctx.wait_until = wait_until;
+  if (spare_token) {
+    ctx.poll_early_until = ctx.received;
+  }
   ctx.method = "GET";
-  ctx.client = unblocks ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
+  ctx.client = spare_token ? "hiapi-proxy-held" : unblocks ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;
   ctx.route.kind = core::RouteKind::Poll;
   ctx.route.task_id = task_id;

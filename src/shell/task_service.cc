@@ -143,20 +143,25 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
     ctx.poll_joined = true;
     return true;
   case core::PollAction::Fetch:
-    ctx.poll_fetcher = true;
-    ctx.poll_early_until = tracker_->likelyRunningUntil(ctx.key_name, ctx.route.task_id, now);
-    if (ctx.poll_held && !ctx.poll_early_until) {
-      // Held until its task's likely end, it fetches like a poll of a likely-running task: for a
-      // spare token, or at once when it may free a slot creates wait for. Polls held to their
-      // ends must not take the tokens of a flood's creates (B2 measured those timing out).
-      ctx.poll_early_until = now;
-    }
-    // A poll that may find the task ended frees its slot: when creates wait for that tier's
-    // full gate, it goes with them (see core::RequestInfo::unblocks).
-    ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);
+    asFetcher(ctx, now);
     return false;
   }
   return false;
+}
+
+void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
+  ctx.poll_fetcher = true;
+  ctx.poll_joined = false;
+  ctx.poll_early_until = tracker_->likelyRunningUntil(ctx.key_name, ctx.route.task_id, now);
+  if (ctx.poll_held && !ctx.poll_early_until) {
+    // Held until its task's likely end, it fetches like a poll of a likely-running task: for a
+    // spare token, or at once when it may free a slot creates wait for. Polls held to their
+    // ends must not take the tokens of a flood's creates (B2 measured those timing out).
+    ctx.poll_early_until = now;
+  }
+  // A poll that may find the task ended frees its slot: when creates wait for that tier's
+  // full gate, it goes with them (see core::RequestInfo::unblocks).
+  ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);
 }
 
 void TaskService::answerFromCache(uint64_t id, const core::PollDecision& hit) {
@@ -231,7 +236,7 @@ void TaskService::refetch(const std::vector<uint64_t>& waiters, core::MonotonicT
     }
     core::PollDecision d = tracker_->beginPoll(w->key_name, w->route.task_id, id, now);
     if (d.action == core::PollAction::Fetch) {
-      w->poll_fetcher = true;
+      asFetcher(*w, now);  // as if it had come now: its priority and lane follow the task
       proxy_.admitById(id);
     } else if (d.action == core::PollAction::Hit) {
       answerFromCache(id, d);
@@ -322,7 +327,10 @@ void TaskService::lookForHeld(const core::TrackedTaskInfo& t, core::MonotonicTim
     return;
   }
   log_.debug("held poll look", {{"key", t.key}, {"task", t.task_id}});
-  proxy_.internalPoll(t.key, *auth, t.task_id, std::nullopt, until);
+  // Like a held poll's own fetch: for a spare token, or with its tier's creates should the
+  // tier's gate fill up while it waits (its answer may free the slot they wait for).
+  proxy_.internalPoll(t.key, *auth, t.task_id, tracker_->slotTier(t.key, t.task_id), until,
+                      /*spare_token=*/true);
 }
 
 void TaskService::reconcile() {

@@ -146,10 +146,13 @@ public:
   /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).
   /// @param wait_until when given, it is dropped (fetchRejected, QueueTimeout) if it has not
   ///        left the queue by then.
+  /// @param spare_token waits for a token nobody else needs, even with @p unblocks (then it
+  ///        goes with that tier's creates only while their gate is full).
   /// @return the request id.
   uint64_t internalPoll(const std::string& key_name, const std::string& authorization,
                         const std::string& task_id, std::optional<size_t> unblocks,
-                        std::optional<core::MonotonicTime> wait_until = std::nullopt);
+                        std::optional<core::MonotonicTime> wait_until = std::nullopt,
+                        bool spare_token = false);
   /// @return the request, if it is still open.
   RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg);

@@ -61,6 +61,10 @@ private:
   /// Forgets @p ctx in held_ (it is being served).
   void unholdIndex(const RequestCtx& ctx);
   void answerFromCache(uint64_t id, const core::PollDecision& hit);
+  /// @p ctx fetches its task (beginPoll said Fetch): sets how it waits for admission (a likely
+  /// running task's poll waits for a spare token; one that may free a full gate's slot goes
+  /// with that tier's creates from the task's likely end).
+  void asFetcher(RequestCtx& ctx, core::MonotonicTime now);
   void answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
                      const UpstreamResponse& resp, std::string_view cache);
   core::Duration leaseOf(size_t tier) const;
