@@ -273,10 +273,15 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   const auto open = [this, now](std::optional<size_t> lane) {
     return !(gathering_ && lane && *lane < gates_.size()) && laneOpen(lane, now);
   };
-  const Reserve reserve = reserveFor(now);
+  Reserve reserve = reserveFor(now);
   bool waiting_for_token = false;
   double tokens_wanted = 1.0;
-  while (!queue_.empty() && !adaptive_.inCooldown(now)) {
+  for (bool first = true; !queue_.empty() && !adaptive_.inCooldown(now); first = false) {
+    if (!first) {
+      // The last admission may have filled the tier's free slot: it is blocked again, and its
+      // next looks need their tokens.
+      reserve = reserveFor(now);
+    }
     // Reserve the token first; give it back if no entry can use it.
     if (!budget_->tryAcquire(1.0, now)) {
       waiting_for_token = true;
@@ -382,12 +387,7 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
 // waiting creates times its task duration) before the others: the makespan is that tier's, so
 // every token it waits for is lost at the end, while a tier with less work left has slack.
 std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
-  Duration unknown_unit = std::chrono::seconds(1);
-  for (const auto& d : tier_duration_) {
-    if (d) {
-      unknown_unit = std::max(unknown_unit, d->value);
-    }
-  }
+  const Duration unknown_unit = unknownTierUnit();
   std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
   for (size_t t = 0; t < gates_.size(); ++t) {
     const size_t waiting = queue_.laneSize(t);
@@ -418,27 +418,30 @@ std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
 
 // The proxy's look at a blocked bottleneck's likely end, and the create it lets go, each need a
 // token: if other work has just spent the bucket, each waits 1/rate, and at every wave change of
-// the makespan's tier that is lost twice. So from (reserve / rate) before the look, tokens are
-// kept for the tier's lanes: other requests take one only while more than the reserve is left.
-// That costs them no throughput (the reserve stays below the burst, so refills are not lost to
-// a full bucket), only up to reserve / rate of delay around the look. A burst below 2 keeps no
-// reserve (it would hold the whole bucket). Only the bottleneck with the most work left (the
+// the makespan's tier that is lost twice — and more when several of its tasks end close
+// together (two heavy tasks ending a token apart need four tokens within one refill). So the
+// bucket keeps what the tier's planned looks need: going back from the last planned look,
+// each look needs its own tokens plus whatever the next one needs beyond the refill between
+// them; the reserve now is what the first needs beyond the refill until it. Other requests take
+// a token only while more than that is left. Only the bottleneck with the most work left (the
 // makespan's tier) keeps one: a reserve shared with other tiers would go to whichever tier's
-// look came first.
+// look came first. Cap: see setLookPlan().
 KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
   Reserve out;
-  const double tokens = std::min(2.0, std::floor(budget_->burst()) - 1.0);
+  const double burst = std::floor(budget_->burst());
   const double rate = budget_->rate();
-  if (tokens < 1.0 || rate <= 0.0) {
+  if (burst < 1.0 || rate <= 0.0) {
     return out;
   }
-  const Duration lead = fromSeconds(tokens / rate);
+  const Duration lead = fromSeconds(burst / rate);
   // A look long past is stale (the tier was blocked then): it no longer holds tokens.
-  const auto near = [&](const std::optional<MonotonicTime>& look) {
-    return look && now + lead >= *look && now <= *look + kLookGrace;
+  const auto near = [&](const LookPlan& plan) {
+    return plan.in_flight != 0 ||
+           (!plan.looks.empty() && now + lead >= plan.looks.front() &&
+            now <= plan.looks.front() + kLookGrace);
   };
   // Most calls (every dispatch, and submit's shortcut) have no look near: skip the ranking.
-  if (std::none_of(tier_next_look_.begin(), tier_next_look_.end(), near)) {
+  if (std::none_of(tier_looks_.begin(), tier_looks_.end(), near)) {
     return out;
   }
   const std::vector<size_t> ranked = bottlenecks(now);
@@ -446,24 +449,101 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
     return out;
   }
   const size_t t = ranked.front();
-  const std::optional<MonotonicTime> look =
-      t < tier_next_look_.size() ? tier_next_look_[t] : std::nullopt;
-  if (near(look) && blocked(t, now)) {
-    out.tokens = tokens;
+  if (t >= tier_looks_.size() || !near(tier_looks_[t]) || !blocked(t, now)) {
+    return out;
+  }
+  const double cap = tierBinds(t, now) ? burst : std::min(2.0, burst - 1.0);
+  if (cap < 1.0) {
+    return out;
+  }
+  const LookPlan& plan = tier_looks_[t];
+  // Creates waiting for the tier: the first looks that find an end each let one go.
+  size_t creates = queue_.laneSize(t);
+  const auto take_create = [&creates]() -> double {
+    if (creates == 0) {
+      return 0.0;
+    }
+    --creates;
+    return 1.0;
+  };
+  // Looks answered soon (in flight) come first: each may let a create go at once.
+  double in_flight_need = 0.0;
+  for (size_t i = 0; i < plan.in_flight; ++i) {
+    in_flight_need += take_create();
+  }
+  std::vector<double> own(plan.looks.size());
+  for (size_t i = 0; i < plan.looks.size(); ++i) {
+    own[i] = 1.0 + take_create();
+  }
+  double need = 0.0;  // tokens needed at looks[i], for it and the looks after it
+  for (size_t i = plan.looks.size(); i-- > 0;) {
+    if (i + 1 < plan.looks.size()) {
+      need = std::max(0.0, need - rate * toSeconds(plan.looks[i + 1] - plan.looks[i]));
+    }
+    need = std::min(cap, need + own[i]);
+  }
+  double reserve = in_flight_need;
+  if (!plan.looks.empty() && plan.looks.front() >= now - kLookGrace) {
+    const double until_first = toSeconds(std::max(Duration::zero(), plan.looks.front() - now));
+    reserve += std::max(0.0, need - rate * until_first);
+  }
+  reserve = std::min(cap, reserve);
+  if (reserve > 1e-9) {
+    out.tokens = reserve;
     out.tier = t;
   }
   return out;
 }
 
-MonotonicTime KeyScheduler::gatherEnd() const {
-  return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
+Duration KeyScheduler::unknownTierUnit() const {
+  Duration unit = std::chrono::seconds(1);
+  for (const auto& d : tier_duration_) {
+    if (d) {
+      unit = std::max(unit, d->value);
+    }
+  }
+  return unit;
+}
+
+bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
+  const double rate = budget_->rate();
+  if (rate <= 0.0) {
+    return false;
+  }
+  double tokens = 0.0;  // still needed by what waits and runs: a create and a look per task
+  size_t lanes = 0;
+  for (size_t t = 0; t < gates_.size(); ++t) {
+    const size_t waiting = queue_.laneSize(t);
+    lanes += waiting;
+    tokens += 2.0 * static_cast<double>(waiting) + static_cast<double>(gates_[t]->running());
+  }
+  tokens += static_cast<double>(queue_.size() - std::min(queue_.size(), lanes));
+  const ConcurrencyGate& g = *gates_[tier];
+  const double waves = std::ceil(static_cast<double>(queue_.laneSize(tier)) /
+                                 std::max<uint32_t>(g.effectiveCeiling(now), 1));
+  const std::optional<TierDuration>& d =
+      tier < tier_duration_.size() ? tier_duration_[tier] : std::optional<TierDuration>{};
+  const Duration unit = d ? d->value : unknownTierUnit();
+  return waves * toSeconds(unit) >= tokens / rate;
+}
+
+void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
+  if (tier >= tier_looks_.size()) {
+    tier_looks_.resize(tier + 1);
+  }
+  tier_looks_[tier] = std::move(plan);
 }
 
 void KeyScheduler::setNextLook(size_t tier, std::optional<MonotonicTime> at) {
-  if (tier >= tier_next_look_.size()) {
-    tier_next_look_.resize(tier + 1);
+  LookPlan plan;
+  if (at) {
+    plan.looks.push_back(*at);
   }
-  tier_next_look_[tier] = at;
+  setLookPlan(tier, std::move(plan));
+}
+
+MonotonicTime KeyScheduler::gatherEnd() const {
+  return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
 }
 
 void KeyScheduler::setTierDuration(size_t tier, std::optional<TierDuration> duration) {

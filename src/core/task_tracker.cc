@@ -484,12 +484,21 @@ bool TaskTracker::gatePressureCandidate(const Record& r, size_t tier,
   return r.slot && !r.terminal && clampTier(r.tier) == tier && (!oldest || r.created <= *oldest);
 }
 
-MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now) const {
+MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now, bool eager) const {
   if (r.in_flight) {
     return now;
   }
   const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
-  return std::max(last + refreshAfter(r, last), likelyEnd(r));
+  Duration after = refreshAfter(r, last);
+  if (eager && !firstEstimate(r.tier)) {
+    // The tier bounds the makespan and no task of it has ended yet: every moment its first end
+    // goes unseen is lost to all its later waves, so look 4 times as often, and then every
+    // 1/20 of the task's age (the end is then seen within 5 % of its duration) for long tasks.
+    const Duration interval = minPollInterval(r.tier);
+    const Duration age = last > r.created ? last - r.created : Duration::zero();
+    after = std::min(after, std::max(interval / 4, std::min(age / 20, interval)));
+  }
+  return std::max(last + after, likelyEnd(r));
 }
 
 std::optional<MonotonicTime> TaskTracker::nextHeldLookAt(const std::string& key,
@@ -706,7 +715,8 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
 }
 
 std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
-                                                             MonotonicTime now, size_t max) {
+                                                             MonotonicTime now, size_t max,
+                                                             bool eager) {
   const size_t t = clampTier(tier);
   const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   std::vector<Record*> due;
@@ -715,7 +725,7 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
     Record& r = it->second;
     // Not before its last fetch goes stale, nor before its likely end (most likely still
     // running: a poll would only say so).
-    if (gatePressureCandidate(r, t, oldest) && !r.in_flight && nextLookAt(r, now) <= now) {
+    if (gatePressureCandidate(r, t, oldest) && !r.in_flight && nextLookAt(r, now, eager) <= now) {
       due.push_back(&r);
     }
   }
@@ -742,7 +752,7 @@ std::optional<MonotonicTime> TaskTracker::oldestUnlearned(const std::string& key
 }
 
 std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& key, size_t tier,
-                                                             MonotonicTime now) const {
+                                                             MonotonicTime now, bool eager) const {
   const size_t t = clampTier(tier);
   const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   std::optional<MonotonicTime> next;
@@ -752,12 +762,43 @@ std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& 
     if (!gatePressureCandidate(r, t, oldest)) {
       continue;
     }
-    const MonotonicTime at = nextLookAt(r, now);
+    const MonotonicTime at = nextLookAt(r, now, eager);
     if (!next || at < *next) {
       next = at;
     }
   }
   return next;
+}
+
+LookPlan TaskTracker::gatePressurePlan(const std::string& key, size_t tier, MonotonicTime now,
+                                       bool eager) const {
+  const size_t t = clampTier(tier);
+  const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
+  LookPlan plan;
+  size_t younger = 0;  // while no task of the tier has ended: those behind the oldest
+  for (auto it = records_.lower_bound(RecordKey{key, std::string()});
+       it != records_.end() && it->first.first == key; ++it) {
+    const Record& r = it->second;
+    if (!gatePressureCandidate(r, t, oldest)) {
+      younger += gatePressureCandidate(r, t, std::nullopt) ? 1 : 0;
+      continue;
+    }
+    if (r.in_flight && likelyEnd(r) <= now) {
+      ++plan.in_flight;
+    } else {
+      // A fetch in flight before the likely end is a client's poll that waits (for a spare
+      // token, or with the creates from the likely end): its look is still to come.
+      plan.looks.push_back(r.in_flight ? likelyEnd(r) : nextLookAt(r, now, eager));
+    }
+  }
+  std::sort(plan.looks.begin(), plan.looks.end());
+  if (eager && younger != 0 && (plan.in_flight != 0 || !plan.looks.empty())) {
+    // When the oldest is seen ended, the tier's first duration is known and the tasks started
+    // with it are looked at at once (and likely let their creates go too): plan them with it.
+    const MonotonicTime first = plan.in_flight != 0 ? now : plan.looks.front();
+    plan.looks.insert(plan.looks.begin(), younger, first);
+  }
+  return plan;
 }
 
 std::optional<MonotonicTime> TaskTracker::nextReconcileAt() const {

@@ -514,10 +514,14 @@ std::vector<std::pair<std::string, size_t>> Limiter::blockedTiers() const {
   return out;
 }
 
-void Limiter::setNextLook(const std::string& key, size_t tier,
-                          std::optional<core::MonotonicTime> at) {
+bool Limiter::tierBinds(const std::string& key, size_t tier) const {
+  auto it = keys_.find(key);
+  return it != keys_.end() && it->second->sched->tierBinds(tier, clock_.now());
+}
+
+void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {
   if (auto it = keys_.find(key); it != keys_.end()) {
-    it->second->sched->setNextLook(tier, at);
+    it->second->sched->setLookPlan(tier, std::move(plan));
   }
 }
 

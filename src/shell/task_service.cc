@@ -348,11 +348,16 @@ void TaskService::reconcile() {
   std::optional<core::MonotonicTime> next_look;
   const std::vector<std::pair<std::string, size_t>> blocked = limiter_.blockedTiers();
   for (const auto& [key, tier] : blocked) {
-    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
+    const bool eager = limiter_.tierBinds(key, tier);
+    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4, eager)) {
       pollItself(t, true);
     }
-    const std::optional<core::MonotonicTime> at = tracker_->nextGatePressureAt(key, tier, now);
-    limiter_.setNextLook(key, tier, at);
+    core::LookPlan plan = tracker_->gatePressurePlan(key, tier, now, eager);
+    const std::optional<core::MonotonicTime> at =
+        plan.in_flight != 0 ? std::optional<core::MonotonicTime>(now)
+        : plan.looks.empty() ? std::nullopt
+                             : std::optional<core::MonotonicTime>(plan.looks.front());
+    limiter_.setLookPlan(key, tier, std::move(plan));
     if (at && *at > now && (!next_look || *at < *next_look)) {
       next_look = at;
     }

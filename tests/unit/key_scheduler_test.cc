@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <vector>
@@ -838,6 +839,25 @@ TEST_F(KeySchedulerTest, BackgroundWorkWaitsForSpareTokensOnlyUpToThreeQuartersO
 namespace hiapi::core {
 namespace {
 
+// A scheduler at @p rate with a burst of 3 whose heavy gate (2, tasks of @p heavy_duration) is
+// full with its first two creates (ids 1 and 2, in @p first), and four more heavy creates
+// (200..203) waiting.
+std::unique_ptr<KeyScheduler> heavyGateFull(double rate, Duration heavy_duration, Random& random,
+                                            Dispatch* first) {
+  LimitsConfig l = limits(rate, 3);
+  l.tiers[kHeavy].max_running = 2;
+  auto s = std::make_unique<KeyScheduler>(l, queueConfig(), kStart, random);
+  s->setTierDuration(kHeavy, TierDuration{heavy_duration, true});
+  s->submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+  s->submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+  *first = s->dispatch(kStart);
+  EXPECT_EQ(ids(*first), (std::vector<uint64_t>{1, 2}));
+  for (uint64_t i = 0; i < 4; ++i) {
+    s->submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);
+  }
+  return s;
+}
+
 // The heavy gate is full with creates waiting (the bottleneck) and the proxy plans to look at
 // one of its tasks at +10 s. Another service's polls spend every token as it comes. From 2 s
 // before the look (reserve 2 = min(2, burst 3 - 1), at 1 token/s) they take a token only while
@@ -846,17 +866,9 @@ namespace {
 TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
   for (const bool planned : {false, true}) {
     SCOPED_TRACE(planned ? "look planned at +10 s" : "no look planned");
-    LimitsConfig l = limits(1.0, 3);
-    l.tiers[kHeavy].max_running = 2;
-    KeyScheduler s(l, queueConfig(), kStart, random_);
-    s.setTierDuration(kHeavy, TierDuration{seconds(10), true});
-    s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
-    s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
-    const Dispatch first = s.dispatch(kStart);
-    ASSERT_EQ(ids(first), (std::vector<uint64_t>{1, 2}));
-    for (uint64_t i = 0; i < 4; ++i) {
-      s.submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);
-    }
+    Dispatch first;
+    const auto sched = heavyGateFull(1.0, seconds(10), random_, &first);
+    KeyScheduler& s = *sched;
     RequestInfo early = req(150, RouteKind::Poll, "e");
     early.priority = Priority::Background;
     early.unblocks = kHeavy;
@@ -887,9 +899,10 @@ TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
       at_look.push_back(id);
     }
     if (planned) {
-      // b's polls at 0 (the bucket's last token) and 1..7 s; none from 8 s on.
-      EXPECT_EQ(poll_times.size(), 8u);
-      EXPECT_LT(poll_times.back(), look - seconds(2));
+      // b's polls at 0 (the bucket's last token) and 1..8 s: the token of 8 s may go, since
+      // two more come by the look; none from 9 s on.
+      EXPECT_EQ(poll_times.size(), 9u);
+      EXPECT_EQ(poll_times.back(), look - seconds(2));
       // Both at once (and, the gate no longer full, the reserve is over: one of b's polls).
       ASSERT_GE(at_look.size(), 2u);
       EXPECT_EQ(std::vector<uint64_t>(at_look.begin(), at_look.begin() + 2),
@@ -899,6 +912,50 @@ TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
       EXPECT_EQ(at_look, (std::vector<uint64_t>{100})) << "the create waits for the next token";
     }
   }
+}
+
+// Two heavy tasks end a token interval apart: the two looks and the two creates they let go
+// need four tokens within one refill, one more than the reserve of a single look. When the
+// heavy tier bounds the makespan, the bucket is kept full for them (burst 3), and everything
+// goes on time; the other service's polls still get every other token.
+TEST_F(KeySchedulerTest, LooksCloseTogetherGetTheirTokensOnTimeWhenTheTierBinds) {
+  Dispatch first;
+  const auto sched = heavyGateFull(4.0, seconds(5), random_, &first);
+  KeyScheduler& s = *sched;
+  for (uint64_t i = 0; i < 30; ++i) {
+    s.submit(req(300 + i, RouteKind::Poll, "b"), kStart);
+  }
+  const MonotonicTime look1 = kStart + seconds(5);
+  const MonotonicTime look2 = look1 + milliseconds(250);
+  s.setLookPlan(kHeavy, LookPlan{{look1, look2}, 0});
+  size_t b_polls = 0;
+  const auto run_until = [&](MonotonicTime end, MonotonicTime from) {
+    for (MonotonicTime t = from; t < end; t += milliseconds(10)) {
+      for (const Admitted& a : s.dispatch(t).admitted) {
+        EXPECT_GE(a.id, 300u) << "only b's polls between the looks";
+        ++b_polls;
+      }
+    }
+  };
+  const auto look_and_create = [&](MonotonicTime at, uint64_t poll_id, SlotId slot,
+                                    LookPlan after) {
+    SCOPED_TRACE(poll_id == 100 ? "first look" : "second look");
+    RequestInfo gate_poll = req(poll_id, RouteKind::Poll, "hiapi-proxy-gate");
+    gate_poll.unblocks = kHeavy;
+    s.submit(gate_poll, at);
+    EXPECT_EQ(ids(s.dispatch(at)), (std::vector<uint64_t>{poll_id})) << "the look, at once";
+    s.releaseSlot(slot, ReleaseReason::TaskFinished, at);  // it found the task ended
+    s.setLookPlan(kHeavy, std::move(after));
+    const Dispatch d = s.dispatch(at);
+    ASSERT_FALSE(d.admitted.empty()) << "the create it lets go, at once";
+    EXPECT_EQ(d.admitted[0].tier, kHeavy);
+  };
+  run_until(look1, kStart + milliseconds(10));
+  look_and_create(look1, 100, *first.admitted[0].slot, LookPlan{{look2}, 0});
+  run_until(look2, look1 + milliseconds(10));
+  look_and_create(look2, 101, *first.admitted[1].slot, LookPlan{});
+  // Tokens by look2: 1 left at the start + 4/s for 5.25 s = 22; the looks and creates took 4.
+  EXPECT_EQ(b_polls, 18u);
 }
 
 // A burst below 2 keeps no reserve (it would be the whole bucket); a look long past holds none.

@@ -1172,5 +1172,82 @@ TEST_F(TaskTrackerTest, HeldLooksComeAtTheLikelyEndAndThenEveryEndPollInterval) 
   EXPECT_FALSE(tracker_.nextHeldLookAt("prod", "stranger", *end)) << "not tracked";
 }
 
+// The plan of gate-pressure looks lists every candidate's next look, soonest first, and counts
+// looks in flight apart (the scheduler reserves tokens for all of them).
+TEST_F(TaskTrackerTest, GatePressurePlanListsEveryPlannedLook) {
+  runLightTask(tracker_, "warm", kT0, seconds(8));
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "late", kLight, SlotId{1}, "m", t + seconds(1));
+  tracker_.onCreated("prod", "early", kLight, SlotId{2}, "m", t);
+  tracker_.onCreated("prod", "heavy", kHeavy, SlotId{3}, "m", t);
+  tracker_.onCreated("other", "x", kLight, SlotId{4}, "m", t);
+  const std::optional<MonotonicTime> early_end = tracker_.likelyRunningUntil("prod", "early", t);
+  const std::optional<MonotonicTime> late_end = tracker_.likelyRunningUntil("prod", "late", t);
+  ASSERT_TRUE(early_end && late_end);
+  LookPlan plan = tracker_.gatePressurePlan("prod", kLight, t + seconds(2));
+  EXPECT_EQ(plan.looks, (std::vector<MonotonicTime>{*early_end, *late_end}));
+  EXPECT_EQ(plan.in_flight, 0u);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + seconds(2)), *early_end);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, *early_end).size(), 1u);
+  plan = tracker_.gatePressurePlan("prod", kLight, *early_end);
+  EXPECT_EQ(plan.looks, (std::vector<MonotonicTime>{*late_end}));
+  EXPECT_EQ(plan.in_flight, 1u);
+  tracker_.onStatus("prod", "early", "success", *early_end);
+  tracker_.completePoll("prod", "early", detail("early", "success"), *early_end);
+  plan = tracker_.gatePressurePlan("prod", kLight, *early_end);
+  // (The end seen moved the estimate, so late's likely end moved with it.)
+  const std::optional<MonotonicTime> late_end2 =
+      tracker_.likelyRunningUntil("prod", "late", *early_end);
+  ASSERT_TRUE(late_end2);
+  EXPECT_EQ(plan.looks, (std::vector<MonotonicTime>{*late_end2})) << "an ended task needs none";
+  EXPECT_EQ(plan.in_flight, 0u);
+}
+
+}  // namespace
+}  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// Before any task of a tier has ended, gate pressure looks at its oldest task every
+// min_poll_interval; when the tier bounds the makespan (eager), four times as often, and every
+// 1/20 of the task's age once that is longer.
+TEST_F(TaskTrackerTest, EagerGatePressureLooksMoreOftenBeforeAnyEndIsKnown) {
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
+  const Duration interval = tracker_.endPollInterval(kLight);  // min_poll_interval: no end yet
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t, /*eager=*/true), t + interval / 4);
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + interval / 4, 4).empty());
+  const MonotonicTime late = t + 20 * interval;
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + interval / 4, 4, true).size(), 1u);
+  tracker_.completePoll("prod", "a", detail("a", "handling"), t + interval / 4);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + interval / 4, true),
+            t + interval / 2);
+  // A long task: at 10 intervals of age, every half interval (1/20 of its age).
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + 10 * interval, 4, true).size(), 1u);
+  tracker_.completePoll("prod", "a", detail("a", "handling"), t + 10 * interval);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + 10 * interval, true),
+            t + 10 * interval + interval / 2);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, late, 4, true).size(), 1u);
+  tracker_.completePoll("prod", "a", detail("a", "handling"), late);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, late, true), late + interval)
+      << "never less often than min_poll_interval";
+}
+
+// Before any task of the tier has ended only the oldest is looked at, but once it is seen ended
+// the tasks started with it are looked at at once: an eager plan counts them with it.
+TEST_F(TaskTrackerTest, AnEagerPlanCountsTheTasksBehindTheOldestWithIt) {
+  const MonotonicTime t = kT0 + minutes(10);
+  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
+  tracker_.onCreated("prod", "b", kLight, SlotId{2}, "m", t + milliseconds(1));
+  const LookPlan plain = tracker_.gatePressurePlan("prod", kLight, t + milliseconds(1));
+  ASSERT_EQ(plain.looks.size(), 1u) << "only the oldest";
+  const LookPlan eager = tracker_.gatePressurePlan("prod", kLight, t + milliseconds(1), true);
+  ASSERT_EQ(eager.looks.size(), 2u);
+  EXPECT_EQ(eager.looks[0], eager.looks[1]);
+  EXPECT_EQ(eager.looks[0], *tracker_.nextGatePressureAt("prod", kLight, t, true));
+}
+
 }  // namespace
 }  // namespace hiapi::core

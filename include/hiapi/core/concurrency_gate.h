@@ -35,6 +35,16 @@ struct TierDuration {
   bool operator!=(const TierDuration& o) const { return !(*this == o); }
 };
 
+/// The proxy's planned looks at a tier's running tasks (TaskTracker::gatePressurePlan): each
+/// costs a token, and each that finds its task ended lets a waiting create go (another token).
+struct LookPlan {
+  std::vector<MonotonicTime> looks;  ///< when each next look is due, soonest first
+  size_t in_flight = 0;              ///< looks sent and not answered yet
+  bool operator==(const LookPlan& o) const {
+    return looks == o.looks && in_flight == o.in_flight;
+  }
+};
+
 /// Why a slot is given back.
 enum class ReleaseReason {
   TaskFinished,  ///< the task reached a terminal status: counts toward ceiling recovery

@@ -230,16 +230,26 @@ public:
   /// first) ahead of the heavy one at start-up.
   void setTierDuration(size_t tier, std::optional<TierDuration> duration);
 
-  /// When the proxy will next poll a task holding a slot of @p tier to see whether it has ended
-  /// (task tracking knows: TaskTracker::nextGatePressureAt), or nullopt. While the tier's gate
-  /// is full with creates waiting, from (reserve / rate) before that time until a second after
-  /// it, min(2, burst - 1) tokens are kept in reserve for the tier's creates and for the polls
-  /// that may free one of its slots; other requests take a token only while more are left.
+  /// The proxy's planned looks at the tasks holding slots of @p tier (task tracking knows:
+  /// TaskTracker::gatePressurePlan). While the tier's gate is full with creates waiting and it
+  /// is the bottleneck with the most work left, tokens are kept in reserve for its looks and
+  /// for the creates they let go (a look and a create each, as long as creates wait): as many
+  /// as the bucket must hold now for every planned one to find its tokens on time. Other
+  /// requests take a token only while more are left. The reserve is at most the burst when the
+  /// tier's work left outlasts the budget's (a refill lost to a full bucket costs nothing
+  /// then), else min(2, burst - 1) (it never fills the bucket: no throughput lost).
+  void setLookPlan(size_t tier, LookPlan plan);
+  /// setLookPlan() with the one look at @p at (none for nullopt).
   void setNextLook(size_t tier, std::optional<MonotonicTime> at);
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).
   std::vector<size_t> blockedTiers(MonotonicTime now) const;
+  /// @return whether @p tier's work left (waves of waiting creates times its duration) is at
+  ///         least the budget's (the tokens the waiting requests and running tasks still need,
+  ///         over the rate): then the tier, not the budget, bounds the makespan.
+  bool tierBinds(size_t tier, MonotonicTime now) const;
+
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
@@ -278,6 +288,8 @@ private:
   Reserve reserveFor(MonotonicTime now) const;
   /// @return whether @p tier's gate is full while creates wait for it.
   bool blocked(size_t tier, MonotonicTime now) const;
+  /// The unit of work of a tier with no duration known (see bottlenecks()).
+  Duration unknownTierUnit() const;
 
   Random& random_;
   LimitsConfig limits_;
@@ -294,7 +306,7 @@ private:
   MonotonicTime last_create_{};
   MonotonicTime gatherEnd() const;
   std::vector<std::optional<TierDuration>> tier_duration_;  ///< see setTierDuration()
-  std::vector<std::optional<MonotonicTime>> tier_next_look_;  ///< see setNextLook()
+  std::vector<LookPlan> tier_looks_;  ///< see setLookPlan()
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
   /// Admitted by submit() (see there), reported by the next dispatch(). At most one.

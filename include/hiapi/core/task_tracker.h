@@ -240,9 +240,13 @@ public:
   /// @param tier the tier whose gate is full
   /// @param now the current time
   /// @param max at most this many
+  /// @param eager the tier bounds the makespan (KeyScheduler::tierBinds): before any of its
+  ///        tasks has ended, its oldest is looked at 4 times per min_poll_interval (and every
+  ///        1/20 of its age once that is longer), not once.
   /// Thread-safety: not thread-safe.
   std::vector<TrackedTaskInfo> dueForGatePressure(const std::string& key, size_t tier,
-                                                  MonotonicTime now, size_t max = 4);
+                                                  MonotonicTime now, size_t max = 4,
+                                                  bool eager = false);
   /// @return when dueForGatePressure(@p key, @p tier) will next have a task to poll: the
   ///         earliest, over the tier's tasks holding a slot, of the time its last fetch stops
   ///         being fresh or its likely end, whichever is later; @p now while one has a fetch
@@ -250,7 +254,18 @@ public:
   ///         slot. The key scheduler keeps tokens in reserve for that moment.
   /// Thread-safety: const.
   std::optional<MonotonicTime> nextGatePressureAt(const std::string& key, size_t tier,
-                                                  MonotonicTime now) const;
+                                                  MonotonicTime now, bool eager = false) const;
+  /// @return every look gate pressure will make at @p key's tier @p tier as things stand: for
+  ///         each candidate (as dueForGatePressure's, in flight or not), its next look time
+  ///         (as nextGatePressureAt's), soonest first; fetches in flight are counted apart
+  ///         (one in flight before the likely end counts as a look at the likely end: it is a
+  ///         client's poll waiting for then). With @p eager, before any task of the tier has
+  ///         ended, the tasks younger than the oldest count as looks with the oldest's: once it
+  ///         is seen ended they are looked at at once.
+  ///         The key scheduler plans its token reserve with it (KeyScheduler::setLookPlan).
+  /// Thread-safety: const.
+  LookPlan gatePressurePlan(const std::string& key, size_t tier, MonotonicTime now,
+                            bool eager = false) const;
 
   /// A client poll of (key, task_id) is held for its task's end (holdPollUntil): the proxy
   /// looks itself at the likely end and then every endPollInterval(), so the end is seen when it
@@ -453,7 +468,8 @@ private:
   TrackedTaskInfo info(const Record& r) const;
   /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
   /// when its last fetch stops being fresh or at its likely end, whichever is later.
-  MonotonicTime nextLookAt(const Record& r, MonotonicTime now) const;
+  /// @p eager: see dueForGatePressure().
+  MonotonicTime nextLookAt(const Record& r, MonotonicTime now, bool eager = false) const;
   /// A task gate pressure may look at: holds a slot of @p tier, not terminal, and, while the
   /// tier has no duration estimate, is the key's oldest (@p oldest, see oldestUnlearned()).
   bool gatePressureCandidate(const Record& r, size_t tier,

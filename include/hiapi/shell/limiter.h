@@ -47,9 +47,11 @@ public:
   /// @return (key name, tier) for every tier gate that is full while creates wait for it.
   std::vector<std::pair<std::string, size_t>> blockedTiers() const;
 
-  /// When the proxy will next poll a task holding a slot of @p key's blocked tier @p tier
-  /// (KeyScheduler::setNextLook: tokens are kept in reserve for it).
-  void setNextLook(const std::string& key, size_t tier, std::optional<core::MonotonicTime> at);
+  /// The looks the proxy plans at the tasks holding slots of @p key's blocked tier @p tier
+  /// (KeyScheduler::setLookPlan: tokens are kept in reserve for them).
+  void setLookPlan(const std::string& key, size_t tier, core::LookPlan plan);
+  /// @return whether @p key's tier @p tier bounds the makespan (KeyScheduler::tierBinds).
+  bool tierBinds(const std::string& key, size_t tier) const;
 
   /// Typical task duration per tier index (task tracking learns them); every key's scheduler
   /// ranks bottleneck tiers by it. Applied to keys seen later too.
