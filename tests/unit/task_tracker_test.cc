@@ -1210,20 +1210,19 @@ namespace hiapi::core {
 namespace {
 
 // Before any task of a tier has ended, gate pressure looks at its oldest task every
-// min_poll_interval; when the tier bounds the makespan (eager), four times as often, and every
+// min_poll_interval; when the tier bounds the makespan (eager), twice as often, and every
 // 1/20 of the task's age once that is longer.
 TEST_F(TaskTrackerTest, EagerGatePressureLooksMoreOftenBeforeAnyEndIsKnown) {
   const MonotonicTime t = kT0 + minutes(10);
   tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
   const Duration interval = tracker_.endPollInterval(kLight);  // min_poll_interval: no end yet
   EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t, /*eager=*/true), t + interval / 4);
-  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + interval / 4, 4).empty());
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t, /*eager=*/true), t + interval / 2);
+  EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + interval / 2, 4).empty());
   const MonotonicTime late = t + 20 * interval;
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + interval / 4, 4, true).size(), 1u);
-  tracker_.completePoll("prod", "a", detail("a", "handling"), t + interval / 4);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + interval / 4, true),
-            t + interval / 2);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + interval / 2, 4, true).size(), 1u);
+  tracker_.completePoll("prod", "a", detail("a", "handling"), t + interval / 2);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + interval / 2, true), t + interval);
   // A long task: at 10 intervals of age, every half interval (1/20 of its age).
   ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + 10 * interval, 4, true).size(), 1u);
   tracker_.completePoll("prod", "a", detail("a", "handling"), t + 10 * interval);

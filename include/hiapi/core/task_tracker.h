@@ -241,7 +241,7 @@ public:
   /// @param now the current time
   /// @param max at most this many
   /// @param eager the tier bounds the makespan (KeyScheduler::tierBinds): before any of its
-  ///        tasks has ended, its oldest is looked at 4 times per min_poll_interval (and every
+  ///        tasks has ended, its oldest is looked at twice per min_poll_interval (and every
   ///        1/20 of its age once that is longer), not once.
   /// Thread-safety: not thread-safe.
   std::vector<TrackedTaskInfo> dueForGatePressure(const std::string& key, size_t tier,
