@@ -364,14 +364,15 @@ void TaskService::reconcile() {
   }
   // Polls held for a task's end: look at the likely end and around it, so the end is answered
   // when it happens, not when the hold runs out (nobody else looks when no create waits: the
-  // last tasks of a batch). For a spare token only: where the budget binds, the held polls'
-  // own fetches at the end of the hold are the looks. A task of a blocked tier is gate
-  // pressure's to look at, with its tier's creates (a look queued for a spare token would keep
-  // that one from being sent).
+  // last tasks of a batch). For a spare token (or with the tier's creates, should its gate
+  // fill meanwhile): where the budget binds, the held polls' own fetches at the end of the hold
+  // are the looks. A task of a blocked tier is gate pressure's to look at, with its tier's
+  // creates and at its pace; a hold that has run out has its polls fetching already.
   for (const auto& [id, h] : held_) {
     const std::optional<size_t> tier = tracker_->slotTier(id.first, id.second);
-    if (tier && std::find(blocked.begin(), blocked.end(), std::make_pair(id.first, *tier)) !=
-                    blocked.end()) {
+    if (now >= h.until ||
+        (tier && std::find(blocked.begin(), blocked.end(), std::make_pair(id.first, *tier)) !=
+                     blocked.end())) {
       continue;
     }
     if (auto t = tracker_->startHeldLook(id.first, id.second, now)) {

@@ -1203,12 +1203,6 @@ TEST_F(TaskTrackerTest, GatePressurePlanListsEveryPlannedLook) {
   EXPECT_EQ(plan.in_flight, 0u);
 }
 
-}  // namespace
-}  // namespace hiapi::core
-
-namespace hiapi::core {
-namespace {
-
 // Before any task of a tier has ended, gate pressure looks at its oldest task every
 // min_poll_interval; when the tier bounds the makespan (eager), twice as often, and every
 // 1/20 of the task's age once that is longer.
