@@ -146,10 +146,7 @@ void AdmissionQueue::unlink(Stored& stored) {
 size_t AdmissionQueue::promoteBackground(MonotonicTime now, Priority to) {
   size_t moved = 0;
   while (!background_by_until_.empty() && background_by_until_.begin()->first <= now) {
-    const uint64_t id = background_by_until_.begin()->second;
-    std::optional<QueueEntry> e = remove(id);  // unlink() drops it from background_by_until_
-    e->priority = to;
-    link(std::move(*e));
+    promote(background_by_until_.begin()->second, to);  // unlink() drops it from the index
     ++moved;
   }
   return moved;
@@ -160,12 +157,16 @@ size_t AdmissionQueue::promoteBackgroundOnLane(size_t lane, MonotonicTime now, P
   for (auto it = background_by_lane_.lower_bound({lane, MonotonicTime::min(), 0});
        it != background_by_lane_.end() && std::get<0>(*it) == lane && std::get<1>(*it) <= now;
        it = background_by_lane_.lower_bound({lane, MonotonicTime::min(), 0})) {
-    std::optional<QueueEntry> e = remove(std::get<2>(*it));  // unlink() drops it from the index
-    e->priority = to;
-    link(std::move(*e));
+    promote(std::get<2>(*it), to);  // unlink() drops it from the index
     ++moved;
   }
   return moved;
+}
+
+void AdmissionQueue::promote(uint64_t id, Priority to) {
+  std::optional<QueueEntry> e = remove(id);
+  e->priority = to;
+  link(std::move(*e));
 }
 
 std::optional<MonotonicTime> AdmissionQueue::nextUnblockAt(size_t lane) const {

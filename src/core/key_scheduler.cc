@@ -436,9 +436,8 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
   const Duration lead = fromSeconds(burst / rate);
   // A look long past is stale (the tier was blocked then): it no longer holds tokens.
   const auto near = [&](const LookPlan& plan) {
-    return plan.in_flight != 0 ||
-           (!plan.looks.empty() && now + lead >= plan.looks.front() &&
-            now <= plan.looks.front() + kLookGrace);
+    const std::optional<MonotonicTime> first = plan.first(now);
+    return first && now + lead >= *first && now <= *first + kLookGrace;
   };
   // Most calls (every dispatch, and submit's shortcut) have no look near: skip the ranking.
   if (std::none_of(tier_looks_.begin(), tier_looks_.end(), near)) {
@@ -457,32 +456,20 @@ KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
     return out;
   }
   const LookPlan& plan = tier_looks_[t];
-  // Creates waiting for the tier: the first looks that find an end each let one go.
-  size_t creates = queue_.laneSize(t);
-  const auto take_create = [&creates]() -> double {
-    if (creates == 0) {
-      return 0.0;
-    }
-    --creates;
-    return 1.0;
+  // Each look costs a token, and the first ones to find an end each let a waiting create go:
+  // the looks in flight first (only their creates are still to pay), then the planned ones.
+  const size_t creates = queue_.laneSize(t);
+  const auto creates_after = [&](size_t looks_before) {
+    return looks_before < creates ? 1.0 : 0.0;
   };
-  // Looks answered soon (in flight) come first: each may let a create go at once.
-  double in_flight_need = 0.0;
-  for (size_t i = 0; i < plan.in_flight; ++i) {
-    in_flight_need += take_create();
-  }
-  std::vector<double> own(plan.looks.size());
-  for (size_t i = 0; i < plan.looks.size(); ++i) {
-    own[i] = 1.0 + take_create();
-  }
   double need = 0.0;  // tokens needed at looks[i], for it and the looks after it
   for (size_t i = plan.looks.size(); i-- > 0;) {
     if (i + 1 < plan.looks.size()) {
       need = std::max(0.0, need - rate * toSeconds(plan.looks[i + 1] - plan.looks[i]));
     }
-    need = std::min(cap, need + own[i]);
+    need = std::min(cap, need + 1.0 + creates_after(plan.in_flight + i));
   }
-  double reserve = in_flight_need;
+  double reserve = static_cast<double>(std::min(plan.in_flight, creates));
   if (!plan.looks.empty() && plan.looks.front() >= now - kLookGrace) {
     const double until_first = toSeconds(std::max(Duration::zero(), plan.looks.front() - now));
     reserve += std::max(0.0, need - rate * until_first);
@@ -532,14 +519,6 @@ void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
     tier_looks_.resize(tier + 1);
   }
   tier_looks_[tier] = std::move(plan);
-}
-
-void KeyScheduler::setNextLook(size_t tier, std::optional<MonotonicTime> at) {
-  LookPlan plan;
-  if (at) {
-    plan.looks.push_back(*at);
-  }
-  setLookPlan(tier, std::move(plan));
 }
 
 MonotonicTime KeyScheduler::gatherEnd() const {

@@ -794,11 +794,10 @@ LookPlan TaskTracker::gatePressurePlan(const std::string& key, size_t tier, Mono
     }
   }
   std::sort(plan.looks.begin(), plan.looks.end());
-  if (eager && younger != 0 && (plan.in_flight != 0 || !plan.looks.empty())) {
+  if (const std::optional<MonotonicTime> first = plan.first(now); eager && younger != 0 && first) {
     // When the oldest is seen ended, the tier's first duration is known and the tasks started
     // with it are looked at at once (and likely let their creates go too): plan them with it.
-    const MonotonicTime first = plan.in_flight != 0 ? now : plan.looks.front();
-    plan.looks.insert(plan.looks.begin(), younger, first);
+    plan.looks.insert(plan.looks.begin(), younger, *first);
   }
   return plan;
 }

@@ -878,7 +878,7 @@ TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
     }
     const MonotonicTime look = kStart + seconds(10);
     if (planned) {
-      s.setNextLook(kHeavy, look);
+      s.setLookPlan(kHeavy, LookPlan{{look}, 0});
     }
     std::vector<MonotonicTime> poll_times;
     for (MonotonicTime t = kStart; t < look; t += milliseconds(100)) {
@@ -967,7 +967,7 @@ TEST_F(KeySchedulerTest, NoReserveForABurstOfOneOrAStaleLook) {
     s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
     s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
     ASSERT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
-    s.setNextLook(kHeavy, stale ? kStart - seconds(30) : kStart + seconds(1));
+    s.setLookPlan(kHeavy, LookPlan{{stale ? kStart - seconds(30) : kStart + seconds(1)}, 0});
     s.submit(req(10, RouteKind::Poll, "b"), kStart);
     EXPECT_EQ(ids(s.dispatch(kStart + seconds(1))), (std::vector<uint64_t>{10}));
   }

@@ -167,6 +167,8 @@ private:
   static size_t classOf(Priority p);
   void prune(PriorityClass& cls);
   void link(QueueEntry entry);  ///< push() past its checks
+  /// Moves waiting entry @p id to priority @p to (the tail of its client's lane there).
+  void promote(uint64_t id, Priority to);
   std::optional<QueueEntry> popFrom(PriorityClass& cls, const LaneOpen& open);
   void unlink(Stored& stored);
 

@@ -40,6 +40,14 @@ struct TierDuration {
 struct LookPlan {
   std::vector<MonotonicTime> looks;  ///< when each next look is due, soonest first
   size_t in_flight = 0;              ///< looks sent and not answered yet
+  /// @return when the next look's answer may come: @p now while one is in flight, else the
+  ///         soonest planned look; nullopt when none is planned.
+  std::optional<MonotonicTime> first(MonotonicTime now) const {
+    if (in_flight != 0) {
+      return now;
+    }
+    return looks.empty() ? std::nullopt : std::optional<MonotonicTime>(looks.front());
+  }
   bool operator==(const LookPlan& o) const {
     return looks == o.looks && in_flight == o.in_flight;
   }

@@ -239,8 +239,6 @@ public:
   /// tier's work left outlasts the budget's (a refill lost to a full bucket costs nothing
   /// then), else min(2, burst - 1) (it never fills the bucket: no throughput lost).
   void setLookPlan(size_t tier, LookPlan plan);
-  /// setLookPlan() with the one look at @p at (none for nullopt).
-  void setNextLook(size_t tier, std::optional<MonotonicTime> at);
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).
@@ -249,7 +247,6 @@ public:
   ///         least the budget's (the tokens the waiting requests and running tasks still need,
   ///         over the rate): then the tier, not the budget, bounds the makespan.
   bool tierBinds(size_t tier, MonotonicTime now) const;
-
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
