@@ -9,7 +9,6 @@
 #include <cstring>
 #include <random>
 
-
 namespace hiapi::shell {
 namespace {
 
@@ -242,7 +241,9 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
     ctx.poll_early_until = ctx.received;
   }
   ctx.method = "GET";
-  ctx.client = spare_token ? "hiapi-proxy-held" : unblocks ? "hiapi-proxy-gate" : "hiapi-proxy-reconcile";
+  ctx.client = spare_token ? "hiapi-proxy-held"
+               : unblocks  ? "hiapi-proxy-gate"
+                           : "hiapi-proxy-reconcile";
   ctx.key_name = key_name;
   ctx.route.kind = core::RouteKind::Poll;
   ctx.route.task_id = task_id;

@@ -308,29 +308,31 @@ const std::string* TaskService::authFor(const std::string& key) {
   return it == auth_by_key_.end() || it->second.empty() ? nullptr : &it->second;
 }
 
-void TaskService::pollItself(const core::TrackedTaskInfo& t, bool urgent) {
+void TaskService::pollItself(const core::TrackedTaskInfo& t, Look why,
+                             std::optional<core::MonotonicTime> held_until) {
   const std::string* auth = authFor(t.key);
   if (auth == nullptr) {
     // Passthrough key not seen since a restart: no credentials to poll with yet.
     tracker_->abandonPoll(t.key, t.task_id);
     return;
   }
-  log_.debug(urgent ? "gate poll" : "reconcile poll", {{"key", t.key}, {"task", t.task_id}});
-  proxy_.internalPoll(t.key, *auth, t.task_id,
-                      urgent ? std::optional<size_t>(t.tier) : std::nullopt);
-}
-
-void TaskService::lookForHeld(const core::TrackedTaskInfo& t, core::MonotonicTime until) {
-  const std::string* auth = authFor(t.key);
-  if (auth == nullptr) {
-    tracker_->abandonPoll(t.key, t.task_id);
-    return;
+  switch (why) {
+  case Look::Reconcile:
+    log_.debug("reconcile poll", {{"key", t.key}, {"task", t.task_id}});
+    proxy_.internalPoll(t.key, *auth, t.task_id, std::nullopt);
+    break;
+  case Look::Gate:
+    log_.debug("gate poll", {{"key", t.key}, {"task", t.task_id}});
+    proxy_.internalPoll(t.key, *auth, t.task_id, t.tier);
+    break;
+  case Look::Held:
+    // Like a held poll's own fetch: for a spare token, or with its tier's creates should the
+    // tier's gate fill up while it waits (its answer may free the slot they wait for).
+    log_.debug("held poll look", {{"key", t.key}, {"task", t.task_id}});
+    proxy_.internalPoll(t.key, *auth, t.task_id, tracker_->slotTier(t.key, t.task_id),
+                        held_until, /*spare_token=*/true);
+    break;
   }
-  log_.debug("held poll look", {{"key", t.key}, {"task", t.task_id}});
-  // Like a held poll's own fetch: for a spare token, or with its tier's creates should the
-  // tier's gate fill up while it waits (its answer may free the slot they wait for).
-  proxy_.internalPoll(t.key, *auth, t.task_id, tracker_->slotTier(t.key, t.task_id), until,
-                      /*spare_token=*/true);
 }
 
 void TaskService::reconcile() {
@@ -339,7 +341,7 @@ void TaskService::reconcile() {
     return;
   }
   for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
-    pollItself(t, false);
+    pollItself(t, Look::Reconcile);
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
@@ -350,13 +352,10 @@ void TaskService::reconcile() {
   for (const auto& [key, tier] : blocked) {
     const bool eager = limiter_.tierBinds(key, tier);
     for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4, eager)) {
-      pollItself(t, true);
+      pollItself(t, Look::Gate);
     }
     core::LookPlan plan = tracker_->gatePressurePlan(key, tier, now, eager);
-    const std::optional<core::MonotonicTime> at =
-        plan.in_flight != 0 ? std::optional<core::MonotonicTime>(now)
-        : plan.looks.empty() ? std::nullopt
-                             : std::optional<core::MonotonicTime>(plan.looks.front());
+    const std::optional<core::MonotonicTime> at = plan.first(now);
     limiter_.setLookPlan(key, tier, std::move(plan));
     if (at && *at > now && (!next_look || *at < *next_look)) {
       next_look = at;
@@ -376,7 +375,7 @@ void TaskService::reconcile() {
       continue;
     }
     if (auto t = tracker_->startHeldLook(id.first, id.second, now)) {
-      lookForHeld(*t, h.until);
+      pollItself(*t, Look::Held, h.until);
     }
     const std::optional<core::MonotonicTime> at =
         tracker_->nextHeldLookAt(id.first, id.second, now);

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -70,12 +71,17 @@ private:
   core::Duration leaseOf(size_t tier) const;
   /// @return the Authorization value to poll @p key's tasks with, or nullptr.
   const std::string* authFor(const std::string& key);
+  /// Why the proxy polls a task itself.
+  enum class Look {
+    Reconcile,  ///< nobody polled it for a while: the lowest priority
+    Gate,       ///< creates wait for its tier's full gate: with them
+    Held,       ///< client polls are held for its end: for a spare token, until @p held_until
+  };
   /// The proxy's own poll of @p t (marked in flight by the tracker), or, without credentials
-  /// for its key, gives the fetch up. @p urgent: creates wait for its tier's full gate.
-  void pollItself(const core::TrackedTaskInfo& t, bool urgent);
-  /// The proxy's own look at a task polls are held for: for a spare token, and only until
-  /// @p until (the held polls fetch then).
-  void lookForHeld(const core::TrackedTaskInfo& t, core::MonotonicTime until);
+  /// for its key, gives the fetch up.
+  /// @param held_until Look::Held: not sent after this (the held polls fetch then)
+  void pollItself(const core::TrackedTaskInfo& t, Look why,
+                  std::optional<core::MonotonicTime> held_until = std::nullopt);
   /// A fetch of (@p key, @p task_id) was given up without a reply, for reasons of its own (its
   /// client left, or the proxy's own look was dropped): the first of @p waiters still open
   /// fetches instead, the others join it (or are answered from the cache).
