@@ -492,26 +492,50 @@ Duration KeyScheduler::unknownTierUnit() const {
   return unit;
 }
 
-bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
-  const double rate = budget_->rate();
-  if (rate <= 0.0) {
-    return false;
-  }
-  double tokens = 0.0;  // still needed by what waits and runs: a create and a look per task
+double KeyScheduler::tokensNeeded() const {
+  double tokens = 0.0;
   size_t lanes = 0;
   for (size_t t = 0; t < gates_.size(); ++t) {
     const size_t waiting = queue_.laneSize(t);
     lanes += waiting;
     tokens += 2.0 * static_cast<double>(waiting) + static_cast<double>(gates_[t]->running());
   }
-  tokens += static_cast<double>(queue_.size() - std::min(queue_.size(), lanes));
+  return tokens + static_cast<double>(queue_.size() - std::min(queue_.size(), lanes));
+}
+
+double KeyScheduler::tierWork(size_t tier, MonotonicTime now) const {
   const ConcurrencyGate& g = *gates_[tier];
   const double waves = std::ceil(static_cast<double>(queue_.laneSize(tier)) /
                                  std::max<uint32_t>(g.effectiveCeiling(now), 1));
   const std::optional<TierDuration>& d =
       tier < tier_duration_.size() ? tier_duration_[tier] : std::optional<TierDuration>{};
   const Duration unit = d ? d->value : unknownTierUnit();
-  return waves * toSeconds(unit) >= tokens / rate;
+  return waves * toSeconds(unit);
+}
+
+bool KeyScheduler::budgetBinds(MonotonicTime now) const {
+  const double rate = budget_->rate();
+  const double tokens = tokensNeeded();
+  if (rate <= 0.0 || tokens <= budget_->burst()) {
+    return false;
+  }
+  for (size_t t = 0; t < gates_.size(); ++t) {
+    // A tier not learned yet counts with its oldest task's age, and the half of it by which the
+    // sparse pace may see its first end late: that lateness too must fit in the budget's time.
+    double work = tierWork(t, now);
+    if (t < tier_duration_.size() && tier_duration_[t] && !tier_duration_[t]->learned) {
+      work += toSeconds(tier_duration_[t]->value) / 2;
+    }
+    if (work >= tokens / rate) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
+  const double rate = budget_->rate();
+  return rate > 0.0 && tierWork(tier, now) >= tokensNeeded() / rate;
 }
 
 void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {

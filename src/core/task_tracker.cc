@@ -410,7 +410,11 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
   Duration& e = duration_estimate_[t];
   const Duration mid = lower > Duration::zero() ? lower + (upper - lower) / 2 : upper;
   if (duration_samples_[t] == 0) {
-    e = mid;
+    // Its middle; but where the budget binds (LearnPace::Sparse: its looks bracket the end
+    // widely) the upper end, so that the next tasks are looked at after their ends rather than
+    // before: there a look too early costs a create its token, one too late only lateness the
+    // tier has slack for (and probing lower below brings a long estimate down).
+    e = learnPace(r.id->first, t) == LearnPace::Sparse ? upper : mid;
   } else {
     // A narrow bracket (polls close together around the end) is a measurement: average it in.
     // A wide one only bounds the duration: move the estimate into it, and when the end was seen
@@ -467,15 +471,22 @@ std::optional<MonotonicTime> TaskTracker::likelyRunningUntil(const std::string& 
   }
   // A wrong guess only changes the order in which fetches are admitted, never what a client is
   // told.
-  if (!firstEstimate(r->tier)) {
+  if (behindUnlearnedOldest(key, task_id)) {
     // No duration known yet: while an older task of its tier runs, this one likely does too.
-    const std::optional<MonotonicTime> oldest = oldestUnlearned(key, clampTier(r->tier));
-    if (r->slot && oldest && r->created > *oldest) {
-      return now + minPollInterval(r->tier);
-    }
+    return now + minPollInterval(r->tier);
   }
   const MonotonicTime end = likelyEnd(*r);
   return now < end ? std::optional<MonotonicTime>(end) : std::nullopt;
+}
+
+bool TaskTracker::behindUnlearnedOldest(const std::string& key,
+                                        const std::string& task_id) const {
+  const Record* r = lookup(key, task_id);
+  if (r == nullptr || !r->slot || r->terminal || firstEstimate(r->tier)) {
+    return false;
+  }
+  const std::optional<MonotonicTime> oldest = oldestUnlearned(key, clampTier(r->tier));
+  return oldest && r->created > *oldest;
 }
 
 bool TaskTracker::gatePressureCandidate(const Record& r, size_t tier,
@@ -484,13 +495,17 @@ bool TaskTracker::gatePressureCandidate(const Record& r, size_t tier,
   return r.slot && !r.terminal && clampTier(r.tier) == tier && (!oldest || r.created <= *oldest);
 }
 
-MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now, bool eager) const {
+LearnPace TaskTracker::learnPace(const std::string& key, size_t tier) const {
+  return learn_pace_ ? learn_pace_(key, tier) : LearnPace::Plain;
+}
+
+MonotonicTime TaskTracker::nextLookAt(const Record& r, MonotonicTime now) const {
   if (r.in_flight) {
     return now;
   }
   const MonotonicTime last = std::max(r.last_upstream_poll, r.reply ? r.reply_at : MonotonicTime{});
   Duration after = refreshAfter(r, last);
-  if (eager && !firstEstimate(r.tier)) {
+  if (!firstEstimate(r.tier) && learnPace(r.id->first, clampTier(r.tier)) == LearnPace::Eager) {
     // The tier bounds the makespan and no task of it has ended yet: every moment its first end
     // goes unseen is lost to all its later waves, so look twice as often, and then every
     // 1/20 of the task's age (the end is then seen within 5 % of its duration) for long tasks.
@@ -549,6 +564,11 @@ Duration TaskTracker::refreshAfter(const Record& r, MonotonicTime at) const {
   // typical duration (two), since a wrong guess there would hide an end.
   const std::optional<Duration> estimate = firstEstimate(r.tier);
   if (!estimate) {
+    // Nothing says when it ends. Where a look that finds it running costs a create its token
+    // and the tier has slack (LearnPace::Sparse), back off with its age: at most half of it.
+    if (at > r.created && learnPace(r.id->first, clampTier(r.tier)) == LearnPace::Sparse) {
+      return std::max(interval, Duration((at - r.created) / 2));
+    }
     return interval;
   }
   const Duration fine = endPollInterval(r.tier);
@@ -717,8 +737,7 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForReconcile(MonotonicTime now, siz
 }
 
 std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& key, size_t tier,
-                                                             MonotonicTime now, size_t max,
-                                                             bool eager) {
+                                                             MonotonicTime now, size_t max) {
   const size_t t = clampTier(tier);
   const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   std::vector<Record*> due;
@@ -727,7 +746,7 @@ std::vector<TrackedTaskInfo> TaskTracker::dueForGatePressure(const std::string& 
     Record& r = it->second;
     // Not before its last fetch goes stale, nor before its likely end (most likely still
     // running: a poll would only say so).
-    if (gatePressureCandidate(r, t, oldest) && !r.in_flight && nextLookAt(r, now, eager) <= now) {
+    if (gatePressureCandidate(r, t, oldest) && !r.in_flight && nextLookAt(r, now) <= now) {
       due.push_back(&r);
     }
   }
@@ -754,7 +773,7 @@ std::optional<MonotonicTime> TaskTracker::oldestUnlearned(const std::string& key
 }
 
 std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& key, size_t tier,
-                                                             MonotonicTime now, bool eager) const {
+                                                             MonotonicTime now) const {
   const size_t t = clampTier(tier);
   const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   std::optional<MonotonicTime> next;
@@ -764,7 +783,7 @@ std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& 
     if (!gatePressureCandidate(r, t, oldest)) {
       continue;
     }
-    const MonotonicTime at = nextLookAt(r, now, eager);
+    const MonotonicTime at = nextLookAt(r, now);
     if (!next || at < *next) {
       next = at;
     }
@@ -772,8 +791,8 @@ std::optional<MonotonicTime> TaskTracker::nextGatePressureAt(const std::string& 
   return next;
 }
 
-LookPlan TaskTracker::gatePressurePlan(const std::string& key, size_t tier, MonotonicTime now,
-                                       bool eager) const {
+LookPlan TaskTracker::gatePressurePlan(const std::string& key, size_t tier,
+                                       MonotonicTime now) const {
   const size_t t = clampTier(tier);
   const std::optional<MonotonicTime> oldest = oldestUnlearned(key, t);
   LookPlan plan;
@@ -790,11 +809,12 @@ LookPlan TaskTracker::gatePressurePlan(const std::string& key, size_t tier, Mono
     } else {
       // A fetch in flight before the likely end is a client's poll that waits (for a spare
       // token, or with the creates from the likely end): its look is still to come.
-      plan.looks.push_back(r.in_flight ? likelyEnd(r) : nextLookAt(r, now, eager));
+      plan.looks.push_back(r.in_flight ? likelyEnd(r) : nextLookAt(r, now));
     }
   }
   std::sort(plan.looks.begin(), plan.looks.end());
-  if (const std::optional<MonotonicTime> first = plan.first(now); eager && younger != 0 && first) {
+  const std::optional<MonotonicTime> first = plan.first(now);
+  if (younger != 0 && first && learnPace(key, t) == LearnPace::Eager) {
     // When the oldest is seen ended, the tier's first duration is known and the tasks started
     // with it are looked at at once (and likely let their creates go too): plan them with it.
     plan.looks.insert(plan.looks.begin(), younger, *first);

@@ -179,6 +179,11 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
       ctx.has_idempotency_key = true;
     }
   }
+  handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
+  submit(ks, ctx, priorityOf(ctx));
+}
+
+core::Priority Limiter::priorityOf(const RequestCtx& ctx) {
   core::Priority prio = core::Priority::Other;
   switch (ctx.route.kind) {
   case core::RouteKind::Create:
@@ -206,8 +211,23 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     prio = ctx.unblocks && !ctx.poll_early_until ? core::Priority::Poll
                                                  : core::Priority::Background;
   }
-  handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
-  submit(ks, ctx, prio);
+  return prio;
+}
+
+bool Limiter::isWaiting(const RequestCtx& ctx) const {
+  auto kit = keys_.find(ctx.key_name);
+  return kit != keys_.end() && kit->second->waiting.count(ctx.id) != 0;
+}
+
+bool Limiter::requeue(RequestCtx& ctx) {
+  auto kit = keys_.find(ctx.key_name);
+  if (kit == keys_.end() || kit->second->waiting.erase(ctx.id) == 0) {
+    return false;
+  }
+  KeyState& ks = *kit->second;
+  ks.sched->cancel(ctx.id, clock_.now());
+  submit(ks, ctx, priorityOf(ctx));  // its go / reject stay in handles_
+  return true;
 }
 
 void Limiter::reject(uint64_t id, core::ProxyError e, int retry_after_s) {
@@ -514,9 +534,16 @@ std::vector<std::pair<std::string, size_t>> Limiter::blockedTiers() const {
   return out;
 }
 
-bool Limiter::tierBinds(const std::string& key, size_t tier) const {
+core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
   auto it = keys_.find(key);
-  return it != keys_.end() && it->second->sched->tierBinds(tier, clock_.now());
+  if (it == keys_.end()) {
+    return core::LearnPace::Plain;
+  }
+  const core::KeyScheduler& sched = *it->second->sched;
+  const auto now = clock_.now();
+  return sched.tierBinds(tier, now)  ? core::LearnPace::Eager
+         : sched.budgetBinds(now)    ? core::LearnPace::Sparse
+                                     : core::LearnPace::Plain;
 }
 
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {

@@ -44,6 +44,9 @@ TaskService::TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& l
   event_add(tick_, &tv);
   look_ = evtimer_new(base_, &TaskService::onLook, this);
   last_save_ = clock_.now();
+  tracker_->setLearnPace([this](const std::string& key, size_t tier) {
+    return limiter_.learnPace(key, tier);
+  });
 }
 
 TaskService::~TaskService() {
@@ -94,6 +97,9 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
   }
   limiter_.releaseSlot(r->key, r->slot, r->reason);
   dirty_ = true;
+  if (!behind_oldest_.empty()) {
+    rejudgeBehindOldest(clock_.now());  // this end may be its tier's first
+  }
   if (metrics_ != nullptr && r->reason == core::ReleaseReason::TaskFinished) {
     const auto& tiers = cfg_->limits.tiers;
     const std::string tier = tiers.empty() ? "default" : tiers[std::min(r->tier, tiers.size() - 1)].name;
@@ -162,6 +168,37 @@ void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
   // A poll that may find the task ended frees its slot: when creates wait for that tier's
   // full gate, it goes with them (see core::RequestInfo::unblocks).
   ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);
+  if (ctx.unblocks && ctx.poll_early_until && !ctx.poll_held &&
+      tracker_->behindUnlearnedOldest(ctx.key_name, ctx.route.task_id) &&
+      limiter_.learnPace(ctx.key_name, *ctx.unblocks) == core::LearnPace::Sparse) {
+    // An older task of its tier still runs and nothing says how long they take: its "likely
+    // end" is only a guess a poll interval ahead, and where the budget binds a look that finds
+    // it running costs a create its token. It waits for a spare token until the oldest is seen
+    // ended, and then goes as usual (rejudgeBehindOldest: with the tier's creates from its
+    // likely end, now known).
+    ctx.unblocks.reset();
+    behind_oldest_[{ctx.key_name, ctx.route.task_id}] = ctx.id;
+  }
+}
+
+void TaskService::rejudgeBehindOldest(core::MonotonicTime now) {
+  for (auto it = behind_oldest_.begin(); it != behind_oldest_.end();) {
+    const auto& [key, task] = it->first;
+    RequestCtx* ctx = proxy_.find(it->second);
+    if (ctx == nullptr || !limiter_.isWaiting(*ctx)) {
+      it = behind_oldest_.erase(it);  // answered, gone or sent (it found a spare token)
+      continue;
+    }
+    const std::optional<size_t> tier = tracker_->slotTier(key, task);
+    if (tier && tracker_->behindUnlearnedOldest(key, task) &&
+        limiter_.learnPace(key, *tier) == core::LearnPace::Sparse) {
+      ++it;
+      continue;
+    }
+    it = behind_oldest_.erase(it);
+    asFetcher(*ctx, now);
+    limiter_.requeue(*ctx);
+  }
 }
 
 void TaskService::answerFromCache(uint64_t id, const core::PollDecision& hit) {
@@ -337,6 +374,7 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, Look why,
 
 void TaskService::reconcile() {
   const auto now = clock_.now();
+  rejudgeBehindOldest(now);
   if (!cfg_->tasks.reconcile || proxy_.draining()) {
     return;
   }
@@ -350,11 +388,10 @@ void TaskService::reconcile() {
   std::optional<core::MonotonicTime> next_look;
   const std::vector<std::pair<std::string, size_t>> blocked = limiter_.blockedTiers();
   for (const auto& [key, tier] : blocked) {
-    const bool eager = limiter_.tierBinds(key, tier);
-    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4, eager)) {
+    for (const core::TrackedTaskInfo& t : tracker_->dueForGatePressure(key, tier, now, 4)) {
       pollItself(t, Look::Gate);
     }
-    core::LookPlan plan = tracker_->gatePressurePlan(key, tier, now, eager);
+    core::LookPlan plan = tracker_->gatePressurePlan(key, tier, now);
     const std::optional<core::MonotonicTime> at = plan.first(now);
     limiter_.setLookPlan(key, tier, std::move(plan));
     if (at && *at > now && (!next_look || *at < *next_look)) {

@@ -277,5 +277,64 @@ TEST(Tasks, APollJustBeforeItsTasksLikelyEndIsAnsweredAtThatEnd) {
   }
 }
 
+// Where the request budget binds, a heavy task behind its tier's oldest, before any heavy task
+// has been seen to end, is not looked at until the oldest is: by then nothing says when it ends,
+// and a look that finds it running costs a waiting create its token. Its client's poll waits
+// (it is not answered "running" a poll interval on), then gets the end.
+TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOldestsEnd) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "4/s", "--burst", "4", "--heavy-max", "2", "--heavy-duration",
+                       "2s", "--light-duration", "1s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(),
+                                  "limits:\n  rate: 4/s\n  burst: 3\n  tiers:\n"
+                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, "
+                                  "min_poll_interval: 500ms}\n"
+                                  "    - {name: light, models: [\"*\"], max_running: 100}\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  std::string ids[2];
+  for (int i = 0; i < 2; ++i) {
+    auto r = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
+                         createBody("seedance-2-0", "heavy " + std::to_string(i)));
+    ASSERT_EQ(r.status, 200) << r.body;
+    ids[i] = field(r.body, "taskId");
+  }
+  // The budget binds: 2 heavy creates wait for the full gate, 24 light ones for tokens (6 s).
+  std::atomic<int> created{0};
+  std::vector<std::thread> creators;
+  for (int i = 0; i < 26; ++i) {
+    creators.emplace_back([&, i] {
+      auto r = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
+                           createBody(i < 2 ? "seedance-2-0" : "gpt-image-2",
+                                      "waiting " + std::to_string(i)),
+                           30000ms);
+      created += r.status == 200 ? 1 : 0;
+    });
+  }
+  // The oldest's client polls it every 200 ms (a bounded loop) until it has ended.
+  std::thread oldest([&] {
+    for (int i = 0; i < 100; ++i) {
+      auto r = httpRequest(proxy.port(), "GET", "/v1/tasks/" + ids[0], auth(kKeyA), {}, 30000ms);
+      if (field(r.body, "status") == "success") {
+        return;
+      }
+      std::this_thread::sleep_for(200ms);
+    }
+  });
+  std::this_thread::sleep_for(300ms);
+  auto behind = httpRequest(proxy.port(), "GET", "/v1/tasks/" + ids[1], auth(kKeyA), {}, 30000ms);
+  oldest.join();
+  for (auto& t : creators) {
+    t.join();
+  }
+  ASSERT_EQ(behind.status, 200) << behind.body;
+  EXPECT_EQ(field(behind.body, "status"), "success")
+      << "the younger task's poll was not sent before the oldest's end was seen";
+  EXPECT_EQ(created.load(), 26);
+  const rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(jsonInt(st, {"rejected_429", "rate"}) + jsonInt(st, {"rejected_429", "concurrency"}),
+            0);
+}
+
 }  // namespace
 }  // namespace hiapi::test

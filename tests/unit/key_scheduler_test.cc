@@ -914,6 +914,34 @@ TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
   }
 }
 
+// The budget binds when what waits and runs needs more time on it than the bucket's burst and
+// than any tier's waves; a tier not learned yet counts with its lower bound and the half of it
+// by which the sparse pace may see its first end late. With nothing waiting, neither binds.
+TEST_F(KeySchedulerTest, TheBudgetBindsWhenItsTimeOutlastsEveryTiersWork) {
+  Dispatch first;
+  const auto sched = heavyGateFull(1.0, seconds(5), random_, &first);
+  KeyScheduler& s = *sched;
+  // 4 heavy creates wait (2 waves of 5 s = 10 s), 2 run: 10 tokens, 10 s at 1 token/s.
+  EXPECT_TRUE(s.tierBinds(kHeavy, kStart)) << "10 s of waves >= 10 s of tokens";
+  EXPECT_FALSE(s.budgetBinds(kStart));
+  for (uint64_t i = 0; i < 10; ++i) {
+    s.submit(req(400 + i, RouteKind::Create, "b", kLight), kStart);  // +20 tokens: 30 s
+  }
+  EXPECT_FALSE(s.tierBinds(kHeavy, kStart));
+  EXPECT_TRUE(s.budgetBinds(kStart));
+  // Not learned yet, its oldest task 8 s old: 16 s of waves, up to 4 s late: 20 s < 30 s.
+  s.setTierDuration(kHeavy, TierDuration{seconds(8), false});
+  EXPECT_TRUE(s.budgetBinds(kStart));
+  // 12 s old: 24 s of waves, up to 6 s late: the budget's 30 s may not be the longest.
+  s.setTierDuration(kHeavy, TierDuration{seconds(12), false});
+  EXPECT_FALSE(s.budgetBinds(kStart));
+  EXPECT_FALSE(s.tierBinds(kHeavy, kStart)) << "nor does the tier, by its lower bound";
+
+  KeyScheduler idle(limits(1.0, 3), queueConfig(), kStart, random_);
+  idle.submit(req(1, RouteKind::Poll), kStart);
+  EXPECT_FALSE(idle.budgetBinds(kStart)) << "one token needed: the bucket holds it";
+}
+
 // Two heavy tasks end a token interval apart: the two looks and the two creates they let go
 // need four tokens within one refill, one more than the reserve of a single look. When the
 // heavy tier bounds the makespan, the bucket is kept full for them (burst 3), and everything

@@ -1204,42 +1204,77 @@ TEST_F(TaskTrackerTest, GatePressurePlanListsEveryPlannedLook) {
 }
 
 // Before any task of a tier has ended, gate pressure looks at its oldest task every
-// min_poll_interval; when the tier bounds the makespan (eager), twice as often, and every
-// 1/20 of the task's age once that is longer.
+// min_poll_interval; when the tier bounds the makespan (LearnPace::Eager), twice as often, and
+// every 1/20 of the task's age once that is longer.
 TEST_F(TaskTrackerTest, EagerGatePressureLooksMoreOftenBeforeAnyEndIsKnown) {
+  LearnPace pace = LearnPace::Plain;
+  tracker_.setLearnPace([&pace](const std::string&, size_t) { return pace; });
   const MonotonicTime t = kT0 + minutes(10);
   tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
   const Duration interval = tracker_.endPollInterval(kLight);  // min_poll_interval: no end yet
   EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t, /*eager=*/true), t + interval / 2);
   EXPECT_TRUE(tracker_.dueForGatePressure("prod", kLight, t + interval / 2, 4).empty());
+  pace = LearnPace::Eager;
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval / 2);
   const MonotonicTime late = t + 20 * interval;
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + interval / 2, 4, true).size(), 1u);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + interval / 2, 4).size(), 1u);
   tracker_.completePoll("prod", "a", detail("a", "handling"), t + interval / 2);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + interval / 2, true), t + interval);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + interval / 2), t + interval);
   // A long task: at 10 intervals of age, every half interval (1/20 of its age).
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + 10 * interval, 4, true).size(), 1u);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, t + 10 * interval, 4).size(), 1u);
   tracker_.completePoll("prod", "a", detail("a", "handling"), t + 10 * interval);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + 10 * interval, true),
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t + 10 * interval),
             t + 10 * interval + interval / 2);
-  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, late, 4, true).size(), 1u);
+  ASSERT_EQ(tracker_.dueForGatePressure("prod", kLight, late, 4).size(), 1u);
   tracker_.completePoll("prod", "a", detail("a", "handling"), late);
-  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, late, true), late + interval)
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, late), late + interval)
       << "never less often than min_poll_interval";
 }
 
 // Before any task of the tier has ended only the oldest is looked at, but once it is seen ended
 // the tasks started with it are looked at at once: an eager plan counts them with it.
 TEST_F(TaskTrackerTest, AnEagerPlanCountsTheTasksBehindTheOldestWithIt) {
+  LearnPace pace = LearnPace::Plain;
+  tracker_.setLearnPace([&pace](const std::string&, size_t) { return pace; });
   const MonotonicTime t = kT0 + minutes(10);
   tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
   tracker_.onCreated("prod", "b", kLight, SlotId{2}, "m", t + milliseconds(1));
   const LookPlan plain = tracker_.gatePressurePlan("prod", kLight, t + milliseconds(1));
   ASSERT_EQ(plain.looks.size(), 1u) << "only the oldest";
-  const LookPlan eager = tracker_.gatePressurePlan("prod", kLight, t + milliseconds(1), true);
+  pace = LearnPace::Eager;
+  const LookPlan eager = tracker_.gatePressurePlan("prod", kLight, t + milliseconds(1));
   ASSERT_EQ(eager.looks.size(), 2u);
   EXPECT_EQ(eager.looks[0], eager.looks[1]);
-  EXPECT_EQ(eager.looks[0], *tracker_.nextGatePressureAt("prod", kLight, t, true));
+  EXPECT_EQ(eager.looks[0], *tracker_.nextGatePressureAt("prod", kLight, t));
+}
+
+// Where the budget binds (LearnPace::Sparse) a look that finds a task running costs a create its
+// token: before any task of the tier has ended, the next look at its oldest (gate pressure's,
+// and a client poll's fetch: the running detail stays fresh as long) comes half the task's age
+// after the last, at least min_poll_interval after it. The first end is then bracketed widely:
+// the estimate takes the bracket's upper end, so the next task is looked at after its end.
+TEST_F(TaskTrackerTest, SparsePaceBacksOffWithTheAgeAndEstimatesFromTheUpperEnd) {
+  tracker_.setLearnPace([](const std::string&, size_t) { return LearnPace::Sparse; });
+  const MonotonicTime t = kT0 + minutes(10);
+  const Duration interval = tracker_.endPollInterval(kLight);
+  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
+  tracker_.onCreated("prod", "b", kLight, SlotId{2}, "m", t + interval / 2);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval) << "young: the plain";
+  // Looked at (by a client's poll) at 4 intervals of age: the next look 2 intervals later.
+  const MonotonicTime first = t + 4 * interval;
+  ASSERT_EQ(tracker_.beginPoll("prod", "a", 1, first).action, PollAction::Fetch);
+  tracker_.completePoll("prod", "a", detail("a", "handling"), first);
+  EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, first), first + 2 * interval);
+  EXPECT_EQ(tracker_.beginPoll("prod", "a", 2, first + 2 * interval - milliseconds(1)).action,
+            PollAction::Hit)
+      << "the running detail is fresh until then";
+  EXPECT_EQ(tracker_.beginPoll("prod", "a", 3, first + 2 * interval).action, PollAction::Fetch);
+  const MonotonicTime seen = first + 2 * interval;
+  tracker_.onStatus("prod", "a", "success", seen);
+  tracker_.completePoll("prod", "a", detail("a", "success"), seen);
+  // Ended in (4, 6] intervals of age: estimated at 6, so b (half an interval younger) likely
+  // runs until 6.5 intervals after t.
+  EXPECT_EQ(tracker_.likelyRunningUntil("prod", "b", seen), t + interval / 2 + 6 * interval);
 }
 
 }  // namespace

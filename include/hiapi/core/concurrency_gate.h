@@ -35,6 +35,22 @@ struct TierDuration {
   bool operator!=(const TierDuration& o) const { return !(*this == o); }
 };
 
+/// How often the proxy looks at the tasks of a tier none of whose tasks it has yet seen end
+/// (before then nothing says when they will: a look may find the end, or only "running").
+enum class LearnPace {
+  Plain,  ///< every min_poll_interval
+  /// The tier bounds the makespan (KeyScheduler::tierBinds): every moment its first end goes
+  /// unseen is lost to all its later waves: twice per min_poll_interval (then every 1/20 of the
+  /// task's age, once that is longer).
+  Eager,
+  /// The request budget bounds it (KeyScheduler::budgetBinds) and the tier has slack: a look
+  /// that finds the task running costs some create its token, a late end costs nothing: the
+  /// next look half the task's age after the last (at least min_poll_interval), so the end is
+  /// seen at most half its duration late, and a task of the tier younger than its oldest is
+  /// not looked at before the oldest is seen ended.
+  Sparse,
+};
+
 /// The proxy's planned looks at a tier's running tasks (TaskTracker::gatePressurePlan): each
 /// costs a token, and each that finds its task ended lets a waiting create go (another token).
 struct LookPlan {

@@ -247,6 +247,11 @@ public:
   ///         least the budget's (the tokens the waiting requests and running tasks still need,
   ///         over the rate): then the tier, not the budget, bounds the makespan.
   bool tierBinds(size_t tier, MonotonicTime now) const;
+  /// @return whether the budget bounds the makespan: the waiting requests and running tasks
+  ///         need more tokens than the bucket holds, and more time than any tier's work
+  ///         (tierBinds()), even should the first end of a tier not learned yet be seen half
+  ///         its oldest task's age late (core::LearnPace::Sparse).
+  bool budgetBinds(MonotonicTime now) const;
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
@@ -287,6 +292,12 @@ private:
   bool blocked(size_t tier, MonotonicTime now) const;
   /// The unit of work of a tier with no duration known (see bottlenecks()).
   Duration unknownTierUnit() const;
+  /// The tokens still needed by what waits and runs: a create and a look per waiting create, a
+  /// look per running task, one per other waiting request.
+  double tokensNeeded() const;
+  /// The seconds @p tier's waiting creates need: their waves times its duration (or a lower
+  /// bound of it, see setTierDuration()).
+  double tierWork(size_t tier, MonotonicTime now) const;
 
   Random& random_;
   LimitsConfig limits_;

@@ -32,6 +32,7 @@
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -93,6 +94,9 @@ struct TrackedTaskInfo {
   MonotonicTime last_client_poll{};
 };
 
+/// The pace for (key's name, tier): asked each time a look at one of its tasks is planned.
+using LearnPaceFn = std::function<LearnPace(const std::string& key, size_t tier)>;
+
 /// See the file comment. Thread-safety: not thread-safe.
 class TaskTracker {
 public:
@@ -113,6 +117,11 @@ public:
   /// @param tiers the new tiers; empty = defaultTierConfigs()
   /// Thread-safety: not thread-safe.
   void reconfigure(const TasksConfig& cfg, std::vector<TierConfig> tiers);
+
+  /// Sets how the pace of looks at a tier not yet learned is decided (see LearnPace); the
+  /// daemon asks its key schedulers. Without one: LearnPace::Plain.
+  /// Thread-safety: not thread-safe.
+  void setLearnPace(LearnPaceFn fn) { learn_pace_ = std::move(fn); }
 
   /// @param status a task status as seen on the wire
   /// @return whether it is in the terminal set (case-insensitive).
@@ -234,19 +243,16 @@ public:
   /// Tasks of @p key's tier @p tier worth polling now because creates wait for that tier's full
   /// gate: they hold a slot, are not terminal, have no fetch in flight, were last fetched long
   /// enough ago (min_poll_interval; endPollInterval() around the likely end), and are not
-  /// likelyRunning(); oldest first. Each is marked in flight like
-  /// dueForReconcile's (client polls join it); finish it with completePoll / abandonPoll.
+  /// likelyRunning(); oldest first; before any of the tier's tasks has ended, only its oldest,
+  /// at the tier's LearnPace. Each is marked in flight like dueForReconcile's (client polls
+  /// join it); finish it with completePoll / abandonPoll.
   /// @param key the key's name
   /// @param tier the tier whose gate is full
   /// @param now the current time
   /// @param max at most this many
-  /// @param eager the tier bounds the makespan (KeyScheduler::tierBinds): before any of its
-  ///        tasks has ended, its oldest is looked at twice per min_poll_interval (and every
-  ///        1/20 of its age once that is longer), not once.
   /// Thread-safety: not thread-safe.
   std::vector<TrackedTaskInfo> dueForGatePressure(const std::string& key, size_t tier,
-                                                  MonotonicTime now, size_t max = 4,
-                                                  bool eager = false);
+                                                  MonotonicTime now, size_t max = 4);
   /// @return when dueForGatePressure(@p key, @p tier) will next have a task to poll: the
   ///         earliest, over the tier's tasks holding a slot, of the time its last fetch stops
   ///         being fresh or its likely end, whichever is later; @p now while one has a fetch
@@ -254,18 +260,17 @@ public:
   ///         slot. The key scheduler keeps tokens in reserve for that moment.
   /// Thread-safety: const.
   std::optional<MonotonicTime> nextGatePressureAt(const std::string& key, size_t tier,
-                                                  MonotonicTime now, bool eager = false) const;
+                                                  MonotonicTime now) const;
   /// @return every look gate pressure will make at @p key's tier @p tier as things stand: for
   ///         each candidate (as dueForGatePressure's, in flight or not), its next look time
   ///         (as nextGatePressureAt's), soonest first; fetches in flight are counted apart
   ///         (one in flight before the likely end counts as a look at the likely end: it is a
-  ///         client's poll waiting for then). With @p eager, before any task of the tier has
-  ///         ended, the tasks younger than the oldest count as looks with the oldest's: once it
-  ///         is seen ended they are looked at at once.
+  ///         client's poll waiting for then). At LearnPace::Eager, before any task of the
+  ///         tier has ended, the tasks younger than the oldest count as looks with the
+  ///         oldest's: once it is seen ended they are looked at at once.
   ///         The key scheduler plans its token reserve with it (KeyScheduler::setLookPlan).
   /// Thread-safety: const.
-  LookPlan gatePressurePlan(const std::string& key, size_t tier, MonotonicTime now,
-                            bool eager = false) const;
+  LookPlan gatePressurePlan(const std::string& key, size_t tier, MonotonicTime now) const;
 
   /// A client poll of (key, task_id) is held for its task's end (holdPollUntil): the proxy
   /// looks itself at the likely end and then every endPollInterval(), so the end is seen when it
@@ -392,8 +397,9 @@ public:
 
   /// @return the gap between polls of a task of tier @p tier around its likely end: 1/20 of the
   ///         estimated duration (one finished task is enough), at least 100 ms and at most
-  ///         min_poll_interval; min_poll_interval while no task of the tier has finished. A task's running detail fetched from shortly before
-  ///         until half a typical duration after its likely end is fresh only this long, and
+  ///         min_poll_interval; min_poll_interval while no task of the tier has finished. A
+  ///         task's running detail fetched from shortly before until half a typical duration
+  ///         after its likely end is fresh only this long, and
   ///         gate-pressure polls come this often, so the end is seen within about this much.
   /// Thread-safety: const.
   Duration endPollInterval(size_t tier) const;
@@ -407,6 +413,11 @@ public:
   /// @return the tier of the concurrency slot (key, task_id) holds, if it holds one (a poll that
   ///         finds it ended frees that slot). Thread-safety: const.
   std::optional<size_t> slotTier(const std::string& key, const std::string& task_id) const;
+  /// @return whether (key, task_id) holds a slot of a tier none of whose tasks has been seen
+  ///         ended while an older task of the tier still runs: nothing says when it ends
+  ///         before that one does, and while that one runs it likely runs too.
+  /// Thread-safety: const.
+  bool behindUnlearnedOldest(const std::string& key, const std::string& task_id) const;
   /// @return when the task likely ends, if likelyRunning() at @p now; else nullopt.
   /// Thread-safety: const.
   std::optional<MonotonicTime> likelyRunningUntil(const std::string& key,
@@ -468,8 +479,9 @@ private:
   TrackedTaskInfo info(const Record& r) const;
   /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
   /// when its last fetch stops being fresh or at its likely end, whichever is later.
-  /// @p eager: see dueForGatePressure().
-  MonotonicTime nextLookAt(const Record& r, MonotonicTime now, bool eager = false) const;
+  MonotonicTime nextLookAt(const Record& r, MonotonicTime now) const;
+  /// The pace of @p key's tier @p tier while none of its tasks has been seen ended.
+  LearnPace learnPace(const std::string& key, size_t tier) const;
   /// A task gate pressure may look at: holds a slot of @p tier, not terminal, and, while the
   /// tier has no duration estimate, is the key's oldest (@p oldest, see oldestUnlearned()).
   bool gatePressureCandidate(const Record& r, size_t tier,
@@ -481,6 +493,7 @@ private:
 
   TasksConfig cfg_;
   std::vector<TierConfig> tiers_;
+  LearnPaceFn learn_pace_;  ///< unset: LearnPace::Plain
   std::vector<std::string> terminal_;  ///< lower-cased
   RecordMap records_;
   LruList lru_;  ///< least recently used first

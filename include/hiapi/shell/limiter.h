@@ -32,6 +32,12 @@ public:
              std::function<void(core::ProxyError, int retry_after_s)> reject) override;
   void clientGone(RequestCtx& ctx) override;
   bool completed(RequestCtx& ctx, const UpstreamResponse& resp) override;
+  /// A waiting request whose priority, poll_early_until or unblocks has changed waits from now
+  /// on as they say (at the tail of its lane; its deadline stays).
+  /// @return whether it was waiting (nothing changes otherwise).
+  bool requeue(RequestCtx& ctx);
+  /// @return whether @p ctx waits for admission.
+  bool isWaiting(const RequestCtx& ctx) const;
 
   /// Applies a new configuration, keeping state for keys and tiers that still exist.
   void reconfigure(core::ConfigSharedPtr cfg);
@@ -50,8 +56,10 @@ public:
   /// The looks the proxy plans at the tasks holding slots of @p key's blocked tier @p tier
   /// (KeyScheduler::setLookPlan: tokens are kept in reserve for them).
   void setLookPlan(const std::string& key, size_t tier, core::LookPlan plan);
-  /// @return whether @p key's tier @p tier bounds the makespan (KeyScheduler::tierBinds).
-  bool tierBinds(const std::string& key, size_t tier) const;
+  /// @return the pace of looks at @p key's tier @p tier while none of its tasks has been seen
+  ///         ended: Eager where the tier bounds the makespan (KeyScheduler::tierBinds),
+  ///         Sparse where the budget does (KeyScheduler::budgetBinds), else Plain.
+  core::LearnPace learnPace(const std::string& key, size_t tier) const;
 
   /// Typical task duration per tier index (task tracking learns them); every key's scheduler
   /// ranks bottleneck tiers by it. Applied to keys seen later too.
@@ -78,6 +86,8 @@ private:
 
   KeyState& keyState(const std::string& key);
   core::LimitsConfig limitsFor(const std::string& key) const;
+  /// The priority @p ctx waits with (its route; poll_early_until, unblocks, internal).
+  static core::Priority priorityOf(const RequestCtx& ctx);
   void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
   void reject(uint64_t id, core::ProxyError e, int retry_after_s);
   void pump(KeyState& ks);

@@ -86,6 +86,9 @@ private:
   /// client left, or the proxy's own look was dropped): the first of @p waiters still open
   /// fetches instead, the others join it (or are answered from the cache).
   void refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now);
+  /// The fetches in behind_oldest_ whose task may now be looked at (its tier's first end was
+  /// seen, or the budget no longer binds) wait from now on as asFetcher() says then.
+  void rejudgeBehindOldest(core::MonotonicTime now);
 
   event_base* base_;
   core::ConfigSharedPtr cfg_;
@@ -110,6 +113,11 @@ private:
     core::MonotonicTime until{};
   };
   std::map<std::pair<std::string, std::string>, Held> held_;
+  /// Client polls fetching a task of a tier not learned yet, behind its oldest task, while the
+  /// budget binds (TaskTracker::behindUnlearnedOldest, core::LearnPace::Sparse): their request
+  /// id by (key name, task id). They wait for a spare token until rejudgeBehindOldest() lets
+  /// them go as usual.
+  std::map<std::pair<std::string, std::string>, uint64_t> behind_oldest_;
 };
 
 }  // namespace hiapi::shell
