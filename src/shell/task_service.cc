@@ -182,22 +182,27 @@ void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
 }
 
 void TaskService::rejudgeBehindOldest(core::MonotonicTime now) {
+  std::vector<uint64_t> go;  // requeued after the walk: that may dispatch, and end tasks
   for (auto it = behind_oldest_.begin(); it != behind_oldest_.end();) {
     const auto& [key, task] = it->first;
-    RequestCtx* ctx = proxy_.find(it->second);
-    if (ctx == nullptr || !limiter_.isWaiting(*ctx)) {
-      it = behind_oldest_.erase(it);  // answered, gone or sent (it found a spare token)
-      continue;
-    }
+    const RequestCtx* ctx = proxy_.find(it->second);
     const std::optional<size_t> tier = tracker_->slotTier(key, task);
-    if (tier && tracker_->behindUnlearnedOldest(key, task) &&
+    if (ctx != nullptr && limiter_.isWaiting(*ctx) && tier &&
+        tracker_->behindUnlearnedOldest(key, task) &&
         limiter_.learnPace(key, *tier) == core::LearnPace::Sparse) {
       ++it;
       continue;
     }
+    if (ctx != nullptr && limiter_.isWaiting(*ctx)) {
+      go.push_back(it->second);
+    }  // else answered, gone or sent (it found a spare token)
     it = behind_oldest_.erase(it);
-    asFetcher(*ctx, now);
-    limiter_.requeue(*ctx);
+  }
+  for (uint64_t id : go) {
+    if (RequestCtx* ctx = proxy_.find(id); ctx != nullptr && limiter_.isWaiting(*ctx)) {
+      asFetcher(*ctx, now);
+      limiter_.requeue(*ctx);
+    }
   }
 }
 
