@@ -25,6 +25,16 @@ std::string yamlFor(uint16_t sim_port, const std::string& extra) {
          "log:\n  level: info\n" + extra;
 }
 
+// limits: with a heavy tier (seedance-*, @p heavy_max running, plus @p heavy_extra settings)
+// and a light one for every other model.
+std::string twoTiers(const std::string& rate, int burst, int heavy_max,
+                     const std::string& heavy_extra, int light_max = 5) {
+  return "limits:\n  rate: " + rate + "\n  burst: " + std::to_string(burst) + "\n  tiers:\n"
+         "    - {name: heavy, models: [\"seedance-*\"], max_running: " +
+         std::to_string(heavy_max) + ", " + heavy_extra + "}\n"
+         "    - {name: light, models: [\"*\"], max_running: " + std::to_string(light_max) + "}\n";
+}
+
 std::string field(const std::string& body, const char* name) {
   rapidjson::Document d;
   d.Parse(body.c_str());
@@ -118,10 +128,7 @@ TEST(Tasks, HeavyCeilingHoldsAndEveryTaskFinishesWithoutAClient429) {
                        "--heavy-duration", "1s"});
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(),
-                                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
-                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, "
-                                  "lease: 5m, min_poll_interval: 500ms}\n"
-                                  "    - {name: light, models: [\"*\"], max_running: 5}\n"));
+                                  twoTiers("20/s", 10, 2, "lease: 5m, min_poll_interval: 500ms")));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
   std::vector<ClientSpec> specs;
   for (int i = 0; i < 3; ++i) {
@@ -155,10 +162,8 @@ TEST(Tasks, ARestartWithTwoHeavyTasksRunningAdmitsNoThirdUntilOneEnds) {
                        "--heavy-duration", "4s", "--duration-jitter", "0"});
   ASSERT_TRUE(sim.started());
   const std::string yaml = yamlFor(
-      sim.port(), "auth:\n  mode: inject\nkeys:\n  - name: prod\n    key: " + kKeyA + "\n"
-                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
-                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, lease: 5m}\n"
-                  "    - {name: light, models: [\"*\"], max_running: 5}\n"
+      sim.port(), "auth:\n  mode: inject\nkeys:\n  - name: prod\n    key: " + kKeyA + "\n" +
+                  twoTiers("20/s", 10, 2, "lease: 5m") +
                   "tasks:\n  state_file: " + dir.file("tasks.json") + "\n"
                   "  reconcile_interval: 1s\n  state_save_interval: 1s\n");
   {
@@ -201,9 +206,7 @@ TEST(Tasks, CallbackTasksNeverPolledFreeTheirSlotThroughReconcile) {
                        "--heavy-duration", "1s", "--duration-jitter", "0"});
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(),
-                                  "limits:\n  rate: 20/s\n  burst: 10\n  tiers:\n"
-                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 1, lease: 5m}\n"
-                                  "    - {name: light, models: [\"*\"], max_running: 5}\n"
+                                  twoTiers("20/s", 10, 1, "lease: 5m") +
                                   "tasks:\n  reconcile_interval: 1s\n"));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
   // Three heavy creates with a callback and no polls: the second and third wait for the first's
@@ -287,10 +290,7 @@ TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOlde
                        "2s", "--light-duration", "1s", "--duration-jitter", "0"});
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(),
-                                  "limits:\n  rate: 4/s\n  burst: 3\n  tiers:\n"
-                                  "    - {name: heavy, models: [\"seedance-*\"], max_running: 2, "
-                                  "min_poll_interval: 500ms}\n"
-                                  "    - {name: light, models: [\"*\"], max_running: 100}\n"));
+                                  twoTiers("4/s", 3, 2, "min_poll_interval: 500ms", 100)));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
   std::string ids[2];
   for (int i = 0; i < 2; ++i) {
