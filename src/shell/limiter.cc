@@ -541,9 +541,10 @@ core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
   }
   const core::KeyScheduler& sched = *it->second->sched;
   const auto now = clock_.now();
-  return sched.tierBinds(tier, now)  ? core::LearnPace::Eager
-         : sched.budgetBinds(now)    ? core::LearnPace::Sparse
-                                     : core::LearnPace::Plain;
+  if (sched.tierBinds(tier, now)) {
+    return core::LearnPace::Eager;
+  }
+  return sched.budgetBinds(now) ? core::LearnPace::Sparse : core::LearnPace::Plain;
 }
 
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {

@@ -399,8 +399,8 @@ public:
   ///         estimated duration (one finished task is enough), at least 100 ms and at most
   ///         min_poll_interval; min_poll_interval while no task of the tier has finished. A
   ///         task's running detail fetched from shortly before until half a typical duration
-  ///         after its likely end is fresh only this long, and
-  ///         gate-pressure polls come this often, so the end is seen within about this much.
+  ///         after its likely end is fresh only this long, and gate-pressure polls come this
+  ///         often, so the end is seen within about this much.
   /// Thread-safety: const.
   Duration endPollInterval(size_t tier) const;
 
