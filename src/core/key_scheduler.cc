@@ -516,9 +516,10 @@ double KeyScheduler::tierWork(size_t tier, MonotonicTime now) const {
 bool KeyScheduler::budgetBinds(MonotonicTime now) const {
   const double rate = budget_->rate();
   const double tokens = tokensNeeded();
-  if (rate <= 0.0 || tokens <= budget_->burst()) {
-    return false;
-  }
+  return rate > 0.0 && tokens > budget_->burst() && budgetBinds(tokens / rate, now);
+}
+
+bool KeyScheduler::budgetBinds(double budget_seconds, MonotonicTime now) const {
   for (size_t t = 0; t < gates_.size(); ++t) {
     // A tier not learned yet counts with its oldest task's age, and the half of it by which the
     // sparse pace may see its first end late: that lateness too must fit in the budget's time.
@@ -526,7 +527,7 @@ bool KeyScheduler::budgetBinds(MonotonicTime now) const {
     if (t < tier_duration_.size() && tier_duration_[t] && !tier_duration_[t]->learned) {
       work += toSeconds(tier_duration_[t]->value) / 2;
     }
-    if (work >= tokens / rate) {
+    if (work >= budget_seconds) {
       return false;
     }
   }
@@ -536,6 +537,19 @@ bool KeyScheduler::budgetBinds(MonotonicTime now) const {
 bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
   const double rate = budget_->rate();
   return rate > 0.0 && tierWork(tier, now) >= tokensNeeded() / rate;
+}
+
+LearnPace KeyScheduler::learnPace(size_t tier, MonotonicTime now) const {
+  const double rate = budget_->rate();
+  if (rate <= 0.0 || tier >= gates_.size()) {
+    return LearnPace::Plain;
+  }
+  const double tokens = tokensNeeded();
+  if (tierWork(tier, now) >= tokens / rate) {
+    return LearnPace::Eager;  // tierBinds()
+  }
+  return tokens > budget_->burst() && budgetBinds(tokens / rate, now) ? LearnPace::Sparse
+                                                                      : LearnPace::Plain;
 }
 
 void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {

@@ -539,12 +539,7 @@ core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
   if (it == keys_.end()) {
     return core::LearnPace::Plain;
   }
-  const core::KeyScheduler& sched = *it->second->sched;
-  const auto now = clock_.now();
-  if (sched.tierBinds(tier, now)) {
-    return core::LearnPace::Eager;
-  }
-  return sched.budgetBinds(now) ? core::LearnPace::Sparse : core::LearnPace::Plain;
+  return it->second->sched->learnPace(tier, clock_.now());
 }
 
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {

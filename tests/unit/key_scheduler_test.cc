@@ -924,11 +924,13 @@ TEST_F(KeySchedulerTest, TheBudgetBindsWhenItsTimeOutlastsEveryTiersWork) {
   // 4 heavy creates wait (2 waves of 5 s = 10 s), 2 run: 10 tokens, 10 s at 1 token/s.
   EXPECT_TRUE(s.tierBinds(kHeavy, kStart)) << "10 s of waves >= 10 s of tokens";
   EXPECT_FALSE(s.budgetBinds(kStart));
+  EXPECT_EQ(s.learnPace(kHeavy, kStart), LearnPace::Eager);
   for (uint64_t i = 0; i < 10; ++i) {
     s.submit(req(400 + i, RouteKind::Create, "b", kLight), kStart);  // +20 tokens: 30 s
   }
   EXPECT_FALSE(s.tierBinds(kHeavy, kStart));
   EXPECT_TRUE(s.budgetBinds(kStart));
+  EXPECT_EQ(s.learnPace(kHeavy, kStart), LearnPace::Sparse);
   // Not learned yet, its oldest task 8 s old: 16 s of waves, up to 4 s late: 20 s < 30 s.
   s.setTierDuration(kHeavy, TierDuration{seconds(8), false});
   EXPECT_TRUE(s.budgetBinds(kStart));
@@ -936,6 +938,7 @@ TEST_F(KeySchedulerTest, TheBudgetBindsWhenItsTimeOutlastsEveryTiersWork) {
   s.setTierDuration(kHeavy, TierDuration{seconds(12), false});
   EXPECT_FALSE(s.budgetBinds(kStart));
   EXPECT_FALSE(s.tierBinds(kHeavy, kStart)) << "nor does the tier, by its lower bound";
+  EXPECT_EQ(s.learnPace(kHeavy, kStart), LearnPace::Plain);
 
   KeyScheduler idle(limits(1.0, 3), queueConfig(), kStart, random_);
   idle.submit(req(1, RouteKind::Poll), kStart);

@@ -252,6 +252,10 @@ public:
   ///         (tierBinds()), even should the first end of a tier not learned yet be seen half
   ///         its oldest task's age late (core::LearnPace::Sparse).
   bool budgetBinds(MonotonicTime now) const;
+  /// @return the pace of looks at @p tier while none of its tasks has been seen ended: Eager
+  ///         where it binds (tierBinds()), Sparse where the budget does (budgetBinds()), else
+  ///         Plain. One count of the tokens needed for both questions.
+  LearnPace learnPace(size_t tier, MonotonicTime now) const;
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
@@ -295,6 +299,8 @@ private:
   /// The tokens still needed by what waits and runs: a create and a look per waiting create, a
   /// look per running task, one per other waiting request.
   double tokensNeeded() const;
+  /// budgetBinds() given tokensNeeded() / rate.
+  bool budgetBinds(double budget_seconds, MonotonicTime now) const;
   /// The seconds @p tier's waiting creates need: their waves times its duration (or a lower
   /// bound of it, see setTierDuration()).
   double tierWork(size_t tier, MonotonicTime now) const;

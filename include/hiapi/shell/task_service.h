@@ -86,6 +86,9 @@ private:
   /// client left, or the proxy's own look was dropped): the first of @p waiters still open
   /// fetches instead, the others join it (or are answered from the cache).
   void refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now);
+  /// @return whether a fetch of (@p key, @p task_id), a task holding a slot of @p tier, waits in
+  ///         behind_oldest_: the tier is not learned, an older task of it runs, the budget binds.
+  bool waitsBehindOldest(const std::string& key, const std::string& task_id, size_t tier) const;
   /// The fetches in behind_oldest_ whose task may now be looked at (its tier's first end was
   /// seen, or the budget no longer binds) wait from now on as asFetcher() says then.
   void rejudgeBehindOldest(core::MonotonicTime now);
