@@ -1,19 +1,14 @@
 #include "hiapi/core/http_rules.h"
 
 #include <algorithm>
-#include <array>
 #include <cctype>
 
 namespace hiapi::core {
 namespace {
 
-// ASCII only, as HTTP's tokens are (and without the locale lookup std::tolower does per call:
-// header names are compared several times per forwarded request).
-char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
 std::string toLower(std::string_view s) {
   std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), lower);
+  std::transform(out.begin(), out.end(), out.begin(), asciiLower);
   return out;
 }
 
@@ -65,18 +60,6 @@ std::optional<std::string> percentDecode(std::string_view s) {
 
 }  // namespace
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) {
-      return false;
-    }
-  }
-  return true;
-}
-
 std::string_view routeName(RouteKind r) {
   switch (r) {
   case RouteKind::Create:
@@ -119,14 +102,27 @@ std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view p
 }
 
 bool isHopByHop(std::string_view name, std::string_view connection_value) {
-  static constexpr std::array<std::string_view, 8> kHop{
-      "connection", "keep-alive", "te",      "trailer",
-      "trailers",   "transfer-encoding", "upgrade", "proxy-connection"};
-  for (std::string_view h : kHop) {
-    if (iequals(name, h)) {
-      return true;
-    }
+  // By length first: most names are compared with one candidate at most.
+  switch (name.size()) {
+  case 2:
+    if (iequals(name, "te")) return true;
+    break;
+  case 7:
+    if (iequals(name, "trailer") || iequals(name, "upgrade")) return true;
+    break;
+  case 8:
+    if (iequals(name, "trailers")) return true;
+    break;
+  case 10:
+    if (iequals(name, "connection") || iequals(name, "keep-alive")) return true;
+    break;
+  case 17:
+    if (iequals(name, "transfer-encoding")) return true;
+    break;
+  default:
+    break;
   }
+  // Proxy-* ("proxy-connection" among them).
   if (name.size() >= 6 && iequals(name.substr(0, 6), "proxy-")) {
     return true;
   }

@@ -244,7 +244,16 @@ void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
 
 Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   Dispatch out;
-  out.admitted.swap(ready_);  // admitted by submit() before anything else
+  dispatch(now, out);
+  return out;
+}
+
+void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
+  out.admitted.assign(ready_.begin(), ready_.end());  // admitted by submit() before anything else
+  ready_.clear();
+  out.expired.clear();
+  out.expired_slots.clear();
+  out.wake_at.reset();
   refresh(now, &out);
 
   for (QueueEntry& e : queue_.popExpired(now)) {
@@ -377,7 +386,6 @@ Dispatch KeyScheduler::dispatch(MonotonicTime now) {
       out.wake_at = now + Duration(1);  // never ask for a timer in the past
     }
   }
-  return out;
 }
 
 // A tier whose waiting creates outnumber its free slots is a bottleneck: a slot that frees there

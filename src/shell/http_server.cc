@@ -481,7 +481,7 @@ void HttpServer::dispatch(Conn& c) {
   }
   c.message_done = false;
   c.expect_continue = false;
-  open_.emplace(c.exchange, &c);
+  open_spares_.put(open_, c.exchange, &c);
   InboundRequest req = std::move(c.req);
   c.req = InboundRequest{};
   handler_.onRequest(c.exchange, req);
@@ -494,7 +494,7 @@ void HttpServer::reply(uint64_t exchange, int status, const HeaderViews& headers
     return;
   }
   Conn& c = *it->second;
-  open_.erase(it);
+  open_spares_.erase(open_, it);
   c.exchange = 0;
   const bool closing = close || !c.keep_alive;
   std::string& out = c.out;  // empty: one exchange at a time
@@ -596,7 +596,7 @@ void HttpServer::clientGone(Conn& c) {
   if (c.exchange != 0) {
     const uint64_t ex = c.exchange;
     c.exchange = 0;
-    open_.erase(ex);
+    open_spares_.erase(open_, ex);
     BusyGuard guard(c);
     handler_.onClientGone(ex);
   }
@@ -604,7 +604,7 @@ void HttpServer::clientGone(Conn& c) {
 
 void HttpServer::destroy(Conn& c) {
   if (c.exchange != 0) {
-    open_.erase(c.exchange);  // not reported: only the server's own teardown gets here
+    open_spares_.erase(open_, c.exchange);  // not reported: only the server's own teardown gets here
   }
   conns_.erase(&c);
   event_free(c.ev);

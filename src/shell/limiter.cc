@@ -13,17 +13,32 @@ namespace hiapi::shell {
 namespace {
 
 
-std::optional<double> headerNumber(const Headers& h, std::string_view name) {
-  const std::string* v = findHeader(h, name);
-  if (v == nullptr) {
-    return std::nullopt;
-  }
+std::optional<double> headerNumber(const std::string& v) {
   char* end = nullptr;
-  const double d = std::strtod(v->c_str(), &end);
-  if (end == v->c_str()) {
+  const double d = std::strtod(v.c_str(), &end);
+  if (end == v.c_str()) {
     return std::nullopt;
   }
   return d;
+}
+
+// Retry-After and the X-RateLimit-* headers of a reply, in one pass over its headers (the first
+// of each counts).
+void readLimitHeaders(const Headers& headers, core::UpstreamOutcome& out) {
+  for (const Header& h : headers) {
+    if (!out.retry_after && core::iequals(h.name, "Retry-After")) {
+      out.retry_after = h.value;
+    } else if (h.name.size() > 12 && core::iequals(h.name.substr(0, 12), "X-RateLimit-")) {
+      const std::string_view rest = std::string_view(h.name).substr(12);
+      std::optional<double>* field = core::iequals(rest, "Limit")       ? &out.ratelimit.limit
+                                     : core::iequals(rest, "Remaining") ? &out.ratelimit.remaining
+                                     : core::iequals(rest, "Reset")     ? &out.ratelimit.reset
+                                                                        : nullptr;
+      if (field != nullptr && !*field) {
+        *field = headerNumber(h.value);
+      }
+    }
+  }
 }
 
 std::string randomIdempotencyKey(core::Random& r) {
@@ -47,6 +62,11 @@ struct Limiter::KeyState {
   /// (one per admitted or finished request) leave it as it was.
   std::optional<core::MonotonicTime> armed_for;
   std::unordered_set<uint64_t> waiting;  ///< ids queued in the scheduler
+  core::NodeSpares<std::unordered_set<uint64_t>> waiting_spares;
+  /// pumpOnce's dispatch, reused (pump() never nests for one key).
+  core::Dispatch dispatch;
+  /// @return whether @p id was waiting (it is not any more).
+  bool unwait(uint64_t id) { return waiting_spares.erase(waiting, id); }
   core::MonotonicTime last_used{};
   /// pump() is running: a pump asked for meanwhile (a callback submitted or cancelled a request
   /// of this key) runs as another round of that one.
@@ -179,7 +199,11 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
       ctx.has_idempotency_key = true;
     }
   }
-  handles_[ctx.id] = Waiter{&ctx, std::move(go), std::move(reject)};
+  if (auto h = handles_.find(ctx.id); h != handles_.end()) {
+    h->second = Waiter{&ctx, std::move(go), std::move(reject)};
+  } else {
+    handle_spares_.put(handles_, ctx.id, Waiter{&ctx, std::move(go), std::move(reject)});
+  }
   submit(ks, ctx, priorityOf(ctx));
 }
 
@@ -221,7 +245,7 @@ bool Limiter::isWaiting(const RequestCtx& ctx) const {
 
 bool Limiter::requeue(RequestCtx& ctx) {
   auto kit = keys_.find(ctx.key_name);
-  if (kit == keys_.end() || kit->second->waiting.erase(ctx.id) == 0) {
+  if (kit == keys_.end() || !kit->second->unwait(ctx.id)) {
     return false;
   }
   KeyState& ks = *kit->second;
@@ -236,7 +260,7 @@ void Limiter::reject(uint64_t id, core::ProxyError e, int retry_after_s) {
     return;
   }
   Waiter w = std::move(it->second);
-  handles_.erase(it);
+  handle_spares_.erase(handles_, it);
   w.reject(e, retry_after_s);
 }
 
@@ -273,7 +297,7 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
     reject(ctx.id, core::ProxyError::QueueFull, static_cast<int>(ks.sched->retryAfterSeconds(now)));
     return;
   }
-  ks.waiting.insert(ctx.id);
+  ks.waiting_spares.insert(ks.waiting, ctx.id);
   pump(ks);
 }
 
@@ -305,7 +329,8 @@ void Limiter::pump(KeyState& ks) {
 
 std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
   const auto now = clock_.now();
-  core::Dispatch d = ks.sched->dispatch(now);
+  core::Dispatch& d = ks.dispatch;
+  ks.sched->dispatch(now, d);
   for (uint64_t slot : d.expired_slots) {
     if (on_lease_expired) {
       on_lease_expired(ks.name, slot);
@@ -313,7 +338,7 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
     log_.warn("task slot lease expired", {{"key", ks.name}, {"slot", slot}});
   }
   for (uint64_t id : d.expired) {
-    ks.waiting.erase(id);
+    ks.unwait(id);
     auto it = handles_.find(id);
     if (it == handles_.end()) {
       continue;
@@ -322,7 +347,7 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
     reject(id, core::ProxyError::QueueTimeout, static_cast<int>(ks.sched->retryAfterSeconds(now)));
   }
   for (const core::Admitted& a : d.admitted) {
-    ks.waiting.erase(a.id);
+    ks.unwait(a.id);
     auto it = handles_.find(a.id);
     if (it == handles_.end()) {
       ks.sched->unadmit(a, now);  // nobody to send it for (never expected)
@@ -362,12 +387,12 @@ void Limiter::clientGone(RequestCtx& ctx) {
   }
   KeyState& ks = *kit->second;
   const auto now = clock_.now();
-  if (ks.waiting.erase(ctx.id) > 0) {
+  if (ks.unwait(ctx.id)) {
     ks.sched->cancel(ctx.id, now);  // returns the token reservation and a held slot
     ctx.slot.reset();
   }
   retry_timers_.erase(ctx.id);
-  handles_.erase(ctx.id);
+  handle_spares_.erase(handles_, ctx.id);
   if (ctx.slot) {
     ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
     ctx.slot.reset();
@@ -390,12 +415,7 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
     const core::UpstreamErrorFields f = core::parseUpstreamError(resp.body);
     out.cause = f.code ? core::classify429Code(*f.code) : core::Limit429Cause::Unknown;
   }
-  if (const std::string* ra = findHeader(resp.headers, "Retry-After")) {
-    out.retry_after = *ra;
-  }
-  out.ratelimit.limit = headerNumber(resp.headers, "X-RateLimit-Limit");
-  out.ratelimit.remaining = headerNumber(resp.headers, "X-RateLimit-Remaining");
-  out.ratelimit.reset = headerNumber(resp.headers, "X-RateLimit-Reset");
+  readLimitHeaders(resp.headers, out);
   ks.sched->onUpstreamOutcome(out, now);
   if (metrics_ != nullptr) {
     metrics_->upstreamRequest(ctx.key_name, core::routeName(ctx.route.kind), out.status,
@@ -469,7 +489,7 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
     }
   }
   if (!retry) {
-    handles_.erase(ctx.id);  // the proxy answers it now
+    handle_spares_.erase(handles_, ctx.id);  // the proxy answers it now
   }
   pump(ks);
   return retry;

@@ -179,11 +179,17 @@ void ProxyServer::onClientGone(uint64_t exchange) {
 }
 
 RequestCtx& ProxyServer::newCtx(uint64_t id) {
-  auto owned = std::make_unique<RequestCtx>();
-  RequestCtx& ctx = *owned;
   // A client request takes its HttpServer exchange id (so that onClientGone finds it); the
   // proxy's own requests count in a space of their own.
-  ctx.id = id != 0 ? id : kInternalIds | next_id_++;
+  id = id != 0 ? id : kInternalIds | next_id_++;
+  std::unique_ptr<RequestCtx>& owned = request_spares_.reuse(requests_, id);
+  if (owned) {
+    *owned = RequestCtx{};  // a finished request's: its strings keep their capacity
+  } else {
+    owned = std::make_unique<RequestCtx>();
+  }
+  RequestCtx& ctx = *owned;
+  ctx.id = id;
   // "hp-" and 12 hex digits (48 bits of a salted, scrambled counter): 15 characters, short
   // enough for std::string to keep without an allocation, formatted by hand (every request).
   static constexpr char kHex[] = "0123456789abcdef";
@@ -195,7 +201,6 @@ RequestCtx& ProxyServer::newCtx(uint64_t id) {
   ctx.request_id.assign(rid, sizeof rid);
   ctx.received = core::MonotonicClock::now();
   ctx.deadline = ctx.received + kAnswerWithin;
-  requests_.emplace(ctx.id, std::move(owned));
   return ctx;
 }
 
@@ -517,10 +522,9 @@ void ProxyServer::forward(RequestCtx& ctx) {
     return;
   }
   ++ctx.attempts;
-  UpstreamRequest copy = ctx.upstream;
-  copy.timeout = left;
+  ctx.upstream.timeout = left;
   const uint64_t id = ctx.id;
-  ctx.pool_handle = pool_.send(std::move(copy), [this, id](UpstreamResponse&& resp) {
+  ctx.pool_handle = pool_.send(ctx.upstream, [this, id](UpstreamResponse&& resp) {
     onUpstream(id, std::move(resp));
   });
 }
@@ -690,7 +694,7 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
     if (on_finished) {
       on_finished(ctx, status);
     }
-    requests_.erase(ctx.id);
+    request_spares_.erase(requests_, ctx.id);
     return;
   }
   std::vector<LogField> fields{
@@ -720,7 +724,7 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
   if (on_finished) {
     on_finished(ctx, status);
   }
-  requests_.erase(ctx.id);
+  request_spares_.erase(requests_, ctx.id);
 }
 
 }  // namespace hiapi::shell

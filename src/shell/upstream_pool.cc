@@ -123,12 +123,17 @@ size_t UpstreamPool::busyConnections() const {
 
 size_t UpstreamPool::idleConnections() const { return conns_.size() - busyConnections(); }
 
-uint64_t UpstreamPool::send(UpstreamRequest req, UpstreamCallback done) {
+uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   const uint64_t id = next_id_++;
-  Attempt& a = attempts_[id];
+  Attempt& a = attempt_spares_.reuse(attempts_, id);  // a kept one: its wire keeps its capacity
   a.id = id;
-  a.req = std::move(req);
+  serializeRequest(a.wire, req, host_header_);
+  a.head = req.method == EVHTTP_REQ_HEAD;
+  a.req_timeout = req.timeout;
   a.done = std::move(done);
+  a.conn = nullptr;
+  a.started = {};
+  a.timeout = {};
   waiting_.push_back(id);
   pump();
   return id;
@@ -140,7 +145,7 @@ bool UpstreamPool::cancelIfWaiting(uint64_t handle) {
     return false;
   }
   waiting_.erase(it);
-  attempts_.erase(handle);
+  attempt_spares_.erase(attempts_, handle);
   return true;
 }
 
@@ -213,8 +218,8 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   c->attempt = &a;
   a.conn = c;
   a.started = core::MonotonicClock::now();
-  a.timeout = a.req.timeout > core::Duration::zero()
-                  ? std::min(a.req.timeout, cfg_.response_timeout)
+  a.timeout = a.req_timeout > core::Duration::zero()
+                  ? std::min(a.req_timeout, cfg_.response_timeout)
                   : cfg_.response_timeout;
   const timeval tv = toTimeval(a.timeout);
   evtimer_add(c->response_timer, &tv);
@@ -225,7 +230,7 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   // Connects, or writes at once on an open connection. It may end the attempt before it returns
   // (a failed write, a refused connect): finish() defers the callback, and neither a nor c is
   // touched here afterwards.
-  c->link.send(a.req, host_header_);
+  c->link.send(a.wire, a.head);
 }
 
 void UpstreamPool::onConnectTimeout(evutil_socket_t, short, void* arg) {
@@ -282,7 +287,7 @@ void UpstreamPool::complete(Attempt& a, UpstreamResponse&& resp) {
                                                     : core::MonotonicClock::now() - a.started;
   completions_.emplace_back(std::move(a.done), std::move(resp));
   const uint64_t id = a.id;
-  attempts_.erase(id);  // a is gone from here on
+  attempt_spares_.erase(attempts_, id);  // a is gone from here on
   event_active(deferred_, EV_TIMEOUT, 0);
 }
 

@@ -68,6 +68,29 @@ TEST_F(KeySchedulerTest, TierForUsesMatcher) {
   EXPECT_EQ(s.tierFor("gpt-image-2", std::nullopt), kLight);
 }
 
+TEST_F(KeySchedulerTest, DispatchIntoAReusedResultReplacesWhatItHeld) {
+  KeyScheduler s(limits(2.0, 3), queueConfig(), kStart, random_);
+  for (uint64_t i = 1; i <= 4; ++i) {
+    ASSERT_EQ(s.submit(req(i, RouteKind::Poll), kStart), SubmitResult::Queued);
+  }
+  Dispatch d;
+  d.admitted.push_back(Admitted{99, std::nullopt, 0, RouteKind::Poll, {}});
+  d.expired.push_back(98);
+  d.expired_slots.push_back(97);
+  d.wake_at = kStart - std::chrono::seconds(5);
+  s.dispatch(kStart, d);
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{1, 2, 3}));  // the burst; nothing left from before
+  EXPECT_TRUE(d.expired.empty());
+  EXPECT_TRUE(d.expired_slots.empty());
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_GT(*d.wake_at, kStart);
+  // Nothing can go yet: a second call into the same result leaves it with nothing to send.
+  s.dispatch(kStart, d);
+  EXPECT_TRUE(d.admitted.empty());
+  s.dispatch(kStart + milliseconds(500), d);
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{4}));
+}
+
 TEST_F(KeySchedulerTest, BurstThenOnePerTokenInterval) {
   KeyScheduler s(limits(2.0, 3), queueConfig(), kStart, random_);
   for (uint64_t i = 1; i <= 6; ++i) {

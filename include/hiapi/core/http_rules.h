@@ -44,7 +44,21 @@ std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target);
 /// @return the token of "Bearer <token>" (scheme case-insensitive), nullopt otherwise.
 std::optional<std::string> bearerToken(std::string_view authorization);
 
-/// Case-insensitive ASCII comparison.
-bool iequals(std::string_view a, std::string_view b);
+/// ASCII lower case, as HTTP's tokens are (without the locale lookup std::tolower does per call).
+inline char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+/// Case-insensitive ASCII comparison. Inline: header names are compared several times per
+/// forwarded request, and most comparisons end at the length.
+inline bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (asciiLower(a[i]) != asciiLower(b[i])) {
+      return false;
+    }
+  }
+  return true;
+}
 
 }  // namespace hiapi::core

@@ -190,6 +190,9 @@ public:
 
   /// Admits what can go now (see the file comment).
   Dispatch dispatch(MonotonicTime now);
+  /// The same into @p out, whose vectors are cleared and reused (no allocation per call once
+  /// they have grown: the limiter dispatches on every request).
+  void dispatch(MonotonicTime now, Dispatch& out);
 
   /// Undoes an admission that was never sent (client gone between dispatch and send): refunds
   /// the token and releases the slot (NotCreated).

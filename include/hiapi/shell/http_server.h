@@ -24,6 +24,7 @@
 #include <event2/listener.h>
 
 #include "hiapi/core/clock.h"
+#include "hiapi/core/node_spares.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"  // Header, Headers
 
@@ -130,6 +131,7 @@ private:
   uint64_t next_exchange_ = 1;
   std::unordered_set<Conn*> conns_;
   std::unordered_map<uint64_t, Conn*> open_;  ///< exchange → its connection
+  core::NodeSpares<std::unordered_map<uint64_t, Conn*>> open_spares_;
 };
 
 }  // namespace hiapi::shell

@@ -11,6 +11,7 @@
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/key_scheduler.h"
+#include "hiapi/core/node_spares.h"
 #include "hiapi/core/retry_policy.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
@@ -111,6 +112,7 @@ private:
   std::vector<std::optional<core::TierDuration>> tier_durations_;
   /// Every request between admit() and its final answer: how to send or reject it.
   std::unordered_map<uint64_t, Waiter> handles_;
+  core::NodeSpares<std::unordered_map<uint64_t, Waiter>> handle_spares_;
   /// Requests waiting out a retry delay.
   std::unordered_map<uint64_t, std::unique_ptr<RetryTimer>> retry_timers_;
 };

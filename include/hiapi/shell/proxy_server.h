@@ -15,6 +15,7 @@
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/http_rules.h"
+#include "hiapi/core/node_spares.h"
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
@@ -195,6 +196,8 @@ private:
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
+  /// Kept nodes hold their finished RequestCtx: the next request reuses it (see newCtx).
+  core::NodeSpares<std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>>> request_spares_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
   std::unordered_map<std::string, std::string, core::StringHash, std::equal_to<>> key_names_;
 };

@@ -20,6 +20,11 @@
 
 namespace hiapi::shell {
 
+/// Writes @p req as HTTP/1.1 bytes into @p out (cleared first): the request line, Host
+/// (@p host_header), the caller's headers (any that could smuggle a header or a second request,
+/// with a bare CR, LF or NUL, dropped), Content-Length and the body.
+void serializeRequest(std::string& out, const UpstreamRequest& req, std::string_view host_header);
+
 /// Thread-safety: the event loop thread only.
 class UpstreamConn {
 public:
@@ -48,9 +53,10 @@ public:
   /// Prepares what can fail before any I/O (the SSL object). @return false with @p error.
   bool init(std::string& error);
 
-  /// Starts one exchange: connects first when needed, else writes @p req at once. One exchange
-  /// at a time (the previous one must have ended with the connection reusable()).
-  void send(const UpstreamRequest& req, const std::string& host_header);
+  /// Starts one exchange: connects first when needed, else writes @p wire (a request as
+  /// serializeRequest made it) at once. One exchange at a time (the previous one must have ended
+  /// with the connection reusable()). @p head: a HEAD request (its reply has no body).
+  void send(std::string_view wire, bool head);
 
   /// Closes the socket without telling the owner (timeouts, expiry, shutdown). Idempotent.
   void close();

@@ -18,6 +18,7 @@
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
+#include "hiapi/core/node_spares.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/tls.h"
 
@@ -74,10 +75,11 @@ public:
   UpstreamPool(const UpstreamPool&) = delete;
   UpstreamPool& operator=(const UpstreamPool&) = delete;
 
-  /// Sends @p req on an idle or new connection, or waits for one when the pool is full.
-  /// @p done is called exactly once, later (never from inside send), unless cancel() is called
-  /// first. @return a handle for cancel().
-  uint64_t send(UpstreamRequest req, UpstreamCallback done);
+  /// Sends @p req on an idle or new connection, or waits for one when the pool is full. @p req
+  /// is serialized at once: the caller may change or free it afterwards (a retry sends the same
+  /// request again without a copy). @p done is called exactly once, later (never from inside
+  /// send), unless cancel() is called first. @return a handle for cancel().
+  uint64_t send(const UpstreamRequest& req, UpstreamCallback done);
 
   /// Drops a request that is still waiting for a connection (nothing was sent). A request already
   /// on the wire is not cancelled (it may have created a task): @return false then.
@@ -94,7 +96,9 @@ private:
   /// One request from send() to its callback.
   struct Attempt {
     uint64_t id = 0;
-    UpstreamRequest req;
+    std::string wire;  ///< the request's bytes (serializeRequest)
+    bool head = false;
+    core::Duration req_timeout{};  ///< UpstreamRequest::timeout
     UpstreamCallback done;
     Conn* conn = nullptr;  ///< null while waiting
     core::MonotonicTime started{};
@@ -127,6 +131,7 @@ private:
   std::vector<std::unique_ptr<Conn>> conns_;
   std::deque<uint64_t> waiting_;
   std::unordered_map<uint64_t, Attempt> attempts_;  ///< nodes: an Attempt never moves
+  core::NodeSpares<std::unordered_map<uint64_t, Attempt>> attempt_spares_;
   std::vector<std::unique_ptr<Conn>> graveyard_;    ///< closed; freed on the next loop turn
   event* deferred_ = nullptr;
   event* idle_sweep_ = nullptr;
