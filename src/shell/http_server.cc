@@ -7,7 +7,7 @@
 #include <cstring>
 #include <ctime>
 
-#include <http_parser.h>
+#include <llhttp.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -105,12 +105,13 @@ struct HttpServer::Conn {
   evutil_socket_t fd = -1;
   event* ev = nullptr;     ///< read | write | closed, edge-triggered, registered once
   event* timer = nullptr;  ///< idle timeout, then the linger
-  http_parser parser{};
+  llhttp_t parser{};
   std::string in;   ///< bytes read and not yet parsed
   std::string out;  ///< reply bytes not yet written
   InboundRequest req;
   bool in_value = false;      ///< the last header callback was a value
   uint64_t header_bytes = 0;  ///< names + values + 4 per line, as max_header_bytes counts
+  uint64_t target_bytes = 0;  ///< the request target so far
   bool message_done = false;
   bool expect_continue = false;
   uint64_t exchange = 0;  ///< the open exchange, 0 when none
@@ -128,66 +129,82 @@ struct HttpServer::Conn {
 
 namespace {
 
-HttpServer::Conn& connOf(http_parser* p) { return *static_cast<HttpServer::Conn*>(p->data); }
+HttpServer::Conn& connOf(llhttp_t* p) { return *static_cast<HttpServer::Conn*>(p->data); }
 
-int onMessageBegin(http_parser* p) {
+// llhttp has no limit of its own on the request line and headers: a callback stops it (with
+// the problem set) once they are over the limit.
+constexpr int kStop = -1;
+
+int onMessageBegin(llhttp_t* p) {
   auto& c = connOf(p);
   c.req = InboundRequest{};
   c.req.headers.reserve(12);  // one allocation rather than a doubling chain
   c.in_value = false;
   c.header_bytes = 0;
+  c.target_bytes = 0;
   c.message_done = false;
   c.expect_continue = false;
   return 0;
 }
 
-int onUrl(http_parser* p, const char* at, size_t len) {
-  connOf(p).req.target.append(at, len);
+int onUrl(llhttp_t* p, const char* at, size_t len) {
+  auto& c = connOf(p);
+  c.target_bytes += len;
+  // The target has a bound of its own, above the headers' (at least 80 KiB, twice
+  // max_header_bytes), as the start line had with http-parser.
+  const uint64_t max_header = c.server->limits().max_header_bytes;
+  if (c.target_bytes > std::max<uint64_t>(80 * 1024, max_header * 2 + 8192)) {
+    c.req.problem = InboundProblem::HeadersTooLarge;
+    return kStop;
+  }
+  c.req.target.append(at, len);
   return 0;
 }
 
-int onHeaderField(http_parser* p, const char* at, size_t len) {
+int onHeaderField(llhttp_t* p, const char* at, size_t len) {
   auto& c = connOf(p);
   if (c.in_value || c.req.headers.empty()) {
     c.req.headers.emplace_back();
     c.in_value = false;
     c.header_bytes += 4;
   }
-  c.req.headers.back().name.append(at, len);
   c.header_bytes += len;
+  if (c.header_bytes > c.server->limits().max_header_bytes) {
+    c.req.problem = InboundProblem::HeadersTooLarge;
+    return kStop;
+  }
+  c.req.headers.back().name.append(at, len);
   return 0;
 }
 
-int onHeaderValue(http_parser* p, const char* at, size_t len) {
+int onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   auto& c = connOf(p);
   if (c.req.headers.empty()) {
-    return 1;
+    return kStop;
   }
   c.in_value = true;
-  c.req.headers.back().value.append(at, len);
   c.header_bytes += len;
+  if (c.header_bytes > c.server->limits().max_header_bytes) {
+    c.req.problem = InboundProblem::HeadersTooLarge;
+    return kStop;
+  }
+  c.req.headers.back().value.append(at, len);
   return 0;
 }
 
-int onHeadersComplete(http_parser* p) {
+int onHeadersComplete(llhttp_t* p) {
   auto& c = connOf(p);
   const HttpServerLimits& lim = c.server->limits();
-  c.req.method = http_method_str(static_cast<http_method>(p->method));
+  c.req.method = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
   c.req.http_major = p->http_major;
   c.req.http_minor = p->http_minor;
-  if (c.header_bytes > lim.max_header_bytes) {
-    c.req.problem = InboundProblem::HeadersTooLarge;
-    http_parser_pause(p, 1);
-    return 0;
-  }
-  if (p->content_length != ULLONG_MAX && p->content_length > lim.max_body_bytes) {
+  const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+  if (has_length && p->content_length > lim.max_body_bytes) {
     c.req.problem = InboundProblem::BodyTooLarge;
     c.req.body_bytes_seen = p->content_length;
-    http_parser_pause(p, 1);
-    return 0;
+    return HPE_PAUSED;
   }
-  const bool has_body = (p->flags & F_CHUNKED) != 0 ||
-                        (p->content_length != ULLONG_MAX && p->content_length > 0);
+  const bool has_body = (p->flags & F_CHUNKED) != 0 || (has_length && p->content_length > 0);
   if (has_body && p->http_major == 1 && p->http_minor >= 1) {
     for (const Header& h : c.req.headers) {
       if (core::iequals(h.name, "Expect") && core::iequals(h.value, "100-continue")) {
@@ -198,29 +215,28 @@ int onHeadersComplete(http_parser* p) {
   return 0;
 }
 
-int onBody(http_parser* p, const char* at, size_t len) {
+int onBody(llhttp_t* p, const char* at, size_t len) {
   auto& c = connOf(p);
   if (c.req.body.size() + len > c.server->limits().max_body_bytes) {
     c.req.problem = InboundProblem::BodyTooLarge;
     c.req.body_bytes_seen = c.req.body.size() + len;
-    http_parser_pause(p, 1);
-    return 0;
+    return kStop;
   }
   c.req.body.append(at, len);
   return 0;
 }
 
-int onMessageComplete(http_parser* p) {
+int onMessageComplete(llhttp_t* p) {
   auto& c = connOf(p);
   c.message_done = true;
-  c.keep_alive = http_should_keep_alive(p) != 0 && p->upgrade == 0;
-  http_parser_pause(p, 1);  // one request at a time: what follows waits for the reply
-  return 0;
+  c.keep_alive = llhttp_should_keep_alive(p) != 0 && p->upgrade == 0;
+  return HPE_PAUSED;  // one request at a time: what follows waits for the reply
 }
 
-const http_parser_settings& parserSettings() {
-  static const http_parser_settings s = [] {
-    http_parser_settings x{};
+const llhttp_settings_t& parserSettings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
     x.on_message_begin = &onMessageBegin;
     x.on_url = &onUrl;
     x.on_header_field = &onHeaderField;
@@ -249,16 +265,7 @@ HttpServer::HttpServer(event_base* base, Handler& handler, Logger& log, HttpServ
   setLimits(limits);
 }
 
-void HttpServer::setLimits(const HttpServerLimits& limits) {
-  limits_ = limits;
-  // http-parser stops at its own limit for the start line and headers together (80 KiB unless
-  // raised; one setting for the process, the upstream side's replies included). Keep it above
-  // ours, so that listen.max_header_size decides, and the usual oversize gets the proxy's 431.
-  const uint64_t parser_limit =
-      std::max<uint64_t>(HTTP_MAX_HEADER_SIZE, limits.max_header_bytes * 2 + 8192);
-  http_parser_set_max_header_size(
-      static_cast<uint32_t>(std::min<uint64_t>(parser_limit, UINT32_MAX)));
-}
+void HttpServer::setLimits(const HttpServerLimits& limits) { limits_ = limits; }
 
 HttpServer::~HttpServer() {
   stopAccepting();
@@ -330,7 +337,7 @@ void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, v
     delete c;
     return;
   }
-  http_parser_init(&c->parser, HTTP_REQUEST);
+  llhttp_init(&c->parser, HTTP_REQUEST, &parserSettings());
   c->parser.data = c;
   c->last_activity = coarseNow();
   self->conns_.insert(c);
@@ -433,29 +440,37 @@ void HttpServer::parse(Conn& c) {
   BusyGuard guard(c);
   c.parsing = true;
   while (!c.dead && !c.lingering && c.exchange == 0 && c.out.empty() && !c.in.empty()) {
-    const size_t n =
-        http_parser_execute(&c.parser, &parserSettings(), c.in.data(), c.in.size());
-    const auto err = HTTP_PARSER_ERRNO(&c.parser);
-    c.in.erase(0, n);
+    const llhttp_errno_t err = llhttp_execute(&c.parser, c.in.data(), c.in.size());
     if (err == HPE_PAUSED) {
-      http_parser_pause(&c.parser, 0);
+      // Stopped after a message (or at a request to refuse): the rest waits for the reply.
+      c.in.erase(0, static_cast<size_t>(llhttp_get_error_pos(&c.parser) - c.in.data()));
+      llhttp_resume(&c.parser);
       if (c.message_done || c.req.problem != InboundProblem::None) {
         dispatch(c);
       }
       continue;
     }
     if (err != HPE_OK) {
-      c.req.problem = err == HPE_HEADER_OVERFLOW ? InboundProblem::HeadersTooLarge
-                                                 : InboundProblem::Malformed;
+      // Unreadable, or stopped by a callback over a limit (which set the problem). Or
+      // HPE_PAUSED_UPGRADE: a complete CONNECT or Upgrade request, answered like any other;
+      // nothing after it is HTTP, so the connection closes after the answer.
+      c.in.clear();
+      if (err == HPE_PAUSED_UPGRADE) {
+        if (c.message_done) {
+          dispatch(c);  // answered like any request; the connection closes after it
+        }
+        break;
+      }
+      if (c.req.problem == InboundProblem::None) {
+        c.req.problem = InboundProblem::Malformed;
+      }
       if (c.req.method.empty()) {
-        c.req.method = http_method_str(static_cast<http_method>(c.parser.method));
+        c.req.method = llhttp_method_name(static_cast<llhttp_method_t>(c.parser.method));
       }
       dispatch(c);
       break;
     }
-    if (c.parser.upgrade != 0) {
-      break;  // CONNECT or Upgrade: answered (messageComplete ran), then closed
-    }
+    c.in.clear();
     // Everything parsed, request incomplete: wait for more. Tell a client that waits for it
     // that the body is welcome.
     if (c.expect_continue) {

@@ -104,18 +104,20 @@ struct UpstreamConn::DnsWait {
   UpstreamConn* conn;
 };
 
-const http_parser_settings UpstreamConn::kParserSettings = {
-    &UpstreamConn::onMessageBegin,
-    nullptr,  // on_url
-    nullptr,  // on_status
-    &UpstreamConn::onHeaderField,
-    &UpstreamConn::onHeaderValue,
-    &UpstreamConn::onHeadersComplete,
-    &UpstreamConn::onBody,
-    &UpstreamConn::onMessageComplete,
-    nullptr,  // on_chunk_header
-    nullptr,  // on_chunk_complete
-};
+const llhttp_settings_t& UpstreamConn::parserSettings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t x;
+    llhttp_settings_init(&x);
+    x.on_message_begin = &UpstreamConn::onMessageBegin;
+    x.on_header_field = &UpstreamConn::onHeaderField;
+    x.on_header_value = &UpstreamConn::onHeaderValue;
+    x.on_headers_complete = &UpstreamConn::onHeadersComplete;
+    x.on_body = &UpstreamConn::onBody;
+    x.on_message_complete = &UpstreamConn::onMessageComplete;
+    return x;
+  }();
+  return s;
+}
 
 // Replies usually carry fewer headers than this (HiAPI's: about eight).
 constexpr size_t kUsualHeaders = 16;
@@ -481,9 +483,11 @@ void UpstreamConn::readReply(short what) {
 
   if (protocol_error_) {
     fail(UpstreamError::Protocol,
-         too_large_ ? "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes"
-                    : std::string("invalid reply from the upstream: ") +
-                          http_errno_description(HTTP_PARSER_ERRNO(&parser_)),
+         too_large_           ? "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes"
+         : headers_too_large_ ? "reply headers larger than " + std::to_string(kMaxResponseHeaders) +
+                                    " bytes"
+                              : std::string("invalid reply from the upstream: ") +
+                                    llhttp_get_error_reason(&parser_),
          true);
   } else if (complete_) {
     deliver();
@@ -527,15 +531,15 @@ bool UpstreamConn::consume(const char* data, size_t len) {
     trailing_ = true;  // bytes after the reply: this connection is out of step
     return false;
   }
-  const size_t used = http_parser_execute(&parser_, &kParserSettings, data, len);
+  const llhttp_errno_t err = llhttp_execute(&parser_, data, len);
   if (complete_) {  // the parser paused right after the final reply
-    if (used < len) {
+    if (err == HPE_PAUSED && llhttp_get_error_pos(&parser_) < data + len) {
       trailing_ = true;
       return false;
     }
     return true;
   }
-  if (HTTP_PARSER_ERRNO(&parser_) != HPE_OK) {
+  if (err != HPE_OK) {
     protocol_error_ = true;
     return false;
   }
@@ -545,7 +549,7 @@ bool UpstreamConn::consume(const char* data, size_t len) {
 void UpstreamConn::onEof() {
   if (got_bytes_) {
     // Ends a body delimited by the close; an error in any other state (a cut reply).
-    http_parser_execute(&parser_, &kParserSettings, nullptr, 0);
+    llhttp_finish(&parser_);
   }
   if (complete_) {
     deliver();
@@ -598,8 +602,10 @@ void UpstreamConn::resetReply(bool head) {
   reply_.message.clear();
   reply_.request_maybe_sent = true;
   reply_.latency = {};
-  http_parser_init(&parser_, HTTP_RESPONSE);
+  llhttp_init(&parser_, HTTP_RESPONSE, &parserSettings());
   parser_.data = this;
+  header_bytes_ = 0;
+  headers_too_large_ = false;
   head_ = head;
   got_bytes_ = false;
   header_value_ = false;
@@ -613,9 +619,9 @@ void UpstreamConn::resetReply(bool head) {
   tls_read_error_.clear();
 }
 
-// ---- http_parser callbacks ----------------------------------------------------------------------
+// ---- llhttp callbacks ----------------------------------------------------------------------------
 
-int UpstreamConn::onMessageBegin(http_parser* p) {
+int UpstreamConn::onMessageBegin(llhttp_t* p) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   // A final reply after an interim one starts from scratch.
   c->reply_.headers.clear();
@@ -625,27 +631,37 @@ int UpstreamConn::onMessageBegin(http_parser* p) {
   return 0;
 }
 
-int UpstreamConn::onHeaderField(http_parser* p, const char* at, size_t len) {
+int UpstreamConn::onHeaderField(llhttp_t* p, const char* at, size_t len) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   // A name may come in pieces (split across reads): a new header starts after a value.
   if (c->header_value_ || c->reply_.headers.empty()) {
     c->reply_.headers.emplace_back();
     c->header_value_ = false;
   }
+  c->header_bytes_ += len;
+  if (c->header_bytes_ > kMaxResponseHeaders) {
+    c->headers_too_large_ = true;
+    return -1;
+  }
   c->reply_.headers.back().name.append(at, len);
   return 0;
 }
 
-int UpstreamConn::onHeaderValue(http_parser* p, const char* at, size_t len) {
+int UpstreamConn::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   c->header_value_ = true;
+  c->header_bytes_ += len;
+  if (c->header_bytes_ > kMaxResponseHeaders) {
+    c->headers_too_large_ = true;
+    return -1;
+  }
   if (!c->reply_.headers.empty()) {
     c->reply_.headers.back().value.append(at, len);
   }
   return 0;
 }
 
-int UpstreamConn::onHeadersComplete(http_parser* p) {
+int UpstreamConn::onHeadersComplete(llhttp_t* p) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   if (isInterim(p->status_code)) {
     return 1;  // no body; the final reply follows
@@ -653,7 +669,7 @@ int UpstreamConn::onHeadersComplete(http_parser* p) {
   if (c->head_) {
     return 1;  // a reply to HEAD has no body, whatever its Content-Length says
   }
-  if (p->content_length != ULLONG_MAX) {
+  if ((p->flags & F_CONTENT_LENGTH) != 0) {
     if (p->content_length > kMaxResponseBody) {
       c->too_large_ = true;
       return -1;
@@ -663,7 +679,7 @@ int UpstreamConn::onHeadersComplete(http_parser* p) {
   return 0;
 }
 
-int UpstreamConn::onBody(http_parser* p, const char* at, size_t len) {
+int UpstreamConn::onBody(llhttp_t* p, const char* at, size_t len) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   if (c->reply_.body.size() + len > kMaxResponseBody) {
     c->too_large_ = true;
@@ -673,7 +689,7 @@ int UpstreamConn::onBody(http_parser* p, const char* at, size_t len) {
   return 0;
 }
 
-int UpstreamConn::onMessageComplete(http_parser* p) {
+int UpstreamConn::onMessageComplete(llhttp_t* p) {
   auto* c = static_cast<UpstreamConn*>(p->data);
   if (isInterim(p->status_code)) {
     return 0;  // 100 Continue and friends: read on
@@ -682,10 +698,9 @@ int UpstreamConn::onMessageComplete(http_parser* p) {
   c->complete_ = true;
   // Connection: close, HTTP/1.0 without keep-alive and close-delimited bodies end the
   // connection; so does a protocol switch.
-  c->keep_alive_ = http_should_keep_alive(p) != 0 && p->status_code != 101 && p->upgrade == 0;
+  c->keep_alive_ = llhttp_should_keep_alive(p) != 0 && p->status_code != 101 && p->upgrade == 0;
   // Stop right after this reply: anything behind it is not an answer to anything we sent.
-  http_parser_pause(p, 1);
-  return 0;
+  return HPE_PAUSED;
 }
 
 }  // namespace hiapi::shell

@@ -357,9 +357,9 @@ TEST(HttpServer, OversizedHeadersAndGarbageAreProblemsAnsweredThenClosed) {
   EXPECT_EQ(seen[1].problem, shell::InboundProblem::Malformed);
 }
 
-TEST(HttpServer, HeadersUpToTheConfiguredLimitPassEvenAboveTheParsersDefault) {
-  // http-parser's own default limit is 80 KiB for the start line and headers: a configured
-  // listen.max_header_size above it must still decide.
+TEST(HttpServer, HeadersUpToTheConfiguredLimitPassEvenAbove80KiB) {
+  // The parser has no limit of its own (http-parser's was 80 KiB for the start line and
+  // headers): a configured listen.max_header_size decides, also above that.
   shell::HttpServerLimits l = smallLimits();
   l.max_header_bytes = 200 * 1024;
   ServerLoop loop(l);
@@ -374,6 +374,20 @@ TEST(HttpServer, HeadersUpToTheConfiguredLimitPassEvenAboveTheParsersDefault) {
   EXPECT_EQ(seen[0].problem, shell::InboundProblem::None);
   ASSERT_EQ(seen[0].headers.size(), 2u);
   EXPECT_EQ(seen[0].headers[1].value.size(), 120u * 1024);
+}
+
+TEST(HttpServer, AnOversizedTargetIsAHeadersProblemAnsweredThenClosed) {
+  // The target's own bound: at least 80 KiB, twice max_header_bytes.
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  c.send("GET /v1/tasks?q=" + std::string(100 * 1024, 'q') + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(c.read().status, 400);
+  EXPECT_TRUE(c.closedByServer());
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::HeadersTooLarge);
+  EXPECT_EQ(seen[0].method, "GET");
 }
 
 TEST(HttpServer, Http10ClosesUnlessItAsksForKeepAlive) {

@@ -708,6 +708,26 @@ TEST_F(UpstreamPoolTest, BodyOverTheLimitIsAProtocolError) {
   EXPECT_TRUE(streamed.resp.body.empty());
 }
 
+TEST_F(UpstreamPoolTest, HeadersOverTheLimitAreAProtocolError) {
+  // The parser has no limit of its own: the connection bounds what it keeps of a reply's headers.
+  const size_t limit = shell::UpstreamConn::kMaxResponseHeaders;
+  ScriptServer server([&](ServerConn& c) {
+    while (auto req = c.readRequest()) {
+      std::string head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n";
+      for (size_t sent = 0; sent <= limit; sent += 1024) {
+        head += "X-Filler: " + std::string(1024, 'f') + "\r\n";
+      }
+      c.send(head + "\r\nok");
+      c.waitForClose();
+    }
+  });
+  ASSERT_TRUE(server.ok());
+  makePool(config(server.port()));
+  Outcome o = exchange(get("/fat-headers"));
+  EXPECT_EQ(o.resp.error, UpstreamError::Protocol) << o.resp.message;
+  EXPECT_NE(o.resp.message.find("reply headers larger than"), std::string::npos) << o.resp.message;
+}
+
 TEST_F(UpstreamPoolTest, Ipv6LiteralHost) {
   Seen seen;
   ScriptServer server(keepAliveServer(seen), /*v6=*/true);

@@ -1,7 +1,7 @@
 #pragma once
 // The client-facing HTTP/1.1 server: keep-alive connections on non-blocking sockets, each
 // registered with epoll once (edge-triggered, read, write and peer-close), requests parsed with
-// nodejs/http-parser, replies written at once with one writev.
+// llhttp (nodejs's parser), replies written at once with one writev.
 //
 // Why not evhttp: libevent's evhttp switches a connection's epoll interest off and on around
 // every request and writes a reply only after another epoll round (B3 counted six epoll_ctl per
@@ -54,7 +54,7 @@ enum class InboundProblem {
 };
 
 struct InboundRequest {
-  std::string method;  ///< "GET", "POST", ... as sent (http-parser's names)
+  std::string method;  ///< "GET", "POST", ... as sent (llhttp's names)
   std::string target;  ///< the request target, byte for byte
   Headers headers;     ///< in order, names as sent
   std::string body;    ///< de-chunked

@@ -2,7 +2,7 @@
 // One HTTP/1.1 client connection to the upstream, written for the hot path: a non-blocking socket
 // registered once with libevent, edge-triggered for both directions, never re-armed per request.
 // A request goes out with one send (or SSL_write) the moment it is handed over; the reply is read
-// with recv until the socket is drained and parsed with nodejs/http-parser. What nginx does per
+// with recv until the socket is drained and parsed with llhttp. What nginx does per
 // request (one write, one read) instead of evhttp's epoll_ctl toggling and FIONREAD probes.
 //
 // It moves bytes and classifies failures; pooling, timeouts and retries are its owner's business.
@@ -12,7 +12,7 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <http_parser.h>
+#include <llhttp.h>
 #include <openssl/ssl.h>
 
 #include "hiapi/core/config.h"
@@ -42,6 +42,8 @@ public:
 
   /// Largest reply body accepted; more is a protocol error.
   static constexpr size_t kMaxResponseBody = 64 * 1024 * 1024;
+  /// Largest reply header section (names and values) accepted; more is a protocol error.
+  static constexpr size_t kMaxResponseHeaders = 256 * 1024;
 
   /// @param dns may be null (blocking resolution then); @param tls null for plain http.
   UpstreamConn(event_base* base, evdns_base* dns, const core::UpstreamConfig& cfg,
@@ -92,13 +94,13 @@ private:
   static void onEvent(evutil_socket_t fd, short what, void* arg);
   static void onResolved(int result, evutil_addrinfo* res, void* arg);
 
-  static int onMessageBegin(http_parser* p);
-  static int onHeaderField(http_parser* p, const char* at, size_t len);
-  static int onHeaderValue(http_parser* p, const char* at, size_t len);
-  static int onHeadersComplete(http_parser* p);
-  static int onBody(http_parser* p, const char* at, size_t len);
-  static int onMessageComplete(http_parser* p);
-  static const http_parser_settings kParserSettings;
+  static int onMessageBegin(llhttp_t* p);
+  static int onHeaderField(llhttp_t* p, const char* at, size_t len);
+  static int onHeaderValue(llhttp_t* p, const char* at, size_t len);
+  static int onHeadersComplete(llhttp_t* p);
+  static int onBody(llhttp_t* p, const char* at, size_t len);
+  static int onMessageComplete(llhttp_t* p);
+  static const llhttp_settings_t& parserSettings();
 
   event_base* base_;
   evdns_base* dns_;
@@ -118,7 +120,8 @@ private:
   bool busy_ = false;
   std::string out_;
   size_t out_off_ = 0;
-  http_parser parser_{};
+  llhttp_t parser_{};
+  size_t header_bytes_ = 0;      ///< the reply's header names and values so far
   UpstreamResponse reply_;
   bool head_ = false;            ///< a HEAD request: the reply has no body
   bool got_bytes_ = false;       ///< some reply byte arrived (interim ones included)
@@ -127,6 +130,7 @@ private:
   bool keep_alive_ = false;      ///< the final reply allows another request on this connection
   bool trailing_ = false;        ///< bytes or EOF after the final reply: do not reuse
   bool too_large_ = false;       ///< the body went over kMaxResponseBody
+  bool headers_too_large_ = false;  ///< the header section went over kMaxResponseHeaders
   bool protocol_error_ = false;  ///< the parser refused the reply
   bool eof_ = false;
   int read_errno_ = 0;           ///< recv failed with this (ECONNRESET, ...)
