@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <ctime>
 

@@ -482,13 +482,17 @@ void UpstreamConn::readReply(short what) {
   }
 
   if (protocol_error_) {
-    fail(UpstreamError::Protocol,
-         too_large_           ? "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes"
-         : headers_too_large_ ? "reply headers larger than " + std::to_string(kMaxResponseHeaders) +
-                                    " bytes"
-                              : std::string("invalid reply from the upstream: ") +
-                                    llhttp_get_error_reason(&parser_),
-         true);
+    std::string why;
+    if (too_large_) {
+      why = "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes";
+    } else if (headers_too_large_) {
+      why = "reply headers larger than " + std::to_string(kMaxResponseHeaders) + " bytes";
+    } else {
+      const char* reason = llhttp_get_error_reason(&parser_);
+      why = std::string("invalid reply from the upstream: ") +
+            (reason != nullptr ? reason : llhttp_errno_name(llhttp_get_errno(&parser_)));
+    }
+    fail(UpstreamError::Protocol, std::move(why), true);
   } else if (complete_) {
     deliver();
   } else if (eof_) {
@@ -619,7 +623,7 @@ void UpstreamConn::resetReply(bool head) {
   tls_read_error_.clear();
 }
 
-// ---- llhttp callbacks ----------------------------------------------------------------------------
+// ---- llhttp callbacks ---------------------------------------------------------------------------
 
 int UpstreamConn::onMessageBegin(llhttp_t* p) {
   auto* c = static_cast<UpstreamConn*>(p->data);

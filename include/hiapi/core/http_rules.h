@@ -45,7 +45,9 @@ std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target);
 std::optional<std::string> bearerToken(std::string_view authorization);
 
 /// ASCII lower case, as HTTP's tokens are (without the locale lookup std::tolower does per call).
-inline char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+inline char asciiLower(char c) {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 /// Case-insensitive ASCII comparison. Inline: header names are compared several times per
 /// forwarded request, and most comparisons end at the length.
