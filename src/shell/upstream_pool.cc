@@ -129,11 +129,11 @@ uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   a.id = id;
   serializeRequest(a.wire, req, host_header_);
   a.head = req.method == EVHTTP_REQ_HEAD;
-  a.req_timeout = req.timeout;
+  a.timeout = req.timeout > core::Duration::zero() ? std::min(req.timeout, cfg_.response_timeout)
+                                                   : cfg_.response_timeout;
   a.done = std::move(done);
   a.conn = nullptr;
   a.started = {};
-  a.timeout = {};
   waiting_.push_back(id);
   pump();
   return id;
@@ -218,9 +218,6 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   c->attempt = &a;
   a.conn = c;
   a.started = core::MonotonicClock::now();
-  a.timeout = a.req_timeout > core::Duration::zero()
-                  ? std::min(a.req_timeout, cfg_.response_timeout)
-                  : cfg_.response_timeout;
   const timeval tv = toTimeval(a.timeout);
   evtimer_add(c->response_timer, &tv);
   if (!c->link.established()) {

@@ -98,7 +98,6 @@ private:
     uint64_t id = 0;
     std::string wire;  ///< the request's bytes (serializeRequest)
     bool head = false;
-    core::Duration req_timeout{};  ///< UpstreamRequest::timeout
     UpstreamCallback done;
     Conn* conn = nullptr;  ///< null while waiting
     core::MonotonicTime started{};
