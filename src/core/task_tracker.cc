@@ -81,6 +81,8 @@ void TaskTracker::setTiers(std::vector<TierConfig> tiers) {
   duration_estimate_.assign(tiers_.size(), Duration::zero());
   duration_samples_.assign(tiers_.size(), 0);
   duration_hits_.assign(tiers_.size(), 0);
+  duration_probed_.assign(tiers_.size(), MonotonicTime{});
+  duration_floor_.assign(tiers_.size(), Duration::zero());
   for (size_t i = 0; i < tiers_.size(); ++i) {
     for (size_t j = 0; j < old_names.size() && j < old_samples.size(); ++j) {
       if (old_names[j] == tiers_[i].name && old_samples[j] != 0) {
@@ -406,6 +408,8 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
     duration_samples_.resize(tiers_.size(), 0);
     duration_estimate_.resize(tiers_.size(), Duration::zero());
     duration_hits_.resize(tiers_.size(), 0);
+    duration_probed_.resize(tiers_.size(), MonotonicTime{});
+    duration_floor_.resize(tiers_.size(), Duration::zero());
   }
   Duration& e = duration_estimate_[t];
   const Duration mid = lower > Duration::zero() ? lower + (upper - lower) / 2 : upper;
@@ -423,19 +427,45 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
     // next end is bracketed narrowly by the end polls).
     const Duration fine = endPollInterval(t);
     uint32_t& hits = duration_hits_[t];
+    // Tasks started together end together: the first of a wave's ends moves the estimate, the
+    // others (seen by looks aimed at the same estimate) say no more than it did, and counting
+    // them all would move it twice as far within one wave.
+    const bool same_wave = duration_probed_[t] != MonotonicTime{} &&
+                           r.created - duration_probed_[t] < e / 2;
     if (upper - lower <= std::max<Duration>(2 * fine, e / 10)) {
       // Aim at the bracket's upper end: a look just after the end costs a little lateness, a
       // look just before it costs a wasted request and another end-poll interval.
-      e = std::chrono::duration_cast<Duration>(e * 0.7 + upper * 0.3);
+      if (same_wave) {
+        e = std::max(e, lower + fine / 16);
+      } else {
+        e = std::chrono::duration_cast<Duration>(e * 0.7 + upper * 0.3);
+        duration_probed_[t] = r.created;
+      }
       hits = 0;
+      duration_floor_[t] = std::max(same_wave ? duration_floor_[t] : Duration::zero(), lower);
     } else if (e <= lower) {
       e = mid;  // it ran longer than that
-    } else if (upper - e <= fine + fine / 2) {
+    } else if (upper - e <= fine + fine / 2 && !same_wave) {
       // Seen ended by the first look aimed at it (or before it): it may have ended long before.
       // Probe lower, by steps that double while looks keep landing after the end (an estimate
-      // that is far too long comes down in a few tasks, one that is right barely moves).
-      e = std::min(e, upper) - (fine / 8) * (1 << std::min<uint32_t>(hits, 4));
+      // that is far too long comes down in a few waves, one that is right barely moves). Once
+      // per wave (doubled within one, the next wave's looks came a tenth of a second early).
+      const Duration step = (fine / 8) * (1 << std::min<uint32_t>(hits, 4));
+      const Duration probed = std::min(e, upper) - step;
+      // Not below the age a recent task was seen running at, near its end (a narrow bracket's
+      // lower end): a look there would most likely find this one running too and cost a
+      // request and an end-poll interval. The floor sinks by a quarter of each probe it stops,
+      // so that durations that do shorten are still followed (the steps double meanwhile).
+      Duration& floor = duration_floor_[t];
+      const Duration stop = std::min(e, floor + fine / 8);
+      if (floor > Duration::zero() && probed < stop) {
+        e = stop;
+        floor -= step / 4;
+      } else {
+        e = probed;
+      }
       ++hits;
+      duration_probed_[t] = r.created;
     }
   }
   ++duration_samples_[t];

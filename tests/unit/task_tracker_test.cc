@@ -1087,6 +1087,50 @@ TEST_F(TaskTrackerTest, ExpectedDurationIsTheStartingEstimateAndLearningFollowsT
 namespace hiapi::core {
 namespace {
 
+// Tasks started together end together: only the first end of a wave probes the estimate lower.
+TEST_F(TaskTrackerTest, OnlyTheFirstEndOfAWaveProbesTheEstimateLower) {
+  std::vector<TierConfig> tiers = testTiers();
+  tiers[kLight].expected_duration = seconds(5);
+  TaskTracker t(cfg_, tiers);
+  const Duration fine = t.endPollInterval(kLight);
+  const MonotonicTime at = kT0 + minutes(1);
+  t.onCreated("prod", "a", kLight, SlotId{1}, "m", at);
+  t.onCreated("prod", "b", kLight, SlotId{2}, "m", at + milliseconds(100));
+  t.onStatus("prod", "a", "success", at + seconds(5));
+  EXPECT_EQ(*t.typicalDuration(kLight), seconds(5) - fine / 8) << "seen by the look aimed at it";
+  t.onStatus("prod", "b", "success", at + milliseconds(100) + seconds(5));
+  EXPECT_EQ(*t.typicalDuration(kLight), seconds(5) - fine / 8) << "the same wave: no second step";
+  t.onCreated("prod", "c", kLight, SlotId{3}, "m", at + minutes(1));
+  t.onStatus("prod", "c", "success", at + minutes(1) + seconds(5) - fine / 8);
+  EXPECT_LT(*t.typicalDuration(kLight), seconds(5) - fine / 4) << "the next wave's (doubled)";
+}
+
+// A task seen running close to its end sets a floor the next probes stop above (a look below it
+// would find the next task running too); the floor sinks with each probe it stops.
+TEST_F(TaskTrackerTest, ProbesStopAboveTheAgeATaskWasLastSeenRunningNearItsEnd) {
+  std::vector<TierConfig> tiers = testTiers();
+  tiers[kLight].expected_duration = seconds(5);
+  TaskTracker t(cfg_, tiers);
+  const Duration fine = t.endPollInterval(kLight);
+  MonotonicTime at = kT0 + minutes(1);
+  t.onCreated("prod", "c", kLight, SlotId{1}, "m", at);
+  t.onStatus("prod", "c", "handling", at + milliseconds(4990));
+  t.onStatus("prod", "c", "success", at + milliseconds(4990) + fine);  // a narrow bracket
+  const Duration running = milliseconds(4990);
+  std::vector<Duration> estimates;
+  for (int i = 0; i < 6; ++i) {  // each end seen by the look aimed at the estimate
+    at += minutes(1);
+    const std::string id = "d" + std::to_string(i);
+    const Duration e = *t.typicalDuration(kLight);
+    t.onCreated("prod", id, kLight, SlotId{2}, "m", at);
+    t.onStatus("prod", id, "success", at + e);
+    estimates.push_back(*t.typicalDuration(kLight));
+  }
+  EXPECT_GT(estimates[2], running) << "three probes stopped above the floor";
+  EXPECT_LT(estimates[5], running - fine / 2) << "the floor sank: shorter tasks are followed";
+  EXPECT_TRUE(std::is_sorted(estimates.rbegin(), estimates.rend()));
+}
+
 // Before any task of a tier has ended, the proxy knows nothing of its duration. While the
 // tier's oldest task runs, younger ones likely do too: their client polls wait for spare tokens
 // (likely running), and gate pressure looks only at the oldest. Once one has ended, each task

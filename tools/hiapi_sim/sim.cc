@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 namespace hiapi::sim {
 namespace {
@@ -333,8 +334,8 @@ void Simulator::after(double seconds, std::function<void()> fn) {
 void Simulator::onRequest(evhttp_request* req) {
   std::string path = requestPath(req);
   if (cfg_.verbose) {
-    std::fprintf(stderr, "hiapi-sim: %s %s\n", methodName(evhttp_request_get_command(req)),
-                 evhttp_request_get_uri(req));
+    std::fprintf(stderr, "hiapi-sim: %.3f %s %s\n", nowS(),
+                 methodName(evhttp_request_get_command(req)), evhttp_request_get_uri(req));
   }
   if (path.rfind("/__", 0) == 0) {
     handleAdmin(req, path);
@@ -918,6 +919,25 @@ void Simulator::sendNow(evhttp_request* req, const Reply& reply) {
     std::fprintf(stderr, "hiapi-sim: evbuffer allocation failed\n");
   }
   evhttp_send_reply(req, reply.status, reasonPhrase(reply.status), buf);
+  if (cfg_.verbose) {
+    // The task id, model and status a reply carries, if any: enough to follow tasks in a trace.
+    const std::string_view body(reply.body);
+    auto field = [body](std::string_view name) {
+      const size_t at = body.find(name);
+      if (at == std::string_view::npos) {
+        return std::string_view();
+      }
+      const size_t from = at + name.size();
+      const size_t to = body.find('"', from);
+      return to == std::string_view::npos ? std::string_view() : body.substr(from, to - from);
+    };
+    const std::string_view id = field("\"taskId\":\"");
+    const std::string_view model = field("\"model\":\"");
+    const std::string_view status = field("\"status\":\"");
+    std::fprintf(stderr, "hiapi-sim: %.3f -> %d %.*s %.*s %.*s\n", nowS(), reply.status,
+                 static_cast<int>(id.size()), id.data(), static_cast<int>(model.size()),
+                 model.data(), static_cast<int>(status.size()), status.data());
+  }
   if (buf != nullptr) {
     evbuffer_free(buf);
   }

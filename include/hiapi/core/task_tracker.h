@@ -511,6 +511,10 @@ private:
   std::vector<uint32_t> duration_samples_;
   /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
   std::vector<uint32_t> duration_hits_;
+  /// When the task whose end last moved the estimate was created (once per wave).
+  std::vector<MonotonicTime> duration_probed_;
+  /// The age a task was last seen running at close to its end (zero: none): probes stop above.
+  std::vector<Duration> duration_floor_;
 };
 
 }  // namespace hiapi::core
