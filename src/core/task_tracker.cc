@@ -430,8 +430,9 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
     // Tasks started together end together: the first of a wave's ends moves the estimate, the
     // others (seen by looks aimed at the same estimate) say no more than it did, and counting
     // them all would move it twice as far within one wave.
-    const bool same_wave = duration_probed_[t] != MonotonicTime{} &&
-                           r.created - duration_probed_[t] < e / 2;
+    const MonotonicTime probed_at = duration_probed_[t];
+    const Duration apart = r.created > probed_at ? r.created - probed_at : probed_at - r.created;
+    const bool same_wave = probed_at != MonotonicTime{} && apart < e / 2;
     if (upper - lower <= std::max<Duration>(2 * fine, e / 10)) {
       // Aim at the bracket's upper end: a look just after the end costs a little lateness, a
       // look just before it costs a wasted request and another end-poll interval.
