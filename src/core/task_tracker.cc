@@ -443,7 +443,8 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
         duration_probed_[t] = r.created;
       }
       hits = 0;
-      duration_floor_[t] = std::max(same_wave ? duration_floor_[t] : Duration::zero(), lower);
+      Duration& floor = duration_floor_[t];
+      floor = same_wave ? std::max(floor, lower) : lower;  // seen running this close to its end
     } else if (e <= lower) {
       e = mid;  // it ran longer than that
     } else if (upper - e <= fine + fine / 2 && !same_wave) {
