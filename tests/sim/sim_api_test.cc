@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -257,6 +258,63 @@ TEST_F(SimTest, LifecycleToSuccess) {
   EXPECT_EQ(num(l, "/data/total"), 1);
   EXPECT_EQ(str(l, "/data/items/0/taskId"), id);
   EXPECT_EQ(num(parseJson(call("GET", "/v1/tasks?page=2&size=10", "sk-a").body), "/data/total"), 1);
+}
+
+// --verbose is how a benchmark run is traced: each request, then its reply's status, task id,
+// model and task status, every line stamped with the seconds since start; never the key.
+TEST_F(SimTest, VerboseTracesEachRequestAndItsReplyWithoutTheKey) {
+  ASSERT_NO_FATAL_FAILURE(startSim(
+      {"--rate", "0", "--light-duration", "200ms", "--duration-jitter", "0", "--verbose"}));
+  const std::string id = create("sk-verbose-secret", createBody("gpt-image-2", "a trace"));
+  rapidjson::Document last;
+  pollUntilTerminal("sk-verbose-secret", id, &last);
+  ASSERT_EQ(sim_->stop(), 0);
+  const std::string err = sim_->stderrText();
+  sim_.reset();
+
+  std::vector<std::string> lines;
+  for (size_t at = 0, nl; at < err.size(); at = nl + 1) {
+    nl = err.find('\n', at);
+    if (nl == std::string::npos) {
+      nl = err.size();
+    }
+    const std::string line = err.substr(at, nl - at);
+    if (line.rfind("hiapi-sim: ", 0) == 0 && line.size() > 11 &&
+        std::isdigit(static_cast<unsigned char>(line[11]))) {
+      lines.push_back(line.substr(11));
+    }
+  }
+  // "<secs> POST /v1/tasks", "<secs> -> 200 <id>", then "<secs> GET /v1/tasks/<id>",
+  // "<secs> -> 200 <id> gpt-image-2 <status>" for each poll.
+  ASSERT_GE(lines.size(), 4u) << err;
+  auto fields = [](const std::string& line) {
+    std::vector<std::string> f;
+    for (size_t at = 0; at < line.size();) {
+      const size_t sp = std::min(line.find(' ', at), line.size());
+      f.push_back(line.substr(at, sp - at));
+      at = sp + 1;
+    }
+    return f;
+  };
+  const std::vector<std::string> req = fields(lines[0]);
+  const std::vector<std::string> rep = fields(lines[1]);
+  ASSERT_EQ(req.size(), 3u) << lines[0];
+  EXPECT_TRUE(isDecimal3(req[0])) << lines[0];
+  EXPECT_EQ(req[1], "POST");
+  EXPECT_EQ(req[2], "/v1/tasks");
+  ASSERT_GE(rep.size(), 4u) << lines[1];  // a create's reply carries only the task id
+  EXPECT_EQ(rep[1], "->");
+  EXPECT_EQ(rep[2], "200");
+  EXPECT_EQ(rep[3], id);
+  EXPECT_GE(std::stod(rep[0]), std::stod(req[0]));
+  const std::vector<std::string> final_reply = fields(lines.back());
+  ASSERT_EQ(final_reply.size(), 6u) << lines.back();
+  EXPECT_EQ(final_reply[2], "200");
+  EXPECT_EQ(final_reply[3], id);
+  EXPECT_EQ(final_reply[4], "gpt-image-2");
+  EXPECT_EQ(final_reply[5], "success");
+  EXPECT_EQ(fields(lines[lines.size() - 2])[2], "/v1/tasks/" + id);
+  EXPECT_EQ(err.find("sk-verbose-secret"), std::string::npos) << "the key reached the trace";
 }
 
 TEST_F(SimTest, LifecycleToFailWithProRoute) {
