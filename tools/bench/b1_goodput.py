@@ -48,6 +48,14 @@ def ideal(p):
                (2 * t - p["burst"]) / p["rate"])
 
 
+def sim_flags(p):
+    """hiapi-sim's flags for profile @p p (duration jitter 0: the ideal is exact)."""
+    return ["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
+            "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
+            "--heavy-duration", "%ds" % p["heavy_s"], "--light-duration", "%ds" % p["light_s"],
+            "--duration-jitter", "0", "--seed", "7"]
+
+
 def proxy_burst(p):
     # A little below the simulator's bucket: the margin absorbs timing jitter between the two.
     return max(1, p["burst"] - 1)
@@ -132,11 +140,7 @@ def main():
         t, h, light = counts(p)
         ideal_s = ideal(p)
         with bl.Stack() as st:
-            sim = st.sim(["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
-                          "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
-                          "--heavy-duration", "%ds" % p["heavy_s"],
-                          "--light-duration", "%ds" % p["light_s"], "--duration-jitter", "0",
-                          "--seed", "7"])
+            sim = st.sim(sim_flags(p))
             reports = {r: [] for r in rows}
             for rep in range(args.reps):
                 for row in rows:  # rows alternate within each repetition
