@@ -71,13 +71,16 @@ void TaskTracker::setTiers(std::vector<TierConfig> tiers) {
   const std::vector<Duration> old_estimate = std::move(duration_estimate_);
   const std::vector<uint32_t> old_samples = std::move(duration_samples_);
   const std::vector<uint32_t> old_hits = std::move(duration_hits_);
+  const std::vector<MonotonicTime> old_probed = std::move(duration_probed_);
+  const std::vector<Duration> old_floor = std::move(duration_floor_);
   tiers_ = tiers.empty() ? defaultTierConfigs() : std::move(tiers);
   if (tiers_.empty()) {  // defaultTierConfigs() is never empty; stay safe anyway
     tiers_.push_back(TierConfig{});
     tiers_.back().name = "default";
   }
-  // Learned durations follow their tier by name (tiers may have moved in a reload); a tier
-  // without one starts from its expected_duration, as if two tasks had been seen.
+  // Learned durations follow their tier by name (tiers may have moved in a reload), with what
+  // steers the next probe (the wave that last moved the estimate, the floor); a tier without
+  // one starts from its expected_duration, as if two tasks had been seen.
   duration_estimate_.assign(tiers_.size(), Duration::zero());
   duration_samples_.assign(tiers_.size(), 0);
   duration_hits_.assign(tiers_.size(), 0);
@@ -89,6 +92,8 @@ void TaskTracker::setTiers(std::vector<TierConfig> tiers) {
         duration_estimate_[i] = old_estimate[j];
         duration_samples_[i] = old_samples[j];
         duration_hits_[i] = j < old_hits.size() ? old_hits[j] : 0;
+        duration_probed_[i] = j < old_probed.size() ? old_probed[j] : MonotonicTime{};
+        duration_floor_[i] = j < old_floor.size() ? old_floor[j] : Duration::zero();
       }
     }
     if (duration_samples_[i] == 0 && tiers_[i].expected_duration > Duration::zero()) {

@@ -1131,6 +1131,40 @@ TEST_F(TaskTrackerTest, ProbesStopAboveTheAgeATaskWasLastSeenRunningNearItsEnd) 
   EXPECT_TRUE(std::is_sorted(estimates.rbegin(), estimates.rend()));
 }
 
+// A hot reload keeps what steers the next probe with the tier, by name: a wave's second end
+// after it still does not step the estimate again, and the floor still stops the probes.
+TEST_F(TaskTrackerTest, AReloadKeepsTheWaveAndTheFloorWithTheirTier) {
+  std::vector<TierConfig> tiers = testTiers();
+  tiers[kLight].expected_duration = seconds(5);
+  TaskTracker t(cfg_, tiers);
+  const Duration fine = t.endPollInterval(kLight);
+  MonotonicTime at = kT0 + minutes(1);
+  t.onCreated("prod", "f", kLight, SlotId{1}, "m", at);
+  t.onStatus("prod", "f", "handling", at + milliseconds(4990));
+  t.onStatus("prod", "f", "success", at + milliseconds(4990) + fine);  // floor: 4.99 s
+  at += minutes(1);
+  const Duration e = *t.typicalDuration(kLight);
+  t.onCreated("prod", "a", kLight, SlotId{2}, "m", at);
+  t.onCreated("prod", "b", kLight, SlotId{3}, "m", at + milliseconds(100));
+  t.onStatus("prod", "a", "success", at + e);
+  const Duration after_first = *t.typicalDuration(kLight);
+  ASSERT_LT(after_first, e) << "the wave's first end probed lower";
+  std::vector<TierConfig> swapped{tiers[kLight], tiers[kHeavy]};
+  t.reconfigure(cfg_, swapped);
+  const size_t light = 0;
+  ASSERT_EQ(t.typicalDuration(light), after_first);
+  t.onStatus("prod", "b", "success", at + milliseconds(100) + after_first);
+  EXPECT_EQ(*t.typicalDuration(light), after_first) << "the same wave across the reload";
+  for (int i = 0; i < 2; ++i) {  // the next waves' probes stop above the floor
+    at += minutes(1);
+    const std::string id = "n" + std::to_string(i);
+    const Duration now_e = *t.typicalDuration(light);
+    t.onCreated("prod", id, kLight, SlotId{4}, "m", at);
+    t.onStatus("prod", id, "success", at + now_e);
+  }
+  EXPECT_GT(*t.typicalDuration(light), milliseconds(4990)) << "the floor came across";
+}
+
 // Before any task of a tier has ended, the proxy knows nothing of its duration. While the
 // tier's oldest task runs, younger ones likely do too: their client polls wait for spare tokens
 // (likely running), and gate pressure looks only at the oldest. Once one has ended, each task
