@@ -1105,6 +1105,22 @@ TEST_F(TaskTrackerTest, OnlyTheFirstEndOfAWaveProbesTheEstimateLower) {
   EXPECT_LT(*t.typicalDuration(kLight), seconds(5) - fine / 4) << "the next wave's (doubled)";
 }
 
+// A light task seen running at `running` and ended one end-poll interval later: a narrow
+// bracket, which sets the floor the next probes stop above.
+void endSeenNarrowly(TaskTracker& t, const std::string& id, MonotonicTime at, Duration running) {
+  t.onCreated("prod", id, kLight, SlotId{1}, "m", at);
+  t.onStatus("prod", id, "handling", at + running);
+  t.onStatus("prod", id, "success", at + running + t.endPollInterval(kLight));
+}
+
+// A light task ended when the look aimed at the estimate sees it; the estimate after it.
+Duration endAtTheEstimate(TaskTracker& t, size_t tier, const std::string& id, MonotonicTime at) {
+  const Duration e = *t.typicalDuration(tier);
+  t.onCreated("prod", id, tier, SlotId{2}, "m", at);
+  t.onStatus("prod", id, "success", at + e);
+  return *t.typicalDuration(tier);
+}
+
 // A task seen running close to its end sets a floor the next probes stop above (a look below it
 // would find the next task running too); the floor sinks with each probe it stops.
 TEST_F(TaskTrackerTest, ProbesStopAboveTheAgeATaskWasLastSeenRunningNearItsEnd) {
@@ -1113,18 +1129,12 @@ TEST_F(TaskTrackerTest, ProbesStopAboveTheAgeATaskWasLastSeenRunningNearItsEnd) 
   TaskTracker t(cfg_, tiers);
   const Duration fine = t.endPollInterval(kLight);
   MonotonicTime at = kT0 + minutes(1);
-  t.onCreated("prod", "c", kLight, SlotId{1}, "m", at);
-  t.onStatus("prod", "c", "handling", at + milliseconds(4990));
-  t.onStatus("prod", "c", "success", at + milliseconds(4990) + fine);  // a narrow bracket
   const Duration running = milliseconds(4990);
+  endSeenNarrowly(t, "c", at, running);
   std::vector<Duration> estimates;
-  for (int i = 0; i < 6; ++i) {  // each end seen by the look aimed at the estimate
+  for (int i = 0; i < 6; ++i) {
     at += minutes(1);
-    const std::string id = "d" + std::to_string(i);
-    const Duration e = *t.typicalDuration(kLight);
-    t.onCreated("prod", id, kLight, SlotId{2}, "m", at);
-    t.onStatus("prod", id, "success", at + e);
-    estimates.push_back(*t.typicalDuration(kLight));
+    estimates.push_back(endAtTheEstimate(t, kLight, "d" + std::to_string(i), at));
   }
   EXPECT_GT(estimates[2], running) << "three probes stopped above the floor";
   EXPECT_LT(estimates[5], running - fine / 2) << "the floor sank: shorter tasks are followed";
@@ -1137,11 +1147,8 @@ TEST_F(TaskTrackerTest, AReloadKeepsTheWaveAndTheFloorWithTheirTier) {
   std::vector<TierConfig> tiers = testTiers();
   tiers[kLight].expected_duration = seconds(5);
   TaskTracker t(cfg_, tiers);
-  const Duration fine = t.endPollInterval(kLight);
   MonotonicTime at = kT0 + minutes(1);
-  t.onCreated("prod", "f", kLight, SlotId{1}, "m", at);
-  t.onStatus("prod", "f", "handling", at + milliseconds(4990));
-  t.onStatus("prod", "f", "success", at + milliseconds(4990) + fine);  // floor: 4.99 s
+  endSeenNarrowly(t, "f", at, milliseconds(4990));
   at += minutes(1);
   const Duration e = *t.typicalDuration(kLight);
   t.onCreated("prod", "a", kLight, SlotId{2}, "m", at);
@@ -1155,14 +1162,10 @@ TEST_F(TaskTrackerTest, AReloadKeepsTheWaveAndTheFloorWithTheirTier) {
   ASSERT_EQ(t.typicalDuration(light), after_first);
   t.onStatus("prod", "b", "success", at + milliseconds(100) + after_first);
   EXPECT_EQ(*t.typicalDuration(light), after_first) << "the same wave across the reload";
-  for (int i = 0; i < 2; ++i) {  // the next waves' probes stop above the floor
-    at += minutes(1);
-    const std::string id = "n" + std::to_string(i);
-    const Duration now_e = *t.typicalDuration(light);
-    t.onCreated("prod", id, kLight, SlotId{4}, "m", at);
-    t.onStatus("prod", id, "success", at + now_e);
-  }
-  EXPECT_GT(*t.typicalDuration(light), milliseconds(4990)) << "the floor came across";
+  at += minutes(1);
+  endAtTheEstimate(t, light, "n0", at);
+  at += minutes(1);
+  EXPECT_GT(endAtTheEstimate(t, light, "n1", at), milliseconds(4990)) << "the floor came across";
 }
 
 // Before any task of a tier has ended, the proxy knows nothing of its duration. While the
