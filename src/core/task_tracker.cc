@@ -68,37 +68,25 @@ void TaskTracker::setTiers(std::vector<TierConfig> tiers) {
   for (const TierConfig& t : tiers_) {
     old_names.push_back(t.name);
   }
-  const std::vector<Duration> old_estimate = std::move(duration_estimate_);
-  const std::vector<uint32_t> old_samples = std::move(duration_samples_);
-  const std::vector<uint32_t> old_hits = std::move(duration_hits_);
-  const std::vector<MonotonicTime> old_probed = std::move(duration_probed_);
-  const std::vector<Duration> old_floor = std::move(duration_floor_);
+  const std::vector<Learned> old_learned = std::move(learned_);
   tiers_ = tiers.empty() ? defaultTierConfigs() : std::move(tiers);
   if (tiers_.empty()) {  // defaultTierConfigs() is never empty; stay safe anyway
     tiers_.push_back(TierConfig{});
     tiers_.back().name = "default";
   }
-  // Learned durations follow their tier by name (tiers may have moved in a reload), with what
-  // steers the next probe (the wave that last moved the estimate, the floor); a tier without
-  // one starts from its expected_duration, as if two tasks had been seen.
-  duration_estimate_.assign(tiers_.size(), Duration::zero());
-  duration_samples_.assign(tiers_.size(), 0);
-  duration_hits_.assign(tiers_.size(), 0);
-  duration_probed_.assign(tiers_.size(), MonotonicTime{});
-  duration_floor_.assign(tiers_.size(), Duration::zero());
+  // What was learned follows its tier by name (tiers may have moved in a reload): the estimate
+  // and what steers the next probe (the wave that last moved it, the floor). A tier without
+  // it starts from its expected_duration, as if two tasks had been seen.
+  learned_.assign(tiers_.size(), Learned{});
   for (size_t i = 0; i < tiers_.size(); ++i) {
-    for (size_t j = 0; j < old_names.size() && j < old_samples.size(); ++j) {
-      if (old_names[j] == tiers_[i].name && old_samples[j] != 0) {
-        duration_estimate_[i] = old_estimate[j];
-        duration_samples_[i] = old_samples[j];
-        duration_hits_[i] = j < old_hits.size() ? old_hits[j] : 0;
-        duration_probed_[i] = j < old_probed.size() ? old_probed[j] : MonotonicTime{};
-        duration_floor_[i] = j < old_floor.size() ? old_floor[j] : Duration::zero();
+    for (size_t j = 0; j < old_names.size() && j < old_learned.size(); ++j) {
+      if (old_names[j] == tiers_[i].name && old_learned[j].samples != 0) {
+        learned_[i] = old_learned[j];
       }
     }
-    if (duration_samples_[i] == 0 && tiers_[i].expected_duration > Duration::zero()) {
-      duration_estimate_[i] = tiers_[i].expected_duration;
-      duration_samples_[i] = 2;
+    if (learned_[i].samples == 0 && tiers_[i].expected_duration > Duration::zero()) {
+      learned_[i].estimate = tiers_[i].expected_duration;
+      learned_[i].samples = 2;
     }
   }
 }
@@ -352,10 +340,10 @@ size_t TaskTracker::onSlotExpired(SlotId slot) {
 
 std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   const size_t t = clampTier(tier);
-  if (t >= duration_samples_.size() || duration_samples_[t] < 2) {
+  if (t >= learned_.size() || learned_[t].samples < 2) {
     return std::nullopt;
   }
-  return duration_estimate_[t];
+  return learned_[t].estimate;
 }
 
 std::vector<std::optional<TierDuration>> TaskTracker::tierDurations(MonotonicTime now) const {
@@ -387,10 +375,10 @@ std::vector<std::optional<TierDuration>> TaskTracker::tierDurations(MonotonicTim
 
 std::optional<Duration> TaskTracker::firstEstimate(size_t tier) const {
   const size_t t = clampTier(tier);
-  if (t >= duration_samples_.size() || duration_samples_[t] == 0) {
+  if (t >= learned_.size() || learned_[t].samples == 0) {
     return std::nullopt;
   }
-  return duration_estimate_[t];
+  return learned_[t].estimate;
 }
 
 Duration TaskTracker::endPollInterval(size_t tier) const {
@@ -409,16 +397,10 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
   const Duration upper = now - r.created;
   const Duration lower = a - r.created;
   const size_t t = clampTier(r.tier);
-  if (duration_samples_.size() < tiers_.size()) {
-    duration_samples_.resize(tiers_.size(), 0);
-    duration_estimate_.resize(tiers_.size(), Duration::zero());
-    duration_hits_.resize(tiers_.size(), 0);
-    duration_probed_.resize(tiers_.size(), MonotonicTime{});
-    duration_floor_.resize(tiers_.size(), Duration::zero());
-  }
-  Duration& e = duration_estimate_[t];
+  Learned& l = learned_[t];  // setTiers() keeps one per tier
+  Duration& e = l.estimate;
   const Duration mid = lower > Duration::zero() ? lower + (upper - lower) / 2 : upper;
-  if (duration_samples_[t] == 0) {
+  if (l.samples == 0) {
     // Its middle; but where the budget binds (LearnPace::Sparse: its looks bracket the end
     // widely) the upper end, so that the next tasks are looked at after their ends rather than
     // before: there a look too early costs a create its token, one too late only lateness the
@@ -431,11 +413,11 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
     // estimate that is too long does not stay so (one that is too short corrects itself: the
     // next end is bracketed narrowly by the end polls).
     const Duration fine = endPollInterval(t);
-    uint32_t& hits = duration_hits_[t];
+    uint32_t& hits = l.hits;
     // Tasks started together end together: the first of a wave's ends moves the estimate, the
     // others (seen by looks aimed at the same estimate) say no more than it did, and counting
     // them all would move it twice as far within one wave.
-    const MonotonicTime probed_at = duration_probed_[t];
+    const MonotonicTime probed_at = l.probed;
     const Duration apart = r.created > probed_at ? r.created - probed_at : probed_at - r.created;
     const bool same_wave = probed_at != MonotonicTime{} && apart < e / 2;
     if (upper - lower <= std::max<Duration>(2 * fine, e / 10)) {
@@ -445,10 +427,10 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
         e = std::max(e, lower + fine / 16);
       } else {
         e = std::chrono::duration_cast<Duration>(e * 0.7 + upper * 0.3);
-        duration_probed_[t] = r.created;
+        l.probed = r.created;
       }
       hits = 0;
-      Duration& floor = duration_floor_[t];
+      Duration& floor = l.floor;
       floor = same_wave ? std::max(floor, lower) : lower;  // seen running this close to its end
     } else if (e <= lower) {
       e = mid;  // it ran longer than that
@@ -463,7 +445,7 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
       // lower end): a look there would most likely find this one running too and cost a
       // request and an end-poll interval. The floor sinks by a quarter of each probe it stops,
       // so that durations that do shorten are still followed (the steps double meanwhile).
-      Duration& floor = duration_floor_[t];
+      Duration& floor = l.floor;
       const Duration stop = std::min(e, floor + fine / 8);
       if (floor > Duration::zero() && probed < stop) {
         e = stop;
@@ -472,10 +454,10 @@ void TaskTracker::learnDuration(const Record& r, MonotonicTime now) {
         e = probed;
       }
       ++hits;
-      duration_probed_[t] = r.created;
+      l.probed = r.created;
     }
   }
-  ++duration_samples_[t];
+  ++l.samples;
 }
 
 MonotonicTime TaskTracker::likelyEnd(const Record& r) const {

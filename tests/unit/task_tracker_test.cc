@@ -1113,7 +1113,7 @@ void endSeenNarrowly(TaskTracker& t, const std::string& id, MonotonicTime at, Du
   t.onStatus("prod", id, "success", at + running + t.endPollInterval(kLight));
 }
 
-// A light task ended when the look aimed at the estimate sees it; the estimate after it.
+// A task of `tier` ended when the look aimed at the estimate sees it; the estimate after it.
 Duration endAtTheEstimate(TaskTracker& t, size_t tier, const std::string& id, MonotonicTime at) {
   const Duration e = *t.typicalDuration(tier);
   t.onCreated("prod", id, tier, SlotId{2}, "m", at);

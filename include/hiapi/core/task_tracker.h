@@ -506,15 +506,18 @@ private:
   std::optional<MonotonicTime> oldestUnlearned(const std::string& key, size_t tier) const;
   /// The tier's duration estimate once one task has ended (typicalDuration() waits for two).
   std::optional<Duration> firstEstimate(size_t tier) const;
-  /// Learned task duration per tier (see typicalDuration), and how many ends it has seen.
-  std::vector<Duration> duration_estimate_;
-  std::vector<uint32_t> duration_samples_;
-  /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
-  std::vector<uint32_t> duration_hits_;
-  /// When the task whose end last moved the estimate was created (once per wave).
-  std::vector<MonotonicTime> duration_probed_;
-  /// The age a task was last seen running at close to its end (zero: none): probes stop above.
-  std::vector<Duration> duration_floor_;
+  /// What the tracker has learned of one tier's task duration; it follows the tier by name.
+  struct Learned {
+    Duration estimate{};  ///< see typicalDuration()
+    uint32_t samples = 0;  ///< ends seen
+    /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
+    uint32_t hits = 0;
+    /// When the task whose end last moved the estimate was created (once per wave).
+    MonotonicTime probed{};
+    /// The age a task was last seen running at close to its end (zero: none): probes stop above.
+    Duration floor{};
+  };
+  std::vector<Learned> learned_;  ///< one per tier, as tiers_
 };
 
 }  // namespace hiapi::core
