@@ -430,6 +430,7 @@ private:
   void parseQueue(const Field& f, QueueConfig& out) const;
   void parseRetry(const Field& f, RetryConfig& out) const;
   void parseTasks(const Field& f, TasksConfig& out) const;
+  void parseDeferred(const Field& f, DeferredConfig& out) const;
   void parseLog(const Field& f, LogConfig& out) const;
 
   std::string file_;
@@ -756,7 +757,7 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
     }
     MapView m(*this, item, item.Mark(), path,
               {"name", "models", "routes", "max_running", "lease", "min_poll_interval",
-               "expected_duration"});
+               "expected_duration", "defer", "defer_after"});
     TierConfig t;
     const std::optional<Field> name = m.get("name");
     if (!name) {
@@ -793,6 +794,18 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
     }
     if (auto v = m.get("expected_duration")) {
       t.expected_duration = positiveDuration(*v);
+    }
+    // A tier named heavy defers unless told otherwise, as the built-in one does.
+    t.defer = t.name == "heavy";
+    if (auto v = m.get("defer")) {
+      t.defer = boolean(*v);
+    }
+    if (auto v = m.get("defer_after")) {
+      t.defer_after = duration(*v);
+      if (t.defer_after > std::chrono::seconds(30)) {
+        fail(*v, "at most 30s (the create is answered only after it, within the client's 60 s "
+                 "timeout), got " + quote(scalar(*v, "a duration")));
+      }
     }
     out.push_back(std::move(t));
   }
@@ -952,6 +965,30 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
   }
 }
 
+void Parser::parseDeferred(const Field& f, DeferredConfig& out) const {
+  MapView m(*this, f.value, f.mark(), f.path,
+            {"journal", "max_per_key", "max_total", "max_age", "keep"});
+  if (auto v = m.get("journal")) {
+    out.journal = v->value.IsNull() || str(*v).empty() ? "" : resolve(str(*v)).string();
+  }
+  if (auto v = m.get("max_per_key")) {
+    out.max_per_key = static_cast<uint32_t>(integer(*v, 0, 1'000'000));
+  }
+  if (auto v = m.get("max_total")) {
+    out.max_total = static_cast<uint32_t>(integer(*v, 0, 1'000'000));
+  }
+  if (auto v = m.get("max_age")) {
+    out.max_age = positiveDuration(*v);
+    if (out.max_age > std::chrono::hours(23)) {
+      fail(*v, "at most 23h: a create resubmitted after a restart must stay inside HiAPI's ~24 h "
+               "idempotency window, got " + quote(scalar(*v, "a duration")));
+    }
+  }
+  if (auto v = m.get("keep")) {
+    out.keep = positiveDuration(*v);
+  }
+}
+
 void Parser::parseLog(const Field& f, LogConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path, {"format", "level"});
   if (auto v = m.get("format")) {
@@ -988,7 +1025,7 @@ Config Parser::parse(const YAML::Node& root) {
   }
   MapView m(*this, root, root.Mark(), "",
             {"listen", "admin", "upstream", "auth", "keys", "limits", "queue", "retry", "tasks",
-             "log", "drain_timeout"});
+             "deferred", "log", "drain_timeout"});
   std::optional<Field> listen_address;
   std::optional<Field> admin_address;
   std::optional<Field> admin_port;
@@ -1029,6 +1066,9 @@ Config Parser::parse(const YAML::Node& root) {
   }
   if (auto v = m.get("tasks")) {
     parseTasks(*v, c.tasks);
+  }
+  if (auto v = m.get("deferred")) {
+    parseDeferred(*v, c.deferred);
   }
   if (auto v = m.get("log")) {
     parseLog(*v, c.log);

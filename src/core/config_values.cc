@@ -219,6 +219,7 @@ std::vector<TierConfig> defaultTierConfigs() {
   heavy.max_running = 2;
   heavy.lease = std::chrono::minutes(20);
   heavy.min_poll_interval = std::chrono::seconds(2);
+  heavy.defer = true;  // video tasks outlast the clients' 60 s: accept at once, submit later
 
   TierConfig light;
   light.name = "light";

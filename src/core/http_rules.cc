@@ -35,7 +35,8 @@ int hexValue(char c) {
   return -1;
 }
 
-// Percent-decodes; nullopt on a malformed escape.
+}  // namespace
+
 std::optional<std::string> percentDecode(std::string_view s) {
   std::string out;
   out.reserve(s.size());
@@ -57,8 +58,6 @@ std::optional<std::string> percentDecode(std::string_view s) {
   }
   return out;
 }
-
-}  // namespace
 
 std::string_view routeName(RouteKind r) {
   switch (r) {

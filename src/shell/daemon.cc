@@ -1,8 +1,10 @@
 #include "hiapi/shell/daemon.h"
+#include "hiapi/shell/deferred_service.h"
 
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <random>
 
 #include <sys/resource.h>
 
@@ -35,10 +37,18 @@ std::vector<std::string> tierNames(const core::Config& cfg) {
 }  // namespace
 
 Daemon::Daemon(DaemonOptions opts, core::ConfigSharedPtr cfg, Logger& log)
-    : opts_(std::move(opts)), cfg_(std::move(cfg)), log_(log) {}
+    : opts_(std::move(opts)), cfg_(std::move(cfg)), log_(log),
+      random_(std::random_device{}()) {}
 
 Daemon::~Daemon() {
   admin_.reset();
+  if (proxy_) {
+    proxy_->setDeferHook(nullptr);
+  }
+  if (tasks_) {
+    tasks_->on_task_ended = nullptr;
+  }
+  deferred_.reset();
   tasks_.reset();
   proxy_.reset();
   limiter_.reset();
@@ -147,8 +157,18 @@ int Daemon::run() {
       metrics_->pollHeld(ctx.key_name);
     }
   };
+  deferred_ = std::make_unique<DeferredService>(base_, cfg_, *proxy_, *limiter_, *tasks_, log_,
+                                                metrics_.get(), clock_, random_);
+  proxy_->setDeferHook(deferred_.get());
+  tasks_->on_task_ended = [this](const std::string& key, const std::string& task_id) {
+    deferred_->taskEnded(key, task_id);
+  };
   declareKeys();
   tasks_->restore();
+  if (std::string error; !deferred_->start(&error)) {
+    log_.error("cannot use the deferred journal", {{"error", error}});
+    return 1;
+  }
   if (!proxy_->listen()) {
     return 1;
   }
@@ -233,6 +253,7 @@ void Daemon::reload() {
     proxy_->setConfig(next);
     limiter_->reconfigure(next);
     tasks_->reconfigure(next);
+    deferred_->reconfigure(next);
     cfg_ = next;
     declareKeys();
     std::vector<std::string> keys;
@@ -338,6 +359,49 @@ void Daemon::refreshGauges() {
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
   metrics_->setInflight(proxy_->active());
+  deferred_->refreshGauges();
+}
+
+void Daemon::writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const {
+  // Ids, key names, tiers and ages: never a key, never a body.
+  const core::DeferredBook& book = deferred_->book();
+  w.Key("deferred");
+  w.StartObject();
+  w.Key("journal");
+  w.String(deferred_->journalPath().c_str());
+  w.Key("store_ready");
+  w.Bool(deferred_->storeReady());
+  w.Key("records");
+  w.Uint64(book.size());
+  w.Key("queued");
+  w.StartArray();
+  const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                            clock_.wallNow().time_since_epoch())
+                            .count();
+  for (const core::DeferredRecord* r : book.all()) {
+    if (r->state != core::DeferredState::Queued) {
+      continue;
+    }
+    const size_t position = book.position(r->id).value_or(0);
+    w.StartObject();
+    w.Key("task");
+    w.String(r->id.c_str());
+    w.Key("key");
+    w.String(r->key.c_str());
+    w.Key("tier");
+    w.String(r->tier.c_str());
+    w.Key("position");
+    w.Uint64(position);
+    w.Key("age_seconds");
+    w.Int64(now_s - r->accepted_ms / 1000);
+    if (auto start = deferred_->estimatedStart(*r, position)) {
+      w.Key("estimated_start");
+      w.Int64(*start);
+    }
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
 }
 
 std::string Daemon::statusJson() {
@@ -405,6 +469,7 @@ std::string Daemon::statusJson() {
     w.EndObject();
   }
   w.EndArray();
+  writeDeferredStatus(w);
   const core::TaskTracker::Stats ts = tasks_->tracker().stats();
   w.Key("tasks");
   w.StartObject();

@@ -229,7 +229,7 @@ core::Priority Limiter::priorityOf(const RequestCtx& ctx) {
     // tier's full gate, since then it is the poll that frees a slot).
     prio = core::Priority::Background;
   }
-  if (ctx.internal) {
+  if (ctx.internal && ctx.deferred_id.empty()) {
     // Reconcile polls and looks for held polls: the lowest priority, same budget. A poll that
     // frees a full gate's slot for waiting creates goes like a client's poll.
     prio = ctx.unblocks && !ctx.poll_early_until ? core::Priority::Poll
@@ -284,6 +284,9 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   if (prio == core::Priority::Retry) {
     // A retry may wait until the client's own deadline, not only the queue's.
     info.deadline = ctx.deadline - std::chrono::seconds(1);
+  }
+  if (!ctx.deferred_id.empty()) {
+    info.deadline = ctx.deadline;  // no client waits on it: it may wait until it expires
   }
   // queue.max_size bounds the waiting requests of all keys together (each scheduler also
   // enforces it for its own key); retries already hold a place and are not turned away here.

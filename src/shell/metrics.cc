@@ -32,6 +32,9 @@ const std::vector<double> kQueueWaitBuckets{0.001, 0.0025, 0.005, 0.01, 0.025, 0
 // Upstream attempts: tens of ms for a poll up to the 30 s response timeout (and a bit above).
 const std::vector<double> kLatencyBuckets{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                           1,     2.5,  5,     10,   20,  30,   60};
+// A deferred create waits for slots held by minute-long tasks, up to deferred.max_age.
+const std::vector<double> kDeferredWaitBuckets{1,   2,   5,    10,   30,   60,    120,  300,
+                                               600, 1200, 1800, 3600, 7200, 14400, 21600};
 const std::vector<double> NoBuckets{};
 
 constexpr char kSep = '\x1f';  // between label values in cache keys; never in a label value
@@ -426,6 +429,38 @@ void Metrics::leaseExpired(std::string_view key, std::string_view tier, double c
   counter(lease_expiries_, {keyLabelLocked(key), word(tier)}).Increment(count);
 }
 
+void Metrics::deferredOutcome(std::string_view key, std::string_view tier,
+                              std::string_view outcome) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(deferred_, {keyLabelLocked(key), word(tier),
+                      oneOf(outcome, {"accepted", "submitted", "failed", "expired", "cancelled"},
+                            "other")})
+      .Increment();
+}
+
+void Metrics::deferredRefused(std::string_view reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(deferred_refused_, {oneOf(reason, {"store", "full"}, "other")}).Increment();
+}
+
+void Metrics::deferredWait(std::string_view tier, double seconds) {
+  std::lock_guard<std::mutex> lock(mu_);
+  histogram(deferred_wait_, kDeferredWaitBuckets, {word(tier)}).Observe(std::max(0.0, seconds));
+}
+
+void Metrics::setDeferredQueued(std::string_view key, std::string_view tier, size_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(deferred_tasks_, {keyLabelLocked(key), word(tier)}).Set(static_cast<double>(n));
+}
+
+void Metrics::setDeferredStoreReady(bool ready) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(deferred_store_ready_, {}).Set(ready ? 1 : 0);
+  for (std::string_view r : {"store", "full"}) {
+    counter(deferred_refused_, {r});
+  }
+}
+
 void Metrics::configReload(bool ok) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(config_reloads_, {ok ? "ok" : "failed"}).Increment();
@@ -450,6 +485,10 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
       counter(tasks_, {k, t, o});
     }
     counter(lease_expiries_, {k, t});
+    gauge(deferred_tasks_, {k, t});
+    for (std::string_view o : {"accepted", "submitted", "failed", "expired", "cancelled"}) {
+      counter(deferred_, {k, t, o});
+    }
   }
 }
 

@@ -225,6 +225,78 @@ void ProxyServer::admitCtx(RequestCtx& ctx) {
           replyError(*c, e, {}, retry_after_s);
         }
       });
+  if (defer_hook_ != nullptr && ctx.route.kind == core::RouteKind::Create && !ctx.internal) {
+    if (RequestCtx* c = find(id); c != nullptr && admission_->isWaiting(*c)) {
+      defer_hook_->waiting(*c);
+    }
+  }
+}
+
+bool ProxyServer::answerDeferred(uint64_t id, std::string_view body) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr || ctx->answered || ctx->client_gone || admission_ == nullptr ||
+      !admission_->isWaiting(*ctx)) {
+    return false;
+  }
+  admission_->clientGone(*ctx);  // withdrawn: its token and slot reservations go back
+  replyLocal(*ctx, 200, body, {HeaderView{"X-HiAPI-Proxy-Deferred", "queued"}}, "deferred");
+  return true;
+}
+
+uint64_t ProxyServer::submitDeferred(const DeferredSubmission& s) {
+  RequestCtx& ctx = newCtx();
+  ctx.internal = true;
+  ctx.deferred_id = s.deferred_id;
+  ++deferred_live_;
+  ctx.method = "POST";
+  ctx.client = s.client;
+  ctx.key_name = s.key_name;
+  ctx.route.kind = core::RouteKind::Create;
+  ctx.authorization = s.authorization;
+  ctx.deadline = ctx.received + s.time_left;
+  ctx.upstream.method = EVHTTP_REQ_POST;
+  ctx.upstream.target = s.target;
+  ctx.upstream.headers = s.headers;
+  ctx.upstream.headers.push_back(Header{"Authorization", s.authorization});
+  ctx.upstream.body = s.body;
+  const uint64_t id = ctx.id;
+  admitCtx(ctx);
+  return id;
+}
+
+bool ProxyServer::withdraw(uint64_t id) {
+  RequestCtx* ctx = find(id);
+  if (ctx == nullptr || ctx->answered) {
+    return false;
+  }
+  if (ctx->pool_handle != 0) {
+    if (!pool_.cancelIfWaiting(ctx->pool_handle)) {
+      return false;  // on the wire: its answer will come
+    }
+    ctx->pool_handle = 0;
+  }
+  if (admission_ != nullptr) {
+    admission_->clientGone(*ctx);
+  }
+  ctx->answered = true;
+  ctx->outcome = "withdrawn";
+  done(*ctx, 0);
+  return true;
+}
+
+void ProxyServer::replyLocal(RequestCtx& ctx, int status, std::string_view body,
+                             const HeaderViews& extra, std::string_view outcome) {
+  if (ctx.answered) {
+    return;
+  }
+  HeaderViews out;
+  out.reserve(extra.size() + 3);
+  out.push_back(HeaderView{"Content-Type", "application/json"});
+  out.push_back(HeaderView{"X-Request-Id", ctx.request_id});
+  out.push_back(HeaderView{"Cache-Control", "no-store"});
+  out.insert(out.end(), extra.begin(), extra.end());
+  ctx.outcome = std::string(outcome);
+  sendReply(ctx, status, out, body);
 }
 
 void ProxyServer::admitById(uint64_t id) {
@@ -354,6 +426,9 @@ void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
 void ProxyServer::serve(RequestCtx& ctx) {
   // A client that leaves while its request waits (here or in admission) is seen by HttpServer's
   // read edge: onClientGone() drops the request.
+  if (defer_hook_ != nullptr && !ctx.poll_held && defer_hook_->intercept(ctx)) {
+    return;  // a request about a deferred task the proxy answers itself
+  }
   if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
       poll_hook_->beginClientPoll(ctx)) {
     return;  // answered from the cache, joined to a fetch in flight, or held
@@ -558,6 +633,13 @@ void ProxyServer::onUpstream(uint64_t id, UpstreamResponse&& resp) {
       ctx->cache_result = "miss";
     }
   }
+  if (!ctx->deferred_id.empty() && defer_hook_ != nullptr) {
+    defer_hook_->submitted(*ctx, resp);
+    ctx = find(id);
+    if (ctx == nullptr) {
+      return;
+    }
+  }
   if (ctx->client_gone || ctx->internal) {
     ctx->answered = true;
     done(*ctx, resp.status);
@@ -635,6 +717,17 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     out.push_back(HeaderView{h.name, h.value});
   }
   ctx.outcome = "forwarded";
+  if ((!ctx.alias_id.empty() || ctx.list_merge) && defer_hook_ != nullptr &&
+      resp.status >= 200 && resp.status < 300) {
+    // A deferred task's client knows it by the proxy's id: HiAPI's is told beside it.
+    if (!ctx.alias_id.empty()) {
+      out.push_back(HeaderView{"X-HiAPI-Upstream-Task-Id", ctx.route.task_id});
+    }
+    if (std::optional<std::string> body = defer_hook_->rewrite(ctx, resp.body)) {
+      sendReply(ctx, resp.status, out, *body);
+      return;
+    }
+  }
   sendReply(ctx, resp.status, out, resp.body);
 }
 
@@ -645,6 +738,9 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
   }
   const core::ProxyErrorInfo& info = core::proxyErrorInfo(e);
   ctx.proxy_error = e;
+  if (!ctx.deferred_id.empty() && defer_hook_ != nullptr) {
+    defer_hook_->rejected(ctx, e);
+  }
   if (ctx.client_gone || ctx.internal) {
     ctx.answered = true;
     done(ctx, info.status);
@@ -690,6 +786,9 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& head
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
   unhold(ctx);
+  if (!ctx.deferred_id.empty()) {
+    --deferred_live_;
+  }
   if (!log_.enabled(core::LogLevel::Info)) {
     if (on_finished) {
       on_finished(ctx, status);

@@ -113,6 +113,9 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
     metrics_->taskOutcome(r->key, tier, outcome);
   }
   log_.debug("task slot released", {{"key", r->key}, {"task", r->task_id}, {"status", r->status}});
+  if (on_task_ended && r->reason == core::ReleaseReason::TaskFinished) {
+    on_task_ended(r->key, r->task_id);
+  }
 }
 
 bool TaskService::beginClientPoll(RequestCtx& ctx) {
@@ -312,6 +315,21 @@ void TaskService::onCreated(const RequestCtx& ctx, const std::string& task_id) {
   }
   release(tracker_->onCreated(ctx.key_name, task_id, ctx.tier.value_or(0), ctx.slot, ctx.model,
                               clock_.now()));
+  dirty_ = true;
+}
+
+void TaskService::adopt(const std::string& key, size_t tier, const std::string& task_id,
+                        const std::string& model, core::Duration age) {
+  if (tracker_->slotTier(key, task_id)) {
+    return;  // the state file had it
+  }
+  const core::Duration lease = leaseOf(tier);
+  if (age >= lease) {
+    return;
+  }
+  const auto now = clock_.now();
+  const uint64_t slot = limiter_.restoreSlot(key, tier, lease - age);
+  release(tracker_->onRestored(key, task_id, tier, slot, model, now - age));
   dirty_ = true;
 }
 

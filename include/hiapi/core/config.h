@@ -110,6 +110,10 @@ struct TierConfig {
   /// What the operator expects a task of this tier to take: the task tracker starts from it
   /// (as if two tasks had been seen) instead of learning from nothing; zero = learn only.
   Duration expected_duration{};
+  /// A create of this tier that cannot get its slot within defer_after is answered at once with
+  /// a proxy task id and submitted when a slot frees (DeferredConfig). Needs the journal.
+  bool defer = false;
+  Duration defer_after = std::chrono::seconds(2);
 };
 
 /// The built-in tiers, used when the config has no `limits.tiers`: `heavy` (video models, `*-pro`,
@@ -184,6 +188,20 @@ struct TasksConfig {
   Duration hold_near_end = std::chrono::seconds(5);
 };
 
+/// Deferred creates (TierConfig::defer): where they are kept and for how long.
+struct DeferredConfig {
+  /// The journal file; empty = next to tasks.state_file, else in $STATE_DIRECTORY (systemd),
+  /// else deferring is off. A relative path is resolved against the config file's directory.
+  std::string journal;
+  uint32_t max_per_key = 1000;  ///< queued deferred creates per key; beyond, creates wait
+  uint32_t max_total = 5000;    ///< queued deferred creates of all keys together
+  /// A deferred create still queued after this fails with DEFERRED_EXPIRED. Below HiAPI's ~24 h
+  /// idempotency window, so a create resubmitted after a crash is always recognised.
+  Duration max_age = std::chrono::hours(6);
+  /// How long a deferred task's id stays known once it left the queue (submitted, failed...).
+  Duration keep = std::chrono::hours(24);
+};
+
 struct LogConfig {
   LogFormat format = LogFormat::Logfmt;
   LogLevel level = LogLevel::Info;
@@ -200,6 +218,7 @@ struct Config {
   QueueConfig queue;
   RetryConfig retry;
   TasksConfig tasks;
+  DeferredConfig deferred;
   LogConfig log;
   Duration drain_timeout = std::chrono::seconds(30);
 

@@ -20,6 +20,9 @@ struct RouteMatch {
   std::string task_id;  ///< percent-decoded id for Poll, empty otherwise
 };
 
+/// Percent-decodes @p s. @return nullopt on a malformed escape.
+std::optional<std::string> percentDecode(std::string_view s);
+
 /// @param method upper-case HTTP method. @param path the path part only (no query).
 /// @return nullopt when the path is outside /v1/ (the proxy answers 404 itself).
 std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view path);

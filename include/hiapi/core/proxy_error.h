@@ -25,6 +25,8 @@ enum class ProxyError {
   UpstreamTimeout,      // 504 no reply within the response timeout
   ShuttingDown,         // 503 daemon is draining
   Internal,             // 500 a bug: never expected
+  TaskNotFound,         // 404 a proxy task id (hp-tk-…) this key does not hold
+  TaskNotQueued,        // 409 cancel of a deferred task that already left the proxy's queue
 };
 
 /// The fixed part of a proxy error.

@@ -9,6 +9,10 @@
 
 #include <event2/event.h>
 
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/key_scheduler.h"
 #include "hiapi/shell/log.h"
@@ -19,6 +23,7 @@ class UpstreamPool;
 class ProxyServer;
 class Limiter;
 class TaskService;
+class DeferredService;
 class Metrics;
 class AdminServer;
 
@@ -47,6 +52,7 @@ private:
   bool writePortFile();
   void refreshGauges();
   std::string statusJson();
+  void writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const;
   void notify(const std::string& state);
   void declareKeys();
 
@@ -59,7 +65,10 @@ private:
   std::unique_ptr<ProxyServer> proxy_;
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<TaskService> tasks_;
+  std::unique_ptr<DeferredService> deferred_;
   std::unique_ptr<AdminServer> admin_;
+  core::SteadyClock clock_;
+  core::SeededRandom random_;
   event* sigterm_ = nullptr;
   event* sigint_ = nullptr;
   event* sighup_ = nullptr;

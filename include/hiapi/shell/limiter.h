@@ -38,7 +38,7 @@ public:
   /// @return whether it was waiting (nothing changes otherwise).
   bool requeue(RequestCtx& ctx);
   /// @return whether @p ctx waits for admission.
-  bool isWaiting(const RequestCtx& ctx) const;
+  bool isWaiting(const RequestCtx& ctx) const override;
 
   /// Applies a new configuration, keeping state for keys and tiers that still exist.
   void reconfigure(core::ConfigSharedPtr cfg);

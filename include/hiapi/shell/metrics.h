@@ -85,6 +85,13 @@ public:
                    double count = 1);
   void leaseExpired(std::string_view key, std::string_view tier, double count = 1);
   void configReload(bool ok);
+  /// Deferred creates: @p outcome is accepted, submitted, failed, expired or cancelled.
+  void deferredOutcome(std::string_view key, std::string_view tier, std::string_view outcome);
+  /// A create that could have been deferred kept waiting: @p reason is store or full.
+  void deferredRefused(std::string_view reason);
+  void deferredWait(std::string_view tier, double seconds);
+  void setDeferredQueued(std::string_view key, std::string_view tier, size_t n);
+  void setDeferredStoreReady(bool ready);
 
   // ---- gauges ---------------------------------------------------------------------------------
   struct KeyGauges {

@@ -40,6 +40,17 @@
     "other)")                                                                                     \
   X(lease_expiries, Counter, "hiapi_proxy_lease_expiries_total", "key,tier", NoBuckets,          \
     "Tier slots freed because no terminal status was seen before the lease ran out")              \
+  X(deferred_tasks, Gauge, "hiapi_proxy_deferred_tasks", "key,tier", NoBuckets,                 \
+    "Deferred creates the proxy holds that wait for a slot, by key name and tier")                \
+  X(deferred, Counter, "hiapi_proxy_deferred_total", "key,tier,outcome", NoBuckets,              \
+    "Deferred creates by key name, tier and outcome (accepted, submitted, failed, expired, "      \
+    "cancelled)")                                                                                 \
+  X(deferred_refused, Counter, "hiapi_proxy_deferred_refused_total", "reason", NoBuckets,        \
+    "Creates that could have been deferred but kept waiting, by reason (store, full)")            \
+  X(deferred_wait, Histogram, "hiapi_proxy_deferred_wait_seconds", "tier", kDeferredWaitBuckets,  \
+    "Time from a deferred create's acceptance to HiAPI's task (1 s to 6 h buckets)")              \
+  X(deferred_store_ready, Gauge, "hiapi_proxy_deferred_store_ready", "", NoBuckets,               \
+    "1 when the deferred journal is writable and creates may be deferred, else 0")                \
   X(config_reloads, Counter, "hiapi_proxy_config_reloads_total", "result", NoBuckets,            \
     "Configuration reloads (SIGHUP), by result (ok, failed)")                                     \
   X(rate_configured, Gauge, "hiapi_proxy_rate_configured", "key", NoBuckets,                      \

@@ -67,6 +67,10 @@ struct RequestCtx {
   /// poll is served as if it arrived then (poll_held keeps it from being held twice).
   event* hold_timer = nullptr;
   bool poll_held = false;
+  // Deferred creates (DeferHook).
+  std::string deferred_id;  ///< the proxy's submission of deferred task "hp-tk-…" (internal)
+  std::string alias_id;     ///< a client's poll of deferred task "hp-tk-…", sent as HiAPI's id
+  bool list_merge = false;  ///< a list whose reply shows the key's deferred tasks too
   std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
@@ -86,6 +90,8 @@ public:
   /// The upstream answered (or failed): for budgets, cooldowns and retries.
   /// @return true when the hook takes the request back to retry it (it will call go again).
   virtual bool completed(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
+  /// @return whether @p ctx waits for admission (not yet sent, not in a retry delay).
+  virtual bool isWaiting(const RequestCtx& ctx) const = 0;
 };
 
 /// Poll coalescing and task tracking plug in here. Thread-safety: loop thread only.
@@ -106,6 +112,37 @@ public:
   virtual void observe(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
 };
 
+/// Deferred creates plug in here (DeferredService). Thread-safety: loop thread only.
+class DeferHook {
+public:
+  virtual ~DeferHook() = default;
+  /// A prepared client request, before polls and admission: the hook answers requests about
+  /// its own tasks (polls of queued ones, cancels) and marks the rest that need its help
+  /// (alias_id, list_merge). @return true when it answered.
+  virtual bool intercept(RequestCtx& ctx) = 0;
+  /// A client's create went into admission and waits there.
+  virtual void waiting(RequestCtx& ctx) = 0;
+  /// The final upstream reply (after any retries) of a deferred submission.
+  virtual void submitted(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
+  /// A deferred submission ended without an upstream reply: the proxy's own error @p e.
+  virtual void rejected(RequestCtx& ctx, core::ProxyError e) = 0;
+  /// The body a client gets for an upstream reply of an alias poll or a merged list.
+  /// @return nullopt to send the upstream body unchanged.
+  virtual std::optional<std::string> rewrite(const RequestCtx& ctx, std::string_view body) = 0;
+};
+
+/// What a deferred create is submitted with (DeferredService keeps it durably).
+struct DeferredSubmission {
+  std::string deferred_id;
+  std::string key_name;
+  std::string authorization;
+  std::string client;
+  std::string target;
+  Headers headers;  ///< end-to-end, Idempotency-Key included; not Authorization
+  std::string body;
+  core::Duration time_left{};  ///< until it expires
+};
+
 /// Thread-safety: loop thread only.
 class ProxyServer : private HttpServer::Handler {
 public:
@@ -122,12 +159,32 @@ public:
   void stopAccepting();
   /// Answers every request still waiting with 503 shutting_down.
   void abortPending();
-  /// @return requests received and not yet answered.
-  size_t active() const { return requests_.size(); }
+  /// @return requests received and not yet answered (deferred submissions, kept durably and
+  ///         resumed after a restart, do not count).
+  size_t active() const { return requests_.size() - deferred_live_; }
   bool draining() const { return draining_; }
 
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
+  void setDeferHook(DeferHook* hook) { defer_hook_ = hook; }
+
+  /// Answers client create @p id, still waiting in admission, with a deferred create's reply
+  /// (200, @p body) and withdraws it from admission, returning its reservations.
+  /// @return false when it is no longer waiting (sent, answered or gone): nothing was done.
+  bool answerDeferred(uint64_t id, std::string_view body);
+  /// Sends deferred create @p s through admission as the proxy's own request.
+  /// @return the request id.
+  uint64_t submitDeferred(const DeferredSubmission& s);
+  /// Withdraws the proxy's own request @p id if it has not been sent yet.
+  /// @return whether it was withdrawn (false: unknown, or on the wire).
+  bool withdraw(uint64_t id);
+  /// Answers @p ctx (a request the defer hook handles itself) with @p status and @p body.
+  void replyLocal(RequestCtx& ctx, int status, std::string_view body,
+                  const HeaderViews& extra = {}, std::string_view outcome = "proxy_answer");
+  /// Answers @p ctx with a proxy error (for hooks).
+  void replyProxyError(RequestCtx& ctx, core::ProxyError e, std::string_view message = {}) {
+    replyError(ctx, e, message);
+  }
 
   /// Answers request @p id with an upstream reply (a joined poll); @p cache is the
   /// X-HiAPI-Proxy-Cache value; @p age_s, when >= 0, the Age header.
@@ -195,6 +252,8 @@ private:
   uint64_t id_salt_ = 0;
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
+  DeferHook* defer_hook_ = nullptr;
+  size_t deferred_live_ = 0;  ///< open requests that are deferred submissions
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;
   /// Kept nodes hold their finished RequestCtx: the next request reuses it (see newCtx).
   core::NodeSpares<std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>>> request_spares_;

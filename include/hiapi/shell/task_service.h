@@ -3,6 +3,7 @@
 // joins them to a fetch in flight, frees tier slots when a terminal status passes by, polls idle
 // tasks itself (reconcile), and keeps running tasks in a state file across restarts.
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -50,6 +51,14 @@ public:
   void onCreated(const RequestCtx& ctx, const std::string& task_id);
   /// A slot's lease ran out in the scheduler of @p key.
   void onLeaseExpired(const std::string& key, uint64_t slot);
+
+  /// Re-occupies a slot for task @p task_id of @p key (tier @p tier, running for @p age) that the
+  /// proxy knows to exist from elsewhere (a deferred create's journal), unless it is tracked.
+  void adopt(const std::string& key, size_t tier, const std::string& task_id,
+             const std::string& model, core::Duration age);
+
+  /// Hook: a task was seen ended (its slot freed), by key name and HiAPI task id.
+  std::function<void(const std::string& key, const std::string& task_id)> on_task_ended;
 
   const core::TaskTracker& tracker() const { return *tracker_; }
 
