@@ -95,6 +95,9 @@ void Daemon::declareKeys() {
 
 int Daemon::run() {
   std::signal(SIGPIPE, SIG_IGN);
+  // A file over RLIMIT_FSIZE (the journal, the state file) is a failed write the proxy handles,
+  // as it handles a full disk, not a reason to die.
+  std::signal(SIGXFSZ, SIG_IGN);
   // Every queued client holds a socket: raise the soft descriptor limit to the hard one, as
   // nginx's worker_rlimit_nofile does (the systemd unit sets LimitNOFILE).
   rlimit nofile{};

@@ -336,6 +336,96 @@ TEST(Deferred, AnUnwritableJournalMeansWaitingNotDeferring) {
   EXPECT_NE(proxy.process().err().find("cannot open the deferred journal"), std::string::npos);
 }
 
+// A deferred create still queued after deferred.max_age fails with a clear reason and never
+// reaches HiAPI.
+TEST(Deferred, AQueuedCreateExpiresAfterMaxAge) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
+                       "--heavy-duration", "12s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("deferred.journal"), 1,
+                                  "  max_age: 3s\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  std::string id;
+  for (const Created& c : createConcurrently(proxy.port(), 2, "expiry")) {
+    ASSERT_EQ(c.resp.status, 200) << c.resp.body;
+    if (dataField(c.resp.body, "taskId").rfind("hp-tk-", 0) == 0) {
+      id = dataField(c.resp.body, "taskId");
+    }
+  }
+  ASSERT_FALSE(id.empty());
+  std::atomic<int> status_429{0}, other_errors{0};
+  EXPECT_EQ(waitTerminal(proxy.port(), id, 500ms, 20s, status_429, other_errors), "fail");
+  const HttpResponse poll = httpRequest(proxy.port(), "GET", "/v1/tasks/" + id, auth(kKey));
+  EXPECT_NE(poll.body.find("DEFERRED_EXPIRED"), std::string::npos) << poll.body;
+  EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 1);
+}
+
+// The disk fills up mid-run (RLIMIT_FSIZE stands in for it): creates whose journal line was
+// written are kept and submitted; the rest wait on their connection. No client hears "queued"
+// for a create the journal does not hold, so every proxy task id becomes a task.
+TEST(Deferred, AFullDiskStopsDeferringWithoutLosingWhatWasAccepted) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
+                       "--heavy-duration", "2s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  dir.write("proxy.yaml", yamlFor(sim.port(), dir.file("deferred.journal"), 1));
+  // Each journal line carries a 12 KiB body: the third accept line is past the 48 KiB limit.
+  Process proxy({"/usr/bin/prlimit", "--fsize=49152", HIAPI_PROXY_BIN, "--config", dir.file("proxy.yaml"),
+                 "--port-file", dir.file("proxy.ports")},
+                dir.file("proxy"));
+  uint16_t port = 0;
+  ASSERT_TRUE(hiapi::test::waitFor(
+      [&] {
+        const std::string ports = readFile(dir.file("proxy.ports"));
+        const size_t at = ports.find("proxy=");
+        if (at != std::string::npos && ports.find('\n', at) != std::string::npos) {
+          port = static_cast<uint16_t>(std::atoi(ports.c_str() + at + 6));
+        }
+        return port != 0;
+      },
+      15000ms));
+  const std::string filler(12 * 1024, 'x');
+  std::vector<HttpResponse> replies(6);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < replies.size(); ++i) {
+    // Staggered, so that each deferral is its own journal write (creates due together are
+    // written, and refused, together).
+    std::this_thread::sleep_for(300ms);
+    threads.emplace_back([&, i] {
+      replies[i] = httpRequest(port, "POST", "/v1/tasks", auth(kKey),
+                               R"({"model":"seedance-2-0","input":{"prompt":")" +
+                                   std::to_string(i) + filler + R"("}})",
+                               60s);
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  int deferred = 0;
+  int waited = 0;
+  std::atomic<int> status_429{0}, other_errors{0};
+  for (const HttpResponse& r : replies) {
+    if (r.status != 200) {
+      continue;  // a create that waited past its deadline hears 429 queue_timeout: not lost
+    }
+    const std::string id = dataField(r.body, "taskId");
+    if (id.rfind("hp-tk-", 0) == 0) {
+      ++deferred;
+      EXPECT_EQ(waitTerminal(port, id, 500ms, 60s, status_429, other_errors), "success") << id;
+    } else {
+      ++waited;
+    }
+  }
+  EXPECT_GE(deferred, 1);
+  EXPECT_LE(deferred, 3);
+  EXPECT_GE(waited, 2);
+  EXPECT_NE(proxy.err().find("cannot write the deferred journal"), std::string::npos);
+  EXPECT_EQ(jsonInt(simStats(sim.port()), {"duplicate_creations"}), 0);
+  proxy.signal(SIGTERM);
+  EXPECT_TRUE(proxy.wait(10000ms));
+}
+
 // A journal written by a newer version is neither read nor overwritten: the proxy refuses to
 // start and says why.
 TEST(Deferred, AJournalOfANewerVersionRefusesToStart) {

@@ -63,6 +63,11 @@ void exerciseAll(Metrics& m) {
   m.setUpstreamConnections(3, 5);
   m.setReady(true);
   m.setInflight(9);
+  m.setDeferredQueued("main", "heavy", 3);
+  m.deferredOutcome("main", "heavy", "accepted");
+  m.deferredRefused("store");
+  m.deferredWait("heavy", 95);
+  m.setDeferredStoreReady(true);
 }
 
 /// Lines of the exposition that are samples (not comments).

@@ -171,6 +171,11 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(c.tasks.state_file, "");
   EXPECT_EQ(c.tasks.state_save_interval, 10s);
   EXPECT_EQ(c.tasks.hold_near_end, 5s);
+  EXPECT_EQ(c.deferred.journal, "");
+  EXPECT_EQ(c.deferred.max_per_key, 1000u);
+  EXPECT_EQ(c.deferred.max_total, 5000u);
+  EXPECT_EQ(c.deferred.max_age, 6h);
+  EXPECT_EQ(c.deferred.keep, 24h);
   EXPECT_EQ(c.log.format, LogFormat::Logfmt);
   EXPECT_EQ(c.log.level, LogLevel::Info);
   EXPECT_EQ(c.drain_timeout, 30s);
@@ -203,6 +208,9 @@ TEST_F(ConfigTest, DefaultTiersMatchTheGuide) {
   EXPECT_EQ(t[1].max_running, 5u);
   EXPECT_EQ(t[1].lease, 5min);
   EXPECT_EQ(t[1].min_poll_interval, 2s);
+  EXPECT_TRUE(t[0].defer);
+  EXPECT_FALSE(t[1].defer);
+  EXPECT_EQ(t[0].defer_after, 2s);
   // A default-constructed Config already carries them.
   EXPECT_EQ(Config{}.limits.tiers.size(), 2u);
 }
@@ -386,6 +394,40 @@ TEST(ParseSizeTest, Table) {
 }
 
 // ---- structure errors --------------------------------------------------------------------------
+
+TEST_F(ConfigTest, DeferredCreatesAreConfiguredPerTierAndInTheirSection) {
+  const Config c = parse(R"(limits:
+  tiers:
+    - {name: heavy, models: [veo-*]}
+    - {name: video, models: [kling-*], defer: true, defer_after: 500ms}
+    - {name: light, models: ["*"]}
+    - {name: heavy2, models: [x], defer: false}
+deferred:
+  journal: state/deferred.journal
+  max_per_key: 10
+  max_total: 20
+  max_age: 2h
+  keep: 1h
+)");
+  ASSERT_EQ(c.limits.tiers.size(), 4u);
+  EXPECT_TRUE(c.limits.tiers[0].defer);  // named heavy: defers unless told otherwise
+  EXPECT_TRUE(c.limits.tiers[1].defer);
+  EXPECT_EQ(c.limits.tiers[1].defer_after, 500ms);
+  EXPECT_FALSE(c.limits.tiers[2].defer);
+  EXPECT_FALSE(c.limits.tiers[3].defer);
+  // Relative to the config file's directory, as key_file is.
+  EXPECT_EQ(c.deferred.journal, "state/deferred.journal");
+  EXPECT_EQ(c.deferred.max_per_key, 10u);
+  EXPECT_EQ(c.deferred.max_total, 20u);
+  EXPECT_EQ(c.deferred.max_age, 2h);
+  EXPECT_EQ(c.deferred.keep, 1h);
+  expectError("deferred:\n  max_age: 30h\n", 2, 12, "deferred.max_age", "at most 23h");
+  expectError("limits:\n  tiers:\n    - {name: h, models: [x], defer_after: 45s}\n", 3, 43,
+              "limits.tiers[0].defer_after", "at most 30s");
+  expectError("limits:\n  tiers:\n    - {name: h, models: [x], defer: maybe}\n", 3, 37,
+              "limits.tiers[0].defer", "");
+  expectError("deferred:\n  jornal: x\n", 2, 3, "deferred.jornal", "did you mean 'journal'?");
+}
 
 TEST_F(ConfigTest, UnknownKeysAreNamedWithASuggestion) {
   expectError("limits:\n  burts: 5\n", 2, 3, "limits.burts",
