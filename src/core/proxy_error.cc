@@ -9,7 +9,7 @@
 namespace hiapi::core {
 namespace {
 
-constexpr std::array<ProxyErrorInfo, 14> kProxyErrorTable{{
+constexpr std::array<ProxyErrorInfo, 15> kProxyErrorTable{{
     {404, "not_found", "NOT_FOUND", "hiapi-proxy forwards only /v1/... paths", false},
     {405, "method_not_allowed", "METHOD_NOT_ALLOWED",
      "hiapi-proxy is not a forward proxy: use http://127.0.0.1:8787 as the HiAPI base URL", false},
@@ -31,6 +31,8 @@ constexpr std::array<ProxyErrorInfo, 14> kProxyErrorTable{{
     {504, "upstream_timeout", "GATEWAY_TIMEOUT", "the HiAPI upstream did not answer in time", true},
     {503, "shutting_down", "SERVICE_UNAVAILABLE", "hiapi-proxy is shutting down", true},
     {500, "internal_error", "INTERNAL_ERROR", "hiapi-proxy internal error", false},
+    {408, "request_timeout", "REQUEST_TIMEOUT",
+     "the request's headers or body did not arrive in time", false},
 }};
 
 }  // namespace

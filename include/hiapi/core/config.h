@@ -73,6 +73,9 @@ struct ListenConfig {
   uint64_t max_body_bytes = 10ull * 1024 * 1024;  ///< `10MiB`
   uint64_t max_header_bytes = 64ull * 1024;       ///< `64KiB`
   Duration client_timeout = std::chrono::seconds(65);  ///< idle/read timeout of client conns
+  Duration header_timeout = std::chrono::seconds(10);  ///< request line + headers, from 1st byte
+  Duration body_timeout = std::chrono::seconds(60);    ///< request body, from end of headers
+  uint64_t max_connections = 4096;  ///< open client connections; accepting pauses at the cap
 };
 
 struct AdminConfig {

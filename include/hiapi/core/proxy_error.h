@@ -25,6 +25,7 @@ enum class ProxyError {
   UpstreamTimeout,      // 504 no reply within the response timeout
   ShuttingDown,         // 503 daemon is draining
   Internal,             // 500 a bug: never expected
+  RequestTimeout,       // 408 request headers or body not received in time (slow client)
 };
 
 /// The fixed part of a proxy error.
