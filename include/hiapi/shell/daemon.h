@@ -70,6 +70,8 @@ private:
   bool shutting_down_ = false;
   bool aborted_ = false;
   bool ready_ = false;
+  /// Top-level sections of the running configuration's file: a reload must keep them all.
+  std::vector<std::string> config_sections_;
   /// Scheduler counters already turned into metric increments, per key.
   std::map<std::string, core::SchedulerCounters> seen_counters_;
   std::map<std::string, std::vector<uint64_t>> seen_lease_expiries_;

@@ -19,6 +19,7 @@
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
+#include "hiapi/shell/key_identity.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -36,7 +37,7 @@ struct RequestCtx {
   std::string method;
   core::RouteMatch route;
   std::string client;        ///< fairness class from the client header, "" = shared
-  std::string key_name;      ///< config name or "pt-<fingerprint>"; never the key
+  std::string key_name;      ///< config name or KeyIdentity::nameOf(key); never the key
   UpstreamRequest upstream;  ///< what goes out (headers filtered, key set)
   core::MonotonicTime received{};
   core::MonotonicTime deadline{};  ///< the answer must be sent by then
@@ -125,6 +126,12 @@ public:
   /// @return requests received and not yet answered.
   size_t active() const { return requests_.size(); }
   bool draining() const { return draining_; }
+  /// Names passthrough keys from now on (the daemon's per-install secret; a per-process one
+  /// until then).
+  void setKeyIdentity(const KeyIdentity& id) {
+    key_identity_ = id;
+    key_names_.clear();
+  }
 
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
@@ -200,6 +207,7 @@ private:
   core::NodeSpares<std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>>> request_spares_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
   std::unordered_map<std::string, std::string, core::StringHash, std::equal_to<>> key_names_;
+  KeyIdentity key_identity_;
 };
 
 }  // namespace hiapi::shell
