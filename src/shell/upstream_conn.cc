@@ -250,12 +250,34 @@ void UpstreamConn::onResolved(int result, evutil_addrinfo* res, void* arg) {
             "cannot resolve " + c->cfg_.host + ": " + evutil_gai_strerror(result), false);
     return;
   }
-  // The first address, as bufferevent_socket_connect_hostname did.
-  sockaddr_storage ss{};
-  const socklen_t len = static_cast<socklen_t>(std::min<size_t>(res->ai_addrlen, sizeof ss));
-  std::memcpy(&ss, res->ai_addr, len);
+  // Every address, in the resolver's order: the first that accepts the connection is used.
+  c->next_addrs_.clear();
+  for (const evutil_addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    sockaddr_storage ss{};
+    const socklen_t len = static_cast<socklen_t>(std::min<size_t>(ai->ai_addrlen, sizeof ss));
+    std::memcpy(&ss, ai->ai_addr, len);
+    c->next_addrs_.emplace_back(ss, len);
+  }
   evutil_freeaddrinfo(res);
-  c->connectTo(reinterpret_cast<const sockaddr*>(&ss), len);
+  c->tryNextAddress();
+}
+
+bool UpstreamConn::tryNextAddress() {
+  if (next_addrs_.empty()) {
+    return false;
+  }
+  if (ev_ != nullptr) {
+    event_free(ev_);
+    ev_ = nullptr;
+  }
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  const auto [ss, len] = next_addrs_.front();
+  next_addrs_.erase(next_addrs_.begin());
+  connectTo(reinterpret_cast<const sockaddr*>(&ss), len);
+  return true;
 }
 
 void UpstreamConn::connectTo(const sockaddr* sa, socklen_t len) {
@@ -589,6 +611,9 @@ void UpstreamConn::fail(UpstreamError error, std::string message, bool maybe_sen
 }
 
 void UpstreamConn::failConnect(int err) {
+  if (state_ == State::Connecting && tryNextAddress()) {
+    return;
+  }
   fail(UpstreamError::Connect, std::string("cannot connect to the upstream: ") + std::strerror(err),
        false);
 }
@@ -657,6 +682,11 @@ int UpstreamConn::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   c->header_bytes_ += len;
   if (c->header_bytes_ > kMaxResponseHeaders) {
     c->headers_too_large_ = true;
+    return -1;
+  }
+  // RFC 9112 §5.2: obs-fold is deprecated; a proxy must reject it or replace it. A line break
+  // inside a value passed on to the client would be a header the upstream never sent as one.
+  if (std::memchr(at, '\r', len) != nullptr || std::memchr(at, '\n', len) != nullptr) {
     return -1;
   }
   if (!c->reply_.headers.empty()) {

@@ -9,6 +9,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <sys/socket.h>
 
 #include <event2/dns.h>
 #include <event2/event.h>
@@ -101,6 +104,9 @@ private:
   static int onBody(llhttp_t* p, const char* at, size_t len);
   static int onMessageComplete(llhttp_t* p);
   static const llhttp_settings_t& parserSettings();
+  /// Drops the failed socket and connects to the next resolved address. @return false when
+  /// none is left.
+  bool tryNextAddress();
 
   event_base* base_;
   evdns_base* dns_;
@@ -114,6 +120,9 @@ private:
   SSL* ssl_ = nullptr;
   DnsWait* dns_wait_ = nullptr;
   evdns_getaddrinfo_request* dns_req_ = nullptr;
+  /// Resolved addresses not tried yet: a refused connect tries the next (a name with an IPv6
+  /// and an IPv4 address, a service on one of them).
+  std::vector<std::pair<sockaddr_storage, socklen_t>> next_addrs_;
   uint64_t answered_ = 0;
 
   // The exchange in flight. out_ and in_ keep their capacity from one request to the next.
