@@ -14,6 +14,7 @@
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/key_name.h"
 #include "hiapi/shell/admin_server.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/metrics.h"
 #include "hiapi/shell/proxy_server.h"
@@ -46,6 +47,7 @@ Daemon::~Daemon() {
   proxy_.reset();
   limiter_.reset();
   pool_.reset();
+  reply_budget_.reset();
   for (event* e : {sigterm_, sigint_, sighup_, drain_tick_, watchdog_}) {
     if (e != nullptr) {
       event_free(e);
@@ -130,6 +132,9 @@ int Daemon::run() {
     return 1;
   }
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
+  reply_budget_ = std::make_unique<BufferBudget>(base_, cfg_->listen.max_reply_buffer_bytes);
+  pool_->setBufferBudget(reply_budget_.get());
+  proxy_->setBufferBudget(reply_budget_.get());
   if (!cfg_->tasks.state_file.empty()) {
     // Restored tasks stay under their passthrough keys' names: the names' secret persists.
     const std::string secret_path = cfg_->tasks.state_file + ".secret";
@@ -258,6 +263,7 @@ void Daemon::reload() {
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     proxy_->setConfig(next);
+    reply_budget_->setLimit(next->listen.max_reply_buffer_bytes);
     limiter_->reconfigure(next);
     tasks_->reconfigure(next);
     cfg_ = next;
@@ -384,6 +390,8 @@ std::string Daemon::statusJson() {
   w.Bool(shutting_down_);
   w.Key("in_flight");
   w.Uint64(proxy_->active());
+  w.Key("buffered_reply_bytes");
+  w.Uint64(reply_budget_->used());
   w.Key("upstream");
   w.StartObject();
   w.Key("url");

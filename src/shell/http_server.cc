@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "hiapi/core/http_rules.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/event_util.h"
 
 namespace hiapi::shell {
@@ -137,6 +138,7 @@ struct HttpServer::Conn {
   /// from its first byte and from the end of its headers.
   enum class Phase { Idle, Headers, Body } phase = Phase::Idle;
   core::MonotonicTime phase_started{};
+  uint64_t budget_counted = 0;  ///< bytes of `out` counted in the server's BufferBudget
   bool deadline_armed = false;  ///< the timer is set for the phase's deadline
 };
 
@@ -498,9 +500,12 @@ void HttpServer::onTimer(evutil_socket_t, short, void* arg) {
     phase_left = c.phase_started + limit - now;
     if (*phase_left <= core::Duration::zero()) {
       // However steadily its bytes come, the request took too long: answer 408 and close.
-      c.req.problem = InboundProblem::Timeout;
-      c.in.clear();
-      self.dispatch(c);
+      {
+        BusyGuard guard(c);  // a reply from inside dispatch must not free it under us
+        c.req.problem = InboundProblem::Timeout;
+        c.in.clear();
+        self.dispatch(c);
+      }
       if (c.dead && c.busy == 0) {
         self.destroy(c);
       }
@@ -734,6 +739,9 @@ bool HttpServer::flush(Conn& c) {
       break;  // the rest goes on the next write edge
     }
     c.out.clear();
+    if (budget_ != nullptr) {
+      budget_->adjust(c.budget_counted, 0);
+    }
     clientGone(c);
     return false;
   }
@@ -744,6 +752,9 @@ bool HttpServer::flush(Conn& c) {
     }
   } else {
     c.out.erase(0, done);
+  }
+  if (budget_ != nullptr) {
+    budget_->adjust(c.budget_counted, c.out.size());
   }
   return true;
 }
@@ -787,6 +798,9 @@ void HttpServer::destroy(Conn& c) {
     open_spares_.erase(open_, c.exchange);  // not reported: only the server's own teardown gets here
   }
   conns_.erase(&c);
+  if (budget_ != nullptr) {
+    budget_->adjust(c.budget_counted, 0);
+  }
   event_free(c.ev);
   event_free(c.timer);
   evutil_closesocket(c.fd);

@@ -93,6 +93,7 @@ bool ProxyServer::listen() {
   const core::ListenConfig& l = cfg_->listen;
   http_ = std::make_unique<HttpServer>(base_, static_cast<HttpServer::Handler&>(*this), log_,
                                        serverLimits(l));
+  http_->setBufferBudget(budget_);
   std::string error;
   if (!http_->listen(l.address, l.port, error)) {
     log_.error("cannot listen", {{"address", l.address}, {"port", l.port}, {"error", error}});

@@ -164,6 +164,10 @@ void UpstreamConn::close() {
   }
   state_ = State::Closed;
   busy_ = false;
+  if (budget_ != nullptr) {
+    budget_->cancel(this);
+    budget_->adjust(budget_counted_, 0);
+  }
   if (dns_wait_ != nullptr) {
     dns_wait_->conn = nullptr;  // the callback frees it
     dns_wait_ = nullptr;
@@ -447,8 +451,24 @@ bool UpstreamConn::flush() {
   return true;
 }
 
+void UpstreamConn::countBody() {
+  if (budget_ != nullptr) {
+    budget_->adjust(budget_counted_, reply_.body.size());
+  }
+}
+
 void UpstreamConn::readReply(short what) {
   for (;;) {
+    if (budget_ != nullptr && budget_->overFor(budget_counted_)) {
+      // Clients hold too much already: leave the rest in the socket until they take some. Edge-
+      // triggered, so the resume reads again itself.
+      budget_->wait(this, [this] {
+        if (state_ == State::Open && busy_ && ev_ != nullptr) {
+          event_active(ev_, EV_READ, 0);
+        }
+      });
+      return;
+    }
     size_t n = 0;
     if (ssl_ != nullptr) {
       ERR_clear_error();
@@ -491,7 +511,9 @@ void UpstreamConn::readReply(short what) {
       }
       n = static_cast<size_t>(rc);
     }
-    if (!consume(in_, n)) {
+    const bool go_on = consume(in_, n);
+    countBody();
+    if (!go_on) {
       break;
     }
     // A short recv drained the socket: the next byte brings a new edge. Unless a FIN came too
@@ -598,7 +620,10 @@ void UpstreamConn::deliver() {
   if (!reuse) {
     close();
   }
-  owner_.onExchangeDone(*this, std::move(reply_));
+  UpstreamResponse reply = std::move(reply_);
+  reply_.body.clear();
+  countBody();  // the bytes are the client's reply now, counted where it waits to be written
+  owner_.onExchangeDone(*this, std::move(reply));
 }
 
 void UpstreamConn::fail(UpstreamError error, std::string message, bool maybe_sent) {
@@ -628,6 +653,7 @@ void UpstreamConn::resetReply(bool head) {
   reply_.status = 0;
   reply_.headers.clear();
   reply_.body.clear();
+  countBody();
   reply_.message.clear();
   reply_.request_maybe_sent = true;
   reply_.latency = {};

@@ -238,6 +238,7 @@ UpstreamPool::Conn* UpstreamPool::newConnection() {
     log_.error("upstream tls setup failed", {{"error", error}});
     return nullptr;
   }
+  c->link.setBufferBudget(budget_);
   c->idle_since = core::MonotonicClock::now();
   conns_.push_back(std::move(c));
   return conns_.back().get();
@@ -280,8 +281,8 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   a.conn = c;
   a.started = core::MonotonicClock::now();
   // The time it waited for a connection is spent: what is left of it bounds the reply.
-  a.timeout = std::max<core::Duration>(a.deadline - a.started, std::chrono::milliseconds(1));
-  const timeval tv = toTimeval(a.timeout);
+  const timeval tv = toTimeval(
+      std::max<core::Duration>(a.deadline - a.started, std::chrono::milliseconds(1)));
   evtimer_add(c->response_timer, &tv);
   if (!c->link.established()) {
     const timeval ctv = toTimeval(cfg_.connect_timeout);

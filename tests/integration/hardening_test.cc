@@ -263,6 +263,84 @@ TEST_F(HardeningUpstream, WaitingForAConnectionCountsAgainstTheDeadline) {
   EXPECT_EQ(upstream_.count(), 1u);
 }
 
+// Resident memory of process @p pid in KiB (VmRSS), 0 when unreadable.
+int64_t rssKib(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::atoll(line.c_str() + 6);
+    }
+  }
+  return 0;
+}
+
+// A client with a small receive buffer that sends one request and never reads.
+int stuckClient(uint16_t port, const std::string& raw) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  ::send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
+  return fd;
+}
+
+// Item 11: clients that never read their (large) replies cannot grow the daemon without bound.
+TEST_F(HardeningUpstream, RepliesNobodyReadsAreBoundedAllTogether) {
+  constexpr size_t kBig = 24u << 20;
+  const std::string big(kBig, 'x');
+  upstream_.setHandler([&big](const RecordedRequest& q) {
+    TestUpstream::Reply r;
+    r.headers = {{"Content-Type", "application/octet-stream"}};
+    r.body = q.uri.find("/big") != std::string::npos ? big : std::string("small");
+    return r;
+  });
+  ProxyProcess proxy(dir_, yamlFor(upstream_.port(), "limits:\n  rate: 100/s\n  burst: 20\n")
+                               .insert(std::string("listen:\n").size(),
+                                       "  max_reply_buffer: 16MiB\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const int64_t rss_before = rssKib(proxy.process().pid());
+  constexpr int kClients = 5;
+  std::vector<int> fds;
+  for (int i = 0; i < kClients; ++i) {
+    fds.push_back(stuckClient(proxy.port(), "GET /v1/big/" + std::to_string(i) +
+                                                " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                                                kKey + "\r\n\r\n"));
+    ASSERT_GE(fds.back(), 0);
+  }
+  ASSERT_TRUE(waitFor([&] { return upstream_.count() == kClients; }, 10000ms));
+  // Held: at least the bound (every client's reply is larger than it)...
+  auto buffered = [&] {
+    auto st = httpRequest(proxy.adminPort(), "GET", "/status");
+    rapidjson::Document d;
+    d.Parse(st.body.c_str());
+    return jsonInt(d, {"buffered_reply_bytes"});
+  };
+  EXPECT_TRUE(waitFor([&] { return buffered() >= (16 << 20); }, 10000ms));
+  // ...and then not much more: one reply over the bound at most, not five.
+  const int64_t held = buffered();
+  EXPECT_LE(held, int64_t{16 << 20} + int64_t{kBig} + kClients * 64 * 1024);
+  const int64_t grown_mib = (rssKib(proxy.process().pid()) - rss_before) / 1024;
+  RecordProperty("rss_growth_mib", static_cast<int>(grown_mib));
+  RecordProperty("buffered_reply_mib", static_cast<int>(held >> 20));
+  EXPECT_LT(grown_mib, 80) << "five unread 24 MiB replies held whole would take 120";
+  // Once they go, the daemon serves on.
+  for (int fd : fds) {
+    ::close(fd);
+  }
+  EXPECT_TRUE(waitFor([&] { return buffered() == 0; }, 10000ms)) << buffered();
+  auto r = httpRequest(proxy.port(), "GET", "/v1/small", auth(kKey));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "small");
+}
+
 // Item 13: a FIFO where the state file should be does not hold up start-up.
 TEST_F(HardeningUpstream, AFifoAsTheStateFileIsRefusedWithALogLine) {
   const std::string state = dir_.file("state.json");

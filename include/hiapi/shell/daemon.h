@@ -21,6 +21,7 @@ class Limiter;
 class TaskService;
 class Metrics;
 class AdminServer;
+class BufferBudget;
 
 struct DaemonOptions {
   std::string config_path;
@@ -55,6 +56,7 @@ private:
   Logger& log_;
   event_base* base_ = nullptr;
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<BufferBudget> reply_budget_;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
   std::unique_ptr<Limiter> limiter_;

@@ -30,6 +30,8 @@
 
 namespace hiapi::shell {
 
+class BufferBudget;
+
 /// A reply header by reference: replies are written at once, nothing needs to own a copy.
 struct HeaderView {
   std::string_view name;
@@ -113,6 +115,8 @@ public:
   bool isOpen(uint64_t exchange) const { return open_.count(exchange) != 0; }
   /// @return open client connections.
   size_t connections() const { return conns_.size(); }
+  /// Reply bytes waiting to be written count against @p budget (see BufferBudget).
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
   /// @return whether accepting is paused (connection cap, or out of file descriptors).
   bool acceptPaused() const { return accept_paused_; }
   /// @return accept() calls that failed (out of descriptors, ...), for tests and metrics.
@@ -145,6 +149,7 @@ private:
   Logger& log_;
   HttpServerLimits limits_;
   evconnlistener* listener_ = nullptr;
+  BufferBudget* budget_ = nullptr;
   event* accept_retry_ = nullptr;  ///< resumes accepting after a failure for want of descriptors
   bool accept_paused_ = false;
   bool accept_failing_ = false;  ///< paused by a failed accept: the retry timer resumes it

@@ -133,6 +133,8 @@ public:
     key_names_.clear();
   }
 
+  /// Client replies waiting to be written count against @p budget. Call before listen().
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
 
@@ -200,6 +202,7 @@ private:
   bool draining_ = false;
   uint64_t next_id_ = 1;
   uint64_t id_salt_ = 0;
+  BufferBudget* budget_ = nullptr;
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
   std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>> requests_;

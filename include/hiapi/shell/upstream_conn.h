@@ -19,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "hiapi/core/config.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/upstream_pool.h"
 
 namespace hiapi::shell {
@@ -71,6 +72,9 @@ public:
   /// @return whether it is open with no exchange in flight (can take the next request).
   bool reusable() const { return state_ == State::Open && !busy_; }
   bool closed() const { return state_ == State::Closed; }
+  /// Reply bodies being read count against @p budget; over it, reading pauses. Null: unbounded.
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+
   /// @return whether a complete reply came back on it before (the socket worked).
   bool answeredBefore() const { return answered_ > 0; }
 
@@ -107,6 +111,8 @@ private:
   /// Drops the failed socket and connects to the next resolved address. @return false when
   /// none is left.
   bool tryNextAddress();
+  /// Brings budget_ up to date with the body held.
+  void countBody();
 
   event_base* base_;
   evdns_base* dns_;
@@ -120,6 +126,8 @@ private:
   SSL* ssl_ = nullptr;
   DnsWait* dns_wait_ = nullptr;
   evdns_getaddrinfo_request* dns_req_ = nullptr;
+  BufferBudget* budget_ = nullptr;
+  uint64_t budget_counted_ = 0;  ///< reply body bytes counted in budget_
   /// Resolved addresses not tried yet: a refused connect tries the next (a name with an IPv6
   /// and an IPv4 address, a service on one of them).
   std::vector<std::pair<sockaddr_storage, socklen_t>> next_addrs_;

@@ -24,6 +24,8 @@
 
 namespace hiapi::shell {
 
+class BufferBudget;
+
 struct Header {
   std::string name;
   std::string value;
@@ -87,6 +89,9 @@ public:
   /// @return whether @p handle still waits for a connection (nothing sent yet).
   bool isWaiting(uint64_t handle) const;
 
+  /// Reply bodies being read count against @p budget (see BufferBudget); set before sending.
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+
   size_t busyConnections() const;
   size_t idleConnections() const;
   size_t waiting() const { return waiting_.size(); }
@@ -143,6 +148,7 @@ private:
   std::vector<std::unique_ptr<Conn>> graveyard_;    ///< closed; freed on the next loop turn
   event* deferred_ = nullptr;
   event* idle_sweep_ = nullptr;
+  BufferBudget* budget_ = nullptr;
   event* wait_timer_ = nullptr;  ///< the earliest deadline of a request waiting for a connection
   core::MonotonicTime wait_timer_at_{};
   /// Callbacks due, run from deferred_ (never from inside send or a socket callback).
