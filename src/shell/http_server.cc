@@ -247,9 +247,15 @@ int onHeadersComplete(llhttp_t* p) {
   // Only HTTP/1.0 and 1.1 are served: an HTTP/0.9 line has no headers to frame it (nor a Host),
   // and HTTP/2 does not start with a request line at all.
   bool readable = p->http_major == 1 && p->http_minor <= 1;
+  int hosts = 0;
   for (const Header& h : c.req.headers) {
-    readable = readable && isToken(h.name);
+    // A line break inside a value is an obs-fold (RFC 9112 §5.2: reject or replace it); passed
+    // on, it would be a header line of its own to the upstream.
+    readable = readable && isToken(h.name) &&
+               h.value.find_first_of("\r\n") == std::string::npos;
+    hosts += core::iequals(h.name, "Host") ? 1 : 0;
   }
+  readable = readable && hosts <= 1;  // RFC 9112 §3.2: more than one Host is a 400
   if (!readable) {
     c.req.problem = InboundProblem::Malformed;
     return HPE_PAUSED;
