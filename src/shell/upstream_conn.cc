@@ -531,6 +531,8 @@ void UpstreamConn::readReply(short what) {
       why = "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes";
     } else if (headers_too_large_) {
       why = "reply headers larger than " + std::to_string(kMaxResponseHeaders) + " bytes";
+    } else if (obs_fold_) {
+      why = "invalid reply from the upstream: a folded header line (obs-fold)";
     } else {
       const char* reason = llhttp_get_error_reason(&parser_);
       why = std::string("invalid reply from the upstream: ") +
@@ -579,7 +581,9 @@ bool UpstreamConn::consume(const char* data, size_t len) {
     trailing_ = true;  // bytes after the reply: this connection is out of step
     return false;
   }
+  chunk_begin_ = data;
   const llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  chunk_prev_last_ = len > 0 ? data[len - 1] : chunk_prev_last_;
   if (complete_) {  // the parser paused right after the final reply
     if (err == HPE_PAUSED && llhttp_get_error_pos(&parser_) < data + len) {
       trailing_ = true;
@@ -661,6 +665,8 @@ void UpstreamConn::resetReply(bool head) {
   parser_.data = this;
   header_bytes_ = 0;
   headers_too_large_ = false;
+  obs_fold_ = false;
+  chunk_prev_last_ = 0;
   head_ = head;
   got_bytes_ = false;
   header_value_ = false;
@@ -710,9 +716,12 @@ int UpstreamConn::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
     c->headers_too_large_ = true;
     return -1;
   }
-  // RFC 9112 §5.2: obs-fold is deprecated; a proxy must reject it or replace it. A line break
-  // inside a value passed on to the client would be a header the upstream never sent as one.
-  if (std::memchr(at, '\r', len) != nullptr || std::memchr(at, '\n', len) != nullptr) {
+  // A value span right after a line feed continues a folded line (obs-fold): llhttp joins it
+  // to the value. RFC 9112 §5.2 lets a proxy replace the fold or refuse the reply with 502; it
+  // is refused, since the upstream meant something by it that the client would not see.
+  const char before = at > c->chunk_begin_ ? at[-1] : c->chunk_prev_last_;
+  if (before == '\n') {
+    c->obs_fold_ = true;
     return -1;
   }
   if (!c->reply_.headers.empty()) {

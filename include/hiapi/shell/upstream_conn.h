@@ -139,6 +139,9 @@ private:
   size_t out_off_ = 0;
   llhttp_t parser_{};
   size_t header_bytes_ = 0;      ///< the reply's header names and values so far
+  const char* chunk_begin_ = nullptr;  ///< the bytes llhttp parses now...
+  char chunk_prev_last_ = 0;           ///< ...and the last byte of the ones before
+  bool obs_fold_ = false;              ///< the reply has a folded header line
   UpstreamResponse reply_;
   bool head_ = false;            ///< a HEAD request: the reply has no body
   bool got_bytes_ = false;       ///< some reply byte arrived (interim ones included)
