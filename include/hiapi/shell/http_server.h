@@ -117,6 +117,8 @@ public:
   size_t connections() const { return conns_.size(); }
   /// Reply bytes waiting to be written count against @p budget (see BufferBudget).
   void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+  /// Serves an already connected socket as if it had been accepted (fuzzing over a socketpair).
+  void adoptForTest(evutil_socket_t fd) { onAccept(nullptr, fd, nullptr, 0, this); }
   /// @return whether accepting is paused (connection cap, or out of file descriptors).
   bool acceptPaused() const { return accept_paused_; }
   /// @return accept() calls that failed (out of descriptors, ...), for tests and metrics.
