@@ -78,6 +78,30 @@ TEST(ConfigReload, RefusesEmptyCommentOnlyAndPartialFiles) {
   EXPECT_NO_THROW(checkReloadable("log:\n  level: info\n", "c.yaml", {}));
 }
 
+TEST(ListenConfig, DeadlinesCapAndReplyBufferAreReadAndChecked) {
+  const Config c = parseConfig("listen:\n  header_timeout: 3s\n  body_timeout: 20s\n"
+                               "  max_connections: 100\n  max_reply_buffer: 32MiB\n",
+                               "c.yaml");
+  EXPECT_EQ(c.listen.header_timeout, 3s);
+  EXPECT_EQ(c.listen.body_timeout, 20s);
+  EXPECT_EQ(c.listen.max_connections, 100u);
+  EXPECT_EQ(c.listen.max_reply_buffer_bytes, 32u << 20);
+  const Config d = parseConfig("", "d.yaml");
+  EXPECT_EQ(d.listen.header_timeout, 10s);
+  EXPECT_EQ(d.listen.body_timeout, 60s);
+  EXPECT_EQ(d.listen.max_connections, 4096u);
+  for (const char* bad : {"listen:\n  header_timeout: 0s\n", "listen:\n  max_connections: 0\n",
+                          "listen:\n  body_timeout: soon\n"}) {
+    try {
+      (void)parseConfig(bad, "b.yaml");
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(e.line(), 2) << e.what();
+      EXPECT_EQ(e.keyPath().rfind("listen.", 0), 0u) << e.what();
+    }
+  }
+}
+
 TEST(KeyDisplayName, CutsPassthroughIdentitiesOnly) {
   const std::string id = "pt-" + std::string(64, 'a');
   EXPECT_EQ(keyDisplayName(id), "pt-aaaaaaaaaaaa");
