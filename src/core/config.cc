@@ -442,7 +442,8 @@ void Parser::parseListen(const Field& f, ListenConfig& out,
                          std::optional<Field>& address_field) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"address", "port", "allow_non_loopback", "max_body_size", "max_header_size",
-             "client_timeout"});
+             "client_timeout", "header_timeout", "body_timeout", "max_connections",
+             "max_reply_buffer"});
   if ((address_field = m.get("address"))) {
     out.address = address(*address_field);
   }
@@ -460,6 +461,18 @@ void Parser::parseListen(const Field& f, ListenConfig& out,
   }
   if (auto v = m.get("client_timeout")) {
     out.client_timeout = positiveDuration(*v);
+  }
+  if (auto v = m.get("header_timeout")) {
+    out.header_timeout = positiveDuration(*v);
+  }
+  if (auto v = m.get("body_timeout")) {
+    out.body_timeout = positiveDuration(*v);
+  }
+  if (auto v = m.get("max_connections")) {
+    out.max_connections = static_cast<uint64_t>(integer(*v, 1, 1'000'000));
+  }
+  if (auto v = m.get("max_reply_buffer")) {
+    out.max_reply_buffer_bytes = size(*v);
   }
 }
 

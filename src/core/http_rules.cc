@@ -73,6 +73,27 @@ std::string_view routeName(RouteKind r) {
   return "other";
 }
 
+bool hasDotSegment(std::string_view path) {
+  if (path.find('.') == std::string_view::npos && path.find('%') == std::string_view::npos) {
+    return false;  // the usual case: nothing to decode
+  }
+  std::string decoded = percentDecode(path).value_or(std::string(path));
+  std::replace(decoded.begin(), decoded.end(), '\\', '/');
+  std::string_view rest = decoded;
+  while (!rest.empty()) {
+    const size_t slash = rest.find('/');
+    const std::string_view seg = rest.substr(0, slash);
+    if (seg == "." || seg == "..") {
+      return true;
+    }
+    if (slash == std::string_view::npos) {
+      break;
+    }
+    rest.remove_prefix(slash + 1);
+  }
+  return false;
+}
+
 std::optional<RouteMatch> matchRoute(std::string_view method, std::string_view path) {
   constexpr std::string_view kV1 = "/v1/";
   if (path.substr(0, kV1.size()) != kV1 && path != "/v1") {

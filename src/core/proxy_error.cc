@@ -9,7 +9,7 @@
 namespace hiapi::core {
 namespace {
 
-constexpr std::array<ProxyErrorInfo, 16> kProxyErrorTable{{
+constexpr std::array<ProxyErrorInfo, 17> kProxyErrorTable{{
     {404, "not_found", "NOT_FOUND", "hiapi-proxy forwards only /v1/... paths", false},
     {405, "method_not_allowed", "METHOD_NOT_ALLOWED",
      "hiapi-proxy is not a forward proxy: use http://127.0.0.1:8787 as the HiAPI base URL", false},
@@ -34,6 +34,8 @@ constexpr std::array<ProxyErrorInfo, 16> kProxyErrorTable{{
     {404, "task_not_found", "TASK_NOT_FOUND", "Task not found", false},
     {409, "task_not_queued", "TASK_NOT_QUEUED",
      "the task is no longer queued in hiapi-proxy: HiAPI has no cancel for a task it runs", false},
+    {408, "request_timeout", "REQUEST_TIMEOUT",
+     "the request's headers or body did not arrive in time", false},
 }};
 
 }  // namespace

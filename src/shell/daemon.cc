@@ -12,11 +12,15 @@
 #include <rapidjson/writer.h>
 #include <systemd/sd-daemon.h>
 
+#include "hiapi/core/config_reload.h"
 #include "hiapi/core/http_rules.h"
+#include "hiapi/core/key_name.h"
 #include "hiapi/shell/admin_server.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/metrics.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/state_file.h"
 #include "hiapi/shell/task_service.h"
 #include "hiapi/shell/upstream_pool.h"
 #include "hiapi/version.h"
@@ -53,6 +57,7 @@ Daemon::~Daemon() {
   proxy_.reset();
   limiter_.reset();
   pool_.reset();
+  reply_budget_.reset();
   for (event* e : {sigterm_, sigint_, sighup_, drain_tick_, watchdog_}) {
     if (e != nullptr) {
       event_free(e);
@@ -110,6 +115,12 @@ int Daemon::run() {
     }
   }
   started_ = core::MonotonicClock::now();
+  {
+    std::string text, error;
+    if (readRegularFile(opts_.config_path, text, error) == ReadFileResult::Ok) {
+      config_sections_ = core::configSections(text);
+    }
+  }
   // The changelist coalesces the read/write interest evhttp turns on and off several times per
   // request into at most one epoll_ctl per descriptor and loop turn (B3 showed ~6 per request).
   // Its one caveat, dup()ed descriptors, does not apply: every socket here is our own.
@@ -134,6 +145,20 @@ int Daemon::run() {
     return 1;
   }
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
+  reply_budget_ = std::make_unique<BufferBudget>(base_, cfg_->listen.max_reply_buffer_bytes);
+  pool_->setBufferBudget(reply_budget_.get());
+  proxy_->setBufferBudget(reply_budget_.get());
+  if (!cfg_->tasks.state_file.empty()) {
+    // Restored tasks stay under their passthrough keys' names: the names' secret persists.
+    const std::string secret_path = cfg_->tasks.state_file + ".secret";
+    std::string error;
+    if (auto id = KeyIdentity::fromFile(secret_path, error)) {
+      proxy_->setKeyIdentity(*id);
+    } else {
+      log_.warn("cannot keep the passthrough key-name secret: names change on restart",
+                {{"path", secret_path}, {"error", error}});
+    }
+  }
   limiter_ = std::make_unique<Limiter>(base_, cfg_, log_, metrics_.get());
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
@@ -242,7 +267,14 @@ void Daemon::reload() {
   log_.info("reload requested", {{"config", opts_.config_path}});
   notify("RELOADING=1\nSTATUS=reloading " + opts_.config_path);
   try {
-    auto next = std::make_shared<const core::Config>(core::loadConfig(opts_.config_path));
+    // One read: what is checked is what is parsed.
+    std::string text, error;
+    if (readRegularFile(opts_.config_path, text, error) != ReadFileResult::Ok) {
+      throw core::ConfigError(opts_.config_path, 0, 0, "",
+                              "cannot read the config file: " + (error.empty() ? "missing" : error));
+    }
+    auto next = std::make_shared<const core::Config>(core::parseConfig(text, opts_.config_path));
+    core::checkReloadable(text, opts_.config_path, config_sections_);
     // What lives in sockets and TLS contexts stays until a restart; say so instead of
     // silently ignoring it.
     if (next->listen.address != cfg_->listen.address || next->listen.port != cfg_->listen.port ||
@@ -254,10 +286,12 @@ void Daemon::reload() {
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     proxy_->setConfig(next);
+    reply_budget_->setLimit(next->listen.max_reply_buffer_bytes);
     limiter_->reconfigure(next);
     tasks_->reconfigure(next);
     deferred_->reconfigure(next);
     cfg_ = next;
+    config_sections_ = core::configSections(text);
     declareKeys();
     std::vector<std::string> keys;
     for (const auto& [name, snap] : limiter_->snapshots()) {
@@ -423,6 +457,8 @@ std::string Daemon::statusJson() {
   w.Bool(shutting_down_);
   w.Key("in_flight");
   w.Uint64(proxy_->active());
+  w.Key("buffered_reply_bytes");
+  w.Uint64(reply_budget_->used());
   w.Key("upstream");
   w.StartObject();
   w.Key("url");
@@ -439,7 +475,8 @@ std::string Daemon::statusJson() {
   for (const auto& [key, snap] : limiter_->snapshots()) {
     w.StartObject();
     w.Key("name");
-    w.String(key.c_str());  // a config name or pt-<fingerprint>: never the key
+    const std::string_view shown = core::keyDisplayName(key);  // never the key
+    w.String(shown.data(), static_cast<rapidjson::SizeType>(shown.size()));
     w.Key("configured_rate_per_s");
     w.Double(snap.configured_rate);
     w.Key("effective_rate_per_s");
@@ -489,7 +526,8 @@ std::string Daemon::statusJson() {
   for (const core::TrackedTaskInfo& t : tasks_->tracker().running()) {
     w.StartObject();
     w.Key("key");
-    w.String(t.key.c_str());
+    const std::string_view key_shown = core::keyDisplayName(t.key);
+    w.String(key_shown.data(), static_cast<rapidjson::SizeType>(key_shown.size()));
     w.Key("task_id");
     w.String(t.task_id.c_str());
     w.Key("tier");

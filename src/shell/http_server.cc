@@ -1,6 +1,8 @@
 #include "hiapi/shell/http_server.h"
 
 #include <algorithm>
+#include <cctype>
+#include <optional>
 #include <charconv>
 #include <cerrno>
 #include <cstring>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include "hiapi/core/http_rules.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/event_util.h"
 
 namespace hiapi::shell {
@@ -28,6 +31,13 @@ constexpr size_t kReadChunk = 16 * 1024;
 constexpr core::Duration kLinger = std::chrono::seconds(2);
 // A connection keeps at most this much of a buffer it no longer needs.
 constexpr size_t kKeepCapacity = 64 * 1024;
+// After accept() fails for want of descriptors: first retry, and the most it backs off to. A
+// closing connection retries at once (it freed one).
+constexpr core::Duration kAcceptRetryFirst = std::chrono::milliseconds(50);
+constexpr core::Duration kAcceptRetryMax = std::chrono::seconds(1);
+// Accept pauses are logged at most this often (a client load at the cap would pause and resume
+// with every connection that closes).
+constexpr core::Duration kAcceptLogEvery = std::chrono::seconds(60);
 
 std::string_view reasonPhrase(int status) {
   switch (status) {
@@ -124,6 +134,12 @@ struct HttpServer::Conn {
   int busy = 0;               ///< inside one of its handlers: destroy on the way out
   bool dead = false;
   core::MonotonicTime last_activity{};
+  /// Where the request being received is: its deadlines (header_timeout, body_timeout) run
+  /// from its first byte and from the end of its headers.
+  enum class Phase { Idle, Headers, Body } phase = Phase::Idle;
+  core::MonotonicTime phase_started{};
+  uint64_t budget_counted = 0;  ///< bytes of `out` counted in the server's BufferBudget
+  bool deadline_armed = false;  ///< the timer is set for the phase's deadline
 };
 
 namespace {
@@ -143,7 +159,25 @@ int onMessageBegin(llhttp_t* p) {
   c.target_bytes = 0;
   c.message_done = false;
   c.expect_continue = false;
+  c.phase = HttpServer::Conn::Phase::Headers;
+  c.phase_started = coarseNow();
+  c.deadline_armed = false;
   return 0;
+}
+
+// RFC 9110 §5.6.2 tchar: a field name is a token. "Host : x" has a name with a space in it, and
+// RFC 9112 §5.1 says to answer it 400 (a server that trimmed it would see a second Host).
+bool isToken(std::string_view s) {
+  if (s.empty()) {
+    return false;
+  }
+  for (unsigned char ch : s) {
+    const bool ok = std::isalnum(ch) != 0 || std::strchr("!#$%&'*+-.^_`|~", ch) != nullptr;
+    if (!ok || ch == 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
 int onUrl(llhttp_t* p, const char* at, size_t len) {
@@ -162,6 +196,12 @@ int onUrl(llhttp_t* p, const char* at, size_t len) {
 
 int onHeaderField(llhttp_t* p, const char* at, size_t len) {
   auto& c = connOf(p);
+  if (c.phase == HttpServer::Conn::Phase::Body) {
+    // A chunked body's trailer section: counted against the limit, never forwarded (it would
+    // arrive upstream as headers the client did not send as headers).
+    c.header_bytes += len + 4;
+    return c.header_bytes > c.server->limits().max_header_bytes ? kStop : 0;
+  }
   if (c.in_value || c.req.headers.empty()) {
     c.req.headers.emplace_back();
     c.in_value = false;
@@ -178,6 +218,10 @@ int onHeaderField(llhttp_t* p, const char* at, size_t len) {
 
 int onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   auto& c = connOf(p);
+  if (c.phase == HttpServer::Conn::Phase::Body) {
+    c.header_bytes += len;
+    return c.header_bytes > c.server->limits().max_header_bytes ? kStop : 0;
+  }
   if (c.req.headers.empty()) {
     return kStop;
   }
@@ -197,6 +241,25 @@ int onHeadersComplete(llhttp_t* p) {
   c.req.method = llhttp_method_name(static_cast<llhttp_method_t>(p->method));
   c.req.http_major = p->http_major;
   c.req.http_minor = p->http_minor;
+  c.phase = HttpServer::Conn::Phase::Body;
+  c.phase_started = coarseNow();
+  c.deadline_armed = false;
+  // Only HTTP/1.0 and 1.1 are served: an HTTP/0.9 line has no headers to frame it (nor a Host),
+  // and HTTP/2 does not start with a request line at all.
+  bool readable = p->http_major == 1 && p->http_minor <= 1;
+  int hosts = 0;
+  for (const Header& h : c.req.headers) {
+    // A line break inside a value is an obs-fold (RFC 9112 §5.2: reject or replace it); passed
+    // on, it would be a header line of its own to the upstream.
+    readable = readable && isToken(h.name) &&
+               h.value.find_first_of("\r\n") == std::string::npos;
+    hosts += core::iequals(h.name, "Host") ? 1 : 0;
+  }
+  readable = readable && hosts <= 1;  // RFC 9112 §3.2: more than one Host is a 400
+  if (!readable) {
+    c.req.problem = InboundProblem::Malformed;
+    return HPE_PAUSED;
+  }
   const bool has_length = (p->flags & F_CONTENT_LENGTH) != 0;
   if (has_length && p->content_length > lim.max_body_bytes) {
     c.req.problem = InboundProblem::BodyTooLarge;
@@ -228,6 +291,7 @@ int onBody(llhttp_t* p, const char* at, size_t len) {
 int onMessageComplete(llhttp_t* p) {
   auto& c = connOf(p);
   c.message_done = true;
+  c.phase = HttpServer::Conn::Phase::Idle;
   c.keep_alive = llhttp_should_keep_alive(p) != 0 && p->upgrade == 0;
   return HPE_PAUSED;  // one request at a time: what follows waits for the reply
 }
@@ -264,7 +328,17 @@ HttpServer::HttpServer(event_base* base, Handler& handler, Logger& log, HttpServ
   setLimits(limits);
 }
 
-void HttpServer::setLimits(const HttpServerLimits& limits) { limits_ = limits; }
+void HttpServer::setLimits(const HttpServerLimits& limits) {
+  limits_ = limits;
+  if (limits_.max_connections == 0) {
+    limits_.max_connections = 1;
+  }
+  if (conns_.size() >= limits_.max_connections) {
+    pauseAccepting();
+  } else {
+    maybeResumeAccepting();
+  }
+}
 
 HttpServer::~HttpServer() {
   stopAccepting();
@@ -310,17 +384,77 @@ void HttpServer::stopAccepting() {
     evconnlistener_free(listener_);
     listener_ = nullptr;
   }
+  if (accept_retry_ != nullptr) {
+    event_free(accept_retry_);
+    accept_retry_ = nullptr;
+  }
+}
+
+void HttpServer::pauseAccepting() {
+  if (listener_ == nullptr || accept_paused_) {
+    return;
+  }
+  evconnlistener_disable(listener_);
+  accept_paused_ = true;
+  const core::MonotonicTime now = coarseNow();
+  if (last_pause_log_ == core::MonotonicTime{} || now - last_pause_log_ >= kAcceptLogEvery) {
+    last_pause_log_ = now;
+    log_.warn("accepting paused",
+              {{"connections", static_cast<uint64_t>(conns_.size())},
+               {"max_connections", static_cast<uint64_t>(limits_.max_connections)},
+               {"reason", accept_failing_ ? "out of file descriptors" : "connection cap"}});
+  }
+}
+
+void HttpServer::maybeResumeAccepting() {
+  if (listener_ == nullptr || !accept_paused_ || accept_failing_ ||
+      conns_.size() >= limits_.max_connections) {
+    return;
+  }
+  if (evconnlistener_enable(listener_) == 0) {
+    accept_paused_ = false;
+  }
+}
+
+void HttpServer::onAcceptRetry(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<HttpServer*>(arg);
+  self->accept_failing_ = false;
+  self->maybeResumeAccepting();
 }
 
 void HttpServer::onAcceptError(evconnlistener*, void* arg) {
   auto* self = static_cast<HttpServer*>(arg);
   const int err = EVUTIL_SOCKET_ERROR();
-  // EMFILE and friends: the listener tries again on the next connection; say so once per burst.
-  self->log_.warn("accept failed", {{"error", evutil_socket_error_to_string(err)}});
+  ++self->accept_failures_;
+  // EMFILE and friends (libevent retries EINTR, EAGAIN and ECONNABORTED itself): the pending
+  // connection stays in the backlog, so the listener would fire again at once. Pause, and try
+  // again when a connection closes or after a growing delay; say so once per burst.
+  if (!self->accept_failing_ && self->accept_failures_logged_ + 1 == self->accept_failures_) {
+    self->log_.warn("accept failed: pausing",
+                    {{"error", evutil_socket_error_to_string(err)},
+                     {"connections", static_cast<uint64_t>(self->conns_.size())}});
+  }
+  self->accept_retry_delay_ = self->accept_failing_
+                                  ? std::min(self->accept_retry_delay_ * 2, kAcceptRetryMax)
+                                  : kAcceptRetryFirst;
+  self->accept_failing_ = true;
+  if (self->accept_retry_ == nullptr) {
+    self->accept_retry_ = evtimer_new(self->base_, &HttpServer::onAcceptRetry, self);
+  }
+  self->pauseAccepting();
+  if (self->accept_retry_ != nullptr) {
+    const timeval tv = toTimeval(self->accept_retry_delay_);
+    evtimer_add(self->accept_retry_, &tv);
+  }
 }
 
 void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
   auto* self = static_cast<HttpServer*>(arg);
+  if (self->accept_failures_ != self->accept_failures_logged_) {
+    self->log_.info("accepting again", {{"failed_accepts", self->accept_failures_ -
+                                                               self->accept_failures_logged_}});
+    self->accept_failures_logged_ = self->accept_failures_;
+  }
   auto* c = new Conn();
   c->server = self;
   c->fd = fd;
@@ -341,6 +475,9 @@ void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, v
   c->last_activity = coarseNow();
   self->conns_.insert(c);
   self->armTimer(*c, self->limits_.idle_timeout);
+  if (self->conns_.size() >= self->limits_.max_connections) {
+    self->pauseAccepting();
+  }
 }
 
 void HttpServer::armTimer(Conn& c, core::Duration d) {
@@ -361,9 +498,33 @@ void HttpServer::onTimer(evutil_socket_t, short, void* arg) {
     self.armTimer(c, self.limits_.idle_timeout);  // waiting for our own answer: not idle
     return;
   }
-  const core::Duration idle = coarseNow() - c.last_activity;
+  const core::MonotonicTime now = coarseNow();
+  std::optional<core::Duration> phase_left;
+  if (c.exchange == 0 && c.phase != Conn::Phase::Idle) {
+    const core::Duration limit = c.phase == Conn::Phase::Headers ? self.limits_.header_timeout
+                                                                 : self.limits_.body_timeout;
+    phase_left = c.phase_started + limit - now;
+    if (*phase_left <= core::Duration::zero()) {
+      // However steadily its bytes come, the request took too long: answer 408 and close.
+      {
+        BusyGuard guard(c);  // a reply from inside dispatch must not free it under us
+        c.req.problem = InboundProblem::Timeout;
+        c.in.clear();
+        self.dispatch(c);
+      }
+      if (c.dead && c.busy == 0) {
+        self.destroy(c);
+      }
+      return;
+    }
+  }
+  const core::Duration idle = now - c.last_activity;
   if (idle < self.limits_.idle_timeout) {
-    self.armTimer(c, self.limits_.idle_timeout - idle);
+    core::Duration next = self.limits_.idle_timeout - idle;
+    if (phase_left) {
+      next = std::min(next, *phase_left);
+    }
+    self.armTimer(c, next);
     return;
   }
   // Idle, or a request or reply that makes no progress: close. An open exchange's client is
@@ -470,8 +631,17 @@ void HttpServer::parse(Conn& c) {
       break;
     }
     c.in.clear();
-    // Everything parsed, request incomplete: wait for more. Tell a client that waits for it
-    // that the body is welcome.
+    // Everything parsed, request incomplete: wait for more, at most until its deadline (set
+    // once per phase: a request that arrives in one read never needs it).
+    if (!c.deadline_armed && c.phase != Conn::Phase::Idle) {
+      c.deadline_armed = true;
+      const core::Duration limit = c.phase == Conn::Phase::Headers ? limits_.header_timeout
+                                                                   : limits_.body_timeout;
+      if (limit < limits_.idle_timeout) {
+        armTimer(c, c.phase_started + limit - coarseNow());
+      }
+    }
+    // Tell a client that waits for it that the body is welcome.
     if (c.expect_continue) {
       c.expect_continue = false;
       static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -520,16 +690,23 @@ void HttpServer::reply(uint64_t exchange, int status, const HeaderViews& headers
   out.append(reasonPhrase(status));
   out.append("\r\n");
   bool has_date = false;
+  bool has_length = false;
   for (const HeaderView& h : headers) {
     if (!has_date && core::iequals(h.name, "Date")) {
       has_date = true;
+    }
+    // Only a HEAD reply may carry a length of its own: the length a GET would have had.
+    if (c.head && core::iequals(h.name, "Content-Length")) {
+      has_length = true;
+    } else if (core::iequals(h.name, "Content-Length")) {
+      continue;
     }
     out.append(h.name).append(": ").append(h.value).append("\r\n");
   }
   if (!has_date) {
     out.append("Date: ").append(httpDate()).append("\r\n");
   }
-  if (bodyAllowed(status)) {
+  if (bodyAllowed(status) && !has_length) {
     out.append("Content-Length: ");
     out.append(num, static_cast<size_t>(std::to_chars(num, num + sizeof num, body.size()).ptr - num));
     out.append("\r\n");
@@ -568,6 +745,9 @@ bool HttpServer::flush(Conn& c) {
       break;  // the rest goes on the next write edge
     }
     c.out.clear();
+    if (budget_ != nullptr) {
+      budget_->adjust(c.budget_counted, 0);
+    }
     clientGone(c);
     return false;
   }
@@ -578,6 +758,9 @@ bool HttpServer::flush(Conn& c) {
     }
   } else {
     c.out.erase(0, done);
+  }
+  if (budget_ != nullptr) {
+    budget_->adjust(c.budget_counted, c.out.size());
   }
   return true;
 }
@@ -621,10 +804,15 @@ void HttpServer::destroy(Conn& c) {
     open_spares_.erase(open_, c.exchange);  // not reported: only the server's own teardown gets here
   }
   conns_.erase(&c);
+  if (budget_ != nullptr) {
+    budget_->adjust(c.budget_counted, 0);
+  }
   event_free(c.ev);
   event_free(c.timer);
   evutil_closesocket(c.fd);
   delete &c;
+  accept_failing_ = false;  // a descriptor is free again
+  maybeResumeAccepting();
 }
 
 }  // namespace hiapi::shell

@@ -1,6 +1,8 @@
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/limiter.h"
 
+#include "hiapi/core/key_name.h"
+
 #include <random>
 #include <unordered_set>
 
@@ -442,7 +444,7 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
         on_task_created(ctx, *task);  // the task tracker now holds the slot
       } else if (!task) {
         log_.warn("create succeeded without a readable taskId: its slot waits for the lease",
-                  {{"request_id", ctx.request_id}, {"key", ctx.key_name}});
+                  {{"request_id", ctx.request_id}, {"key", core::keyDisplayName(ctx.key_name)}});
       }
       ctx.slot.reset();
     } else {
@@ -487,7 +489,7 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
         retry_timers_[ctx.id] = std::move(rt);
       } else {
         log_.warn("retry budget spent: answering with the upstream reply",
-                  {{"request_id", ctx.request_id}, {"key", ctx.key_name}});
+                  {{"request_id", ctx.request_id}, {"key", core::keyDisplayName(ctx.key_name)}});
       }
     }
   }

@@ -1,5 +1,7 @@
 #include "hiapi/shell/metrics.h"
 
+#include "hiapi/core/key_name.h"
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -327,6 +329,7 @@ std::string_view Metrics::keyLabelLocked(std::string_view key) {
 }
 
 std::string_view Metrics::keyLabelUncached(std::string_view key) {
+  key = core::keyDisplayName(key);
   if (key.empty()) {
     return "none";
   }

@@ -1,6 +1,7 @@
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/proxy_server.h"
 
+#include "hiapi/core/key_name.h"
 #include "hiapi/version.h"
 
 #include <algorithm>
@@ -36,7 +37,8 @@ std::optional<evhttp_cmd_type> upstreamMethod(std::string_view m) {
 }
 
 HttpServerLimits serverLimits(const core::ListenConfig& l) {
-  return HttpServerLimits{l.max_header_bytes, l.max_body_bytes, l.client_timeout};
+  return HttpServerLimits{l.max_header_bytes, l.max_body_bytes,   l.client_timeout,
+                          l.header_timeout,   l.body_timeout,     l.max_connections};
 }
 
 long long ms(core::Duration d) {
@@ -91,6 +93,7 @@ bool ProxyServer::listen() {
   const core::ListenConfig& l = cfg_->listen;
   http_ = std::make_unique<HttpServer>(base_, static_cast<HttpServer::Handler&>(*this), log_,
                                        serverLimits(l));
+  http_->setBufferBudget(budget_);
   std::string error;
   if (!http_->listen(l.address, l.port, error)) {
     log_.error("cannot listen", {{"address", l.address}, {"port", l.port}, {"error", error}});
@@ -416,6 +419,9 @@ void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
                    (req.body.empty() ? " bytes" : " bytes or more") + " exceeds the limit of " +
                    std::to_string(cfg_->listen.max_body_bytes) + " bytes");
     return;
+  case InboundProblem::Timeout:
+    replyError(ctx, core::ProxyError::RequestTimeout);
+    return;
   }
   if (!prepare(ctx, req)) {
     return;  // answered with a proxy error
@@ -463,6 +469,10 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
     return false;
   }
   const std::string path = target.substr(0, target.find('?'));
+  if (core::hasDotSegment(path)) {
+    replyError(ctx, core::ProxyError::BadRequest, "dot segments (. or ..) in the path are refused");
+    return false;
+  }
   auto route = core::matchRoute(ctx.method, path);
   if (!route) {
     replyError(ctx, core::ProxyError::NotFound,
@@ -565,7 +575,7 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
         }
       }
       if (ctx.key_name.empty()) {
-        ctx.key_name = "pt-" + secret.fingerprint();
+        ctx.key_name = key_identity_.nameOf(secret.reveal());
       }
       if (key_names_.size() >= kMaxKeyNames) {
         key_names_.clear();  // many keys come and go: start over rather than grow
@@ -711,7 +721,9 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
   const std::string* connection = findHeader(resp.headers, "Connection");
   const std::string_view conn_value = connection != nullptr ? *connection : std::string_view();
   for (const Header& h : resp.headers) {
-    if (core::iequals(h.name, "Content-Length") || core::isHopByHop(h.name, conn_value)) {
+    // A HEAD reply's length is the one a GET would have had: the upstream's, kept.
+    if ((core::iequals(h.name, "Content-Length") && ctx.method != "HEAD") ||
+        core::isHopByHop(h.name, conn_value)) {
       continue;
     }
     out.push_back(HeaderView{h.name, h.value});
@@ -764,7 +776,8 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
   // is not read: close after these.
   const bool close = e == core::ProxyError::MethodNotAllowed ||
                      e == core::ProxyError::BodyTooLarge ||
-                     e == core::ProxyError::HeadersTooLarge || e == core::ProxyError::BadRequest;
+                     e == core::ProxyError::HeadersTooLarge || e == core::ProxyError::BadRequest ||
+                     e == core::ProxyError::RequestTimeout;
   ctx.outcome = std::string(info.code);
   if (!message.empty() && info.status >= 500) {
     log_.warn("proxy error", {{"request_id", ctx.request_id}, {"code", info.code}, {"detail", message}});
@@ -808,7 +821,7 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
       {"total_ms", ms(core::MonotonicClock::now() - ctx.received)},
   };
   if (!ctx.key_name.empty()) {
-    fields.emplace_back("key", ctx.key_name);
+    fields.emplace_back("key", std::string(core::keyDisplayName(ctx.key_name)));
   }
   if (!ctx.client.empty()) {
     fields.emplace_back("client", ctx.client);

@@ -15,6 +15,7 @@
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/metrics.h"
+#include "hiapi/shell/state_file.h"
 
 namespace hiapi::shell {
 namespace {
@@ -354,7 +355,7 @@ void TaskService::tick() {
   limiter_.setTierDurations(tracker_->tierDurations(now));
   reconcile();
   if (!cfg_->tasks.state_file.empty() && dirty_ &&
-      now - last_save_ >= cfg_->tasks.state_save_interval) {
+      now - last_save_ >= cfg_->tasks.state_save_interval && save_backoff_.due(now)) {
     save();
   }
 }
@@ -403,11 +404,15 @@ void TaskService::pollItself(const core::TrackedTaskInfo& t, Look why,
 void TaskService::reconcile() {
   const auto now = clock_.now();
   rejudgeBehindOldest(now);
-  if (!cfg_->tasks.reconcile || proxy_.draining()) {
+  if (!cfg_->tasks.reconcile) {
     return;
   }
-  for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
-    pollItself(t, Look::Reconcile);
+  // While draining, only the looks that free slots for requests still waiting go on (gate
+  // pressure, held polls): they are what lets queued creates be answered before the drain ends.
+  if (!proxy_.draining()) {
+    for (const core::TrackedTaskInfo& t : tracker_->dueForReconcile(now, 16)) {
+      pollItself(t, Look::Reconcile);
+    }
   }
   // Creates wait for a full tier gate: find out promptly which of its tasks have ended, rather
   // than at the pace of their clients' polls (or never, for callback users).
@@ -478,8 +483,19 @@ bool TaskService::save() {
     ok = std::rename(tmp.c_str(), path.c_str()) == 0;
   }
   if (!ok) {
-    log_.warn("cannot write the task state file", {{"path", path}, {"error", std::strerror(errno)}});
+    const int err = errno;
+    if (save_backoff_.failed(clock_.now())) {
+      log_.warn("cannot write the task state file",
+                {{"path", path},
+                 {"error", std::strerror(err)},
+                 {"failures", save_backoff_.failures()},
+                 {"retry_in_ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     save_backoff_.delay()).count()}});
+    }
     return false;
+  }
+  if (const uint64_t failures = save_backoff_.succeeded(); failures > 0) {
+    log_.info("task state file written again", {{"path", path}, {"failures", failures}});
   }
   last_save_ = clock_.now();
   dirty_ = false;
@@ -491,15 +507,19 @@ void TaskService::restore() {
   if (path.empty()) {
     return;
   }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) {
+  std::string text, error;
+  switch (readRegularFile(path, text, error)) {
+  case ReadFileResult::Ok:
+    break;
+  case ReadFileResult::Missing:
     log_.info("no task state file: starting empty", {{"path", path}});
     return;
+  case ReadFileResult::NotRegular:
+  case ReadFileResult::Error:
+    log_.warn("cannot read the task state file: starting empty", {{"path", path}, {"error", error}});
+    return;
   }
-  std::stringstream ss;
-  ss << f.rdbuf();
-  std::string error;
-  auto tasks = core::TaskTracker::parseState(ss.str(), &error, wallMs(clock_));
+  auto tasks = core::TaskTracker::parseState(text, &error, wallMs(clock_));
   if (!tasks) {
     log_.warn("ignoring a corrupt task state file", {{"path", path}, {"error", error}});
     return;

@@ -164,6 +164,10 @@ void UpstreamConn::close() {
   }
   state_ = State::Closed;
   busy_ = false;
+  if (budget_ != nullptr) {
+    budget_->cancel(this);
+    budget_->adjust(budget_counted_, 0);
+  }
   if (dns_wait_ != nullptr) {
     dns_wait_->conn = nullptr;  // the callback frees it
     dns_wait_ = nullptr;
@@ -250,12 +254,34 @@ void UpstreamConn::onResolved(int result, evutil_addrinfo* res, void* arg) {
             "cannot resolve " + c->cfg_.host + ": " + evutil_gai_strerror(result), false);
     return;
   }
-  // The first address, as bufferevent_socket_connect_hostname did.
-  sockaddr_storage ss{};
-  const socklen_t len = static_cast<socklen_t>(std::min<size_t>(res->ai_addrlen, sizeof ss));
-  std::memcpy(&ss, res->ai_addr, len);
+  // Every address, in the resolver's order: the first that accepts the connection is used.
+  c->next_addrs_.clear();
+  for (const evutil_addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    sockaddr_storage ss{};
+    const socklen_t len = static_cast<socklen_t>(std::min<size_t>(ai->ai_addrlen, sizeof ss));
+    std::memcpy(&ss, ai->ai_addr, len);
+    c->next_addrs_.emplace_back(ss, len);
+  }
   evutil_freeaddrinfo(res);
-  c->connectTo(reinterpret_cast<const sockaddr*>(&ss), len);
+  c->tryNextAddress();
+}
+
+bool UpstreamConn::tryNextAddress() {
+  if (next_addrs_.empty()) {
+    return false;
+  }
+  if (ev_ != nullptr) {
+    event_free(ev_);
+    ev_ = nullptr;
+  }
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  const auto [ss, len] = next_addrs_.front();
+  next_addrs_.erase(next_addrs_.begin());
+  connectTo(reinterpret_cast<const sockaddr*>(&ss), len);
+  return true;
 }
 
 void UpstreamConn::connectTo(const sockaddr* sa, socklen_t len) {
@@ -425,8 +451,24 @@ bool UpstreamConn::flush() {
   return true;
 }
 
+void UpstreamConn::countBody() {
+  if (budget_ != nullptr) {
+    budget_->adjust(budget_counted_, reply_.body.size());
+  }
+}
+
 void UpstreamConn::readReply(short what) {
   for (;;) {
+    if (budget_ != nullptr && budget_->overFor(budget_counted_)) {
+      // Clients hold too much already: leave the rest in the socket until they take some. Edge-
+      // triggered, so the resume reads again itself.
+      budget_->wait(this, [this] {
+        if (state_ == State::Open && busy_ && ev_ != nullptr) {
+          event_active(ev_, EV_READ, 0);
+        }
+      });
+      return;
+    }
     size_t n = 0;
     if (ssl_ != nullptr) {
       ERR_clear_error();
@@ -469,7 +511,9 @@ void UpstreamConn::readReply(short what) {
       }
       n = static_cast<size_t>(rc);
     }
-    if (!consume(in_, n)) {
+    const bool go_on = consume(in_, n);
+    countBody();
+    if (!go_on) {
       break;
     }
     // A short recv drained the socket: the next byte brings a new edge. Unless a FIN came too
@@ -487,6 +531,8 @@ void UpstreamConn::readReply(short what) {
       why = "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes";
     } else if (headers_too_large_) {
       why = "reply headers larger than " + std::to_string(kMaxResponseHeaders) + " bytes";
+    } else if (obs_fold_) {
+      why = "invalid reply from the upstream: a folded header line (obs-fold)";
     } else {
       const char* reason = llhttp_get_error_reason(&parser_);
       why = std::string("invalid reply from the upstream: ") +
@@ -535,7 +581,9 @@ bool UpstreamConn::consume(const char* data, size_t len) {
     trailing_ = true;  // bytes after the reply: this connection is out of step
     return false;
   }
+  chunk_begin_ = data;
   const llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  chunk_prev_last_ = len > 0 ? data[len - 1] : chunk_prev_last_;
   if (complete_) {  // the parser paused right after the final reply
     if (err == HPE_PAUSED && llhttp_get_error_pos(&parser_) < data + len) {
       trailing_ = true;
@@ -576,7 +624,10 @@ void UpstreamConn::deliver() {
   if (!reuse) {
     close();
   }
-  owner_.onExchangeDone(*this, std::move(reply_));
+  UpstreamResponse reply = std::move(reply_);
+  reply_.body.clear();
+  countBody();  // the bytes are the client's reply now, counted where it waits to be written
+  owner_.onExchangeDone(*this, std::move(reply));
 }
 
 void UpstreamConn::fail(UpstreamError error, std::string message, bool maybe_sent) {
@@ -589,6 +640,9 @@ void UpstreamConn::fail(UpstreamError error, std::string message, bool maybe_sen
 }
 
 void UpstreamConn::failConnect(int err) {
+  if (state_ == State::Connecting && tryNextAddress()) {
+    return;
+  }
   fail(UpstreamError::Connect, std::string("cannot connect to the upstream: ") + std::strerror(err),
        false);
 }
@@ -603,6 +657,7 @@ void UpstreamConn::resetReply(bool head) {
   reply_.status = 0;
   reply_.headers.clear();
   reply_.body.clear();
+  countBody();
   reply_.message.clear();
   reply_.request_maybe_sent = true;
   reply_.latency = {};
@@ -610,6 +665,8 @@ void UpstreamConn::resetReply(bool head) {
   parser_.data = this;
   header_bytes_ = 0;
   headers_too_large_ = false;
+  obs_fold_ = false;
+  chunk_prev_last_ = 0;
   head_ = head;
   got_bytes_ = false;
   header_value_ = false;
@@ -657,6 +714,14 @@ int UpstreamConn::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
   c->header_bytes_ += len;
   if (c->header_bytes_ > kMaxResponseHeaders) {
     c->headers_too_large_ = true;
+    return -1;
+  }
+  // A value span right after a line feed continues a folded line (obs-fold): llhttp joins it
+  // to the value. RFC 9112 §5.2 lets a proxy replace the fold or refuse the reply with 502; it
+  // is refused, since the upstream meant something by it that the client would not see.
+  const char before = at > c->chunk_begin_ ? at[-1] : c->chunk_prev_last_;
+  if (before == '\n') {
+    c->obs_fold_ = true;
     return -1;
   }
   if (!c->reply_.headers.empty()) {

@@ -95,6 +95,7 @@ UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Lo
   }
   deferred_ = event_new(base_, -1, 0, &UpstreamPool::onDeferred, this);
   idle_sweep_ = event_new(base_, -1, EV_PERSIST, &UpstreamPool::onIdleSweep, this);
+  wait_timer_ = evtimer_new(base_, &UpstreamPool::onWaitTimer, this);
   const timeval sweep{1, 0};
   event_add(idle_sweep_, &sweep);
 }
@@ -110,6 +111,9 @@ UpstreamPool::~UpstreamPool() {
   }
   if (idle_sweep_ != nullptr) {
     event_free(idle_sweep_);
+  }
+  if (wait_timer_ != nullptr) {
+    event_free(wait_timer_);
   }
   if (dns_ != nullptr) {
     evdns_base_free(dns_, 0);
@@ -134,9 +138,61 @@ uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   a.done = std::move(done);
   a.conn = nullptr;
   a.started = {};
+  a.deadline = core::MonotonicClock::now() + a.timeout;
   waiting_.push_back(id);
   pump();
+  if (!waiting_.empty() && waiting_.back() == id && wait_timer_ != nullptr &&
+      (wait_timer_at_ == core::MonotonicTime{} || a.deadline < wait_timer_at_)) {
+    wait_timer_at_ = a.deadline;
+    const timeval tv = toTimeval(std::max<core::Duration>(
+        a.deadline - core::MonotonicClock::now(), std::chrono::milliseconds(1)));
+    evtimer_add(wait_timer_, &tv);
+  }
   return id;
+}
+
+void UpstreamPool::timeOutWaiting(Attempt& a) {
+  UpstreamResponse r;
+  r.error = UpstreamError::Timeout;
+  r.message = "no upstream connection free within " +
+              std::to_string(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(a.timeout).count()) +
+              " ms";
+  r.request_maybe_sent = false;
+  complete(a, std::move(r));
+}
+
+void UpstreamPool::onWaitTimer(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<UpstreamPool*>(arg);
+  self->wait_timer_at_ = {};
+  self->expireWaiting();
+}
+
+void UpstreamPool::expireWaiting() {
+  const auto now = core::MonotonicClock::now();
+  core::MonotonicTime next{};
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    auto a = attempts_.find(*it);
+    if (a == attempts_.end()) {
+      it = waiting_.erase(it);
+      continue;
+    }
+    if (a->second.deadline <= now) {
+      it = waiting_.erase(it);
+      timeOutWaiting(a->second);
+      continue;
+    }
+    if (next == core::MonotonicTime{} || a->second.deadline < next) {
+      next = a->second.deadline;
+    }
+    ++it;
+  }
+  if (next != core::MonotonicTime{} && wait_timer_ != nullptr) {
+    wait_timer_at_ = next;
+    const timeval tv =
+        toTimeval(std::max<core::Duration>(next - now, std::chrono::milliseconds(1)));
+    evtimer_add(wait_timer_, &tv);
+  }
 }
 
 bool UpstreamPool::cancelIfWaiting(uint64_t handle) {
@@ -182,6 +238,7 @@ UpstreamPool::Conn* UpstreamPool::newConnection() {
     log_.error("upstream tls setup failed", {{"error", error}});
     return nullptr;
   }
+  c->link.setBufferBudget(budget_);
   c->idle_since = core::MonotonicClock::now();
   conns_.push_back(std::move(c));
   return conns_.back().get();
@@ -193,6 +250,11 @@ void UpstreamPool::pump() {
     auto it = attempts_.find(id);
     if (it == attempts_.end()) {
       waiting_.pop_front();
+      continue;
+    }
+    if (core::MonotonicClock::now() >= it->second.deadline) {
+      waiting_.pop_front();
+      timeOutWaiting(it->second);
       continue;
     }
     Conn* c = takeConnection();
@@ -218,7 +280,9 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   c->attempt = &a;
   a.conn = c;
   a.started = core::MonotonicClock::now();
-  const timeval tv = toTimeval(a.timeout);
+  // The time it waited for a connection is spent: what is left of it bounds the reply.
+  const timeval tv = toTimeval(
+      std::max<core::Duration>(a.deadline - a.started, std::chrono::milliseconds(1)));
   evtimer_add(c->response_timer, &tv);
   if (!c->link.established()) {
     const timeval ctv = toTimeval(cfg_.connect_timeout);

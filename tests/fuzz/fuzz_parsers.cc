@@ -10,10 +10,12 @@
 #include <string_view>
 
 #include "hiapi/core/config.h"
+#include "hiapi/core/config_reload.h"
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/retry_policy.h"
 #include "hiapi/core/task_json.h"
+#include "hiapi/core/task_tracker.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace hiapi::core;
@@ -30,6 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)matchRoute("POST", in);
   (void)parseAbsoluteUri(in);
   (void)bearerToken(in);
+  (void)hasDotSegment(in);
   (void)isHopByHop(in, std::string_view("x-a, close"));
   (void)isHopByHop("x-a", std::string_view(in));
   (void)parseRetryAfter(in, std::chrono::system_clock::time_point{} + std::chrono::hours(500000));
@@ -37,6 +40,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)parseDuration(owned);
   (void)parseRate(owned);
   (void)parseSize(owned);
+
+  // The task state file: parsed or refused with a reason, never a crash.
+  {
+    std::string error;
+    (void)TaskTracker::parseState(owned, &error, 1'700'000'000'000);
+  }
+  // What a reload refuses: anything is judged, nothing throws but ConfigError.
+  (void)configSections(owned);
+  try {
+    checkReloadable(owned, "fuzz.yaml", {"listen", "upstream"});
+  } catch (const ConfigError&) {
+  }
 
   // The config loader must turn anything into a Config or a ConfigError, never crash.
   try {

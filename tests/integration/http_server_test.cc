@@ -5,12 +5,15 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -106,8 +109,9 @@ private:
 // The server on an event loop of its own thread (LoopThread).
 class ServerLoop {
 public:
-  explicit ServerLoop(shell::HttpServerLimits limits)
-      : log_(core::LogFormat::Logfmt, core::LogLevel::Error) {
+  explicit ServerLoop(shell::HttpServerLimits limits, FILE* log_to = stderr,
+                      core::LogLevel level = core::LogLevel::Error)
+      : log_(core::LogFormat::Logfmt, level, log_to) {
     rec_.base = loop_.base();
     server_ = std::make_unique<shell::HttpServer>(loop_.base(), rec_, log_, limits);
     rec_.server = server_.get();
@@ -466,6 +470,233 @@ TEST(HttpServer, IdleConnectionsAreClosedAfterTheTimeoutButOpenRequestsAreNot) {
   // Several idle timeouts pass: a request waiting for its answer keeps its connection.
   EXPECT_FALSE(waiting.closedByServer(800ms));
   EXPECT_EQ(loop.rec().goneCount(), 0u);
+}
+
+}  // namespace
+}  // namespace hiapi::test
+
+namespace hiapi::test {
+namespace {
+
+// What a log written to a temporary file holds so far.
+std::string logText(FILE* f) {
+  std::fflush(f);
+  const long end = std::ftell(f);
+  std::string out(static_cast<size_t>(std::max(end, 0L)), '\0');
+  std::rewind(f);
+  out.resize(std::fread(out.data(), 1, out.size(), f));
+  std::fseek(f, 0, SEEK_END);
+  return out;
+}
+
+size_t countOf(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t pos = text.find(what); pos != std::string::npos; pos = text.find(what, pos + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// A round trip on a kept-alive connection: the server's loop turns several times meanwhile.
+void roundTrips(Client& c, int n) {
+  for (int i = 0; i < n; ++i) {
+    c.send("GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n");
+    ASSERT_EQ(c.read().status, 200);
+  }
+}
+
+TEST(HttpServerAbuse, OutOfDescriptorsPausesAcceptingLogsOnceAndResumes) {
+  FILE* log = std::tmpfile();
+  ASSERT_NE(log, nullptr);
+  ServerLoop loop(smallLimits(), log, core::LogLevel::Warn);
+  ASSERT_TRUE(loop.ok());
+  Client first(loop.port());
+  roundTrips(first, 1);
+  // Sockets for the connections the server cannot accept, made while there are descriptors.
+  std::vector<int> late;
+  for (int i = 0; i < 3; ++i) {
+    late.push_back(::socket(AF_INET, SOCK_STREAM, 0));
+    ASSERT_GE(late.back(), 0);
+  }
+  // No descriptor left for the process: a limit at the highest one open, holes filled.
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  int highest = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    highest = std::max(highest, std::atoi(e.path().filename().c_str()));
+  }
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(highest + 1);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<int> fillers;
+  for (int fd; (fd = ::dup(fileno(log))) >= 0;) {
+    fillers.push_back(fd);
+  }
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(loop.port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (int fd : late) {
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);  // the backlog's
+    const std::string req = "GET /v1/late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  }
+  EXPECT_TRUE(waitFor([&] { return logText(log).find("accept failed") != std::string::npos; },
+                      5000ms));
+  // The loop goes on serving; a listener left on would fail accept() on every one of its turns.
+  roundTrips(first, 20);
+  const std::string during = logText(log);
+  EXPECT_EQ(countOf(during, "accept failed"), 1u) << during;
+  EXPECT_NE(during.find("accepting paused"), std::string::npos) << during;
+
+  for (int fd : fillers) {
+    ::close(fd);
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  // Accepting resumes by itself: each waiting client is answered.
+  for (int fd : late) {
+    std::string got;
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (got.find("\r\n\r\n") == std::string::npos && std::chrono::steady_clock::now() < until) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        char b[512];
+        const ssize_t n = ::recv(fd, b, sizeof b, 0);
+        if (n <= 0) {
+          break;
+        }
+        got.append(b, static_cast<size_t>(n));
+      }
+    }
+    EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 200") << got;
+    ::close(fd);
+  }
+  EXPECT_EQ(countOf(logText(log), "accept failed"), 1u);
+  std::fclose(log);
+}
+
+TEST(HttpServerAbuse, AtTheConnectionCapAcceptingWaitsForAConnectionToClose) {
+  shell::HttpServerLimits limits = smallLimits();
+  limits.max_connections = 2;
+  ServerLoop loop(limits);
+  ASSERT_TRUE(loop.ok());
+  Client a(loop.port()), b(loop.port());
+  roundTrips(a, 1);
+  roundTrips(b, 1);
+  Client c(loop.port());  // connected by the kernel (backlog), not accepted
+  ASSERT_TRUE(c.connected());
+  c.send("GET /v1/third HTTP/1.1\r\nHost: x\r\n\r\n");
+  roundTrips(a, 10);
+  EXPECT_EQ(c.read(false, 300ms).status, 0) << "served beyond the cap";
+  a.close();
+  const HttpResponse r = c.read(false, 5s);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "GET /v1/third 0");
+}
+
+// Sends @p head then @p drip one byte at a time, 20 ms apart, until the server answers.
+// @return the answer (status 0 when the whole drip went in unanswered).
+HttpResponse drip(Client& c, const std::string& head, const std::string& drip_bytes) {
+  c.send(head);
+  for (char ch : drip_bytes) {
+    c.send(std::string(1, ch));
+    HttpResponse r = c.read(false, 20ms);
+    if (r.status != 0) {
+      return r;
+    }
+  }
+  return c.read(false, 20ms);
+}
+
+TEST(HttpServerAbuse, HeadersTricklingInPastTheHeaderDeadlineAre408AndClosed) {
+  shell::HttpServerLimits limits = smallLimits();
+  limits.header_timeout = 300ms;
+  ServerLoop loop(limits);
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  // Every byte is progress, so the idle timeout (10 s) never fires: only the deadline can.
+  std::string lines;
+  for (int i = 0; i < 40; ++i) {
+    lines += "X-" + std::to_string(i) + ": y\r\n";
+  }
+  const HttpResponse r = drip(c, "GET /v1/slow HTTP/1.1\r\nHost: x\r\n", lines);
+  EXPECT_EQ(r.status, 400) << "the Recorder answers every problem 400";
+  EXPECT_TRUE(c.closedByServer());
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::Timeout);
+}
+
+TEST(HttpServerAbuse, ABodyTricklingInPastTheBodyDeadlineIs408AndClosed) {
+  shell::HttpServerLimits limits = smallLimits();
+  limits.body_timeout = 300ms;
+  ServerLoop loop(limits);
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  const HttpResponse r = drip(
+      c, "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", std::string(999, 'b'));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_TRUE(c.closedByServer());
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].problem, shell::InboundProblem::Timeout);
+}
+
+TEST(HttpServerAbuse, OnlyHttp10And11RequestLinesAreServed) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  const std::vector<std::string> refused = {
+      "GET /v1/tasks?page=1&size=1\r\n\r\n",                // HTTP/0.9: no version, no headers
+      "GET /v1/tasks HTTP/2.0\r\nHost: x\r\n\r\n",          // HTTP/2 has no request line
+      "GET /v1/tasks HTTP/1.2\r\nHost: x\r\n\r\n",
+      "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",                     // the HTTP/2 connection preface
+  };
+  for (const std::string& raw : refused) {
+    Client c(loop.port());
+    c.send(raw);
+    const HttpResponse r = c.read();
+    EXPECT_TRUE(r.status == 400 || r.status == 0) << raw;
+    EXPECT_TRUE(c.closedByServer()) << raw;
+  }
+  for (const Seen& s : loop.rec().seen()) {
+    EXPECT_EQ(s.problem, shell::InboundProblem::Malformed) << s.target;
+  }
+}
+
+TEST(HttpServerAbuse, AFieldNameThatIsNotATokenIs400) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  for (const std::string& line : {std::string("Host : evil"), std::string("X A: b"),
+                                  std::string("X\tA: b"), std::string("X(A): b")}) {
+    Client c(loop.port());
+    c.send("GET /v1/tasks HTTP/1.1\r\nHost: x\r\n" + line + "\r\n\r\n");
+    const HttpResponse r = c.read();
+    EXPECT_EQ(r.status, 400) << line;
+    EXPECT_TRUE(c.closedByServer()) << line;
+  }
+  for (const Seen& s : loop.rec().seen()) {
+    EXPECT_EQ(s.problem, shell::InboundProblem::Malformed);
+  }
+}
+
+TEST(HttpServerAbuse, ChunkedTrailerFieldsAreNotHeaders) {
+  ServerLoop loop(smallLimits());
+  ASSERT_TRUE(loop.ok());
+  Client c(loop.port());
+  c.send("POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nhello\r\n0\r\nX-Trailer: evil\r\nAuthorization: Bearer sk-smuggled\r\n\r\n");
+  const HttpResponse r = c.read();
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "POST /v1/tasks 5");
+  const auto seen = loop.rec().seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].body, "hello");
+  for (const shell::Header& h : seen[0].headers) {
+    EXPECT_NE(h.name, "X-Trailer");
+    EXPECT_NE(h.name, "Authorization");
+  }
+  // The connection serves on.
+  roundTrips(c, 1);
 }
 
 }  // namespace

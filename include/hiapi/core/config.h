@@ -73,6 +73,12 @@ struct ListenConfig {
   uint64_t max_body_bytes = 10ull * 1024 * 1024;  ///< `10MiB`
   uint64_t max_header_bytes = 64ull * 1024;       ///< `64KiB`
   Duration client_timeout = std::chrono::seconds(65);  ///< idle/read timeout of client conns
+  Duration header_timeout = std::chrono::seconds(10);  ///< request line + headers, from 1st byte
+  Duration body_timeout = std::chrono::seconds(60);    ///< request body, from end of headers
+  uint64_t max_connections = 4096;  ///< open client connections; accepting pauses at the cap
+  /// Reply bytes held for all clients together (upstream bodies being read, replies not yet
+  /// written); over it, upstream reads pause. `256MiB`.
+  uint64_t max_reply_buffer_bytes = 256ull * 1024 * 1024;
 };
 
 struct AdminConfig {

@@ -44,6 +44,11 @@ struct AbsoluteUri {
 /// @return the parts when @p target is absolute-form, nullopt when it is origin-form ("/...").
 std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target);
 
+/// @return whether @p path (no query) has a dot segment ("." or ".."), also percent-encoded
+///         (%2e) or behind an encoded separator (%2f, %5c, backslash): a path that names another
+///         resource than it seems to once normalised ("/v1/../metrics"), so it is refused.
+bool hasDotSegment(std::string_view path);
+
 /// @return the token of "Bearer <token>" (scheme case-insensitive), nullopt otherwise.
 std::optional<std::string> bearerToken(std::string_view authorization);
 

@@ -27,6 +27,7 @@ enum class ProxyError {
   Internal,             // 500 a bug: never expected
   TaskNotFound,         // 404 a proxy task id (hp-tk-…) this key does not hold
   TaskNotQueued,        // 409 cancel of a deferred task that already left the proxy's queue
+  RequestTimeout,       // 408 request headers or body not received in time (slow client)
 };
 
 /// The fixed part of a proxy error.

@@ -26,6 +26,7 @@ class TaskService;
 class DeferredService;
 class Metrics;
 class AdminServer;
+class BufferBudget;
 
 struct DaemonOptions {
   std::string config_path;
@@ -61,6 +62,7 @@ private:
   Logger& log_;
   event_base* base_ = nullptr;
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<BufferBudget> reply_budget_;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
   std::unique_ptr<Limiter> limiter_;
@@ -79,6 +81,8 @@ private:
   bool shutting_down_ = false;
   bool aborted_ = false;
   bool ready_ = false;
+  /// Top-level sections of the running configuration's file: a reload must keep them all.
+  std::vector<std::string> config_sections_;
   /// Scheduler counters already turned into metric increments, per key.
   std::map<std::string, core::SchedulerCounters> seen_counters_;
   std::map<std::string, std::vector<uint64_t>> seen_lease_expiries_;

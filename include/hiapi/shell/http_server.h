@@ -30,6 +30,8 @@
 
 namespace hiapi::shell {
 
+class BufferBudget;
+
 /// A reply header by reference: replies are written at once, nothing needs to own a copy.
 struct HeaderView {
   std::string_view name;
@@ -42,6 +44,13 @@ struct HttpServerLimits {
   uint64_t max_body_bytes = 10 * 1024 * 1024;
   /// A connection with no open request and no progress for this long is closed.
   core::Duration idle_timeout = std::chrono::seconds(65);
+  /// A request's line and headers must arrive within this of its first byte, however steadily
+  /// they trickle in (slowloris): answered 408, then closed.
+  core::Duration header_timeout = std::chrono::seconds(10);
+  /// A request's body must arrive within this of the end of its headers.
+  core::Duration body_timeout = std::chrono::seconds(60);
+  /// Open client connections at most; at the cap accepting pauses until one closes.
+  size_t max_connections = 4096;
 };
 
 /// What was wrong with a request the server could not read whole. The handler answers it like
@@ -51,6 +60,7 @@ enum class InboundProblem {
   Malformed,        ///< not HTTP/1.x the parser accepts
   HeadersTooLarge,  ///< over max_header_bytes
   BodyTooLarge,     ///< over max_body_bytes (declared or received)
+  Timeout,          ///< headers or body not received within header_timeout / body_timeout
 };
 
 struct InboundRequest {
@@ -95,8 +105,8 @@ public:
   void setLimits(const HttpServerLimits& limits);
   const HttpServerLimits& limits() const { return limits_; }
 
-  /// Answers @p exchange. Adds Content-Length (none for 1xx, 204, 304), Date when @p headers
-  /// have none, and Connection when the connection closes after this reply (@p close, a client
+  /// Answers @p exchange. Adds Content-Length (none for 1xx, 204, 304; a HEAD reply keeps the
+  /// one in @p headers, any other reply's is replaced), Date when @p headers have none, and Connection when the connection closes after this reply (@p close, a client
   /// that asked for it, HTTP/1.0 without keep-alive, an unreadable request). A HEAD request's
   /// reply carries no body. No-op for an exchange that is closed or unknown.
   void reply(uint64_t exchange, int status, const HeaderViews& headers, std::string_view body,
@@ -105,6 +115,14 @@ public:
   bool isOpen(uint64_t exchange) const { return open_.count(exchange) != 0; }
   /// @return open client connections.
   size_t connections() const { return conns_.size(); }
+  /// Reply bytes waiting to be written count against @p budget (see BufferBudget).
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+  /// Serves an already connected socket as if it had been accepted (fuzzing over a socketpair).
+  void adoptForTest(evutil_socket_t fd) { onAccept(nullptr, fd, nullptr, 0, this); }
+  /// @return whether accepting is paused (connection cap, or out of file descriptors).
+  bool acceptPaused() const { return accept_paused_; }
+  /// @return accept() calls that failed (out of descriptors, ...), for tests and metrics.
+  uint64_t acceptFailures() const { return accept_failures_; }
 
 private:
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg);
@@ -121,12 +139,26 @@ private:
   void clientGone(Conn& c);
   void destroy(Conn& c);
   void armTimer(Conn& c, core::Duration d);
+  /// Pauses accepting (cap reached, or accept failing for want of descriptors).
+  void pauseAccepting();
+  /// Accepts again when nothing holds it paused (called when a connection closes and by the
+  /// retry timer).
+  void maybeResumeAccepting();
+  static void onAcceptRetry(evutil_socket_t, short, void* arg);
 
   event_base* base_;
   Handler& handler_;
   Logger& log_;
   HttpServerLimits limits_;
   evconnlistener* listener_ = nullptr;
+  BufferBudget* budget_ = nullptr;
+  event* accept_retry_ = nullptr;  ///< resumes accepting after a failure for want of descriptors
+  bool accept_paused_ = false;
+  bool accept_failing_ = false;  ///< paused by a failed accept: the retry timer resumes it
+  uint64_t accept_failures_ = 0;
+  uint64_t accept_failures_logged_ = 0;  ///< failures up to the last log line (one per burst)
+  core::Duration accept_retry_delay_{};
+  core::MonotonicTime last_pause_log_{};
   uint16_t port_ = 0;
   uint64_t next_exchange_ = 1;
   std::unordered_set<Conn*> conns_;

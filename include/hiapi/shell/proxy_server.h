@@ -19,6 +19,7 @@
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
+#include "hiapi/shell/key_identity.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -36,7 +37,7 @@ struct RequestCtx {
   std::string method;
   core::RouteMatch route;
   std::string client;        ///< fairness class from the client header, "" = shared
-  std::string key_name;      ///< config name or "pt-<fingerprint>"; never the key
+  std::string key_name;      ///< config name or KeyIdentity::nameOf(key); never the key
   UpstreamRequest upstream;  ///< what goes out (headers filtered, key set)
   core::MonotonicTime received{};
   core::MonotonicTime deadline{};  ///< the answer must be sent by then
@@ -163,7 +164,15 @@ public:
   ///         resumed after a restart, do not count).
   size_t active() const { return requests_.size() - deferred_live_; }
   bool draining() const { return draining_; }
+  /// Names passthrough keys from now on (the daemon's per-install secret; a per-process one
+  /// until then).
+  void setKeyIdentity(const KeyIdentity& id) {
+    key_identity_ = id;
+    key_names_.clear();
+  }
 
+  /// Client replies waiting to be written count against @p budget. Call before listen().
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
   void setDeferHook(DeferHook* hook) { defer_hook_ = hook; }
@@ -250,6 +259,7 @@ private:
   bool draining_ = false;
   uint64_t next_id_ = 1;
   uint64_t id_salt_ = 0;
+  BufferBudget* budget_ = nullptr;
   AdmissionHook* admission_ = nullptr;
   PollHook* poll_hook_ = nullptr;
   DeferHook* defer_hook_ = nullptr;
@@ -259,6 +269,7 @@ private:
   core::NodeSpares<std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>>> request_spares_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
   std::unordered_map<std::string, std::string, core::StringHash, std::equal_to<>> key_names_;
+  KeyIdentity key_identity_;
 };
 
 }  // namespace hiapi::shell

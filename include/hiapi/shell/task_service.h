@@ -16,6 +16,7 @@
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
+#include "hiapi/core/save_backoff.h"
 #include "hiapi/core/task_tracker.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
@@ -114,6 +115,7 @@ private:
   event* look_ = nullptr;  ///< one-shot: a gate-pressure look planned between two ticks
   core::MonotonicTime last_save_{};
   bool dirty_ = false;
+  core::SaveBackoff save_backoff_;  ///< a failing save is tried again later and later
   /// The Authorization value last seen per key name (memory only: never logged or saved), so
   /// that reconcile polls can be made in passthrough mode.
   std::unordered_map<std::string, std::string> auth_by_key_;

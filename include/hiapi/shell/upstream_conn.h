@@ -9,6 +9,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <sys/socket.h>
 
 #include <event2/dns.h>
 #include <event2/event.h>
@@ -16,6 +19,7 @@
 #include <openssl/ssl.h>
 
 #include "hiapi/core/config.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/upstream_pool.h"
 
 namespace hiapi::shell {
@@ -68,6 +72,9 @@ public:
   /// @return whether it is open with no exchange in flight (can take the next request).
   bool reusable() const { return state_ == State::Open && !busy_; }
   bool closed() const { return state_ == State::Closed; }
+  /// Reply bodies being read count against @p budget; over it, reading pauses. Null: unbounded.
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+
   /// @return whether a complete reply came back on it before (the socket worked).
   bool answeredBefore() const { return answered_ > 0; }
 
@@ -101,6 +108,11 @@ private:
   static int onBody(llhttp_t* p, const char* at, size_t len);
   static int onMessageComplete(llhttp_t* p);
   static const llhttp_settings_t& parserSettings();
+  /// Drops the failed socket and connects to the next resolved address. @return false when
+  /// none is left.
+  bool tryNextAddress();
+  /// Brings budget_ up to date with the body held.
+  void countBody();
 
   event_base* base_;
   evdns_base* dns_;
@@ -114,6 +126,11 @@ private:
   SSL* ssl_ = nullptr;
   DnsWait* dns_wait_ = nullptr;
   evdns_getaddrinfo_request* dns_req_ = nullptr;
+  BufferBudget* budget_ = nullptr;
+  uint64_t budget_counted_ = 0;  ///< reply body bytes counted in budget_
+  /// Resolved addresses not tried yet: a refused connect tries the next (a name with an IPv6
+  /// and an IPv4 address, a service on one of them).
+  std::vector<std::pair<sockaddr_storage, socklen_t>> next_addrs_;
   uint64_t answered_ = 0;
 
   // The exchange in flight. out_ and in_ keep their capacity from one request to the next.
@@ -122,6 +139,9 @@ private:
   size_t out_off_ = 0;
   llhttp_t parser_{};
   size_t header_bytes_ = 0;      ///< the reply's header names and values so far
+  const char* chunk_begin_ = nullptr;  ///< the bytes llhttp parses now...
+  char chunk_prev_last_ = 0;           ///< ...and the last byte of the ones before
+  bool obs_fold_ = false;              ///< the reply has a folded header line
   UpstreamResponse reply_;
   bool head_ = false;            ///< a HEAD request: the reply has no body
   bool got_bytes_ = false;       ///< some reply byte arrived (interim ones included)

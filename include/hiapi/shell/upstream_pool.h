@@ -24,6 +24,8 @@
 
 namespace hiapi::shell {
 
+class BufferBudget;
+
 struct Header {
   std::string name;
   std::string value;
@@ -87,6 +89,9 @@ public:
   /// @return whether @p handle still waits for a connection (nothing sent yet).
   bool isWaiting(uint64_t handle) const;
 
+  /// Reply bodies being read count against @p budget (see BufferBudget); set before sending.
+  void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
+
   size_t busyConnections() const;
   size_t idleConnections() const;
   size_t waiting() const { return waiting_.size(); }
@@ -102,6 +107,9 @@ private:
     Conn* conn = nullptr;  ///< null while waiting
     core::MonotonicTime started{};
     core::Duration timeout{};  ///< this attempt's response timeout
+    /// When its answer is due, counted from send(): time spent waiting for a connection is
+    /// part of it (the caller's deadline does not wait either).
+    core::MonotonicTime deadline{};
   };
 
   Conn* takeConnection();
@@ -114,6 +122,12 @@ private:
   void discard(Conn* c);
   void pump();
   void closeIdleExpired();
+  /// Answers (upstream timeout, nothing sent) the waiting requests whose deadline has passed,
+  /// and sets wait_timer_ for the next one.
+  void expireWaiting();
+  /// Ends waiting @p a (already out of waiting_) as a timeout: nothing was sent.
+  void timeOutWaiting(Attempt& a);
+  static void onWaitTimer(evutil_socket_t, short, void* arg);
 
   static void onResponseTimeout(evutil_socket_t, short, void* arg);
   static void onConnectTimeout(evutil_socket_t, short, void* arg);
@@ -134,6 +148,9 @@ private:
   std::vector<std::unique_ptr<Conn>> graveyard_;    ///< closed; freed on the next loop turn
   event* deferred_ = nullptr;
   event* idle_sweep_ = nullptr;
+  BufferBudget* budget_ = nullptr;
+  event* wait_timer_ = nullptr;  ///< the earliest deadline of a request waiting for a connection
+  core::MonotonicTime wait_timer_at_{};
   /// Callbacks due, run from deferred_ (never from inside send or a socket callback).
   std::vector<std::pair<UpstreamCallback, UpstreamResponse>> completions_;
   std::vector<std::pair<UpstreamCallback, UpstreamResponse>> running_;  ///< keeps its capacity
