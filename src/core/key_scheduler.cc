@@ -309,7 +309,8 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
   if (delay <= Duration::zero()) {
     return;
   }
-  const MonotonicTime end = now + delay;
+  // The margin again: a request sent right at the reset could arrive a little before it.
+  const MonotonicTime end = now + delay + fromSeconds(marginTokens() / budget_->rate());
   if (window_end_ && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
     // The same window seen through another answer: the smaller allowance is the newer news.
     window_allowance_ = std::min(window_allowance_, allowance);

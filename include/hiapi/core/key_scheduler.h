@@ -31,7 +31,8 @@
 //   - Remaining r answers a request after which n more were admitted, so at most r - n remain:
 //     the bucket never holds a whole token more than that (a whole one: Remaining counts whole
 //     tokens, so a bucket in phase may hold a fraction more);
-//   - with Reset, no more than r - n are admitted before the reset (a window allowance);
+//   - with Reset, no more than r - n are admitted before the reset plus the phase margin (a
+//     window allowance);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
 // Phase margin: a token is usable limits.phase_margin after the bucket has it (at most a quarter
 //   of a token interval, and never more than the burst allows), so that a request paced at the
