@@ -37,6 +37,7 @@ void AdaptiveRate::reconfigure(const LimitsConfig& limits) {
   min_fraction_ = std::clamp(limits.min_rate_fraction, 1e-6, 1.0);
   recovery_time_ = std::max(limits.recovery_time, Duration::zero());
   max_cooldown_ = std::max(limits.max_cooldown, Duration::zero());
+  repeat_window_ = std::max(limits.repeat_window, Duration::zero());
   base_fraction_ = std::max(base_fraction_, min_fraction_);
 }
 
@@ -78,11 +79,20 @@ Duration AdaptiveRate::cooldownRemaining(MonotonicTime now) const {
 }
 
 MonotonicTime AdaptiveRate::onRateLimited(MonotonicTime now, std::optional<Duration> retry_after,
-                                          Random& random) {
+                                          Random& random, bool inside_budget) {
   ++consecutive_429_;
+  const bool same_event =
+      (last_event_ && now < *last_event_ + kDecreaseGuard) || now < cooldown_until_;
+  const bool repeated = last_event_ && now - *last_event_ <= repeat_window_;
+  const bool cut =
+      !same_event && (!inside_budget || repeat_window_ <= Duration::zero() || repeated);
   Duration pause;
   if (retry_after) {
     pause = std::clamp(*retry_after, Duration::zero(), max_cooldown_);
+  } else if (!same_event && !cut) {
+    // A phase error: the gateway's bucket is one token short of ours. One token interval at
+    // the rate we pace at brings ours back behind it.
+    pause = std::min(fromSeconds(1.0 / std::max(effectiveRate(now), 1e-9)), max_cooldown_);
   } else {
     // Full jitter: uniform in [0, min(max, base * 2^(k-1))).
     const uint32_t exponent = std::min<uint32_t>(consecutive_429_ - 1, 30);
@@ -90,18 +100,21 @@ MonotonicTime AdaptiveRate::onRateLimited(MonotonicTime now, std::optional<Durat
         std::min(toSeconds(max_cooldown_), toSeconds(backoff_base_) * std::ldexp(1.0, exponent));
     pause = fromSeconds(random.uniform() * ceiling_s);
   }
-  const bool guarded =
-      (last_decrease_ && now < *last_decrease_ + kDecreaseGuard) || now < cooldown_until_;
   const MonotonicTime end = pauseUntil(now + pause, now);
-  if (!guarded) {
+  if (!same_event) {
+    last_event_ = now;
+  }
+  last_reaction_ = same_event ? Reaction::SameEvent : cut ? Reaction::Decrease : Reaction::Resync;
+  if (cut) {
     const double current = fraction(now);
     base_fraction_ = std::max(min_fraction_, current * decrease_factor_);
-    last_decrease_ = now;
     ++decreases_;
+  } else if (!same_event) {
+    ++resyncs_;
   }
   // The climb back starts when the (possibly extended) cool-down ends.
   if (base_fraction_ < 1.0) {
-    if (!guarded) {
+    if (cut) {
       recovery_start_ = end;
     } else if (end > recovery_start_) {
       // Freeze the climb at its current value and restart it after the longer cool-down.
@@ -113,18 +126,5 @@ MonotonicTime AdaptiveRate::onRateLimited(MonotonicTime now, std::optional<Durat
 }
 
 void AdaptiveRate::onSuccess(MonotonicTime /*now*/) { consecutive_429_ = 0; }
-
-std::optional<MonotonicTime> AdaptiveRate::onRateLimitHeaders(
-    const RateLimitHeaders& headers, MonotonicTime now,
-    std::chrono::system_clock::time_point wall_now) {
-  if (!headers.remaining || *headers.remaining > 0 || !headers.reset) {
-    return std::nullopt;
-  }
-  const Duration delay = rateLimitResetDelay(*headers.reset, wall_now);
-  if (delay <= Duration::zero()) {
-    return std::nullopt;
-  }
-  return pauseUntil(now + delay, now);
-}
 
 }  // namespace hiapi::core

@@ -827,7 +827,7 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
 void Parser::parseLimits(const Field& f, LimitsConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"rate", "burst", "decrease_factor", "min_rate_fraction", "recovery_time",
-             "max_cooldown", "tiers"});
+             "max_cooldown", "repeat_window", "phase_margin", "tiers"});
   if (auto v = m.get("rate")) {
     out.rate = rate(*v);
   }
@@ -845,6 +845,15 @@ void Parser::parseLimits(const Field& f, LimitsConfig& out) const {
   }
   if (auto v = m.get("max_cooldown")) {
     out.max_cooldown = positiveDuration(*v);
+  }
+  if (auto v = m.get("repeat_window")) {
+    out.repeat_window = duration(*v);
+  }
+  if (auto v = m.get("phase_margin")) {
+    out.phase_margin = duration(*v);
+    if (out.phase_margin > std::chrono::seconds(1)) {
+      fail(*v, "must be at most 1s (a guard against arrival jitter, not a pause)");
+    }
   }
   if (auto v = m.get("tiers")) {
     parseTiers(*v, out.tiers);

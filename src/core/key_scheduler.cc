@@ -183,16 +183,17 @@ bool KeyScheduler::admitAtOnce(const QueueEntry& entry, RouteKind route, Monoton
     return false;
   }
   const Reserve reserve = reserveFor(now);
-  if (!budget_->tryAcquire(1.0, now)) {
+  if (!takeToken(now)) {
     return false;
   }
   if (budget_->available(now) < reserve.tokens) {
-    budget_->refund(1.0, now);  // kept for a bottleneck's look: this one waits in the queue
+    giveToken(now);  // kept for a bottleneck's look: this one waits in the queue
     return false;
   }
   Admitted a;
   a.id = entry.id;
   a.route = route;
+  a.seq = nextSeq();
   ready_.push_back(a);
   ++counters_.admitted;
   return true;
@@ -215,7 +216,7 @@ bool KeyScheduler::cancel(uint64_t id, MonotonicTime now) {
                              [id](const Admitted& a) { return a.id == id; });
       it != ready_.end()) {
     ready_.erase(it);
-    budget_->refund(1.0, now);
+    giveToken(now);
     --counters_.admitted;
     ++counters_.cancelled;
     return true;
@@ -239,7 +240,85 @@ void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
   if (out != nullptr) {
     out->expired_slots.insert(out->expired_slots.end(), expired.begin(), expired.end());
   }
+  if (window_end_ && now >= *window_end_) {
+    window_end_.reset();  // the gateway's window reset: its allowance no longer binds
+  }
   applyRate(now);
+}
+
+double KeyScheduler::marginTokens() const {
+  // At most a quarter of a token, and never so much that one token and the margin exceed the
+  // burst (a burst of 1 would then never admit anything).
+  const double tokens = toSeconds(limits_.phase_margin) * budget_->rate();
+  return std::clamp(std::min(tokens, 0.25), 0.0, std::max(0.0, budget_->burst() - 1.0));
+}
+
+bool KeyScheduler::takeToken(MonotonicTime now) {
+  if (windowClosed(now) || budget_->available(now) < 1.0 + marginTokens() ||
+      !budget_->tryAcquire(1.0, now)) {
+    return false;
+  }
+  if (window_end_ && now < *window_end_) {
+    window_allowance_ -= 1.0;
+  }
+  return true;
+}
+
+void KeyScheduler::giveToken(MonotonicTime now) {
+  budget_->refund(1.0, now);
+  if (window_end_ && now < *window_end_) {
+    window_allowance_ += 1.0;
+  }
+}
+
+double KeyScheduler::effectiveBurst() const {
+  const double configured = sanitizedBurst(limits_.burst);
+  if (advertised_limit_ && *advertised_limit_ >= 1.0) {
+    return std::min(configured, std::floor(*advertised_limit_));
+  }
+  return configured;
+}
+
+void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now) {
+  const RateLimitHeaders& h = o.ratelimit;
+  if (h.limit && std::isfinite(*h.limit) && *h.limit >= 1.0) {
+    advertised_limit_ = *h.limit;
+    const double burst = effectiveBurst();
+    if (burst != budget_->burst()) {
+      budget_->setBurst(burst, now);
+    }
+  }
+  if (!h.remaining || !std::isfinite(*h.remaining)) {
+    return;
+  }
+  advertised_remaining_ = std::max(0.0, *h.remaining);
+  // Admitted after the request this answers: the gateway has counted them since, or will.
+  const double sent_after =
+      o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
+  const double allowance = std::max(0.0, std::floor(*advertised_remaining_) - sent_after);
+  // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
+  // holds more is ahead of the gateway and drops back to what the gateway surely has.
+  if (budget_->available(now) >= allowance + 1.0) {
+    budget_->pauseUntil(now - fromSeconds(allowance / budget_->rate()));
+  }
+  if (!h.reset) {
+    return;
+  }
+  const Duration delay =
+      std::min(rateLimitResetDelay(*h.reset, o.wall_now), limits_.max_cooldown);
+  if (delay <= Duration::zero()) {
+    return;
+  }
+  // The margin again: a request sent right at the reset could arrive a little before it.
+  const MonotonicTime end = now + delay + fromSeconds(marginTokens() / budget_->rate());
+  if (window_end_ && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
+    // The same window seen through another answer: the smaller allowance is the newer news.
+    window_allowance_ = std::min(window_allowance_, allowance);
+    window_end_ = std::max(*window_end_, end);
+  } else {
+    window_allowance_ = allowance;
+    window_end_ = end;
+  }
 }
 
 Dispatch KeyScheduler::dispatch(MonotonicTime now) {
@@ -292,7 +371,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
       reserve = reserveFor(now);
     }
     // Reserve the token first; give it back if no entry can use it.
-    if (!budget_->tryAcquire(1.0, now)) {
+    if (!takeToken(now)) {
       waiting_for_token = true;
       break;
     }
@@ -310,7 +389,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
       entry = queue_.popNext(reserved, lanes, /*first_only=*/true);
     }
     if (!entry) {
-      budget_->refund(1.0, now);
+      giveToken(now);
       if (!spare) {
         waiting_for_token = true;
         tokens_wanted = reserve.tokens + 1.0;
@@ -334,7 +413,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
         if (p.held_slot && !gates_[*p.tier]->canAcquire(now)) {
           // Its held slot's lease ran out while it waited: it needs a new slot, and must wait
           // on its tier's lane for one.
-          budget_->refund(1.0, now);
+          giveToken(now);
           p.held_slot.reset();
           entry->lane = p.tier;
           pending_.emplace(entry->id, p);
@@ -345,7 +424,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
         const SlotId slot = next_slot_id_++;
         // The lane was open at this same `now`, so this cannot fail; stay safe regardless.
         if (!gates_[*p.tier]->acquireWithId(slot, now)) {
-          budget_->refund(1.0, now);
+          giveToken(now);
           out.expired.push_back(entry->id);
           ++counters_.queue_timeout;
           continue;
@@ -354,6 +433,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
         a.slot = slot;
       }
     }
+    a.seq = nextSeq();
     ++counters_.admitted;
     out.admitted.push_back(a);
   }
@@ -367,8 +447,11 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
     if (queue_.hasEligible(open)) {
       if (adaptive_.inCooldown(now)) {
         earliest(out.wake_at, adaptive_.cooldownUntil());
+      } else if (windowClosed(now)) {
+        earliest(out.wake_at, *window_end_);
       } else if (waiting_for_token) {
-        if (auto wait = budget_->timeUntilAvailable(tokens_wanted, now)) {
+        const double wanted = std::min(tokens_wanted + marginTokens(), budget_->burst());
+        if (auto wait = budget_->timeUntilAvailable(wanted, now)) {
           earliest(out.wake_at, now + std::max(*wait, Duration(1)));
         }
       }
@@ -594,7 +677,7 @@ std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
 }
 
 void KeyScheduler::unadmit(const Admitted& admitted, MonotonicTime now) {
-  budget_->refund(1.0, now);
+  giveToken(now);
   if (admitted.slot) {
     releaseSlot(*admitted.slot, ReleaseReason::NotCreated, now);
   }
@@ -663,18 +746,25 @@ void KeyScheduler::onUpstreamOutcome(const UpstreamOutcome& o, MonotonicTime now
       if (o.retry_after) {
         retry_after = parseRetryAfter(*o.retry_after, o.wall_now);
       }
-      const uint64_t before = adaptive_.decreases();
-      const MonotonicTime end = adaptive_.onRateLimited(now, retry_after, random_);
-      counters_.rate_decreases += adaptive_.decreases() - before;
+      // Outside the gateway's budget when it advertises a lower limit than configured (read
+      // from this answer first): then the budget really is smaller and one 429 is enough.
+      onGatewayCounters(o, now);
+      const bool inside_budget =
+          !(advertised_limit_ && *advertised_limit_ < sanitizedBurst(limits_.burst));
+      const uint64_t decreases = adaptive_.decreases();
+      const uint64_t resyncs = adaptive_.resyncs();
+      const MonotonicTime end =
+          adaptive_.onRateLimited(now, retry_after, random_, inside_budget);
+      counters_.rate_decreases += adaptive_.decreases() - decreases;
+      counters_.rate_resyncs += adaptive_.resyncs() - resyncs;
       applyRate(now);
       pauseBudget(end);
+      return;
     }
   } else if (o.status >= 200 && o.status < 500) {
     adaptive_.onSuccess(now);
   }
-  if (auto end = adaptive_.onRateLimitHeaders(o.ratelimit, now, o.wall_now)) {
-    pauseBudget(*end);
-  }
+  onGatewayCounters(o, now);
 }
 
 Duration KeyScheduler::estimatedWait(MonotonicTime now) const {
@@ -699,6 +789,8 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
   s.tokens = budget_->available(now);
   s.burst = budget_->burst();
   s.cooldown_remaining = adaptive_.cooldownRemaining(now);
+  s.advertised_limit = advertised_limit_;
+  s.advertised_remaining = advertised_remaining_;
   s.queue_depth = queue_.size();
   for (size_t p = 0; p < kPriorityCount; ++p) {
     s.queued_by_priority[p] = queue_.size(static_cast<Priority>(p));
@@ -733,7 +825,7 @@ void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
   refresh(now, nullptr);
   limits_ = limits;
   adaptive_.reconfigure(limits);
-  budget_->setBurst(sanitizedBurst(limits.burst), now);
+  budget_->setBurst(effectiveBurst(), now);
   applyRate(now);
 
   TierMatcher matcher(limits.tiers);

@@ -358,6 +358,8 @@ void Daemon::refreshGauges() {
     kg.tokens = snap.tokens;
     kg.cooldown_seconds = seconds(snap.cooldown_remaining);
     kg.queue_depth = snap.queue_depth;
+    kg.advertised_limit = snap.advertised_limit;
+    kg.advertised_remaining = snap.advertised_remaining;
     metrics_->setKeyGauges(kg);
     std::vector<uint64_t>& seen_leases = seen_lease_expiries_[key];
     seen_leases.resize(snap.tiers.size(), 0);

@@ -359,6 +359,7 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
       continue;
     }
     it->second.ctx->slot = a.slot;
+    it->second.ctx->admission_seq = a.seq;
     if (metrics_ != nullptr && !it->second.ctx->internal) {
       metrics_->queueWait(ks.name, core::routeName(a.route), core::toSeconds(a.waited));
     }
@@ -415,12 +416,15 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
   out.route = ctx.route.kind;
   out.tier = ctx.tier;
   out.slot = ctx.slot;
+  out.seq = ctx.admission_seq;
   out.wall_now = wall;
   if (resp.status == 429) {
     const core::UpstreamErrorFields f = core::parseUpstreamError(resp.body);
     out.cause = f.code ? core::classify429Code(*f.code) : core::Limit429Cause::Unknown;
   }
   readLimitHeaders(resp.headers, out);
+  const uint64_t resyncs_before = ks.sched->counters().rate_resyncs;
+  const uint64_t decreases_before = ks.sched->counters().rate_decreases;
   ks.sched->onUpstreamOutcome(out, now);
   if (metrics_ != nullptr) {
     metrics_->upstreamRequest(ctx.key_name, core::routeName(ctx.route.kind), out.status,
@@ -429,6 +433,12 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
       metrics_->upstream429(ctx.key_name, out.cause == core::Limit429Cause::Rate          ? "rate"
                                           : out.cause == core::Limit429Cause::Concurrency ? "concurrency"
                                                                                           : "unknown");
+      if (ks.sched->counters().rate_resyncs > resyncs_before) {
+        metrics_->rateReaction(ctx.key_name, "resync");
+      }
+      if (ks.sched->counters().rate_decreases > decreases_before) {
+        metrics_->rateReaction(ctx.key_name, "decrease");
+      }
     }
   }
   if (ctx.attempts == 1) {

@@ -389,6 +389,13 @@ void Metrics::upstream429(std::string_view key, std::string_view cause) {
       .Increment();
 }
 
+void Metrics::rateReaction(std::string_view key, std::string_view reaction) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(rate_reactions_,
+          {keyLabelLocked(key), oneOf(reaction, {"resync", "decrease"}, "decrease")})
+      .Increment();
+}
+
 void Metrics::throttle(std::string_view key, std::string_view reason, double count) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(throttled_,
@@ -478,6 +485,9 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
   for (std::string_view c : {"rate", "concurrency"}) {
     counter(upstream_429_, {k, c});
   }
+  for (std::string_view r : {"resync", "decrease"}) {
+    counter(rate_reactions_, {k, r});
+  }
   for (std::string_view r : {"create", "poll"}) {
     histogram(queue_wait_, kQueueWaitBuckets, {k, r});
   }
@@ -505,6 +515,12 @@ void Metrics::setKeyGauges(const KeyGauges& g) {
   gauge(tokens_available_, {k}).Set(g.tokens);
   gauge(cooldown_, {k}).Set(std::max(0.0, g.cooldown_seconds));
   gauge(queue_depth_, {k, "all"}).Set(static_cast<double>(g.queue_depth));
+  if (g.advertised_limit) {
+    gauge(advertised_limit_, {k}).Set(*g.advertised_limit);
+  }
+  if (g.advertised_remaining) {
+    gauge(advertised_remaining_, {k}).Set(*g.advertised_remaining);
+  }
 }
 
 void Metrics::setTierGauges(const TierGauges& g) {
@@ -560,6 +576,8 @@ void Metrics::retainKeys(const std::vector<std::string>& keys) {
   prune(rate_effective_);
   prune(tokens_available_);
   prune(cooldown_);
+  prune(advertised_limit_);
+  prune(advertised_remaining_);
   prune(queue_depth_);
   prune(tasks_running_);
   prune(tier_ceiling_);

@@ -59,13 +59,14 @@ Totals sum(const std::vector<ClientResult>& rs) {
   return t;
 }
 
-void runBurst(const std::vector<std::string>& sim_extra, const std::string& proxy_extra) {
+void runBurst(const std::vector<std::string>& sim_extra, const std::string& proxy_extra,
+              const std::string& proxy_limits = kProxyLimits, int proxy_burst = 5) {
   TempDir dir;
   std::vector<std::string> flags = kSimLimits;
   flags.insert(flags.end(), sim_extra.begin(), sim_extra.end());
   SimProcess sim(dir, flags);
   ASSERT_TRUE(sim.started()) << sim.process().err();
-  ProxyProcess proxy(dir, proxyYaml(sim.port(), kProxyLimits + proxy_extra));
+  ProxyProcess proxy(dir, proxyYaml(sim.port(), proxy_limits + proxy_extra));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
 
   std::vector<ClientSpec> specs;
@@ -101,7 +102,7 @@ void runBurst(const std::vector<std::string>& sim_extra, const std::string& prox
   EXPECT_EQ(jsonInt(st, {"tasks_created"}), 100);
   EXPECT_EQ(jsonInt(st, {"duplicate_creations"}), 0);
   EXPECT_LE(up429 * 100, upstream) << "upstream 429s stay within 1% of upstream requests";
-  EXPECT_LE(jsonInt(st, {"keys", kKey.c_str(), "max_admitted_1s"}), 10 + 5 + 1)
+  EXPECT_LE(jsonInt(st, {"keys", kKey.c_str(), "max_admitted_1s"}), 10 + proxy_burst + 1)
       << "no 1-second window above rate + burst";
   EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
   EXPECT_LE(jsonInt(st, {"tiers", "light", "max_running_per_key"}), 5);
@@ -115,6 +116,15 @@ void runBurst(const std::vector<std::string>& sim_extra, const std::string& prox
 
 TEST(SharedBudget, FiveClientsBurstHundredCreatesWithoutAClientSeeing429) {
   runBurst({}, {});
+}
+
+TEST(SharedBudget, SameWithTheGatewaysOwnBurstAgainstAJitteredFixedWindowThatCounts) {
+  // No burst below the gateway's: a fixed window (10 per aligned second) whose X-RateLimit-*
+  // the proxy keeps in phase with, 10 ms of arrival jitter that the phase margin absorbs.
+  std::string limits = kProxyLimits;
+  limits.replace(limits.find("burst: 5"), 8, "burst: 10");
+  runBurst({"--limiter", "fixed-window", "--ratelimit-headers", "on", "--jitter", "10ms"}, {},
+           limits, 10);
 }
 
 TEST(SharedBudget, SameWithInjected5xxAndResetsAndNoDuplicateTask) {

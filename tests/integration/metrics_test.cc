@@ -38,6 +38,8 @@ void exerciseAll(Metrics& m) {
   m.upstreamRequest("backup", "other", 0, 5.0);
   m.upstream429("main", "rate");
   m.upstream429("main", "concurrency");
+  m.rateReaction("main", "resync");
+  m.rateReaction("main", "decrease");
   for (const char* r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
     m.throttle("main", r);
   }
@@ -55,7 +57,7 @@ void exerciseAll(Metrics& m) {
   m.leaseExpired("main", "heavy");
   m.configReload(true);
   m.configReload(false);
-  m.setKeyGauges({"main", 1.0, 0.5, 3.5, 12.0, 7});
+  m.setKeyGauges({"main", 1.0, 0.5, 3.5, 12.0, 7, 60.0, 12.0});
   m.setKeyGauges({"backup", 2.0, 2.0, 5, 0, 0});
   m.setTierGauges({"main", "heavy", 2, 2, 1, 4});
   m.setTierGauges({"main", "light", 3, 5, 5, 3});
@@ -140,6 +142,13 @@ TEST(Metrics, ValuesAndLabelsAreWhatTheCallsSaid) {
   EXPECT_NE(text.find(R"(hiapi_proxy_tier_ceiling{key="main",kind="configured",tier="heavy"} 2)"),
             std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_rate_effective{key="main"} 0.5)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_upstream_ratelimit_limit{key="main"} 60)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_upstream_ratelimit_remaining{key="main"} 12)"),
+            std::string::npos);
+  // Not advertised yet: no series rather than a made-up 0.
+  EXPECT_EQ(text.find(R"(hiapi_proxy_upstream_ratelimit_limit{key="backup"})"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_rate_429_reactions_total{key="main",reaction="resync"} 1)"),
+            std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_upstream_connections{state="idle"} 5)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_config_reloads_total{result="failed"} 1)"), std::string::npos);
   EXPECT_NE(text.find(std::string(R"(hiapi_proxy_build_info{version=")") + HIAPI_PROXY_VERSION +

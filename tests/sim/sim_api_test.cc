@@ -224,7 +224,8 @@ TEST_F(SimTest, HelpDocumentsFlagsAndNonLoopbackIsRefused) {
         "--retry-after-format", "--ratelimit-headers", "--keys", "--fault-5xx", "--fault-reset",
         "--latency", "--latency-jitter", "--stall-ratio", "--stall-time", "--seed", "--port",
         "--port-file", "--listen", "--tls-cert", "--tls-key", "--callback-secret",
-        "--create-delay", "--count-rejected", "--max-body"}) {
+        "--create-delay", "--count-rejected", "--max-body", "--limiter", "--window", "--jitter",
+        "--duration-dist", "--duration-sigma"}) {
     EXPECT_NE(help.find(flag), std::string::npos) << flag;
   }
   std::string err;
@@ -595,6 +596,71 @@ TEST_F(SimTest, StallAndLatencyStillAnswer) {
   auto s = stats();
   EXPECT_EQ(num(s, "/faults/stall"), 3);
   EXPECT_EQ(num(s, "/faults/latency"), 3);
+}
+
+TEST_F(SimTest, LatencyAndJitterDelayEveryRequest) {
+  ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "0", "--latency", "2ms", "--jitter", "10ms"}));
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(call("GET", "/v1/tasks", "sk-a").status, 200);
+  }
+  EXPECT_EQ(num(stats(), "/faults/latency"), 5);
+  HttpResponse cfg = call("GET", "/__config", "");
+  EXPECT_NE(cfg.body.find("\"jitter\":0.01"), std::string::npos) << cfg.body;
+}
+
+// Every limiter shape, with the counters on: 3 at once, then 429; the headers promise no more
+// than Remaining before Reset (decimal seconds, within the shape's window), and are absent when
+// switched off.
+TEST_F(SimTest, LimiterShapesAndTheirRateLimitHeaders) {
+  for (const char* shape : {"token-bucket", "gcra", "fixed-window", "sliding-window"}) {
+    SCOPED_TRACE(shape);
+    ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "1/m", "--burst", "3", "--limiter", shape,
+                                      "--ratelimit-headers", "on"}));
+    for (int i = 0; i < 4; ++i) {
+      HttpResponse r = call("GET", "/v1/tasks", "sk-a");
+      ASSERT_TRUE(r.ok()) << r.error;
+      EXPECT_EQ(r.status, i < 3 ? 200 : 429) << i;
+      EXPECT_EQ(r.header("X-RateLimit-Limit"), "3");
+      EXPECT_EQ(r.header("X-RateLimit-Remaining"), std::to_string(std::max(0, 2 - i)));
+      const double reset = std::stod(r.header("X-RateLimit-Reset"));
+      EXPECT_GT(reset, 0.0);
+      EXPECT_LE(reset, 180.0);  // the window (burst / rate = 3 min) at most
+      EXPECT_NE(r.header("X-RateLimit-Reset").find('.'), std::string::npos);
+      if (r.status == 429) {
+        EXPECT_FALSE(r.header("Retry-After").empty());
+      }
+    }
+    HttpResponse cfg = call("GET", "/__config", "");
+    EXPECT_NE(cfg.body.find(std::string("\"limiter\":\"") + shape + "\""), std::string::npos);
+    EXPECT_EQ(sim_->stop(), 0);
+    sim_.reset();
+  }
+  ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "1/m", "--burst", "3", "--ratelimit-headers",
+                                    "off"}));
+  EXPECT_TRUE(call("GET", "/v1/tasks", "sk-a").header("X-RateLimit-Remaining").empty());
+}
+
+TEST_F(SimTest, LognormalDurationsVaryAroundTheMean) {
+  ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "0", "--light-max", "0", "--light-duration",
+                                    "150ms", "--duration-dist", "lognormal", "--duration-sigma",
+                                    "0.6", "--seed", "3"}));
+  const int n = 16;
+  for (int i = 0; i < n; ++i) {
+    create("sk-a", createBody("gpt-image-2", "p" + std::to_string(i)));
+  }
+  auto s = waitStat("/tiers/light/running", 0);
+  const rapidjson::Value* tasks = rapidjson::Pointer("/tasks").Get(s);
+  ASSERT_NE(tasks, nullptr);
+  ASSERT_EQ(tasks->Size(), static_cast<rapidjson::SizeType>(n));
+  double lo = 1e9, hi = 0;
+  for (const auto& t : tasks->GetArray()) {
+    const double d = t["terminal_ms"].GetDouble() - t["created_ms"].GetDouble();
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  // Uniform jitter of 0.1 keeps every duration within 0.9..1.1 of the mean (ratio <= 1.23);
+  // a lognormal with sigma 0.6 spreads 16 draws far wider.
+  EXPECT_GT(hi / std::max(lo, 1.0), 1.5) << lo << " " << hi;
 }
 
 TEST_F(SimTest, StatsEqualWhatWasSentAndResetClearsAll) {

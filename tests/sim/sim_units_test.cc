@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "config.h"
@@ -64,6 +65,145 @@ TEST(TokenBucket, ZeroRateIsUnlimited) {
   for (int i = 0; i < 1000; ++i) {
     ASSERT_TRUE(b.consume(0, kBurst, 0.0));
   }
+}
+
+// ---- limiter shapes -------------------------------------------------------------------------
+
+LimitParams params(double rate = kRate, double burst = kBurst, double window = 0.0) {
+  LimitParams p;
+  p.rate = rate;
+  p.burst = burst;
+  p.window = window;
+  return p;
+}
+
+constexpr LimiterShape kShapes[] = {LimiterShape::TokenBucket, LimiterShape::Gcra,
+                                    LimiterShape::FixedWindow, LimiterShape::SlidingWindow};
+
+TEST(KeyLimiter, ShapesParseAndNameThemselves) {
+  for (LimiterShape shape : kShapes) {
+    LimiterShape back = LimiterShape::TokenBucket;
+    ASSERT_TRUE(parseLimiterShape(limiterShapeName(shape), &back));
+    EXPECT_EQ(back, shape);
+  }
+  LimiterShape s = LimiterShape::Gcra;
+  EXPECT_FALSE(parseLimiterShape("leaky", &s));
+  EXPECT_EQ(s, LimiterShape::Gcra);
+  // A window defaults to burst / rate and holds rate x window.
+  EXPECT_DOUBLE_EQ(params().window_s(), 1.5);
+  EXPECT_DOUBLE_EQ(params().window_limit(), 3.0);
+  EXPECT_DOUBLE_EQ(params(1.0, 5.0, 60.0).window_limit(), 60.0);
+}
+
+TEST(KeyLimiter, EveryShapeLetsTheBurstThroughAtOnceThenHoldsTheRate) {
+  for (LimiterShape shape : kShapes) {
+    KeyLimiter l;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_TRUE(l.consume(shape, params(), 0.0)) << limiterShapeName(shape) << i;
+    }
+    EXPECT_FALSE(l.consume(shape, params(), 0.0)) << limiterShapeName(shape);
+    // Over 30 s of 1 ms steps, never more than what the shape allows; on average the rate.
+    int admitted = 3;
+    for (int ms = 1; ms <= 30000; ++ms) {
+      admitted += l.consume(shape, params(), ms / 1000.0) ? 1 : 0;
+    }
+    EXPECT_GE(admitted, 3 + 2 * 30 - 3) << limiterShapeName(shape);
+    EXPECT_LE(admitted, 3 + 2 * 30 + 3) << limiterShapeName(shape);
+  }
+}
+
+TEST(KeyLimiter, WindowsDifferFromBucketsAtTheirEdges) {
+  // A fixed window lets a second burst through right after its boundary; a bucket does not.
+  KeyLimiter fixed, bucket, sliding;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(fixed.consume(LimiterShape::FixedWindow, params(), 1.4));
+    ASSERT_TRUE(bucket.consume(LimiterShape::TokenBucket, params(), 1.4));
+    ASSERT_TRUE(sliding.consume(LimiterShape::SlidingWindow, params(), 1.4));
+  }
+  EXPECT_NEAR(fixed.secondsUntilAllowed(LimiterShape::FixedWindow, params(), 1.4), 0.1, 1e-9);
+  EXPECT_TRUE(fixed.consume(LimiterShape::FixedWindow, params(), 1.5));  // a new window
+  EXPECT_TRUE(fixed.consume(LimiterShape::FixedWindow, params(), 1.5));
+  EXPECT_FALSE(bucket.consume(LimiterShape::TokenBucket, params(), 1.5));
+  // A sliding window frees a slot when its oldest request leaves (1.4 + 1.5).
+  EXPECT_FALSE(sliding.consume(LimiterShape::SlidingWindow, params(), 2.8));
+  EXPECT_NEAR(sliding.secondsUntilAllowed(LimiterShape::SlidingWindow, params(), 2.8), 0.1, 1e-9);
+  EXPECT_TRUE(sliding.consume(LimiterShape::SlidingWindow, params(), 2.9));
+}
+
+TEST(KeyLimiter, GcraMatchesTheTokenBucketsDecisions) {
+  KeyLimiter gcra, bucket;
+  uint64_t x = 88172645463325252ull;  // xorshift: irregular arrivals, seeded
+  double now = 0.0;
+  for (int i = 0; i < 5000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    now += static_cast<double>(x % 1000) / 1000.0 * 0.6;
+    ASSERT_EQ(gcra.consume(LimiterShape::Gcra, params(), now),
+              bucket.consume(LimiterShape::TokenBucket, params(), now))
+        << i << " at " << now;
+  }
+}
+
+TEST(KeyLimiter, CountersPromiseNoMoreThanRemainingBeforeReset) {
+  // For every shape: after any history, at most `remaining` requests pass before `reset_s`,
+  // and the counters' limit is the burst (buckets) or the window's limit.
+  for (LimiterShape shape : kShapes) {
+    KeyLimiter l;
+    uint64_t x = 2463534242ull;
+    double now = 0.0;
+    for (int i = 0; i < 300; ++i) {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+      now += static_cast<double>(x % 700) / 1000.0;
+      l.consume(shape, params(), now);
+      const LimitCounters c = l.counters(shape, params(), now);
+      EXPECT_EQ(c.limit, 3) << limiterShapeName(shape);
+      ASSERT_GE(c.remaining, 0);
+      ASSERT_LE(c.remaining, 3);
+      // Try to send as much as possible until just before the reset, on a copy.
+      KeyLimiter probe = l;
+      int passed = 0;
+      for (double t = now; t < now + c.reset_s - 1e-9; t += 0.001) {
+        while (probe.consume(shape, params(), t)) {
+          ++passed;
+        }
+      }
+      ASSERT_LE(passed, c.remaining) << limiterShapeName(shape) << " at " << now;
+    }
+  }
+}
+
+TEST(KeyLimiter, RefundAndCountRejected) {
+  for (LimiterShape shape : kShapes) {
+    KeyLimiter l;
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(l.consume(shape, params(), 0.2));
+    }
+    l.refund(shape, params(), 0.2);
+    EXPECT_TRUE(l.consume(shape, params(), 0.2)) << limiterShapeName(shape);
+    EXPECT_FALSE(l.consume(shape, params(), 0.2)) << limiterShapeName(shape);
+    const double before = l.secondsUntilAllowed(shape, params(), 0.2);
+    l.forceConsume(shape, params(), 0.2);  // a counted rejection waits no less
+    EXPECT_GE(l.secondsUntilAllowed(shape, params(), 0.2), before) << limiterShapeName(shape);
+  }
+}
+
+TEST(Durations, LognormalKeepsTheMeanAndSpreads) {
+  Rng rng(5);
+  double sum = 0.0, lo = 1e9, hi = 0.0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    const double d = lognormalDuration(5.0, 0.3, rng.normal());
+    sum += d;
+    lo = std::min(lo, d);
+    hi = std::max(hi, d);
+  }
+  EXPECT_NEAR(sum / n, 5.0, 0.05);
+  EXPECT_LT(lo, 3.0);
+  EXPECT_GT(hi, 9.0);
+  EXPECT_DOUBLE_EQ(lognormalDuration(5.0, 0.0, 1.7), 5.0);
 }
 
 TEST(WindowMax, ExactOverHalfOpenOneSecondWindows) {
@@ -153,6 +293,20 @@ TEST(Config, ArgsAndEmptyKeys) {
   EXPECT_DOUBLE_EQ(cfg.rate_per_s, 5);
   EXPECT_TRUE(cfg.ratelimit_headers);
   EXPECT_EQ(cfg.envelope, Envelope::Guide);
+  const char* shapes[] = {"hiapi-sim", "--limiter",        "sliding-window", "--ratelimit-headers",
+                          "off",       "--jitter",         "10ms",           "--duration-dist",
+                          "lognormal", "--duration-sigma", "0.5",            "--window",
+                          "2s"};
+  ASSERT_TRUE(parseArgs(13, const_cast<char**>(shapes), cfg, &help, &err)) << err;
+  EXPECT_EQ(cfg.limiter, LimiterShape::SlidingWindow);
+  EXPECT_FALSE(cfg.ratelimit_headers);  // "--x off"
+  EXPECT_DOUBLE_EQ(cfg.latency_jitter_s, 0.010);
+  EXPECT_TRUE(cfg.duration_lognormal);
+  EXPECT_DOUBLE_EQ(cfg.duration_sigma, 0.5);
+  EXPECT_DOUBLE_EQ(cfg.window_s, 2.0);
+  const char* bad_shape[] = {"hiapi-sim", "--limiter", "leaky-bucket"};
+  EXPECT_FALSE(parseArgs(3, const_cast<char**>(bad_shape), cfg, &help, &err));
+  EXPECT_NE(err.find("limiter"), std::string::npos);
   const char* bad[] = {"hiapi-sim", "--fail-ratio", "2"};
   EXPECT_FALSE(parseArgs(3, const_cast<char**>(bad), cfg, &help, &err));
   EXPECT_NE(err.find("fail-ratio"), std::string::npos);

@@ -20,6 +20,9 @@ private:
   double v_;
 };
 
+/// A rate 429 for a request outside the gateway's budget: cut at once (the decrease mechanics).
+constexpr bool kOutsideBudget = false;
+
 LimitsConfig limits() {
   LimitsConfig l;
   l.rate.per_second = 1.0;
@@ -40,7 +43,7 @@ TEST(AdaptiveRate, StartsAtConfigured) {
 TEST(AdaptiveRate, RetryAfterSetsCooldownAndHalvesRate) {
   AdaptiveRate a(limits());
   FixedRandom r(0.5);
-  const MonotonicTime end = a.onRateLimited(kStart, seconds(5), r);
+  const MonotonicTime end = a.onRateLimited(kStart, seconds(5), r, kOutsideBudget);
   EXPECT_EQ(end, kStart + seconds(5));
   EXPECT_TRUE(a.inCooldown(kStart + seconds(4)));
   EXPECT_FALSE(a.inCooldown(kStart + seconds(5)));
@@ -52,7 +55,7 @@ TEST(AdaptiveRate, RetryAfterSetsCooldownAndHalvesRate) {
 TEST(AdaptiveRate, SillyRetryAfterIsCapped) {
   AdaptiveRate a(limits());
   FixedRandom r(0.5);
-  const MonotonicTime end = a.onRateLimited(kStart, seconds(561635), r);
+  const MonotonicTime end = a.onRateLimited(kStart, seconds(561635), r, kOutsideBudget);
   EXPECT_EQ(end, kStart + seconds(60));
   EXPECT_EQ(a.cooldownRemaining(kStart), seconds(60));
 }
@@ -60,7 +63,7 @@ TEST(AdaptiveRate, SillyRetryAfterIsCapped) {
 TEST(AdaptiveRate, LinearRecoveryCurve) {
   AdaptiveRate a(limits());
   FixedRandom r(0.5);
-  a.onRateLimited(kStart, seconds(0), r);  // fraction 0.5, climb from kStart over 30 s
+  a.onRateLimited(kStart, seconds(0), r, kOutsideBudget);  // fraction 0.5, climb from kStart over 30 s
   struct Row {
     int s;
     double rate;
@@ -78,7 +81,7 @@ TEST(AdaptiveRate, DecreaseCurveHitsFloor) {
   MonotonicTime t = kStart;
   for (int i = 0; i < 6; ++i) {
     const double before = a.effectiveRate(t);
-    a.onRateLimited(t, seconds(0), r);
+    a.onRateLimited(t, seconds(0), r, kOutsideBudget);
     EXPECT_NEAR(a.effectiveRate(t), std::max(0.1, before * 0.5), 1e-9) << i;
     t += seconds(2);  // past the 1 s guard; the linear climb adds a little meanwhile
   }
@@ -89,9 +92,9 @@ TEST(AdaptiveRate, DecreaseCurveHitsFloor) {
 TEST(AdaptiveRate, BurstOf429sDecreasesOnce) {
   AdaptiveRate a(limits());
   FixedRandom r(0.5);
-  a.onRateLimited(kStart, seconds(2), r);
-  a.onRateLimited(kStart + milliseconds(10), seconds(2), r);
-  a.onRateLimited(kStart + milliseconds(500), seconds(2), r);
+  a.onRateLimited(kStart, seconds(2), r, kOutsideBudget);
+  a.onRateLimited(kStart + milliseconds(10), seconds(2), r, kOutsideBudget);
+  a.onRateLimited(kStart + milliseconds(500), seconds(2), r, kOutsideBudget);
   EXPECT_DOUBLE_EQ(a.effectiveRate(kStart + seconds(1)), 0.5);
   EXPECT_EQ(a.decreases(), 1u);
   // ... but the cool-down follows the latest answer.
@@ -105,39 +108,98 @@ TEST(AdaptiveRate, BackoffWithFullJitterWithoutRetryAfter) {
   const double caps[] = {1, 2, 4, 8, 16, 32, 60, 60};
   MonotonicTime t = kStart;
   for (double cap : caps) {
-    const MonotonicTime end = a.onRateLimited(t, std::nullopt, r);
+    const MonotonicTime end = a.onRateLimited(t, std::nullopt, r, kOutsideBudget);
     EXPECT_NEAR(toSeconds(end - t), cap * 0.999999, 1e-3);
     t = end + seconds(1);
   }
   a.onSuccess(t);
   EXPECT_EQ(a.consecutive429(), 0u);
   FixedRandom zero(0.0);
-  EXPECT_EQ(a.onRateLimited(t, std::nullopt, zero), t);  // full jitter can be zero
+  EXPECT_EQ(a.onRateLimited(t, std::nullopt, zero, kOutsideBudget), t);  // full jitter can be zero
 }
 
-TEST(AdaptiveRate, RateLimitHeadersPauseUntilReset) {
+TEST(AdaptiveRate, LonePhaseErrorPausesWithoutCut) {
   AdaptiveRate a(limits());
-  RateLimitHeaders h;
-  h.remaining = 0;
-  h.reset = 7;  // seconds from now
-  EXPECT_EQ(a.onRateLimitHeaders(h, kStart, kWall), kStart + seconds(7));
-  EXPECT_DOUBLE_EQ(a.effectiveRate(kStart), 1.0);  // no decrease
+  FixedRandom r(0.5);
+  // Inside the budget, no other rate 429 before: a phase error. Retry-After is honoured.
+  EXPECT_EQ(a.onRateLimited(kStart, seconds(2), r), kStart + seconds(2));
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::Resync);
+  EXPECT_DOUBLE_EQ(a.effectiveRate(kStart), 1.0);
+  EXPECT_FALSE(a.fullRecoveryAt());
+  EXPECT_EQ(a.decreases(), 0u);
+  EXPECT_EQ(a.resyncs(), 1u);
+  // Without Retry-After: a resync of one token interval (1 s at 1/s), not a random backoff.
   AdaptiveRate b(limits());
-  h.reset = 1'800'000'012.0;  // epoch seconds: 12 s after kWall
-  EXPECT_EQ(b.onRateLimitHeaders(h, kStart, kWall), kStart + seconds(12));
-  AdaptiveRate c(limits());
-  h.reset = 1'800'999'999.0;  // far: capped
-  EXPECT_EQ(c.onRateLimitHeaders(h, kStart, kWall), kStart + seconds(60));
-  h.reset = 1'700'000'000.0;  // in the past: nothing
-  AdaptiveRate d(limits());
-  EXPECT_FALSE(d.onRateLimitHeaders(h, kStart, kWall));
-  h.remaining = 3;
-  h.reset = 7;
-  EXPECT_FALSE(d.onRateLimitHeaders(h, kStart, kWall));
-  h.remaining = 0;
-  h.reset.reset();
-  EXPECT_FALSE(d.onRateLimitHeaders(h, kStart, kWall));
-  EXPECT_FALSE(d.inCooldown(kStart));
+  EXPECT_EQ(b.onRateLimited(kStart, std::nullopt, r), kStart + seconds(1));
+  EXPECT_DOUBLE_EQ(b.effectiveRate(kStart + seconds(1)), 1.0);
+}
+
+TEST(AdaptiveRate, AnswersToTheSameRoundTripAreOneEvent) {
+  AdaptiveRate a(limits());
+  FixedRandom r(0.5);
+  a.onRateLimited(kStart, seconds(1), r);
+  // Requests sent before the first 429 was seen answer within the guard or the cool-down.
+  a.onRateLimited(kStart + milliseconds(20), seconds(1), r);
+  a.onRateLimited(kStart + milliseconds(900), seconds(1), r);
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::SameEvent);
+  EXPECT_DOUBLE_EQ(a.effectiveRate(kStart + seconds(2)), 1.0);
+  EXPECT_EQ(a.resyncs(), 1u);
+  EXPECT_EQ(a.decreases(), 0u);
+}
+
+TEST(AdaptiveRate, RepeatWithinWindowCuts) {
+  LimitsConfig l = limits();
+  l.repeat_window = seconds(10);
+  AdaptiveRate a(l);
+  FixedRandom r(0.5);
+  a.onRateLimited(kStart, seconds(1), r);
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::Resync);
+  // A second event 5 s later: the budget is smaller than configured.
+  const MonotonicTime t = kStart + seconds(5);
+  a.onRateLimited(t, seconds(1), r);
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::Decrease);
+  EXPECT_DOUBLE_EQ(a.effectiveRate(t), 0.5);
+  EXPECT_EQ(a.decreases(), 1u);
+  // An event 11 s after the last is lone again.
+  AdaptiveRate b(l);
+  b.onRateLimited(kStart, seconds(1), r);
+  b.onRateLimited(kStart + seconds(11), seconds(1), r);
+  EXPECT_EQ(b.lastReaction(), AdaptiveRate::Reaction::Resync);
+  EXPECT_EQ(b.decreases(), 0u);
+  EXPECT_EQ(b.resyncs(), 2u);
+}
+
+TEST(AdaptiveRate, ZeroRepeatWindowCutsEvery429) {
+  LimitsConfig l = limits();
+  l.repeat_window = Duration::zero();
+  AdaptiveRate a(l);
+  FixedRandom r(0.5);
+  a.onRateLimited(kStart, seconds(1), r);
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::Decrease);
+  EXPECT_DOUBLE_EQ(a.effectiveRate(kStart), 0.5);
+}
+
+TEST(AdaptiveRate, PhaseErrorsAtTheGatewaysExactRateKeepThroughput) {
+  // Simulated 10 minutes at the configured rate, one phase error every 40 s (further apart than
+  // repeat_window): the rate never drops, so the key sends all but the pauses' tokens.
+  LimitsConfig l = limits();
+  l.rate.per_second = 4.0;
+  l.repeat_window = seconds(30);
+  AdaptiveRate a(l);
+  FixedRandom r(0.5);
+  double sent = 0;
+  const Duration step = milliseconds(10);
+  for (MonotonicTime t = kStart; t < kStart + seconds(600); t += step) {
+    if ((t - kStart) % seconds(40) == Duration::zero() && t != kStart) {
+      a.onRateLimited(t, std::nullopt, r);
+    }
+    if (!a.inCooldown(t)) {
+      sent += a.effectiveRate(t) * toSeconds(step);
+    }
+  }
+  EXPECT_EQ(a.decreases(), 0u);
+  EXPECT_EQ(a.resyncs(), 14u);
+  EXPECT_GE(sent, 4.0 * 600 - 14 * 1.0 - 1.0);  // each resync costs one token interval
 }
 
 TEST(AdaptiveRate, ResetDelayHelper) {
@@ -149,7 +211,7 @@ TEST(AdaptiveRate, ResetDelayHelper) {
 TEST(AdaptiveRate, ReconfigureKeepsFraction) {
   AdaptiveRate a(limits());
   FixedRandom r(0.5);
-  a.onRateLimited(kStart, seconds(10), r);
+  a.onRateLimited(kStart, seconds(10), r, kOutsideBudget);
   LimitsConfig l = limits();
   l.rate.per_second = 4.0;
   a.reconfigure(l);

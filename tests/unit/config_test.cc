@@ -138,6 +138,8 @@ void expectDefaults(const Config& c) {
   EXPECT_DOUBLE_EQ(c.limits.min_rate_fraction, 0.1);
   EXPECT_EQ(c.limits.recovery_time, 30s);
   EXPECT_EQ(c.limits.max_cooldown, 60s);
+  EXPECT_EQ(c.limits.repeat_window, 30s);
+  EXPECT_EQ(c.limits.phase_margin, 10ms);
   ASSERT_EQ(c.limits.tiers.size(), 2u);
   const std::vector<TierConfig> tiers = defaultTierConfigs();
   for (size_t i = 0; i < tiers.size(); ++i) {
@@ -254,6 +256,8 @@ limits:
   min_rate_fraction: 1
   recovery_time: 1m
   max_cooldown: 10s
+  repeat_window: 0s
+  phase_margin: 2ms
   tiers:
     - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s, expected_duration: 90s }
     - { name: pro-route, routes: [pro] }
@@ -305,6 +309,8 @@ drain_timeout: 0s
   EXPECT_DOUBLE_EQ(c.limits.min_rate_fraction, 1);
   EXPECT_EQ(c.limits.recovery_time, 60s);
   EXPECT_EQ(c.limits.max_cooldown, 10s);
+  EXPECT_EQ(c.limits.repeat_window, 0s);
+  EXPECT_EQ(c.limits.phase_margin, 2ms);
   ASSERT_EQ(c.limits.tiers.size(), 2u);
   EXPECT_EQ(c.limits.tiers[0].name, "video");
   EXPECT_EQ(c.limits.tiers[0].models, std::vector<std::string>{"veo-*"});
@@ -472,6 +478,12 @@ TEST_F(ConfigTest, WrongTypes) {
   expectError("tasks:\n  hold_near_end: 30s\n", 2, 18, "tasks.hold_near_end",
               "at most 10s (a held poll still has to be answered well within the client's "
               "timeout), got '30s'");
+}
+
+TEST_F(ConfigTest, PhaseMarginAndRepeatWindowAreChecked) {
+  expectError("limits:\n  phase_margin: 2s\n", 2, 17, "limits.phase_margin", "at most 1s");
+  expectError("limits:\n  repeat_window: soon\n", 2, 18, "limits.repeat_window",
+              "invalid duration");
 }
 
 TEST_F(ConfigTest, YamlSyntaxErrorsCarryTheirPosition) {

@@ -23,6 +23,8 @@ LimitsConfig limits(double rate = 1.0, double burst = 5) {
   l.rate.per_second = rate;
   l.burst = burst;
   l.tiers = defaultTiers();
+  // Most tests look at token times exactly; the margin has its own tests.
+  l.phase_margin = Duration::zero();
   return l;
 }
 
@@ -419,7 +421,8 @@ TEST_F(KeySchedulerTest, Rate429CoolsDownWholeKeyCapped) {
   s.onUpstreamOutcome(o, kStart);
   Snapshot snap = s.snapshot(kStart);
   EXPECT_EQ(snap.cooldown_remaining, seconds(60));
-  EXPECT_DOUBLE_EQ(snap.effective_rate, 0.5);
+  EXPECT_DOUBLE_EQ(snap.effective_rate, 1.0);  // a lone 429 is a phase error: no cut
+  EXPECT_EQ(snap.counters.rate_resyncs, 1u);
   EXPECT_EQ(snap.counters.upstream_429_rate, 1u);
   s.submit(req(1, RouteKind::Poll), kStart);
   s.submit(req(2, RouteKind::Poll), kStart);
@@ -499,7 +502,7 @@ TEST_F(KeySchedulerTest, Classify429Codes) {
   EXPECT_EQ(classify429Code("TOO_MANY_REQUESTS"), Limit429Cause::Unknown);
 }
 
-TEST_F(KeySchedulerTest, RateLimitRemainingZeroPausesUntilReset) {
+TEST_F(KeySchedulerTest, RateLimitRemainingZeroClosesTheWindowUntilReset) {
   KeyScheduler s(limits(1.0, 5), queueConfig(), kStart, random_);
   UpstreamOutcome o;
   o.status = 200;
@@ -508,13 +511,178 @@ TEST_F(KeySchedulerTest, RateLimitRemainingZeroPausesUntilReset) {
   o.ratelimit.reset = 1'800'000'004.0;  // epoch: 4 s from now
   o.wall_now = kWall;
   s.onUpstreamOutcome(o, kStart);
-  EXPECT_EQ(s.snapshot(kStart).cooldown_remaining, seconds(4));
+  EXPECT_EQ(s.snapshot(kStart).cooldown_remaining, Duration::zero());  // not a 429: no cool-down
   EXPECT_DOUBLE_EQ(s.snapshot(kStart).effective_rate, 1.0);
+  EXPECT_EQ(s.snapshot(kStart).advertised_remaining, 0.0);
   s.submit(req(1, RouteKind::Poll), kStart);
   Dispatch d = s.dispatch(kStart);
   EXPECT_TRUE(d.admitted.empty());
   EXPECT_EQ(*d.wake_at, kStart + seconds(4));
   EXPECT_EQ(s.dispatch(kStart + seconds(4)).admitted.size(), 1u);
+}
+
+TEST_F(KeySchedulerTest, WindowAllowanceCountsWhatWasSentAfterTheAnswer) {
+  // The bucket would allow 5 at once; the gateway's window allows what it says remains, net of
+  // the requests admitted after the one it answers, until its reset.
+  KeyScheduler s(limits(1.0, 5), queueConfig(), kStart, random_);
+  for (uint64_t i = 1; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Poll), kStart);
+  }
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 3u);
+  EXPECT_EQ(d.admitted[0].seq, 1u);
+  EXPECT_EQ(d.admitted[2].seq, 3u);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.seq = d.admitted[0].seq;  // the first one's answer: 3 remained after it
+  o.ratelimit.limit = 10;
+  o.ratelimit.remaining = 3;
+  o.ratelimit.reset = 10;  // seconds from now
+  o.wall_now = kWall;
+  const MonotonicTime t = kStart + milliseconds(50);
+  s.onUpstreamOutcome(o, t);
+  for (uint64_t i = 4; i <= 6; ++i) {
+    s.submit(req(i, RouteKind::Poll), t);
+  }
+  d = s.dispatch(t);
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{4});  // 3 - 2 sent after = 1
+  EXPECT_EQ(*d.wake_at, kStart + milliseconds(10'050));
+  d = s.dispatch(kStart + milliseconds(10'050));
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{5, 6}));  // the window reset; the bucket decides
+  EXPECT_EQ(s.snapshot(t).advertised_limit, 10.0);
+}
+
+TEST_F(KeySchedulerTest, RemainingKeepsTheBucketInPhase) {
+  KeyScheduler s(limits(1.0, 5), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  EXPECT_NEAR(s.budget().available(kStart), 4.0, 1e-9);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.seq = d.admitted[0].seq;
+  o.wall_now = kWall;
+  // The gateway holds fewer than the bucket (another client of the key, or a drift): the bucket
+  // drops back to what the gateway surely has.
+  o.ratelimit.remaining = 1;
+  s.onUpstreamOutcome(o, kStart);
+  EXPECT_NEAR(s.budget().available(kStart), 1.0, 1e-9);
+  // A Remaining that only floors a fraction away from the bucket changes nothing: in phase.
+  KeyScheduler p(limits(1.0, 5), queueConfig(), kStart, random_);
+  p.submit(req(1, RouteKind::Poll), kStart);
+  d = p.dispatch(kStart);
+  const MonotonicTime t = kStart + milliseconds(600);  // bucket at 4.6, gateway says 4
+  o.seq = d.admitted[0].seq;
+  o.ratelimit.remaining = 4;
+  p.onUpstreamOutcome(o, t);
+  EXPECT_NEAR(p.budget().available(t), 4.6, 1e-9);
+}
+
+TEST_F(KeySchedulerTest, LoneRate429PausesAndKeepsTheRateRepeatsCut) {
+  LimitsConfig l = limits(4.0, 4);
+  l.repeat_window = seconds(10);
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  s.onUpstreamOutcome(o, kStart);
+  // No Retry-After: a resync of one token interval; the bucket holds one token at its end.
+  EXPECT_EQ(s.snapshot(kStart).cooldown_remaining, milliseconds(250));
+  EXPECT_DOUBLE_EQ(s.snapshot(kStart).effective_rate, 4.0);
+  EXPECT_NEAR(s.budget().available(kStart + milliseconds(250)), 1.0, 1e-9);
+  // Another 6 s later: 429s repeat, the budget is smaller than configured.
+  s.onUpstreamOutcome(o, kStart + seconds(6));
+  EXPECT_DOUBLE_EQ(s.snapshot(kStart + seconds(6)).effective_rate, 2.0);
+  EXPECT_EQ(s.counters().rate_resyncs, 1u);
+  EXPECT_EQ(s.counters().rate_decreases, 1u);
+}
+
+TEST_F(KeySchedulerTest, LowerAdvertisedLimitIsAdoptedAndItsFirst429Cuts) {
+  KeyScheduler s(limits(1.0, 5), queueConfig(), kStart, random_);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.wall_now = kWall;
+  o.ratelimit.limit = 2;
+  s.onUpstreamOutcome(o, kStart);
+  EXPECT_DOUBLE_EQ(s.budget().burst(), 2.0);
+  o.status = 429;
+  o.cause = Limit429Cause::Rate;
+  o.retry_after = "1";
+  s.onUpstreamOutcome(o, kStart + seconds(1));
+  EXPECT_DOUBLE_EQ(s.snapshot(kStart + seconds(1)).effective_rate, 0.5);
+  EXPECT_EQ(s.counters().rate_decreases, 1u);
+  // A higher limit later gives the configured burst back (never more).
+  o.status = 200;
+  o.retry_after.reset();
+  o.ratelimit.limit = 50;
+  s.onUpstreamOutcome(o, kStart + seconds(3));
+  EXPECT_DOUBLE_EQ(s.budget().burst(), 5.0);
+}
+
+/// Drives a saturated key for @p seconds of simulated time and replays its sends into a gateway
+/// bucket with the same rate and burst, each arriving after a seeded uniform [0, jitter) delay.
+/// @return {sent, gateway refusals}.
+std::pair<int, int> saturatedAgainstGateway(Duration margin, Duration jitter, int seconds_run) {
+  LimitsConfig l = limits(4.0, 4);
+  l.phase_margin = margin;
+  SeededRandom random(7);
+  KeyScheduler s(l, queueConfig(), kStart, random);
+  const MonotonicTime end = kStart + seconds(seconds_run);
+  uint64_t next_id = 1;
+  for (; next_id <= 200; ++next_id) {
+    s.submit(req(next_id, RouteKind::Poll), kStart);
+  }
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> delay(0.0, toSeconds(jitter));
+  std::vector<MonotonicTime> arrivals;
+  MonotonicTime now = kStart;
+  for (int step = 0; step < 100'000 && now < end; ++step) {
+    Dispatch d = s.dispatch(now);
+    for (size_t i = 0; i < d.admitted.size(); ++i) {
+      arrivals.push_back(now + fromSeconds(delay(rng)));
+      s.submit(req(next_id++, RouteKind::Poll), now);  // keep it saturated
+    }
+    if (!d.wake_at) {
+      break;
+    }
+    now = *d.wake_at;
+  }
+  std::sort(arrivals.begin(), arrivals.end());
+  TokenBucket gateway(4.0, 4, kStart);
+  int refused = 0;
+  for (MonotonicTime a : arrivals) {
+    refused += gateway.consume(1.0, a) ? 0 : 1;
+  }
+  return {static_cast<int>(arrivals.size()), refused};
+}
+
+TEST_F(KeySchedulerTest, PhaseMarginKeepsJitteredArrivalsBehindTheGatewaysTokens) {
+  // Without a margin, 10 ms of arrival jitter lands requests just before the gateway's token.
+  const auto [sent_bare, refused_bare] = saturatedAgainstGateway(Duration::zero(), milliseconds(10), 60);
+  EXPECT_GT(refused_bare, 0);
+  const auto [sent, refused] = saturatedAgainstGateway(milliseconds(10), milliseconds(10), 60);
+  EXPECT_EQ(refused, 0);
+  // Its cost: the margin once per saturated stretch, not per token.
+  EXPECT_GE(sent, 4 * 60 + 4 - 1);
+  EXPECT_LE(sent, 4 * 60 + 4);
+  EXPECT_GE(sent_bare, sent);
+}
+
+TEST_F(KeySchedulerTest, PhaseMarginNeverBlocksABurstOfOne) {
+  LimitsConfig l = limits(1.0, 1);
+  l.phase_margin = milliseconds(100);
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  s.submit(req(2, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{1});
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(ids(s.dispatch(*d.wake_at)), std::vector<uint64_t>{2});
 }
 
 TEST_F(KeySchedulerTest, ReconfigureKeepsTiersByName) {

@@ -48,22 +48,30 @@ def ideal(p):
                (2 * t - p["burst"]) / p["rate"])
 
 
-def sim_flags(p):
-    """hiapi-sim's flags for profile @p p (duration jitter 0: the ideal is exact)."""
+def sim_flags(p, args):
+    """hiapi-sim's flags for profile @p p (duration jitter 0: the ideal is exact), with the
+    gateway's shape, counters and arrival jitter from @p args."""
     return ["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
             "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
             "--heavy-duration", "%ds" % p["heavy_s"], "--light-duration", "%ds" % p["light_s"],
-            "--duration-jitter", "0", "--seed", "7"]
+            "--duration-jitter", "0", "--seed", "7", "--limiter", args.limiter,
+            "--ratelimit-headers", args.ratelimit_headers, "--jitter", args.jitter]
 
 
-def proxy_burst(p):
-    # A little below the simulator's bucket: the margin absorbs timing jitter between the two.
-    return max(1, p["burst"] - 1)
+def proxy_burst(p, args):
+    # --burst-margin below the simulator's bucket (0: exactly the gateway's burst).
+    return max(1, p["burst"] - args.burst_margin)
 
 
 def run_row(row, p, sim, args, seed):
     """@param row e.g. naive-proxy, naive-proxy@2s for another min_poll_interval, or
-    naive-proxy+expected with the tiers' expected_duration set to the simulator's durations."""
+    naive-proxy+expected with the tiers' expected_duration set to the simulator's durations, or
+    naive-proxy+cut with every rate 429 cutting the rate and no phase margin (repeat_window and
+    phase_margin 0s: the reaction before issue 22, for comparison in the same build)."""
+    limits_extra = ""
+    if row.endswith("+cut"):
+        row = row[:-len("+cut")]
+        limits_extra = "  repeat_window: 0s\n  phase_margin: 0s\n"
     expected = None
     if row.endswith("+expected"):
         row = row[:-len("+expected")]
@@ -83,9 +91,9 @@ def run_row(row, p, sim, args, seed):
             st.wait_port(port, ng)
             target = "http://127.0.0.1:%d" % port
         else:
-            px = st.proxy(bl.proxy_yaml(sim.port, "%d/s" % p["rate"], proxy_burst(p),
+            px = st.proxy(bl.proxy_yaml(sim.port, "%d/s" % p["rate"], proxy_burst(p, args),
                                         p["heavy_max"], p["light_max"], min_poll,
-                                        expected=expected))
+                                        expected=expected, limits_extra=limits_extra))
             target = px.url
         return bl.run_load(target, load, sim=sim.url)
 
@@ -121,6 +129,12 @@ def main():
     ap.add_argument("--min-poll", default="1s", help="hiapi-proxy tiers' min_poll_interval")
     ap.add_argument("--max-duration", type=int, default=240, help="bound of one run, seconds")
     ap.add_argument("--json", help="write every run's report here")
+    ap.add_argument("--limiter", default="token-bucket",
+                    help="the simulator's limiter: token-bucket, gcra, fixed-window, sliding-window")
+    ap.add_argument("--ratelimit-headers", default="off", help="the simulator's X-RateLimit-*: on|off")
+    ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
+    ap.add_argument("--burst-margin", type=int, default=1,
+                    help="hiapi-proxy's burst = the simulator's minus this (0: the same)")
     args = ap.parse_args()
     bl.build()
     profiles = [x for x in args.profiles.split(",") if x]
@@ -128,8 +142,11 @@ def main():
     bl.print_header("B1 goodput", {
         "profiles": {k: PROFILES[k] for k in profiles},
         "rows": rows, "repetitions": args.reps,
-        "hiapi-proxy": "rate = simulator rate, burst = simulator burst - 1, tiers = simulator "
-                       "ceilings, lease 2m, min_poll_interval %s, queue deadline 45s" % args.min_poll,
+        "simulator": "limiter %s, X-RateLimit-* %s, arrival jitter %s" % (
+            args.limiter, args.ratelimit_headers, args.jitter),
+        "hiapi-proxy": "rate = simulator rate, burst = simulator burst - %d, tiers = simulator "
+                       "ceilings, lease 2m, min_poll_interval %s, queue deadline 45s" % (
+                           args.burst_margin, args.min_poll),
         "nginx": "limit_req rate = simulator rate, burst=100000, no nodelay, keyed on "
                  "Authorization, keepalive 64 upstream, 1 worker",
         "clients": "hiapi-load, 3-4 clients (X-HiAPI-Client svc-N), one key",
@@ -140,7 +157,7 @@ def main():
         t, h, light = counts(p)
         ideal_s = ideal(p)
         with bl.Stack() as st:
-            sim = st.sim(sim_flags(p))
+            sim = st.sim(sim_flags(p, args))
             reports = {r: [] for r in rows}
             for rep in range(args.reps):
                 for row in rows:  # rows alternate within each repetition

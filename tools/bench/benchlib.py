@@ -310,10 +310,11 @@ def nginx_limit_req(sim_port, listen_port, rate_per_s, burst=100000):
 
 
 def proxy_yaml(sim_port, rate, burst, heavy_max, light_max, min_poll="1s", extra="",
-               queue_max=10000, deadline="45s", level="warn", expected=None):
+               queue_max=10000, deadline="45s", level="warn", expected=None, limits_extra=""):
     """hiapi-proxy mirroring the simulator's limits (passthrough keys: the bench's bearer is
     limited under its pt-<hash> name with limits.rate / burst). @p expected: (heavy, light)
-    tiers' expected_duration, e.g. ("5s", "2s"); None = learn only."""
+    tiers' expected_duration, e.g. ("5s", "2s"); None = learn only. @p limits_extra: more
+    `limits:` lines, indented by two spaces."""
     exp_h = ", expected_duration: %s" % expected[0] if expected else ""
     exp_l = ", expected_duration: %s" % expected[1] if expected else ""
     return """listen:
@@ -331,7 +332,7 @@ auth:
 limits:
   rate: %(rate)s
   burst: %(burst)d
-  tiers:
+%(limits_extra)s  tiers:
     - {name: heavy, models: ["seedance-*", "*-pro", "*@pro"], routes: [pro], max_running: %(heavy)d, lease: 2m, min_poll_interval: %(mpi)s%(exp_h)s}
     - {name: light, models: ["*"], max_running: %(light)d, lease: 2m, min_poll_interval: %(mpi)s%(exp_l)s}
 queue:
@@ -341,7 +342,8 @@ log:
   level: %(level)s
 %(extra)s""" % {"sim": sim_port, "rate": rate, "burst": burst, "heavy": heavy_max,
                 "light": light_max, "mpi": min_poll, "extra": extra, "qmax": queue_max,
-                "deadline": deadline, "level": level, "exp_h": exp_h, "exp_l": exp_l}
+                "deadline": deadline, "level": level, "exp_h": exp_h, "exp_l": exp_l,
+                "limits_extra": limits_extra}
 
 
 def run_load(target, args, sim=None, timeout=900):

@@ -206,6 +206,16 @@ const Option kOptions[] = {
                "A 429 costs a token too, as real gateways usually do (the bucket may go up to "
                "one burst into debt). Default off: a 429 costs nothing (a concurrency 429 gives its "
                "token back)."),
+    Option{"limiter", "SHAPE", false,
+           "Shape of the per-key rate limit: token-bucket (default; refill --rate, capacity "
+           "--burst), gcra (the same budget as a theoretical arrival time), fixed-window "
+           "(--rate x --window requests per window aligned to the simulator's start) or "
+           "sliding-window (as many in any trailing --window).",
+           [](SimConfig& c, const std::string& v) { return parseLimiterShape(v, &c.limiter); },
+           [](const SimConfig& c, JsonWriter& w) { w.String(limiterShapeName(c.limiter)); }},
+    DURATION_OPT("window", window_s,
+                 "Window length of fixed-window and sliding-window; 0 (default) = burst / rate, "
+                 "so that every shape lets --burst through at once and --rate on average."),
     Option{"heavy-patterns", "P1,P2", false,
            "Heavy-tier model globs ('*' wildcard, case-insensitive, matched on the name without "
            "'@route'). Also heavy: '@pro' suffix or body route \"pro\". Default "
@@ -225,6 +235,31 @@ const Option kOptions[] = {
     DURATION_OPT("light-duration", light_duration_s, "Light task run time. Default 2s."),
     RATIO_OPT("duration-jitter", duration_jitter,
               "Run time is multiplied by 1 + J*uniform(-1,1). Default 0.1."),
+    Option{"duration-dist", "uniform|lognormal", false,
+           "Task run times: uniform (default, see --duration-jitter) or lognormal with the "
+           "configured duration as its mean and --duration-sigma as the sigma of its log.",
+           [](SimConfig& c, const std::string& v) {
+             if (v != "uniform" && v != "lognormal") {
+               return false;
+             }
+             c.duration_lognormal = v == "lognormal";
+             return true;
+           },
+           [](const SimConfig& c, JsonWriter& w) {
+             w.String(c.duration_lognormal ? "lognormal" : "uniform");
+           }},
+    Option{"duration-sigma", "S", false,
+           "Sigma of the log of a lognormal run time (0 to 3). Default 0.3.",
+           [](SimConfig& c, const std::string& v) {
+             double s = 0;
+             std::string unit;
+             if (!splitNumber(v, &s, &unit) || !unit.empty() || s < 0 || s > 3) {
+               return false;
+             }
+             c.duration_sigma = s;
+             return true;
+           },
+           [](const SimConfig& c, JsonWriter& w) { w.Double(c.duration_sigma); }},
     RATIO_OPT("fail-ratio", fail_ratio, "Share of tasks that end in 'fail'. Default 0."),
     DURATION_OPT("create-delay", create_delay_s,
                  "Hold each create reply this long; meanwhile a duplicate Idempotency-Key gets "
@@ -274,8 +309,11 @@ const Option kOptions[] = {
                                                                           : "date");
            }},
     SWITCH_OPT("ratelimit-headers", ratelimit_headers,
-               "Add X-RateLimit-Limit (burst), -Remaining (whole tokens left) and -Reset (seconds "
-               "until the bucket is full) to every /v1 reply of a known key."),
+               "Add X-RateLimit-Limit, -Remaining and -Reset (decimal seconds) to every /v1 reply "
+               "of a known key: at most Remaining more requests pass before Reset (buckets: "
+               "Limit = burst, Reset = the next whole token; windows: Limit per window, Reset = "
+               "the window's end, or when the oldest counted request leaves a sliding one). "
+               "'on'/'off' also accepted."),
     // ---- faults ----
     RATIO_OPT("fault-5xx", fault_5xx,
               "Share of /v1 requests answered 502 or 503 (half each) before any processing."),
@@ -284,6 +322,7 @@ const Option kOptions[] = {
     DURATION_OPT("latency", latency_s, "Fixed delay before each /v1 request is processed."),
     DURATION_OPT("latency-jitter", latency_jitter_s,
                  "Extra uniform random delay in [0, J] before processing."),
+    DURATION_OPT("jitter", latency_jitter_s, "The same as --latency-jitter."),
     RATIO_OPT("stall-ratio", stall_ratio,
               "Share of /v1 replies held back --stall-time after processing (the request has "
               "taken effect; the client just does not hear of it in time)."),
@@ -432,6 +471,11 @@ bool parseArgs(int argc, char** argv, SimConfig& cfg, bool* help, std::string* e
       name = name.substr(0, eq);
     } else if (isSwitch(name)) {
       value = "true";
+      bool ignored = false;
+      if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0 &&
+          parseBool(argv[i + 1], &ignored)) {
+        value = argv[++i];  // "--ratelimit-headers off"
+      }
     } else if (findOption(name) != nullptr) {
       // "--keys" as the last argument, or followed by another option: an empty value.
       if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "sim_limits.h"
+
 namespace hiapi::sim {
 
 /// Format of the Retry-After header on 429 replies.
@@ -30,6 +32,8 @@ struct SimConfig {
   int heavy_max = 2;              ///< running heavy tasks per key; 0 = unlimited
   int light_max = 10;             ///< running light tasks per key; 0 = unlimited
   bool count_rejected = false;    ///< a 429 also costs a token (bucket may go into debt)
+  LimiterShape limiter = LimiterShape::TokenBucket;  ///< the shape of the per-key rate limit
+  double window_s = 0.0;          ///< windows: length; 0 = burst / rate
   std::vector<std::string> heavy_patterns = {"seedance-*",  "seedance-2.5/*", "wan2.7-video/*",
                                              "happyhorse-*", "veo-*",         "kling-*",
                                              "hailuo-*",     "*-pro"};
@@ -38,7 +42,9 @@ struct SimConfig {
   // ---- task schedule ----
   double heavy_duration_s = 5.0;
   double light_duration_s = 2.0;
-  double duration_jitter = 0.1;  ///< duration *= 1 + jitter * uniform(-1, 1)
+  double duration_jitter = 0.1;  ///< uniform: duration *= 1 + jitter * uniform(-1, 1)
+  bool duration_lognormal = false;  ///< durations lognormal around the mean (sigma below)
+  double duration_sigma = 0.3;    ///< lognormal: sigma of the log of the duration
   double fail_ratio = 0.0;
   double create_delay_s = 0.0;  ///< create reply held this long; idempotency "processing" meanwhile
   double idempotency_ttl_s = 24 * 3600.0;

@@ -1,7 +1,7 @@
 // The HiAPI simulator's event-loop side: routing, the API handlers, faults, callbacks, /__stats.
 //
 // Order of checks for a /v1 request (documented in README.md):
-//   fault 5xx / fault reset  →  latency  →  401 key  →  token bucket (429 rate)  →  413 body
+//   fault 5xx / fault reset  →  latency  →  401 key  →  rate limit (429 rate)  →  413 body
 //   →  route: create (400 → idempotency 422/409/replay → tier ceiling 429 → task) | detail | list
 //   →  stall (reply held back)
 // No exceptions on this path: RapidJSON is read with FindMember + Is*() checks only.
@@ -426,11 +426,12 @@ Reply Simulator::handleApi(evhttp_request* req, Route route, const std::string& 
   KeyState& ks = keys_[key];
   ks.requests++;
 
-  // One token per request, whatever the route.
-  if (!ks.bucket.consume(cfg_.rate_per_s, cfg_.burst, now)) {
-    double wait = ks.bucket.secondsUntilToken(cfg_.rate_per_s, cfg_.burst, now);
+  // One unit of the key's limit per request, whatever the route.
+  const LimitParams limit = limitParams();
+  if (!ks.limiter.consume(cfg_.limiter, limit, now)) {
+    double wait = ks.limiter.secondsUntilAllowed(cfg_.limiter, limit, now);
     if (cfg_.count_rejected) {
-      ks.bucket.forceConsume(cfg_.rate_per_s, cfg_.burst, now);
+      ks.limiter.forceConsume(cfg_.limiter, limit, now);
     }
     ks.rejected_rate++;
     stats_.rejected_rate++;
@@ -470,7 +471,7 @@ Reply Simulator::handleApi(evhttp_request* req, Route route, const std::string& 
   }
   if (concurrency_429) {
     if (!cfg_.count_rejected) {
-      ks.bucket.refund(cfg_.rate_per_s, cfg_.burst, now);  // a 429 costs nothing
+      ks.limiter.refund(cfg_.limiter, limit, now);  // a 429 costs nothing
     }
     ks.rejected_concurrency++;
     stats_.rejected_concurrency++;
@@ -621,11 +622,15 @@ Reply Simulator::handleCreate(evhttp_request* req, KeyState& ks, const std::stri
   task->tier = tier;
   task->callback_url = callback_url;
   double base = tier == Tier::Heavy ? cfg_.heavy_duration_s : cfg_.light_duration_s;
-  double factor = 1.0;
-  if (cfg_.duration_jitter > 0) {
-    factor += cfg_.duration_jitter * (2.0 * rng_.uniform() - 1.0);
+  if (cfg_.duration_lognormal) {
+    task->duration_s = std::max(0.001, lognormalDuration(base, cfg_.duration_sigma, rng_.normal()));
+  } else {
+    double factor = 1.0;
+    if (cfg_.duration_jitter > 0) {
+      factor += cfg_.duration_jitter * (2.0 * rng_.uniform() - 1.0);
+    }
+    task->duration_s = std::max(0.001, base * factor);
   }
-  task->duration_s = std::max(0.001, base * factor);
   task->will_fail = cfg_.fail_ratio > 0 && rng_.uniform() < cfg_.fail_ratio;
   task->created_s = now;
   task->created_unix_ms = now_ms;
@@ -886,14 +891,13 @@ void Simulator::addRateLimitHeaders(Reply& r, KeyState& ks, double now) {
   if (!cfg_.ratelimit_headers) {
     return;
   }
-  double avail = ks.bucket.available(cfg_.rate_per_s, cfg_.burst, now);
-  long long remaining = static_cast<long long>(std::floor(std::max(0.0, avail)));
-  long long reset = static_cast<long long>(
-      std::ceil(ks.bucket.secondsUntilFull(cfg_.rate_per_s, cfg_.burst, now)));
-  r.headers.emplace_back("X-RateLimit-Limit",
-                         std::to_string(static_cast<long long>(std::floor(cfg_.burst))));
-  r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(remaining));
-  r.headers.emplace_back("X-RateLimit-Reset", std::to_string(reset));
+  const LimitCounters c = ks.limiter.counters(cfg_.limiter, limitParams(), now);
+  char reset[32];
+  // Rounded up to the millisecond: a reset announced early would let a client send too soon.
+  std::snprintf(reset, sizeof reset, "%.3f", std::ceil(c.reset_s * 1000.0) / 1000.0);
+  r.headers.emplace_back("X-RateLimit-Limit", std::to_string(c.limit));
+  r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(c.remaining));
+  r.headers.emplace_back("X-RateLimit-Reset", reset);
 }
 
 void Simulator::send(evhttp_request* req, Reply reply, double hold_s) {

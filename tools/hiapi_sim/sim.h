@@ -54,7 +54,7 @@ struct Task {
 
 /// Per-key state: its bucket, its running tasks and its counters.
 struct KeyState {
-  TokenBucket bucket;
+  KeyLimiter limiter;
   WindowMax window;                      ///< admitted (non-429) requests per 1 s window
   std::array<int, 2> running{0, 0};      ///< by Tier
   std::array<int, 2> max_running{0, 0};  ///< by Tier
@@ -137,6 +137,14 @@ private:
   Reply errorReply(int status, const char* code, const std::string& message);
   void addRetryAfter(Reply& r, double seconds);
   void addRateLimitHeaders(Reply& r, KeyState& ks, double now);
+  /// The configured per-key limit (--rate, --burst, --window).
+  LimitParams limitParams() const {
+    LimitParams p;
+    p.rate = cfg_.rate_per_s;
+    p.burst = cfg_.burst;
+    p.window = cfg_.window_s;
+    return p;
+  }
   std::string detailJson(const Task& t, double now) const;
   std::string statsJson(double now) const;
 

@@ -13,6 +13,8 @@ public:
   explicit Rng(uint64_t seed) : engine_(seed) {}
   /// @return uniform in [0, 1).
   double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(engine_); }
+  /// A standard normal draw (mean 0, sigma 1).
+  double normal() { return std::normal_distribution<double>(0.0, 1.0)(engine_); }
   /// @return 64 random bits.
   uint64_t bits() { return engine_(); }
   void reseed(uint64_t seed) { engine_.seed(seed); }

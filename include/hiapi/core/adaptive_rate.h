@@ -1,19 +1,25 @@
 #pragma once
 // AdaptiveRate: the key's effective request rate and its key-wide cool-down.
 //
-// Decrease: a rate 429 multiplies the effective fraction of the configured rate by
-//   `decrease_factor` (floor `min_rate_fraction`). 429s that arrive within one second of the
-//   previous decrease, or while the cool-down it started still runs, are answers to requests sent
-//   before the first one was seen and do not decrease again (one decrease per "round trip").
+// Reaction to a rate 429, in proportion to what it says:
+//   - a phase error: the proxy was inside its configured budget and the gateway's advertised one,
+//     and no other rate 429 came within `repeat_window`. Two buckets with the same rate and burst
+//     drift a few milliseconds apart and one request lands early; the budget has not shrunk.
+//     The key pauses (Retry-After, else one token interval: a resync) and the rate stays.
+//   - a budget error: rate 429s repeat within `repeat_window`, or the proxy was outside the
+//     gateway's budget (its advertised limit is lower than configured). The effective fraction
+//     of the configured rate is multiplied by `decrease_factor` (floor `min_rate_fraction`).
+//   429s that arrive within one second of the previous one, or while the cool-down it started
+//   still runs, are answers to requests sent before the first one was seen: one event, one
+//   reaction (one per "round trip").
 // Recovery: linear (additive) increase. From the end of the cool-down, the fraction rises in a
 //   straight line from its decreased value back to 1.0, reaching it after `recovery_time` without
 //   a further rate 429. "Success" is the absence of rate 429s, so an idle key recovers too.
 // Cool-down: nothing is sent on the key until the cool-down ends. Its length is the 429's
-//   `Retry-After` when present, else full-jitter exponential backoff (uniform in
-//   [0, min(max_cooldown, base * 2^(k-1))) for the k-th consecutive rate 429; a success resets k).
-//   Either way it is capped at `max_cooldown` (a silly `Retry-After: 561635` pauses 60 s, not a
-//   week). `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` pauses until the reset (also
-//   capped) without lowering the rate.
+//   `Retry-After` when present, else a resync (one token interval) for a phase error and
+//   full-jitter exponential backoff (uniform in [0, min(max_cooldown, base * 2^(k-1))) for the
+//   k-th consecutive rate 429; a success resets k) otherwise. Either way it is capped at
+//   `max_cooldown` (a silly `Retry-After: 561635` pauses 60 s, not a week).
 
 #include <cstdint>
 #include <optional>
@@ -49,23 +55,23 @@ public:
   /// Applies new limits, keeping the current fraction and cool-down.
   void reconfigure(const LimitsConfig& limits);
 
+  /// How a rate 429 was answered (see the file comment).
+  enum class Reaction { SameEvent, Resync, Decrease };
+
   /// A rate 429 was seen.
   /// @param now when it was seen
   /// @param retry_after the parsed Retry-After (nullopt when absent or unparseable)
   /// @param random jitter source for the backoff when @p retry_after is absent
+  /// @param inside_budget whether the request was inside the configured budget and the
+  ///        gateway's advertised one (false: the budget really is smaller, so cut at once)
   /// @return the cool-down end (>= now; capped at now + max_cooldown)
   MonotonicTime onRateLimited(MonotonicTime now, std::optional<Duration> retry_after,
-                              Random& random);
+                              Random& random, bool inside_budget = true);
+  /// @return how the last rate 429 was answered.
+  Reaction lastReaction() const { return last_reaction_; }
 
   /// A non-429 answer: resets the consecutive-429 count used by the backoff.
   void onSuccess(MonotonicTime now);
-
-  /// Reads `X-RateLimit-*`: with remaining <= 0 and a reset, pauses the key until the reset
-  /// (capped at max_cooldown). Does not lower the rate.
-  /// @return the new cool-down end when one was set.
-  std::optional<MonotonicTime> onRateLimitHeaders(const RateLimitHeaders& headers,
-                                                  MonotonicTime now,
-                                                  std::chrono::system_clock::time_point wall_now);
 
   /// Extends the cool-down to at least @p until (capped at now + max_cooldown).
   /// @return the cool-down end.
@@ -89,6 +95,8 @@ public:
   uint32_t consecutive429() const { return consecutive_429_; }
   /// @return decreases applied so far.
   uint64_t decreases() const { return decreases_; }
+  /// @return rate 429s answered as phase errors (pause, no cut) so far.
+  uint64_t resyncs() const { return resyncs_; }
 
 private:
   double configured_rate_;
@@ -97,13 +105,16 @@ private:
   Duration recovery_time_;
   Duration max_cooldown_;
   Duration backoff_base_;
+  Duration repeat_window_;
 
   double base_fraction_ = 1.0;       ///< fraction at recovery_start_
   MonotonicTime recovery_start_{};   ///< when the linear climb from base_fraction_ starts
   MonotonicTime cooldown_until_{};
-  std::optional<MonotonicTime> last_decrease_;
+  std::optional<MonotonicTime> last_event_;  ///< the last rate 429 that was not a same-event one
+  Reaction last_reaction_ = Reaction::SameEvent;
   uint32_t consecutive_429_ = 0;
   uint64_t decreases_ = 0;
+  uint64_t resyncs_ = 0;
 };
 
 }  // namespace hiapi::core

@@ -146,6 +146,13 @@ struct LimitsConfig {
   double min_rate_fraction = 0.1;     ///< effective rate never below configured * this
   Duration recovery_time = std::chrono::seconds(30);  ///< back to full rate after this of success
   Duration max_cooldown = std::chrono::seconds(60);   ///< Retry-After is capped at this
+  /// A rate 429 lowers the effective rate only when another came within this window (or the
+  /// proxy was outside the gateway's advertised budget): a lone one is a phase error between
+  /// two buckets, answered by a pause, not by a cut. 0 = every rate 429 cuts.
+  Duration repeat_window = std::chrono::seconds(30);
+  /// Tokens become usable this much after the bucket has them (at most a quarter of a token
+  /// interval), so arrival jitter cannot land a request just before the gateway's token.
+  Duration phase_margin = std::chrono::milliseconds(10);
 };
 
 struct QueueConfig {

@@ -22,11 +22,21 @@
 //
 // 429 handling (onUpstreamOutcome):
 //   - rate 429 (by code; unknown cause on poll/list/other; unknown on a create when no other task
-//     of its tier is running): key-wide cool-down from Retry-After (capped at max_cooldown) or
-//     full-jitter backoff, and a multiplicative rate decrease (see adaptive_rate.h);
+//     of its tier is running): key-wide cool-down from Retry-After (capped at max_cooldown), a
+//     resync or full-jitter backoff; a multiplicative rate decrease only when rate 429s repeat
+//     within repeat_window or the gateway advertises a lower limit (see adaptive_rate.h);
 //   - concurrency 429 (by code; unknown cause on a create while other tasks of its tier run): the
-//     tier's effective ceiling drops (see concurrency_gate.h); no cool-down;
-//   - `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` on any answer: pause until the reset.
+//     tier's effective ceiling drops (see concurrency_gate.h); no cool-down.
+// The gateway's own counters (`X-RateLimit-*` on any answer) keep the bucket in phase with it:
+//   - Remaining r answers a request after which n more were admitted, so at most r - n remain:
+//     the bucket never holds a whole token more than that (a whole one: Remaining counts whole
+//     tokens, so a bucket in phase may hold a fraction more);
+//   - with Reset, no more than r - n are admitted before the reset plus the phase margin (a
+//     window allowance);
+//   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
+// Phase margin: a token is usable limits.phase_margin after the bucket has it (at most a quarter
+//   of a token interval, and never more than the burst allows), so that a request paced at the
+//   gateway's exact rate reaches it after its token, not a few milliseconds before.
 //
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
@@ -92,6 +102,8 @@ Limit429Cause classify429Code(std::string_view error_code);
 /// One upstream answer (or failure) of an admitted request.
 struct UpstreamOutcome {
   int status = 0;                     ///< HTTP status; 0 = connection failure
+  /// Admitted::seq of the attempt this answers (nullopt: unknown, counts as the latest).
+  std::optional<uint64_t> seq;
   RouteKind route = RouteKind::Other;
   std::optional<size_t> tier;         ///< creates: the tier of the slot
   std::optional<SlotId> slot;         ///< creates: the slot, if still held
@@ -108,6 +120,9 @@ struct Admitted {
   size_t tier = 0;                    ///< creates: its tier; others: 0 (meaningless)
   RouteKind route = RouteKind::Other;
   Duration waited{};                  ///< time spent queued
+  /// Admission sequence number (1, 2, ... per key): give it back in UpstreamOutcome::seq, so
+  /// that the gateway's X-RateLimit-Remaining is read net of what was sent after it.
+  uint64_t seq = 0;
 };
 
 /// What dispatch() decided.
@@ -136,6 +151,7 @@ struct SchedulerCounters {
   uint64_t upstream_429_concurrency = 0;
   uint64_t leases_expired = 0;
   uint64_t rate_decreases = 0;
+  uint64_t rate_resyncs = 0;           ///< rate 429s answered as phase errors (pause, no cut)
 };
 
 struct TierSnapshot {
@@ -160,6 +176,8 @@ struct Snapshot {
   std::array<size_t, 4> queued_by_route{};  ///< indexed by RouteKind
   std::vector<TierSnapshot> tiers;
   SchedulerCounters counters;
+  std::optional<double> advertised_limit;      ///< last X-RateLimit-Limit seen
+  std::optional<double> advertised_remaining;  ///< last X-RateLimit-Remaining seen
 };
 
 /// See the file comment. Thread-safety: not thread-safe.
@@ -288,6 +306,23 @@ private:
   void dropPending(uint64_t id, MonotonicTime now);
   void applyRate(MonotonicTime now);
   void pauseBudget(MonotonicTime until);
+  /// Takes one token for an admission: the gateway's window allows one, and the bucket holds one
+  /// plus the phase margin. @return whether taken.
+  bool takeToken(MonotonicTime now);
+  /// Gives back a token takeToken() took (the admission did not happen).
+  void giveToken(MonotonicTime now);
+  /// Numbers an admission (Admitted::seq).
+  uint64_t nextSeq() { return ++admission_seq_; }
+  /// @return the phase margin in tokens at the current rate (see the file comment).
+  double marginTokens() const;
+  /// @return whether the gateway's window allows no more admissions before its reset.
+  bool windowClosed(MonotonicTime now) const {
+    return window_end_ && now < *window_end_ && window_allowance_ < 1.0;
+  }
+  /// Reads the gateway's X-RateLimit-* (see the file comment).
+  void onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now);
+  /// @return the burst to use: the configured one, or a lower advertised limit.
+  double effectiveBurst() const;
   size_t clampTier(size_t tier) const;
   std::vector<size_t> bottlenecks(MonotonicTime now) const;
   struct Reserve {
@@ -332,6 +367,12 @@ private:
   std::array<size_t, 4> queued_by_route_{};
   SlotId next_slot_id_ = 1;
   SchedulerCounters counters_;
+  uint64_t admission_seq_ = 0;
+  // The gateway's own view (X-RateLimit-*): see the file comment.
+  std::optional<double> advertised_limit_;
+  std::optional<double> advertised_remaining_;
+  std::optional<MonotonicTime> window_end_;
+  double window_allowance_ = 0.0;
 };
 
 }  // namespace hiapi::core

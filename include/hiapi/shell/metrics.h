@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -69,6 +70,8 @@ public:
   void upstreamRequest(std::string_view key, std::string_view route, int status, double latency_s);
   /// @param cause rate | concurrency | unknown
   void upstream429(std::string_view key, std::string_view cause);
+  /// A rate 429 answered by a pause only (@p reaction "resync") or by a rate cut ("decrease").
+  void rateReaction(std::string_view key, std::string_view reaction);
   /// @param reason rate | concurrency | cooldown | queue_full | queue_timeout
   /// @param count how many (the daemon adds up the scheduler's counters since the last scrape)
   void throttle(std::string_view key, std::string_view reason, double count = 1);
@@ -101,6 +104,8 @@ public:
     double tokens = 0;
     double cooldown_seconds = 0;
     size_t queue_depth = 0;
+    std::optional<double> advertised_limit;      ///< X-RateLimit-Limit, once seen
+    std::optional<double> advertised_remaining;  ///< X-RateLimit-Remaining, once seen
   };
   struct TierGauges {
     std::string key, tier;

@@ -27,6 +27,9 @@
   X(throttled, Counter, "hiapi_proxy_throttled_total", "key,reason", NoBuckets,                   \
     "Requests the proxy held back or refused, by key name and reason (rate, concurrency, "        \
     "cooldown, queue_full, queue_timeout)")                                                       \
+  X(rate_reactions, Counter, "hiapi_proxy_rate_429_reactions_total", "key,reaction", NoBuckets,     \
+    "How the proxy answered upstream rate 429s, by key name and reaction (resync = pause only, "  \
+    "decrease = rate cut)")                                                                       \
   X(retries, Counter, "hiapi_proxy_retries_total", "key,reason", NoBuckets,                       \
     "Upstream attempts retried by the proxy, by key name and reason")                             \
   X(queue_wait, Histogram, "hiapi_proxy_queue_wait_seconds", "key,route", kQueueWaitBuckets,       \
@@ -59,6 +62,10 @@
     "Effective request rate of a key after adaptive decreases, in requests per second")           \
   X(tokens_available, Gauge, "hiapi_proxy_tokens_available", "key", NoBuckets,                    \
     "Tokens in the key's bucket (negative while requests are borrowed ahead)")                    \
+  X(advertised_limit, Gauge, "hiapi_proxy_upstream_ratelimit_limit", "key", NoBuckets,            \
+    "Last X-RateLimit-Limit the upstream advertised for a key (absent until one is seen)")        \
+  X(advertised_remaining, Gauge, "hiapi_proxy_upstream_ratelimit_remaining", "key", NoBuckets,    \
+    "Last X-RateLimit-Remaining the upstream advertised for a key (absent until one is seen)")    \
   X(cooldown, Gauge, "hiapi_proxy_cooldown_seconds", "key", NoBuckets,                            \
     "Seconds left in the key's cool-down after an upstream 429 (0 = none)")                       \
   X(queue_depth, Gauge, "hiapi_proxy_queue_depth", "key,tier", NoBuckets,                         \

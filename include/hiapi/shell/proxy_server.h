@@ -49,6 +49,7 @@ struct RequestCtx {
   // Set by the limiter.
   std::optional<uint64_t> slot;   ///< a create's tier slot while it is held
   std::optional<size_t> tier;     ///< a create's tier
+  uint64_t admission_seq = 0;     ///< the scheduler's Admitted::seq of the attempt in flight
   std::string model;              ///< a create's model (from a parsed copy of the body)
   bool has_idempotency_key = false;
   // Set by the task service.
