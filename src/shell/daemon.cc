@@ -79,6 +79,7 @@ bool Daemon::writePortFile() {
 
 void Daemon::declareKeys() {
   for (const core::KeyConfig& k : cfg_->keys) {
+    limiter_->addKey(k.name);
     metrics_->declareKey(k.name, tierNames(*cfg_));
   }
 }
@@ -135,10 +136,21 @@ int Daemon::run() {
     if (ctx.internal) {
       return;
     }
-    metrics_->clientResponse(ctx.key_name.empty() ? "none" : ctx.key_name,
-                             core::routeName(ctx.route.kind), status);
+    const std::string_view key = ctx.key_name.empty() ? "none" : ctx.key_name;
+    metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
+    metrics_->clientRequest(core::routeName(ctx.route.kind),
+                            seconds(core::MonotonicClock::now() - ctx.received), ctx.bytes_in,
+                            ctx.bytes_out);
     if (ctx.proxy_error) {
       metrics_->proxyError(*ctx.proxy_error);
+      // A refusal is counted where its answer is: once per client answered, as errors_total
+      // and the clients' 429s count it (joined polls share one rejected fetch; the proxy's own
+      // polls answer nobody).
+      if (*ctx.proxy_error == core::ProxyError::QueueFull) {
+        metrics_->throttle(key, "queue_full");
+      } else if (*ctx.proxy_error == core::ProxyError::QueueTimeout) {
+        metrics_->throttle(key, "queue_timeout");
+      }
     }
     if (!ctx.cache_result.empty()) {
       metrics_->pollCache(ctx.cache_result);
@@ -332,12 +344,11 @@ void Daemon::refreshGauges() {
     bump(c.throttled_rate, seen.throttled_rate, "rate");
     bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
     bump(c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
-    bump(c.queue_full, seen.queue_full, "queue_full");
-    bump(c.queue_timeout, seen.queue_timeout, "queue_timeout");
   }
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
   metrics_->setInflight(proxy_->active());
+  metrics_->setClientConnections(proxy_->clientConnections(), proxy_->clientConnectionsAccepted());
 }
 
 std::string Daemon::statusJson() {

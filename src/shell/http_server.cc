@@ -7,6 +7,7 @@
 #include <ctime>
 
 #include <llhttp.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -124,6 +125,7 @@ struct HttpServer::Conn {
   int busy = 0;               ///< inside one of its handlers: destroy on the way out
   bool dead = false;
   core::MonotonicTime last_activity{};
+  std::string peer;  ///< the client's address and port, for the access log
 };
 
 namespace {
@@ -319,9 +321,29 @@ void HttpServer::onAcceptError(evconnlistener*, void* arg) {
   self->log_.warn("accept failed", {{"error", evutil_socket_error_to_string(err)}});
 }
 
-void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+namespace {
+/// "address:port" ("[v6]:port"), or "" for another family.
+std::string formatPeer(const sockaddr* sa) {
+  char host[INET6_ADDRSTRLEN] = {};
+  if (sa != nullptr && sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  }
+  if (sa != nullptr && sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+  }
+  return {};
+}
+}  // namespace
+
+void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int, void* arg) {
   auto* self = static_cast<HttpServer*>(arg);
+  ++self->accepted_;
   auto* c = new Conn();
+  c->peer = formatPeer(peer);
   c->server = self;
   c->fd = fd;
   const int one = 1;
@@ -498,6 +520,7 @@ void HttpServer::dispatch(Conn& c) {
   open_spares_.put(open_, c.exchange, &c);
   InboundRequest req = std::move(c.req);
   c.req = InboundRequest{};
+  req.peer = c.peer;
   handler_.onRequest(c.exchange, req);
 }
 

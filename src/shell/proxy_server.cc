@@ -15,8 +15,10 @@ namespace {
 // The official clients give up after 60 s; every answer must leave the proxy before that.
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
 constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
-// Ids of the proxy's own requests (exchange ids of client requests never get this high).
-constexpr uint64_t kInternalIds = uint64_t{1} << 62;
+// Ids of the proxy's own requests (exchange ids of client requests never get this high). Below
+// bit 48: a request id shows the low 48 bits of the id times an odd number, which differ for ids
+// that differ below bit 48, so the proxy's own polls never show a client request's id.
+constexpr uint64_t kInternalIds = uint64_t{1} << 47;
 // Passthrough keys whose names are remembered (see prepare()).
 constexpr size_t kMaxKeyNames = 1024;
 
@@ -329,6 +331,8 @@ void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
   RequestCtx& ctx = newCtx(exchange);
   ctx.exchange = exchange;
   ctx.method = std::move(req.method);
+  ctx.peer = std::move(req.peer);
+  ctx.bytes_in = std::max<uint64_t>(req.body.size(), req.body_bytes_seen);
   switch (req.problem) {
   case InboundProblem::None:
     break;
@@ -388,6 +392,7 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
     return false;
   }
   const std::string path = target.substr(0, target.find('?'));
+  ctx.path = path;
   auto route = core::matchRoute(ctx.method, path);
   if (!route) {
     replyError(ctx, core::ProxyError::NotFound,
@@ -432,6 +437,9 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
     if (core::iequals(h.name, "Host") || core::iequals(h.name, "Content-Length") ||
         core::iequals(h.name, "Expect") || core::isHopByHop(h.name, connection)) {
       continue;
+    }
+    if (core::iequals(h.name, "User-Agent")) {
+      ctx.user_agent.assign(h.value, 0, kMaxLoggedUserAgent);
     }
     if (kept != i) {
       hs[kept] = std::move(h);
@@ -634,7 +642,9 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     }
     out.push_back(HeaderView{h.name, h.value});
   }
-  ctx.outcome = "forwarded";
+  ctx.outcome = ctx.cache_result == "hit"         ? "cache_hit"
+                : ctx.cache_result == "coalesced" ? "coalesced"
+                                                  : "forwarded";
   sendReply(ctx, resp.status, out, resp.body);
 }
 
@@ -679,6 +689,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
 void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& headers,
                             std::string_view body, bool close) {
   ctx.answered = true;
+  ctx.bytes_out = body.size();
   if (ctx.exchange != 0) {
     if (http_) {
       http_->reply(ctx.exchange, status, headers, body, close);
@@ -686,6 +697,19 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& head
     ctx.exchange = 0;
   }
   done(ctx, status);
+}
+
+std::string_view ProxyServer::outcomeOf(const RequestCtx& ctx) {
+  if (!ctx.outcome.empty()) {
+    return ctx.outcome;
+  }
+  if (ctx.cache_result == "hit") {
+    return "cache_hit";
+  }
+  if (ctx.cache_result == "coalesced") {
+    return "coalesced";
+  }
+  return ctx.attempts > 0 ? "forwarded" : "unknown";
 }
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
@@ -699,20 +723,33 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
   }
   std::vector<LogField> fields{
       {"request_id", ctx.request_id},
+      // The proxy's own polls have no client: they say so, and count apart from the clients'.
+      {"client_addr", ctx.internal ? std::string_view("hiapi-proxy") : std::string_view(ctx.peer)},
       {"method", ctx.method},
       {"route", core::routeName(ctx.route.kind)},
+      {"path", !ctx.path.empty() ? std::string_view(ctx.path)
+                                 : std::string_view(ctx.upstream.target).substr(
+                                       0, ctx.upstream.target.find('?'))},
       {"status", status},
-      {"outcome", ctx.outcome.empty() ? std::string("unknown") : ctx.outcome},
+      {"outcome", outcomeOf(ctx)},
       {"queued_ms", ms(ctx.queued)},
       {"upstream_ms", ms(ctx.upstream_time)},
       {"attempts", ctx.attempts},
       {"total_ms", ms(core::MonotonicClock::now() - ctx.received)},
+      {"bytes_in", ctx.bytes_in},
+      {"bytes_out", ctx.bytes_out},
   };
   if (!ctx.key_name.empty()) {
     fields.emplace_back("key", ctx.key_name);
   }
-  if (!ctx.client.empty()) {
+  if (ctx.internal) {
+    fields.emplace_back("client", "hiapi-proxy");
+    fields.emplace_back("look", ctx.client.substr(ctx.client.rfind('-') + 1));
+  } else if (!ctx.client.empty()) {
     fields.emplace_back("client", ctx.client);
+  }
+  if (!ctx.user_agent.empty()) {
+    fields.emplace_back("user_agent", ctx.user_agent);
   }
   if (!ctx.route.task_id.empty()) {
     fields.emplace_back("task", ctx.route.task_id);

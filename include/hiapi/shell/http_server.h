@@ -63,6 +63,7 @@ struct InboundRequest {
   InboundProblem problem = InboundProblem::None;
   /// With BodyTooLarge: the declared Content-Length, or the bytes received when chunked.
   uint64_t body_bytes_seen = 0;
+  std::string peer;  ///< the client's "address:port", for the access log
 };
 
 /// Thread-safety: the event loop thread only.
@@ -105,6 +106,8 @@ public:
   bool isOpen(uint64_t exchange) const { return open_.count(exchange) != 0; }
   /// @return open client connections.
   size_t connections() const { return conns_.size(); }
+  /// @return client connections accepted since the start.
+  uint64_t accepted() const { return accepted_; }
 
 private:
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg);
@@ -129,6 +132,7 @@ private:
   evconnlistener* listener_ = nullptr;
   uint16_t port_ = 0;
   uint64_t next_exchange_ = 1;
+  uint64_t accepted_ = 0;
   std::unordered_set<Conn*> conns_;
   std::unordered_map<uint64_t, Conn*> open_;  ///< exchange → its connection
   core::NodeSpares<std::unordered_map<uint64_t, Conn*>> open_spares_;

@@ -25,6 +25,9 @@
 namespace hiapi::shell {
 
 /// One client request from arrival to answer. Owned by ProxyServer.
+/// The longest User-Agent the access log keeps.
+inline constexpr size_t kMaxLoggedUserAgent = 256;
+
 struct RequestCtx {
   uint64_t id = 0;
   std::string request_id;  ///< the proxy's id, "hp-…", in logs and proxy errors
@@ -67,7 +70,15 @@ struct RequestCtx {
   /// poll is served as if it arrived then (poll_held keeps it from being held twice).
   event* hold_timer = nullptr;
   bool poll_held = false;
-  std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
+  /// Short word for the log: forwarded, cache_hit, coalesced, a proxy error code (queue_timeout,
+  /// ...), client_gone.
+  std::string outcome;
+  // For the access log and the client metrics.
+  std::string peer;        ///< the client's "address:port"
+  std::string path;        ///< the request path, without its query
+  std::string user_agent;  ///< the client's User-Agent, at most kMaxLoggedUserAgent bytes
+  uint64_t bytes_in = 0;   ///< request body bytes
+  uint64_t bytes_out = 0;  ///< response body bytes
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
 
@@ -124,6 +135,9 @@ public:
   void abortPending();
   /// @return requests received and not yet answered.
   size_t active() const { return requests_.size(); }
+  /// @return client connections open, and accepted since the start.
+  size_t clientConnections() const { return http_ ? http_->connections() : 0; }
+  uint64_t clientConnectionsAccepted() const { return http_ ? http_->accepted() : 0; }
   bool draining() const { return draining_; }
 
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
@@ -180,6 +194,8 @@ private:
   void sendReply(RequestCtx& ctx, int status, const HeaderViews& headers, std::string_view body,
                  bool close = false);
   void done(RequestCtx& ctx, int status);
+  /// @return the access log's outcome word for @p ctx.
+  static std::string_view outcomeOf(const RequestCtx& ctx);
   void admitCtx(RequestCtx& ctx);
   /// @param id the request's id; 0: a new internal one.
   RequestCtx& newCtx(uint64_t id = 0);

@@ -1,0 +1,247 @@
+// What an operator sees of the real daemon: every metric family from the first scrape, one count
+// per event across the families that count it, and the access log's schema (typed JSON values,
+// client address, path without its query, bytes, user agent, outcome words, the proxy's own polls
+// marked as its own).
+
+#include <atomic>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+
+#include "harness/harness.h"
+#include "hiapi/shell/metrics.h"
+
+namespace hiapi::test {
+namespace {
+
+const std::string kKey = "sk-operator-test-key-0123456789";
+
+std::string proxyYaml(const std::string& upstream_url, const std::string& extra) {
+  return "listen:\n  address: 127.0.0.1\n  port: 0\n"
+         "admin:\n  enabled: true\n  address: 127.0.0.1\n  port: 0\n"
+         "upstream:\n  url: " + upstream_url + "\n  connect_timeout: 2s\n  response_timeout: 10s\n"
+         "auth:\n  mode: inject\n"
+         "keys:\n  - name: main\n    key: " + kKey + "\n" + extra;
+}
+
+/// The value of the sample named exactly @p series (name and labels as exposed), or -1.
+double sample(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ') {
+      return std::stod(line.substr(series.size() + 1));
+    }
+  }
+  return -1;
+}
+
+bool hasSeries(const std::string& text, const std::string& name) {
+  return text.find("\n" + name + "{") != std::string::npos ||
+         text.find("\n" + name + " ") != std::string::npos;
+}
+
+TEST(OperatorMetrics, EveryFamilyHasASampleAtTheFirstScrape) {
+  TempDir dir;
+  ProxyProcess proxy(dir, proxyYaml("http://127.0.0.1:9", "log:\n  level: warn\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const HttpResponse r = httpRequest(proxy.adminPort(), "GET", "/metrics");
+  ASSERT_EQ(r.status, 200);
+  const std::string text = "\n" + r.body;
+  for (const shell::MetricDoc& d : shell::metricDocs()) {
+    const std::string series = d.type == "histogram" ? d.name + "_count" : d.name;
+    EXPECT_TRUE(hasSeries(text, series)) << d.name << " has no sample before the first request";
+  }
+  // The configured key's families, at zero, with no request made.
+  for (const char* s :
+       {R"(hiapi_proxy_errors_total{code="queue_timeout"})",
+        R"(hiapi_proxy_retries_total{key="main",reason="retry_429"})",
+        R"(hiapi_proxy_upstream_429_total{cause="rate",key="main"})",
+        R"(hiapi_proxy_lease_expiries_total{key="main",tier="heavy"})",
+        R"(hiapi_proxy_polls_held_total{key="main"})",
+        R"(hiapi_proxy_throttled_total{key="main",reason="queue_timeout"})",
+        R"(hiapi_proxy_queue_wait_seconds_count{key="main",outcome="queue_timeout",route="create"})",
+        R"(hiapi_proxy_client_request_duration_seconds_count{route="create"})",
+        "hiapi_proxy_client_connections_accepted_total"}) {
+    EXPECT_EQ(sample(text, s), 0) << s;
+  }
+  EXPECT_GT(sample(text, R"(hiapi_proxy_rate_configured_requests_per_second{key="main"})"), 0);
+  EXPECT_EQ(sample(text, "hiapi_proxy_upstream_up"), 1);
+}
+
+TEST(OperatorMetrics, AQueueTimeoutCountsOnceInEveryFamilyThatCountsIt) {
+  TempDir dir;
+  TestUpstream upstream;
+  upstream.setHandler([](const RecordedRequest&) {
+    TestUpstream::Reply r;
+    r.body = R"({"code":200,"data":{"list":[],"total":0}})";
+    r.headers = {{"Content-Type", "application/json"}};
+    return r;
+  });
+  // One request per 10 s and a 1 s queue deadline: of a burst of lists, one goes and the rest
+  // time out in the queue.
+  ProxyProcess proxy(dir, proxyYaml("http://127.0.0.1:" + std::to_string(upstream.port()),
+                                    "limits:\n  rate: 6/m\n  burst: 1\n"
+                                    "queue:\n  deadline: 1s\n"
+                                    "log:\n  level: info\n  format: json\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  constexpr int kClients = 5;
+  std::vector<std::thread> clients;
+  std::atomic<int> timeouts{0}, ok{0};
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&] {
+      const HttpResponse r = httpRequest(proxy.port(), "GET", "/v1/tasks?page=1&size=10", {}, {},
+                                         15s);
+      if (r.status == 429 && r.header("X-HiAPI-Proxy-Error") == "queue_timeout") {
+        ++timeouts;
+      } else if (r.status == 200) {
+        ++ok;
+      }
+    });
+  }
+  for (std::thread& t : clients) {
+    t.join();
+  }
+  ASSERT_EQ(ok.load() + timeouts.load(), kClients);
+  ASSERT_GE(timeouts.load(), 1);
+  const std::string text = "\n" + httpRequest(proxy.adminPort(), "GET", "/metrics").body;
+  const double n = timeouts.load();
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_throttled_total{key="main",reason="queue_timeout"})"), n)
+      << text;
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_errors_total{code="queue_timeout"})"), n);
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_client_responses_total{code="429",key="main",route="list"})"),
+            n);
+  // Every wait is observed, those that ended in a timeout under their own outcome.
+  EXPECT_EQ(sample(text,
+                   R"(hiapi_proxy_queue_wait_seconds_count{key="main",outcome="queue_timeout",route="list"})"),
+            n);
+  EXPECT_GE(sample(text,
+                   R"(hiapi_proxy_queue_wait_seconds_sum{key="main",outcome="queue_timeout",route="list"})"),
+            n * 1.0)
+      << "each waited its whole 1 s deadline";
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_client_request_duration_seconds_count{route="list"})"),
+            kClients);
+  EXPECT_GE(sample(text, "hiapi_proxy_client_connections_accepted_total"), kClients);
+
+  // The log says the same: each timeout waited its deadline (1000 ms) in the queue.
+  int logged = 0;
+  std::istringstream err(proxy.process().err());
+  for (std::string line; std::getline(err, line);) {
+    rapidjson::Document d;
+    if (d.Parse(line.c_str()).HasParseError() || !d.IsObject() || !d.HasMember("outcome") ||
+        std::string(d["outcome"].GetString()) != "queue_timeout") {
+      continue;
+    }
+    ++logged;
+    ASSERT_TRUE(d["queued_ms"].IsInt64()) << line;
+    EXPECT_GE(d["queued_ms"].GetInt64(), 1000) << line;
+    EXPECT_EQ(d["status"].GetInt(), 429) << line;
+  }
+  EXPECT_EQ(logged, timeouts.load());
+}
+
+/// The JSON access log lines ("msg":"request") of a daemon's stderr.
+std::vector<std::string> requestLines(const std::string& err) {
+  std::vector<std::string> out;
+  std::istringstream in(err);
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(R"("msg":"request")") != std::string::npos) {
+      out.push_back(line);
+    }
+  }
+  return out;
+}
+
+TEST(OperatorLog, JsonAccessLinesCarryTypedValuesAndTheirOwnOutcomes) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--light-duration",
+                       "30s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started()) << sim.process().err();
+  ProxyProcess proxy(dir, proxyYaml("http://127.0.0.1:" + std::to_string(sim.port()),
+                                    "limits:\n  rate: 20/s\n  burst: 10\n"
+                                    "tasks:\n  reconcile_interval: 1s\n"
+                                    "log:\n  level: info\n  format: json\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const std::vector<std::pair<std::string, std::string>> headers{
+      {"Content-Type", "application/json"}, {"User-Agent", "operator-test/1.0"}};
+  const std::string body = R"({"model":"gpt-image-2","input":{"prompt":"log schema"}})";
+  const HttpResponse created = httpRequest(proxy.port(), "POST", "/v1/tasks", headers, body);
+  ASSERT_EQ(created.status, 200) << created.body;
+  rapidjson::Document c;
+  c.Parse(created.body.c_str());
+  ASSERT_TRUE(c.IsObject() && c.HasMember("data") && c["data"].HasMember("taskId"));
+  const std::string task = c["data"]["taskId"].GetString();
+  // A poll, then the same poll again at once: the second is answered from the cache.
+  ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks/" + task + "?secret=hidden", headers)
+                .status,
+            200);
+  ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks/" + task, headers).status, 200);
+  // Nobody polls the running task now: the proxy's reconcile poll comes after 1 s (bounded).
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return proxy.process().err().find(R"("client":"hiapi-proxy")") != std::string::npos;
+      },
+      20s))
+      << proxy.process().err();
+
+  std::map<std::string, rapidjson::Document> by_outcome;
+  std::vector<std::string> request_ids;
+  for (const std::string& line : requestLines(proxy.process().err())) {
+    rapidjson::Document d;
+    ASSERT_FALSE(d.Parse(line.c_str()).HasParseError()) << line;
+    SCOPED_TRACE(line);
+    // Typed: numbers are numbers.
+    for (const char* n : {"status", "queued_ms", "upstream_ms", "attempts", "total_ms",
+                          "bytes_in", "bytes_out"}) {
+      ASSERT_TRUE(d.HasMember(n) && d[n].IsNumber()) << n;
+    }
+    for (const char* s : {"request_id", "client_addr", "method", "route", "path", "outcome"}) {
+      ASSERT_TRUE(d.HasMember(s) && d[s].IsString()) << s;
+    }
+    EXPECT_EQ(std::string(d["path"].GetString()).find('?'), std::string::npos);
+    EXPECT_EQ(line.find("hidden"), std::string::npos) << "a query reached the log";
+    EXPECT_EQ(line.find(kKey), std::string::npos) << "a key reached the log";
+    request_ids.push_back(d["request_id"].GetString());
+    const bool own = d.HasMember("client") && std::string(d["client"].GetString()) == "hiapi-proxy";
+    const std::string outcome = own ? "own_poll" : d["outcome"].GetString();
+    if (by_outcome.count(outcome) == 0) {
+      by_outcome.emplace(outcome, std::move(d));
+    }
+  }
+  ASSERT_TRUE(by_outcome.count("forwarded")) << proxy.process().err();
+  ASSERT_TRUE(by_outcome.count("cache_hit")) << proxy.process().err();
+  ASSERT_TRUE(by_outcome.count("own_poll")) << proxy.process().err();
+
+  const rapidjson::Document& fwd = by_outcome["forwarded"];
+  EXPECT_EQ(std::string(fwd["client_addr"].GetString()).rfind("127.0.0.1:", 0), 0u);
+  EXPECT_EQ(std::string(fwd["user_agent"].GetString()), "operator-test/1.0");
+  const rapidjson::Document& hit = by_outcome["cache_hit"];
+  EXPECT_EQ(hit["attempts"].GetInt(), 0);
+  EXPECT_EQ(std::string(hit["path"].GetString()), "/v1/tasks/" + task);
+  EXPECT_GT(hit["bytes_out"].GetInt64(), 0);
+  // The create's line counts its body.
+  bool create_seen = false;
+  for (const std::string& line : requestLines(proxy.process().err())) {
+    rapidjson::Document d;
+    d.Parse(line.c_str());
+    if (std::string(d["route"].GetString()) == "create") {
+      create_seen = true;
+      EXPECT_EQ(d["bytes_in"].GetUint64(), body.size());
+    }
+  }
+  EXPECT_TRUE(create_seen);
+  const rapidjson::Document& own = by_outcome["own_poll"];
+  EXPECT_EQ(std::string(own["client_addr"].GetString()), "hiapi-proxy");
+  EXPECT_EQ(std::string(own["route"].GetString()), "poll");
+  // Every line has its own request id: the proxy's polls do not reuse a client's.
+  std::sort(request_ids.begin(), request_ids.end());
+  EXPECT_EQ(std::adjacent_find(request_ids.begin(), request_ids.end()), request_ids.end());
+}
+
+}  // namespace
+}  // namespace hiapi::test
