@@ -71,10 +71,9 @@ install(FILES ${HIAPI_CONF_SRC}
               ${CMAKE_SOURCE_DIR}/systemd/credential.conf
               ${CMAKE_SOURCE_DIR}/systemd/hiapi-proxy.env
         DESTINATION ${HIAPI_DOC_DIR}/examples)
-if(EXISTS ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json)
-  install(FILES ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json
-          DESTINATION ${HIAPI_DOC_DIR}/examples/grafana)
-endif()
+install(FILES ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json
+              ${CMAKE_SOURCE_DIR}/tools/grafana/alerts.yml
+        DESTINATION ${HIAPI_DOC_DIR}/examples/grafana)
 
 # cpack (and `make install`) would first build the whole tree, every test included: the package
 # needs only the daemon. `cmake --build <build> --target deb` builds it and packs.

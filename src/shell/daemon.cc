@@ -348,6 +348,7 @@ void Daemon::refreshGauges() {
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
   metrics_->setInflight(proxy_->active());
+  metrics_->setQueueCapacity(cfg_->queue.max_size);
   metrics_->setClientConnections(proxy_->clientConnections(), proxy_->clientConnectionsAccepted());
 }
 

@@ -241,6 +241,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   upstream_up_series_->Set(1);
   setReady(false);
   setInflight(0);
+  setQueueCapacity(0);
   setTrackedTasks(0);
   setUpstreamConnections(0, 0);
 }
@@ -546,6 +547,11 @@ void Metrics::setClientConnections(size_t open, uint64_t accepted) {
   if (total > c.Value()) {
     c.Increment(total - c.Value());
   }
+}
+
+void Metrics::setQueueCapacity(size_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(queue_capacity_, {}).Set(static_cast<double>(n));
 }
 
 void Metrics::setInflight(size_t n) {

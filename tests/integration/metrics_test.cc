@@ -68,6 +68,7 @@ void exerciseAll(Metrics& m) {
   m.setReady(true);
   m.setInflight(9);
   m.setClientConnections(4, 17);
+  m.setQueueCapacity(500);
 }
 
 /// Lines of the exposition that are samples (not comments).
@@ -399,6 +400,36 @@ TEST(MetricsDocs, ReadmeMetricsSectionNamesEveryMetric) {
       EXPECT_TRUE(known.count(name)) << name << " is in README.md but not exported";
     }
   }
+}
+
+TEST(MetricsDocs, AlertRulesNameOnlyExportedMetrics) {
+  const std::string text = readFile(std::string(HIAPI_SOURCE_DIR) + "/tools/grafana/alerts.yml");
+  ASSERT_FALSE(text.empty());
+  std::set<std::string> known;
+  for (const MetricDoc& d : shell::metricDocs()) {
+    known.insert(d.name);
+  }
+  size_t used = 0;
+  const std::string prefix = "hiapi_proxy_";
+  for (size_t at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
+    size_t end = at;
+    while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) ||
+                                 text[end] == '_')) {
+      ++end;
+    }
+    std::string name = text.substr(at, end - at);
+    if (name == prefix) {
+      continue;  // "hiapi_proxy_*" in a comment
+    }
+    for (const char* suffix : {"_bucket", "_count", "_sum"}) {
+      if (known.count(name) == 0 && name.ends_with(suffix)) {
+        name.resize(name.size() - std::string_view(suffix).size());
+      }
+    }
+    ++used;
+    EXPECT_TRUE(known.count(name)) << name << " is in alerts.yml but not exported";
+  }
+  EXPECT_GE(used, 8u);
 }
 
 // ---- AdminServer -------------------------------------------------------------------------------

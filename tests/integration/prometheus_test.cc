@@ -80,6 +80,7 @@ void generateTraffic(Metrics& m, int round) {
   m.clientRequest("create", 0.2 + 0.1 * (round % 5), 200, 90);
   m.clientRequest("poll", 0.004, 0, 600);
   m.setClientConnections(5, 10 * static_cast<uint64_t>(round + 1));
+  m.setQueueCapacity(100);
 }
 
 uint16_t freeLoopbackPort() {

@@ -112,6 +112,7 @@ public:
   void setUpstreamConnections(size_t busy, size_t idle);
   void setReady(bool ready);
   void setInflight(size_t n);
+  void setQueueCapacity(size_t n);
   /// @param open client connections open now; @param accepted accepted since the start.
   void setClientConnections(size_t open, uint64_t accepted);
   /// Removes the per-key gauge series (rate, tokens, cooldown, queue depth, tiers) of keys not in

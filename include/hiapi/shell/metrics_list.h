@@ -65,6 +65,8 @@
     "Seconds left in the key's cool-down after an upstream 429 (0 = none)")                       \
   X(queue_depth, Gauge, "hiapi_proxy_queue_depth", "key,tier", NoBuckets,                         \
     "Requests waiting in the admission queue, per key and tier (tier=all: the whole key)")        \
+  X(queue_capacity, Gauge, "hiapi_proxy_queue_capacity", "", NoBuckets,                         \
+    "Requests the admission queue holds at most, all keys together (queue.max_size)")            \
   X(tasks_running, Gauge, "hiapi_proxy_tasks_running", "key,tier", NoBuckets,                     \
     "Tasks holding a slot of the tier's concurrency gate")                                        \
   X(tier_ceiling, Gauge, "hiapi_proxy_tier_ceiling", "key,tier,kind", NoBuckets,                  \
