@@ -97,7 +97,7 @@ void AdminServer::handle(evhttp_request* req) {
     path = path.substr(0, q);
   }
   const bool known = path == "/metrics" || path == "/healthz" || path == "/readyz" ||
-                     path == "/status";
+                     path == "/status" || (path == "/config" && config_yaml_);
   if (!known) {
     reply(req, 404, "Not Found", "text/plain; charset=utf-8", "not found\n");
     return;
@@ -122,6 +122,8 @@ void AdminServer::handle(evhttp_request* req) {
       } else {
         reply(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "not ready\n");
       }
+    } else if (path == "/config") {
+      reply(req, 200, "OK", "application/yaml; charset=utf-8", config_yaml_());
     } else {
       const std::string body = status_json_ ? status_json_() : std::string("{}");
       reply(req, 200, "OK", "application/json", body);

@@ -168,6 +168,7 @@ int Daemon::run() {
     admin_ = std::make_unique<AdminServer>(
         base_, *metrics_, [this] { return statusJson(); }, [this] { return ready_; },
         [this] { refreshGauges(); });
+    admin_->setConfigDump([this] { return cfg_->dump(); });
     if (!admin_->listen(cfg_->admin.address, cfg_->admin.port)) {
       log_.error("cannot listen for admin", {{"address", cfg_->admin.address},
                                              {"port", cfg_->admin.port},
@@ -258,8 +259,11 @@ void Daemon::reload() {
   } catch (const core::ConfigError& e) {
     metrics_->configReload(false);
     log_.error("reload failed, keeping the running configuration", {{"error", e.what()}});
+    // STATUS= is one line: the first error, and how many more the log has.
+    const size_t errors = e.all().size();
     notify(std::string("READY=1\nSTATUS=reload failed, running the previous configuration: ") +
-           e.what());
+           e.all().front().what() +
+           (errors > 1 ? " (and " + std::to_string(errors - 1) + " more)" : std::string()));
   }
 }
 

@@ -4,6 +4,7 @@
 //   GET /healthz  200 "ok" while the loop runs
 //   GET /readyz   200 "ready" when ready() holds, else 503 "not ready"
 //   GET /status   200 JSON from the status callback (the daemon's redacted snapshot)
+//   GET /config   200 YAML: the effective configuration, keys redacted (once setConfigDump())
 // Anything else: 404 (405 for a method other than GET/HEAD on a known path).
 
 #include <cstdint>
@@ -41,6 +42,12 @@ public:
   /// @return why the last listen() failed ("" when it did not).
   const std::string& lastError() const { return last_error_; }
 
+  /// Serves GET /config with what @p config_yaml returns (the effective configuration, keys
+  /// redacted); without it /config is a 404.
+  void setConfigDump(std::function<std::string()> config_yaml) {
+    config_yaml_ = std::move(config_yaml);
+  }
+
   /// Requests served (all paths), for tests and logs.
   uint64_t served() const { return served_; }
 
@@ -53,6 +60,7 @@ private:
   std::function<std::string()> status_json_;
   std::function<bool()> ready_;
   std::function<void()> before_scrape_;
+  std::function<std::string()> config_yaml_;
   evhttp* http_ = nullptr;
   uint16_t port_ = 0;
   uint64_t served_ = 0;
