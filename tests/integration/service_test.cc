@@ -725,6 +725,9 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
   for (const char* path : {"./usr/bin/hiapi-proxy", "./lib/systemd/system/hiapi-proxy.service",
                            "./etc/hiapi-proxy/hiapi-proxy.yaml",
                            "./usr/share/doc/hiapi-proxy/README.md",
+                           "./usr/share/doc/hiapi-proxy/copyright",
+                           "./usr/share/doc/hiapi-proxy/changelog.gz",
+                           "./usr/share/doc/hiapi-proxy/examples/grafana/alerts.yml",
                            "./usr/share/doc/hiapi-proxy/examples/credential.conf"}) {
     EXPECT_TRUE(contains(contents.output, std::string(path) + "\n")) << path << "\n"
                                                                      << contents.output;
@@ -745,6 +748,12 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
   }
   // llhttp is compiled in: nothing of http-parser's at run time.
   EXPECT_FALSE(contains(depends.output, "http-parser")) << depends.output;
+  // Who answers for it: a maintainer with a real address, and no homepage that is HiAPI's.
+  const CommandResult maintainer = capture("dpkg-deb -f " + shq(deb) + " Maintainer");
+  EXPECT_TRUE(std::regex_search(maintainer.output, std::regex("^[^<@]+ <[^<>@\\s]+@[^<>@\\s]+>")))
+      << maintainer.output;
+  EXPECT_FALSE(contains(maintainer.output, "@localhost")) << maintainer.output;
+  EXPECT_FALSE(contains(capture("dpkg-deb -f " + shq(deb) + " Homepage").output, "hiapi.ai"));
 
   // Unpack and look inside.
   ASSERT_EQ(capture("dpkg-deb -x " + shq(deb) + " " + shq(dir.file("root"))).status, 0);
@@ -768,6 +777,27 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
       capture(shq(dir.file("root/usr/bin/hiapi-proxy")) + " --version");
   EXPECT_EQ(version.status, 0) << version.output;
   EXPECT_TRUE(contains(version.output, "hiapi-proxy ")) << version.output;
+
+  // The license, stated the way Debian reads it, and a changelog whose top entry is this version.
+  const std::string copyright = readFile(dir.file("root/usr/share/doc/hiapi-proxy/copyright"));
+  EXPECT_TRUE(contains(copyright, "\nLicense: Apache-2.0\n")) << copyright;
+  EXPECT_TRUE(contains(copyright, "/usr/share/common-licenses/Apache-2.0")) << copyright;
+  EXPECT_TRUE(contains(readFile(std::string(HIAPI_SOURCE_DIR) + "/LICENSE"),
+                       "Apache License\n                           Version 2.0"));
+  const CommandResult changelog =
+      capture("zcat " + shq(dir.file("root/usr/share/doc/hiapi-proxy/changelog.gz")));
+  const std::string pkg_version = capture("dpkg-deb -f " + shq(deb) + " Version").output;
+  EXPECT_TRUE(contains(changelog.output,
+                       "hiapi-proxy (" + pkg_version.substr(0, pkg_version.find('\n')) + ") "))
+      << changelog.output << pkg_version;
+
+  // lintian: no error (warnings and notes are printed for the record).
+  if (!haveCommand("lintian")) {
+    GTEST_SKIP() << "lintian is not installed (tools/setup.sh installs it)";
+  }
+  const CommandResult lint = capture("lintian --tag-display-limit 0 " + shq(deb));
+  std::printf("lintian:\n%s", lint.output.c_str());
+  EXPECT_FALSE(std::regex_search(lint.output, std::regex("(^|\n)E: "))) << lint.output;
 }
 
 // ---- the container files (no container engine runs here: what can be checked without one) ----
