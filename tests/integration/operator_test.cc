@@ -4,6 +4,7 @@
 // marked as its own).
 
 #include <atomic>
+#include <csignal>
 #include <map>
 #include <sstream>
 #include <string>
@@ -299,6 +300,76 @@ TEST(OperatorConfig, PrintConfigAndAdminConfigShowTheEffectiveConfigurationRedac
   EXPECT_EQ(r.body.find(kKey), std::string::npos);
   // (Ports differ: the file asks for port 0, which the printout shows as asked.)
   EXPECT_EQ(r.body, printed.substr(printed.find('\n') + 1));
+}
+
+// ---- runtime limits ------------------------------------------------------------------------------
+
+TEST(OperatorLimits, APutChangesAKeysRateForTheNextRequestUntilTheNextReload) {
+  TempDir dir;
+  TestUpstream upstream;
+  // One request per minute, burst 1: after the first, a request waits about a minute.
+  const std::string yaml =
+      proxyYaml("http://127.0.0.1:" + std::to_string(upstream.port()),
+                "limits:\n  rate: 1/min\n  burst: 1\n"
+                "  tiers:\n    - {name: heavy, models: [\"veo-*\"], max_running: 1}\n"
+                "    - {name: light, models: [\"*\"], max_running: 5}\n"
+                "log:\n  level: info\n");
+  ProxyProcess proxy(dir, yaml);
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  const std::vector<std::pair<std::string, std::string>> short_deadline{{"X-HiAPI-Deadline", "1s"}};
+  ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1").status, 200);
+  const HttpResponse waited = httpRequest(proxy.port(), "GET", "/v1/tasks?page=1", short_deadline);
+  ASSERT_EQ(waited.status, 429);
+  ASSERT_EQ(waited.header("X-HiAPI-Proxy-Error"), "queue_timeout");
+
+  // Refused: unknown key, unknown field, a bad value, a method other than PUT/POST.
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "PUT", "/limits/keys/nope", {}, R"({"rate":"5/s"})")
+                .status,
+            404);
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "PUT", "/limits/keys/main", {}, R"({"speed":5})")
+                .status,
+            400);
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "PUT", "/limits/keys/main", {}, R"({"burst":0})")
+                .status,
+            400);
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "GET", "/limits/keys/main").status, 405);
+
+  const HttpResponse changed = httpRequest(proxy.adminPort(), "PUT", "/limits/keys/main", {},
+                                           R"({"rate":"50/s","burst":5})");
+  ASSERT_EQ(changed.status, 200) << changed.body;
+  // The next request goes at once (the same 1 s deadline that timed out above).
+  EXPECT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1", short_deadline).status, 200);
+  // The effective configuration and the metrics say so; the log has an audit line.
+  const std::string config = httpRequest(proxy.adminPort(), "GET", "/config").body;
+  EXPECT_NE(config.find("\n    rate: 50/s\n    burst: 5\n"), std::string::npos) << config;
+  const std::string metrics = "\n" + httpRequest(proxy.adminPort(), "GET", "/metrics").body;
+  EXPECT_EQ(sample(metrics, R"(hiapi_proxy_rate_configured_requests_per_second{key="main"})"), 50);
+  EXPECT_NE(proxy.process().err().find("limits changed at runtime"), std::string::npos);
+  EXPECT_NE(proxy.process().err().find("peer=127.0.0.1:"), std::string::npos)
+      << proxy.process().err();
+
+  // A tier's ceiling, too.
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "PUT", "/limits/tiers/heavy", {},
+                        R"({"max_running":3})")
+                .status,
+            200);
+  EXPECT_NE(httpRequest(proxy.adminPort(), "GET", "/config").body.find("max_running: 3"),
+            std::string::npos);
+  EXPECT_EQ(httpRequest(proxy.adminPort(), "PUT", "/limits/tiers/heavy", {},
+                        R"({"max_running":0})")
+                .status,
+            400);
+
+  // A reload goes back to the file.
+  proxy.process().signal(SIGHUP);
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return httpRequest(proxy.adminPort(), "GET", "/config").body.find("rate: 50/s") ==
+               std::string::npos;
+      },
+      10s));
+  EXPECT_NE(httpRequest(proxy.adminPort(), "GET", "/config").body.find("  rate: 0.01666666667/s"),
+            std::string::npos);
 }
 
 }  // namespace
