@@ -392,9 +392,9 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
     return false;
   }
   const std::string path = target.substr(0, target.find('?'));
-  ctx.path = path;
   auto route = core::matchRoute(ctx.method, path);
   if (!route) {
+    ctx.path = path;  // (a forwarded request's path is its upstream target's: no copy)
     replyError(ctx, core::ProxyError::NotFound,
                "hiapi-proxy forwards only /v1/... paths; set the base URL to http://" +
                    cfg.listen.address + ":" + std::to_string(port_));
@@ -437,9 +437,6 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
     if (core::iequals(h.name, "Host") || core::iequals(h.name, "Content-Length") ||
         core::iequals(h.name, "Expect") || core::isHopByHop(h.name, connection)) {
       continue;
-    }
-    if (core::iequals(h.name, "User-Agent")) {
-      ctx.user_agent.assign(h.value, 0, kMaxLoggedUserAgent);
     }
     if (kept != i) {
       hs[kept] = std::move(h);
@@ -748,8 +745,10 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
   } else if (!ctx.client.empty()) {
     fields.emplace_back("client", ctx.client);
   }
-  if (!ctx.user_agent.empty()) {
-    fields.emplace_back("user_agent", ctx.user_agent);
+  // The client's User-Agent went on with the request: read it there, not from a copy.
+  if (const std::string* ua = ctx.internal ? nullptr : findHeader(ctx.upstream.headers, "User-Agent");
+      ua != nullptr) {
+    fields.emplace_back("user_agent", std::string_view(*ua).substr(0, kMaxLoggedUserAgent));
   }
   if (!ctx.route.task_id.empty()) {
     fields.emplace_back("task", ctx.route.task_id);

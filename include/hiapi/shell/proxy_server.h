@@ -75,8 +75,8 @@ struct RequestCtx {
   std::string outcome;
   // For the access log and the client metrics.
   std::string peer;        ///< the client's "address:port"
-  std::string path;        ///< the request path, without its query
-  std::string user_agent;  ///< the client's User-Agent, at most kMaxLoggedUserAgent bytes
+  /// The request path of one that was not forwarded (a forwarded one's is in upstream.target).
+  std::string path;
   uint64_t bytes_in = 0;   ///< request body bytes
   uint64_t bytes_out = 0;  ///< response body bytes
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
