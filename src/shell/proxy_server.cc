@@ -686,7 +686,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
 void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& headers,
                             std::string_view body, bool close) {
   ctx.answered = true;
-  ctx.bytes_out = body.size();
+  ctx.bytes_out = ctx.method == "HEAD" ? 0 : body.size();  // a HEAD reply goes without its body
   if (ctx.exchange != 0) {
     if (http_) {
       http_->reply(ctx.exchange, status, headers, body, close);
