@@ -125,6 +125,10 @@ int Daemon::run() {
     return 1;
   }
   proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
+  // Beside the task state file, so that saved tasks keep their passthrough key's label.
+  key_labeler_ = std::make_unique<KeyLabeler>(KeyLabeler::loadOrCreateSecret(
+      cfg_->tasks.state_file.empty() ? "" : cfg_->tasks.state_file + ".label-key", log_));
+  proxy_->setKeyLabeler(key_labeler_.get());
   limiter_ = std::make_unique<Limiter>(base_, cfg_, log_, metrics_.get());
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_, metrics_.get());

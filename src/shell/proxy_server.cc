@@ -495,7 +495,8 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
         }
       }
       if (ctx.key_name.empty()) {
-        ctx.key_name = "pt-" + secret.fingerprint();
+        ctx.key_name = key_labeler_ != nullptr ? key_labeler_->label(secret)
+                                               : "pt-" + secret.fingerprint();
       }
       if (key_names_.size() >= kMaxKeyNames) {
         key_names_.clear();  // many keys come and go: start over rather than grow

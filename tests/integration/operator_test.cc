@@ -3,6 +3,8 @@
 // client address, path without its query, bytes, user agent, outcome words, the proxy's own polls
 // marked as its own).
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <csignal>
 #include <map>
@@ -16,6 +18,7 @@
 
 #include "harness/harness.h"
 #include "hiapi/core/config.h"
+#include "hiapi/shell/key_label.h"
 #include "hiapi/shell/metrics.h"
 
 namespace hiapi::test {
@@ -370,6 +373,65 @@ TEST(OperatorLimits, APutChangesAKeysRateForTheNextRequestUntilTheNextReload) {
       10s));
   EXPECT_NE(httpRequest(proxy.adminPort(), "GET", "/config").body.find("  rate: 0.01666666667/s"),
             std::string::npos);
+}
+
+// ---- passthrough key labels ---------------------------------------------------------------------
+
+TEST(OperatorKeys, PassthroughLabelsAreKeyedAndUnrelatedForKeysOneCharacterApart) {
+  const shell::KeyLabeler a(std::string(32, 'a'));
+  const shell::KeyLabeler b(std::string(32, 'b'));
+  const core::Secret k1("sk-label-test-0000000000000001");
+  const core::Secret k2("sk-label-test-0000000000000002");
+  const std::string l1 = a.label(k1);
+  ASSERT_EQ(l1.size(), 11u);
+  EXPECT_EQ(l1.rfind("pt-", 0), 0u);
+  EXPECT_EQ(l1.find_first_not_of("0123456789abcdef", 3), std::string::npos) << l1;
+  EXPECT_EQ(a.label(k1), l1) << "stable for one secret";
+  EXPECT_NE(b.label(k1), l1) << "another installation, another label";
+  // One character apart: no shared hex digit in place is expected by chance more than ~half the
+  // time; require that the labels differ in at least 5 of the 8 digits (an unkeyed prefix hash
+  // gave near-identical ones).
+  const std::string l2 = a.label(k2);
+  int same = 0;
+  for (size_t i = 3; i < l1.size(); ++i) {
+    same += l1[i] == l2[i] ? 1 : 0;
+  }
+  EXPECT_LE(same, 3) << l1 << " " << l2;
+}
+
+TEST(OperatorKeys, TheLabelSecretIsKeptBesideTheStateFileAcrossRestarts) {
+  TempDir dir;
+  TestUpstream upstream;
+  const std::string yaml = "listen:\n  address: 127.0.0.1\n  port: 0\n"
+                           "admin:\n  enabled: true\n  address: 127.0.0.1\n  port: 0\n"
+                           "upstream:\n  url: http://127.0.0.1:" + std::to_string(upstream.port()) +
+                           "\ntasks:\n  state_file: " + dir.file("tasks.json") +
+                           "\nlog:\n  level: warn\n";
+  const std::string key = "sk-passthrough-label-test-000000001";
+  auto labelSeen = [&](ProxyProcess& proxy) {
+    EXPECT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1",
+                          {{"Authorization", "Bearer " + key}})
+                  .status,
+              200);
+    const std::string metrics = httpRequest(proxy.adminPort(), "GET", "/metrics").body;
+    const std::string prefix = R"(hiapi_proxy_client_responses_total{code="200",key="pt-)";
+    const size_t at = metrics.find(prefix);
+    return at == std::string::npos ? std::string() : metrics.substr(at + prefix.size() - 3, 11);
+  };
+  std::string first;
+  {
+    ProxyProcess proxy(dir, yaml);
+    ASSERT_TRUE(proxy.started()) << proxy.process().err();
+    first = labelSeen(proxy);
+  }
+  ASSERT_EQ(first.size(), 11u) << first;
+  struct stat st {};
+  ASSERT_EQ(::stat(dir.file("tasks.json.label-key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "the secret is readable by the daemon alone";
+  EXPECT_EQ(readFile(dir.file("tasks.json.label-key")).find(key), std::string::npos);
+  ProxyProcess again(dir, yaml, {}, "again");
+  ASSERT_TRUE(again.started()) << again.process().err();
+  EXPECT_EQ(labelSeen(again), first) << "the same key keeps its label across a restart";
 }
 
 }  // namespace

@@ -22,6 +22,7 @@ class Limiter;
 class TaskService;
 class Metrics;
 class AdminServer;
+class KeyLabeler;
 
 struct DaemonOptions {
   std::string config_path;
@@ -59,6 +60,7 @@ private:
 
   DaemonOptions opts_;
   core::ConfigSharedPtr cfg_;
+  std::unique_ptr<KeyLabeler> key_labeler_;
   Logger& log_;
   event_base* base_ = nullptr;
   std::unique_ptr<Metrics> metrics_;

@@ -19,6 +19,7 @@
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
+#include "hiapi/shell/key_label.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -142,6 +143,8 @@ public:
 
   void setAdmission(AdmissionHook* hook) { admission_ = hook; }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
+  /// Labels passthrough keys (KeyLabeler); without one, Secret::fingerprint() does.
+  void setKeyLabeler(const KeyLabeler* labeler) { key_labeler_ = labeler; }
 
   /// Answers request @p id with an upstream reply (a joined poll); @p cache is the
   /// X-HiAPI-Proxy-Cache value; @p age_s, when >= 0, the Age header.
@@ -216,6 +219,7 @@ private:
   core::NodeSpares<std::unordered_map<uint64_t, std::unique_ptr<RequestCtx>>> request_spares_;
   /// Passthrough mode: an Authorization value → the key's name (memory only, never logged).
   std::unordered_map<std::string, std::string, core::StringHash, std::equal_to<>> key_names_;
+  const KeyLabeler* key_labeler_ = nullptr;
 };
 
 }  // namespace hiapi::shell
