@@ -47,6 +47,34 @@ file(WRITE ${HIAPI_PKG_DIR}/hiapi-proxy.yaml.tmp
 file(COPY_FILE ${HIAPI_PKG_DIR}/hiapi-proxy.yaml.tmp ${HIAPI_PKG_DIR}/hiapi-proxy.yaml
      ONLY_IF_DIFFERENT)
 
+# ---- Debian policy files: copyright and changelog ------------------------------------------
+# Who answers for the package, and where it lives: set them for a build you publish
+# (-DHIAPI_PACKAGE_MAINTAINER="Name <mail>" -DHIAPI_PACKAGE_HOMEPAGE=https://...). The default
+# maintainer is the identity the repository's commits carry; without a homepage the field is
+# left out rather than pointing at a site that is not this project's.
+set(HIAPI_PACKAGE_MAINTAINER
+    "hiapi-proxy maintainers <maintainers@users.noreply.r-seed-35819262.example>"
+    CACHE STRING "Maintainer of the Debian package (Name <address>)")
+set(HIAPI_PACKAGE_HOMEPAGE "" CACHE STRING "Homepage of the Debian package (empty: none)")
+configure_file(${CMAKE_SOURCE_DIR}/systemd/debian/copyright ${HIAPI_PKG_DIR}/copyright @ONLY)
+# The changelog's top entry must be this version (dpkg and lintian compare them).
+set(HIAPI_CHANGELOG_SRC ${CMAKE_SOURCE_DIR}/systemd/debian/changelog)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${HIAPI_CHANGELOG_SRC})
+file(STRINGS ${HIAPI_CHANGELOG_SRC} HIAPI_CHANGELOG_TOP LIMIT_COUNT 1)
+if(NOT HIAPI_CHANGELOG_TOP MATCHES "^hiapi-proxy \\(${PROJECT_VERSION}\\) ")
+  message(FATAL_ERROR "systemd/debian/changelog starts with '${HIAPI_CHANGELOG_TOP}': its top "
+                      "entry must be hiapi-proxy (${PROJECT_VERSION}), the project's version")
+endif()
+# Debian wants it as changelog.gz, compressed with -9 and no name or time stamp (-n), so that
+# the same source gives the same package.
+find_program(HIAPI_GZIP gzip REQUIRED)
+execute_process(COMMAND ${HIAPI_GZIP} -9nc ${HIAPI_CHANGELOG_SRC}
+                OUTPUT_FILE ${HIAPI_PKG_DIR}/changelog.gz
+                RESULT_VARIABLE HIAPI_GZIP_RESULT)
+if(NOT HIAPI_GZIP_RESULT EQUAL 0)
+  message(FATAL_ERROR "gzip of systemd/debian/changelog failed: ${HIAPI_GZIP_RESULT}")
+endif()
+
 # Debian: files under /etc are conffiles only when listed.
 file(WRITE ${HIAPI_PKG_DIR}/conffiles "${HIAPI_ETC_DIR}/hiapi-proxy.yaml\n")
 
@@ -58,6 +86,9 @@ install(FILES ${HIAPI_PKG_DIR}/hiapi-proxy.yaml
         DESTINATION ${HIAPI_ETC_DIR}
         PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 
+install(FILES ${HIAPI_PKG_DIR}/copyright ${HIAPI_PKG_DIR}/changelog.gz
+        DESTINATION ${HIAPI_DOC_DIR}
+        PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ WORLD_READ)
 set(HIAPI_DOCS ${CMAKE_SOURCE_DIR}/README.md)
 foreach(doc running.md metrics.md)
   if(EXISTS ${CMAKE_SOURCE_DIR}/docs/${doc})
@@ -71,10 +102,9 @@ install(FILES ${HIAPI_CONF_SRC}
               ${CMAKE_SOURCE_DIR}/systemd/credential.conf
               ${CMAKE_SOURCE_DIR}/systemd/hiapi-proxy.env
         DESTINATION ${HIAPI_DOC_DIR}/examples)
-if(EXISTS ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json)
-  install(FILES ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json
-          DESTINATION ${HIAPI_DOC_DIR}/examples/grafana)
-endif()
+install(FILES ${CMAKE_SOURCE_DIR}/tools/grafana/hiapi-proxy.json
+              ${CMAKE_SOURCE_DIR}/tools/grafana/alerts.yml
+        DESTINATION ${HIAPI_DOC_DIR}/examples/grafana)
 
 # cpack (and `make install`) would first build the whole tree, every test included: the package
 # needs only the daemon. `cmake --build <build> --target deb` builds it and packs.
@@ -92,18 +122,22 @@ set(CPACK_PACKAGE_NAME hiapi-proxy)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "${PROJECT_DESCRIPTION}")
 set(CPACK_PACKAGE_DESCRIPTION
-    "A local daemon that services point their HiAPI base URL at. It forwards /v1/... to\n"
-    "the HiAPI task API over verified TLS with one token bucket per key, per-model-tier\n"
-    "concurrency gates, a bounded fair queue, 429 absorption with Retry-After, cached\n"
-    "polls and Prometheus metrics. Runs as a hardened systemd service (Type=notify).")
+    "A local daemon that services point their HiAPI base URL at. It forwards\n"
+    "/v1/... to the HiAPI task API over verified TLS with one token bucket per\n"
+    "key, per-model-tier concurrency gates, a bounded fair queue, 429 absorption\n"
+    "with Retry-After, cached polls and Prometheus metrics. Runs as a hardened\n"
+    "systemd service (Type=notify).")
 string(REPLACE ";" "" CPACK_PACKAGE_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION}")
-set(CPACK_PACKAGE_CONTACT "hiapi-proxy maintainers <hiapi-proxy@localhost>")
+set(CPACK_PACKAGE_CONTACT "${HIAPI_PACKAGE_MAINTAINER}")
+set(CPACK_DEBIAN_PACKAGE_MAINTAINER "${HIAPI_PACKAGE_MAINTAINER}")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
-set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://api.hiapi.ai")
+if(HIAPI_PACKAGE_HOMEPAGE)
+  set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "${HIAPI_PACKAGE_HOMEPAGE}")
+endif()
 # Shared-library dependencies from dpkg-shlibdeps (dpkg-dev), plus what the shell needs at run
 # time without linking it: the system trust store for the upstream's certificate.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)

@@ -16,18 +16,25 @@ constexpr const char* kDefaultConfig = "/etc/hiapi-proxy/hiapi-proxy.yaml";
 
 void usage(FILE* out) {
   std::fprintf(out,
-               "Usage: hiapi-proxy [--config PATH] [--check-config [PATH]] [--port-file PATH]\n"
-               "                   [--version] [--help]\n"
+               "Usage: hiapi-proxy [-c|--config PATH] [-t|--check-config [PATH]] [--print-config]\n"
+               "                   [--port-file PATH] [--version] [-h|--help]\n"
                "\n"
                "A local rate-limiting proxy for the HiAPI task API: one token bucket per key,\n"
                "per-tier concurrency gates, a fair bounded queue, 429 absorption.\n"
                "\n"
-               "  --config PATH        configuration file (default %s)\n"
-               "  --check-config [PATH] validate the configuration, print a one-line summary,\n"
-               "                       exit 0 when valid and 1 when not (like nginx -t)\n"
-               "  --port-file PATH     write the bound ports there (proxy=N, admin=N)\n"
-               "  --version            print the version and exit\n"
-               "  --help               print this help and exit\n",
+               "  -c, --config PATH     configuration file (default %s);\n"
+               "                        also --config=PATH\n"
+               "  -t, --check-config [PATH]\n"
+               "                        validate the configuration (every error, each with\n"
+               "                        file:line:col and key), print a one-line summary, exit 0\n"
+               "                        when valid and 1 when not (like nginx -t)\n"
+               "      --print-config    print the effective configuration (defaults included,\n"
+               "                        keys redacted) as YAML and exit; 1 when it is invalid\n"
+               "      --port-file PATH  write the bound ports there (proxy=N, admin=N)\n"
+               "      --version         print the version and exit\n"
+               "  -h, --help            print this help and exit\n"
+               "\n"
+               "Signals: SIGHUP reloads the configuration, SIGTERM and SIGINT drain and stop.\n",
                kDefaultConfig);
 }
 
@@ -37,6 +44,7 @@ int main(int argc, char** argv) {
   std::string config_path = kDefaultConfig;
   std::string port_file;
   bool check_only = false;
+  bool print_config = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](const char* flag) -> std::string {
@@ -61,6 +69,8 @@ int main(int argc, char** argv) {
       if (i + 1 < argc && argv[i + 1][0] != '-') {
         config_path = argv[++i];
       }
+    } else if (a == "--print-config") {
+      print_config = true;
     } else if (a == "--port-file") {
       port_file = value("--port-file");
     } else {
@@ -74,14 +84,21 @@ int main(int argc, char** argv) {
   try {
     cfg = std::make_shared<const hiapi::core::Config>(hiapi::core::loadConfig(config_path));
   } catch (const hiapi::core::ConfigError& e) {
-    std::fprintf(stderr, "hiapi-proxy: %s\n", e.what());
-    if (check_only) {
+    for (const hiapi::core::ConfigError& one : e.all()) {
+      std::fprintf(stderr, "hiapi-proxy: %s\n", one.what());
+    }
+    if (check_only || print_config) {
       std::fprintf(stderr, "hiapi-proxy: configuration %s is invalid\n", config_path.c_str());
     }
     return 1;
   }
   if (check_only) {
     std::printf("%s: %s\n", config_path.c_str(), cfg->summary().c_str());
+    return 0;
+  }
+  if (print_config) {
+    std::printf("# effective configuration of %s (keys redacted)\n%s", config_path.c_str(),
+                cfg->dump().c_str());
     return 0;
   }
   hiapi::shell::Logger log(cfg->log.format, cfg->log.level);

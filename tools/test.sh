@@ -10,6 +10,6 @@ if [[ "${HIAPI_SANITIZE:-0}" == 1 ]]; then
   export ASAN_OPTIONS="${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1}"
   export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 fi
-"$root/tools/build.sh" "$build"
+"$root/tools/build.sh" "$build" -DHIAPI_BUILD_TESTS=ON
 cd "$build"
 ctest --output-on-failure -j"${HIAPI_TEST_JOBS:-2}" --timeout 600 "$@"

@@ -204,6 +204,34 @@ public:
 
   Config parse(const YAML::Node& root);
 
+  /// Runs @p f; a ConfigError it throws is kept, so that one run reports every error of a file.
+  /// @return whether @p f ran without one.
+  template <typename F>
+  bool attempt(F&& f) const {
+    try {
+      f();
+      return true;
+    } catch (const ConfigError& e) {
+      errors_.push_back(e);
+      return false;
+    }
+  }
+  /// Keeps an error and goes on.
+  void note(const YAML::Mark& m, const std::string& path, const std::string& msg) const {
+    attempt([&] { fail(m, path, msg); });
+  }
+  /// @throws ConfigError with every error kept, in file order, when there is any.
+  void throwErrors() const {
+    if (errors_.empty()) {
+      return;
+    }
+    std::vector<ConfigError> all = errors_;
+    std::stable_sort(all.begin(), all.end(), [](const ConfigError& a, const ConfigError& b) {
+      return std::make_pair(a.line(), a.column()) < std::make_pair(b.line(), b.column());
+    });
+    throw ConfigError(std::move(all));
+  }
+
   [[noreturn]] void fail(const YAML::Mark& m, const std::string& path,
                          const std::string& msg) const {
     const bool known = !m.is_null() && m.line >= 0;
@@ -218,7 +246,8 @@ private:
   class MapView {
   public:
     MapView(const Parser& p, const YAML::Node& node, const YAML::Mark& where,
-            const std::string& path, std::initializer_list<std::string_view> allowed) {
+            const std::string& path, std::initializer_list<std::string_view> allowed)
+        : parser_(p) {
       if (node.IsNull()) {
         return;  // `section:` with everything commented out: all defaults
       }
@@ -229,23 +258,36 @@ private:
         // Copies: a yaml-cpp iterator's `->` yields a temporary, so a reference would dangle.
         const YAML::Node k = entry.first;
         if (!k.IsScalar()) {
-          p.fail(k.Mark(), path, std::string("expected a plain key, got ") + kindOf(k));
+          p.note(k.Mark(), path, std::string("expected a plain key, got ") + kindOf(k));
+          continue;
         }
         const std::string name = k.Scalar();
         const std::string child = join(path, name);
         if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) {
-          p.fail(k.Mark(), looksLikeApiKey(name) ? path : child,
+          p.note(k.Mark(), looksLikeApiKey(name) ? path : child,
                  "unknown key " + quote(name) + suggest(name, allowed));
+          continue;
         }
-        for (const Field& f : fields_) {
-          if (f.key.Scalar() == name) {
-            p.fail(k.Mark(), child,
-                   "duplicate key " + quote(name) + " (first set at line " +
-                       std::to_string(f.key.Mark().line + 1) + ")");
-          }
+        const auto first = std::find_if(fields_.begin(), fields_.end(),
+                                        [&](const Field& f) { return f.key.Scalar() == name; });
+        if (first != fields_.end()) {
+          p.note(k.Mark(), child,
+                 "duplicate key " + quote(name) + " (first set at line " +
+                     std::to_string(first->key.Mark().line + 1) + ")");
+          continue;
         }
         fields_.push_back(Field{child, k, entry.second});
       }
+    }
+
+    /// Runs @p f with the field @p name when it is set; an error in it is kept and the rest of
+    /// the map goes on. @return false when @p f failed.
+    template <typename F>
+    bool with(std::string_view name, F&& f) const {
+      if (const std::optional<Field> v = get(name)) {
+        return parser_.attempt([&] { f(&*v); });
+      }
+      return true;
     }
 
     std::optional<Field> get(std::string_view name) const {
@@ -276,6 +318,7 @@ private:
       return " (did you mean '" + std::string(best) + "'?)";
     }
 
+    const Parser& parser_;
     std::vector<Field> fields_;
   };
 
@@ -435,6 +478,7 @@ private:
 
   std::string file_;
   EnvLookup env_;
+  mutable std::vector<ConfigError> errors_;  ///< every error found so far (attempt())
   fs::path base_dir_;
 };
 
@@ -447,41 +491,41 @@ void Parser::parseListen(const Field& f, ListenConfig& out,
   if ((address_field = m.get("address"))) {
     out.address = address(*address_field);
   }
-  if (auto v = m.get("port")) {
+  m.with("port", [&](const Field* v) {
     out.port = static_cast<uint16_t>(integer(*v, 0, 65535));
-  }
-  if (auto v = m.get("allow_non_loopback")) {
+  });
+  m.with("allow_non_loopback", [&](const Field* v) {
     out.allow_non_loopback = boolean(*v);
-  }
-  if (auto v = m.get("max_body_size")) {
+  });
+  m.with("max_body_size", [&](const Field* v) {
     out.max_body_bytes = size(*v);
-  }
-  if (auto v = m.get("max_header_size")) {
+  });
+  m.with("max_header_size", [&](const Field* v) {
     out.max_header_bytes = size(*v);
-  }
-  if (auto v = m.get("client_timeout")) {
+  });
+  m.with("client_timeout", [&](const Field* v) {
     out.client_timeout = positiveDuration(*v);
-  }
-  if (auto v = m.get("header_timeout")) {
+  });
+  m.with("header_timeout", [&](const Field* v) {
     out.header_timeout = positiveDuration(*v);
-  }
-  if (auto v = m.get("body_timeout")) {
+  });
+  m.with("body_timeout", [&](const Field* v) {
     out.body_timeout = positiveDuration(*v);
-  }
-  if (auto v = m.get("max_connections")) {
+  });
+  m.with("max_connections", [&](const Field* v) {
     out.max_connections = static_cast<uint64_t>(integer(*v, 1, 1'000'000));
-  }
-  if (auto v = m.get("max_reply_buffer")) {
+  });
+  m.with("max_reply_buffer", [&](const Field* v) {
     out.max_reply_buffer_bytes = size(*v);
-  }
+  });
 }
 
 void Parser::parseAdmin(const Field& f, AdminConfig& out, std::optional<Field>& address_field,
                         std::optional<Field>& port_field) const {
   MapView m(*this, f.value, f.mark(), f.path, {"enabled", "address", "port"});
-  if (auto v = m.get("enabled")) {
+  m.with("enabled", [&](const Field* v) {
     out.enabled = boolean(*v);
-  }
+  });
   if ((address_field = m.get("address"))) {
     out.address = address(*address_field);
   }
@@ -579,10 +623,10 @@ void Parser::parseUpstream(const Field& f, UpstreamConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"url", "ca_file", "tls_min_version", "connect_timeout", "response_timeout",
              "pool_size", "idle_timeout"});
-  if (auto v = m.get("url")) {
+  m.with("url", [&](const Field* v) {
     parseUrl(*v, out);
-  }
-  if (auto v = m.get("ca_file")) {
+  });
+  m.with("ca_file", [&](const Field* v) {
     const std::string p = v->value.IsNull() ? "" : str(*v);
     if (!p.empty()) {
       const fs::path path = resolve(p);
@@ -598,8 +642,8 @@ void Parser::parseUpstream(const Field& f, UpstreamConfig& out) const {
     } else {
       out.ca_file.clear();
     }
-  }
-  if (auto v = m.get("tls_min_version")) {
+  });
+  m.with("tls_min_version", [&](const Field* v) {
     const std::string s = scalar(*v, "1.2 or 1.3");
     if (s == "1.2") {
       out.tls_min_version = TlsMinVersion::Tls12;
@@ -608,19 +652,19 @@ void Parser::parseUpstream(const Field& f, UpstreamConfig& out) const {
     } else {
       fail(*v, "must be 1.2 or 1.3, got " + quote(s));
     }
-  }
-  if (auto v = m.get("connect_timeout")) {
+  });
+  m.with("connect_timeout", [&](const Field* v) {
     out.connect_timeout = positiveDuration(*v);
-  }
-  if (auto v = m.get("response_timeout")) {
+  });
+  m.with("response_timeout", [&](const Field* v) {
     out.response_timeout = positiveDuration(*v);
-  }
-  if (auto v = m.get("pool_size")) {
+  });
+  m.with("pool_size", [&](const Field* v) {
     out.pool_size = static_cast<uint32_t>(integer(*v, 1, 65535));
-  }
-  if (auto v = m.get("idle_timeout")) {
+  });
+  m.with("idle_timeout", [&](const Field* v) {
     out.idle_timeout = positiveDuration(*v);
-  }
+  });
   if (out.scheme == "http" && !out.ca_file.empty()) {
     const std::optional<Field> ca = m.get("ca_file");
     fail(*ca, "a CA file makes no sense with a plain http:// upstream");
@@ -682,73 +726,76 @@ void Parser::parseKeys(const Field& f, std::vector<KeyConfig>& out) const {
   }
   std::vector<std::pair<std::string, int>> seen;
   for (size_t i = 0; i < f.value.size(); ++i) {
-    const YAML::Node item = f.value[i];
-    const std::string path = f.path + "[" + std::to_string(i) + "]";
-    if (!item.IsMap()) {
-      // Not kindOf's "a string" detail either way: the item may be a bare key.
-      fail(item.Mark(), path, "expected a map with name and key (or key_file)");
-    }
-    MapView m(*this, item, item.Mark(), path, {"name", "key", "key_file", "rate", "burst"});
-    KeyConfig k;
-    const std::optional<Field> name = m.get("name");
-    if (!name) {
-      fail(item.Mark(), path, "missing name");
-    }
-    k.name = str(*name);
-    if (looksLikeApiKey(k.name)) {
-      fail(*name, "this looks like an API key: names are labels (e.g. prod) and appear in logs "
-                  "and metrics; put the key under key or key_file");
-    }
-    if (!isValidName(k.name)) {
-      fail(*name, "invalid name " + quote(k.name) + " (1 to 32 of a-z, 0-9, _ and -)");
-    }
-    for (const auto& [n, line] : seen) {
-      if (n == k.name) {
-        fail(*name, "duplicate key name " + quote(k.name) + " (first at line " +
-                        std::to_string(line) + ")");
+    // One bad entry is reported, and the entries after it are still checked.
+    attempt([&] {
+      const YAML::Node item = f.value[i];
+      const std::string path = f.path + "[" + std::to_string(i) + "]";
+      if (!item.IsMap()) {
+        // Not kindOf's "a string" detail either way: the item may be a bare key.
+        fail(item.Mark(), path, "expected a map with name and key (or key_file)");
       }
-    }
-    seen.emplace_back(k.name, name->mark().line + 1);
-    const std::optional<Field> key = m.get("key");
-    const std::optional<Field> key_file = m.get("key_file");
-    if (key && key_file) {
-      fail(key_file->key.Mark(), key_file->path, "give either key or key_file, not both");
-    }
-    if (!key && !key_file) {
-      fail(item.Mark(), path, "missing key: give key (e.g. ${HIAPI_API_KEY}) or key_file");
-    }
-    if (key) {
-      k.key = expandKey(*key);
-    } else {
-      str(*key_file);  // a string, or a type error naming it
-      // ${VAR} expands here too, e.g. ${CREDENTIALS_DIRECTORY}/hiapi-key under systemd.
-      const std::string p = expandKey(*key_file).reveal();
-      const fs::path resolved = resolve(p);
-      std::string err;
-      std::optional<std::string> content = readFile(resolved, kMaxKeyFileBytes, err);
-      if (!content) {
-        fail(*key_file, "cannot read key file '" + resolved.string() + "': " + err);
+      MapView m(*this, item, item.Mark(), path, {"name", "key", "key_file", "rate", "burst"});
+      KeyConfig k;
+      const std::optional<Field> name = m.get("name");
+      if (!name) {
+        fail(item.Mark(), path, "missing name");
       }
-      std::string v = trim(*content);
-      if (v.empty()) {
-        fail(*key_file, "key file '" + resolved.string() + "' is empty");
+      k.name = str(*name);
+      if (looksLikeApiKey(k.name)) {
+        fail(*name, "this looks like an API key: names are labels (e.g. prod) and appear in logs "
+                    "and metrics; put the key under key or key_file");
       }
-      k.key = Secret(std::move(v));
-      k.key_file = resolved.string();
-    }
-    const std::string& secret = k.key.reveal();
-    if (!std::all_of(secret.begin(), secret.end(),
-                     [](char c) { return c > 0x20 && c < 0x7f; })) {
-      const Field& src = key ? *key : *key_file;
-      fail(src, "the key contains spaces, line breaks or non-ASCII characters");
-    }
-    if (auto v = m.get("rate")) {
-      k.rate = rate(*v);
-    }
-    if (auto v = m.get("burst")) {
-      k.burst = burst(*v);
-    }
-    out.push_back(std::move(k));
+      if (!isValidName(k.name)) {
+        fail(*name, "invalid name " + quote(k.name) + " (1 to 32 of a-z, 0-9, _ and -)");
+      }
+      for (const auto& [n, line] : seen) {
+        if (n == k.name) {
+          fail(*name, "duplicate key name " + quote(k.name) + " (first at line " +
+                          std::to_string(line) + ")");
+        }
+      }
+      seen.emplace_back(k.name, name->mark().line + 1);
+      const std::optional<Field> key = m.get("key");
+      const std::optional<Field> key_file = m.get("key_file");
+      if (key && key_file) {
+        fail(key_file->key.Mark(), key_file->path, "give either key or key_file, not both");
+      }
+      if (!key && !key_file) {
+        fail(item.Mark(), path, "missing key: give key (e.g. ${HIAPI_API_KEY}) or key_file");
+      }
+      if (key) {
+        k.key = expandKey(*key);
+      } else {
+        str(*key_file);  // a string, or a type error naming it
+        // ${VAR} expands here too, e.g. ${CREDENTIALS_DIRECTORY}/hiapi-key under systemd.
+        const std::string p = expandKey(*key_file).reveal();
+        const fs::path resolved = resolve(p);
+        std::string err;
+        std::optional<std::string> content = readFile(resolved, kMaxKeyFileBytes, err);
+        if (!content) {
+          fail(*key_file, "cannot read key file '" + resolved.string() + "': " + err);
+        }
+        std::string v = trim(*content);
+        if (v.empty()) {
+          fail(*key_file, "key file '" + resolved.string() + "' is empty");
+        }
+        k.key = Secret(std::move(v));
+        k.key_file = resolved.string();
+      }
+      const std::string& secret = k.key.reveal();
+      if (!std::all_of(secret.begin(), secret.end(),
+                       [](char c) { return c > 0x20 && c < 0x7f; })) {
+        const Field& src = key ? *key : *key_file;
+        fail(src, "the key contains spaces, line breaks or non-ASCII characters");
+      }
+      m.with("rate", [&](const Field* v) {
+        k.rate = rate(*v);
+      });
+      m.with("burst", [&](const Field* v) {
+        k.burst = burst(*v);
+      });
+      out.push_back(std::move(k));
+    });
   }
 }
 
@@ -763,64 +810,67 @@ void Parser::parseTiers(const Field& f, std::vector<TierConfig>& out) const {
   out.clear();
   std::vector<std::pair<std::string, int>> seen;
   for (size_t i = 0; i < f.value.size(); ++i) {
-    const YAML::Node item = f.value[i];
-    const std::string path = f.path + "[" + std::to_string(i) + "]";
-    if (!item.IsMap()) {
-      fail(item.Mark(), path, std::string("expected a map, got ") + kindOf(item));
-    }
-    MapView m(*this, item, item.Mark(), path,
-              {"name", "models", "routes", "max_running", "lease", "min_poll_interval",
-               "expected_duration", "defer", "defer_after"});
-    TierConfig t;
-    const std::optional<Field> name = m.get("name");
-    if (!name) {
-      fail(item.Mark(), path, "missing name");
-    }
-    t.name = str(*name);
-    if (!isValidName(t.name)) {
-      fail(*name, "invalid name " + quote(t.name) + " (1 to 32 of a-z, 0-9, _ and -)");
-    }
-    for (const auto& [n, line] : seen) {
-      if (n == t.name) {
-        fail(*name, "duplicate tier name " + quote(t.name) + " (first at line " +
-                        std::to_string(line) + ")");
+    // One bad entry is reported, and the entries after it are still checked.
+    attempt([&] {
+      const YAML::Node item = f.value[i];
+      const std::string path = f.path + "[" + std::to_string(i) + "]";
+      if (!item.IsMap()) {
+        fail(item.Mark(), path, std::string("expected a map, got ") + kindOf(item));
       }
-    }
-    seen.emplace_back(t.name, name->mark().line + 1);
-    if (auto v = m.get("models")) {
-      t.models = stringList(*v);
-    }
-    if (auto v = m.get("routes")) {
-      t.routes = stringList(*v);
-    }
-    if (t.models.empty() && t.routes.empty()) {
-      fail(item.Mark(), path, "tier " + quote(t.name) + " has neither models nor routes");
-    }
-    if (auto v = m.get("max_running")) {
-      t.max_running = static_cast<uint32_t>(integer(*v, 1, 100000));
-    }
-    if (auto v = m.get("lease")) {
-      t.lease = positiveDuration(*v);
-    }
-    if (auto v = m.get("min_poll_interval")) {
-      t.min_poll_interval = duration(*v);
-    }
-    if (auto v = m.get("expected_duration")) {
-      t.expected_duration = positiveDuration(*v);
-    }
-    // A tier named heavy defers unless told otherwise, as the built-in one does.
-    t.defer = t.name == "heavy";
-    if (auto v = m.get("defer")) {
-      t.defer = boolean(*v);
-    }
-    if (auto v = m.get("defer_after")) {
-      t.defer_after = duration(*v);
-      if (t.defer_after > std::chrono::seconds(30)) {
-        fail(*v, "at most 30s (the create is answered only after it, within the client's 60 s "
-                 "timeout), got " + quote(scalar(*v, "a duration")));
+      MapView m(*this, item, item.Mark(), path,
+                {"name", "models", "routes", "max_running", "lease", "min_poll_interval",
+                 "expected_duration", "defer", "defer_after"});
+      TierConfig t;
+      const std::optional<Field> name = m.get("name");
+      if (!name) {
+        fail(item.Mark(), path, "missing name");
       }
-    }
-    out.push_back(std::move(t));
+      t.name = str(*name);
+      if (!isValidName(t.name)) {
+        fail(*name, "invalid name " + quote(t.name) + " (1 to 32 of a-z, 0-9, _ and -)");
+      }
+      for (const auto& [n, line] : seen) {
+        if (n == t.name) {
+          fail(*name, "duplicate tier name " + quote(t.name) + " (first at line " +
+                          std::to_string(line) + ")");
+        }
+      }
+      seen.emplace_back(t.name, name->mark().line + 1);
+      const bool models_ok = m.with("models", [&](const Field* v) {
+        t.models = stringList(*v);
+      });
+      const bool routes_ok = m.with("routes", [&](const Field* v) {
+        t.routes = stringList(*v);
+      });
+      if (models_ok && routes_ok && t.models.empty() && t.routes.empty()) {
+        fail(item.Mark(), path, "tier " + quote(t.name) + " has neither models nor routes");
+      }
+      m.with("max_running", [&](const Field* v) {
+        t.max_running = static_cast<uint32_t>(integer(*v, 1, 100000));
+      });
+      m.with("lease", [&](const Field* v) {
+        t.lease = positiveDuration(*v);
+      });
+      m.with("min_poll_interval", [&](const Field* v) {
+        t.min_poll_interval = duration(*v);
+      });
+      m.with("expected_duration", [&](const Field* v) {
+        t.expected_duration = positiveDuration(*v);
+      });
+      // A tier named heavy defers unless told otherwise, as the built-in one does.
+      t.defer = t.name == "heavy";
+      m.with("defer", [&](const Field* v) {
+        t.defer = boolean(*v);
+      });
+      m.with("defer_after", [&](const Field* v) {
+        t.defer_after = duration(*v);
+        if (t.defer_after > std::chrono::seconds(30)) {
+          fail(*v, "at most 30s (the create is answered only after it, within the client's 60 s "
+                   "timeout), got " + quote(scalar(*v, "a duration")));
+        }
+      });
+      out.push_back(std::move(t));
+    });
   }
 }
 
@@ -828,68 +878,68 @@ void Parser::parseLimits(const Field& f, LimitsConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"rate", "burst", "decrease_factor", "min_rate_fraction", "recovery_time",
              "max_cooldown", "repeat_window", "phase_margin", "tiers"});
-  if (auto v = m.get("rate")) {
+  m.with("rate", [&](const Field* v) {
     out.rate = rate(*v);
-  }
-  if (auto v = m.get("burst")) {
+  });
+  m.with("burst", [&](const Field* v) {
     out.burst = burst(*v);
-  }
-  if (auto v = m.get("decrease_factor")) {
+  });
+  m.with("decrease_factor", [&](const Field* v) {
     out.decrease_factor = fraction(*v, /*open_top=*/true);
-  }
-  if (auto v = m.get("min_rate_fraction")) {
+  });
+  m.with("min_rate_fraction", [&](const Field* v) {
     out.min_rate_fraction = fraction(*v, /*open_top=*/false);
-  }
-  if (auto v = m.get("recovery_time")) {
+  });
+  m.with("recovery_time", [&](const Field* v) {
     out.recovery_time = positiveDuration(*v);
-  }
-  if (auto v = m.get("max_cooldown")) {
+  });
+  m.with("max_cooldown", [&](const Field* v) {
     out.max_cooldown = positiveDuration(*v);
-  }
-  if (auto v = m.get("repeat_window")) {
+  });
+  m.with("repeat_window", [&](const Field* v) {
     out.repeat_window = duration(*v);
-  }
-  if (auto v = m.get("phase_margin")) {
+  });
+  m.with("phase_margin", [&](const Field* v) {
     out.phase_margin = duration(*v);
     if (out.phase_margin > std::chrono::seconds(1)) {
       fail(*v, "must be at most 1s (a guard against arrival jitter, not a pause)");
     }
-  }
-  if (auto v = m.get("tiers")) {
+  });
+  m.with("tiers", [&](const Field* v) {
     parseTiers(*v, out.tiers);
-  }
+  });
 }
 
 void Parser::parseQueue(const Field& f, QueueConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"max_size", "max_per_client", "deadline", "create_gather", "client_header",
              "deadline_header"});
-  if (auto v = m.get("max_size")) {
+  m.with("max_size", [&](const Field* v) {
     out.max_size = static_cast<uint32_t>(integer(*v, 1, 10'000'000));
-  }
-  if (auto v = m.get("max_per_client")) {
+  });
+  m.with("max_per_client", [&](const Field* v) {
     out.max_per_client = static_cast<uint32_t>(integer(*v, 0, 10'000'000));
-  }
-  if (auto v = m.get("deadline")) {
+  });
+  m.with("deadline", [&](const Field* v) {
     out.deadline = positiveDuration(*v);
     if (out.deadline >= 60s) {
       fail(*v, "must be less than 60s: HiAPI clients give up after 60 s, so a queued request "
                "must get its answer (if only a 429) before then");
     }
-  }
-  if (auto v = m.get("create_gather")) {
+  });
+  m.with("create_gather", [&](const Field* v) {
     out.create_gather = duration(*v);
     if (out.create_gather > 1s) {
       fail(*v, "must be at most 1s: every create burst waits this long before the first is sent");
     }
-  }
+  });
   auto header = [&](std::string_view key, std::string& dst) {
-    if (auto v = m.get(key)) {
+    m.with(key, [&](const Field* v) {
       dst = str(*v);
       if (!isToken(dst)) {
         fail(*v, "invalid HTTP header name " + quote(dst));
       }
-    }
+    });
   };
   header("client_header", out.client_header);
   header("deadline_header", out.deadline_header);
@@ -899,42 +949,43 @@ void Parser::parseRetry(const Field& f, RetryConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"max_attempts", "base_delay", "max_delay", "budget_ratio", "budget_min_retries",
              "idempotency"});
-  if (auto v = m.get("max_attempts")) {
+  m.with("max_attempts", [&](const Field* v) {
     out.max_attempts = static_cast<uint32_t>(integer(*v, 1, 10));
-  }
+  });
   const std::optional<Field> base = m.get("base_delay");
   if (base) {
     out.base_delay = positiveDuration(*base);
   }
-  if (auto v = m.get("max_delay")) {
+  const bool max_ok = m.with("max_delay", [&](const Field* v) {
     out.max_delay = positiveDuration(*v);
     if (out.max_delay > 60s) {
       fail(*v, "must be at most 60s (clients time out after 60 s)");
     }
-  }
-  if (out.base_delay > out.max_delay) {
+  });
+  if (max_ok && out.base_delay > out.max_delay) {
     fail(base ? *base : *m.get("max_delay"), "base_delay must not exceed max_delay");
   }
-  if (auto v = m.get("budget_ratio")) {
+  m.with("budget_ratio", [&](const Field* v) {
     const double r = number(*v);
     if (r < 0 || r > 1) {
       fail(*v, "must be between 0 and 1");
     }
     out.budget_ratio = r;
-  }
-  if (auto v = m.get("budget_min_retries")) {
+  });
+  m.with("budget_min_retries", [&](const Field* v) {
     out.budget_min_retries = static_cast<uint32_t>(integer(*v, 0, 1'000'000));
-  }
-  if (auto v = m.get("idempotency")) {
+  });
+  m.with("idempotency", [&](const Field* v) {
     const std::string s = scalar(*v, "off or inject");
-    if (s == "off") {
+    // YAML 1.1 tools (PyYAML, Ansible) write `off` back as `false`: the same word here.
+    if (s == "off" || s == "false" || s == "no") {
       out.idempotency = IdempotencyMode::Off;
     } else if (s == "inject") {
       out.idempotency = IdempotencyMode::Inject;
     } else {
       fail(*v, "must be off or inject, got " + quote(s));
     }
-  }
+  });
 }
 
 void Parser::parseTasks(const Field& f, TasksConfig& out) const {
@@ -942,78 +993,78 @@ void Parser::parseTasks(const Field& f, TasksConfig& out) const {
             {"terminal_statuses", "tolerated_terminal", "terminal_ttl", "not_found_ttl",
              "cache_max_entries", "cache_max_bytes", "reconcile", "reconcile_interval",
              "state_file", "state_save_interval", "max_hold", "hold_near_end"});
-  if (auto v = m.get("terminal_statuses")) {
+  m.with("terminal_statuses", [&](const Field* v) {
     out.terminal_statuses = stringList(*v);
     if (out.terminal_statuses.empty()) {
       fail(*v, "at least one terminal status is needed (HiAPI's are success and fail)");
     }
-  }
-  if (auto v = m.get("tolerated_terminal")) {
+  });
+  m.with("tolerated_terminal", [&](const Field* v) {
     out.tolerated_terminal = stringList(*v);
-  }
-  if (auto v = m.get("terminal_ttl")) {
+  });
+  m.with("terminal_ttl", [&](const Field* v) {
     out.terminal_ttl = positiveDuration(*v);
-  }
-  if (auto v = m.get("not_found_ttl")) {
+  });
+  m.with("not_found_ttl", [&](const Field* v) {
     out.not_found_ttl = duration(*v);
-  }
-  if (auto v = m.get("cache_max_entries")) {
+  });
+  m.with("cache_max_entries", [&](const Field* v) {
     out.cache_max_entries = static_cast<uint32_t>(integer(*v, 1, 100'000'000));
-  }
-  if (auto v = m.get("cache_max_bytes")) {
+  });
+  m.with("cache_max_bytes", [&](const Field* v) {
     out.cache_max_bytes = size(*v);
-  }
-  if (auto v = m.get("reconcile")) {
+  });
+  m.with("reconcile", [&](const Field* v) {
     out.reconcile = boolean(*v);
-  }
-  if (auto v = m.get("reconcile_interval")) {
+  });
+  m.with("reconcile_interval", [&](const Field* v) {
     out.reconcile_interval = positiveDuration(*v);
-  }
-  if (auto v = m.get("state_file")) {
+  });
+  m.with("state_file", [&](const Field* v) {
     out.state_file = v->value.IsNull() ? "" : str(*v);
-  }
-  if (auto v = m.get("state_save_interval")) {
+  });
+  m.with("state_save_interval", [&](const Field* v) {
     out.state_save_interval = positiveDuration(*v);
-  }
-  if (auto v = m.get("max_hold")) {
+  });
+  m.with("max_hold", [&](const Field* v) {
     out.max_hold = duration(*v);
-  }
-  if (auto v = m.get("hold_near_end")) {
+  });
+  m.with("hold_near_end", [&](const Field* v) {
     out.hold_near_end = duration(*v);
     if (out.hold_near_end > std::chrono::seconds(10)) {
       fail(*v, "at most 10s (a held poll still has to be answered well within the client's "
                "timeout), got " + quote(scalar(*v, "a duration")));
     }
-  }
+  });
 }
 
 void Parser::parseDeferred(const Field& f, DeferredConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path,
             {"journal", "max_per_key", "max_total", "max_age", "keep"});
-  if (auto v = m.get("journal")) {
+  m.with("journal", [&](const Field* v) {
     out.journal = v->value.IsNull() || str(*v).empty() ? "" : resolve(str(*v)).string();
-  }
-  if (auto v = m.get("max_per_key")) {
+  });
+  m.with("max_per_key", [&](const Field* v) {
     out.max_per_key = static_cast<uint32_t>(integer(*v, 0, 1'000'000));
-  }
-  if (auto v = m.get("max_total")) {
+  });
+  m.with("max_total", [&](const Field* v) {
     out.max_total = static_cast<uint32_t>(integer(*v, 0, 1'000'000));
-  }
-  if (auto v = m.get("max_age")) {
+  });
+  m.with("max_age", [&](const Field* v) {
     out.max_age = positiveDuration(*v);
     if (out.max_age > std::chrono::hours(23)) {
       fail(*v, "at most 23h: a create resubmitted after a restart must stay inside HiAPI's ~24 h "
                "idempotency window, got " + quote(scalar(*v, "a duration")));
     }
-  }
-  if (auto v = m.get("keep")) {
+  });
+  m.with("keep", [&](const Field* v) {
     out.keep = positiveDuration(*v);
-  }
+  });
 }
 
 void Parser::parseLog(const Field& f, LogConfig& out) const {
   MapView m(*this, f.value, f.mark(), f.path, {"format", "level"});
-  if (auto v = m.get("format")) {
+  m.with("format", [&](const Field* v) {
     const std::string s = scalar(*v, "logfmt or json");
     if (s == "logfmt") {
       out.format = LogFormat::Logfmt;
@@ -1022,8 +1073,8 @@ void Parser::parseLog(const Field& f, LogConfig& out) const {
     } else {
       fail(*v, "must be logfmt or json, got " + quote(s));
     }
-  }
-  if (auto v = m.get("level")) {
+  });
+  m.with("level", [&](const Field* v) {
     const std::string s = scalar(*v, "debug, info, warn or error");
     if (s == "debug") {
       out.level = LogLevel::Debug;
@@ -1036,7 +1087,7 @@ void Parser::parseLog(const Field& f, LogConfig& out) const {
     } else {
       fail(*v, "must be debug, info, warn or error, got " + quote(s));
     }
-  }
+  });
 }
 
 Config Parser::parse(const YAML::Node& root) {
@@ -1051,17 +1102,17 @@ Config Parser::parse(const YAML::Node& root) {
   std::optional<Field> listen_address;
   std::optional<Field> admin_address;
   std::optional<Field> admin_port;
-  if (auto v = m.get("listen")) {
+  m.with("listen", [&](const Field* v) {
     parseListen(*v, c.listen, listen_address);
-  }
-  if (auto v = m.get("admin")) {
+  });
+  m.with("admin", [&](const Field* v) {
     parseAdmin(*v, c.admin, admin_address, admin_port);
-  }
-  if (auto v = m.get("upstream")) {
+  });
+  m.with("upstream", [&](const Field* v) {
     parseUpstream(*v, c.upstream);
-  }
+  });
   std::optional<Field> mode;
-  if (auto v = m.get("auth")) {
+  m.with("auth", [&](const Field* v) {
     MapView a(*this, v->value, v->mark(), v->path, {"mode"});
     if ((mode = a.get("mode"))) {
       const std::string s = scalar(*mode, "passthrough or inject");
@@ -1073,54 +1124,62 @@ Config Parser::parse(const YAML::Node& root) {
         fail(*mode, "must be passthrough or inject, got " + quote(s));
       }
     }
-  }
-  if (auto v = m.get("keys")) {
+  });
+  const size_t errors_before_keys = errors_.size();
+  m.with("keys", [&](const Field* v) {
     parseKeys(*v, c.keys);
-  }
-  if (auto v = m.get("limits")) {
+  });
+  const bool keys_ok = errors_.size() == errors_before_keys;
+  m.with("limits", [&](const Field* v) {
     parseLimits(*v, c.limits);
-  }
-  if (auto v = m.get("queue")) {
+  });
+  m.with("queue", [&](const Field* v) {
     parseQueue(*v, c.queue);
-  }
-  if (auto v = m.get("retry")) {
+  });
+  m.with("retry", [&](const Field* v) {
     parseRetry(*v, c.retry);
-  }
-  if (auto v = m.get("tasks")) {
+  });
+  m.with("tasks", [&](const Field* v) {
     parseTasks(*v, c.tasks);
-  }
-  if (auto v = m.get("deferred")) {
+  });
+  m.with("deferred", [&](const Field* v) {
     parseDeferred(*v, c.deferred);
-  }
-  if (auto v = m.get("log")) {
+  });
+  m.with("log", [&](const Field* v) {
     parseLog(*v, c.log);
-  }
-  if (auto v = m.get("drain_timeout")) {
+  });
+  m.with("drain_timeout", [&](const Field* v) {
     c.drain_timeout = duration(*v);
-  }
+  });
 
   // ---- rules across sections -----------------------------------------------------------------
-  if (c.key_mode == KeyMode::Inject && c.keys.empty()) {
-    fail(*mode, "inject mode needs at least one entry under keys (e.g. name: prod, key: "
-                "${HIAPI_API_KEY}); use passthrough to forward the clients' own keys");
+  // (Each on its own: one broken rule does not hide the next. Keys that failed to parse are not
+  // "no keys".)
+  if (c.key_mode == KeyMode::Inject && c.keys.empty() && keys_ok && mode) {
+    note(mode->mark(), mode->path,
+         "inject mode needs at least one entry under keys (e.g. name: prod, key: "
+         "${HIAPI_API_KEY}); use passthrough to forward the clients' own keys");
   }
   const std::string how = " (set listen.allow_non_loopback: true to expose it on a network on "
                           "purpose, e.g. a sidecar on a pod network)";
   if (!c.listen.allow_non_loopback) {
-    if (classifyAddress(c.listen.address) != AddressKind::Loopback) {
-      fail(*listen_address, "refusing to listen on a non-loopback address " +
-                                quote(c.listen.address) + how);
+    if (classifyAddress(c.listen.address) != AddressKind::Loopback && listen_address) {
+      note(listen_address->mark(), listen_address->path,
+           "refusing to listen on a non-loopback address " + quote(c.listen.address) + how);
     }
-    if (c.admin.enabled && classifyAddress(c.admin.address) != AddressKind::Loopback) {
-      fail(*admin_address, "refusing to serve the admin endpoint on a non-loopback address " +
-                               quote(c.admin.address) + how);
+    if (c.admin.enabled && classifyAddress(c.admin.address) != AddressKind::Loopback &&
+        admin_address) {
+      note(admin_address->mark(), admin_address->path,
+           "refusing to serve the admin endpoint on a non-loopback address " +
+               quote(c.admin.address) + how);
     }
   }
   if (c.admin.enabled && c.admin.port != 0 && c.admin.port == c.listen.port) {
     const YAML::Mark where = admin_port ? admin_port->mark() : root.Mark();
-    fail(where, "admin.port", "the admin port must differ from listen.port (" +
+    note(where, "admin.port", "the admin port must differ from listen.port (" +
                                   std::to_string(c.listen.port) + ")");
   }
+  throwErrors();
   return c;
 }
 

@@ -100,6 +100,25 @@ ConfigError::ConfigError(std::string file, int line, int column, std::string key
       key_path_(std::move(key_path)),
       message_(std::move(message)) {}
 
+namespace {
+std::string joinWhats(const std::vector<ConfigError>& errors) {
+  std::string s;
+  for (const ConfigError& e : errors) {
+    s += (s.empty() ? "" : "\n") + std::string(e.what());
+  }
+  return s;
+}
+}  // namespace
+
+ConfigError::ConfigError(std::vector<ConfigError> errors)
+    : ConfigError(errors.empty() ? ConfigError("", 0, 0, "", "invalid configuration")
+                                 : errors.front()) {
+  static_cast<std::runtime_error&>(*this) = std::runtime_error(joinWhats(errors));
+  if (errors.size() > 1) {
+    all_ = std::move(errors);
+  }
+}
+
 std::optional<Duration> parseDuration(const std::string& text) {
   // One or more <decimal><unit> parts: `1.5s`, `250ms`, `1m30s`. No sign, no spaces, no bare
   // numbers: a config that says `timeout: 2` is ambiguous and refused.

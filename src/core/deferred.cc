@@ -388,18 +388,6 @@ std::optional<size_t> DeferredBook::position(std::string_view id) const {
   return ahead + 1;
 }
 
-std::vector<const DeferredRecord*> DeferredBook::unsubmittedOf(std::string_view key) const {
-  std::vector<const DeferredRecord*> out;
-  for (const auto& [id, r] : records_) {
-    if (r.key == key && r.state != DeferredState::Submitted) {
-      out.push_back(&r);
-    }
-  }
-  std::sort(out.begin(), out.end(),
-            [](const DeferredRecord* a, const DeferredRecord* b) { return a->seq > b->seq; });
-  return out;
-}
-
 std::vector<const DeferredRecord*> DeferredBook::all() const {
   std::vector<const DeferredRecord*> out;
   out.reserve(records_.size());

@@ -18,6 +18,10 @@
 namespace hiapi::shell {
 
 namespace {
+constexpr std::string_view kLimitsPrefix = "/limits/";
+}  // namespace
+
+namespace {
 
 constexpr const char* kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -96,13 +100,17 @@ void AdminServer::handle(evhttp_request* req) {
   if (const size_t q = path.find_first_of("?#"); q != std::string_view::npos) {
     path = path.substr(0, q);
   }
+  const evhttp_cmd_type method = evhttp_request_get_command(req);
+  if (limits_ && path.rfind(kLimitsPrefix, 0) == 0) {
+    handleLimits(req, method, path.substr(kLimitsPrefix.size()));
+    return;
+  }
   const bool known = path == "/metrics" || path == "/healthz" || path == "/readyz" ||
-                     path == "/status";
+                     path == "/status" || (path == "/config" && config_yaml_);
   if (!known) {
     reply(req, 404, "Not Found", "text/plain; charset=utf-8", "not found\n");
     return;
   }
-  const evhttp_cmd_type method = evhttp_request_get_command(req);
   if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
     evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
     reply(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "method not allowed\n");
@@ -122,6 +130,8 @@ void AdminServer::handle(evhttp_request* req) {
       } else {
         reply(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "not ready\n");
       }
+    } else if (path == "/config") {
+      reply(req, 200, "OK", "application/yaml; charset=utf-8", config_yaml_());
     } else {
       const std::string body = status_json_ ? status_json_() : std::string("{}");
       reply(req, 200, "OK", "application/json", body);
@@ -129,6 +139,41 @@ void AdminServer::handle(evhttp_request* req) {
   } catch (const std::exception&) {
     // A callback failed: answer rather than leave the request hanging.
     reply(req, 500, "Internal Server Error", "text/plain; charset=utf-8", "internal error\n");
+  }
+}
+
+void AdminServer::handleLimits(evhttp_request* req, int method, std::string_view rest) {
+  if (method != EVHTTP_REQ_PUT && method != EVHTTP_REQ_POST) {
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "PUT, POST");
+    reply(req, 405, "Method Not Allowed", "application/json",
+          R"({"error":"PUT (or POST) a JSON body to change a limit"})" "\n");
+    return;
+  }
+  // The peer, whatever the listener's address: a sidecar's admin port may face a pod network.
+  char* host = nullptr;
+  ev_uint16_t port = 0;
+  evhttp_connection_get_peer(evhttp_request_get_connection(req), &host, &port);
+  const std::string peer = host != nullptr ? host : "";
+  in_addr v4{};
+  in6_addr v6{};
+  const bool loopback =
+      (inet_pton(AF_INET, peer.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127) ||
+      (inet_pton(AF_INET6, peer.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6)) ||
+      peer == "::ffff:127.0.0.1";
+  if (!loopback) {
+    reply(req, 403, "Forbidden", "application/json",
+          R"({"error":"limits change only from a loopback address"})" "\n");
+    return;
+  }
+  evbuffer* in = evhttp_request_get_input_buffer(req);
+  std::string body(evbuffer_get_length(in), '\0');
+  evbuffer_copyout(in, body.data(), body.size());
+  try {
+    const LimitsReply r = limits_(rest, body, peer + ":" + std::to_string(port));
+    reply(req, r.status, r.status == 200 ? "OK" : "Error", "application/json", r.body);
+  } catch (const std::exception&) {
+    reply(req, 500, "Internal Server Error", "application/json",
+          R"({"error":"internal error"})" "\n");
   }
 }
 

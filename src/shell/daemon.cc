@@ -1,6 +1,8 @@
 #include "hiapi/shell/daemon.h"
 #include "hiapi/shell/deferred_service.h"
 
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -8,6 +10,7 @@
 
 #include <sys/resource.h>
 
+#include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 #include <systemd/sd-daemon.h>
@@ -94,6 +97,7 @@ bool Daemon::writePortFile() {
 
 void Daemon::declareKeys() {
   for (const core::KeyConfig& k : cfg_->keys) {
+    limiter_->addKey(k.name);
     metrics_->declareKey(k.name, tierNames(*cfg_));
   }
 }
@@ -173,10 +177,21 @@ int Daemon::run() {
     if (ctx.internal) {
       return;
     }
-    metrics_->clientResponse(ctx.key_name.empty() ? "none" : ctx.key_name,
-                             core::routeName(ctx.route.kind), status);
+    const std::string_view key = ctx.key_name.empty() ? "none" : ctx.key_name;
+    metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
+    metrics_->clientRequest(core::routeName(ctx.route.kind),
+                            seconds(core::MonotonicClock::now() - ctx.received), ctx.bytes_in,
+                            ctx.bytes_out);
     if (ctx.proxy_error) {
       metrics_->proxyError(*ctx.proxy_error);
+      // A refusal is counted where its answer is: once per client answered, as errors_total
+      // and the clients' 429s count it (joined polls share one rejected fetch; the proxy's own
+      // polls answer nobody).
+      if (*ctx.proxy_error == core::ProxyError::QueueFull) {
+        metrics_->throttle(key, "queue_full");
+      } else if (*ctx.proxy_error == core::ProxyError::QueueTimeout) {
+        metrics_->throttle(key, "queue_timeout");
+      }
     }
     if (!ctx.cache_result.empty()) {
       metrics_->pollCache(ctx.cache_result);
@@ -204,6 +219,11 @@ int Daemon::run() {
     admin_ = std::make_unique<AdminServer>(
         base_, *metrics_, [this] { return statusJson(); }, [this] { return ready_; },
         [this] { refreshGauges(); });
+    admin_->setConfigDump([this] { return cfg_->dump(); });
+    admin_->setLimitsHandler([this](std::string_view rest, std::string_view body,
+                                    const std::string& peer) {
+      return changeLimits(rest, body, peer);
+    });
     if (!admin_->listen(cfg_->admin.address, cfg_->admin.port)) {
       log_.error("cannot listen for admin", {{"address", cfg_->admin.address},
                                              {"port", cfg_->admin.port},
@@ -260,6 +280,115 @@ void Daemon::onSignal(evutil_socket_t sig, short, void* arg) {
   self->beginShutdown(static_cast<int>(sig));
 }
 
+void Daemon::apply(core::ConfigSharedPtr next) {
+  proxy_->setConfig(next);
+  reply_budget_->setLimit(next->listen.max_reply_buffer_bytes);
+  limiter_->reconfigure(next);
+  tasks_->reconfigure(next);
+  deferred_->reconfigure(next);
+  cfg_ = std::move(next);
+  declareKeys();
+  std::vector<std::string> keys;
+  for (const auto& [name, snap] : limiter_->snapshots()) {
+    keys.push_back(name);
+  }
+  metrics_->retainKeys(keys);
+}
+
+namespace {
+
+std::string jsonError(const std::string& message) {
+  rapidjson::StringBuffer buf;
+  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+  w.StartObject();
+  w.Key("error");
+  w.String(message.c_str(), static_cast<rapidjson::SizeType>(message.size()));
+  w.EndObject();
+  return std::string(buf.GetString(), buf.GetSize()) + "\n";
+}
+
+/// A rate given as "2/s" (the file's grammar) or a number of requests per second.
+std::optional<core::Rate> rateFrom(const rapidjson::Value& v) {
+  if (v.IsString()) {
+    return core::parseRate(v.GetString());
+  }
+  if (v.IsNumber() && v.GetDouble() > 0 && std::isfinite(v.GetDouble())) {
+    return core::Rate{v.GetDouble()};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+AdminServer::LimitsReply Daemon::changeLimits(std::string_view rest, std::string_view body,
+                                              const std::string& peer) {
+  // keys/<name> {"rate": "2/s", "burst": 3}   tiers/<name> {"max_running": 4}
+  const size_t slash = rest.find('/');
+  const std::string_view kind = rest.substr(0, slash);
+  const std::string name(slash == std::string_view::npos ? "" : rest.substr(slash + 1));
+  if ((kind != "keys" && kind != "tiers") || name.empty()) {
+    return {404, jsonError("PUT /limits/keys/<key name> or /limits/tiers/<tier name>")};
+  }
+  rapidjson::Document d;
+  if (d.Parse(body.data(), body.size()).HasParseError() || !d.IsObject()) {
+    return {400, jsonError("the body must be a JSON object")};
+  }
+  auto next = std::make_shared<core::Config>(*cfg_);
+  std::vector<LogField> audit{{"peer", peer}, {"target", std::string(kind)}, {"name", name}};
+  if (kind == "keys") {
+    auto k = std::find_if(next->keys.begin(), next->keys.end(),
+                          [&](const core::KeyConfig& c) { return c.name == name; });
+    if (k == next->keys.end()) {
+      return {404, jsonError("no configured key is named '" + name + "'")};
+    }
+    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+      const std::string_view field(m->name.GetString(), m->name.GetStringLength());
+      if (field == "rate") {
+        const std::optional<core::Rate> r = rateFrom(m->value);
+        if (!r) {
+          return {400, jsonError("rate: expected a rate like \"2/s\" or \"90/min\", or a "
+                                 "number of requests per second")};
+        }
+        k->rate = r;
+        audit.emplace_back("rate_per_second", r->per_second);
+      } else if (field == "burst") {
+        if (!m->value.IsNumber() || !(m->value.GetDouble() >= 1) ||
+            !std::isfinite(m->value.GetDouble())) {
+          return {400, jsonError("burst: expected a number of at least 1")};
+        }
+        k->burst = m->value.GetDouble();
+        audit.emplace_back("burst", *k->burst);
+      } else {
+        return {400, jsonError("unknown field '" + std::string(field) + "' (rate, burst)")};
+      }
+    }
+  } else {
+    auto t = std::find_if(next->limits.tiers.begin(), next->limits.tiers.end(),
+                          [&](const core::TierConfig& c) { return c.name == name; });
+    if (t == next->limits.tiers.end()) {
+      return {404, jsonError("no tier is named '" + name + "'")};
+    }
+    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+      const std::string_view field(m->name.GetString(), m->name.GetStringLength());
+      if (field != "max_running") {
+        return {400, jsonError("unknown field '" + std::string(field) + "' (max_running)")};
+      }
+      if (!m->value.IsUint() || m->value.GetUint() < 1 || m->value.GetUint() > 100000) {
+        return {400, jsonError("max_running: expected an integer from 1 to 100000")};
+      }
+      t->max_running = m->value.GetUint();
+      audit.emplace_back("max_running", t->max_running);
+    }
+  }
+  if (audit.size() == 3) {
+    return {400, jsonError("nothing to change")};
+  }
+  apply(next);
+  // The audit trail: who changed what. It lasts until the next reload or restart.
+  log_.log(core::LogLevel::Warn, "limits changed at runtime (until the next reload)", audit);
+  return {200, "{\"ok\":true}\n"};
+}
+
 void Daemon::reload() {
   if (shutting_down_) {
     return;
@@ -285,27 +414,19 @@ void Daemon::reload() {
     }
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
-    proxy_->setConfig(next);
-    reply_budget_->setLimit(next->listen.max_reply_buffer_bytes);
-    limiter_->reconfigure(next);
-    tasks_->reconfigure(next);
-    deferred_->reconfigure(next);
-    cfg_ = next;
+    apply(next);
     config_sections_ = core::configSections(text);
-    declareKeys();
-    std::vector<std::string> keys;
-    for (const auto& [name, snap] : limiter_->snapshots()) {
-      keys.push_back(name);
-    }
-    metrics_->retainKeys(keys);
     metrics_->configReload(true);
     log_.info("reload ok", {{"summary", cfg_->summary()}});
     notify("READY=1\nSTATUS=reloaded: " + cfg_->summary());
   } catch (const core::ConfigError& e) {
     metrics_->configReload(false);
     log_.error("reload failed, keeping the running configuration", {{"error", e.what()}});
+    // STATUS= is one line: the first error, and how many more the log has.
+    const size_t errors = e.all().size();
     notify(std::string("READY=1\nSTATUS=reload failed, running the previous configuration: ") +
-           e.what());
+           e.all().front().what() +
+           (errors > 1 ? " (and " + std::to_string(errors - 1) + " more)" : std::string()));
   }
 }
 
@@ -392,12 +513,12 @@ void Daemon::refreshGauges() {
     bump(c.throttled_rate, seen.throttled_rate, "rate");
     bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
     bump(c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
-    bump(c.queue_full, seen.queue_full, "queue_full");
-    bump(c.queue_timeout, seen.queue_timeout, "queue_timeout");
   }
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
   metrics_->setInflight(proxy_->active());
+  metrics_->setQueueCapacity(cfg_->queue.max_size);
+  metrics_->setClientConnections(proxy_->clientConnections(), proxy_->clientConnectionsAccepted());
   deferred_->refreshGauges();
 }
 

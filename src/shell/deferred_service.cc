@@ -514,7 +514,9 @@ void DeferredService::submit(const core::DeferredRecord& r) {
   }
   DeferredSubmission s;
   s.deferred_id = r.id;
-  s.key_name = r.key;
+  // A passthrough key's name comes from a secret that may have changed with a restart: the
+  // submission goes under the name the key has now, with the requests its clients send.
+  s.key_name = r.auth.empty() ? r.key : proxy_.keyNameFor(r.auth);
   s.authorization = auth;
   s.client = r.client;
   s.target = r.target;
@@ -718,8 +720,9 @@ void DeferredService::refreshGauges() {
 // ---- what clients ask ----------------------------------------------------------------------
 
 bool DeferredService::ownedBy(const core::DeferredRecord& r, const RequestCtx& ctx) const {
-  // A passthrough key is matched on the whole Authorization value, not on its label.
-  return r.key == ctx.key_name && (r.auth.empty() || r.auth == ctx.authorization);
+  // A passthrough key is matched on the whole Authorization value (its name may have changed
+  // with a restart); a configured key on its name.
+  return r.auth.empty() ? r.key == ctx.key_name : r.auth == ctx.authorization;
 }
 
 std::optional<int64_t> DeferredService::estimatedStart(const core::DeferredRecord& r,
@@ -851,9 +854,10 @@ std::optional<std::string> DeferredService::rewrite(const RequestCtx& ctx, std::
   }
   std::vector<const core::DeferredRecord*> extra;
   if (pageOf(ctx.upstream.target) == 1) {
-    for (const core::DeferredRecord* r : book_.unsubmittedOf(ctx.key_name)) {
-      if (ownedBy(*r, ctx)) {
-        extra.push_back(r);
+    const std::vector<const core::DeferredRecord*> records = book_.all();
+    for (auto it = records.rbegin(); it != records.rend(); ++it) {  // newest first
+      if ((*it)->state != core::DeferredState::Submitted && ownedBy(**it, ctx)) {
+        extra.push_back(*it);
       }
     }
   }

@@ -9,6 +9,7 @@
 #include <ctime>
 
 #include <llhttp.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -140,6 +141,7 @@ struct HttpServer::Conn {
   core::MonotonicTime phase_started{};
   uint64_t budget_counted = 0;  ///< bytes of `out` counted in the server's BufferBudget
   bool deadline_armed = false;  ///< the timer is set for the phase's deadline
+  std::string peer;  ///< the client's address and port, for the access log
 };
 
 namespace {
@@ -448,14 +450,34 @@ void HttpServer::onAcceptError(evconnlistener*, void* arg) {
   }
 }
 
-void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg) {
+namespace {
+/// "address:port" ("[v6]:port"), or "" for another family.
+std::string formatPeer(const sockaddr* sa) {
+  char host[INET6_ADDRSTRLEN] = {};
+  if (sa != nullptr && sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(in->sin_port));
+  }
+  if (sa != nullptr && sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+  }
+  return {};
+}
+}  // namespace
+
+void HttpServer::onAccept(evconnlistener*, evutil_socket_t fd, sockaddr* peer, int, void* arg) {
   auto* self = static_cast<HttpServer*>(arg);
   if (self->accept_failures_ != self->accept_failures_logged_) {
     self->log_.info("accepting again", {{"failed_accepts", self->accept_failures_ -
                                                                self->accept_failures_logged_}});
     self->accept_failures_logged_ = self->accept_failures_;
   }
+  ++self->accepted_;
   auto* c = new Conn();
+  c->peer = formatPeer(peer);
   c->server = self;
   c->fd = fd;
   const int one = 1;
@@ -668,6 +690,7 @@ void HttpServer::dispatch(Conn& c) {
   open_spares_.put(open_, c.exchange, &c);
   InboundRequest req = std::move(c.req);
   c.req = InboundRequest{};
+  req.peer = c.peer;
   handler_.onRequest(c.exchange, req);
 }
 

@@ -302,8 +302,18 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
     reject(ctx.id, core::ProxyError::QueueFull, static_cast<int>(ks.sched->retryAfterSeconds(now)));
     return;
   }
+  if (auto h = handles_.find(ctx.id); h != handles_.end()) {
+    h->second.since = now;
+  }
   ks.waiting_spares.insert(ks.waiting, ctx.id);
   pump(ks);
+}
+
+void Limiter::observeWait(const KeyState& ks, const Waiter& w, core::RouteKind route,
+                          std::string_view outcome, core::Duration waited) {
+  if (metrics_ != nullptr && !w.ctx->internal) {
+    metrics_->queueWait(ks.name, core::routeName(route), outcome, core::toSeconds(waited));
+  }
 }
 
 size_t Limiter::waitingTotal() const {
@@ -348,7 +358,12 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
     if (it == handles_.end()) {
       continue;
     }
-    it->second.ctx->slot.reset();  // released by the scheduler with the expiry
+    RequestCtx& ctx = *it->second.ctx;
+    ctx.slot.reset();  // released by the scheduler with the expiry
+    if (ctx.attempts == 0) {
+      ctx.queued = now - ctx.received;  // the access log's queued_ms: it waited all this time
+    }
+    observeWait(ks, it->second, ctx.route.kind, "queue_timeout", now - it->second.since);
     reject(id, core::ProxyError::QueueTimeout, static_cast<int>(ks.sched->retryAfterSeconds(now)));
   }
   for (const core::Admitted& a : d.admitted) {
@@ -360,9 +375,7 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
     }
     it->second.ctx->slot = a.slot;
     it->second.ctx->admission_seq = a.seq;
-    if (metrics_ != nullptr && !it->second.ctx->internal) {
-      metrics_->queueWait(ks.name, core::routeName(a.route), core::toSeconds(a.waited));
-    }
+    observeWait(ks, it->second, a.route, "sent", a.waited);
     it->second.go();  // sends; handles_ keeps the entry until the final answer
   }
   return d.wake_at;
@@ -396,6 +409,9 @@ void Limiter::clientGone(RequestCtx& ctx) {
   if (ks.unwait(ctx.id)) {
     ks.sched->cancel(ctx.id, now);  // returns the token reservation and a held slot
     ctx.slot.reset();
+    if (auto h = handles_.find(ctx.id); h != handles_.end()) {
+      observeWait(ks, h->second, ctx.route.kind, "client_gone", now - h->second.since);
+    }
   }
   retry_timers_.erase(ctx.id);
   handle_spares_.erase(handles_, ctx.id);

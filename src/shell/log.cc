@@ -100,7 +100,18 @@ void Logger::write(core::LogLevel level, std::string_view msg, It begin, It end)
     w.String(msg.data(), static_cast<rapidjson::SizeType>(msg.size()));
     for (It it = begin; it != end; ++it) {
       w.Key(it->key.data(), static_cast<rapidjson::SizeType>(it->key.size()));
-      w.String(it->value.data(), static_cast<rapidjson::SizeType>(it->value.size()));
+      const auto size = static_cast<rapidjson::SizeType>(it->value.size());
+      switch (it->kind) {
+      case LogField::Kind::Number:
+        w.RawValue(it->value.data(), size, rapidjson::kNumberType);  // RawNumber would quote it
+        break;
+      case LogField::Kind::Bool:
+        w.Bool(it->value == "true");
+        break;
+      case LogField::Kind::String:
+        w.String(it->value.data(), size);
+        break;
+      }
     }
     w.EndObject();
     line.assign(buf.GetString(), buf.GetSize());

@@ -77,15 +77,20 @@ prometheus::Family<Histogram>& build(prometheus::Registry& r, Histogram*, const 
   return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
 }
 
-/// @return @p v when it is one of @p allowed, else @p fallback.
+/// @return @p v when it is one of [@p begin, @p end), else @p fallback.
+std::string_view oneOf(std::string_view v, const std::string_view* begin,
+                       const std::string_view* end, std::string_view fallback) {
+  const auto* it = std::find(begin, end, v);
+  return it != end ? *it : fallback;
+}
 std::string_view oneOf(std::string_view v, std::initializer_list<std::string_view> allowed,
                        std::string_view fallback) {
-  for (std::string_view a : allowed) {
-    if (v == a) {
-      return a;
-    }
-  }
-  return fallback;
+  return oneOf(v, allowed.begin(), allowed.end(), fallback);
+}
+template <size_t N>
+std::string_view oneOf(std::string_view v, const std::string_view (&allowed)[N],
+                       std::string_view fallback) {
+  return oneOf(v, std::begin(allowed), std::end(allowed), fallback);
 }
 
 /// A free word (proxy error code, retry reason, tier): [A-Za-z0-9_.-], at most 64 characters,
@@ -102,6 +107,12 @@ std::string_view word(std::string_view v) {
   }
   return v;
 }
+
+constexpr std::string_view kRoutes[] = {"create", "poll", "list", "other"};
+/// Why the proxy retries an attempt (RetryPolicy's reasons for a retry).
+constexpr std::string_view kRetryReasons[] = {"retry_429", "retry_503", "retry_server_error",
+                                              "retry_network_error"};
+constexpr std::string_view kWaitOutcomes[] = {"sent", "queue_timeout", "client_gone"};
 
 std::string_view route(std::string_view r) {
   return oneOf(r, {"create", "poll", "list", "other"}, "other");
@@ -219,8 +230,23 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   }
   counter(config_reloads_, {"ok"});
   counter(config_reloads_, {"failed"});
+  for (int e = 0; e <= static_cast<int>(core::ProxyError::Internal); ++e) {
+    counter(errors_, {core::proxyErrorInfo(static_cast<core::ProxyError>(e)).code});
+  }
+  for (std::string_view r : kRoutes) {
+    histogram(upstream_latency_, kLatencyBuckets, {r});
+    histogram(client_request_duration_, kLatencyBuckets, {r});
+    counter(client_received_bytes_, {r});
+    counter(client_sent_bytes_, {r});
+  }
+  counter(client_connections_accepted_, {});
+  gauge(client_connections_, {});
+  // Nothing says otherwise until the first attempt.
+  upstream_up_series_ = &gauge(upstream_up_, {});
+  upstream_up_series_->Set(1);
   setReady(false);
   setInflight(0);
+  setQueueCapacity(0);
   setTrackedTasks(0);
   setUpstreamConnections(0, 0);
 }
@@ -379,6 +405,7 @@ void Metrics::upstreamRequest(std::string_view key, std::string_view r, int stat
   std::lock_guard<std::mutex> lock(mu_);
   const std::string_view rt = route(r);
   counter(upstream_requests_, {keyLabelLocked(key), rt, code(status)}).Increment();
+  upstream_up_series_->Set(status != 0 ? 1 : 0);
   histogram(upstream_latency_, kLatencyBuckets, {rt}).Observe(std::max(0.0, latency_s));
 }
 
@@ -410,10 +437,21 @@ void Metrics::retry(std::string_view key, std::string_view reason) {
   counter(retries_, {keyLabelLocked(key), word(reason)}).Increment();
 }
 
-void Metrics::queueWait(std::string_view key, std::string_view r, double seconds) {
+void Metrics::queueWait(std::string_view key, std::string_view r, std::string_view outcome,
+                        double seconds) {
   std::lock_guard<std::mutex> lock(mu_);
-  histogram(queue_wait_, kQueueWaitBuckets, {keyLabelLocked(key), route(r)})
+  histogram(queue_wait_, kQueueWaitBuckets,
+            {keyLabelLocked(key), route(r), oneOf(outcome, kWaitOutcomes, "other")})
       .Observe(std::max(0.0, seconds));
+}
+
+void Metrics::clientRequest(std::string_view r, double seconds, uint64_t bytes_in,
+                            uint64_t bytes_out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::string_view rt = route(r);
+  histogram(client_request_duration_, kLatencyBuckets, {rt}).Observe(std::max(0.0, seconds));
+  counter(client_received_bytes_, {rt}).Increment(static_cast<double>(bytes_in));
+  counter(client_sent_bytes_, {rt}).Increment(static_cast<double>(bytes_out));
 }
 
 void Metrics::pollHeld(std::string_view key) {
@@ -482,14 +520,24 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
   for (std::string_view r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
     counter(throttled_, {k, r});
   }
-  for (std::string_view c : {"rate", "concurrency"}) {
+  for (std::string_view c : {"rate", "concurrency", "unknown"}) {
     counter(upstream_429_, {k, c});
   }
   for (std::string_view r : {"resync", "decrease"}) {
     counter(rate_reactions_, {k, r});
   }
+  for (std::string_view r : kRetryReasons) {
+    counter(retries_, {k, r});
+  }
+  // The code label's set is open; its usual value stands for the family until others appear.
+  for (std::string_view r : kRoutes) {
+    counter(client_responses_, {k, r, "200"});
+    counter(upstream_requests_, {k, r, "200"});
+  }
   for (std::string_view r : {"create", "poll"}) {
-    histogram(queue_wait_, kQueueWaitBuckets, {k, r});
+    for (std::string_view o : kWaitOutcomes) {
+      histogram(queue_wait_, kQueueWaitBuckets, {k, r, o});
+    }
   }
   counter(polls_held_, {k});
   for (const std::string& tier : tiers) {
@@ -547,6 +595,21 @@ void Metrics::setUpstreamConnections(size_t busy, size_t idle) {
 void Metrics::setReady(bool ready) {
   std::lock_guard<std::mutex> lock(mu_);
   gauge(ready_, {}).Set(ready ? 1 : 0);
+}
+
+void Metrics::setClientConnections(size_t open, uint64_t accepted) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(client_connections_, {}).Set(static_cast<double>(open));
+  Counter& c = counter(client_connections_accepted_, {});
+  const auto total = static_cast<double>(accepted);
+  if (total > c.Value()) {
+    c.Increment(total - c.Value());
+  }
+}
+
+void Metrics::setQueueCapacity(size_t n) {
+  std::lock_guard<std::mutex> lock(mu_);
+  gauge(queue_capacity_, {}).Set(static_cast<double>(n));
 }
 
 void Metrics::setInflight(size_t n) {

@@ -16,8 +16,10 @@ namespace {
 // The official clients give up after 60 s; every answer must leave the proxy before that.
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
 constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
-// Ids of the proxy's own requests (exchange ids of client requests never get this high).
-constexpr uint64_t kInternalIds = uint64_t{1} << 62;
+// Ids of the proxy's own requests (exchange ids of client requests never get this high). Below
+// bit 48: a request id shows the low 48 bits of the id times an odd number, which differ for ids
+// that differ below bit 48, so the proxy's own polls never show a client request's id.
+constexpr uint64_t kInternalIds = uint64_t{1} << 47;
 // Passthrough keys whose names are remembered (see prepare()).
 constexpr size_t kMaxKeyNames = 1024;
 
@@ -404,6 +406,8 @@ void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
   RequestCtx& ctx = newCtx(exchange);
   ctx.exchange = exchange;
   ctx.method = std::move(req.method);
+  ctx.peer = std::move(req.peer);
+  ctx.bytes_in = std::max<uint64_t>(req.body.size(), req.body_bytes_seen);
   switch (req.problem) {
   case InboundProblem::None:
     break;
@@ -475,6 +479,7 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
   }
   auto route = core::matchRoute(ctx.method, path);
   if (!route) {
+    ctx.path = path;  // (a forwarded request's path is its upstream target's: no copy)
     replyError(ctx, core::ProxyError::NotFound,
                "hiapi-proxy forwards only /v1/... paths; set the base URL to http://" +
                    cfg.listen.address + ":" + std::to_string(port_));
@@ -563,25 +568,7 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
       replyError(ctx, core::ProxyError::MissingApiKey);
       return false;
     }
-    // A service sends the same key on every request: remember which name it maps to.
-    if (auto known = key_names_.find(std::string_view(authorization)); known != key_names_.end()) {
-      ctx.key_name = known->second;
-    } else {
-      const auto token = core::bearerToken(authorization);
-      const core::Secret secret(token ? *token : std::string(authorization));
-      for (const core::KeyConfig& k : cfg.keys) {
-        if (k.key == secret) {
-          ctx.key_name = k.name;
-        }
-      }
-      if (ctx.key_name.empty()) {
-        ctx.key_name = key_identity_.nameOf(secret.reveal());
-      }
-      if (key_names_.size() >= kMaxKeyNames) {
-        key_names_.clear();  // many keys come and go: start over rather than grow
-      }
-      key_names_.emplace(authorization, ctx.key_name);
-    }
+    ctx.key_name = keyNameFor(authorization);
     ctx.authorization = *auth_value;
     ctx.upstream.headers.push_back(Header{"Authorization", std::move(*auth_value)});
   }
@@ -591,6 +578,28 @@ bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
   ctx.upstream.method = *method;
   ctx.upstream.target = std::move(target);
   return true;
+}
+
+const std::string& ProxyServer::keyNameFor(std::string_view authorization) {
+  // A service sends the same key on every request: remember which name it maps to.
+  if (auto known = key_names_.find(authorization); known != key_names_.end()) {
+    return known->second;
+  }
+  const auto token = core::bearerToken(authorization);
+  const core::Secret secret(token ? *token : std::string(authorization));
+  std::string name;
+  for (const core::KeyConfig& k : cfg_->keys) {
+    if (k.key == secret) {
+      name = k.name;
+    }
+  }
+  if (name.empty()) {
+    name = key_identity_.nameOf(secret.reveal());
+  }
+  if (key_names_.size() >= kMaxKeyNames) {
+    key_names_.clear();  // many keys come and go: start over rather than grow
+  }
+  return key_names_.emplace(std::string(authorization), std::move(name)).first->second;
 }
 
 void ProxyServer::forward(RequestCtx& ctx) {
@@ -728,7 +737,9 @@ void ProxyServer::replyUpstream(RequestCtx& ctx, const UpstreamResponse& resp, l
     }
     out.push_back(HeaderView{h.name, h.value});
   }
-  ctx.outcome = "forwarded";
+  ctx.outcome = ctx.cache_result == "hit"         ? "cache_hit"
+                : ctx.cache_result == "coalesced" ? "coalesced"
+                                                  : "forwarded";
   if ((!ctx.alias_id.empty() || ctx.list_merge) && defer_hook_ != nullptr &&
       resp.status >= 200 && resp.status < 300) {
     // A deferred task's client knows it by the proxy's id: HiAPI's is told beside it.
@@ -788,6 +799,7 @@ void ProxyServer::replyError(RequestCtx& ctx, core::ProxyError e, std::string_vi
 void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& headers,
                             std::string_view body, bool close) {
   ctx.answered = true;
+  ctx.bytes_out = ctx.method == "HEAD" ? 0 : body.size();  // a HEAD reply goes without its body
   if (ctx.exchange != 0) {
     if (http_) {
       http_->reply(ctx.exchange, status, headers, body, close);
@@ -795,6 +807,19 @@ void ProxyServer::sendReply(RequestCtx& ctx, int status, const HeaderViews& head
     ctx.exchange = 0;
   }
   done(ctx, status);
+}
+
+std::string_view ProxyServer::outcomeOf(const RequestCtx& ctx) {
+  if (!ctx.outcome.empty()) {
+    return ctx.outcome;
+  }
+  if (ctx.cache_result == "hit") {
+    return "cache_hit";
+  }
+  if (ctx.cache_result == "coalesced") {
+    return "coalesced";
+  }
+  return ctx.attempts > 0 ? "forwarded" : "unknown";
 }
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
@@ -811,20 +836,35 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
   }
   std::vector<LogField> fields{
       {"request_id", ctx.request_id},
+      // The proxy's own polls have no client: they say so, and count apart from the clients'.
+      {"client_addr", ctx.internal ? std::string_view("hiapi-proxy") : std::string_view(ctx.peer)},
       {"method", ctx.method},
       {"route", core::routeName(ctx.route.kind)},
+      {"path", !ctx.path.empty() ? std::string_view(ctx.path)
+                                 : std::string_view(ctx.upstream.target).substr(
+                                       0, ctx.upstream.target.find('?'))},
       {"status", status},
-      {"outcome", ctx.outcome.empty() ? std::string("unknown") : ctx.outcome},
+      {"outcome", outcomeOf(ctx)},
       {"queued_ms", ms(ctx.queued)},
       {"upstream_ms", ms(ctx.upstream_time)},
       {"attempts", ctx.attempts},
       {"total_ms", ms(core::MonotonicClock::now() - ctx.received)},
+      {"bytes_in", ctx.bytes_in},
+      {"bytes_out", ctx.bytes_out},
   };
   if (!ctx.key_name.empty()) {
     fields.emplace_back("key", std::string(core::keyDisplayName(ctx.key_name)));
   }
-  if (!ctx.client.empty()) {
+  if (ctx.internal) {
+    fields.emplace_back("client", "hiapi-proxy");
+    fields.emplace_back("look", ctx.client.substr(ctx.client.rfind('-') + 1));
+  } else if (!ctx.client.empty()) {
     fields.emplace_back("client", ctx.client);
+  }
+  // The client's User-Agent went on with the request: read it there, not from a copy.
+  if (const std::string* ua = ctx.internal ? nullptr : findHeader(ctx.upstream.headers, "User-Agent");
+      ua != nullptr) {
+    fields.emplace_back("user_agent", std::string_view(*ua).substr(0, kMaxLoggedUserAgent));
   }
   if (!ctx.route.task_id.empty()) {
     fields.emplace_back("task", ctx.route.task_id);

@@ -268,7 +268,7 @@ TEST_F(ForwardingTest, JsonLogsAreOneObjectPerLineWithTheRequestFields) {
     if (std::string(d["msg"].GetString()) == "request") {
       saw_request = true;
       EXPECT_STREQ(d["route"].GetString(), "poll");
-      EXPECT_STREQ(d["status"].GetString(), "200");
+      EXPECT_EQ(d["status"].GetInt(), 200);  // a number, not "200"
       EXPECT_STREQ(d["client"].GetString(), "svc \"a\"");
       EXPECT_STREQ(d["task"].GetString(), "tk-json");
       EXPECT_TRUE(d.HasMember("queued_ms") && d.HasMember("upstream_ms") && d.HasMember("attempts"));

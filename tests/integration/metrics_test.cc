@@ -45,8 +45,12 @@ void exerciseAll(Metrics& m) {
   }
   m.retry("main", "status_429");
   m.retry("backup", "network");
-  m.queueWait("main", "create", 0.002);
-  m.queueWait("main", "poll", 12.5);
+  m.queueWait("main", "create", "sent", 0.002);
+  m.queueWait("main", "poll", "sent", 12.5);
+  m.queueWait("main", "poll", "queue_timeout", 45);
+  m.queueWait("main", "create", "client_gone", 3);
+  m.clientRequest("create", 0.25, 300, 120);
+  m.clientRequest("poll", 0.002, 0, 800);
   for (const char* r : {"hit", "coalesced", "miss"}) {
     m.pollCache(r);
   }
@@ -70,6 +74,8 @@ void exerciseAll(Metrics& m) {
   m.deferredRefused("store");
   m.deferredWait("heavy", 95);
   m.setDeferredStoreReady(true);
+  m.setClientConnections(4, 17);
+  m.setQueueCapacity(500);
 }
 
 /// Lines of the exposition that are samples (not comments).
@@ -141,7 +147,23 @@ TEST(Metrics, ValuesAndLabelsAreWhatTheCallsSaid) {
             std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_tier_ceiling{key="main",kind="configured",tier="heavy"} 2)"),
             std::string::npos);
-  EXPECT_NE(text.find(R"(hiapi_proxy_rate_effective{key="main"} 0.5)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_rate_effective_requests_per_second{key="main"} 0.5)"),
+            std::string::npos);
+  EXPECT_NE(text.find("hiapi_proxy_client_connections 4\n"), std::string::npos);
+  EXPECT_NE(text.find("hiapi_proxy_client_connections_accepted_total 17\n"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_client_received_bytes_total{route="create"} 300)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_client_sent_bytes_total{route="poll"} 800)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_client_request_duration_seconds_count{route="create"} 1)"),
+            std::string::npos);
+  // The last attempt (backup's) got no HTTP answer.
+  EXPECT_NE(text.find("hiapi_proxy_upstream_up 0\n"), std::string::npos);
+  // A wait that ended in a timeout is observed too, apart from those that were sent.
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_count{key="main",outcome="queue_timeout",route="poll"} 1)"),
+            std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_sum{key="main",outcome="queue_timeout",route="poll"} 45)"),
+            std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_upstream_ratelimit_limit{key="main"} 60)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_upstream_ratelimit_remaining{key="main"} 12)"),
             std::string::npos);
@@ -155,11 +177,11 @@ TEST(Metrics, ValuesAndLabelsAreWhatTheCallsSaid) {
                       "\"} 1"),
             std::string::npos);
   // 2 ms lands in the 2.5 ms bucket and above, not in the 1 ms one.
-  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",route="create",le="0.001"} 0)"),
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",outcome="sent",route="create",le="0.001"} 0)"),
             std::string::npos);
-  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",route="create",le="0.0025"} 1)"),
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",outcome="sent",route="create",le="0.0025"} 1)"),
             std::string::npos);
-  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",route="poll",le="60"} 1)"),
+  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_bucket{key="main",outcome="sent",route="poll",le="60"} 1)"),
             std::string::npos);
   // Process metrics: plausible values.
   for (const char* p : {"process_resident_memory_bytes ", "process_virtual_memory_bytes ",
@@ -225,12 +247,39 @@ TEST(Metrics, DeclaredKeysAndFixedLabelSetsStartAtZero) {
             std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_lease_expiries_total{key="main",tier="heavy"} 0)"),
             std::string::npos);
-  EXPECT_NE(text.find(R"(hiapi_proxy_queue_wait_seconds_count{key="main",route="poll"} 0)"),
+  for (const char* o : {"sent", "queue_timeout", "client_gone"}) {
+    EXPECT_NE(text.find(std::string(R"(hiapi_proxy_queue_wait_seconds_count{key="main",outcome=")") +
+                        o + R"(",route="poll"} 0)"),
+              std::string::npos)
+        << o;
+  }
+  for (const char* r : {"retry_429", "retry_503", "retry_server_error", "retry_network_error"}) {
+    EXPECT_NE(text.find(std::string(R"(hiapi_proxy_retries_total{key="main",reason=")") + r +
+                        "\"} 0"),
+              std::string::npos)
+        << r;
+  }
+  EXPECT_NE(text.find(R"(hiapi_proxy_upstream_429_total{cause="unknown",key="main"} 0)"),
             std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_poll_cache_total{result="coalesced"} 0)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_polls_held_total{key="main"} 0)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_config_reloads_total{result="failed"} 0)"), std::string::npos);
   EXPECT_NE(text.find("hiapi_proxy_ready 0"), std::string::npos);
+  // Families without a key label: every value of their fixed set.
+  for (const char* code : {"queue_full", "queue_timeout", "upstream_timeout", "missing_api_key",
+                           "upstream_unreachable", "shutting_down"}) {
+    EXPECT_NE(text.find(std::string(R"(hiapi_proxy_errors_total{code=")") + code + "\"} 0"),
+              std::string::npos)
+        << code;
+  }
+  for (const char* r : {"create", "poll", "list", "other"}) {
+    EXPECT_NE(text.find(std::string(R"(hiapi_proxy_client_request_duration_seconds_count{route=")") +
+                        r + "\"} 0"),
+              std::string::npos)
+        << r;
+  }
+  EXPECT_NE(text.find("hiapi_proxy_client_connections_accepted_total 0\n"), std::string::npos);
+  EXPECT_NE(text.find("hiapi_proxy_upstream_up 1\n"), std::string::npos);
 }
 
 TEST(Metrics, DistinctKeyLabelsAreCapped) {
@@ -250,14 +299,14 @@ TEST(Metrics, RetainKeysDropsGaugesOfRemovedKeysButKeepsCounters) {
   exerciseAll(m);
   m.retainKeys({"backup"});
   const std::string text = m.serialize();
-  EXPECT_EQ(text.find(R"(hiapi_proxy_rate_configured{key="main"})"), std::string::npos);
+  EXPECT_EQ(text.find(R"(hiapi_proxy_rate_configured_requests_per_second{key="main"})"), std::string::npos);
   EXPECT_EQ(text.find(R"(hiapi_proxy_tasks_running{key="main")"), std::string::npos);
-  EXPECT_NE(text.find(R"(hiapi_proxy_rate_configured{key="backup"} 2)"), std::string::npos);
+  EXPECT_NE(text.find(R"(hiapi_proxy_rate_configured_requests_per_second{key="backup"} 2)"), std::string::npos);
   EXPECT_NE(text.find(R"(hiapi_proxy_client_responses_total{code="200",key="main")"),
             std::string::npos);
   // Setting them again brings the series back.
   m.setKeyGauges({"main", 1.0, 1.0, 1, 0, 0});
-  EXPECT_NE(m.serialize().find(R"(hiapi_proxy_rate_configured{key="main"} 1)"), std::string::npos);
+  EXPECT_NE(m.serialize().find(R"(hiapi_proxy_rate_configured_requests_per_second{key="main"} 1)"), std::string::npos);
 }
 
 TEST(Metrics, ExpositionPassesPromtoolCheckMetrics) {
@@ -365,6 +414,36 @@ TEST(MetricsDocs, ReadmeMetricsSectionNamesEveryMetric) {
       EXPECT_TRUE(known.count(name)) << name << " is in README.md but not exported";
     }
   }
+}
+
+TEST(MetricsDocs, AlertRulesNameOnlyExportedMetrics) {
+  const std::string text = readFile(std::string(HIAPI_SOURCE_DIR) + "/tools/grafana/alerts.yml");
+  ASSERT_FALSE(text.empty());
+  std::set<std::string> known;
+  for (const MetricDoc& d : shell::metricDocs()) {
+    known.insert(d.name);
+  }
+  size_t used = 0;
+  const std::string prefix = "hiapi_proxy_";
+  for (size_t at = text.find(prefix); at != std::string::npos; at = text.find(prefix, at + 1)) {
+    size_t end = at;
+    while (end < text.size() && (std::isalnum(static_cast<unsigned char>(text[end])) ||
+                                 text[end] == '_')) {
+      ++end;
+    }
+    std::string name = text.substr(at, end - at);
+    if (name == prefix) {
+      continue;  // "hiapi_proxy_*" in a comment
+    }
+    for (const char* suffix : {"_bucket", "_count", "_sum"}) {
+      if (known.count(name) == 0 && name.ends_with(suffix)) {
+        name.resize(name.size() - std::string_view(suffix).size());
+      }
+    }
+    ++used;
+    EXPECT_TRUE(known.count(name)) << name << " is in alerts.yml but not exported";
+  }
+  EXPECT_GE(used, 8u);
 }
 
 // ---- AdminServer -------------------------------------------------------------------------------

@@ -56,8 +56,9 @@ void generateTraffic(Metrics& m, int round) {
       m.throttle(key, r);
     }
     m.retry(key, "status_429");
-    m.queueWait(key, "create", 0.5 + (round % 7));
-    m.queueWait(key, "poll", 0.003);
+    m.queueWait(key, "create", "sent", 0.5 + (round % 7));
+    m.queueWait(key, "poll", "sent", 0.003);
+    m.queueWait(key, "create", "queue_timeout", 45);
     m.taskOutcome(key, "heavy", "success");
     m.taskOutcome(key, "light", "fail");
     m.leaseExpired(key, "heavy");
@@ -76,6 +77,10 @@ void generateTraffic(Metrics& m, int round) {
   m.setUpstreamConnections(2, 4);
   m.setReady(true);
   m.setInflight(3);
+  m.clientRequest("create", 0.2 + 0.1 * (round % 5), 200, 90);
+  m.clientRequest("poll", 0.004, 0, 600);
+  m.setClientConnections(5, 10 * static_cast<uint64_t>(round + 1));
+  m.setQueueCapacity(100);
 }
 
 uint16_t freeLoopbackPort() {
@@ -309,6 +314,39 @@ std::vector<std::string> dashboardExprs(rapidjson::Document& dashboard) {
   return ::testing::AssertionSuccess();
 }
 
+TEST(Dashboard, ImportAsksForTheDataSourceAndEveryQueryFiltersByInstance) {
+  rapidjson::Document dashboard;
+  const std::vector<std::string> exprs = dashboardExprs(dashboard);
+  ASSERT_TRUE(dashboard.IsObject());
+  // Grafana's import asks for each __inputs entry; the panels name it as ${DS_PROMETHEUS}.
+  ASSERT_TRUE(dashboard.HasMember("__inputs") && dashboard["__inputs"].IsArray());
+  const auto& inputs = dashboard["__inputs"].GetArray();
+  ASSERT_EQ(inputs.Size(), 1u);
+  EXPECT_EQ(std::string(inputs[0]["name"].GetString()), "DS_PROMETHEUS");
+  EXPECT_EQ(std::string(inputs[0]["pluginId"].GetString()), "prometheus");
+  std::set<std::string> variables;
+  for (const auto& v : dashboard["templating"]["list"].GetArray()) {
+    variables.insert(v["name"].GetString());
+  }
+  EXPECT_EQ(variables, (std::set<std::string>{"DS_PROMETHEUS", "job", "instance", "key"}));
+  for (const std::string& e : exprs) {
+    if (e.find("job=~\"$job\"") != std::string::npos) {
+      EXPECT_NE(e.find("job=~\"$job\",instance=~\"$instance\""), std::string::npos) << e;
+    }
+  }
+  // Every family of the client side and upstream health has a panel.
+  for (const char* name :
+       {"hiapi_proxy_client_request_duration_seconds_bucket", "hiapi_proxy_client_connections{",
+        "hiapi_proxy_client_connections_accepted_total", "hiapi_proxy_client_received_bytes_total",
+        "hiapi_proxy_client_sent_bytes_total", "hiapi_proxy_upstream_up"}) {
+    bool found = false;
+    for (const std::string& e : exprs) {
+      found = found || e.find(name) != std::string::npos;
+    }
+    EXPECT_TRUE(found) << name;
+  }
+}
+
 TEST(Prometheus, EveryDashboardQueryParsesAndReturnsData) {
   if (::access(kPrometheusBin, X_OK) != 0) {
     GTEST_SKIP() << kPrometheusBin << " is not installed";
@@ -349,14 +387,14 @@ TEST(Prometheus, EveryDashboardQueryParsesAndReturnsData) {
     }
   }
 
-  EXPECT_EQ(variables_checked, 2u) << "the job and key variables";
+  EXPECT_EQ(variables_checked, 3u) << "the job, instance and key variables";
 
   // Spot checks on what the panels show: all five throttle reasons, both keys, per-tier depth.
   const QueryResult reasons =
       query(prom.port(), "sum by (reason) (rate(hiapi_proxy_throttled_total[1m]))", "reason");
   EXPECT_EQ(reasons.label_values,
             (std::set<std::string>{"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}));
-  const QueryResult keys = query(prom.port(), "hiapi_proxy_rate_effective", "key");
+  const QueryResult keys = query(prom.port(), "hiapi_proxy_rate_effective_requests_per_second", "key");
   EXPECT_EQ(keys.label_values, (std::set<std::string>{"main", "backup"}));
   const QueryResult moving =
       query(prom.port(), "sum(rate(hiapi_proxy_client_responses_total[1m])) > 0");

@@ -725,6 +725,9 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
   for (const char* path : {"./usr/bin/hiapi-proxy", "./lib/systemd/system/hiapi-proxy.service",
                            "./etc/hiapi-proxy/hiapi-proxy.yaml",
                            "./usr/share/doc/hiapi-proxy/README.md",
+                           "./usr/share/doc/hiapi-proxy/copyright",
+                           "./usr/share/doc/hiapi-proxy/changelog.gz",
+                           "./usr/share/doc/hiapi-proxy/examples/grafana/alerts.yml",
                            "./usr/share/doc/hiapi-proxy/examples/credential.conf"}) {
     EXPECT_TRUE(contains(contents.output, std::string(path) + "\n")) << path << "\n"
                                                                      << contents.output;
@@ -745,6 +748,12 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
   }
   // llhttp is compiled in: nothing of http-parser's at run time.
   EXPECT_FALSE(contains(depends.output, "http-parser")) << depends.output;
+  // Who answers for it: a maintainer with a real address, and no homepage that is HiAPI's.
+  const CommandResult maintainer = capture("dpkg-deb -f " + shq(deb) + " Maintainer");
+  EXPECT_TRUE(std::regex_search(maintainer.output, std::regex("^[^<@]+ <[^<>@\\s]+@[^<>@\\s]+>")))
+      << maintainer.output;
+  EXPECT_FALSE(contains(maintainer.output, "@localhost")) << maintainer.output;
+  EXPECT_FALSE(contains(capture("dpkg-deb -f " + shq(deb) + " Homepage").output, "hiapi.ai"));
 
   // Unpack and look inside.
   ASSERT_EQ(capture("dpkg-deb -x " + shq(deb) + " " + shq(dir.file("root"))).status, 0);
@@ -768,6 +777,27 @@ TEST(ServicePackage, DebHoldsBinaryUnitConffileAndDependencies) {
       capture(shq(dir.file("root/usr/bin/hiapi-proxy")) + " --version");
   EXPECT_EQ(version.status, 0) << version.output;
   EXPECT_TRUE(contains(version.output, "hiapi-proxy ")) << version.output;
+
+  // The license, stated the way Debian reads it, and a changelog whose top entry is this version.
+  const std::string copyright = readFile(dir.file("root/usr/share/doc/hiapi-proxy/copyright"));
+  EXPECT_TRUE(contains(copyright, "\nLicense: Apache-2.0\n")) << copyright;
+  EXPECT_TRUE(contains(copyright, "/usr/share/common-licenses/Apache-2.0")) << copyright;
+  EXPECT_TRUE(contains(readFile(std::string(HIAPI_SOURCE_DIR) + "/LICENSE"),
+                       "Apache License\n                           Version 2.0"));
+  const CommandResult changelog =
+      capture("zcat " + shq(dir.file("root/usr/share/doc/hiapi-proxy/changelog.gz")));
+  const std::string pkg_version = capture("dpkg-deb -f " + shq(deb) + " Version").output;
+  EXPECT_TRUE(contains(changelog.output,
+                       "hiapi-proxy (" + pkg_version.substr(0, pkg_version.find('\n')) + ") "))
+      << changelog.output << pkg_version;
+
+  // lintian: no error (warnings and notes are printed for the record).
+  if (!haveCommand("lintian")) {
+    GTEST_SKIP() << "lintian is not installed (tools/setup.sh installs it)";
+  }
+  const CommandResult lint = capture("lintian --tag-display-limit 0 " + shq(deb));
+  std::printf("lintian:\n%s", lint.output.c_str());
+  EXPECT_FALSE(std::regex_search(lint.output, std::regex("(^|\n)E: "))) << lint.output;
 }
 
 // ---- the container files (no container engine runs here: what can be checked without one) ----
@@ -856,26 +886,38 @@ TEST(ServiceContainer, RuntimeStageInstallsEveryLibraryTheBinariesNeed) {
   ASSERT_FALSE(installed.empty()) << "no runtime-packages block in " << kDockerfile;
   // In every Debian image: the C library and libgcc.
   const std::set<std::string> base{"libc6", "libgcc-s1"};
+  std::set<std::string> used{"ca-certificates"};
+  std::string log;
   for (const std::string& bin : {std::string(HIAPI_PROXY_BIN), std::string(HIAPI_SIM_BIN)}) {
-    std::string log;
     const std::set<std::string> needed = neededPackages(bin, log);
     EXPECT_FALSE(needed.empty()) << log;
     for (const std::string& p : needed) {
       EXPECT_TRUE(installed.count(p) || base.count(p))
           << bin << " needs " << p << ", which the run-time stage does not install\n" << log;
+      used.insert(p);
     }
   }
   EXPECT_TRUE(installed.count("ca-certificates")) << "the upstream's certificate is verified";
+  // And nothing more: a library no binary names is image size and attack surface for nothing.
+  for (const std::string& p : installed) {
+    EXPECT_TRUE(used.count(p)) << "the run-time stage installs " << p << ", which no binary "
+                               << "needs\n" << log;
+  }
 }
 
 TEST(ServiceContainer, BuildStageRunsTheQuickStartSteps) {
   // README's quick start is tools/run.sh: setup.sh, then build.sh into build/.
   const std::string run = readFile(std::string(HIAPI_SOURCE_DIR) + "/tools/run.sh");
-  ASSERT_TRUE(contains(run, "/tools/setup.sh\"\n")) << run;
-  ASSERT_TRUE(contains(run, "/tools/build.sh\" \"$root/build\"")) << run;
+  ASSERT_TRUE(contains(run, "/tools/setup.sh\" run\n")) << run;
+  ASSERT_TRUE(contains(run, "/tools/build.sh\" \"$root/build\" -DHIAPI_BUILD_TESTS=OFF")) << run;
+  // Running never stops a service: only setup.sh's full (test) set installs nginx and Prometheus.
+  EXPECT_FALSE(contains(run, "systemctl")) << run;
   const std::string df = readFile(kDockerfile);
   EXPECT_TRUE(contains(df, "\nFROM debian:12 AS build\n")) << df;
-  EXPECT_TRUE(contains(df, "\nRUN ./tools/setup.sh\nRUN ./tools/build.sh /src/build\n")) << df;
+  // The package layer comes before the sources are copied: a source change keeps it cached.
+  EXPECT_TRUE(contains(df, "\nCOPY tools/setup.sh tools/setup.sh\nRUN ./tools/setup.sh run\n"
+                           "COPY . .\nRUN ./tools/build.sh /src/build -DHIAPI_BUILD_TESTS=OFF\n"))
+      << df;
   EXPECT_TRUE(contains(df, "\nFROM debian:12-slim AS runtime\n")) << df;
   EXPECT_TRUE(contains(df, "\nUSER 10001:10001\n")) << "runs as a non-root user";
   EXPECT_TRUE(contains(df, "\nHEALTHCHECK ")) << df;
@@ -888,49 +930,37 @@ TEST(ServiceContainer, BuildStageRunsTheQuickStartSteps) {
   EXPECT_EQ(df.substr(last_from, last_stage.size()), last_stage);
 }
 
-/// The script of `HEALTHCHECK ... CMD ["/bin/bash", "-c", "<script>"]`, JSON-unescaped.
-std::string healthcheckScript() {
-  const std::string df = readFile(kDockerfile);
-  static const std::regex re("CMD \\[\"/bin/bash\", \"-c\", \"((?:[^\"\\\\]|\\\\.)*)\"\\]");
-  const size_t at = df.find("\nHEALTHCHECK ");
-  std::smatch m;
-  const std::string rest = at == std::string::npos ? "" : df.substr(at);
-  if (!std::regex_search(rest, m, re)) {
-    return {};
-  }
-  std::string out;
-  const std::string esc = m[1].str();
-  for (size_t i = 0; i < esc.size(); ++i) {
-    if (esc[i] == '\\' && i + 1 < esc.size()) {
-      ++i;
-    }
-    out += esc[i];
-  }
-  return out;
-}
+const std::string kHealthcheck = kContainerDir + "/healthcheck.sh";
 
-TEST(ServiceContainer, HealthcheckAsksTheAdminListenersHealthz) {
-  if (!haveCommand("bash")) {
-    GTEST_SKIP() << "bash is missing";
+TEST(ServiceContainer, HealthcheckAsksTheAdminPortOfTheConfiguration) {
+  if (!haveCommand("bash") || !haveCommand("awk")) {
+    GTEST_SKIP() << "bash or awk is missing";
   }
-  const std::string script = healthcheckScript();
-  ASSERT_TRUE(contains(script, "/dev/tcp/127.0.0.1/9787")) << script;
-  ASSERT_TRUE(contains(script, "GET /healthz ")) << script;
+  const std::string df = readFile(kDockerfile);
+  ASSERT_TRUE(contains(df, "\nCOPY tools/container/healthcheck.sh /usr/bin/hiapi-proxy-healthcheck\n"))
+      << df;
+  ASSERT_TRUE(contains(df, "CMD [\"/usr/bin/hiapi-proxy-healthcheck\"]")) << df;
+  ASSERT_TRUE(contains(readFile(kHealthcheck), "GET /healthz ")) << kHealthcheck;
   TempDir dir;
   ProxyProcess proxy(dir, baseYaml(kNoUpstream));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
-  // The image's script, against this daemon's admin port.
-  const std::string here = replaceAll(script, "9787", std::to_string(proxy.adminPort()));
-  const CommandResult healthy = capture("bash -c " + shq(here));
-  EXPECT_EQ(healthy.status, 0) << here << "\n" << healthy.output;
-  // Against the proxy listener, which answers /healthz with 404: unhealthy.
-  const CommandResult wrong =
-      capture("bash -c " + shq(replaceAll(script, "9787", std::to_string(proxy.port()))));
-  EXPECT_NE(wrong.status, 0) << wrong.output;
+  const std::string admin = std::to_string(proxy.adminPort());
+  auto check = [&](const std::string& env) {
+    return capture("env " + env + " bash " + shq(kHealthcheck)).status;
+  };
+  // The admin port read from a configuration's admin block (a top-level port elsewhere and the
+  // proxy listener's port are not it).
+  dir.write("image.yaml", "listen:\n  address: 127.0.0.1\n  port: " + std::to_string(proxy.port()) +
+                              "\nadmin:\n  enabled: true\n  # the admin listener\n  port: " + admin +
+                              "\nupstream:\n  url: http://127.0.0.1:1\n");
+  EXPECT_EQ(check("HIAPI_CONFIG=" + shq(dir.file("image.yaml"))), 0);
+  // The environment variable wins over the configuration.
+  EXPECT_EQ(check("HIAPI_CONFIG=/nonexistent HIAPI_ADMIN_PORT=" + admin), 0);
+  // The proxy listener answers /healthz with 404: unhealthy.
+  EXPECT_NE(check("HIAPI_ADMIN_PORT=" + std::to_string(proxy.port())), 0);
   proxy.process().signal(SIGTERM);
   ASSERT_EQ(proxy.process().wait(15s), 0);
-  const CommandResult gone = capture("bash -c " + shq(here));
-  EXPECT_NE(gone.status, 0) << "a stopped daemon is not healthy";
+  EXPECT_NE(check("HIAPI_ADMIN_PORT=" + admin), 0) << "a stopped daemon is not healthy";
 }
 
 TEST(ServiceContainer, SidecarConfigsListenOnThePodNetworkOnPurposeAndAreValid) {

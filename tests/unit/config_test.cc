@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -898,5 +899,117 @@ TEST(ConfigFuzzFinds, MalformedFlowMapThatNeverEndedInLoadAllIsAnError) {
   const std::string text = "{\"model\":\"sdance-2-0\",\"input\":ompt\":\"p\"},\"rout\xb0" "e\":\x17\"pro\"}";
   EXPECT_THROW(parseConfig(text, "fuzz.yaml"), ConfigError);
 }
+// ---- every error of a file in one run ------------------------------------------------------
+
+TEST(ConfigErrors, OneRunReportsEveryErrorOfAFileInFileOrder) {
+  const std::string yaml = "listen:\n"
+                           "  port: eighty\n"          // 2:9   a value
+                           "  bogus: 1\n"              // 3:3   an unknown key
+                           "limits:\n"
+                           "  rate: fast\n"            // 5:9   a value in another section
+                           "  burst: 0\n"              // 6:10  a second value in that section
+                           "  tiers:\n"
+                           "    - name: BAD\n"         // 8:13  an entry of a list...
+                           "      models: ['*']\n"
+                           "    - name: ok\n"
+                           "      max_running: -1\n"   // 11:20 ...and the next one
+                           "      models: ['*']\n"
+                           "retry:\n"
+                           "  idempotency: maybe\n";   // 14:16
+  const ConfigError e = parseError(yaml);
+  const std::vector<ConfigError> all = e.all();
+  std::vector<std::string> where;
+  for (const ConfigError& one : all) {
+    where.push_back(std::to_string(one.line()) + ":" + std::to_string(one.column()) + " " +
+                    one.keyPath());
+  }
+  EXPECT_EQ(where, (std::vector<std::string>{
+                       "2:9 listen.port", "3:3 listen.bogus", "5:9 limits.rate",
+                       "6:10 limits.burst", "8:13 limits.tiers[0].name",
+                       "11:20 limits.tiers[1].max_running", "14:16 retry.idempotency"}))
+      << e.what();
+  // what(): one "file:line:col: key: message" line per error; the accessors name the first.
+  const std::string what = e.what();
+  EXPECT_EQ(std::count(what.begin(), what.end(), '\n'), 6) << what;
+  EXPECT_EQ(what.rfind("test.yaml:2:9: listen.port: ", 0), 0u) << what;
+  EXPECT_NE(what.find("\ntest.yaml:14:16: retry.idempotency: must be off or inject"),
+            std::string::npos)
+      << what;
+  EXPECT_EQ(e.line(), 2);
+  EXPECT_EQ(e.keyPath(), "listen.port");
+}
+
+TEST(ConfigErrors, AFieldThatFailedCausesNoSecondError) {
+  // models fails: "neither models nor routes" would only repeat it.
+  const ConfigError tiers =
+      parseError("limits:\n  tiers:\n    - name: a\n      models: x\n");
+  EXPECT_EQ(tiers.all().size(), 1u) << tiers.what();
+  // max_delay fails: its default must not be compared with base_delay.
+  const ConfigError retry = parseError("retry:\n  base_delay: 40s\n  max_delay: 90s\n");
+  EXPECT_EQ(retry.all().size(), 1u) << retry.what();
+  EXPECT_EQ(retry.keyPath(), "retry.max_delay");
+  // A key entry that fails is not "no keys" for inject mode.
+  fakeEnv().erase("HIAPI_UNSET_FOR_TEST");
+  const ConfigError keys = parseError(
+      "auth:\n  mode: inject\nkeys:\n  - name: prod\n    key: ${HIAPI_UNSET_FOR_TEST}\n");
+  EXPECT_EQ(keys.all().size(), 1u) << keys.what();
+  EXPECT_EQ(keys.keyPath(), "keys[0].key");
+}
+
+TEST(ConfigErrors, YamlBooleansWhereAnOffWordIsMeant) {
+  // PyYAML and Ansible templates turn `off` into `false`.
+  for (const char* v : {"off", "false", "no"}) {
+    SCOPED_TRACE(v);
+    EXPECT_EQ(parse(std::string("retry:\n  idempotency: ") + v + "\n").retry.idempotency,
+              IdempotencyMode::Off);
+  }
+  EXPECT_EQ(parse("retry:\n  idempotency: inject\n").retry.idempotency,
+            IdempotencyMode::Inject);
+  // Booleans accept YAML's words for them.
+  EXPECT_FALSE(parse("admin:\n  enabled: off\n").admin.enabled);
+  EXPECT_FALSE(parse("tasks:\n  reconcile: no\n").tasks.reconcile);
+}
+
+TEST(ConfigDump, EveryValueParsesBackToTheSameConfigurationAndNoKeyIsShown) {
+  fakeEnv()["HIAPI_DUMP_TEST_KEY"] = "sk-dump-test-secret-0123456789";
+  const Config c = parse(R"(
+listen: {address: ::1, port: 0, max_body_size: 1MiB, client_timeout: 1500ms}
+admin: {enabled: false}
+upstream: {url: "http://127.0.0.1:8080", connect_timeout: 250ms, pool_size: 4}
+auth: {mode: inject}
+keys:
+  - {name: prod, key: "${HIAPI_DUMP_TEST_KEY}", rate: 2/s, burst: 3}
+limits:
+  rate: 90/min
+  burst: 2.5
+  tiers:
+    - {name: video, models: ["veo-*", "*@pro"], routes: [pro], max_running: 1, expected_duration: 45s}
+    - {name: rest, models: ["*"]}
+queue: {deadline: 20s, max_per_client: 7}
+retry: {idempotency: inject, budget_ratio: 0.3}
+tasks: {state_file: /var/lib/x/tasks.json, hold_near_end: 0s}
+log: {format: json, level: warn}
+drain_timeout: 5s
+)");
+  const std::string dump = c.dump();
+  EXPECT_EQ(dump.find("sk-dump-test-secret"), std::string::npos) << dump;
+  EXPECT_NE(dump.find(std::string("key: ") + std::string(kRedacted)), std::string::npos) << dump;
+  // Parses back (the redacted key is just a string there) to a configuration that dumps the same.
+  const Config again = parse(dump);
+  EXPECT_EQ(again.dump(), dump);
+  EXPECT_EQ(again.limits.rate.per_second, 1.5);
+  EXPECT_EQ(again.limits.tiers[0].expected_duration, 45s);
+  EXPECT_EQ(again.listen.client_timeout, 1500ms);
+  EXPECT_EQ(again.keys[0].rate->per_second, 2);
+  EXPECT_EQ(again.retry.idempotency, IdempotencyMode::Inject);
+  // The defaults, too: an empty file's dump names every section.
+  const std::string defaults = parse("").dump();
+  for (const char* section : {"listen:", "admin:", "upstream:", "auth:", "keys:", "limits:",
+                              "queue:", "retry:", "tasks:", "log:", "drain_timeout:"}) {
+    EXPECT_NE(("\n" + defaults).find(std::string("\n") + section), std::string::npos) << section;
+  }
+  EXPECT_EQ(parse(defaults).dump(), defaults);
+}
+
 }  // namespace
 }  // namespace hiapi::core

@@ -73,10 +73,11 @@ TEST(DeferredBook, PositionsCountOnlyTheSameKeyAndTierInAcceptanceOrder) {
 
   ASSERT_TRUE(book.markCancelled("d", 1));
   EXPECT_FALSE(book.markCancelled("d", 1));
-  const auto unsubmitted = book.unsubmittedOf("prod");
-  ASSERT_EQ(unsubmitted.size(), 2u);
-  EXPECT_EQ(unsubmitted[0]->id, "d");  // newest first
-  EXPECT_EQ(unsubmitted[1]->id, "b");
+  const auto all = book.all();  // acceptance order
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(all[0]->id, "a");
+  EXPECT_EQ(all[3]->id, "d");
+  EXPECT_EQ(book.find("d")->state, DeferredState::Cancelled);
 }
 
 TEST(DeferredBook, TimeExpiresTheQueuedAndForgetsTheEnded) {

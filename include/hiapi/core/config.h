@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hiapi/core/clock.h"
@@ -41,6 +42,11 @@ private:
 class ConfigError : public std::runtime_error {
 public:
   ConfigError(std::string file, int line, int column, std::string key_path, std::string message);
+  /// Several errors of one file: what() has one line each, in file order; the accessors
+  /// describe the first. @param errors at least one.
+  explicit ConfigError(std::vector<ConfigError> errors);
+  /// @return every error this one reports (itself alone for a single error), in file order.
+  std::vector<ConfigError> all() const { return all_.empty() ? std::vector{*this} : all_; }
   const std::string& file() const { return file_; }
   int line() const { return line_; }      ///< 1-based; 0 when not tied to a line
   int column() const { return column_; }  ///< 1-based; 0 when not tied to a line
@@ -53,6 +59,7 @@ private:
   int column_;
   std::string key_path_;
   std::string message_;
+  std::vector<ConfigError> all_;  ///< empty for a single error
 };
 
 /// A rate: `60/min`, `5/s`, `0.5/s`, `3600/h`.
@@ -237,9 +244,16 @@ struct Config {
 
   /// One-line summary for --check-config (no secrets).
   std::string summary() const;
+  /// The effective configuration as YAML: every setting, defaults included, in the file's own
+  /// grammar (it parses back to the same configuration). Key values are printed as kRedacted;
+  /// a key read from a file shows its key_file. Thread-safety: pure.
+  std::string dump() const;
 };
 
 using ConfigSharedPtr = std::shared_ptr<const Config>;
+
+/// What Config::dump() prints in place of a key.
+inline constexpr std::string_view kRedacted = "<redacted>";
 
 /// Environment lookup, injectable for tests.
 using EnvLookup = std::optional<std::string> (*)(const std::string& name);

@@ -95,8 +95,6 @@ public:
   /// @return the 1-based place of queued @p id among the queued tasks of its key and tier, in
   ///         acceptance order; nullopt when it is not queued.
   std::optional<size_t> position(std::string_view id) const;
-  /// @return @p key's records that HiAPI's list does not show (never submitted), newest first.
-  std::vector<const DeferredRecord*> unsubmittedOf(std::string_view key) const;
   /// @return every record, in acceptance order.
   std::vector<const DeferredRecord*> all() const;
 

@@ -15,6 +15,7 @@
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/key_scheduler.h"
+#include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/log.h"
 
 namespace hiapi::shell {
@@ -50,6 +51,12 @@ private:
   static void onWatchdog(evutil_socket_t, short, void* arg);
   void beginShutdown(int sig);
   void reload();
+  /// Puts @p next in force everywhere (reload, runtime limit changes).
+  void apply(core::ConfigSharedPtr next);
+  /// Admin PUT /limits/keys/<name> or /limits/tiers/<name>: changes a key's rate/burst or a
+  /// tier's ceiling in the running configuration, until the next reload. Logged as an audit line.
+  AdminServer::LimitsReply changeLimits(std::string_view rest, std::string_view body,
+                                        const std::string& peer);
   bool writePortFile();
   void refreshGauges();
   std::string statusJson();

@@ -73,6 +73,7 @@ struct InboundRequest {
   InboundProblem problem = InboundProblem::None;
   /// With BodyTooLarge: the declared Content-Length, or the bytes received when chunked.
   uint64_t body_bytes_seen = 0;
+  std::string peer;  ///< the client's "address:port", for the access log
 };
 
 /// Thread-safety: the event loop thread only.
@@ -123,6 +124,8 @@ public:
   bool acceptPaused() const { return accept_paused_; }
   /// @return accept() calls that failed (out of descriptors, ...), for tests and metrics.
   uint64_t acceptFailures() const { return accept_failures_; }
+  /// @return client connections accepted since the start.
+  uint64_t accepted() const { return accepted_; }
 
 private:
   static void onAccept(evconnlistener*, evutil_socket_t fd, sockaddr*, int, void* arg);
@@ -161,6 +164,7 @@ private:
   core::MonotonicTime last_pause_log_{};
   uint16_t port_ = 0;
   uint64_t next_exchange_ = 1;
+  uint64_t accepted_ = 0;
   std::unordered_set<Conn*> conns_;
   std::unordered_map<uint64_t, Conn*> open_;  ///< exchange → its connection
   core::NodeSpares<std::unordered_map<uint64_t, Conn*>> open_spares_;

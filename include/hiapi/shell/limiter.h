@@ -40,6 +40,10 @@ public:
   /// @return whether @p ctx waits for admission.
   bool isWaiting(const RequestCtx& ctx) const override;
 
+  /// Creates the state of key @p name now rather than at its first request, so that its
+  /// gauges exist from the start.
+  void addKey(const std::string& name) { keyState(name); }
+
   /// Applies a new configuration, keeping state for keys and tiers that still exist.
   void reconfigure(core::ConfigSharedPtr cfg);
 
@@ -81,9 +85,15 @@ private:
     RequestCtx* ctx;
     std::function<void()> go;
     std::function<void(core::ProxyError, int)> reject;
+    core::MonotonicTime since{};  ///< when it last entered the queue (queue wait metrics)
   };
+
   struct KeyState;
   struct RetryTimer;
+
+  /// Observes how long @p w waited, ending with @p outcome (sent, queue_timeout, client_gone).
+  void observeWait(const KeyState& ks, const Waiter& w, core::RouteKind route,
+                   std::string_view outcome, core::Duration waited);
 
   KeyState& keyState(const std::string& key);
   core::LimitsConfig limitsFor(const std::string& key) const;

@@ -2,10 +2,12 @@
 // Structured logging: one line per event, logfmt (default) or JSON, to stderr (journald keeps it).
 // Fields are plain strings; a Secret cannot be passed in (it has no conversion to string).
 
+#include <cmath>
 #include <cstdio>
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -13,15 +15,25 @@
 
 namespace hiapi::shell {
 
-/// One key=value field of a log line.
+/// One key=value field of a log line. Numbers and booleans stay numbers and booleans in JSON.
 struct LogField {
+  enum class Kind { String, Number, Bool };
   std::string_view key;
   std::string value;
+  Kind kind = Kind::String;
   LogField(std::string_view k, std::string v) : key(k), value(std::move(v)) {}
   LogField(std::string_view k, const char* v) : key(k), value(v ? v : "") {}
   LogField(std::string_view k, std::string_view v) : key(k), value(v) {}
-  template <typename N, typename = std::enable_if_t<std::is_arithmetic_v<N>>>
-  LogField(std::string_view k, N n) : key(k), value(std::to_string(n)) {}
+  LogField(std::string_view k, bool b) : key(k), value(b ? "true" : "false"), kind(Kind::Bool) {}
+  template <typename N, typename = std::enable_if_t<std::is_arithmetic_v<N> &&
+                                                    !std::is_same_v<N, bool>>>
+  LogField(std::string_view k, N n) : key(k), value(std::to_string(n)), kind(Kind::Number) {
+    if constexpr (std::is_floating_point_v<N>) {
+      if (!std::isfinite(n)) {
+        kind = Kind::String;  // "nan", "inf": not JSON numbers
+      }
+    }
+  }
 };
 
 /// Thread-safety: used from the event-loop thread only.

@@ -66,7 +66,8 @@ public:
   /// The proxy answered an error itself. @param code the lower-case proxy error code.
   void proxyError(std::string_view code);
   void proxyError(core::ProxyError e);
-  /// One upstream attempt finished. @param status 0 = no HTTP answer (connect error, timeout).
+  /// One upstream attempt finished (and hiapi_proxy_upstream_up follows it).
+  /// @param status 0 = no HTTP answer (connect error, timeout).
   void upstreamRequest(std::string_view key, std::string_view route, int status, double latency_s);
   /// @param cause rate | concurrency | unknown
   void upstream429(std::string_view key, std::string_view cause);
@@ -77,8 +78,13 @@ public:
   void throttle(std::string_view key, std::string_view reason, double count = 1);
   /// @param reason a fixed word: status_429, status_5xx, network, timeout, … (sanitised)
   void retry(std::string_view key, std::string_view reason);
-  /// Time spent queued before going upstream.
-  void queueWait(std::string_view key, std::string_view route, double seconds);
+  /// Time a request spent queued. @param outcome how the wait ended: sent | queue_timeout |
+  /// client_gone.
+  void queueWait(std::string_view key, std::string_view route, std::string_view outcome,
+                 double seconds);
+  /// A client request was answered (or its client left): its whole time and body bytes.
+  void clientRequest(std::string_view route, double seconds, uint64_t bytes_in,
+                     uint64_t bytes_out);
   /// @param result hit | coalesced | miss
   void pollCache(std::string_view result);
   /// A client poll was held until its task's likely end (tasks.hold_near_end).
@@ -118,13 +124,17 @@ public:
   void setUpstreamConnections(size_t busy, size_t idle);
   void setReady(bool ready);
   void setInflight(size_t n);
+  void setQueueCapacity(size_t n);
+  /// @param open client connections open now; @param accepted accepted since the start.
+  void setClientConnections(size_t open, uint64_t accepted);
   /// Removes the per-key gauge series (rate, tokens, cooldown, queue depth, tiers) of keys not in
   /// @p keys, e.g. after a reload dropped a key. Counters are kept (they must stay monotonic).
   void retainKeys(const std::vector<std::string>& keys);
 
   /// Creates at zero the reason/cause/outcome series of a configured key (throttles, upstream
-  /// 429s, tasks, lease expiries, queue waits), so that dashboards show 0 instead of "no data"
-  /// before the first event. Call for every configured key at start and after a reload.
+  /// 429s, retries, tasks, lease expiries, held polls, queue waits), so that dashboards show 0
+  /// instead of "no data" before the first event. Call for every configured key at start and
+  /// after a reload.
   void declareKey(std::string_view key, const std::vector<std::string>& tiers);
 
   /// @return the label value used for @p key (sanitised as described in the file comment).
@@ -171,6 +181,7 @@ private:
   std::string scratch_;
   std::string last_key_;              ///< keyLabelLocked()'s last input...
   std::string_view last_key_label_;   ///< ...and answer (a literal or a keys_seen_ entry)
+  prometheus::Gauge* upstream_up_series_ = nullptr;
 
 #define HIAPI_METRICS_MEMBER(member, Type, name, labels, buckets, help) \
   Cached<prometheus::Type> member##_;

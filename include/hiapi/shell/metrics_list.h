@@ -13,6 +13,17 @@
 
 // clang-format off
 #define HIAPI_METRICS(X)                                                                          \
+  X(client_request_duration, Histogram, "hiapi_proxy_client_request_duration_seconds", "route",    \
+    kLatencyBuckets,                                                                              \
+    "Time from a client request's arrival to its answer, queueing and retries included")         \
+  X(client_received_bytes, Counter, "hiapi_proxy_client_received_bytes_total", "route",           \
+    NoBuckets, "Request body bytes received from clients, by route")                              \
+  X(client_sent_bytes, Counter, "hiapi_proxy_client_sent_bytes_total", "route", NoBuckets,        \
+    "Response body bytes sent to clients, by route")                                              \
+  X(client_connections_accepted, Counter, "hiapi_proxy_client_connections_accepted_total", "",    \
+    NoBuckets, "Client connections accepted")                                                     \
+  X(client_connections, Gauge, "hiapi_proxy_client_connections", "", NoBuckets,                  \
+    "Client connections open")                                                                    \
   X(client_responses, Counter, "hiapi_proxy_client_responses_total", "key,route,code", NoBuckets, \
     "Responses sent to clients, by key name, route and HTTP status code")                        \
   X(errors, Counter, "hiapi_proxy_errors_total", "code", NoBuckets,                              \
@@ -32,8 +43,10 @@
     "decrease = rate cut)")                                                                       \
   X(retries, Counter, "hiapi_proxy_retries_total", "key,reason", NoBuckets,                       \
     "Upstream attempts retried by the proxy, by key name and reason")                             \
-  X(queue_wait, Histogram, "hiapi_proxy_queue_wait_seconds", "key,route", kQueueWaitBuckets,       \
-    "Time a request waited in the admission queue before going upstream (1 ms to 60 s buckets)")  \
+  X(queue_wait, Histogram, "hiapi_proxy_queue_wait_seconds", "key,route,outcome",                \
+    kQueueWaitBuckets,                                                                            \
+    "Time a request waited in the admission queue, by how the wait ended (sent, queue_timeout, "  \
+    "client_gone)")                                                                               \
   X(poll_cache, Counter, "hiapi_proxy_poll_cache_total", "result", NoBuckets,                     \
     "Task polls by how they were answered (hit = cached, coalesced = joined a fetch, miss)")      \
   X(polls_held, Counter, "hiapi_proxy_polls_held_total", "key", NoBuckets,                        \
@@ -56,10 +69,10 @@
     "1 when the deferred journal is writable and creates may be deferred, else 0")                \
   X(config_reloads, Counter, "hiapi_proxy_config_reloads_total", "result", NoBuckets,            \
     "Configuration reloads (SIGHUP), by result (ok, failed)")                                     \
-  X(rate_configured, Gauge, "hiapi_proxy_rate_configured", "key", NoBuckets,                      \
-    "Configured request rate of a key, in requests per second")                                   \
-  X(rate_effective, Gauge, "hiapi_proxy_rate_effective", "key", NoBuckets,                        \
-    "Effective request rate of a key after adaptive decreases, in requests per second")           \
+  X(rate_configured, Gauge, "hiapi_proxy_rate_configured_requests_per_second", "key", NoBuckets, \
+    "Configured request rate of a key")                                                           \
+  X(rate_effective, Gauge, "hiapi_proxy_rate_effective_requests_per_second", "key", NoBuckets,   \
+    "Effective request rate of a key after adaptive decreases")                                   \
   X(tokens_available, Gauge, "hiapi_proxy_tokens_available", "key", NoBuckets,                    \
     "Tokens in the key's bucket (negative while requests are borrowed ahead)")                    \
   X(advertised_limit, Gauge, "hiapi_proxy_upstream_ratelimit_limit", "key", NoBuckets,            \
@@ -70,12 +83,17 @@
     "Seconds left in the key's cool-down after an upstream 429 (0 = none)")                       \
   X(queue_depth, Gauge, "hiapi_proxy_queue_depth", "key,tier", NoBuckets,                         \
     "Requests waiting in the admission queue, per key and tier (tier=all: the whole key)")        \
+  X(queue_capacity, Gauge, "hiapi_proxy_queue_capacity", "", NoBuckets,                         \
+    "Requests the admission queue holds at most, all keys together (queue.max_size)")            \
   X(tasks_running, Gauge, "hiapi_proxy_tasks_running", "key,tier", NoBuckets,                     \
     "Tasks holding a slot of the tier's concurrency gate")                                        \
   X(tier_ceiling, Gauge, "hiapi_proxy_tier_ceiling", "key,tier,kind", NoBuckets,                  \
     "Concurrency ceiling of a tier (kind=configured, or effective after upstream 429s)")          \
   X(tracked_tasks, Gauge, "hiapi_proxy_tracked_tasks", "", NoBuckets,                             \
     "Tasks held by the task tracker")                                                             \
+  X(upstream_up, Gauge, "hiapi_proxy_upstream_up", "", NoBuckets,                                 \
+    "1 while the upstream answers (the last attempt got an HTTP reply, whatever its status), 0 "  \
+    "after one got none (connect error, TLS error, reset, timeout)")                              \
   X(upstream_connections, Gauge, "hiapi_proxy_upstream_connections", "state", NoBuckets,          \
     "Upstream connections by state (busy, idle)")                                                 \
   X(inflight, Gauge, "hiapi_proxy_inflight_requests", "", NoBuckets,                              \

@@ -26,6 +26,9 @@
 namespace hiapi::shell {
 
 /// One client request from arrival to answer. Owned by ProxyServer.
+/// The longest User-Agent the access log keeps.
+inline constexpr size_t kMaxLoggedUserAgent = 256;
+
 struct RequestCtx {
   uint64_t id = 0;
   std::string request_id;  ///< the proxy's id, "hp-…", in logs and proxy errors
@@ -73,7 +76,15 @@ struct RequestCtx {
   std::string deferred_id;  ///< the proxy's submission of deferred task "hp-tk-…" (internal)
   std::string alias_id;     ///< a client's poll of deferred task "hp-tk-…", sent as HiAPI's id
   bool list_merge = false;  ///< a list whose reply shows the key's deferred tasks too
-  std::string outcome;  ///< short word for the log: forwarded, proxy_error, client_gone
+  /// Short word for the log: forwarded, cache_hit, coalesced, a proxy error code (queue_timeout,
+  /// ...), client_gone.
+  std::string outcome;
+  // For the access log and the client metrics.
+  std::string peer;        ///< the client's "address:port"
+  /// The request path of one that was not forwarded (a forwarded one's is in upstream.target).
+  std::string path;
+  uint64_t bytes_in = 0;   ///< request body bytes
+  uint64_t bytes_out = 0;  ///< response body bytes
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
 
@@ -164,6 +175,9 @@ public:
   /// @return requests received and not yet answered (deferred submissions, kept durably and
   ///         resumed after a restart, do not count).
   size_t active() const { return requests_.size() - deferred_live_; }
+  /// @return client connections open, and accepted since the start.
+  size_t clientConnections() const { return http_ ? http_->connections() : 0; }
+  uint64_t clientConnectionsAccepted() const { return http_ ? http_->accepted() : 0; }
   bool draining() const { return draining_; }
   /// Names passthrough keys from now on (the daemon's per-install secret; a per-process one
   /// until then).
@@ -185,6 +199,9 @@ public:
   /// Sends deferred create @p s through admission as the proxy's own request.
   /// @return the request id.
   uint64_t submitDeferred(const DeferredSubmission& s);
+  /// @return the key name a request with @p authorization (passthrough) is limited under: a
+  ///         configured key's name, else its keyed identity.
+  const std::string& keyNameFor(std::string_view authorization);
   /// Withdraws the proxy's own request @p id if it has not been sent yet.
   /// @return whether it was withdrawn (false: unknown, or on the wire).
   bool withdraw(uint64_t id);
@@ -247,6 +264,8 @@ private:
   void sendReply(RequestCtx& ctx, int status, const HeaderViews& headers, std::string_view body,
                  bool close = false);
   void done(RequestCtx& ctx, int status);
+  /// @return the access log's outcome word for @p ctx.
+  static std::string_view outcomeOf(const RequestCtx& ctx);
   void admitCtx(RequestCtx& ctx);
   /// @param id the request's id; 0: a new internal one.
   RequestCtx& newCtx(uint64_t id = 0);
