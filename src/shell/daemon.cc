@@ -177,7 +177,8 @@ int Daemon::run() {
     if (ctx.internal) {
       return;
     }
-    const std::string_view key = ctx.key_name.empty() ? "none" : ctx.key_name;
+    const std::string_view key =
+        ctx.key_name.empty() ? std::string_view("none") : std::string_view(ctx.key_name);
     metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
     metrics_->clientRequest(core::routeName(ctx.route.kind),
                             seconds(core::MonotonicClock::now() - ctx.received), ctx.bytes_in,
