@@ -547,6 +547,7 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
     }
     counter(lease_expiries_, {k, t});
     gauge(deferred_tasks_, {k, t});
+    histogram(deferred_wait_, kDeferredWaitBuckets, {t});
     for (std::string_view o : {"accepted", "submitted", "failed", "expired", "cancelled"}) {
       counter(deferred_, {k, t, o});
     }

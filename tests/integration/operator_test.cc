@@ -13,6 +13,8 @@
 #include <thread>
 #include <vector>
 
+#include <set>
+
 #include <gtest/gtest.h>
 #include <rapidjson/document.h>
 
@@ -61,7 +63,15 @@ TEST(OperatorMetrics, EveryFamilyHasASampleAtTheFirstScrape) {
   const HttpResponse r = httpRequest(proxy.adminPort(), "GET", "/metrics");
   ASSERT_EQ(r.status, 200);
   const std::string text = "\n" + r.body;
+  // What the gateway advertises has no value until it advertises one: a 0 there would read as
+  // "no requests left", so those gauges appear with the first reply that carries the headers.
+  const std::set<std::string> advertised{"hiapi_proxy_upstream_ratelimit_limit",
+                                         "hiapi_proxy_upstream_ratelimit_remaining"};
   for (const shell::MetricDoc& d : shell::metricDocs()) {
+    if (advertised.count(d.name) != 0) {
+      EXPECT_FALSE(hasSeries(text, d.name)) << d.name << " before anything was advertised";
+      continue;
+    }
     const std::string series = d.type == "histogram" ? d.name + "_count" : d.name;
     EXPECT_TRUE(hasSeries(text, series)) << d.name << " has no sample before the first request";
   }
