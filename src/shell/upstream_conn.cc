@@ -5,6 +5,7 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <utility>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -621,12 +622,13 @@ void UpstreamConn::deliver() {
   const bool reuse = keep_alive_ && !trailing_ && !eof_ && read_errno_ == 0 &&
                      tls_read_error_.empty() && out_off_ == out_.size();
   busy_ = false;
+  UpstreamResponse reply = std::move(reply_);
+  reply_.body.clear();
+  // The count goes with the body: the pool releases it after the callback.
+  reply.budget_bytes = std::exchange(budget_counted_, 0);
   if (!reuse) {
     close();
   }
-  UpstreamResponse reply = std::move(reply_);
-  reply_.body.clear();
-  countBody();  // the bytes are the client's reply now, counted where it waits to be written
   owner_.onExchangeDone(*this, std::move(reply));
 }
 

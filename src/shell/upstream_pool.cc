@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "hiapi/core/http_rules.h"
+#include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/upstream_conn.h"
 
@@ -381,8 +382,12 @@ void UpstreamPool::onDeferred(evutil_socket_t, short, void* arg) {
   // completions_ and a later turn of this event.
   self->running_.swap(self->completions_);
   for (auto& [done, resp] : self->running_) {
+    uint64_t counted = resp.budget_bytes;
     if (done) {
       done(std::move(resp));
+    }
+    if (self->budget_ != nullptr && counted > 0) {
+      self->budget_->adjust(counted, 0);
     }
   }
   self->running_.clear();

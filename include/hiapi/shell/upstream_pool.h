@@ -64,6 +64,9 @@ struct UpstreamResponse {
   std::string message;             ///< detail for an error (OpenSSL reason, errno text)
   bool request_maybe_sent = true;  ///< false when it failed before any byte could be sent
   core::Duration latency{};
+  /// Body bytes still counted in the pool's BufferBudget: released once the callback has run
+  /// (by then the client's copy is counted where it waits), so no reply is uncounted in between.
+  uint64_t budget_bytes = 0;
 };
 
 using UpstreamCallback = std::function<void(UpstreamResponse&&)>;
