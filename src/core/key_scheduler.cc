@@ -241,7 +241,20 @@ void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
     out->expired_slots.insert(out->expired_slots.end(), expired.begin(), expired.end());
   }
   if (window_end_ && now >= *window_end_) {
-    window_end_.reset();  // the gateway's window reset: its allowance no longer binds
+    // At its reset the gateway lets at least one more through: a fixed window all of its limit,
+    // a sliding window or a bucket one. Which, its next answer says; until then one per token
+    // interval, for as long as the bucket takes to fill (a gateway that stopped sending its
+    // counters leaves the pacing to the bucket then).
+    const Duration step = fromSeconds(1.0 / budget_->rate());
+    const Duration fresh = fromSeconds(budget_->burst() / budget_->rate()) + step;
+    if (window_reset_ && now - *window_reset_ < fresh) {
+      while (*window_end_ <= now) {
+        *window_end_ += step;
+      }
+      window_allowance_ = 1.0;
+    } else {
+      window_end_.reset();
+    }
   }
   applyRate(now);
 }
@@ -315,9 +328,11 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     // The same window seen through another answer: the smaller allowance is the newer news.
     window_allowance_ = std::min(window_allowance_, allowance);
     window_end_ = std::max(*window_end_, end);
+    window_reset_ = window_end_;
   } else {
     window_allowance_ = allowance;
     window_end_ = end;
+    window_reset_ = end;
   }
 }
 

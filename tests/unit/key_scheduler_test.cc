@@ -548,9 +548,52 @@ TEST_F(KeySchedulerTest, WindowAllowanceCountsWhatWasSentAfterTheAnswer) {
   d = s.dispatch(t);
   EXPECT_EQ(ids(d), std::vector<uint64_t>{4});  // 3 - 2 sent after = 1
   EXPECT_EQ(*d.wake_at, kStart + milliseconds(10'050));
+  // At the reset one more goes (a sliding window or a bucket frees only one); how many the
+  // reset freed, the gateway's next answer tells.
   d = s.dispatch(kStart + milliseconds(10'050));
-  EXPECT_EQ(ids(d), (std::vector<uint64_t>{5, 6}));  // the window reset; the bucket decides
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{5});
+  EXPECT_EQ(*d.wake_at, kStart + milliseconds(11'050));  // else one per token interval
+  o.seq = d.admitted[0].seq;
+  o.ratelimit.remaining = 9;  // a fixed window: all of its limit again
+  s.onUpstreamOutcome(o, kStart + milliseconds(10'060));
+  d = s.dispatch(kStart + milliseconds(10'060));
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{6});
   EXPECT_EQ(s.snapshot(t).advertised_limit, 10.0);
+}
+
+TEST_F(KeySchedulerTest, AfterAResetWithoutNewsOnePerTokenIntervalThenTheBucketAlone) {
+  KeyScheduler s(limits(2.0, 4), queueConfig(), kStart, random_);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.wall_now = kWall;
+  o.ratelimit.remaining = 0;
+  o.ratelimit.reset = 1;
+  s.onUpstreamOutcome(o, kStart);
+  for (uint64_t i = 1; i <= 8; ++i) {
+    s.submit(req(i, RouteKind::Poll), kStart);
+  }
+  std::vector<MonotonicTime> sent;
+  MonotonicTime now = kStart;
+  for (int step = 0; step < 50 && sent.size() < 8; ++step) {
+    Dispatch d = s.dispatch(now);
+    sent.insert(sent.end(), d.admitted.size(), now);
+    if (sent.size() == 8) {
+      break;
+    }
+    ASSERT_TRUE(d.wake_at);
+    now = *d.wake_at;
+  }
+  ASSERT_EQ(sent.size(), 8u);
+  EXPECT_EQ(sent[0], kStart + seconds(1));
+  EXPECT_EQ(sent[1], kStart + milliseconds(1500));  // one per token interval (0.5 s)
+  EXPECT_EQ(sent[2], kStart + seconds(2));
+  EXPECT_EQ(sent[4], kStart + seconds(3));
+  // No counters for burst / rate + one interval (2.5 s) after the reset: the bucket alone, with
+  // what it saved meanwhile.
+  EXPECT_EQ(sent[5], kStart + milliseconds(3500));
+  EXPECT_EQ(sent[6], kStart + milliseconds(3500));
+  EXPECT_LE(sent[7], kStart + seconds(4) + milliseconds(1));
 }
 
 TEST_F(KeySchedulerTest, RemainingKeepsTheBucketInPhase) {

@@ -32,7 +32,8 @@
 //     the bucket never holds a whole token more than that (a whole one: Remaining counts whole
 //     tokens, so a bucket in phase may hold a fraction more);
 //   - with Reset, no more than r - n are admitted before the reset plus the phase margin (a
-//     window allowance);
+//     window allowance); after it, one per token interval until the next answer tells how many
+//     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
 // Phase margin: a token is usable limits.phase_margin after the bucket has it (at most a quarter
 //   of a token interval, and never more than the burst allows), so that a request paced at the
@@ -373,6 +374,7 @@ private:
   std::optional<double> advertised_remaining_;
   std::optional<MonotonicTime> window_end_;
   double window_allowance_ = 0.0;
+  std::optional<MonotonicTime> window_reset_;  ///< the reset the gateway last announced
 };
 
 }  // namespace hiapi::core
