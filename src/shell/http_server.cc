@@ -729,7 +729,9 @@ void HttpServer::reply(uint64_t exchange, int status, const HeaderViews& headers
   if (!has_date) {
     out.append("Date: ").append(httpDate()).append("\r\n");
   }
-  if (bodyAllowed(status) && !has_length) {
+  // A HEAD reply with no body and no length of its own (an upstream that sent none) gets none:
+  // "0" would say that a GET's body is empty.
+  if (bodyAllowed(status) && !has_length && !(c.head && body.empty())) {
     out.append("Content-Length: ");
     out.append(num, static_cast<size_t>(std::to_chars(num, num + sizeof num, body.size()).ptr - num));
     out.append("\r\n");

@@ -445,6 +445,16 @@ TEST_F(HardeningUpstream, HeadRepliesKeepTheUpstreamsContentLength) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.header("Content-Length"), "10");
   EXPECT_TRUE(r.body.empty());
+  // An upstream that states no length for HEAD: the proxy states none either (not "0").
+  upstream_.setHandler([](const RecordedRequest&) {
+    TestUpstream::Reply r;
+    r.headers = {{"Content-Type", "application/json"}};
+    return r;
+  });
+  auto none = httpRaw(proxy.port(), "HEAD /v1/tasks/tk-2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                                        kKey + "\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(none.status, 200);
+  EXPECT_FALSE(none.has("Content-Length")) << none.header("Content-Length");
 }
 
 }  // namespace

@@ -107,7 +107,7 @@ public:
   const HttpServerLimits& limits() const { return limits_; }
 
   /// Answers @p exchange. Adds Content-Length (none for 1xx, 204, 304; a HEAD reply keeps the
-  /// one in @p headers, any other reply's is replaced), Date when @p headers have none, and Connection when the connection closes after this reply (@p close, a client
+  /// one in @p headers, or has none when @p body is empty; any other reply's is replaced), Date when @p headers have none, and Connection when the connection closes after this reply (@p close, a client
   /// that asked for it, HTTP/1.0 without keep-alive, an unreadable request). A HEAD request's
   /// reply carries no body. No-op for an exchange that is closed or unknown.
   void reply(uint64_t exchange, int status, const HeaderViews& headers, std::string_view body,
