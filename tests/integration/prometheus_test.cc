@@ -65,7 +65,13 @@ void generateTraffic(Metrics& m, int round) {
     m.setKeyGauges({key, 1.0, 0.5 + 0.05 * (round % 10), 2.0, 3.0, static_cast<size_t>(round % 9)});
     m.setTierGauges({key, "heavy", 2, 2, 1, 3});
     m.setTierGauges({key, "light", 3, 5, 5, 1});
+    m.setDeferredQueued(key, "heavy", static_cast<size_t>(round % 4));
+    m.deferredOutcome(key, "heavy", "accepted");
+    m.deferredOutcome(key, "heavy", "submitted");
   }
+  m.deferredWait("heavy", 60.0 + 30.0 * (round % 3));
+  m.deferredRefused("full");
+  m.setDeferredStoreReady(true);
   m.proxyError(core::ProxyError::QueueTimeout);
   m.proxyError(core::ProxyError::QueueFull);
   for (const char* r : {"hit", "coalesced", "miss"}) {
