@@ -426,6 +426,43 @@ TEST(Deferred, AFullDiskStopsDeferringWithoutLosingWhatWasAccepted) {
   EXPECT_TRUE(proxy.wait(10000ms));
 }
 
+// deferred.max_per_key bounds what one key may leave queued: beyond it a create waits on its
+// connection as without deferring. /status lists the queued ones by id and key name only.
+TEST(Deferred, BeyondMaxPerKeyCreatesWaitAndStatusListsTheQueued) {
+  TempDir dir;
+  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
+                       "--heavy-duration", "3s", "--duration-jitter", "0"});
+  ASSERT_TRUE(sim.started());
+  ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("deferred.journal"), 1,
+                                  "  max_per_key: 1\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  std::string status_seen;
+  std::thread watcher([&] {
+    // While the creates wait, the proxy's /status shows the one it deferred.
+    hiapi::test::waitFor(
+        [&] {
+          status_seen = httpRequest(proxy.adminPort(), "GET", "/status").body;
+          return status_seen.find("hp-tk-") != std::string::npos;
+        },
+        10000ms);
+  });
+  int deferred = 0;
+  int waited = 0;
+  for (const Created& c : createConcurrently(proxy.port(), 3, "bounded")) {
+    ASSERT_EQ(c.resp.status, 200) << c.resp.body;
+    const std::string id = dataField(c.resp.body, "taskId");
+    (id.rfind("hp-tk-", 0) == 0 ? deferred : waited)++;
+  }
+  watcher.join();
+  EXPECT_EQ(deferred, 1);
+  EXPECT_EQ(waited, 2);
+  EXPECT_GE(metricValue(proxy.adminPort(), "hiapi_proxy_deferred_refused_total{reason=\"full\"}"),
+            1);
+  EXPECT_NE(status_seen.find("\"deferred\""), std::string::npos) << status_seen;
+  EXPECT_NE(status_seen.find("hp-tk-"), std::string::npos) << status_seen;
+  EXPECT_EQ(status_seen.find(kKey), std::string::npos) << "a key in /status";
+}
+
 // A journal written by a newer version is neither read nor overwritten: the proxy refuses to
 // start and says why.
 TEST(Deferred, AJournalOfANewerVersionRefusesToStart) {
