@@ -35,23 +35,19 @@ std::string yamlFor(uint16_t sim_port, const std::string& journal, int heavy_max
          "deferred:\n  journal: " + journal + "\n" + extra;
 }
 
+// The simulator with one heavy task of @p duration running at a time per key: every heavy
+// create beyond the first waits for a slot.
+std::vector<std::string> heavySimFlags(const std::string& duration) {
+  return {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
+          "--heavy-duration", duration, "--duration-jitter", "0"};
+}
+
 std::vector<std::pair<std::string, std::string>> auth(const std::string& key) {
   return {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}};
 }
 
 std::string heavyBody(const std::string& prompt) {
   return R"({"model":"seedance-2-0","input":{"prompt":")" + prompt + R"("}})";
-}
-
-std::string dataField(const std::string& body, const char* name) {
-  rapidjson::Document d;
-  d.Parse(body.c_str());
-  if (d.HasParseError() || !d.IsObject() || !d.HasMember("data") || !d["data"].IsObject()) {
-    return {};
-  }
-  const auto& data = d["data"];
-  auto it = data.FindMember(name);
-  return it != data.MemberEnd() && it->value.IsString() ? it->value.GetString() : "";
 }
 
 struct Created {
@@ -293,8 +289,7 @@ TEST(Deferred, PollsListsAndCancelsOfProxyTaskIds) {
 // HiAPI's error, never silently.
 TEST(Deferred, ARefusedSubmissionBecomesAFailedTask) {
   TempDir dir;
-  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
-                       "--heavy-duration", "3s", "--duration-jitter", "0"});
+  SimProcess sim(dir, heavySimFlags("3s"));
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("deferred.journal"), 1));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
@@ -321,8 +316,7 @@ TEST(Deferred, ARefusedSubmissionBecomesAFailedTask) {
 // their slot on the connection as they would without deferring, and the operator is told.
 TEST(Deferred, AnUnwritableJournalMeansWaitingNotDeferring) {
   TempDir dir;
-  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
-                       "--heavy-duration", "2s", "--duration-jitter", "0"});
+  SimProcess sim(dir, heavySimFlags("2s"));
   ASSERT_TRUE(sim.started());
   dir.write("not-a-dir", "a file where the journal's directory should be\n");
   ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("not-a-dir/deferred.journal"), 1));
@@ -340,8 +334,7 @@ TEST(Deferred, AnUnwritableJournalMeansWaitingNotDeferring) {
 // reaches HiAPI.
 TEST(Deferred, AQueuedCreateExpiresAfterMaxAge) {
   TempDir dir;
-  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
-                       "--heavy-duration", "12s", "--duration-jitter", "0"});
+  SimProcess sim(dir, heavySimFlags("12s"));
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("deferred.journal"), 1,
                                   "  max_age: 3s\n"));
@@ -366,8 +359,7 @@ TEST(Deferred, AQueuedCreateExpiresAfterMaxAge) {
 // for a create the journal does not hold, so every proxy task id becomes a task.
 TEST(Deferred, AFullDiskStopsDeferringWithoutLosingWhatWasAccepted) {
   TempDir dir;
-  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
-                       "--heavy-duration", "2s", "--duration-jitter", "0"});
+  SimProcess sim(dir, heavySimFlags("2s"));
   ASSERT_TRUE(sim.started());
   dir.write("proxy.yaml", yamlFor(sim.port(), dir.file("deferred.journal"), 1));
   // Each journal line carries a 12 KiB body: the third accept line is past the 48 KiB limit.
@@ -430,8 +422,7 @@ TEST(Deferred, AFullDiskStopsDeferringWithoutLosingWhatWasAccepted) {
 // connection as without deferring. /status lists the queued ones by id and key name only.
 TEST(Deferred, BeyondMaxPerKeyCreatesWaitAndStatusListsTheQueued) {
   TempDir dir;
-  SimProcess sim(dir, {"--rate", "20/s", "--burst", "20", "--keys", kKey, "--heavy-max", "1",
-                       "--heavy-duration", "3s", "--duration-jitter", "0"});
+  SimProcess sim(dir, heavySimFlags("3s"));
   ASSERT_TRUE(sim.started());
   ProxyProcess proxy(dir, yamlFor(sim.port(), dir.file("deferred.journal"), 1,
                                   "  max_per_key: 1\n"));

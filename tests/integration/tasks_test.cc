@@ -35,17 +35,6 @@ std::string twoTiers(const std::string& rate, int burst, int heavy_max,
          "    - {name: light, models: [\"*\"], max_running: " + std::to_string(light_max) + "}\n";
 }
 
-std::string field(const std::string& body, const char* name) {
-  rapidjson::Document d;
-  d.Parse(body.c_str());
-  if (d.HasParseError() || !d.IsObject() || !d.HasMember("data") || !d["data"].IsObject()) {
-    return {};
-  }
-  const auto& data = d["data"];
-  auto it = data.FindMember(name);
-  return it != data.MemberEnd() && it->value.IsString() ? it->value.GetString() : "";
-}
-
 std::vector<std::pair<std::string, std::string>> auth(const std::string& key) {
   return {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}};
 }
@@ -70,7 +59,7 @@ TEST(Tasks, FiftyClientsPollingOneTaskShareUpstreamPollsAndSeeEveryStatus) {
   auto created = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
                              createBody("gpt-image-2", "one task, fifty pollers"));
   ASSERT_EQ(created.status, 200) << created.body;
-  const std::string task = field(created.body, "taskId");
+  const std::string task = dataField(created.body, "taskId");
   ASSERT_FALSE(task.empty());
   const int64_t detail_before = detailRequests(simStats(sim.port()));
 
@@ -87,7 +76,7 @@ TEST(Tasks, FiftyClientsPollingOneTaskShareUpstreamPollsAndSeeEveryStatus) {
         if (r.status != 200) {
           ++errors;
         } else {
-          const std::string st = field(r.body, "status");
+          const std::string st = dataField(r.body, "status");
           if (seen[c].empty() || seen[c].back() != st) {
             seen[c].push_back(st);
           }
@@ -107,7 +96,7 @@ TEST(Tasks, FiftyClientsPollingOneTaskShareUpstreamPollsAndSeeEveryStatus) {
     t.join();
   }
   EXPECT_EQ(foreign.status, 404) << foreign.body;
-  EXPECT_EQ(field(foreign.body, "status"), "");
+  EXPECT_EQ(dataField(foreign.body, "status"), "");
 
   const int64_t upstream_polls = detailRequests(simStats(sim.port())) - detail_before - 1;  // minus key B's
   std::printf("upstream polls of the task: %lld; client answers: %d hit, %d coalesced, %d miss\n",
@@ -259,15 +248,15 @@ TEST(Tasks, APollJustBeforeItsTasksLikelyEndIsAnsweredAtThatEnd) {
     auto created = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
                                createBody("gpt-image-2", "held poll"));
     ASSERT_EQ(created.status, 200) << created.body;
-    const std::string task = field(created.body, "taskId");
+    const std::string task = dataField(created.body, "taskId");
     std::this_thread::sleep_for(1500ms);
     auto polled = httpRequest(proxy.port(), "GET", "/v1/tasks/" + task, auth(kKeyA), {}, 10000ms);
     ASSERT_EQ(polled.status, 200) << polled.body;
     if (hold) {
-      EXPECT_EQ(field(polled.body, "status"), "success") << "answered at the task's end";
+      EXPECT_EQ(dataField(polled.body, "status"), "success") << "answered at the task's end";
     } else {
-      EXPECT_NE(field(polled.body, "status"), "success") << "answered at once, mid-task";
-      EXPECT_FALSE(field(polled.body, "status").empty()) << polled.body;
+      EXPECT_NE(dataField(polled.body, "status"), "success") << "answered at once, mid-task";
+      EXPECT_FALSE(dataField(polled.body, "status").empty()) << polled.body;
     }
     // One upstream detail request served the poll, held or not (held: the proxy's look).
     EXPECT_EQ(detailRequests(simStats(sim.port())), 1);
@@ -301,7 +290,7 @@ TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOlde
     auto r = httpRequest(proxy.port(), "POST", "/v1/tasks", auth(kKeyA),
                          createBody("seedance-2-0", "heavy " + std::to_string(i)));
     ASSERT_EQ(r.status, 200) << r.body;
-    ids[i] = field(r.body, "taskId");
+    ids[i] = dataField(r.body, "taskId");
   }
   // The budget binds: 2 heavy creates wait for the full gate, 24 light ones for tokens (6 s).
   std::atomic<int> created{0};
@@ -319,7 +308,7 @@ TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOlde
   std::thread oldest([&] {
     for (int i = 0; i < 100; ++i) {
       auto r = httpRequest(proxy.port(), "GET", "/v1/tasks/" + ids[0], auth(kKeyA), {}, 30000ms);
-      if (field(r.body, "status") == "success") {
+      if (dataField(r.body, "status") == "success") {
         return;
       }
       std::this_thread::sleep_for(200ms);
@@ -332,7 +321,7 @@ TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOlde
     t.join();
   }
   ASSERT_EQ(behind.status, 200) << behind.body;
-  EXPECT_EQ(field(behind.body, "status"), "success")
+  EXPECT_EQ(dataField(behind.body, "status"), "success")
       << "the younger task's poll was not sent before the oldest's end was seen";
   EXPECT_EQ(created.load(), 26);
   const rapidjson::Document st = simStats(sim.port());

@@ -11,22 +11,6 @@
 namespace hiapi::test {
 namespace {
 
-std::string extract(const std::string& body, const std::string& field) {
-  rapidjson::Document d;
-  d.Parse(body.c_str());
-  if (d.HasParseError() || !d.IsObject()) {
-    return {};
-  }
-  auto data = d.FindMember("data");
-  if (data == d.MemberEnd() || !data->value.IsObject()) {
-    return {};
-  }
-  auto f = data->value.FindMember(field.c_str());
-  if (f == data->value.MemberEnd() || !f->value.IsString()) {
-    return {};
-  }
-  return f->value.GetString();
-}
 
 ClientResult runOne(uint16_t port, const ClientSpec& spec) {
   ClientResult total;
@@ -61,7 +45,7 @@ ClientResult runOne(uint16_t port, const ClientSpec& spec) {
       };
       HttpResponse created = httpRequest(port, "POST", "/v1/tasks", hdr, body, 70000ms);
       note(created);
-      const std::string task = created.status == 200 ? extract(created.body, "taskId") : "";
+      const std::string task = created.status == 200 ? dataField(created.body, "taskId") : "";
       if (!task.empty()) {
         ++r.creates_ok;
         bool finished = false;
@@ -73,7 +57,7 @@ ClientResult runOne(uint16_t port, const ClientSpec& spec) {
           r.cache_hits += cache == "hit";
           r.coalesced += cache == "coalesced";
           r.misses += cache == "miss";
-          const std::string st = p.status == 200 ? extract(p.body, "status") : "";
+          const std::string st = p.status == 200 ? dataField(p.body, "status") : "";
           if (st == "success") {
             ++r.done_success;
             finished = true;
@@ -137,6 +121,23 @@ std::vector<ClientResult> runClients(uint16_t proxy_port, const std::vector<Clie
     std::getline(f, r.first_error);
   }
   return out;
+}
+
+std::string dataField(const std::string& body, const std::string& name) {
+  rapidjson::Document d;
+  d.Parse(body.c_str());
+  if (d.HasParseError() || !d.IsObject()) {
+    return {};
+  }
+  auto data = d.FindMember("data");
+  if (data == d.MemberEnd() || !data->value.IsObject()) {
+    return {};
+  }
+  auto f = data->value.FindMember(name.c_str());
+  if (f == data->value.MemberEnd() || !f->value.IsString()) {
+    return {};
+  }
+  return f->value.GetString();
 }
 
 rapidjson::Document simStats(uint16_t sim_port) {

@@ -39,6 +39,9 @@ struct ClientResult {
 std::vector<ClientResult> runClients(uint16_t proxy_port, const std::vector<ClientSpec>& specs,
                                      const TempDir& dir);
 
+/// @return the string field @p name of a HiAPI reply's `data` object ("" when absent).
+std::string dataField(const std::string& body, const std::string& name);
+
 /// GET /__stats of the simulator, parsed.
 rapidjson::Document simStats(uint16_t sim_port);
 
