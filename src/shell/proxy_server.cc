@@ -215,6 +215,7 @@ void ProxyServer::admitCtx(RequestCtx& ctx) {
     return;
   }
   const uint64_t id = ctx.id;
+  const bool client_create = ctx.route.kind == core::RouteKind::Create && !ctx.internal;
   admission_->admit(
       ctx,
       [this, id] {
@@ -230,7 +231,8 @@ void ProxyServer::admitCtx(RequestCtx& ctx) {
           replyError(*c, e, {}, retry_after_s);
         }
       });
-  if (defer_hook_ != nullptr && ctx.route.kind == core::RouteKind::Create && !ctx.internal) {
+  // admit() may have answered the request at once (a full queue) and freed ctx: look it up.
+  if (defer_hook_ != nullptr && client_create) {
     if (RequestCtx* c = find(id); c != nullptr && admission_->isWaiting(*c)) {
       defer_hook_->waiting(*c);
     }

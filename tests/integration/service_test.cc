@@ -879,6 +879,11 @@ std::set<std::string> neededPackages(const std::string& binary, std::string& log
 }
 
 TEST(ServiceContainer, RuntimeStageInstallsEveryLibraryTheBinariesNeed) {
+#if defined(__SANITIZE_ADDRESS__)
+  // The image ships a release build; a sanitizer build links what the sanitizers keep alive
+  // (the whole of libevent), which says nothing about the image.
+  GTEST_SKIP() << "the runtime stage is checked against the release build's binaries";
+#endif
   if (!haveCommand("dpkg") || !haveCommand("readelf")) {
     GTEST_SKIP() << "needs dpkg and readelf (binutils)";
   }
