@@ -42,7 +42,8 @@ TEST(DeferredId, HasThePrefixAndAUlidAndNeverLooksLikeHiApis) {
   // Later ids sort after earlier ones (the time part leads).
   EXPECT_LT(a.substr(0, 16), makeDeferredId(1'800'000'100'000, random).substr(0, 16));
   for (const char* bad : {"tk-hiapi-01HZTQ8BX2N3GM3YFK4Z9D7VQR", "hp-tk-", "hp-tk-short",
-                          "hp-tk-01HZTQ8BX2N3GM3YFK4Z9D7VQ!", "hp-tk-01HZTQ8BX2N3GM3YFK4Z9D7VQRR"}) {
+                          "hp-tk-01HZTQ8BX2N3GM3YFK4Z9D7VQ!",
+                          "hp-tk-01HZTQ8BX2N3GM3YFK4Z9D7VQRR"}) {
     EXPECT_FALSE(isDeferredId(bad)) << bad;
   }
   EXPECT_TRUE(looksDeferred("hp-tk-anything"));
@@ -193,7 +194,8 @@ TEST(DeferredJson, TheCreateReplyAndADetailHaveHiApisShape) {
 
 TEST(DeferredJson, HiApisDetailIsShownUnderTheClientsIdWithHiApisBeside) {
   const std::string body =
-      R"({"code":200,"message":"success","data":{"taskId":"tk-hiapi-1","status":"success","output":[]}})";
+      R"({"code":200,"message":"success",)"
+      R"("data":{"taskId":"tk-hiapi-1","status":"success","output":[]}})";
   const auto out = rewriteDetail(body, "hp-tk-X");
   ASSERT_TRUE(out);
   const auto d = parse(*out);
