@@ -70,22 +70,25 @@ int main(int argc, char** argv) {
           evsignal_add(sigint, nullptr) != 0) {
         std::fprintf(stderr, "hiapi-sim: cannot install signal handlers\n");
         rc = 1;
-      } else if (!cfg.port_file.empty() && !writePortFile(cfg.port_file, sim.port())) {
-        std::fprintf(stderr, "hiapi-sim: cannot write port file %s\n", cfg.port_file.c_str());
-        rc = 1;
       } else {
         std::string addr = cfg.listen.find(':') != std::string::npos && cfg.listen.front() != '['
                                ? "[" + cfg.listen + "]"
                                : cfg.listen;
-        // Exactly this line (parsed by tests and scripts); extras go to stderr.
+        // Exactly this line (parsed by tests and scripts); extras go to stderr. It is out before
+        // the port file: whoever waited for the file may read the line at once.
         std::printf("hiapi-sim listening on %s:%d\n", addr.c_str(), sim.port());
         std::fflush(stdout);
-        if (!cfg.tls_cert.empty()) {
-          std::fprintf(stderr, "hiapi-sim: serving HTTPS with %s\n", cfg.tls_cert.c_str());
-        }
-        if (event_base_dispatch(base) < 0) {
-          std::fprintf(stderr, "hiapi-sim: event loop failed\n");
+        if (!cfg.port_file.empty() && !writePortFile(cfg.port_file, sim.port())) {
+          std::fprintf(stderr, "hiapi-sim: cannot write port file %s\n", cfg.port_file.c_str());
           rc = 1;
+        } else {
+          if (!cfg.tls_cert.empty()) {
+            std::fprintf(stderr, "hiapi-sim: serving HTTPS with %s\n", cfg.tls_cert.c_str());
+          }
+          if (event_base_dispatch(base) < 0) {
+            std::fprintf(stderr, "hiapi-sim: event loop failed\n");
+            rc = 1;
+          }
         }
       }
     }
