@@ -12,6 +12,7 @@
 
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/proxy_error.h"
+#include "hiapi/core/retry_policy.h"
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/limiter.h"
@@ -60,21 +61,6 @@ bool syncDir(const std::string& file) {
   return ok;
 }
 
-std::string percentEncode(std::string_view id) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : id) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
 // The `page` query parameter of @p target (1 when absent or unreadable).
 long pageOf(std::string_view target) {
   const size_t q = target.find('?');
@@ -118,14 +104,6 @@ std::optional<std::string> cancelTarget(std::string_view method, std::string_vie
     return std::nullopt;
   }
   return std::string(path);
-}
-
-core::Duration doubled(core::Duration base, int times, core::Duration cap) {
-  core::Duration d = base;
-  for (int i = 0; i < times && d < cap; ++i) {
-    d *= 2;
-  }
-  return std::min(d, cap);
 }
 
 }  // namespace
@@ -535,11 +513,11 @@ void DeferredService::submit(const core::DeferredRecord& r) {
 }
 
 void DeferredService::resubmitLater(const std::string& id) {
-  const int n = attempts_[id]++;
+  const int n = ++attempts_[id];
   // Full jitter: many deferred creates turned away together do not come back together.
-  const core::Duration cap = doubled(kResubmitMin, n, kResubmitMax);
   retry_at_[id] = clock_.now() + kResubmitMin / 2 +
-                  std::chrono::duration_cast<core::Duration>(cap * random_.uniform());
+                  core::fullJitterBackoff(kResubmitMin, kResubmitMax, static_cast<uint32_t>(n),
+                                          random_);
 }
 
 void DeferredService::fail(const std::string& id, int status, std::string code,
@@ -760,7 +738,7 @@ bool DeferredService::intercept(RequestCtx& ctx) {
       const size_t q = target.find('?');
       ctx.alias_id = r->id;
       ctx.route.task_id = r->task_id;
-      ctx.upstream.target = "/v1/tasks/" + percentEncode(r->task_id) +
+      ctx.upstream.target = "/v1/tasks/" + core::percentEncodeSegment(r->task_id) +
                             (q == std::string_view::npos ? "" : std::string(target.substr(q)));
       return false;
     }

@@ -334,17 +334,7 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
   ctx.poll_fetcher = true;
   ctx.authorization = authorization;
   ctx.upstream.method = EVHTTP_REQ_GET;
-  std::string enc;
-  for (unsigned char c : task_id) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      enc.push_back(static_cast<char>(c));
-    } else {
-      char b[4];
-      std::snprintf(b, sizeof b, "%%%02X", c);
-      enc += b;
-    }
-  }
-  ctx.upstream.target = "/v1/tasks/" + enc;
+  ctx.upstream.target = "/v1/tasks/" + core::percentEncodeSegment(task_id);
   ctx.upstream.headers.push_back(Header{"Accept", "application/json"});
   ctx.upstream.headers.push_back(Header{"User-Agent", "hiapi-proxy/" HIAPI_PROXY_VERSION});
   ctx.upstream.headers.push_back(Header{"Authorization", authorization});

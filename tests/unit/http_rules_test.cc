@@ -42,3 +42,23 @@ TEST(HttpRules, HopByHopFromTheListProxyPrefixAndConnection) {
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+TEST(PercentEncodeSegment, KeepsUnreservedAndEscapesEveryOtherByteAndRoundTrips) {
+  EXPECT_EQ(percentEncodeSegment("tk-hiapi-01HZ_a.b~c"), "tk-hiapi-01HZ_a.b~c");
+  EXPECT_EQ(percentEncodeSegment("a/b c?%"), "a%2Fb%20c%3F%25");
+  EXPECT_EQ(percentEncodeSegment(std::string("\xff\x00", 2)), "%FF%00");
+  const std::string all = [] {
+    std::string s;
+    for (int c = 0; c < 256; ++c) {
+      s.push_back(static_cast<char>(c));
+    }
+    return s;
+  }();
+  EXPECT_EQ(percentDecode(percentEncodeSegment(all)), all);
+}
+
+}  // namespace
+}  // namespace hiapi::core

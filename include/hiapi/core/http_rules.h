@@ -20,6 +20,10 @@ struct RouteMatch {
   std::string task_id;  ///< percent-decoded id for Poll, empty otherwise
 };
 
+/// Percent-encodes @p s as one path segment: unreserved characters (RFC 3986 ALPHA, DIGIT,
+/// `-._~`) stay, every other byte becomes `%XX` (upper-case hex).
+std::string percentEncodeSegment(std::string_view s);
+
 /// Percent-decodes @p s. @return nullopt on a malformed escape.
 std::optional<std::string> percentDecode(std::string_view s);
 
