@@ -215,7 +215,8 @@ void UpstreamConn::startConnect() {
   hints.ai_protocol = IPPROTO_TCP;
   const std::string port = std::to_string(cfg_.port);
   if (dns_ == nullptr) {
-    // No resolver could be set up (the pool logged it): block, as evhttp did then.
+    // No resolver could be set up (the pool logged it): a blocking lookup is the only way left
+    // to reach the upstream, and a stalled loop beats refusing every request.
     evutil_addrinfo* res = nullptr;
     const int rc = evutil_getaddrinfo(cfg_.host.c_str(), port.c_str(), &hints, &res);
     auto* wait = new DnsWait{this};

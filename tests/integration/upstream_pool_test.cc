@@ -372,7 +372,7 @@ TEST_F(UpstreamPoolTest, WritesOneWellFormedRequestWithHostAndContentLength) {
   EXPECT_EQ(seen.requests[0], "POST /v1/tasks?x=1&y=%20 HTTP/1.1\r\n" + host +
                                  "Authorization: Bearer k\r\nA: b\r\nContent-Length: 7\r\n\r\n"
                                  R"({"a":1})")
-      << "a header with a bare CR LF is dropped, as evhttp did";
+      << "a header with a bare CR LF is dropped: it could smuggle a second header upstream";
   EXPECT_EQ(seen.requests[1], "POST /v1/empty HTTP/1.1\r\n" + host + "Content-Length: 0\r\n\r\n");
   EXPECT_EQ(seen.requests[2], "GET /v1/tasks/tk-1 HTTP/1.1\r\n" + host + "\r\n");
 }

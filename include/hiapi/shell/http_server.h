@@ -1,11 +1,11 @@
 #pragma once
 // The client-facing HTTP/1.1 server: keep-alive connections on non-blocking sockets, each
 // registered with epoll once (edge-triggered, read, write and peer-close), requests parsed with
-// llhttp (nodejs's parser), replies written at once with one writev.
+// llhttp (nodejs's parser), replies written at once with one send.
 //
 // Why not evhttp: libevent's evhttp switches a connection's epoll interest off and on around
-// every request and writes a reply only after another epoll round (B3 counted six epoll_ctl per
-// forwarded request on the two sides); a proxy that must cost less than nginx cannot afford it.
+// every request and writes a reply only after another epoll round (six epoll_ctl per forwarded
+// request on the two sides under B3's load); a proxy that must cost less than nginx cannot afford it.
 //
 // One request per connection is open at a time: bytes a client pipelines behind it wait in the
 // connection's buffer until the reply is written. A client that closes its connection while its
