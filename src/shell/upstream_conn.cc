@@ -41,62 +41,10 @@ std::string_view methodName(evhttp_cmd_type m) {
   return {};
 }
 
-/// What evhttp_add_header accepted: no CR or LF in a name, and in a value only as an obs-fold
-/// (CR/LF followed by a space or tab). A NUL would have cut evhttp's C string; we refuse it too.
-/// Anything else could smuggle a header or a second request. A byte loop: it runs over every
-/// header of every forwarded request.
-bool specialByte(char c) { return c == '\r' || c == '\n' || c == '\0'; }
-
-bool validHeader(const Header& h) {
-  if (h.name.empty() || std::any_of(h.name.begin(), h.name.end(), specialByte)) {
-    return false;
-  }
-  const std::string& v = h.value;
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (!specialByte(v[i])) {
-      continue;
-    }
-    if (v[i] == '\0') {
-      return false;
-    }
-    while (i < v.size() && (v[i] == '\r' || v[i] == '\n')) {
-      ++i;
-    }
-    if (i == v.size() || (v[i] != ' ' && v[i] != '\t')) {
-      return false;
-    }
-  }
-  return true;
-}
-
-bool isInterim(unsigned status) { return status >= 100 && status < 200 && status != 101; }
-
 }  // namespace
 
 void serializeRequest(std::string& out, const UpstreamRequest& req, std::string_view host_header) {
-  out.clear();
-  size_t size = 64 + req.target.size() + host_header.size() + req.body.size();  // line, framing
-  for (const Header& h : req.headers) {
-    size += h.name.size() + h.value.size() + 4;
-  }
-  out.reserve(size);  // one allocation at most (none when out is reused)
-  out.append(methodName(req.method)).append(1, ' ').append(req.target);
-  out.append(" HTTP/1.1\r\nHost: ").append(host_header).append("\r\n");
-  for (const Header& h : req.headers) {
-    if (validHeader(h)) {
-      out.append(h.name).append(": ").append(h.value).append("\r\n");
-    }
-  }
-  // evhttp stated the length for a body and always for POST and PUT, which servers expect even
-  // when empty; PATCH is the same kind of request.
-  const bool body_method = req.method == EVHTTP_REQ_POST || req.method == EVHTTP_REQ_PUT ||
-                           req.method == EVHTTP_REQ_PATCH;
-  if (!req.body.empty() || body_method) {
-    char digits[24];
-    const auto end = std::to_chars(digits, digits + sizeof digits, req.body.size()).ptr;
-    out.append("Content-Length: ").append(digits, end).append("\r\n");
-  }
-  out.append("\r\n").append(req.body);
+  http::writeRequest(out, methodName(req.method), req.target, host_header, req.headers, req.body);
 }
 
 /// The argument of a pending evdns_getaddrinfo: it outlives a connection closed meanwhile (the
@@ -104,24 +52,6 @@ void serializeRequest(std::string& out, const UpstreamRequest& req, std::string_
 struct UpstreamConn::DnsWait {
   UpstreamConn* conn;
 };
-
-const llhttp_settings_t& UpstreamConn::parserSettings() {
-  static const llhttp_settings_t s = [] {
-    llhttp_settings_t x;
-    llhttp_settings_init(&x);
-    x.on_message_begin = &UpstreamConn::onMessageBegin;
-    x.on_header_field = &UpstreamConn::onHeaderField;
-    x.on_header_value = &UpstreamConn::onHeaderValue;
-    x.on_headers_complete = &UpstreamConn::onHeadersComplete;
-    x.on_body = &UpstreamConn::onBody;
-    x.on_message_complete = &UpstreamConn::onMessageComplete;
-    return x;
-  }();
-  return s;
-}
-
-// Replies usually carry fewer headers than this (HiAPI's: about eight).
-constexpr size_t kUsualHeaders = 16;
 
 UpstreamConn::UpstreamConn(event_base* base, evdns_base* dns, const core::UpstreamConfig& cfg,
                            const TlsClientContext* tls, Owner& owner)
@@ -139,8 +69,8 @@ bool UpstreamConn::init(std::string& error) {
   }
   // A write that would block is retried later from the same buffer, and may go out in parts.
   SSL_set_mode(ssl_, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
-  // A peer that closes without close_notify after a complete reply is common: plain EOF, as
-  // bufferevent_openssl_set_allow_dirty_shutdown did. The HTTP framing tells a cut reply.
+  // A peer that closes without close_notify after a complete reply is common: it is read as
+  // plain EOF, and the HTTP framing tells a cut reply from a whole one.
   SSL_set_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
   // One recv per read instead of one for the record header and one for the record.
   SSL_set_read_ahead(ssl_, 1);
@@ -513,7 +443,7 @@ void UpstreamConn::readReply(short what) {
       }
       n = static_cast<size_t>(rc);
     }
-    const bool go_on = consume(in_, n);
+    const bool go_on = parser_.feed(in_, n);
     countBody();
     if (!go_on) {
       break;
@@ -522,26 +452,19 @@ void UpstreamConn::readReply(short what) {
     // (EV_CLOSED), or the reply is not complete yet: then read on to EAGAIN or EOF, since a FIN
     // or reset reported with the data brings no later edge (libevent folds EPOLLERR into
     // READ|WRITE, without EV_CLOSED).
-    if (ssl_ == nullptr && complete_ && n < sizeof in_ && (what & EV_CLOSED) == 0) {
+    if (ssl_ == nullptr && parser_.complete() && n < sizeof in_ && (what & EV_CLOSED) == 0) {
       break;
     }
   }
 
-  if (protocol_error_) {
-    std::string why;
-    if (too_large_) {
-      why = "reply body larger than " + std::to_string(kMaxResponseBody) + " bytes";
-    } else if (headers_too_large_) {
-      why = "reply headers larger than " + std::to_string(kMaxResponseHeaders) + " bytes";
-    } else if (obs_fold_) {
-      why = "invalid reply from the upstream: a folded header line (obs-fold)";
-    } else {
-      const char* reason = llhttp_get_error_reason(&parser_);
-      why = std::string("invalid reply from the upstream: ") +
-            (reason != nullptr ? reason : llhttp_errno_name(llhttp_get_errno(&parser_)));
-    }
-    fail(UpstreamError::Protocol, std::move(why), true);
-  } else if (complete_) {
+  if (protocolError()) {
+    const http::ResponseParser::Problem problem = parser_.problem();
+    const bool malformed = problem == http::ResponseParser::Problem::ObsFold ||
+                           problem == http::ResponseParser::Problem::Invalid;
+    fail(UpstreamError::Protocol,
+         malformed ? "invalid reply from the upstream: " + parser_.describe() : parser_.describe(),
+         true);
+  } else if (parser_.complete()) {
     deliver();
   } else if (eof_) {
     onEof();
@@ -577,35 +500,15 @@ void UpstreamConn::readIdle() {
   owner_.onIdleClosed(*this);
 }
 
-bool UpstreamConn::consume(const char* data, size_t len) {
-  got_bytes_ = true;
-  if (complete_) {
-    trailing_ = true;  // bytes after the reply: this connection is out of step
-    return false;
-  }
-  chunk_begin_ = data;
-  const llhttp_errno_t err = llhttp_execute(&parser_, data, len);
-  chunk_prev_last_ = len > 0 ? data[len - 1] : chunk_prev_last_;
-  if (complete_) {  // the parser paused right after the final reply
-    if (err == HPE_PAUSED && llhttp_get_error_pos(&parser_) < data + len) {
-      trailing_ = true;
-      return false;
-    }
-    return true;
-  }
-  if (err != HPE_OK) {
-    protocol_error_ = true;
-    return false;
-  }
-  return true;
+bool UpstreamConn::protocolError() const {
+  using Problem = http::ResponseParser::Problem;
+  const Problem p = parser_.problem();
+  return p != Problem::None && p != Problem::Incomplete;
 }
 
 void UpstreamConn::onEof() {
-  if (got_bytes_) {
-    // Ends a body delimited by the close; an error in any other state (a cut reply).
-    llhttp_finish(&parser_);
-  }
-  if (complete_) {
+  parser_.finish();  // ends a body delimited by the close
+  if (parser_.complete()) {
     deliver();
     return;
   }
@@ -613,14 +516,14 @@ void UpstreamConn::onEof() {
   // it was processed is unknown, so request_maybe_sent stays true and the caller's retry policy
   // decides (as with evhttp).
   fail(UpstreamError::Reset,
-       got_bytes_ ? "upstream closed the connection before the reply was complete"
+       parser_.gotBytes() ? "upstream closed the connection before the reply was complete"
                   : "upstream closed the connection without a reply",
        true);
 }
 
 void UpstreamConn::deliver() {
   ++answered_;
-  const bool reuse = keep_alive_ && !trailing_ && !eof_ && read_errno_ == 0 &&
+  const bool reuse = parser_.keepAlive() && !parser_.trailing() && !eof_ && read_errno_ == 0 &&
                      tls_read_error_.empty() && out_off_ == out_.size();
   busy_ = false;
   UpstreamResponse reply = std::move(reply_);
@@ -657,122 +560,14 @@ void UpstreamConn::failTls(const std::string& fallback) {
 
 void UpstreamConn::resetReply(bool head) {
   reply_.error = UpstreamError::None;
-  reply_.status = 0;
-  reply_.headers.clear();
-  reply_.body.clear();
+  parser_.begin(reply_, head);
   countBody();
   reply_.message.clear();
   reply_.request_maybe_sent = true;
   reply_.latency = {};
-  llhttp_init(&parser_, HTTP_RESPONSE, &parserSettings());
-  parser_.data = this;
-  header_bytes_ = 0;
-  headers_too_large_ = false;
-  obs_fold_ = false;
-  chunk_prev_last_ = 0;
-  head_ = head;
-  got_bytes_ = false;
-  header_value_ = false;
-  complete_ = false;
-  keep_alive_ = false;
-  trailing_ = false;
-  too_large_ = false;
-  protocol_error_ = false;
   eof_ = false;
   read_errno_ = 0;
   tls_read_error_.clear();
-}
-
-// ---- llhttp callbacks ---------------------------------------------------------------------------
-
-int UpstreamConn::onMessageBegin(llhttp_t* p) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  // A final reply after an interim one starts from scratch.
-  c->reply_.headers.clear();
-  c->reply_.headers.reserve(kUsualHeaders);  // the reply is moved out: one allocation, not four
-  c->reply_.body.clear();
-  c->header_value_ = false;
-  return 0;
-}
-
-int UpstreamConn::onHeaderField(llhttp_t* p, const char* at, size_t len) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  // A name may come in pieces (split across reads): a new header starts after a value.
-  if (c->header_value_ || c->reply_.headers.empty()) {
-    c->reply_.headers.emplace_back();
-    c->header_value_ = false;
-  }
-  c->header_bytes_ += len;
-  if (c->header_bytes_ > kMaxResponseHeaders) {
-    c->headers_too_large_ = true;
-    return -1;
-  }
-  c->reply_.headers.back().name.append(at, len);
-  return 0;
-}
-
-int UpstreamConn::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  c->header_value_ = true;
-  c->header_bytes_ += len;
-  if (c->header_bytes_ > kMaxResponseHeaders) {
-    c->headers_too_large_ = true;
-    return -1;
-  }
-  // A value span right after a line feed continues a folded line (obs-fold): llhttp joins it
-  // to the value. RFC 9112 §5.2 lets a proxy replace the fold or refuse the reply with 502; it
-  // is refused, since the upstream meant something by it that the client would not see.
-  const char before = at > c->chunk_begin_ ? at[-1] : c->chunk_prev_last_;
-  if (before == '\n') {
-    c->obs_fold_ = true;
-    return -1;
-  }
-  if (!c->reply_.headers.empty()) {
-    c->reply_.headers.back().value.append(at, len);
-  }
-  return 0;
-}
-
-int UpstreamConn::onHeadersComplete(llhttp_t* p) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  if (isInterim(p->status_code)) {
-    return 1;  // no body; the final reply follows
-  }
-  if (c->head_) {
-    return 1;  // a reply to HEAD has no body, whatever its Content-Length says
-  }
-  if ((p->flags & F_CONTENT_LENGTH) != 0) {
-    if (p->content_length > kMaxResponseBody) {
-      c->too_large_ = true;
-      return -1;
-    }
-    c->reply_.body.reserve(static_cast<size_t>(p->content_length));
-  }
-  return 0;
-}
-
-int UpstreamConn::onBody(llhttp_t* p, const char* at, size_t len) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  if (c->reply_.body.size() + len > kMaxResponseBody) {
-    c->too_large_ = true;
-    return -1;
-  }
-  c->reply_.body.append(at, len);
-  return 0;
-}
-
-int UpstreamConn::onMessageComplete(llhttp_t* p) {
-  auto* c = static_cast<UpstreamConn*>(p->data);
-  if (isInterim(p->status_code)) {
-    return 0;  // 100 Continue and friends: read on
-  }
-  c->reply_.status = static_cast<int>(p->status_code);
-  c->complete_ = true;
-  // Connection: close, HTTP/1.0 without keep-alive and close-delimited bodies end the
-  // connection; so does a protocol switch.
-  c->keep_alive_ = llhttp_should_keep_alive(p) != 0 && p->status_code != 101 && p->upgrade == 0;
-  // Stop right after this reply: anything behind it is not an answer to anything we sent.
-  return HPE_PAUSED;
 }
 
 }  // namespace hiapi::shell

@@ -9,15 +9,6 @@
 
 namespace hiapi::shell {
 
-const std::string* findHeader(const Headers& headers, std::string_view name) {
-  for (const Header& h : headers) {
-    if (core::iequals(h.name, name)) {
-      return &h.value;
-    }
-  }
-  return nullptr;
-}
-
 std::string_view upstreamErrorName(UpstreamError e) {
   switch (e) {
   case UpstreamError::None:

@@ -2,6 +2,9 @@
 
 #include "http_client.h"
 
+#include "hiapi/http/message.h"
+#include "hiapi/http/response_parser.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -25,12 +28,6 @@ std::string lowerCase(std::string s) {
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return s;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = s.find_first_not_of(" \t");
-  size_t e = s.find_last_not_of(" \t\r");
-  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
 }
 
 std::string opensslError() {
@@ -195,21 +192,17 @@ std::string HttpClient::send(const std::string& method, const std::string& targe
       return e;
     }
   }
-  std::string req = method + " " + target + " HTTP/1.1\r\n";
-  req += "Host: " + options_.host + ":" + std::to_string(options_.port) + "\r\n";
-  bool has_length = false;
+  http::Headers list;
   for (const auto& [n, v] : headers) {
-    req += n + ": " + v + "\r\n";
-    has_length = has_length || strcasecmp(n.c_str(), "Content-Length") == 0;
-  }
-  if (!has_length && (!body.empty() || method == "POST" || method == "PUT")) {
-    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    list.push_back({n, v});
   }
   if (!options_.keep_alive) {
-    req += "Connection: close\r\n";
+    list.push_back({"Connection", "close"});
   }
-  req += "\r\n";
-  req += body;
+  std::string req;
+  http::writeRequest(req, method, target, options_.host + ":" + std::to_string(options_.port), list,
+                     body, http::UnsafeHeaders::Keep);
+  last_method_ = method;
   std::string error;
   if (!writeAll(req, &error)) {
     close();
@@ -224,95 +217,37 @@ HttpResponse HttpClient::receive() {
     r.error = "not connected";
     return r;
   }
-  // Head.
-  size_t head_end = std::string::npos;
-  while ((head_end = buf_.find("\r\n\r\n")) == std::string::npos) {
-    long n = readMore(&r.error);
-    if (n <= 0) {
-      if (n == 0) {
-        r.error = buf_.empty() ? "connection closed before any response" : "truncated head";
-      }
+  http::Response raw;
+  http::ResponseParser parser;
+  parser.begin(raw, last_method_ == "HEAD");
+  size_t used = 0;
+  bool more = parser.feed(buf_.data(), buf_.size(), &used);
+  buf_.erase(0, used);
+  while (more && !parser.complete()) {
+    const long n = readMore(&r.error);
+    if (n < 0) {
       close();
       return r;
     }
+    if (n == 0) {
+      parser.finish();
+      break;
+    }
+    more = parser.feed(buf_.data(), buf_.size(), &used);
+    buf_.erase(0, used);
   }
-  std::string head = buf_.substr(0, head_end);
-  buf_.erase(0, head_end + 4);
-  size_t line_end = head.find("\r\n");
-  std::string status_line = head.substr(0, line_end);
-  if (status_line.rfind("HTTP/1.", 0) != 0 || status_line.size() < 12) {
-    r.error = "bad status line: " + status_line;
+  if (!parser.complete()) {
+    r.error = !parser.gotBytes() ? "connection closed before any response"
+                                 : "invalid or truncated response: " + parser.describe();
     close();
     return r;
   }
-  r.status = std::atoi(status_line.c_str() + 9);
-  size_t pos = line_end == std::string::npos ? head.size() : line_end + 2;
-  while (pos < head.size()) {
-    size_t e = head.find("\r\n", pos);
-    if (e == std::string::npos) {
-      e = head.size();
-    }
-    std::string line = head.substr(pos, e - pos);
-    size_t colon = line.find(':');
-    if (colon != std::string::npos) {
-      r.headers[lowerCase(trim(line.substr(0, colon)))] = trim(line.substr(colon + 1));
-    }
-    pos = e + 2;
+  r.status = raw.status;
+  for (http::Header& h : raw.headers) {
+    r.headers[lowerCase(h.name)] = std::move(h.value);
   }
-  // Body.
-  std::string te = lowerCase(r.header("transfer-encoding"));
-  if (te.find("chunked") != std::string::npos) {
-    for (;;) {
-      size_t crlf;
-      while ((crlf = buf_.find("\r\n")) == std::string::npos) {
-        if (readMore(&r.error) <= 0) {
-          r.error = r.error.empty() ? "truncated chunk" : r.error;
-          close();
-          return r;
-        }
-      }
-      size_t len = std::strtoul(buf_.substr(0, crlf).c_str(), nullptr, 16);
-      while (buf_.size() < crlf + 2 + len + 2) {
-        if (readMore(&r.error) <= 0) {
-          r.error = r.error.empty() ? "truncated chunk" : r.error;
-          close();
-          return r;
-        }
-      }
-      r.body += buf_.substr(crlf + 2, len);
-      buf_.erase(0, crlf + 2 + len + 2);
-      if (len == 0) {
-        break;  // (trailers are not supported)
-      }
-    }
-  } else if (r.hasHeader("content-length")) {
-    size_t len = std::strtoul(r.header("content-length").c_str(), nullptr, 10);
-    while (buf_.size() < len) {
-      long n = readMore(&r.error);
-      if (n <= 0) {
-        r.error = r.error.empty() ? "truncated body" : r.error;
-        close();
-        return r;
-      }
-    }
-    r.body = buf_.substr(0, len);
-    buf_.erase(0, len);
-  } else {
-    for (;;) {
-      long n = readMore(&r.error);
-      if (n < 0) {
-        close();
-        return r;
-      }
-      if (n == 0) {
-        break;
-      }
-    }
-    r.body = buf_;
-    buf_.clear();
-    close();
-  }
-  if (!options_.keep_alive || lowerCase(r.header("connection")) == "close") {
+  r.body = std::move(raw.body);
+  if (!options_.keep_alive || !parser.keepAlive()) {
     close();
   }
   return r;

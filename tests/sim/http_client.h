@@ -64,6 +64,7 @@ private:
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
   std::string buf_;  ///< bytes read past the last response
+  std::string last_method_;  ///< of the request whose response is next
 };
 
 /// Convenience: "Authorization: Bearer KEY" plus JSON content type.

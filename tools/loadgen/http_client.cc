@@ -1,5 +1,8 @@
 #include "http_client.h"
 
+#include "hiapi/http/message.h"
+#include "hiapi/http/response_parser.h"
+
 #include <cerrno>
 #include <cstring>
 #include <strings.h>
@@ -42,24 +45,6 @@ bool waitFd(int fd, short events, Clock::time_point deadline, bool* timed_out) {
       return false;
     }
   }
-}
-
-std::string lower(std::string s) {
-  for (char& c : s) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && (s[b] == ' ' || s[b] == '\t')) {
-    ++b;
-  }
-  while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t' || s[e - 1] == '\r')) {
-    --e;
-  }
-  return s.substr(b, e - b);
 }
 
 }  // namespace
@@ -166,16 +151,13 @@ bool HttpClient::connect(Clock::time_point deadline, std::string* error) {
 Response HttpClient::request(const std::string& method, const std::string& target,
                              const Headers& headers, const std::string& body,
                              Clock::time_point deadline) {
-  std::string raw = method + " " + target + " HTTP/1.1\r\nHost: " + ep_.host + ":" +
-                    std::to_string(ep_.port) + "\r\n";
+  http::Headers list;
   for (const auto& [k, v] : headers) {
-    raw += k + ": " + v + "\r\n";
+    list.push_back({k, v});
   }
-  if (!body.empty() || method == "POST" || method == "PUT") {
-    raw += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-  }
-  raw += "\r\n";
-  raw += body;
+  std::string raw;
+  http::writeRequest(raw, method, target, ep_.host + ":" + std::to_string(ep_.port), list, body,
+                     http::UnsafeHeaders::Keep);
   for (int attempt = 0; attempt < 2; ++attempt) {
     const bool reused = fd_ >= 0;
     if (!reused) {
@@ -223,138 +205,42 @@ Response HttpClient::once(const std::string& raw, const std::string& method,
     return fail(std::string("send: ") + std::strerror(errno));
   }
 
-  std::string buf;
-  size_t header_end = std::string::npos;
-  bool eof = false;
-  auto readMore = [&]() -> bool {
-    char tmp[16384];
-    for (;;) {
-      const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-      if (n > 0) {
-        buf.append(tmp, static_cast<size_t>(n));
-        return true;
-      }
-      if (n == 0) {
-        eof = true;
-        return false;
-      }
-      if (errno == EINTR) {
-        continue;
-      }
-      if (errno != EAGAIN) {
-        r.error = std::string("recv: ") + std::strerror(errno);
-        return false;
-      }
-      if (!waitFd(fd_, POLLIN, deadline, &r.timed_out)) {
-        r.error = r.timed_out ? "timeout" : "poll error";
-        return false;
-      }
-    }
-  };
-  while ((header_end = buf.find("\r\n\r\n")) == std::string::npos) {
-    if (!readMore()) {
-      *nothing_received = buf.empty() && !r.timed_out;
-      return fail(r.error.empty() ? (buf.empty() ? "closed before reply" : "closed in headers")
-                                  : r.error);
-    }
-    if (buf.size() > (1 << 20)) {
-      return fail("headers too large");
-    }
-  }
-  // Status line and headers.
-  size_t line_end = buf.find("\r\n");
-  const std::string status_line = buf.substr(0, line_end);
-  if (status_line.compare(0, 5, "HTTP/") != 0 || status_line.size() < 12) {
-    return fail("bad status line");
-  }
-  const int status = std::atoi(status_line.c_str() + 9);
-  bool chunked = false, close_after = status_line.compare(0, 8, "HTTP/1.0") == 0;
-  long long length = -1;
-  size_t pos = line_end + 2;
-  while (pos < header_end) {
-    const size_t e = buf.find("\r\n", pos);
-    const std::string line = buf.substr(pos, e - pos);
-    pos = e + 2;
-    const size_t colon = line.find(':');
-    if (colon == std::string::npos) {
+  http::Response reply;
+  http::ResponseParser parser;
+  parser.begin(reply, method == "HEAD");
+  bool more = true;
+  char tmp[16384];
+  while (more && !parser.complete()) {
+    const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n > 0) {
+      more = parser.feed(tmp, static_cast<size_t>(n));
       continue;
     }
-    std::string name = trim(line.substr(0, colon));
-    std::string value = trim(line.substr(colon + 1));
-    const std::string lname = lower(name);
-    if (lname == "content-length") {
-      length = std::atoll(value.c_str());
-    } else if (lname == "transfer-encoding" && lower(value).find("chunked") != std::string::npos) {
-      chunked = true;
-    } else if (lname == "connection") {
-      const std::string lv = lower(value);
-      close_after = lv.find("close") != std::string::npos
-                        ? true
-                        : (lv.find("keep-alive") != std::string::npos ? false : close_after);
+    if (n == 0) {
+      parser.finish();
+      break;
     }
-    r.headers.emplace_back(std::move(name), std::move(value));
+    if (errno == EINTR) {
+      continue;
+    }
+    if (errno != EAGAIN) {
+      *nothing_received = !parser.gotBytes();
+      return fail(std::string("recv: ") + std::strerror(errno));
+    }
+    if (!waitFd(fd_, POLLIN, deadline, &r.timed_out)) {
+      return fail(r.timed_out ? "timeout" : "poll error");
+    }
   }
-  buf.erase(0, header_end + 4);
-  const bool no_body = method == "HEAD" || status == 204 || status == 304 || status / 100 == 1;
-  if (no_body) {
-    length = 0;
-    chunked = false;
+  if (!parser.complete()) {
+    *nothing_received = !parser.gotBytes();
+    return fail(parser.gotBytes() ? "bad or cut reply: " + parser.describe() : "closed before reply");
   }
-  if (chunked) {
-    std::string out;
-    for (;;) {
-      size_t le;
-      while ((le = buf.find("\r\n")) == std::string::npos) {
-        if (!readMore()) {
-          return fail("closed in chunk size");
-        }
-      }
-      const long long size = std::strtoll(buf.c_str(), nullptr, 16);
-      buf.erase(0, le + 2);
-      if (size < 0) {
-        return fail("bad chunk size");
-      }
-      if (size == 0) {
-        // Trailers end with an empty line.
-        while ((le = buf.find("\r\n")) != 0) {
-          if (le != std::string::npos) {
-            buf.erase(0, le + 2);
-            continue;
-          }
-          if (!readMore()) {
-            return fail("closed in trailers");
-          }
-        }
-        buf.erase(0, 2);
-        break;
-      }
-      while (buf.size() < static_cast<size_t>(size) + 2) {
-        if (!readMore()) {
-          return fail("closed in chunk");
-        }
-      }
-      out.append(buf, 0, static_cast<size_t>(size));
-      buf.erase(0, static_cast<size_t>(size) + 2);
-    }
-    r.body = std::move(out);
-  } else if (length >= 0) {
-    while (buf.size() < static_cast<size_t>(length)) {
-      if (!readMore()) {
-        return fail("closed in body");
-      }
-    }
-    r.body = buf.substr(0, static_cast<size_t>(length));
-  } else {
-    while (readMore()) {
-    }
-    if (!eof) {
-      return fail(r.error);
-    }
-    r.body = std::move(buf);
-    close_after = true;
+  r.status = reply.status;
+  for (http::Header& h : reply.headers) {
+    r.headers.emplace_back(std::move(h.name), std::move(h.value));
   }
-  r.status = status;
-  if (close_after) {
+  r.body = std::move(reply.body);
+  if (!parser.keepAlive() || parser.trailing()) {
     close();
   }
   return r;

@@ -15,10 +15,10 @@
 
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <llhttp.h>
 #include <openssl/ssl.h>
 
 #include "hiapi/core/config.h"
+#include "hiapi/http/response_parser.h"
 #include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/upstream_pool.h"
 
@@ -89,8 +89,8 @@ private:
   bool flush();
   void readReply(short what);
   void readIdle();
-  /// Feeds received bytes to the parser. @return false to stop reading.
-  bool consume(const char* data, size_t len);
+  /// The parser refused the reply (not merely cut short by EOF).
+  bool protocolError() const;
   void onEof();
   void deliver();
   void fail(UpstreamError error, std::string message, bool maybe_sent);
@@ -101,13 +101,6 @@ private:
   static void onEvent(evutil_socket_t fd, short what, void* arg);
   static void onResolved(int result, evutil_addrinfo* res, void* arg);
 
-  static int onMessageBegin(llhttp_t* p);
-  static int onHeaderField(llhttp_t* p, const char* at, size_t len);
-  static int onHeaderValue(llhttp_t* p, const char* at, size_t len);
-  static int onHeadersComplete(llhttp_t* p);
-  static int onBody(llhttp_t* p, const char* at, size_t len);
-  static int onMessageComplete(llhttp_t* p);
-  static const llhttp_settings_t& parserSettings();
   /// Drops the failed socket and connects to the next resolved address. @return false when
   /// none is left.
   bool tryNextAddress();
@@ -137,21 +130,8 @@ private:
   bool busy_ = false;
   std::string out_;
   size_t out_off_ = 0;
-  llhttp_t parser_{};
-  size_t header_bytes_ = 0;      ///< the reply's header names and values so far
-  const char* chunk_begin_ = nullptr;  ///< the bytes llhttp parses now...
-  char chunk_prev_last_ = 0;           ///< ...and the last byte of the ones before
-  bool obs_fold_ = false;              ///< the reply has a folded header line
+  http::ResponseParser parser_{{kMaxResponseHeaders, kMaxResponseBody}};
   UpstreamResponse reply_;
-  bool head_ = false;            ///< a HEAD request: the reply has no body
-  bool got_bytes_ = false;       ///< some reply byte arrived (interim ones included)
-  bool header_value_ = false;    ///< the last header callback was for a value
-  bool complete_ = false;        ///< a final reply was parsed completely
-  bool keep_alive_ = false;      ///< the final reply allows another request on this connection
-  bool trailing_ = false;        ///< bytes or EOF after the final reply: do not reuse
-  bool too_large_ = false;       ///< the body went over kMaxResponseBody
-  bool headers_too_large_ = false;  ///< the header section went over kMaxResponseHeaders
-  bool protocol_error_ = false;  ///< the parser refused the reply
   bool eof_ = false;
   int read_errno_ = 0;           ///< recv failed with this (ECONNRESET, ...)
   std::string tls_read_error_;   ///< a TLS failure after the handshake

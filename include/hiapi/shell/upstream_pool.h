@@ -19,6 +19,7 @@
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/node_spares.h"
+#include "hiapi/http/message.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/tls.h"
 
@@ -26,14 +27,9 @@ namespace hiapi::shell {
 
 class BufferBudget;
 
-struct Header {
-  std::string name;
-  std::string value;
-};
-using Headers = std::vector<Header>;
-
-/// @return the first value of @p name (case-insensitive), or nullptr.
-const std::string* findHeader(const Headers& headers, std::string_view name);
+using http::Header;
+using http::Headers;
+using http::findHeader;
 
 struct UpstreamRequest {
   evhttp_cmd_type method = EVHTTP_REQ_GET;
@@ -56,11 +52,9 @@ enum class UpstreamError {
 /// @return a short label for logs and metrics ("connect", "tls", ...).
 std::string_view upstreamErrorName(UpstreamError e);
 
-struct UpstreamResponse {
+/// An upstream reply (status 0 when error != None) or the reason there is none.
+struct UpstreamResponse : http::Response {
   UpstreamError error = UpstreamError::None;
-  int status = 0;  ///< 0 when error != None
-  Headers headers;
-  std::string body;
   std::string message;             ///< detail for an error (OpenSSL reason, errno text)
   bool request_maybe_sent = true;  ///< false when it failed before any byte could be sent
   core::Duration latency{};

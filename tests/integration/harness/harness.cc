@@ -26,6 +26,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "hiapi/http/message.h"
+#include "hiapi/http/response_parser.h"
+
 namespace hiapi::test {
 namespace {
 
@@ -70,124 +73,50 @@ bool sendAll(int fd, const std::string& data) {
   return true;
 }
 
-// Reads one HTTP/1.1 response (Content-Length, chunked, or until close).
-HttpResponse readResponse(int fd, std::chrono::milliseconds timeout) {
-  HttpResponse r;
-  std::string buf;
+// Reads one HTTP/1.1 response (Content-Length, chunked, or until close) with the project's
+// parser. A response cut short keeps what arrived (the status once its head was read).
+HttpResponse readResponse(int fd, std::chrono::milliseconds timeout, bool head) {
+  http::Response raw;
+  http::ResponseParser parser;
+  parser.begin(raw, head);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto fill = [&]() -> bool {
+  bool more = true;
+  while (more && !parser.complete()) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      return false;
-    }
     pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
-      return false;
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+      break;
     }
     char tmp[65536];
     const ssize_t n = ::recv(fd, tmp, sizeof tmp, 0);
     if (n <= 0) {
-      return false;
+      parser.finish();
+      break;
     }
-    buf.append(tmp, static_cast<size_t>(n));
-    return true;
-  };
-  size_t head_end;
-  while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
-    if (!fill()) {
-      return r;
-    }
+    more = parser.feed(tmp, static_cast<size_t>(n));
   }
-  std::istringstream head(buf.substr(0, head_end));
-  std::string line;
-  std::getline(head, line);
-  if (line.size() < 12) {
-    return r;
+  HttpResponse r;
+  r.status = raw.status;
+  for (http::Header& h : raw.headers) {
+    r.headers.emplace_back(std::move(h.name), std::move(h.value));
   }
-  r.status = std::atoi(line.substr(9, 3).c_str());
-  while (std::getline(head, line)) {
-    if (!line.empty() && line.back() == '\r') {
-      line.pop_back();
-    }
-    const size_t colon = line.find(':');
-    if (colon == std::string::npos) {
-      continue;
-    }
-    std::string v = line.substr(colon + 1);
-    while (!v.empty() && v.front() == ' ') {
-      v.erase(0, 1);
-    }
-    r.headers.emplace_back(line.substr(0, colon), v);
-  }
-  std::string rest = buf.substr(head_end + 4);
-  if (r.has("Content-Length")) {
-    const size_t len = std::stoul(r.header("Content-Length"));
-    while (rest.size() < len) {
-      buf.clear();
-      if (!fill()) {
-        break;
-      }
-      rest += buf;
-    }
-    r.body = rest.substr(0, len);
-  } else if (ieq(r.header("Transfer-Encoding"), "chunked")) {
-    std::string out;
-    size_t pos = 0;
-    while (true) {
-      size_t eol;
-      while ((eol = rest.find("\r\n", pos)) == std::string::npos) {
-        buf.clear();
-        if (!fill()) {
-          r.body = out;
-          return r;
-        }
-        rest += buf;
-      }
-      const size_t n = std::stoul(rest.substr(pos, eol - pos), nullptr, 16);
-      pos = eol + 2;
-      if (n == 0) {
-        break;
-      }
-      while (rest.size() < pos + n + 2) {
-        buf.clear();
-        if (!fill()) {
-          r.body = out;
-          return r;
-        }
-        rest += buf;
-      }
-      out += rest.substr(pos, n);
-      pos += n + 2;
-    }
-    r.body = out;
-  } else {
-    while (true) {
-      buf.clear();
-      if (!fill()) {
-        break;
-      }
-      rest += buf;
-    }
-    r.body = rest;
-  }
+  r.body = std::move(raw.body);
   return r;
 }
+
+bool isHead(const std::string& raw) { return raw.rfind("HEAD ", 0) == 0; }
 
 std::string buildRequest(const std::string& method, const std::string& target,
                          const std::vector<std::pair<std::string, std::string>>& headers,
                          const std::string& body) {
-  std::string req = method + " " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
-  bool has_len = false;
+  http::Headers list;
   for (const auto& [k, v] : headers) {
-    req += k + ": " + v + "\r\n";
-    has_len = has_len || ieq(k, "Content-Length");
+    list.push_back({k, v});
   }
-  if (!has_len && (!body.empty() || method == "POST")) {
-    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
-  }
-  req += "Connection: close\r\n\r\n";
-  req += body;
+  list.push_back({"Connection", "close"});
+  std::string req;
+  http::writeRequest(req, method, target, "127.0.0.1", list, body, http::UnsafeHeaders::Keep);
   return req;
 }
 
@@ -366,7 +295,7 @@ HttpResponse httpRaw(uint16_t port, const std::string& raw, std::chrono::millise
   }
   HttpResponse r;
   if (sendAll(fd, raw)) {
-    r = readResponse(fd, timeout);
+    r = readResponse(fd, timeout, isHead(raw));
   }
   ::close(fd);
   return r;
@@ -378,7 +307,7 @@ HttpResponse httpRequest(uint16_t port, const std::string& method, const std::st
   return httpRaw(port, buildRequest(method, target, headers, body), timeout);
 }
 
-OpenRequest::OpenRequest(uint16_t port, const std::string& raw) {
+OpenRequest::OpenRequest(uint16_t port, const std::string& raw) : head_(isHead(raw)) {
   fd_ = connectLoopback(port);
   if (fd_ >= 0) {
     sendAll(fd_, raw);
@@ -395,7 +324,7 @@ void OpenRequest::close() {
 }
 
 HttpResponse OpenRequest::read(std::chrono::milliseconds timeout) {
-  return fd_ < 0 ? HttpResponse{} : readResponse(fd_, timeout);
+  return fd_ < 0 ? HttpResponse{} : readResponse(fd_, timeout, head_);
 }
 
 // ---- TestUpstream --------------------------------------------------------------------------

@@ -110,6 +110,7 @@ public:
 
 private:
   int fd_ = -1;
+  bool head_ = false;  ///< the request is HEAD: its response has no body
 };
 
 /// What the in-process upstream recorded of one request.
