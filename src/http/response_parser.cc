@@ -49,6 +49,7 @@ void ResponseParser::begin(Response& into, bool head) {
   keep_alive_ = false;
   trailing_ = false;
   problem_ = Problem::None;
+  invalid_reason_ = nullptr;
 }
 
 bool ResponseParser::feed(const char* data, size_t len, size_t* used) {
@@ -107,6 +108,9 @@ std::string ResponseParser::describe() const {
   case Problem::ObsFold:
     return "a folded header line (obs-fold)";
   case Problem::Invalid: {
+    if (invalid_reason_ != nullptr) {
+      return invalid_reason_;
+    }
     const char* reason = llhttp_get_error_reason(&parser_);
     return reason != nullptr ? reason : llhttp_errno_name(llhttp_get_errno(&parser_));
   }
@@ -167,6 +171,13 @@ int ResponseParser::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
 
 int ResponseParser::onHeadersComplete(llhttp_t* p) {
   ResponseParser& c = parserOf(p);
+  // RFC 9110 §15: three digits. llhttp takes fewer ("HTTP/1.1 2 OK"), which no client of the
+  // proxy could make sense of.
+  if (p->status_code < 100 || p->status_code > 999) {
+    c.problem_ = Problem::Invalid;
+    c.invalid_reason_ = "a status code that is not three digits";
+    return -1;
+  }
   if (isInterim(p->status_code)) {
     return 1;  // no body; the final reply follows
   }

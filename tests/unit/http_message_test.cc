@@ -82,6 +82,9 @@ const std::vector<Case>& cases() {
       {"cut_head", "HTTP/1.1 200 OK\r\nContent-Le", true, false, false, 0, "", false,
        Problem::Incomplete},
       {"not_http", "SSH-2.0-OpenSSH\r\n\r\n", false, false, false, 0, "", false, Problem::Invalid},
+      // Found by the fuzzer: llhttp takes a one-digit status; no client could use it.
+      {"one_digit_status", "HTTP/1.1 2 OK\r\nContent-Length: 0\r\n\r\n", false, false, false, 0,
+       "", false, Problem::Invalid},
       {"obs_fold", "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n", false, false,
        false, 0, "", false, Problem::ObsFold},
   };

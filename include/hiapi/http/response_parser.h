@@ -85,6 +85,7 @@ private:
   bool keep_alive_ = false;
   bool trailing_ = false;
   Problem problem_ = Problem::None;
+  const char* invalid_reason_ = nullptr;  ///< why the proxy itself refused the bytes (Invalid)
 };
 
 }  // namespace hiapi::http
