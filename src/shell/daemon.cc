@@ -118,7 +118,7 @@ int Daemon::run() {
                                                 {"to", static_cast<uint64_t>(nofile.rlim_cur)}});
     }
   }
-  started_ = core::MonotonicClock::now();
+  started_ = clock_.now();
   {
     std::string text, error;
     if (readRegularFile(opts_.config_path, text, error) == ReadFileResult::Ok) {
@@ -148,7 +148,8 @@ int Daemon::run() {
     log_.error("cannot set up the upstream", {{"error", e.what()}});
     return 1;
   }
-  proxy_ = std::make_unique<ProxyServer>(base_, cfg_, *pool_, log_);
+  timers_ = std::make_unique<EventTimers>(base_, clock_);
+  proxy_ = std::make_unique<ProxyServer>(base_, *timers_, random_, cfg_, *pool_, log_);
   reply_budget_ = std::make_unique<BufferBudget>(base_, cfg_->listen.max_reply_buffer_bytes);
   pool_->setBufferBudget(reply_budget_.get());
   proxy_->setBufferBudget(reply_budget_.get());
@@ -163,9 +164,9 @@ int Daemon::run() {
                 {{"path", secret_path}, {"error", error}});
     }
   }
-  limiter_ = std::make_unique<Limiter>(base_, cfg_, log_, metrics_.get());
+  limiter_ = std::make_unique<Limiter>(*timers_, random_, cfg_, log_, metrics_.get());
   proxy_->setAdmission(limiter_.get());
-  tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
+  tasks_ = std::make_unique<TaskService>(*timers_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
   proxy_->setPollHook(tasks_.get());
   limiter_->on_task_created = [this](const RequestCtx& ctx, const std::string& task_id) {
     tasks_->onCreated(ctx, task_id);
@@ -181,7 +182,7 @@ int Daemon::run() {
         ctx.key_name.empty() ? std::string_view("none") : std::string_view(ctx.key_name);
     metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
     metrics_->clientRequest(core::routeName(ctx.route.kind),
-                            seconds(core::MonotonicClock::now() - ctx.received), ctx.bytes_in,
+                            seconds(clock_.now() - ctx.received), ctx.bytes_in,
                             ctx.bytes_out);
     if (ctx.proxy_error) {
       metrics_->proxyError(*ctx.proxy_error);
@@ -201,8 +202,8 @@ int Daemon::run() {
       metrics_->pollHeld(ctx.key_name);
     }
   };
-  deferred_ = std::make_unique<DeferredService>(base_, cfg_, *proxy_, *limiter_, *tasks_, log_,
-                                                metrics_.get(), clock_, random_);
+  deferred_ = std::make_unique<DeferredService>(*timers_, random_, cfg_, *proxy_, *limiter_,
+                                                *tasks_, log_, metrics_.get());
   proxy_->setDeferHook(deferred_.get());
   tasks_->on_task_ended = [this](const std::string& key, const std::string& task_id) {
     deferred_->taskEnded(key, task_id);
@@ -444,7 +445,7 @@ void Daemon::beginShutdown(int sig) {
   notify("STOPPING=1\nSTATUS=draining");
   log_.info("shutting down: draining", {{"signal", sig}, {"in_flight", proxy_->active()}});
   proxy_->stopAccepting();
-  drain_deadline_ = core::MonotonicClock::now() + cfg_->drain_timeout;
+  drain_deadline_ = clock_.now() + cfg_->drain_timeout;
   drain_tick_ = event_new(base_, -1, EV_PERSIST, &Daemon::onDrainTick, this);
   const timeval tick{0, 20'000};
   event_add(drain_tick_, &tick);
@@ -463,7 +464,7 @@ void Daemon::onDrainTick(evutil_socket_t, short, void* arg) {
     event_base_loopexit(self->base_, &flush);
     return;
   }
-  if (core::MonotonicClock::now() >= self->drain_deadline_ && !self->aborted_) {
+  if (self->clock_.now() >= self->drain_deadline_ && !self->aborted_) {
     self->aborted_ = true;
     self->log_.warn("drain timeout: answering the rest with 503",
                     {{"in_flight", self->proxy_->active()}});
@@ -567,7 +568,7 @@ void Daemon::writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) 
 
 std::string Daemon::statusJson() {
   refreshGauges();
-  const auto now = core::MonotonicClock::now();
+  const auto now = clock_.now();
   rapidjson::StringBuffer buf;
   rapidjson::Writer<rapidjson::StringBuffer> w(buf);
   w.StartObject();

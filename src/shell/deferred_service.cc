@@ -14,7 +14,6 @@
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/retry_policy.h"
 #include "hiapi/core/task_json.h"
-#include "hiapi/shell/event_util.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/metrics.h"
 #include "hiapi/shell/task_service.h"
@@ -108,23 +107,17 @@ std::optional<std::string> cancelTarget(std::string_view method, std::string_vie
 
 }  // namespace
 
-DeferredService::DeferredService(event_base* base, core::ConfigSharedPtr cfg, ProxyServer& proxy,
-                                 Limiter& limiter, TaskService& tasks, Logger& log,
-                                 Metrics* metrics, const core::Clock& clock, core::Random& random)
-    : base_(base), cfg_(std::move(cfg)), proxy_(proxy), limiter_(limiter), tasks_(tasks),
-      log_(log), metrics_(metrics), clock_(clock), random_(random) {
-  due_timer_ = evtimer_new(base_, &DeferredService::onDue, this);
-  sweep_ = event_new(base_, -1, EV_PERSIST, &DeferredService::onSweep, this);
-  const timeval tv = toTimeval(kSweep);
-  event_add(sweep_, &tv);
+DeferredService::DeferredService(Timers& timers, core::Random& random, core::ConfigSharedPtr cfg,
+                                 ProxyServer& proxy, Limiter& limiter, TaskService& tasks,
+                                 Logger& log, Metrics* metrics)
+    : timers_(timers), cfg_(std::move(cfg)), proxy_(proxy), limiter_(limiter), tasks_(tasks),
+      log_(log), metrics_(metrics), clock_(timers.clock()), random_(random) {
+  due_timer_ = timers_.make([this] { deferDue(); });
+  sweep_ = timers_.make([this] { onSweep(); });
+  sweep_->armAt(clock_.now() + kSweep);
 }
 
 DeferredService::~DeferredService() {
-  for (event* e : {due_timer_, sweep_}) {
-    if (e != nullptr) {
-      event_free(e);
-    }
-  }
   if (fd_ >= 0) {
     ::close(fd_);
   }
@@ -357,17 +350,11 @@ void DeferredService::waiting(RequestCtx& ctx) {
 }
 
 void DeferredService::armDue() {
-  evtimer_del(due_timer_);
   if (due_.empty()) {
+    due_timer_->cancel();
     return;
   }
-  const timeval tv =
-      toTimeval(std::max(core::Duration::zero(), due_.begin()->first - clock_.now()));
-  evtimer_add(due_timer_, &tv);
-}
-
-void DeferredService::onDue(evutil_socket_t, short, void* arg) {
-  static_cast<DeferredService*>(arg)->deferDue();
+  due_timer_->armAt(due_.begin()->first);
 }
 
 void DeferredService::deferDue() {
@@ -606,8 +593,9 @@ void DeferredService::taskEnded(const std::string& key, const std::string& task_
 
 // ---- sweep ---------------------------------------------------------------------------------
 
-void DeferredService::onSweep(evutil_socket_t, short, void* arg) {
-  static_cast<DeferredService*>(arg)->sweep();
+void DeferredService::onSweep() {
+  sweep_->armAt(clock_.now() + kSweep);
+  sweep();
 }
 
 void DeferredService::sweep() {

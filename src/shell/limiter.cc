@@ -1,13 +1,9 @@
-#include "hiapi/shell/event_util.h"
 #include "hiapi/shell/limiter.h"
 
-#include "hiapi/core/key_name.h"
-
-#include <random>
 #include <unordered_set>
 
-
 #include "hiapi/core/http_rules.h"
+#include "hiapi/core/key_name.h"
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/metrics.h"
 
@@ -55,11 +51,10 @@ std::string randomIdempotencyKey(core::Random& r) {
 }  // namespace
 
 struct Limiter::KeyState {
-  Limiter* owner = nullptr;
   std::string name;
   std::unique_ptr<core::KeyScheduler> sched;
   std::unique_ptr<core::RetryBudget> budget;
-  event* timer = nullptr;
+  std::unique_ptr<Timer> timer;
   /// When `timer` fires (nullopt: not armed). pump() re-arms only when this changes: most pumps
   /// (one per admitted or finished request) leave it as it was.
   std::optional<core::MonotonicTime> armed_for;
@@ -74,43 +69,30 @@ struct Limiter::KeyState {
   /// of this key) runs as another round of that one.
   bool pumping = false;
   bool pump_again = false;
-
-  ~KeyState() {
-    if (timer != nullptr) {
-      event_free(timer);
-    }
-  }
 };
 
 struct Limiter::RetryTimer {
-  Limiter* owner = nullptr;
   std::string key;
-  uint64_t id = 0;
-  event* ev = nullptr;
-  ~RetryTimer() {
-    if (ev != nullptr) {
-      event_free(ev);
-    }
-  }
+  std::unique_ptr<Timer> timer;
 };
 
-Limiter::Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metrics* metrics)
-    : base_(base), cfg_(std::move(cfg)), log_(log), metrics_(metrics),
-      random_(std::random_device{}()),
-      retry_policy_(std::make_unique<core::RetryPolicy>(cfg_->retry)) {
-  sweep_ = event_new(base_, -1, EV_PERSIST, &Limiter::onSweep, this);
-  const timeval tv{60, 0};
-  event_add(sweep_, &tv);
+namespace {
+constexpr core::Duration kSweepEvery = std::chrono::minutes(1);
+}  // namespace
+
+Limiter::Limiter(Timers& timers, core::Random& random, core::ConfigSharedPtr cfg, Logger& log,
+                 Metrics* metrics)
+    : timers_(timers), clock_(timers.clock()), random_(random), cfg_(std::move(cfg)), log_(log),
+      metrics_(metrics), retry_policy_(std::make_unique<core::RetryPolicy>(cfg_->retry)) {
+  sweep_ = timers_.make([this] { sweep(); });
+  sweep_->armAt(clock_.now() + kSweepEvery);
 }
 
-Limiter::~Limiter() {
-  if (sweep_ != nullptr) {
-    event_free(sweep_);
-  }
-}
+Limiter::~Limiter() = default;
 
-void Limiter::onSweep(evutil_socket_t, short, void* arg) {
-  static_cast<Limiter*>(arg)->forgetIdleKeys(kIdleKeyTtl);
+void Limiter::sweep() {
+  forgetIdleKeys(kIdleKeyTtl);
+  sweep_->armAt(clock_.now() + kSweepEvery);
 }
 
 size_t Limiter::forgetIdleKeys(core::Duration idle_for) {
@@ -167,7 +149,6 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
     return *it->second;
   }
   auto ks = std::make_unique<KeyState>();
-  ks->owner = this;
   ks->name = key;
   ks->sched = std::make_unique<core::KeyScheduler>(limitsFor(key), cfg_->queue, clock_.now(),
                                                    random_);
@@ -176,7 +157,8 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   for (size_t t = 0; t < tier_durations_.size(); ++t) {
     ks->sched->setTierDuration(t, tier_durations_[t]);
   }
-  ks->timer = evtimer_new(base_, &Limiter::onWake, ks.get());
+  KeyState* raw = ks.get();
+  ks->timer = timers_.make([this, raw] { pump(*raw); });
   KeyState& ref = *ks;
   keys_.emplace(key, std::move(ks));
   return ref;
@@ -382,21 +364,16 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
 }
 
 void Limiter::arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at) {
-  if (wake_at == ks.armed_for && (!wake_at || evtimer_pending(ks.timer, nullptr) != 0)) {
+  if (wake_at == ks.armed_for && (!wake_at || ks.timer->armed())) {
     return;
   }
   ks.armed_for = wake_at;
-  evtimer_del(ks.timer);
+  ks.timer->cancel();
   if (!wake_at) {
     return;
   }
-  const timeval tv = toTimeval(*wake_at - clock_.now() + std::chrono::microseconds(500));
-  evtimer_add(ks.timer, &tv);
-}
-
-void Limiter::onWake(evutil_socket_t, short, void* arg) {
-  auto* ks = static_cast<KeyState*>(arg);
-  ks->owner->pump(*ks);
+  // Half a millisecond late, so that the bucket surely holds the token when it fires.
+  ks.timer->armAt(*wake_at + std::chrono::microseconds(500));
 }
 
 void Limiter::clientGone(RequestCtx& ctx) {
@@ -506,12 +483,9 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
                                                  dec.delay)
                                                  .count()}});
         auto rt = std::make_unique<RetryTimer>();
-        rt->owner = this;
         rt->key = ctx.key_name;
-        rt->id = ctx.id;
-        rt->ev = evtimer_new(base_, &Limiter::onRetryTimer, rt.get());
-        const timeval tv = toTimeval(dec.delay);
-        evtimer_add(rt->ev, &tv);
+        rt->timer = timers_.make([this, key = ctx.key_name, id = ctx.id] { retryDue(key, id); });
+        rt->timer->armAt(clock_.now() + dec.delay);
         retry_timers_[ctx.id] = std::move(rt);
       } else {
         log_.warn("retry budget spent: answering with the upstream reply",
@@ -526,18 +500,14 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
   return retry;
 }
 
-void Limiter::onRetryTimer(evutil_socket_t, short, void* arg) {
-  auto* rt = static_cast<RetryTimer*>(arg);
-  Limiter* self = rt->owner;
-  const std::string key = rt->key;
-  const uint64_t id = rt->id;
-  self->retry_timers_.erase(id);  // frees rt
-  auto h = self->handles_.find(id);
-  if (h == self->handles_.end()) {
+void Limiter::retryDue(std::string key, uint64_t id) {
+  retry_timers_.erase(id);  // frees the timer that called this
+  auto h = handles_.find(id);
+  if (h == handles_.end()) {
     return;
   }
   // Back into the queue at its head (retries first); go() sends it again through the proxy.
-  self->submit(self->keyState(key), *h->second.ctx, core::Priority::Retry);
+  submit(keyState(key), *h->second.ctx, core::Priority::Retry);
 }
 
 void Limiter::releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason) {

@@ -2,41 +2,25 @@
 #include "hiapi/shell/proxy_server.h"
 
 #include "hiapi/core/key_name.h"
+#include "hiapi/core/normalize.h"
 #include "hiapi/version.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
-#include <random>
 
 namespace hiapi::shell {
 namespace {
 
 // The official clients give up after 60 s; every answer must leave the proxy before that.
 constexpr core::Duration kAnswerWithin = std::chrono::seconds(57);
-constexpr std::string_view kKeySelectHeader = "X-HiAPI-Key";
 // Ids of the proxy's own requests (exchange ids of client requests never get this high). Below
 // bit 48: a request id shows the low 48 bits of the id times an odd number, which differ for ids
 // that differ below bit 48, so the proxy's own polls never show a client request's id.
 constexpr uint64_t kInternalIds = uint64_t{1} << 47;
 // Passthrough keys whose names are remembered (see prepare()).
 constexpr size_t kMaxKeyNames = 1024;
-
-// The method as the upstream pool sends it; nullopt for one the proxy does not forward.
-std::optional<evhttp_cmd_type> upstreamMethod(std::string_view m) {
-  static constexpr std::pair<std::string_view, evhttp_cmd_type> kMethods[] = {
-      {"GET", EVHTTP_REQ_GET},         {"POST", EVHTTP_REQ_POST},   {"HEAD", EVHTTP_REQ_HEAD},
-      {"PUT", EVHTTP_REQ_PUT},         {"DELETE", EVHTTP_REQ_DELETE},
-      {"OPTIONS", EVHTTP_REQ_OPTIONS}, {"PATCH", EVHTTP_REQ_PATCH},
-  };
-  for (const auto& [name, cmd] : kMethods) {
-    if (m == name) {
-      return cmd;
-    }
-  }
-  return std::nullopt;
-}
 
 HttpServerLimits serverLimits(const core::ListenConfig& l) {
   return HttpServerLimits{l.max_header_bytes, l.max_body_bytes,   l.client_timeout,
@@ -47,33 +31,14 @@ long long ms(core::Duration d) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
 }
 
-bool isLoopbackName(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
-
-// Parses a client's deadline header: "5s", "2500ms" or a plain number of seconds.
-std::optional<core::Duration> parseClientDeadline(const char* v) {
-  if (v == nullptr) {
-    return std::nullopt;
-  }
-  if (auto d = core::parseDuration(v)) {
-    return d;
-  }
-  char* end = nullptr;
-  const double s = std::strtod(v, &end);
-  if (end != v && *end == '\0' && s > 0) {
-    return core::fromSeconds(s);
-  }
-  return std::nullopt;
-}
-
 }  // namespace
 
-ProxyServer::ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPool& pool,
-                         Logger& log)
-    : base_(base), cfg_(std::move(cfg)), pool_(pool), log_(log) {
-  std::random_device rd;
-  id_salt_ = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+ProxyServer::ProxyServer(event_base* base, Timers& timers, core::Random& random,
+                         core::ConfigSharedPtr cfg, UpstreamPool& pool, Logger& log)
+    : base_(base), timers_(timers), clock_(timers.clock()), cfg_(std::move(cfg)), pool_(pool),
+      log_(log) {
+  const auto half = [&random] { return static_cast<uint64_t>(random.uniform() * 4294967296.0); };
+  id_salt_ = (half() << 32) ^ half();
 }
 
 ProxyServer::~ProxyServer() {
@@ -204,7 +169,7 @@ RequestCtx& ProxyServer::newCtx(uint64_t id) {
     rid[3 + i] = kHex[(v >> (44 - 4 * i)) & 0xF];
   }
   ctx.request_id.assign(rid, sizeof rid);
-  ctx.received = core::MonotonicClock::now();
+  ctx.received = clock_.now();
   ctx.deadline = ctx.received + kAnswerWithin;
   return ctx;
 }
@@ -261,7 +226,7 @@ uint64_t ProxyServer::submitDeferred(const DeferredSubmission& s) {
   ctx.route.kind = core::RouteKind::Create;
   ctx.authorization = s.authorization;
   ctx.deadline = ctx.received + s.time_left;
-  ctx.upstream.method = EVHTTP_REQ_POST;
+  ctx.upstream.method = http::Method::Post;
   ctx.upstream.target = s.target;
   ctx.upstream.headers = s.headers;
   ctx.upstream.headers.push_back(Header{"Authorization", s.authorization});
@@ -333,7 +298,7 @@ uint64_t ProxyServer::internalPoll(const std::string& key_name, const std::strin
   ctx.route.task_id = task_id;
   ctx.poll_fetcher = true;
   ctx.authorization = authorization;
-  ctx.upstream.method = EVHTTP_REQ_GET;
+  ctx.upstream.method = http::Method::Get;
   ctx.upstream.target = "/v1/tasks/" + core::percentEncodeSegment(task_id);
   ctx.upstream.headers.push_back(Header{"Accept", "application/json"});
   ctx.upstream.headers.push_back(Header{"User-Agent", "hiapi-proxy/" HIAPI_PROXY_VERSION});
@@ -349,24 +314,8 @@ void ProxyServer::holdPoll(uint64_t id, core::Duration wait) {
     return;
   }
   ctx->poll_held = true;
-  auto* arg = new std::pair<ProxyServer*, uint64_t>(this, id);
-  ctx->hold_timer = evtimer_new(base_, &ProxyServer::onHoldTimer, arg);
-  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(wait).count();
-  const timeval tv{static_cast<time_t>(us / 1'000'000),
-                   static_cast<suseconds_t>(us % 1'000'000)};
-  if (ctx->hold_timer == nullptr || evtimer_add(ctx->hold_timer, &tv) != 0) {
-    if (ctx->hold_timer != nullptr) {
-      event_free(ctx->hold_timer);
-      ctx->hold_timer = nullptr;
-    }
-    delete arg;
-    serve(*ctx);  // cannot wait: serve it now (poll_held keeps it from being held again)
-  }
-}
-
-void ProxyServer::onHoldTimer(evutil_socket_t, short, void* arg) {
-  const auto [self, id] = *static_cast<std::pair<ProxyServer*, uint64_t>*>(arg);
-  self->serveHeldNow(id);
+  ctx->hold_timer = timers_.make([this, id] { serveHeldNow(id); });
+  ctx->hold_timer->armAt(clock_.now() + wait);
 }
 
 void ProxyServer::serveHeldNow(uint64_t id) {
@@ -380,19 +329,7 @@ void ProxyServer::serveHeldNow(uint64_t id) {
   }
 }
 
-namespace {
-// Frees an event of a request (client watch, hold timer) and its (server, request id) argument.
-void freeRequestEvent(event*& ev) {
-  if (ev == nullptr) {
-    return;
-  }
-  delete static_cast<std::pair<ProxyServer*, uint64_t>*>(event_get_callback_arg(ev));
-  event_free(ev);
-  ev = nullptr;
-}
-}  // namespace
-
-void ProxyServer::unhold(RequestCtx& ctx) { freeRequestEvent(ctx.hold_timer); }
+void ProxyServer::unhold(RequestCtx& ctx) { ctx.hold_timer.reset(); }
 
 void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {
   RequestCtx& ctx = newCtx(exchange);
@@ -439,136 +376,31 @@ void ProxyServer::serve(RequestCtx& ctx) {
 }
 
 bool ProxyServer::prepare(RequestCtx& ctx, InboundRequest& req) {
-  const core::Config& cfg = *cfg_;
   if (draining_) {
     replyError(ctx, core::ProxyError::ShuttingDown);
     return false;
   }
-  const std::optional<evhttp_cmd_type> method = upstreamMethod(ctx.method);
-  if (!method) {
-    replyError(ctx, core::ProxyError::MethodNotAllowed);
+  core::InboundHead head{ctx.method, std::move(req.target), std::move(req.headers)};
+  auto normalized = core::normalize(std::move(head), *cfg_, {cfg_->listen.address, port_});
+  if (auto* refusal = std::get_if<core::Refusal>(&normalized)) {
+    ctx.path = std::move(refusal->path);  // (a forwarded request's path is its target's)
+    ctx.client = std::move(refusal->client);
+    replyError(ctx, refusal->error, refusal->message);
     return false;
   }
-  std::string target = std::move(req.target);
-  if (auto abs = core::parseAbsoluteUri(target)) {
-    const bool ours = abs->host == cfg.upstream.host || isLoopbackName(abs->host) ||
-                      abs->host == cfg.listen.address;
-    if (!ours) {
-      replyError(ctx, core::ProxyError::NotAnOpenProxy,
-                 "hiapi-proxy forwards only to " + cfg.upstream.url + ", not to " + abs->host);
-      return false;
-    }
-    target = abs->path_and_query;
+  core::Normalized& n = std::get<core::Normalized>(normalized);
+  ctx.route = std::move(n.route);
+  ctx.client = std::move(n.client);
+  if (n.client_deadline) {
+    ctx.deadline = std::min(ctx.deadline, ctx.received + *n.client_deadline);
   }
-  if (target.empty() || target.front() != '/') {
-    replyError(ctx, core::ProxyError::BadRequest, "request target must start with /");
-    return false;
-  }
-  const std::string path = target.substr(0, target.find('?'));
-  if (core::hasDotSegment(path)) {
-    replyError(ctx, core::ProxyError::BadRequest, "dot segments (. or ..) in the path are refused");
-    return false;
-  }
-  auto route = core::matchRoute(ctx.method, path);
-  if (!route) {
-    ctx.path = path;  // (a forwarded request's path is its upstream target's: no copy)
-    replyError(ctx, core::ProxyError::NotFound,
-               "hiapi-proxy forwards only /v1/... paths; set the base URL to http://" +
-                   cfg.listen.address + ":" + std::to_string(port_));
-    return false;
-  }
-  ctx.route = std::move(*route);
-
-  // Headers: end-to-end ones go on; hop-by-hop, Host, Content-Length (recomputed), the key and
-  // the proxy's own control headers stay here.
-  // (HttpServer has checked max_header_bytes.) The client's header vector becomes the
-  // upstream's, filtered in place: end-to-end headers go on; hop-by-hop ones, Host,
-  // Content-Length (recomputed), Expect, the key and the proxy's own control headers stay here.
-  std::string connection;  // every Connection value, comma-joined (usually none or one)
-  for (const Header& h : req.headers) {
-    if (core::iequals(h.name, "Connection")) {
-      connection.append(connection.empty() ? "" : ",").append(h.value);
-    }
-  }
-  std::optional<std::string> auth_value, key_select_value, deadline_value;
-  Headers& hs = req.headers;
-  size_t kept = 0;
-  for (size_t i = 0; i < hs.size(); ++i) {
-    Header& h = hs[i];
-    if (core::iequals(h.name, "Authorization")) {
-      auth_value = std::move(h.value);
-      continue;
-    }
-    if (core::iequals(h.name, cfg.queue.client_header)) {
-      ctx.client = std::move(h.value);
-      continue;
-    }
-    if (core::iequals(h.name, cfg.queue.deadline_header)) {
-      deadline_value = std::move(h.value);
-      continue;
-    }
-    if (core::iequals(h.name, kKeySelectHeader)) {
-      key_select_value = std::move(h.value);
-      continue;
-    }
-    if (core::iequals(h.name, "Host") || core::iequals(h.name, "Content-Length") ||
-        core::iequals(h.name, "Expect") || core::isHopByHop(h.name, connection)) {
-      continue;
-    }
-    if (kept != i) {
-      hs[kept] = std::move(h);
-    }
-    ++kept;
-  }
-  hs.resize(kept);
-  ctx.upstream.headers = std::move(hs);
-  const char* authorization = auth_value ? auth_value->c_str() : nullptr;
-  const char* key_select = key_select_value ? key_select_value->c_str() : nullptr;
-  const char* deadline_hdr = deadline_value ? deadline_value->c_str() : nullptr;
-  if (ctx.client.size() > 64) {
-    ctx.client.resize(64);  // a bounded fairness class, not a free-form label
-  }
-  if (auto d = parseClientDeadline(deadline_hdr)) {
-    ctx.deadline = std::min(ctx.deadline, ctx.received + *d);
-  }
-
-  // The key.
-  if (cfg.key_mode == core::KeyMode::Inject) {
-    const core::KeyConfig* key = cfg.keys.empty() ? nullptr : &cfg.keys.front();
-    if (key_select != nullptr) {
-      key = nullptr;
-      for (const core::KeyConfig& k : cfg.keys) {
-        if (k.name == key_select) {
-          key = &k;
-        }
-      }
-      if (key == nullptr) {
-        replyError(ctx, core::ProxyError::MissingApiKey,
-                   std::string("no configured key is named '") + key_select + "'");
-        return false;
-      }
-    }
-    if (key == nullptr || key->key.empty()) {
-      replyError(ctx, core::ProxyError::MissingApiKey);
-      return false;
-    }
-    ctx.key_name = key->name;
-    ctx.authorization = "Bearer " + key->key.reveal();
-    ctx.upstream.headers.push_back(Header{"Authorization", ctx.authorization});
-  } else {
-    if (authorization == nullptr || *authorization == '\0') {
-      replyError(ctx, core::ProxyError::MissingApiKey);
-      return false;
-    }
-    ctx.key_name = keyNameFor(authorization);
-    ctx.authorization = *auth_value;
-    ctx.upstream.headers.push_back(Header{"Authorization", std::move(*auth_value)});
-  }
-
-  // The body, byte for byte.
-  ctx.upstream.body = std::move(req.body);  // (HttpServer has checked max_body_bytes)
-  ctx.upstream.method = *method;
-  ctx.upstream.target = std::move(target);
+  ctx.key_name = n.key != nullptr ? n.key->name : keyNameFor(n.authorization);
+  ctx.authorization = n.authorization;
+  ctx.upstream.headers = std::move(n.headers);
+  ctx.upstream.headers.push_back(Header{"Authorization", std::move(n.authorization)});
+  ctx.upstream.body = std::move(req.body);  // byte for byte (HttpServer checked max_body_bytes)
+  ctx.upstream.method = n.method;
+  ctx.upstream.target = std::move(n.target);
   return true;
 }
 
@@ -598,7 +430,7 @@ void ProxyServer::forward(RequestCtx& ctx) {
   if (ctx.answered || ctx.client_gone) {
     return;
   }
-  const auto now = core::MonotonicClock::now();
+  const auto now = clock_.now();
   if (ctx.attempts == 0) {
     ctx.queued = now - ctx.received;
   }
@@ -840,7 +672,7 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
       {"queued_ms", ms(ctx.queued)},
       {"upstream_ms", ms(ctx.upstream_time)},
       {"attempts", ctx.attempts},
-      {"total_ms", ms(core::MonotonicClock::now() - ctx.received)},
+      {"total_ms", ms(clock_.now() - ctx.received)},
       {"bytes_in", ctx.bytes_in},
       {"bytes_out", ctx.bytes_out},
   };

@@ -34,30 +34,21 @@ int64_t wallMs(const core::Clock& c) {
 
 }  // namespace
 
-TaskService::TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& limiter,
+TaskService::TaskService(Timers& timers, core::ConfigSharedPtr cfg, Limiter& limiter,
                          ProxyServer& proxy, Logger& log, Metrics* metrics)
-    : base_(base), cfg_(std::move(cfg)), limiter_(limiter), proxy_(proxy), log_(log),
-      metrics_(metrics),
+    : timers_(timers), clock_(timers.clock()), cfg_(std::move(cfg)), limiter_(limiter),
+      proxy_(proxy), log_(log), metrics_(metrics),
       tracker_(std::make_unique<core::TaskTracker>(cfg_->tasks, cfg_->limits.tiers)) {
-  tick_ = event_new(base_, -1, EV_PERSIST, &TaskService::onTick, this);
-  const timeval tv{0, static_cast<suseconds_t>(
-                          std::chrono::duration_cast<std::chrono::microseconds>(kTick).count())};
-  event_add(tick_, &tv);
-  look_ = evtimer_new(base_, &TaskService::onLook, this);
+  tick_ = timers_.make([this] { onTick(); });
+  tick_->armAt(clock_.now() + kTick);
+  look_ = timers_.make([this] { reconcile(); });
   last_save_ = clock_.now();
   tracker_->setLearnPace([this](const std::string& key, size_t tier) {
     return limiter_.learnPace(key, tier);
   });
 }
 
-TaskService::~TaskService() {
-  if (tick_ != nullptr) {
-    event_free(tick_);
-  }
-  if (look_ != nullptr) {
-    event_free(look_);
-  }
-}
+TaskService::~TaskService() = default;
 
 void TaskService::reconfigure(core::ConfigSharedPtr cfg) {
   cfg_ = std::move(cfg);
@@ -340,12 +331,10 @@ void TaskService::onLeaseExpired(const std::string& key, uint64_t slot) {
   }
 }
 
-void TaskService::onTick(evutil_socket_t, short, void* arg) {
-  static_cast<TaskService*>(arg)->tick();
-}
-
-void TaskService::onLook(evutil_socket_t, short, void* arg) {
-  static_cast<TaskService*>(arg)->reconcile();
+void TaskService::onTick() {
+  // Every kTick on the clock, however long a tick takes, as a periodic timer would.
+  tick_->armAt(clock_.now() + kTick);
+  tick();
 }
 
 void TaskService::tick() {
@@ -454,9 +443,7 @@ void TaskService::reconcile() {
     }
   }
   if (next_look && *next_look - now < kTick) {
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(*next_look - now);
-    const timeval tv{0, static_cast<suseconds_t>(std::max<int64_t>(us.count(), 1))};
-    event_add(look_, &tv);
+    look_->armAt(std::max(*next_look, now + std::chrono::microseconds(1)));
   }
 }
 

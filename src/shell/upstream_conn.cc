@@ -15,36 +15,10 @@
 #include <unistd.h>
 
 namespace hiapi::shell {
-namespace {
-
-std::string_view methodName(evhttp_cmd_type m) {
-  switch (m) {
-  case EVHTTP_REQ_GET:
-    return "GET";
-  case EVHTTP_REQ_POST:
-    return "POST";
-  case EVHTTP_REQ_HEAD:
-    return "HEAD";
-  case EVHTTP_REQ_PUT:
-    return "PUT";
-  case EVHTTP_REQ_DELETE:
-    return "DELETE";
-  case EVHTTP_REQ_OPTIONS:
-    return "OPTIONS";
-  case EVHTTP_REQ_TRACE:
-    return "TRACE";
-  case EVHTTP_REQ_CONNECT:
-    return "CONNECT";
-  case EVHTTP_REQ_PATCH:
-    return "PATCH";
-  }
-  return {};
-}
-
-}  // namespace
 
 void serializeRequest(std::string& out, const UpstreamRequest& req, std::string_view host_header) {
-  http::writeRequest(out, methodName(req.method), req.target, host_header, req.headers, req.body);
+  http::writeRequest(out, http::methodName(req.method), req.target, host_header, req.headers,
+                     req.body);
 }
 
 /// The argument of a pending evdns_getaddrinfo: it outlives a connection closed meanwhile (the

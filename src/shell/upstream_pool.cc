@@ -124,7 +124,7 @@ uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   Attempt& a = attempt_spares_.reuse(attempts_, id);  // a kept one: its wire keeps its capacity
   a.id = id;
   serializeRequest(a.wire, req, host_header_);
-  a.head = req.method == EVHTTP_REQ_HEAD;
+  a.head = req.method == http::Method::Head;
   a.timeout = req.timeout > core::Duration::zero() ? std::min(req.timeout, cfg_.response_timeout)
                                                    : cfg_.response_timeout;
   a.done = std::move(done);

@@ -1,24 +1,25 @@
-// The limiter's shell on a real event loop (timers, no sockets): what its callbacks may do.
+// The limiter's shell on its timers (a manual clock: the test moves time, nothing sleeps): what
+// its callbacks may do, and the timers themselves.
 
 #include <chrono>
 #include <memory>
 #include <optional>
-#include <thread>
+#include <vector>
 
-#include <event2/event.h>
 #include <gtest/gtest.h>
 
 #include "hiapi/core/config.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/timers.h"
 
 namespace hiapi::shell {
 namespace {
 
 using namespace std::chrono_literals;
 
-std::unique_ptr<RequestCtx> poll(uint64_t id, const std::string& task) {
+std::unique_ptr<RequestCtx> poll(uint64_t id, const std::string& task, core::MonotonicTime now) {
   auto ctx = std::make_unique<RequestCtx>();
   ctx->id = id;
   ctx->method = "GET";
@@ -26,30 +27,73 @@ std::unique_ptr<RequestCtx> poll(uint64_t id, const std::string& task) {
   ctx->client = "svc";
   ctx->route.kind = core::RouteKind::Poll;
   ctx->route.task_id = task;
-  ctx->received = core::MonotonicClock::now();
+  ctx->received = now;
   ctx->deadline = ctx->received + 50s;
   return ctx;
 }
 
+TEST(ManualTimers, FireInDueOrderAtTheirDueTimes) {
+  core::ManualClock clock;
+  ManualTimers timers(clock);
+  const auto t0 = clock.now();
+  std::vector<std::pair<int, core::Duration>> fired;
+  auto a = timers.make([&] { fired.emplace_back(1, clock.now() - t0); });
+  auto b = timers.make([&] { fired.emplace_back(2, clock.now() - t0); });
+  auto c = timers.make([&] { fired.emplace_back(3, clock.now() - t0); });
+  a->armAt(t0 + 300ms);
+  b->armAt(t0 + 100ms);
+  c->armAt(t0 + 200ms);
+  c->cancel();
+  EXPECT_EQ(timers.nextDue(), t0 + 100ms);
+  EXPECT_EQ(timers.advance(250ms), 1u);
+  EXPECT_EQ(clock.now() - t0, 250ms);
+  a->armAt(t0 + 260ms);  // moved earlier
+  EXPECT_EQ(timers.advance(1s), 1u);
+  ASSERT_EQ(fired.size(), 2u);
+  EXPECT_EQ(fired[0], std::make_pair(2, core::Duration(100ms)));
+  EXPECT_EQ(fired[1], std::make_pair(1, core::Duration(260ms)));
+  EXPECT_FALSE(a->armed());
+  EXPECT_FALSE(timers.nextDue());
+}
+
+TEST(ManualTimers, ATimerMayRearmOrDestroyItselfWhenItFires) {
+  core::ManualClock clock;
+  ManualTimers timers(clock);
+  int ticks = 0;
+  std::unique_ptr<Timer> periodic;
+  periodic = timers.make([&] {
+    ++ticks;
+    periodic->armAt(clock.now() + 100ms);
+  });
+  periodic->armAt(clock.now() + 100ms);
+  std::unique_ptr<Timer> once;
+  once = timers.make([&] { once.reset(); });
+  once->armAt(clock.now() + 50ms);
+  timers.advance(1s);
+  EXPECT_EQ(ticks, 10);
+  EXPECT_EQ(once, nullptr);
+}
+
 // A request rejected while the limiter dispatches (its wait ran out) whose reject handler
 // submits another request of the same key (as the proxy's own look does for the client polls
-// that joined it): that request must still be sent when its token comes. It used to be
-// submitted from inside the dispatch, whose timer was then armed as if the queue were empty:
-// the request waited with no timer until something else happened on its key.
+// that joined it): that request must still be sent when its token comes, so the key's timer
+// must be armed for that token even though the submission happened inside a dispatch.
 TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
-  event_base* base = event_base_new();
-  ASSERT_NE(base, nullptr);
   auto cfg = std::make_shared<core::Config>(core::parseConfig(
       "upstream: {url: 'http://127.0.0.1:9'}\n"
       "limits: {rate: 2/s, burst: 1}\n",
       "limiter_loop_test.yaml"));
   Logger log;
   log.setLevel(core::LogLevel::Error);
+  core::ManualClock clock;
+  ManualTimers timers(clock);
+  core::SeededRandom random(7);
   {
-    Limiter limiter(base, cfg, log);
-    auto a = poll(1, "a");
-    auto b = poll(2, "b");
-    auto c = poll(3, "c");
+    Limiter limiter(timers, random, cfg, log);
+    const auto t0 = clock.now();
+    auto a = poll(1, "a", t0);
+    auto b = poll(2, "b", t0);
+    auto c = poll(3, "c", t0);
     b->deadline = b->received + 100ms;  // gives up before the next token (500 ms)
     bool a_sent = false, b_sent = false, b_rejected = false, c_sent = false;
     std::optional<core::MonotonicTime> c_sent_at;
@@ -61,23 +105,54 @@ TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
           b_rejected = true;
           limiter.admit(*c, [&] {
             c_sent = true;
-            c_sent_at = core::MonotonicClock::now();
+            c_sent_at = clock.now();
           }, [](core::ProxyError, int) {});
         });
     EXPECT_TRUE(a_sent) << "the burst's one token";
-    const auto start = std::chrono::steady_clock::now();
-    while (!c_sent && std::chrono::steady_clock::now() - start < 3s) {
-      event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-      std::this_thread::sleep_for(2ms);
+    // Time moves in steps well past the next token; only the limiter's own timers can send c.
+    for (int i = 0; i < 30 && !c_sent; ++i) {
+      timers.advance(100ms);
     }
     EXPECT_FALSE(b_sent);
     EXPECT_TRUE(b_rejected);
     EXPECT_TRUE(c_sent) << "c waited with no timer";
-    if (c_sent_at) {
-      EXPECT_GE(*c_sent_at - a->received, 400ms) << "not before the next token";
-    }
+    ASSERT_TRUE(c_sent_at);
+    EXPECT_GE(*c_sent_at - t0, 500ms) << "not before the next token";
+    EXPECT_LT(*c_sent_at - t0, 502ms) << "sent by the timer armed for its token";
   }
-  event_base_free(base);
+}
+
+// A retry delay is a timer too: the request goes back into the queue when it ends, not before.
+TEST(LimiterLoop, ARetriedRequestWaitsOutItsDelayOnTheClock) {
+  auto cfg = std::make_shared<core::Config>(core::parseConfig(
+      "upstream: {url: 'http://127.0.0.1:9'}\n"
+      "limits: {rate: 100/s, burst: 10}\n"
+      "retry: {base_delay: 2s, max_delay: 2s}\n",
+      "limiter_loop_test.yaml"));
+  Logger log;
+  log.setLevel(core::LogLevel::Error);
+  core::ManualClock clock;
+  ManualTimers timers(clock);
+  core::SeededRandom random(7);
+  Limiter limiter(timers, random, cfg, log);
+  const auto t0 = clock.now();
+  auto ctx = poll(1, "a", t0);
+  std::vector<core::MonotonicTime> sent;
+  limiter.admit(*ctx, [&] { sent.push_back(clock.now()); }, [](core::ProxyError, int) {});
+  ASSERT_EQ(sent.size(), 1u);
+  UpstreamResponse busy;
+  busy.status = 503;
+  ASSERT_TRUE(limiter.completed(*ctx, busy)) << "a 503 of a poll is retried";
+  EXPECT_EQ(sent.size(), 1u) << "not at once";
+  const std::optional<core::MonotonicTime> retry_due = timers.nextDue();
+  ASSERT_TRUE(retry_due);
+  EXPECT_LE(*retry_due - t0, 2s) << "jittered within base_delay";
+  for (int i = 0; i < 400 && sent.size() < 2; ++i) {
+    timers.advance(10ms);
+  }
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_GE(sent[1], *retry_due) << "not before its delay";
+  EXPECT_LT(sent[1] - *retry_due, 10ms) << "sent when its delay ended";
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // the real daemon to the real simulator; the simulator's /__stats is the judge.
 
 #include <csignal>
+#include <sstream>
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -16,9 +17,9 @@ namespace {
 const std::string kKey = "sk-limiter-test-key-000000000000";
 
 std::string proxyYaml(uint16_t sim_port, const std::string& extra = {},
-                      const std::string& level = "warn") {
+                      const std::string& level = "warn", bool admin = false) {
   return "listen:\n  address: 127.0.0.1\n  port: 0\n"
-         "admin:\n  enabled: false\n"
+         "admin:\n  enabled: " + std::string(admin ? "true\n  port: 0" : "false") + "\n"
          "upstream:\n  url: http://127.0.0.1:" + std::to_string(sim_port) + "\n"
          "  connect_timeout: 2s\n  response_timeout: 10s\n"
          "log:\n  level: " + level + "\n" + extra;
@@ -139,10 +140,23 @@ TEST(SharedBudget, AClientKilledWhileQueuedCausesNoUpstreamRequest) {
   SimProcess sim(dir, {"--rate", "10/s", "--burst", "10"});
   ASSERT_TRUE(sim.started());
   // One request per minute: the first spends the only token, the next waits in the queue.
-  ProxyProcess proxy(dir, proxyYaml(sim.port(), "limits:\n  rate: 1/min\n  burst: 1\n", "info"));
+  ProxyProcess proxy(dir, proxyYaml(sim.port(), "limits:\n  rate: 1/min\n  burst: 1\n", "info",
+                                    /*admin=*/true));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
   const std::vector<std::pair<std::string, std::string>> auth{{"Authorization", "Bearer " + kKey}};
   ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1&size=1", auth).status, 200);
+  // Whether the key's whole queue (tier="all") holds @p n requests.
+  const auto queued = [&](int n) {
+    std::istringstream text(httpRequest(proxy.adminPort(), "GET", "/metrics", {}).body);
+    const std::string tail = "tier=\"all\"} " + std::to_string(n);
+    for (std::string line; std::getline(text, line);) {
+      if (line.rfind("hiapi_proxy_queue_depth{", 0) == 0 && line.size() >= tail.size() &&
+          line.compare(line.size() - tail.size(), tail.size(), tail) == 0) {
+        return true;
+      }
+    }
+    return false;
+  };
 
   const pid_t child = fork();
   if (child == 0) {
@@ -151,8 +165,8 @@ TEST(SharedBudget, AClientKilledWhileQueuedCausesNoUpstreamRequest) {
     pause();
     _exit(0);
   }
-  // Wait until the proxy holds it (its log says nothing yet; the connection shows as open).
-  std::this_thread::sleep_for(300ms);
+  // The proxy holds it once the key's queue shows it.
+  ASSERT_TRUE(waitFor([&] { return queued(1); }, 5000ms));
   ::kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
   ASSERT_TRUE(waitFor([&] { return proxy.process().err().find("outcome=client_gone") != std::string::npos; },

@@ -272,7 +272,7 @@ struct Outcome {
 
 UpstreamRequest get(const std::string& target) {
   UpstreamRequest r;
-  r.method = EVHTTP_REQ_GET;
+  r.method = http::Method::Get;
   r.target = target;
   return r;
 }
@@ -356,13 +356,13 @@ TEST_F(UpstreamPoolTest, WritesOneWellFormedRequestWithHostAndContentLength) {
   makePool(config(server.port()));
 
   UpstreamRequest post;
-  post.method = EVHTTP_REQ_POST;
+  post.method = http::Method::Post;
   post.target = "/v1/tasks?x=1&y=%20";
   post.headers = {{"Authorization", "Bearer k"}, {"X-Evil", "a\r\nInjected: yes"}, {"A", "b"}};
   post.body = R"({"a":1})";
   EXPECT_EQ(exchange(post).resp.status, 200);
   UpstreamRequest empty_post;
-  empty_post.method = EVHTTP_REQ_POST;
+  empty_post.method = http::Method::Post;
   empty_post.target = "/v1/empty";
   EXPECT_EQ(exchange(empty_post).resp.status, 200);
   EXPECT_EQ(exchange(get("/v1/tasks/tk-1")).resp.status, 200);
@@ -497,7 +497,7 @@ TEST_F(UpstreamPoolTest, HeadReplyHasNoBodyDespiteItsContentLength) {
   ASSERT_TRUE(server.ok());
   makePool(config(server.port()));
   UpstreamRequest head = get("/h");
-  head.method = EVHTTP_REQ_HEAD;
+  head.method = http::Method::Head;
   Outcome o = exchange(head);
   ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
   EXPECT_EQ(o.resp.status, 200);
@@ -542,7 +542,7 @@ TEST_F(UpstreamPoolTest, LargeBodiesBothWays) {
   ASSERT_TRUE(server.ok());
   makePool(config(server.port()));
   UpstreamRequest post = get("/big");
-  post.method = EVHTTP_REQ_PUT;
+  post.method = http::Method::Put;
   post.body.assign(16 * 1024 * 1024, 'q');
   Outcome o = exchange(post);
   ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
@@ -923,7 +923,7 @@ TEST_F(UpstreamPoolTlsTest, VerifiedTlsKeepsTheConnectionAndCarriesLargeBodies) 
   ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
   EXPECT_EQ(o.resp.body, big);
   UpstreamRequest post = get("/post");
-  post.method = EVHTTP_REQ_POST;
+  post.method = http::Method::Post;
   post.body.assign(4 * 1024 * 1024, 'p');
   Outcome p = exchange(post);
   ASSERT_EQ(p.resp.error, UpstreamError::None) << p.resp.message;

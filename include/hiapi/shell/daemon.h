@@ -17,6 +17,7 @@
 #include "hiapi/core/key_scheduler.h"
 #include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/log.h"
+#include "hiapi/shell/timers.h"
 
 namespace hiapi::shell {
 
@@ -68,6 +69,10 @@ private:
   core::ConfigSharedPtr cfg_;
   Logger& log_;
   event_base* base_ = nullptr;
+  core::SteadyClock clock_;
+  core::SeededRandom random_;
+  /// Every shell object's timers: libevent's, on clock_ (set up with base_).
+  std::unique_ptr<EventTimers> timers_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<BufferBudget> reply_budget_;
   std::unique_ptr<UpstreamPool> pool_;
@@ -76,8 +81,6 @@ private:
   std::unique_ptr<TaskService> tasks_;
   std::unique_ptr<DeferredService> deferred_;
   std::unique_ptr<AdminServer> admin_;
-  core::SteadyClock clock_;
-  core::SeededRandom random_;
   event* sigterm_ = nullptr;
   event* sigint_ = nullptr;
   event* sighup_ = nullptr;

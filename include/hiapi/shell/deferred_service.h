@@ -11,13 +11,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include <event2/event.h>
-
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
 #include "hiapi/core/deferred.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/timers.h"
 
 namespace hiapi::shell {
 
@@ -28,9 +27,10 @@ class TaskService;
 /// Thread-safety: loop thread only.
 class DeferredService final : public DeferHook {
 public:
-  DeferredService(event_base* base, core::ConfigSharedPtr cfg, ProxyServer& proxy,
-                  Limiter& limiter, TaskService& tasks, Logger& log, Metrics* metrics,
-                  const core::Clock& clock, core::Random& random);
+  /// @param timers its timers and clock. @param random jitter of resubmissions.
+  DeferredService(Timers& timers, core::Random& random, core::ConfigSharedPtr cfg,
+                  ProxyServer& proxy, Limiter& limiter, TaskService& tasks, Logger& log,
+                  Metrics* metrics);
   ~DeferredService() override;
   DeferredService(const DeferredService&) = delete;
   DeferredService& operator=(const DeferredService&) = delete;
@@ -63,8 +63,8 @@ public:
   std::optional<std::string> rewrite(const RequestCtx& ctx, std::string_view body) override;
 
 private:
-  static void onDue(evutil_socket_t, short, void* arg);
-  static void onSweep(evutil_socket_t, short, void* arg);
+  /// The periodic sweep: re-arms itself every kSweep, then sweep().
+  void onSweep();
   void deferDue();
   void sweep();
   void armDue();
@@ -86,7 +86,7 @@ private:
   bool ownedBy(const core::DeferredRecord& r, const RequestCtx& ctx) const;
   int64_t wallMs() const;
 
-  event_base* base_;
+  Timers& timers_;
   core::ConfigSharedPtr cfg_;
   ProxyServer& proxy_;
   Limiter& limiter_;
@@ -95,8 +95,8 @@ private:
   Metrics* metrics_;
   const core::Clock& clock_;
   core::Random& random_;
-  event* due_timer_ = nullptr;
-  event* sweep_ = nullptr;
+  std::unique_ptr<Timer> due_timer_;
+  std::unique_ptr<Timer> sweep_;
 
   core::DeferredBook book_;
   std::string path_;

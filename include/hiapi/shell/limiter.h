@@ -1,12 +1,10 @@
 #pragma once
-// The limiter's shell: one KeyScheduler per key (the pure core decides), libevent timers for its
-// wake-ups and for retry delays, and the retry step ("should") around RetryPolicy ("would").
+// The limiter's shell: one KeyScheduler per key (the pure core decides), timers for its wake-ups
+// and for retry delays, and the retry step ("should") around RetryPolicy ("would").
 
 #include <memory>
 #include <string>
 #include <unordered_map>
-
-#include <event2/event.h>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
@@ -15,6 +13,7 @@
 #include "hiapi/core/retry_policy.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/timers.h"
 
 namespace hiapi::shell {
 
@@ -23,7 +22,9 @@ class Metrics;
 /// Thread-safety: loop thread only.
 class Limiter final : public AdmissionHook {
 public:
-  Limiter(event_base* base, core::ConfigSharedPtr cfg, Logger& log, Metrics* metrics = nullptr);
+  /// @param timers its timers and its clock. @param random jitter and idempotency keys.
+  Limiter(Timers& timers, core::Random& random, core::ConfigSharedPtr cfg, Logger& log,
+          Metrics* metrics = nullptr);
   ~Limiter() override;
   Limiter(const Limiter&) = delete;
   Limiter& operator=(const Limiter&) = delete;
@@ -106,17 +107,18 @@ private:
   std::optional<core::MonotonicTime> pumpOnce(KeyState& ks);
   size_t waitingTotal() const;
   void arm(KeyState& ks, std::optional<core::MonotonicTime> wake_at);
-  static void onWake(evutil_socket_t, short, void* arg);
-  static void onRetryTimer(evutil_socket_t, short, void* arg);
-  static void onSweep(evutil_socket_t, short, void* arg);
+  /// A retry delay ended: @p id goes back into @p key's queue (both by value: the timer that
+  /// called this is gone by then).
+  void retryDue(std::string key, uint64_t id);
+  void sweep();
 
-  event_base* base_;
-  event* sweep_ = nullptr;
+  Timers& timers_;
+  const core::Clock& clock_;
+  core::Random& random_;
+  std::unique_ptr<Timer> sweep_;
   core::ConfigSharedPtr cfg_;
   Logger& log_;
   Metrics* metrics_;
-  core::SteadyClock clock_;
-  core::SeededRandom random_;
   std::unique_ptr<core::RetryPolicy> retry_policy_;
   std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
   std::vector<std::optional<core::TierDuration>> tier_durations_;

@@ -21,6 +21,7 @@
 #include "hiapi/shell/http_server.h"
 #include "hiapi/shell/key_identity.h"
 #include "hiapi/shell/log.h"
+#include "hiapi/shell/timers.h"
 #include "hiapi/shell/upstream_pool.h"
 
 namespace hiapi::shell {
@@ -70,7 +71,7 @@ struct RequestCtx {
   std::string authorization;      ///< the Authorization value sent upstream (memory only)
   /// A client poll held until its task's likely end (tasks.hold_near_end): fires once, then the
   /// poll is served as if it arrived then (poll_held keeps it from being held twice).
-  event* hold_timer = nullptr;
+  std::unique_ptr<Timer> hold_timer;
   bool poll_held = false;
   // Deferred creates (DeferHook).
   std::string deferred_id;  ///< the proxy's submission of deferred task "hp-tk-…" (internal)
@@ -159,7 +160,10 @@ struct DeferredSubmission {
 /// Thread-safety: loop thread only.
 class ProxyServer : private HttpServer::Handler {
 public:
-  ProxyServer(event_base* base, core::ConfigSharedPtr cfg, UpstreamPool& pool, Logger& log);
+  /// @param base the loop its client connections live on. @param timers its timers and clock.
+  /// @param random salts its request ids.
+  ProxyServer(event_base* base, Timers& timers, core::Random& random, core::ConfigSharedPtr cfg,
+              UpstreamPool& pool, Logger& log);
   ~ProxyServer() override;
   ProxyServer(const ProxyServer&) = delete;
   ProxyServer& operator=(const ProxyServer&) = delete;
@@ -251,7 +255,6 @@ public:
 private:
   void onRequest(uint64_t exchange, InboundRequest& req) override;
   void onClientGone(uint64_t exchange) override;
-  static void onHoldTimer(evutil_socket_t, short, void* arg);
   void unhold(RequestCtx& ctx);
   /// Serves a prepared request: a poll through the poll hook (cache, join) or admission.
   void serve(RequestCtx& ctx);
@@ -271,6 +274,8 @@ private:
   RequestCtx& newCtx(uint64_t id = 0);
 
   event_base* base_;
+  Timers& timers_;
+  const core::Clock& clock_;
   core::ConfigSharedPtr cfg_;
   UpstreamPool& pool_;
   Logger& log_;

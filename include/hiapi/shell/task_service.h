@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include <event2/event.h>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
@@ -20,6 +19,7 @@
 #include "hiapi/core/task_tracker.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/proxy_server.h"
+#include "hiapi/shell/timers.h"
 
 namespace hiapi::shell {
 
@@ -29,7 +29,8 @@ class Metrics;
 /// Thread-safety: loop thread only.
 class TaskService final : public PollHook {
 public:
-  TaskService(event_base* base, core::ConfigSharedPtr cfg, Limiter& limiter, ProxyServer& proxy,
+  /// @param timers its timers and its clock.
+  TaskService(Timers& timers, core::ConfigSharedPtr cfg, Limiter& limiter, ProxyServer& proxy,
               Logger& log, Metrics* metrics = nullptr);
   ~TaskService() override;
   TaskService(const TaskService&) = delete;
@@ -64,8 +65,8 @@ public:
   const core::TaskTracker& tracker() const { return *tracker_; }
 
 private:
-  static void onTick(evutil_socket_t, short, void* arg);
-  static void onLook(evutil_socket_t, short, void* arg);
+  /// The periodic tick: re-arms itself every kTick, then tick().
+  void onTick();
   void tick();
   void reconcile();
   void release(const std::optional<core::SlotRelease>& r);
@@ -103,16 +104,16 @@ private:
   /// seen, or the budget no longer binds) wait from now on as asFetcher() says then.
   void rejudgeBehindOldest(core::MonotonicTime now);
 
-  event_base* base_;
+  Timers& timers_;
+  const core::Clock& clock_;
   core::ConfigSharedPtr cfg_;
   Limiter& limiter_;
   ProxyServer& proxy_;
   Logger& log_;
   Metrics* metrics_;
-  core::SteadyClock clock_;
   std::unique_ptr<core::TaskTracker> tracker_;
-  event* tick_ = nullptr;
-  event* look_ = nullptr;  ///< one-shot: a gate-pressure look planned between two ticks
+  std::unique_ptr<Timer> tick_;
+  std::unique_ptr<Timer> look_;  ///< a gate-pressure look planned between two ticks
   core::MonotonicTime last_save_{};
   bool dirty_ = false;
   core::SaveBackoff save_backoff_;  ///< a failing save is tried again later and later

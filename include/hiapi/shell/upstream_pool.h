@@ -20,6 +20,7 @@
 #include "hiapi/core/config.h"
 #include "hiapi/core/node_spares.h"
 #include "hiapi/http/message.h"
+#include "hiapi/http/method.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/tls.h"
 
@@ -32,7 +33,7 @@ using http::Headers;
 using http::findHeader;
 
 struct UpstreamRequest {
-  evhttp_cmd_type method = EVHTTP_REQ_GET;
+  http::Method method = http::Method::Get;
   std::string target;  ///< origin-form path and query, byte for byte from the client
   Headers headers;     ///< end-to-end headers; the pool adds Host
   std::string body;

@@ -28,6 +28,7 @@
 
 #include "hiapi/http/message.h"
 #include "hiapi/http/response_parser.h"
+#include "hiapi/shell/evhttp_method.h"
 
 namespace hiapi::test {
 namespace {
@@ -411,22 +412,7 @@ size_t TestUpstream::count() const {
 void TestUpstream::onRequest(evhttp_request* req, void* arg) {
   auto* self = static_cast<TestUpstream*>(arg);
   RecordedRequest rec;
-  switch (evhttp_request_get_command(req)) {
-  case EVHTTP_REQ_GET:
-    rec.method = "GET";
-    break;
-  case EVHTTP_REQ_POST:
-    rec.method = "POST";
-    break;
-  case EVHTTP_REQ_PUT:
-    rec.method = "PUT";
-    break;
-  case EVHTTP_REQ_DELETE:
-    rec.method = "DELETE";
-    break;
-  default:
-    rec.method = "OTHER";
-  }
+  rec.method = shell::evhttpMethodName(evhttp_request_get_command(req));
   rec.uri = evhttp_request_get_uri(req);
   const evkeyvalq* in = evhttp_request_get_input_headers(req);
   for (const evkeyval* kv = in->tqh_first; kv != nullptr; kv = kv->next.tqe_next) {
