@@ -164,8 +164,7 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   return ref;
 }
 
-void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
-                    std::function<void(core::ProxyError, int)> reject) {
+void Limiter::admit(RequestCtx& ctx) {
   KeyState& ks = keyState(ctx.key_name);
   ks.last_used = clock_.now();
   ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
@@ -184,9 +183,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
     }
   }
   if (auto h = handles_.find(ctx.id); h != handles_.end()) {
-    h->second = Waiter{&ctx, std::move(go), std::move(reject)};
+    h->second = Waiter{&ctx};
   } else {
-    handle_spares_.put(handles_, ctx.id, Waiter{&ctx, std::move(go), std::move(reject)});
+    handle_spares_.put(handles_, ctx.id, Waiter{&ctx});
   }
   submit(ks, ctx, priorityOf(ctx));
 }
@@ -234,7 +233,7 @@ bool Limiter::requeue(RequestCtx& ctx) {
   }
   KeyState& ks = *kit->second;
   ks.sched->cancel(ctx.id, clock_.now());
-  submit(ks, ctx, priorityOf(ctx));  // its go / reject stay in handles_
+  submit(ks, ctx, priorityOf(ctx));  // its entry stays in handles_
   return true;
 }
 
@@ -243,9 +242,8 @@ void Limiter::reject(uint64_t id, core::ProxyError e, int retry_after_s) {
   if (it == handles_.end()) {
     return;
   }
-  Waiter w = std::move(it->second);
   handle_spares_.erase(handles_, it);
-  w.reject(e, retry_after_s);
+  sink_->decided(AdmissionDecision{id, e, retry_after_s});
 }
 
 void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
@@ -307,7 +305,7 @@ size_t Limiter::waitingTotal() const {
 }
 
 void Limiter::pump(KeyState& ks) {
-  // Callbacks below (go, reject) may submit to this same key (a rejected look's joiners fetch
+  // Decisions below may submit to this same key (a rejected look's joiners fetch
   // themselves): that pump must not run inside this one, whose timer would then be armed from a
   // dispatch that had not seen the new request — it would wait with no timer.
   if (ks.pumping) {
@@ -358,7 +356,8 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
     it->second.ctx->slot = a.slot;
     it->second.ctx->admission_seq = a.seq;
     observeWait(ks, it->second, a.route, "sent", a.waited);
-    it->second.go();  // sends; handles_ keeps the entry until the final answer
+    // Sends; handles_ keeps the entry until the final answer.
+    sink_->decided(AdmissionDecision{a.id, std::nullopt, -1});
   }
   return d.wake_at;
 }
@@ -506,7 +505,7 @@ void Limiter::retryDue(std::string key, uint64_t id) {
   if (h == handles_.end()) {
     return;
   }
-  // Back into the queue at its head (retries first); go() sends it again through the proxy.
+  // Back into the queue at its head (retries first); its decision sends it again.
   submit(keyState(key), *h->second.ctx, core::Priority::Retry);
 }
 

@@ -181,27 +181,28 @@ void ProxyServer::admitCtx(RequestCtx& ctx) {
   }
   const uint64_t id = ctx.id;
   const bool client_create = ctx.route.kind == core::RouteKind::Create && !ctx.internal;
-  admission_->admit(
-      ctx,
-      [this, id] {
-        if (RequestCtx* c = find(id)) {
-          forward(*c);
-        }
-      },
-      [this, id](core::ProxyError e, int retry_after_s) {
-        if (RequestCtx* c = find(id)) {
-          if (c->poll_fetcher && poll_hook_ != nullptr) {
-            poll_hook_->fetchRejected(*c, e, retry_after_s);  // the joiners get the same answer
-          }
-          replyError(*c, e, {}, retry_after_s);
-        }
-      });
+  admission_->admit(ctx);
   // admit() may have answered the request at once (a full queue) and freed ctx: look it up.
   if (defer_hook_ != nullptr && client_create) {
     if (RequestCtx* c = find(id); c != nullptr && admission_->isWaiting(*c)) {
       defer_hook_->waiting(*c);
     }
   }
+}
+
+void ProxyServer::decided(const AdmissionDecision& d) {
+  RequestCtx* c = find(d.id);
+  if (c == nullptr) {
+    return;
+  }
+  if (!d.refuse) {
+    forward(*c);
+    return;
+  }
+  if (c->poll_fetcher && poll_hook_ != nullptr) {
+    poll_hook_->fetchRejected(*c, *d.refuse, d.retry_after_s);  // the joiners get the same answer
+  }
+  replyError(*c, *d.refuse, {}, d.retry_after_s);
 }
 
 bool ProxyServer::answerDeferred(uint64_t id, std::string_view body) {
@@ -368,9 +369,20 @@ void ProxyServer::serve(RequestCtx& ctx) {
   if (defer_hook_ != nullptr && !ctx.poll_held && defer_hook_->intercept(ctx)) {
     return;  // a request about a deferred task the proxy answers itself
   }
-  if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll &&
-      poll_hook_->beginClientPoll(ctx)) {
-    return;  // answered from the cache, joined to a fetch in flight, or held
+  if (poll_hook_ != nullptr && ctx.route.kind == core::RouteKind::Poll) {
+    ClientPollDecision d = poll_hook_->beginClientPoll(ctx);
+    switch (d.action) {
+    case ClientPollDecision::Action::Hit:
+      replyCached(ctx.id, *d.reply, d.age);
+      return;
+    case ClientPollDecision::Action::Join:
+      return;  // answered with the fetch in flight's reply
+    case ClientPollDecision::Action::Hold:
+      holdPoll(ctx.id, d.hold);
+      return;
+    case ClientPollDecision::Action::Fetch:
+      break;
+    }
   }
   admitCtx(ctx);
 }
@@ -525,6 +537,18 @@ void ProxyServer::replyWith(uint64_t id, const UpstreamResponse& resp, std::stri
     return;
   }
   replyUpstream(*ctx, resp, age_s);
+}
+
+void ProxyServer::replyCached(uint64_t id, const core::CachedReply& reply, core::Duration age) {
+  UpstreamResponse r;
+  r.status = reply.status;
+  r.headers.reserve(reply.headers.size());
+  for (const auto& [k, v] : reply.headers) {
+    r.headers.push_back(Header{k, v});
+  }
+  r.body = reply.body;
+  replyWith(id, r, "hit",
+            static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(age).count()));
 }
 
 void ProxyServer::replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message,

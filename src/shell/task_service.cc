@@ -23,10 +23,6 @@ namespace {
 // Expiry, tier durations, reconcile and gate-pressure polls, state saves run this often.
 constexpr core::Duration kTick = std::chrono::milliseconds(100);
 
-long ageSeconds(core::Duration d) {
-  return static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
-}
-
 int64_t wallMs(const core::Clock& c) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(c.wallNow().time_since_epoch())
       .count();
@@ -110,7 +106,8 @@ void TaskService::release(const std::optional<core::SlotRelease>& r) {
   }
 }
 
-bool TaskService::beginClientPoll(RequestCtx& ctx) {
+ClientPollDecision TaskService::beginClientPoll(RequestCtx& ctx) {
+  using Action = ClientPollDecision::Action;
   auth_by_key_[ctx.key_name] = ctx.authorization;
   const auto now = clock_.now();
   if (ctx.poll_held) {
@@ -127,27 +124,27 @@ bool TaskService::beginClientPoll(RequestCtx& ctx) {
       Held& h = held_[{ctx.key_name, ctx.route.task_id}];
       h.ids.push_back(ctx.id);
       h.until = std::max(h.until, *until);
-      proxy_.holdPoll(ctx.id, *until - now);
       if (h.ids.size() == 1) {
-        reconcile();  // its look may be due before the next tick: plan it
+        // Its look may be due before the next tick: plan it. (The look's answer comes from the
+        // network, so after the server has held this poll.)
+        reconcile();
       }
-      return true;
+      return ClientPollDecision{Action::Hold, nullptr, {}, *until - now};
     }
   }
   core::PollDecision d = tracker_->beginPoll(ctx.key_name, ctx.route.task_id, ctx.id, now);
   switch (d.action) {
   case core::PollAction::Hit:
     ctx.outcome = "cache_hit";
-    answerFromCache(ctx.id, d);
-    return true;
+    return ClientPollDecision{Action::Hit, std::move(d.reply), d.age, {}};
   case core::PollAction::Join:
     ctx.poll_joined = true;
-    return true;
+    return ClientPollDecision{Action::Join, nullptr, {}, {}};
   case core::PollAction::Fetch:
     asFetcher(ctx, now);
-    return false;
+    break;
   }
-  return false;
+  return ClientPollDecision{};
 }
 
 void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
@@ -204,16 +201,6 @@ void TaskService::rejudgeBehindOldest(core::MonotonicTime now) {
       limiter_.requeue(*ctx);
     }
   }
-}
-
-void TaskService::answerFromCache(uint64_t id, const core::PollDecision& hit) {
-  UpstreamResponse r;
-  r.status = hit.reply->status;
-  for (const auto& [k, v] : hit.reply->headers) {
-    r.headers.push_back(Header{k, v});
-  }
-  r.body = hit.reply->body;
-  proxy_.replyWith(id, r, "hit", ageSeconds(hit.age));
 }
 
 void TaskService::answerWaiters(const std::vector<uint64_t>& waiters, uint64_t except,
@@ -281,7 +268,7 @@ void TaskService::refetch(const std::vector<uint64_t>& waiters, core::MonotonicT
       asFetcher(*w, now);  // as if it had come now: its priority and lane follow the task
       proxy_.admitById(id);
     } else if (d.action == core::PollAction::Hit) {
-      answerFromCache(id, d);
+      proxy_.replyCached(id, *d.reply, d.age);
     }
   }
 }

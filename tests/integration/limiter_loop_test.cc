@@ -2,6 +2,7 @@
 // its callbacks may do, and the timers themselves.
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -31,6 +32,12 @@ std::unique_ptr<RequestCtx> poll(uint64_t id, const std::string& task, core::Mon
   ctx->deadline = ctx->received + 50s;
   return ctx;
 }
+
+// Admission's decisions, handed to a function per test.
+struct Decisions final : AdmissionSink {
+  std::function<void(const AdmissionDecision&)> on;
+  void decided(const AdmissionDecision& d) override { on(d); }
+};
 
 TEST(ManualTimers, FireInDueOrderAtTheirDueTimes) {
   core::ManualClock clock;
@@ -97,17 +104,25 @@ TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
     b->deadline = b->received + 100ms;  // gives up before the next token (500 ms)
     bool a_sent = false, b_sent = false, b_rejected = false, c_sent = false;
     std::optional<core::MonotonicTime> c_sent_at;
-    limiter.admit(*a, [&] { a_sent = true; }, [](core::ProxyError, int) {});
-    limiter.admit(
-        *b, [&] { b_sent = true; },
-        [&](core::ProxyError e, int) {
-          EXPECT_EQ(e, core::ProxyError::QueueTimeout);
-          b_rejected = true;
-          limiter.admit(*c, [&] {
-            c_sent = true;
-            c_sent_at = clock.now();
-          }, [](core::ProxyError, int) {});
-        });
+    Decisions decisions;
+    decisions.on = [&](const AdmissionDecision& d) {
+      if (d.id == 1) {
+        a_sent = !d.refuse;
+      } else if (d.id == 2) {
+        b_sent = !d.refuse;
+        b_rejected = d.refuse.has_value();
+        EXPECT_EQ(d.refuse, core::ProxyError::QueueTimeout);
+        if (d.refuse) {
+          limiter.admit(*c);
+        }
+      } else if (d.id == 3 && !d.refuse) {
+        c_sent = true;
+        c_sent_at = clock.now();
+      }
+    };
+    limiter.setSink(&decisions);
+    limiter.admit(*a);
+    limiter.admit(*b);
     EXPECT_TRUE(a_sent) << "the burst's one token";
     // Time moves in steps well past the next token; only the limiter's own timers can send c.
     for (int i = 0; i < 30 && !c_sent; ++i) {
@@ -138,7 +153,13 @@ TEST(LimiterLoop, ARetriedRequestWaitsOutItsDelayOnTheClock) {
   const auto t0 = clock.now();
   auto ctx = poll(1, "a", t0);
   std::vector<core::MonotonicTime> sent;
-  limiter.admit(*ctx, [&] { sent.push_back(clock.now()); }, [](core::ProxyError, int) {});
+  Decisions decisions;
+  decisions.on = [&](const AdmissionDecision& d) {
+    EXPECT_FALSE(d.refuse);
+    sent.push_back(clock.now());
+  };
+  limiter.setSink(&decisions);
+  limiter.admit(*ctx);
   ASSERT_EQ(sent.size(), 1u);
   UpstreamResponse busy;
   busy.status = 503;

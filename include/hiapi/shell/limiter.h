@@ -30,8 +30,8 @@ public:
   Limiter& operator=(const Limiter&) = delete;
 
   // AdmissionHook
-  void admit(RequestCtx& ctx, std::function<void()> go,
-             std::function<void(core::ProxyError, int retry_after_s)> reject) override;
+  void setSink(AdmissionSink* sink) override { sink_ = sink; }
+  void admit(RequestCtx& ctx) override;
   void clientGone(RequestCtx& ctx) override;
   bool completed(RequestCtx& ctx, const UpstreamResponse& resp) override;
   /// A waiting request whose priority, poll_early_until or unblocks has changed waits from now
@@ -84,8 +84,6 @@ public:
 private:
   struct Waiter {
     RequestCtx* ctx;
-    std::function<void()> go;
-    std::function<void(core::ProxyError, int)> reject;
     core::MonotonicTime since{};  ///< when it last entered the queue (queue wait metrics)
   };
 
@@ -113,6 +111,7 @@ private:
   void sweep();
 
   Timers& timers_;
+  AdmissionSink* sink_ = nullptr;
   const core::Clock& clock_;
   core::Random& random_;
   std::unique_ptr<Timer> sweep_;
@@ -122,7 +121,7 @@ private:
   std::unique_ptr<core::RetryPolicy> retry_policy_;
   std::unordered_map<std::string, std::unique_ptr<KeyState>> keys_;
   std::vector<std::optional<core::TierDuration>> tier_durations_;
-  /// Every request between admit() and its final answer: how to send or reject it.
+  /// Every request between admit() and its final answer.
   std::unordered_map<uint64_t, Waiter> handles_;
   core::NodeSpares<std::unordered_map<uint64_t, Waiter>> handle_spares_;
   /// Requests waiting out a retry delay.

@@ -17,6 +17,7 @@
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/node_spares.h"
 #include "hiapi/core/proxy_error.h"
+#include "hiapi/core/task_tracker.h"
 #include "hiapi/core/string_hash.h"
 #include "hiapi/shell/http_server.h"
 #include "hiapi/shell/key_identity.h"
@@ -89,32 +90,62 @@ struct RequestCtx {
   std::optional<core::ProxyError> proxy_error;  ///< set when the proxy answered itself
 };
 
+/// What admission decided for a request: send it upstream now, or answer it with a proxy error.
+struct AdmissionDecision {
+  uint64_t id = 0;
+  std::optional<core::ProxyError> refuse;  ///< nullopt: send it
+  int retry_after_s = -1;                  ///< with refuse: the Retry-After to give, -1 = default
+};
+
+/// Where admission's decisions go: the owner of the requests (ProxyServer). One entry point for
+/// every request instead of a pair of callbacks per request.
+class AdmissionSink {
+public:
+  virtual ~AdmissionSink() = default;
+  /// Acts on @p d. It may submit more requests to admission from inside this call.
+  virtual void decided(const AdmissionDecision& d) = 0;
+};
+
 /// Decides when a request may go upstream. The default lets everything through at once; the
 /// limiter plugs in here. Thread-safety: loop thread only.
 class AdmissionHook {
 public:
   virtual ~AdmissionHook() = default;
-  /// Called once per request ready to go. Must eventually call @p go or @p reject, or be told
-  /// by clientGone() that the client left.
-  virtual void admit(RequestCtx& ctx, std::function<void()> go,
-                     std::function<void(core::ProxyError, int retry_after_s)> reject) = 0;
+  /// Where decide() reports; set by ProxyServer::setAdmission before any admit().
+  virtual void setSink(AdmissionSink* sink) = 0;
+  /// Called once per request ready to go. Exactly one decision for @p ctx reaches the sink
+  /// (now or later), unless clientGone() says first that the client left.
+  virtual void admit(RequestCtx& ctx) = 0;
   /// The client of a request still waiting in admit() has gone: forget it and return its
-  /// reservations; go/reject must not be called afterwards.
+  /// reservations; no decision for it follows.
   virtual void clientGone(RequestCtx& ctx) = 0;
   /// The upstream answered (or failed): for budgets, cooldowns and retries.
-  /// @return true when the hook takes the request back to retry it (it will call go again).
+  /// @return true when the hook takes the request back to retry it (a decision follows again).
   virtual bool completed(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
   /// @return whether @p ctx waits for admission (not yet sent, not in a retry delay).
   virtual bool isWaiting(const RequestCtx& ctx) const = 0;
+};
+
+/// What the poll hook decided for a client poll; ProxyServer carries it out.
+struct ClientPollDecision {
+  enum class Action {
+    Fetch,  ///< fetch the detail itself, through admission
+    Join,   ///< wait for another request's fetch of the same task (answered with its reply)
+    Hit,    ///< answer now with `reply`
+    Hold,   ///< hold it for `hold`, then serve it again as if it arrived then
+  };
+  Action action = Action::Fetch;
+  core::CachedReplyPtr reply;  ///< Hit
+  core::Duration age{};        ///< Hit: how old the reply is (the Age header)
+  core::Duration hold{};       ///< Hold
 };
 
 /// Poll coalescing and task tracking plug in here. Thread-safety: loop thread only.
 class PollHook {
 public:
   virtual ~PollHook() = default;
-  /// A client poll arrived. @return true when it was answered (cache hit) or joined to a fetch in
-  ///         flight; false when it must fetch itself (it then goes through admission).
-  virtual bool beginClientPoll(RequestCtx& ctx) = 0;
+  /// A client poll arrived (or a held one is served again): what to do with it.
+  virtual ClientPollDecision beginClientPoll(RequestCtx& ctx) = 0;
   /// The fetch of a poll ended (after any retries): answer the requests that joined it.
   virtual void fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) = 0;
   /// The fetch was turned away by admission (queue full or timeout): the joiners get @p e too.
@@ -158,7 +189,7 @@ struct DeferredSubmission {
 };
 
 /// Thread-safety: loop thread only.
-class ProxyServer : private HttpServer::Handler {
+class ProxyServer : private HttpServer::Handler, private AdmissionSink {
 public:
   /// @param base the loop its client connections live on. @param timers its timers and clock.
   /// @param random salts its request ids.
@@ -192,7 +223,12 @@ public:
 
   /// Client replies waiting to be written count against @p budget. Call before listen().
   void setBufferBudget(BufferBudget* budget) { budget_ = budget; }
-  void setAdmission(AdmissionHook* hook) { admission_ = hook; }
+  void setAdmission(AdmissionHook* hook) {
+    admission_ = hook;
+    if (hook != nullptr) {
+      hook->setSink(this);
+    }
+  }
   void setPollHook(PollHook* hook) { poll_hook_ = hook; }
   void setDeferHook(DeferHook* hook) { defer_hook_ = hook; }
 
@@ -224,10 +260,8 @@ public:
   void replyErrorTo(uint64_t id, core::ProxyError e, std::string_view message = {}, int retry_after_s = -1);
   /// Sends request @p id through admission (a joined poll that must now fetch itself).
   void admitById(uint64_t id);
-  /// Holds client poll @p id for @p wait (its task likely ends then), then serves it as if it
-  /// arrived then: from the cache, by joining a fetch, or by fetching. A client that goes away
-  /// meanwhile is noticed as for any waiting request.
-  void holdPoll(uint64_t id, core::Duration wait);
+  /// Answers request @p id with a cached task detail @p reply, @p age old (a cache hit).
+  void replyCached(uint64_t id, const core::CachedReply& reply, core::Duration age);
   /// Ends the hold of poll @p id now (its task was seen ended) and serves it.
   void serveHeldNow(uint64_t id);
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
@@ -246,7 +280,7 @@ public:
   RequestCtx* find(uint64_t id);
   void setConfig(core::ConfigSharedPtr cfg);
 
-  /// Sends the request upstream now (called by the admission hook through go()).
+  /// Sends the request upstream now.
   void forward(RequestCtx& ctx);
 
   /// Observer of finished requests (metrics). Called once per request, before it is freed.
@@ -255,6 +289,11 @@ public:
 private:
   void onRequest(uint64_t exchange, InboundRequest& req) override;
   void onClientGone(uint64_t exchange) override;
+  void decided(const AdmissionDecision& d) override;
+  /// Holds client poll @p id for @p wait (its task likely ends then), then serves it as if it
+  /// arrived then: from the cache, by joining a fetch, or by fetching. A client that goes away
+  /// meanwhile is noticed as for any waiting request.
+  void holdPoll(uint64_t id, core::Duration wait);
   void unhold(RequestCtx& ctx);
   /// Serves a prepared request: a poll through the poll hook (cache, join) or admission.
   void serve(RequestCtx& ctx);

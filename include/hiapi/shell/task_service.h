@@ -43,7 +43,7 @@ public:
   void reconfigure(core::ConfigSharedPtr cfg);
 
   // PollHook
-  bool beginClientPoll(RequestCtx& ctx) override;
+  ClientPollDecision beginClientPoll(RequestCtx& ctx) override;
   void fetchDone(RequestCtx& ctx, const UpstreamResponse& resp) override;
   void fetchRejected(RequestCtx& ctx, core::ProxyError e, int retry_after_s) override;
   void pollerGone(RequestCtx& ctx, bool fetch_continues) override;
@@ -72,7 +72,6 @@ private:
   void release(const std::optional<core::SlotRelease>& r);
   /// Forgets @p ctx in held_ (it is being served).
   void unholdIndex(const RequestCtx& ctx);
-  void answerFromCache(uint64_t id, const core::PollDecision& hit);
   /// @p ctx fetches its task (beginPoll said Fetch): sets how it waits for admission (a likely
   /// running task's poll waits for a spare token; one that may free a full gate's slot goes
   /// with that tier's creates from the task's likely end).
