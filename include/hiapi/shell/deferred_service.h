@@ -84,6 +84,10 @@ private:
   std::optional<size_t> tierIndex(const std::string& name) const;
   bool handleCancel(RequestCtx& ctx);
   bool ownedBy(const core::DeferredRecord& r, const RequestCtx& ctx) const;
+  /// The record a waiting client create @p ctx is deferred as (new id, headers to resend).
+  core::DeferredRecord recordFor(const RequestCtx& ctx, int64_t now_ms);
+  /// Tries the journal again once its backoff is over (after a failed open or write).
+  void retryStore(core::MonotonicTime now);
   int64_t wallMs() const;
 
   Timers& timers_;
