@@ -2,7 +2,6 @@
 // the real daemon to the real simulator; the simulator's /__stats is the judge.
 
 #include <csignal>
-#include <sstream>
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -145,17 +144,9 @@ TEST(SharedBudget, AClientKilledWhileQueuedCausesNoUpstreamRequest) {
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
   const std::vector<std::pair<std::string, std::string>> auth{{"Authorization", "Bearer " + kKey}};
   ASSERT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1&size=1", auth).status, 200);
-  // Whether the key's whole queue (tier="all") holds @p n requests.
-  const auto queued = [&](int n) {
-    std::istringstream text(httpRequest(proxy.adminPort(), "GET", "/metrics", {}).body);
-    const std::string tail = "tier=\"all\"} " + std::to_string(n);
-    for (std::string line; std::getline(text, line);) {
-      if (line.rfind("hiapi_proxy_queue_depth{", 0) == 0 && line.size() >= tail.size() &&
-          line.compare(line.size() - tail.size(), tail.size(), tail) == 0) {
-        return true;
-      }
-    }
-    return false;
+  const auto queued = [&] {
+    return metricSum(httpRequest(proxy.adminPort(), "GET", "/metrics", {}).body,
+                     "hiapi_proxy_queue_depth", "tier=\"all\"");
   };
 
   const pid_t child = fork();
@@ -166,7 +157,7 @@ TEST(SharedBudget, AClientKilledWhileQueuedCausesNoUpstreamRequest) {
     _exit(0);
   }
   // The proxy holds it once the key's queue shows it.
-  ASSERT_TRUE(waitFor([&] { return queued(1); }, 5000ms));
+  ASSERT_TRUE(waitFor([&] { return queued() == 1; }, 5000ms));
   ::kill(child, SIGKILL);
   waitpid(child, nullptr, 0);
   ASSERT_TRUE(waitFor([&] { return proxy.process().err().find("outcome=client_gone") != std::string::npos; },

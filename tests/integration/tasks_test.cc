@@ -261,15 +261,9 @@ TEST(Tasks, APollJustBeforeItsTasksLikelyEndIsAnsweredAtThatEnd) {
     // One upstream detail request served the poll, held or not (held: the proxy's look).
     EXPECT_EQ(detailRequests(simStats(sim.port())), 1);
     // The held poll is counted (hiapi_proxy_polls_held_total, the key's pt- name).
-    const std::string metrics = httpRequest(proxy.adminPort(), "GET", "/metrics").body;
-    double held = 0;
-    for (size_t pos = metrics.find("\nhiapi_proxy_polls_held_total{key=\"pt-");
-         pos != std::string::npos;
-         pos = metrics.find("\nhiapi_proxy_polls_held_total{key=\"pt-", pos + 1)) {
-      const size_t space = metrics.find(' ', pos + 1);
-      held += std::stod(metrics.substr(space + 1, metrics.find('\n', space) - space - 1));
-    }
-    EXPECT_EQ(held, hold ? 1.0 : 0.0) << metrics.substr(0, 0);
+    const double held = metricSum(httpRequest(proxy.adminPort(), "GET", "/metrics").body,
+                                  "hiapi_proxy_polls_held_total", "key=\"pt-");
+    EXPECT_EQ(held, hold ? 1.0 : 0.0);
   }
 }
 
@@ -314,7 +308,13 @@ TEST(Tasks, WhileTheBudgetBindsATaskBehindItsTiersUnlearnedOldestWaitsForTheOlde
       std::this_thread::sleep_for(200ms);
     }
   });
-  std::this_thread::sleep_for(300ms);
+  // Once the creates wait (the budget binds), the younger task's client polls.
+  ASSERT_TRUE(waitFor(
+      [&] {
+        return metricSum(httpRequest(proxy.adminPort(), "GET", "/metrics").body,
+                         "hiapi_proxy_queue_depth", "tier=\"all\"") >= 20;
+      },
+      10000ms));
   auto behind = httpRequest(proxy.port(), "GET", "/v1/tasks/" + ids[1], auth(kKeyA), {}, 30000ms);
   oldest.join();
   for (auto& t : creators) {

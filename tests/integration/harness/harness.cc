@@ -261,6 +261,24 @@ uint16_t unusedPort() {
   return ntohs(sa.sin_port);
 }
 
+double metricSum(const std::string& text, const std::string& name,
+                 const std::string& label_part) {
+  double sum = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.compare(0, name.size(), name) != 0 || line.size() <= name.size() ||
+        (line[name.size()] != '{' && line[name.size()] != ' ')) {
+      continue;  // another family, or one whose name only starts like this one
+    }
+    const size_t space = line.rfind(' ');
+    const std::string labels = line.substr(name.size(), space - name.size());
+    if (labels.find(label_part) != std::string::npos) {
+      sum += std::strtod(line.c_str() + space + 1, nullptr);
+    }
+  }
+  return sum;
+}
+
 bool waitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {

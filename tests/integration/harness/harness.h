@@ -81,6 +81,12 @@ uint16_t unusedPort();
 /// Polls @p pred every 10 ms until it holds or @p timeout passes.
 bool waitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
+/// @return the sum of the samples of metric @p name (a whole sample name, e.g.
+///         "hiapi_proxy_queue_depth") in Prometheus text @p text whose labels contain
+///         @p label_part (e.g. `tier="all"`; empty: every sample).
+double metricSum(const std::string& text, const std::string& name,
+                 const std::string& label_part = {});
+
 struct HttpResponse {
   int status = 0;  ///< 0: no answer (connection failed or closed)
   std::vector<std::pair<std::string, std::string>> headers;
