@@ -78,15 +78,6 @@ void KeyScheduler::pauseBudget(MonotonicTime until) {
   budget_->pauseUntil(until - fromSeconds(1.0 / budget_->rate()));
 }
 
-namespace {
-// Polls that may free a slot of tier t wait on lane kUnblockLanes + t: no gate, but named
-// separately so that a bottleneck tier's turn covers them (see bottlenecks()).
-constexpr size_t kUnblockLanes = size_t{1} << 20;
-// How long after a bottleneck's planned look its reserve still holds (the shell updates the
-// plan every tick; past this it is stale).
-constexpr Duration kLookGrace = std::chrono::seconds(1);
-}  // namespace
-
 bool KeyScheduler::laneOpen(std::optional<size_t> lane, MonotonicTime now) const {
   return !lane || *lane >= gates_.size() || gates_[*lane]->canAcquire(now);
 }
@@ -182,7 +173,7 @@ bool KeyScheduler::admitAtOnce(const QueueEntry& entry, RouteKind route, Monoton
       entry.priority == Priority::Background || adaptive_.inCooldown(now)) {
     return false;
   }
-  const Reserve reserve = reserveFor(now);
+  const BottleneckPlanner::Reserve reserve = planner_.reserveFor(load(), now);
   if (!takeToken(now)) {
     return false;
   }
@@ -364,7 +355,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
   // (a create was about to take it) may be the bottleneck now, and the task's end, unseen,
   // would keep it full (B1 traces: 2.6 s lost at a wave change).
   for (size_t t = 0; t < gates_.size(); ++t) {
-    if (blocked(t, now)) {
+    if (planner_.blocked(load(), t, now)) {
       queue_.promoteBackgroundOnLane(kUnblockLanes + t, now, Priority::Create);
     }
   }
@@ -376,14 +367,14 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
   const auto open = [this, now](std::optional<size_t> lane) {
     return !(gathering_ && lane && *lane < gates_.size()) && laneOpen(lane, now);
   };
-  Reserve reserve = reserveFor(now);
+  BottleneckPlanner::Reserve reserve = planner_.reserveFor(load(), now);
   bool waiting_for_token = false;
   double tokens_wanted = 1.0;
   for (bool first = true; !queue_.empty() && !adaptive_.inCooldown(now); first = false) {
     if (!first) {
       // The last admission may have filled the tier's free slot: it is blocked again, and its
       // next looks need their tokens.
-      reserve = reserveFor(now);
+      reserve = planner_.reserveFor(load(), now);
     }
     // Reserve the token first; give it back if no entry can use it.
     if (!takeToken(now)) {
@@ -395,7 +386,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
     const bool spare = budget_->available(now) >= reserve.tokens;
     std::optional<QueueEntry> entry;
     if (spare) {
-      entry = queue_.popNext(open, bottlenecks(now));
+      entry = queue_.popNext(open, planner_.bottlenecks(load(), now));
     } else {
       const std::vector<size_t> lanes{reserve.tier, kUnblockLanes + reserve.tier};
       const auto reserved = [&](std::optional<size_t> lane) {
@@ -411,280 +402,120 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
       }
       break;
     }
-    auto pit = pending_.find(entry->id);
-    Pending p = pit->second;
-    pending_.erase(pit);
-    --queued_by_route_[static_cast<size_t>(p.route)];
-
-    Admitted a;
-    a.id = entry->id;
-    a.route = p.route;
-    a.waited = now - entry->enqueued;
-    if (p.route == RouteKind::Create) {
-      a.tier = *p.tier;
-      if (p.held_slot && slot_tier_.count(*p.held_slot) != 0) {
-        a.slot = p.held_slot;
-      } else {
-        if (p.held_slot && !gates_[*p.tier]->canAcquire(now)) {
-          // Its held slot's lease ran out while it waited: it needs a new slot, and must wait
-          // on its tier's lane for one.
-          giveToken(now);
-          p.held_slot.reset();
-          entry->lane = p.tier;
-          pending_.emplace(entry->id, p);
-          ++queued_by_route_[static_cast<size_t>(p.route)];
-          queue_.push(std::move(*entry));  // just popped, so there is room
-          continue;
-        }
-        const SlotId slot = next_slot_id_++;
-        // The lane was open at this same `now`, so this cannot fail; stay safe regardless.
-        if (!gates_[*p.tier]->acquireWithId(slot, now)) {
-          giveToken(now);
-          out.expired.push_back(entry->id);
-          ++counters_.queue_timeout;
-          continue;
-        }
-        slot_tier_.emplace(slot, *p.tier);
-        a.slot = slot;
-      }
-    }
-    a.seq = nextSeq();
-    ++counters_.admitted;
-    out.admitted.push_back(a);
+    admitEntry(std::move(*entry), now, out);
   }
 
-  // When could anything change by itself?
-  if (!queue_.empty()) {
-    earliest(out.wake_at, queue_.nextDeadline());
-    if (gathering_) {
-      earliest(out.wake_at, gatherEnd());
-    }
-    if (queue_.hasEligible(open)) {
-      if (adaptive_.inCooldown(now)) {
-        earliest(out.wake_at, adaptive_.cooldownUntil());
-      } else if (windowClosed(now)) {
-        earliest(out.wake_at, *window_end_);
-      } else if (waiting_for_token) {
-        const double wanted = std::min(tokens_wanted + marginTokens(), budget_->burst());
-        if (auto wait = budget_->timeUntilAvailable(wanted, now)) {
-          earliest(out.wake_at, now + std::max(*wait, Duration(1)));
-        }
-      }
-    }
-    for (size_t t = 0; t < gates_.size(); ++t) {
-      if (queue_.hasLane(t) && !gates_[t]->canAcquire(now)) {
-        earliest(out.wake_at, gates_[t]->nextLeaseExpiry());
-        earliest(out.wake_at, gates_[t]->nextRecoveryAt(now));
-      }
-      if (blocked(t, now)) {
-        earliest(out.wake_at, queue_.nextUnblockAt(kUnblockLanes + t));
-      }
-    }
-    if (out.wake_at && *out.wake_at <= now) {
-      out.wake_at = now + Duration(1);  // never ask for a timer in the past
-    }
-  }
+  setWake(now, open, waiting_for_token ? std::optional<double>(tokens_wanted) : std::nullopt,
+          out);
 }
 
-// A tier whose waiting creates outnumber its free slots is a bottleneck: a slot that frees there
-// is capacity every service waits for, and it stays idle while its create waits behind polls and
-// other tiers' creates for a token. Those creates go first (fair across clients), and so do the
-// proxy's polls that may free one of its slots; the tier with the most work left (waves of
-// waiting creates times its task duration) before the others: the makespan is that tier's, so
-// every token it waits for is lost at the end, while a tier with less work left has slack.
-std::vector<size_t> KeyScheduler::bottlenecks(MonotonicTime now) const {
-  const Duration unknown_unit = unknownTierUnit();
-  std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
+void KeyScheduler::admitEntry(QueueEntry entry, MonotonicTime now, Dispatch& out) {
+  auto pit = pending_.find(entry.id);
+  Pending p = pit->second;
+  pending_.erase(pit);
+  --queued_by_route_[static_cast<size_t>(p.route)];
+
+  Admitted a;
+  a.id = entry.id;
+  a.route = p.route;
+  a.waited = now - entry.enqueued;
+  if (p.route == RouteKind::Create) {
+    a.tier = *p.tier;
+    if (p.held_slot && slot_tier_.count(*p.held_slot) != 0) {
+      a.slot = p.held_slot;
+    } else {
+      if (p.held_slot && !gates_[*p.tier]->canAcquire(now)) {
+        // Its held slot's lease ran out while it waited: it needs a new slot, and must wait
+        // on its tier's lane for one.
+        giveToken(now);
+        p.held_slot.reset();
+        entry.lane = p.tier;
+        pending_.emplace(entry.id, p);
+        ++queued_by_route_[static_cast<size_t>(p.route)];
+        queue_.push(std::move(entry));  // just popped, so there is room
+        return;
+      }
+      const SlotId slot = next_slot_id_++;
+      // The lane was open at this same `now`, so this cannot fail; stay safe regardless.
+      if (!gates_[*p.tier]->acquireWithId(slot, now)) {
+        giveToken(now);
+        out.expired.push_back(entry.id);
+        ++counters_.queue_timeout;
+        return;
+      }
+      slot_tier_.emplace(slot, *p.tier);
+      a.slot = slot;
+    }
+  }
+  a.seq = nextSeq();
+  ++counters_.admitted;
+  out.admitted.push_back(a);
+}
+
+void KeyScheduler::setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& open,
+                           std::optional<double> tokens_wanted, Dispatch& out) const {
+  if (queue_.empty()) {
+    return;
+  }
+  earliest(out.wake_at, queue_.nextDeadline());
+  if (gathering_) {
+    earliest(out.wake_at, gatherEnd());
+  }
+  if (queue_.hasEligible(open)) {
+    if (adaptive_.inCooldown(now)) {
+      earliest(out.wake_at, adaptive_.cooldownUntil());
+    } else if (windowClosed(now)) {
+      earliest(out.wake_at, *window_end_);
+    } else if (tokens_wanted) {
+      const double wanted = std::min(*tokens_wanted + marginTokens(), budget_->burst());
+      if (auto wait = budget_->timeUntilAvailable(wanted, now)) {
+        earliest(out.wake_at, now + std::max(*wait, Duration(1)));
+      }
+    }
+  }
   for (size_t t = 0; t < gates_.size(); ++t) {
-    const size_t waiting = queue_.laneSize(t);
-    if (waiting == 0) {
-      continue;
+    if (queue_.hasLane(t) && !gates_[t]->canAcquire(now)) {
+      earliest(out.wake_at, gates_[t]->nextLeaseExpiry());
+      earliest(out.wake_at, gates_[t]->nextRecoveryAt(now));
     }
-    const ConcurrencyGate& g = *gates_[t];
-    const uint32_t ceiling = g.effectiveCeiling(now);
-    const size_t free = ceiling > g.running() ? ceiling - g.running() : 0;
-    if (waiting < free) {
-      continue;
-    }
-    const double waves = static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1);
-    const std::optional<TierDuration>& d =
-        t < tier_duration_.size() ? tier_duration_[t] : std::optional<TierDuration>{};
-    const Duration unit = d && d->learned ? d->value : unknown_unit;
-    ranked.emplace_back(-std::ceil(waves) * std::chrono::duration<double>(unit).count(), t);
-  }
-  std::sort(ranked.begin(), ranked.end());
-  std::vector<size_t> out;
-  out.reserve(2 * ranked.size());
-  for (const auto& [work, t] : ranked) {
-    out.push_back(t);                  // its creates, when a slot is free
-    out.push_back(kUnblockLanes + t);  // else the polls that may free one
-  }
-  return out;
-}
-
-// The proxy's look at a blocked bottleneck's likely end, and the create it lets go, each need a
-// token: if other work has just spent the bucket, each waits 1/rate, and at every wave change of
-// the makespan's tier that is lost twice — and more when several of its tasks end close
-// together (two heavy tasks ending a token apart need four tokens within one refill). So the
-// bucket keeps what the tier's planned looks need: going back from the last planned look,
-// each look needs its own tokens plus whatever the next one needs beyond the refill between
-// them; the reserve now is what the first needs beyond the refill until it. Other requests take
-// a token only while more than that is left. Only the bottleneck with the most work left (the
-// makespan's tier) keeps one: a reserve shared with other tiers would go to whichever tier's
-// look came first. Cap: see setLookPlan().
-KeyScheduler::Reserve KeyScheduler::reserveFor(MonotonicTime now) const {
-  Reserve out;
-  const double burst = std::floor(budget_->burst());
-  const double rate = budget_->rate();
-  if (burst < 1.0 || rate <= 0.0) {
-    return out;
-  }
-  const Duration lead = fromSeconds(burst / rate);
-  // A look long past is stale (the tier was blocked then): it no longer holds tokens.
-  const auto near = [&](const LookPlan& plan) {
-    const std::optional<MonotonicTime> first = plan.first(now);
-    return first && now + lead >= *first && now <= *first + kLookGrace;
-  };
-  // Most calls (every dispatch, and submit's shortcut) have no look near: skip the ranking.
-  if (std::none_of(tier_looks_.begin(), tier_looks_.end(), near)) {
-    return out;
-  }
-  const std::vector<size_t> ranked = bottlenecks(now);
-  if (ranked.empty()) {
-    return out;
-  }
-  const size_t t = ranked.front();
-  if (t >= tier_looks_.size() || !near(tier_looks_[t]) || !blocked(t, now)) {
-    return out;
-  }
-  const double cap = tierBinds(t, now) ? burst : std::min(2.0, burst - 1.0);
-  if (cap < 1.0) {
-    return out;
-  }
-  const LookPlan& plan = tier_looks_[t];
-  // Each look costs a token, and the first ones to find an end each let a waiting create go:
-  // the looks in flight first (only their creates are still to pay), then the planned ones.
-  const size_t creates = queue_.laneSize(t);
-  const auto creates_after = [&](size_t looks_before) {
-    return looks_before < creates ? 1.0 : 0.0;
-  };
-  double need = 0.0;  // tokens needed at looks[i], for it and the looks after it
-  for (size_t i = plan.looks.size(); i-- > 0;) {
-    if (i + 1 < plan.looks.size()) {
-      need = std::max(0.0, need - rate * toSeconds(plan.looks[i + 1] - plan.looks[i]));
-    }
-    need = std::min(cap, need + 1.0 + creates_after(plan.in_flight + i));
-  }
-  double reserve = static_cast<double>(std::min(plan.in_flight, creates));
-  if (!plan.looks.empty() && plan.looks.front() >= now - kLookGrace) {
-    const double until_first = toSeconds(std::max(Duration::zero(), plan.looks.front() - now));
-    reserve += std::max(0.0, need - rate * until_first);
-  }
-  reserve = std::min(cap, reserve);
-  if (reserve > 1e-9) {
-    out.tokens = reserve;
-    out.tier = t;
-  }
-  return out;
-}
-
-Duration KeyScheduler::unknownTierUnit() const {
-  Duration unit = std::chrono::seconds(1);
-  for (const auto& d : tier_duration_) {
-    if (d) {
-      unit = std::max(unit, d->value);
+    if (planner_.blocked(load(), t, now)) {
+      earliest(out.wake_at, queue_.nextUnblockAt(kUnblockLanes + t));
     }
   }
-  return unit;
-}
-
-double KeyScheduler::tokensNeeded() const {
-  double tokens = 0.0;
-  size_t lanes = 0;
-  for (size_t t = 0; t < gates_.size(); ++t) {
-    const size_t waiting = queue_.laneSize(t);
-    lanes += waiting;
-    tokens += 2.0 * static_cast<double>(waiting) + static_cast<double>(gates_[t]->running());
+  if (out.wake_at && *out.wake_at <= now) {
+    out.wake_at = now + Duration(1);  // never ask for a timer in the past
   }
-  return tokens + static_cast<double>(queue_.size() - std::min(queue_.size(), lanes));
 }
 
-double KeyScheduler::tierWork(size_t tier, MonotonicTime now) const {
-  const ConcurrencyGate& g = *gates_[tier];
-  const double waves = std::ceil(static_cast<double>(queue_.laneSize(tier)) /
-                                 std::max<uint32_t>(g.effectiveCeiling(now), 1));
-  const std::optional<TierDuration>& d =
-      tier < tier_duration_.size() ? tier_duration_[tier] : std::optional<TierDuration>{};
-  const Duration unit = d ? d->value : unknownTierUnit();
-  return waves * toSeconds(unit);
-}
-
-bool KeyScheduler::budgetBinds(MonotonicTime now) const {
-  const double rate = budget_->rate();
-  const double tokens = tokensNeeded();
-  return rate > 0.0 && tokens > budget_->burst() && budgetBinds(tokens / rate, now);
-}
-
-bool KeyScheduler::budgetBinds(double budget_seconds, MonotonicTime now) const {
-  for (size_t t = 0; t < gates_.size(); ++t) {
-    // A tier not learned yet counts with its oldest task's age, and the half of it by which the
-    // sparse pace may see its first end late: that lateness too must fit in the budget's time.
-    double work = tierWork(t, now);
-    if (t < tier_duration_.size() && tier_duration_[t] && !tier_duration_[t]->learned) {
-      work += toSeconds(tier_duration_[t]->value) / 2;
-    }
-    if (work >= budget_seconds) {
-      return false;
-    }
-  }
-  return true;
-}
-
-bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
-  const double rate = budget_->rate();
-  return rate > 0.0 && tierWork(tier, now) >= tokensNeeded() / rate;
-}
-
-LearnPace KeyScheduler::learnPace(size_t tier, MonotonicTime now) const {
-  const double rate = budget_->rate();
-  if (rate <= 0.0 || tier >= gates_.size()) {
-    return LearnPace::Plain;
-  }
-  const double tokens = tokensNeeded();
-  if (tierWork(tier, now) >= tokens / rate) {
-    return LearnPace::Eager;  // tierBinds()
-  }
-  return tokens > budget_->burst() && budgetBinds(tokens / rate, now) ? LearnPace::Sparse
-                                                                      : LearnPace::Plain;
-}
-
-void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
-  if (tier >= tier_looks_.size()) {
-    tier_looks_.resize(tier + 1);
-  }
-  tier_looks_[tier] = std::move(plan);
-}
 
 MonotonicTime KeyScheduler::gatherEnd() const {
   return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
 }
 
 void KeyScheduler::setTierDuration(size_t tier, std::optional<TierDuration> duration) {
-  if (tier >= tier_duration_.size()) {
-    tier_duration_.resize(tier + 1);
-  }
-  tier_duration_[tier] = duration;
+  planner_.setTierDuration(tier, duration);
 }
 
-bool KeyScheduler::blocked(size_t tier, MonotonicTime now) const {
-  return queue_.laneSize(tier) != 0 &&
-         gates_[tier]->running() >= gates_[tier]->effectiveCeiling(now);
+void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
+  planner_.setLookPlan(tier, std::move(plan));
+}
+
+bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {
+  return planner_.tierBinds(load(), tier, now);
+}
+
+bool KeyScheduler::budgetBinds(MonotonicTime now) const {
+  return planner_.budgetBinds(load(), now);
+}
+
+LearnPace KeyScheduler::learnPace(size_t tier, MonotonicTime now) const {
+  return planner_.learnPace(load(), tier, now);
 }
 
 std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
   std::vector<size_t> out;
   for (size_t t = 0; t < gates_.size(); ++t) {
-    if (blocked(t, now)) {
+    if (planner_.blocked(load(), t, now)) {
       out.push_back(t);
     }
   }

@@ -744,68 +744,6 @@ TEST_F(TaskTrackerTest, SerializeEmptyAndNeverASecret) {
   EXPECT_TRUE(tasks->empty());
 }
 
-TEST(TaskTrackerState, CorruptFilesAreRejectedWithAMessage) {
-  struct Case {
-    const char* text;
-    const char* expect;  // substring of the message
-  };
-  const Case cases[] = {
-      {"", "not JSON"},
-      {"garbage", "not JSON"},
-      {R"({"version":1,"tasks":[)", "not JSON"},
-      {"[]", "expected a JSON object"},
-      {R"({"tasks":[]})", "version"},
-      {R"({"version":"1","tasks":[]})", "version"},
-      {R"({"version":2,"tasks":[]})", "unsupported version 2"},
-      {R"({"version":1.5,"tasks":[]})", "version"},
-      {R"({"version":1})", "tasks"},
-      {R"({"version":1,"tasks":{}})", "tasks"},
-      {R"({"version":1,"saved_at_unix_ms":"yesterday","tasks":[]})", "saved_at_unix_ms"},
-      {R"({"version":1,"tasks":[42]})", "tasks[0]"},
-      {R"({"version":1,"tasks":[{"task_id":"t","tier":"heavy","age_ms":1}]})", "tasks[0].key"},
-      {R"({"version":1,"tasks":[{"key":"","task_id":"t","tier":"h","age_ms":1}]})", "tasks[0].key"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":7,"tier":"h","age_ms":1}]})",
-       "tasks[0].task_id"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","age_ms":1}]})", "tasks[0].tier"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","model":1,"age_ms":1}]})",
-       "tasks[0].model"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h"}]})", "tasks[0].age_ms"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":-1}]})",
-       "tasks[0].age_ms"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":"5"}]})",
-       "tasks[0].age_ms"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":1e400}]})",
-       "not JSON"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":99999999999999999999}]})",
-       "tasks[0].age_ms"},
-      {R"({"version":1,"tasks":[{"key":"k","task_id":"t","tier":"h","age_ms":1},{"key":"k"}]})",
-       "tasks[1].task_id"},
-  };
-  for (const Case& c : cases) {
-    std::string error;
-    EXPECT_FALSE(TaskTracker::parseState(c.text, &error)) << c.text;
-    EXPECT_NE(error.find(c.expect), std::string::npos) << c.text << " -> " << error;
-  }
-  EXPECT_FALSE(TaskTracker::parseState("{", nullptr));  // no error sink: still fine
-}
-
-TEST(TaskTrackerState, HugeAgesAreClampedNotOverflowed) {
-  std::string error;
-  auto tasks = TaskTracker::parseState(
-      R"({"version":1,"saved_at_unix_ms":-9223372036854775807,"tasks":[
-          {"key":"k","task_id":"t","tier":"h","model":"m","age_ms":9223372036854775807}]})",
-      &error, 9'223'372'036'854'775'807);
-  ASSERT_TRUE(tasks) << error;
-  ASSERT_EQ(tasks->size(), 1u);
-  EXPECT_EQ((*tasks)[0].age, std::chrono::hours(100000));
-  // Extra fields are ignored; model is optional.
-  auto extra = TaskTracker::parseState(
-      R"({"version":1,"future":true,"tasks":[{"key":"k","task_id":"t","tier":"","age_ms":0,"x":[]}]})",
-      &error);
-  ASSERT_TRUE(extra) << error;
-  EXPECT_EQ((*extra)[0].model, "");
-}
-
 }  // namespace
 }  // namespace hiapi::core
 

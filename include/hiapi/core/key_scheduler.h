@@ -52,6 +52,7 @@
 
 #include "hiapi/core/adaptive_rate.h"
 #include "hiapi/core/admission_queue.h"
+#include "hiapi/core/bottleneck_planner.h"
 #include "hiapi/core/clock.h"
 #include "hiapi/core/concurrency_gate.h"
 #include "hiapi/core/config.h"
@@ -301,6 +302,13 @@ private:
   };
 
   void refresh(MonotonicTime now, Dispatch* out);
+  /// dispatch()'s admission of @p entry, popped with its token taken: into out.admitted; back
+  /// onto its tier's lane when its held slot lapsed; expired when no slot can be had.
+  void admitEntry(QueueEntry entry, MonotonicTime now, Dispatch& out);
+  /// Sets out.wake_at: the earliest time anything could change on its own. @p tokens_wanted:
+  /// the tokens the queue waits for, nullopt when it does not wait for tokens.
+  void setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& open,
+               std::optional<double> tokens_wanted, Dispatch& out) const;
   /// submit()'s shortcut: @return whether @p entry was admitted at once (into ready_).
   bool admitAtOnce(const QueueEntry& entry, RouteKind route, MonotonicTime now);
   bool laneOpen(std::optional<size_t> lane, MonotonicTime now) const;
@@ -325,24 +333,8 @@ private:
   /// @return the burst to use: the configured one, or a lower advertised limit.
   double effectiveBurst() const;
   size_t clampTier(size_t tier) const;
-  std::vector<size_t> bottlenecks(MonotonicTime now) const;
-  struct Reserve {
-    double tokens = 0.0;  ///< kept back from requests outside this tier's lanes
-    size_t tier = 0;      ///< its creates and the polls that may free one of its slots
-  };
-  Reserve reserveFor(MonotonicTime now) const;
-  /// @return whether @p tier's gate is full while creates wait for it.
-  bool blocked(size_t tier, MonotonicTime now) const;
-  /// The unit of work of a tier with no duration known (see bottlenecks()).
-  Duration unknownTierUnit() const;
-  /// The tokens still needed by what waits and runs: a create and a look per waiting create, a
-  /// look per running task, one per other waiting request.
-  double tokensNeeded() const;
-  /// budgetBinds() given tokensNeeded() / rate.
-  bool budgetBinds(double budget_seconds, MonotonicTime now) const;
-  /// The seconds @p tier's waiting creates need: their waves times its duration (or a lower
-  /// bound of it, see setTierDuration()).
-  double tierWork(size_t tier, MonotonicTime now) const;
+  /// The planner's view of this key now.
+  KeyLoad load() const { return KeyLoad{queue_, gates_, *budget_}; }
 
   Random& random_;
   LimitsConfig limits_;
@@ -358,8 +350,7 @@ private:
   MonotonicTime gather_start_{};
   MonotonicTime last_create_{};
   MonotonicTime gatherEnd() const;
-  std::vector<std::optional<TierDuration>> tier_duration_;  ///< see setTierDuration()
-  std::vector<LookPlan> tier_looks_;  ///< see setLookPlan()
+  BottleneckPlanner planner_;  ///< tier durations and look plans; bottlenecks and reserve
   AdmissionQueue queue_;
   std::unordered_map<uint64_t, Pending> pending_;
   /// Admitted by submit() (see there), reported by the next dispatch(). At most one.

@@ -28,33 +28,29 @@
 // record with waiters or a fetch in flight is never evicted; a record that holds a slot is never
 // forgotten (only its cached reply may be dropped), so the bounds can be exceeded by them alone.
 //
+// The tracker composes its parts, each testable alone: TaskRegistry (the records), PollCache
+// (cached replies, coalescing, bounds), DurationEstimator (learned durations), LookPlanner (when
+// to look upstream: reconcile, gate pressure, held polls) and the state codec (persistence).
+//
 // Time is an argument everywhere; the tracker never reads a clock.
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
 #include <cstdint>
-#include <functional>
-#include <list>
-#include <map>
-#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/concurrency_gate.h"
 #include "hiapi/core/config.h"
+#include "hiapi/core/duration_estimator.h"
+#include "hiapi/core/look_planner.h"
+#include "hiapi/core/poll_cache.h"
+#include "hiapi/core/task_registry.h"
+#include "hiapi/core/task_state_codec.h"
 
 namespace hiapi::core {
-
-/// A cached upstream reply to a poll.
-struct CachedReply {
-  int status = 200;
-  std::vector<std::pair<std::string, std::string>> headers;  ///< end-to-end headers as received
-  std::string body;
-};
-using CachedReplyPtr = std::shared_ptr<const CachedReply>;
 
 /// A tracked task's slot to give back (KeyScheduler::releaseSlot(slot, reason, now) of `key`).
 struct SlotRelease {
@@ -67,35 +63,6 @@ struct SlotRelease {
   /// create (an idempotent replay of a task that is already tracked).
   ReleaseReason reason = ReleaseReason::TaskFinished;
 };
-
-enum class PollAction {
-  Hit,    ///< answer from `reply` now (X-HiAPI-Proxy-Cache: hit, Age from `age`)
-  Join,   ///< a fetch is in flight: wait for its completePoll / abandonPoll
-  Fetch,  ///< fetch upstream now, then completePoll or abandonPoll
-};
-
-struct PollDecision {
-  PollAction action = PollAction::Fetch;
-  CachedReplyPtr reply;  ///< Hit: serve this
-  Duration age{};        ///< Hit: how old (for the Age header)
-};
-
-/// One record, for /status, reconcile and tests.
-struct TrackedTaskInfo {
-  std::string key;
-  std::string task_id;
-  size_t tier = 0;
-  std::string tier_name;
-  std::string model;
-  std::string status;  ///< last status seen (empty until one is)
-  std::optional<SlotId> slot;
-  MonotonicTime created{};
-  MonotonicTime last_upstream_poll{};  ///< last fetch started, or last status seen from upstream
-  MonotonicTime last_client_poll{};
-};
-
-/// The pace for (key's name, tier): asked each time a look at one of its tasks is planned.
-using LearnPaceFn = std::function<LearnPace(const std::string& key, size_t tier)>;
 
 /// See the file comment. Thread-safety: not thread-safe.
 class TaskTracker {
@@ -330,13 +297,7 @@ public:
   /// Thread-safety: const.
   std::string serialize(MonotonicTime now, int64_t wall_now_unix_ms) const;
 
-  struct RestoredTask {
-    std::string key;
-    std::string task_id;
-    std::string tier;  ///< tier NAME; map it with the current tiers (unknown → last tier)
-    std::string model;
-    Duration age{};  ///< age when saved, plus the time since saved_at when wall_now is given
-  };
+  using RestoredTask = core::RestoredTask;
 
   /// Parses a state file. Strict: any malformed task rejects the whole file.
   /// @param text the file's content
@@ -425,69 +386,24 @@ public:
                                                   MonotonicTime now) const;
 
 private:
-  using RecordKey = std::pair<std::string, std::string>;  // (key, task_id)
-  struct Record;
-  using LruList = std::list<Record*>;
-
-  struct Record {
-    const RecordKey* id = nullptr;  ///< the map node's key (stable)
-    bool tracked = false;           ///< created / restored through the proxy
-    size_t tier = 0;
-    std::string model;
-    std::string status;
-    bool terminal = false;
-    MonotonicTime terminal_at{};
-    std::optional<SlotId> slot;
-    MonotonicTime created{};
-    MonotonicTime last_upstream_poll{};
-    MonotonicTime last_client_poll{};
-    MonotonicTime last_running_seen{};  ///< last non-terminal status seen (duration learning)
-    // Poll cache.
-    CachedReplyPtr reply;
-    MonotonicTime reply_at{};
-    std::string reply_status;  ///< the status in the cached 2xx detail, if any
-    bool reply_terminal = false;
-    uint64_t reply_bytes = 0;
-    bool in_flight = false;
-    std::vector<uint64_t> waiters;
-    LruList::iterator lru;
-  };
-  using RecordMap = std::map<RecordKey, Record>;
-
-  Record& findOrCreate(const std::string& key, const std::string& task_id, MonotonicTime now);
-  Record* lookup(const std::string& key, const std::string& task_id);
-  const Record* lookup(const std::string& key, const std::string& task_id) const;
+  LookPlanner planner() const {
+    return LookPlanner(registry_, durations_, tiers_, cfg_, learn_pace_);
+  }
   std::optional<SlotRelease> track(const std::string& key, const std::string& task_id, size_t tier,
                                    std::optional<SlotId> slot, const std::string& model,
                                    MonotonicTime created, MonotonicTime now);
-  std::optional<SlotRelease> applyStatus(Record& r, std::string_view status, MonotonicTime now);
-  void touch(Record& r);
-  void dropReply(Record& r);
-  void erase(Record& r);
-  bool replyFresh(const Record& r, MonotonicTime now) const;
-  Duration replyTtl(const Record& r) const;
-  /// How long after an upstream look at @p r at @p at the next is worthwhile (see replyTtl).
-  Duration refreshAfter(const Record& r, MonotonicTime at) const;
-  void learnDuration(const Record& r, MonotonicTime now);
-  /// When @p r is likely to have ended (see likelyRunning).
-  MonotonicTime likelyEnd(const Record& r) const;
-  bool forgettable(const Record& r, MonotonicTime now) const;
+  std::optional<SlotRelease> applyStatus(TaskRecord& r, std::string_view status,
+                                         MonotonicTime now);
+  TaskRecord& findOrCreate(const std::string& key, const std::string& task_id, MonotonicTime now);
+  void erase(TaskRecord& r);
+  bool forgettable(const TaskRecord& r, MonotonicTime now) const;
   void enforceBounds();
-  MonotonicTime lastActivity(const Record& r) const;
-  Duration minPollInterval(size_t tier) const;
-  size_t clampTier(size_t tier) const;
-  TrackedTaskInfo info(const Record& r) const;
-  /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
-  /// when its last fetch stops being fresh or at its likely end, whichever is later.
-  MonotonicTime nextLookAt(const Record& r, MonotonicTime now) const;
-  /// The pace of @p key's tier @p tier while none of its tasks has been seen ended.
-  LearnPace learnPace(const std::string& key, size_t tier) const;
-  /// A task gate pressure may look at: holds a slot of @p tier, not terminal, and, while the
-  /// tier has no duration estimate, is the key's oldest (@p oldest, see oldestUnlearned()).
-  bool gatePressureCandidate(const Record& r, size_t tier,
-                             std::optional<MonotonicTime> oldest) const;
-  std::vector<TrackedTaskInfo> startFetches(std::vector<Record*>& due, size_t max,
-                                            MonotonicTime now);
+  size_t clampTier(size_t tier) const { return std::min(tier, tiers_.size() - 1); }
+  TrackedTaskInfo info(const TaskRecord& r) const;
+  /// Marks the first @p max of @p due in flight (the proxy's own fetches: client polls join
+  /// them). @return them.
+  std::vector<TrackedTaskInfo> startFetches(const std::vector<const TaskRecord*>& due,
+                                            size_t max, MonotonicTime now);
   void setTiers(std::vector<TierConfig> tiers);
   void setConfig(const TasksConfig& cfg);
 
@@ -495,29 +411,10 @@ private:
   std::vector<TierConfig> tiers_;
   LearnPaceFn learn_pace_;  ///< unset: LearnPace::Plain
   std::vector<std::string> terminal_;  ///< lower-cased
-  RecordMap records_;
-  LruList lru_;  ///< least recently used first
-  size_t cache_entries_ = 0;
-  uint64_t cache_bytes_ = 0;
+  TaskRegistry registry_;
+  PollCache cache_;
+  DurationEstimator durations_;
   Stats counters_;  ///< only the monotonic counters are used
-  /// Before any task of @p tier has ended: when @p key's oldest task of it holding a slot was
-  /// created (gate-pressure polls look only at that one: while it runs, younger ones likely do
-  /// too, and each look at them would be a token spent to learn nothing). nullopt otherwise.
-  std::optional<MonotonicTime> oldestUnlearned(const std::string& key, size_t tier) const;
-  /// The tier's duration estimate once one task has ended (typicalDuration() waits for two).
-  std::optional<Duration> firstEstimate(size_t tier) const;
-  /// What the tracker has learned of one tier's task duration; it follows the tier by name.
-  struct Learned {
-    Duration estimate{};  ///< see typicalDuration()
-    uint32_t samples = 0;  ///< ends seen
-    /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
-    uint32_t hits = 0;
-    /// When the task whose end last moved the estimate was created (once per wave).
-    MonotonicTime probed{};
-    /// The age a task was last seen running at close to its end (zero: none): probes stop above.
-    Duration floor{};
-  };
-  std::vector<Learned> learned_;  ///< one per tier, as tiers_
 };
 
 }  // namespace hiapi::core

@@ -1,0 +1,75 @@
+#pragma once
+// DurationEstimator: what the proxy has learned of how long each tier's tasks run, from the
+// brackets in which it saw them end (after the last running status, by the first terminal one).
+//
+// A narrow bracket's upper end is averaged in (EWMA: looks land just after ends rather than just
+// before), a wide bracket only moves the estimate inside it, and an end seen by the first look
+// aimed at the estimate nudges it lower, by steps that double while that repeats (so an estimate
+// that is too long comes down in a few tasks). A tier's expected_duration, when set, is the
+// starting estimate (as if two tasks had been seen). Estimates follow their tier by name across
+// setTiers().
+// Thread-safety: not thread-safe; one event-loop thread owns it.
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/core/concurrency_gate.h"
+#include "hiapi/core/config.h"
+
+namespace hiapi::core {
+
+/// See the file comment. Tier indices are clamped to the last tier.
+class DurationEstimator {
+public:
+  /// Sets the tiers (names, expected_duration, min_poll_interval), keeping what was learned of
+  /// each tier that keeps its name. @p tiers must not be empty.
+  void setTiers(const std::vector<TierConfig>& tiers);
+
+  /// @return the typical duration once two ends were seen (or expected_duration); else nullopt.
+  std::optional<Duration> typical(size_t tier) const;
+  /// @return the estimate once one end was seen; else nullopt.
+  std::optional<Duration> first(size_t tier) const;
+  /// @return the gap between looks around a task's likely end: 1/20 of the estimate (one ended
+  ///         task is enough), at least 100 ms and at most min_poll_interval; min_poll_interval
+  ///         before any end was seen.
+  Duration endPollInterval(size_t tier) const;
+
+  /// A task of @p tier created at @p created, last seen running at @p last_running_seen, was
+  /// seen ended at @p now (> created).
+  /// @param pace the tier's pace of looks, asked only for its first end: where the budget binds
+  ///        (Sparse) the bracket's upper end is taken, else its middle.
+  void learn(size_t tier, MonotonicTime created, MonotonicTime last_running_seen,
+             MonotonicTime now, const std::function<LearnPace()>& pace);
+
+private:
+  /// What was learned of one tier's task duration.
+  struct Learned {
+    Duration estimate{};   ///< see typical()
+    uint32_t samples = 0;  ///< ends seen
+    /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
+    uint32_t hits = 0;
+    /// When the task whose end last moved the estimate was created (once per wave).
+    MonotonicTime probed{};
+    /// The age a task was last seen running at close to its end (zero: none): probes stop above.
+    Duration floor{};
+  };
+  /// The end of a task, known to lie in (lower, upper] of its age.
+  struct Bracket {
+    Duration lower{};
+    Duration upper{};
+    MonotonicTime created{};
+  };
+
+  size_t clamp(size_t tier) const { return std::min(tier, tiers_.size() - 1); }
+  void learnNarrow(Learned& l, const Bracket& b, Duration fine, bool same_wave);
+  void probeLower(Learned& l, const Bracket& b, Duration fine);
+
+  std::vector<TierConfig> tiers_;
+  std::vector<Learned> learned_;  ///< one per tier, as tiers_
+};
+
+}  // namespace hiapi::core

@@ -1,0 +1,94 @@
+#include "hiapi/core/duration_estimator.h"
+
+#include <gtest/gtest.h>
+
+namespace hiapi::core {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+const MonotonicTime kT0 = MonotonicTime{} + std::chrono::hours(1);
+
+TierConfig tier(const std::string& name, Duration min_poll, Duration expected = Duration::zero()) {
+  TierConfig t;
+  t.name = name;
+  t.min_poll_interval = min_poll;
+  t.expected_duration = expected;
+  return t;
+}
+
+LearnPace plain() { return LearnPace::Plain; }
+
+TEST(DurationEstimator, NothingIsKnownBeforeAnEnd) {
+  DurationEstimator d;
+  d.setTiers({tier("heavy", seconds(5))});
+  EXPECT_FALSE(d.first(0));
+  EXPECT_FALSE(d.typical(0));
+  EXPECT_EQ(d.endPollInterval(0), seconds(5));
+  EXPECT_FALSE(d.first(7));  // clamped to the last tier
+}
+
+TEST(DurationEstimator, TheFirstEndGivesTheBracketsMiddleOrItsUpperEndWhereTheBudgetBinds) {
+  DurationEstimator d;
+  d.setTiers({tier("heavy", seconds(5)), tier("light", seconds(2))});
+  // Seen running at 50 s, ended by 60 s: the middle.
+  d.learn(0, kT0, kT0 + seconds(50), kT0 + seconds(60), plain);
+  EXPECT_EQ(d.first(0), seconds(55));
+  EXPECT_FALSE(d.typical(0));  // two ends make it typical
+  EXPECT_EQ(d.endPollInterval(0), milliseconds(2750));  // 1/20 of it, under min_poll_interval
+  int asked = 0;
+  d.learn(1, kT0, kT0 + seconds(50), kT0 + seconds(60), [&] {
+    ++asked;
+    return LearnPace::Sparse;
+  });
+  EXPECT_EQ(d.first(1), seconds(60));
+  // The pace is asked for the first end only.
+  d.learn(1, kT0, kT0 + seconds(59), kT0 + seconds(60), [&] {
+    ++asked;
+    return LearnPace::Sparse;
+  });
+  EXPECT_EQ(asked, 1);
+  EXPECT_TRUE(d.typical(1));
+}
+
+TEST(DurationEstimator, NarrowBracketsAreAveragedIn) {
+  DurationEstimator d;
+  d.setTiers({tier("light", seconds(2), seconds(10))});
+  EXPECT_EQ(d.typical(0), seconds(10));  // expected_duration counts as two ends
+  EXPECT_EQ(d.endPollInterval(0), milliseconds(500));
+  // Ended in (19.9 s, 20 s]: 0.7 * 10 s + 0.3 * 20 s.
+  d.learn(0, kT0, kT0 + milliseconds(19'900), kT0 + seconds(20), plain);
+  EXPECT_NEAR(std::chrono::duration<double>(*d.typical(0)).count(), 13.0, 1e-6);
+}
+
+TEST(DurationEstimator, AnEndSeenByTheFirstLookProbesLowerByDoublingSteps) {
+  DurationEstimator d;
+  d.setTiers({tier("light", seconds(2), seconds(20))});
+  Duration last = *d.typical(0);
+  Duration step_before{};
+  for (int wave = 0; wave < 3; ++wave) {
+    // Each wave starts far from the last (not the same wave) and is seen ended right at the
+    // estimate by a look after a wide gap.
+    const MonotonicTime created = kT0 + std::chrono::minutes(10 * wave);
+    d.learn(0, created, created + seconds(1), created + last, plain);
+    const Duration step = last - *d.typical(0);
+    EXPECT_GT(step, step_before);
+    step_before = step;
+    last = *d.typical(0);
+  }
+}
+
+TEST(DurationEstimator, EstimatesFollowTheirTierByName) {
+  DurationEstimator d;
+  d.setTiers({tier("heavy", seconds(5)), tier("light", seconds(2))});
+  d.learn(1, kT0, kT0 + seconds(8), kT0 + seconds(12), plain);
+  d.setTiers({tier("light", seconds(2)), tier("heavy", seconds(5), seconds(90))});
+  EXPECT_EQ(d.first(0), seconds(10));
+  EXPECT_EQ(d.typical(1), seconds(90));
+  d.setTiers({tier("other", seconds(2))});
+  EXPECT_FALSE(d.first(0));
+}
+
+}  // namespace
+}  // namespace hiapi::core

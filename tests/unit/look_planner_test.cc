@@ -1,0 +1,126 @@
+#include "hiapi/core/look_planner.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace hiapi::core {
+namespace {
+
+using std::chrono::minutes;
+using std::chrono::seconds;
+
+const MonotonicTime kT0 = MonotonicTime{} + std::chrono::hours(1);
+
+/// The planner's inputs, built by hand: records, learned durations, one 5 s tier.
+class LookPlannerTest : public ::testing::Test {
+protected:
+  LookPlannerTest() {
+    TierConfig heavy;
+    heavy.name = "heavy";
+    heavy.min_poll_interval = seconds(5);
+    tiers_ = {heavy};
+    durations_.setTiers(tiers_);
+  }
+  LookPlanner planner() const { return LookPlanner(reg_, durations_, tiers_, cfg_, pace_); }
+  TaskRecord& task(const std::string& key, const std::string& id, MonotonicTime created,
+                   std::optional<SlotId> slot) {
+    TaskRecord& r = reg_.findOrCreate(key, id, 0, created);
+    r.tracked = true;
+    r.slot = slot;
+    return r;
+  }
+  void learn(Duration d) {
+    durations_.learn(0, kT0, kT0 + d - seconds(1), kT0 + d, [] { return LearnPace::Plain; });
+  }
+  static std::vector<std::string> ids(const std::vector<const TaskRecord*>& rs) {
+    std::vector<std::string> out;
+    for (const TaskRecord* r : rs) {
+      out.push_back(r->id->second);
+    }
+    return out;
+  }
+
+  TasksConfig cfg_;
+  std::vector<TierConfig> tiers_;
+  DurationEstimator durations_;
+  TaskRegistry reg_;
+  LearnPaceFn pace_;
+};
+
+TEST_F(LookPlannerTest, ReconcileTakesIdleSlotHoldersLongestIdleFirst) {
+  cfg_.reconcile = true;
+  cfg_.reconcile_interval = seconds(60);
+  task("prod", "young", kT0 + seconds(30), SlotId{1});
+  task("prod", "old", kT0, SlotId{2});
+  task("prod", "no-slot", kT0, std::nullopt);
+  task("prod", "busy", kT0, SlotId{3}).in_flight = true;
+  EXPECT_TRUE(planner().dueForReconcile(kT0 + seconds(59)).empty());
+  EXPECT_EQ(planner().nextReconcileAt(), kT0 + seconds(60));
+  EXPECT_EQ(ids(planner().dueForReconcile(kT0 + seconds(90))),
+            (std::vector<std::string>{"old", "young"}));
+  cfg_.reconcile = false;
+  EXPECT_FALSE(planner().nextReconcileAt());
+}
+
+TEST_F(LookPlannerTest, BeforeAnyEndGatePressureLooksOnlyAtTheOldest) {
+  task("prod", "a", kT0, SlotId{1});
+  task("prod", "b", kT0 + seconds(10), SlotId{2});
+  task("batch", "c", kT0 + seconds(10), SlotId{1});
+  EXPECT_EQ(ids(planner().dueForGatePressure("prod", 0, kT0 + seconds(20))),
+            (std::vector<std::string>{"a"}));
+  EXPECT_TRUE(planner().behindUnlearnedOldest(*reg_.find("prod", "b")));
+  EXPECT_FALSE(planner().behindUnlearnedOldest(*reg_.find("batch", "c")));  // its key's oldest
+  EXPECT_EQ(planner().nextGatePressureAt("prod", 0, kT0), kT0 + seconds(5));
+}
+
+TEST_F(LookPlannerTest, OnceADurationIsKnownLooksWaitForTheLikelyEnd) {
+  learn(minutes(2));
+  TaskRecord& r = task("prod", "a", kT0 + minutes(10), SlotId{1});
+  const MonotonicTime end = kT0 + minutes(12) - std::chrono::milliseconds(500);  // mid-bracket
+  EXPECT_EQ(planner().likelyEnd(r), end);
+  EXPECT_EQ(planner().likelyRunningUntil(r, kT0 + minutes(11)), end);
+  EXPECT_FALSE(planner().likelyRunningUntil(r, end));
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + minutes(10)), end);
+  EXPECT_TRUE(planner().dueForGatePressure("prod", 0, end - seconds(1)).empty());
+  EXPECT_EQ(ids(planner().dueForGatePressure("prod", 0, end)), (std::vector<std::string>{"a"}));
+  // A client poll arriving shortly before the end may wait for it, a little past it.
+  EXPECT_FALSE(planner().holdPollUntil(r, kT0 + minutes(10), seconds(30)));
+  EXPECT_EQ(planner().holdPollUntil(r, end - seconds(10), seconds(30)),
+            end + 2 * durations_.endPollInterval(0));
+  const LookPlan plan = planner().gatePressurePlan("prod", 0, kT0 + minutes(10));
+  EXPECT_EQ(plan.looks, (std::vector<MonotonicTime>{end}));
+  EXPECT_EQ(plan.in_flight, 0u);
+}
+
+TEST_F(LookPlannerTest, RepliesStayFreshForTheirKind) {
+  cfg_.not_found_ttl = seconds(30);
+  cfg_.terminal_ttl = minutes(10);
+  TaskRecord& r = task("prod", "a", kT0, SlotId{1});
+  auto cached = std::make_shared<CachedReply>();
+  r.reply = cached;
+  r.reply_at = kT0;
+  EXPECT_EQ(planner().replyTtl(r), seconds(5));  // nothing learned: min_poll_interval
+  EXPECT_TRUE(planner().replyFresh(r, kT0 + seconds(4)));
+  EXPECT_FALSE(planner().replyFresh(r, kT0 + seconds(5)));
+  r.reply_terminal = true;
+  EXPECT_EQ(planner().replyTtl(r), minutes(10));
+  cached->status = 404;
+  EXPECT_EQ(planner().replyTtl(r), seconds(30));
+}
+
+TEST_F(LookPlannerTest, TheLearnPaceComesFromTheCallback) {
+  EXPECT_EQ(planner().learnPace("prod", 0), LearnPace::Plain);
+  pace_ = [](const std::string& key, size_t) {
+    return key == "prod" ? LearnPace::Sparse : LearnPace::Eager;
+  };
+  EXPECT_EQ(planner().learnPace("prod", 0), LearnPace::Sparse);
+  // Sparse backs off with the task's age (at most half of it), never under min_poll_interval.
+  const TaskRecord& r = task("prod", "a", kT0, SlotId{1});
+  EXPECT_EQ(planner().refreshAfter(r, kT0 + minutes(1)), seconds(30));
+  EXPECT_EQ(planner().refreshAfter(r, kT0 + seconds(4)), seconds(5));
+}
+
+}  // namespace
+}  // namespace hiapi::core
