@@ -363,6 +363,48 @@ void UpstreamConn::countBody() {
   }
 }
 
+size_t UpstreamConn::readChunk() {
+  if (ssl_ != nullptr) {
+    ERR_clear_error();
+    errno = 0;
+    const int rc = SSL_read(ssl_, in_, sizeof in_);
+    if (rc > 0) {
+      return static_cast<size_t>(rc);
+    }
+    const int err = SSL_get_error(ssl_, rc);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+      return 0;
+    }
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      eof_ = true;
+    } else if (err == SSL_ERROR_SYSCALL && errno != 0) {
+      read_errno_ = errno;
+    } else if (err == SSL_ERROR_SYSCALL) {
+      eof_ = true;
+    } else {
+      tls_read_error_ = drainOpensslErrors();
+      if (tls_read_error_.empty()) {
+        tls_read_error_ = "TLS read failed";
+      }
+    }
+    return 0;
+  }
+  for (;;) {
+    const ssize_t rc = ::recv(fd_, in_, sizeof in_, 0);
+    if (rc > 0) {
+      return static_cast<size_t>(rc);
+    }
+    if (rc == 0) {
+      eof_ = true;
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      read_errno_ = errno;
+    }
+    return 0;
+  }
+}
+
 void UpstreamConn::readReply(short what) {
   for (;;) {
     if (budget_ != nullptr && budget_->overFor(budget_counted_)) {
@@ -375,47 +417,9 @@ void UpstreamConn::readReply(short what) {
       });
       return;
     }
-    size_t n = 0;
-    if (ssl_ != nullptr) {
-      ERR_clear_error();
-      errno = 0;
-      const int rc = SSL_read(ssl_, in_, sizeof in_);
-      if (rc <= 0) {
-        const int err = SSL_get_error(ssl_, rc);
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-          break;
-        }
-        if (err == SSL_ERROR_ZERO_RETURN) {
-          eof_ = true;
-        } else if (err == SSL_ERROR_SYSCALL && errno != 0) {
-          read_errno_ = errno;
-        } else if (err == SSL_ERROR_SYSCALL) {
-          eof_ = true;
-        } else {
-          tls_read_error_ = drainOpensslErrors();
-          if (tls_read_error_.empty()) {
-            tls_read_error_ = "TLS read failed";
-          }
-        }
-        break;
-      }
-      n = static_cast<size_t>(rc);
-    } else {
-      const ssize_t rc = ::recv(fd_, in_, sizeof in_, 0);
-      if (rc < 0) {
-        if (errno == EINTR) {
-          continue;
-        }
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-          read_errno_ = errno;
-        }
-        break;
-      }
-      if (rc == 0) {
-        eof_ = true;
-        break;
-      }
-      n = static_cast<size_t>(rc);
+    const size_t n = readChunk();
+    if (n == 0) {
+      break;
     }
     const bool go_on = parser_.feed(in_, n);
     countBody();

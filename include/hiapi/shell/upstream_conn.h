@@ -87,6 +87,9 @@ private:
   void onConnected();
   bool handshake();
   bool flush();
+  /// Reads once into in_ (through TLS when on). @return the bytes read; 0 when nothing more
+  /// can be read now: it would block, or eof_, read_errno_ or tls_read_error_ says why not.
+  size_t readChunk();
   void readReply(short what);
   void readIdle();
   /// The parser refused the reply (not merely cut short by EOF).
