@@ -43,12 +43,7 @@ void kv(YAML::Emitter& out, const char* key, const T& value) {
   out << YAML::Key << key << YAML::Value << value;
 }
 
-}  // namespace
-
-std::string Config::dump() const {
-  YAML::Emitter out;
-  out << YAML::BeginMap;
-
+void dumpListen(YAML::Emitter& out, const ListenConfig& listen) {
   out << YAML::Key << "listen" << YAML::Value << YAML::BeginMap;
   kv(out, "address", listen.address);
   kv(out, "port", listen.port);
@@ -56,14 +51,14 @@ std::string Config::dump() const {
   kv(out, "max_body_size", std::to_string(listen.max_body_bytes));
   kv(out, "max_header_size", std::to_string(listen.max_header_bytes));
   kv(out, "client_timeout", duration(listen.client_timeout));
+  kv(out, "header_timeout", duration(listen.header_timeout));
+  kv(out, "body_timeout", duration(listen.body_timeout));
+  kv(out, "max_connections", listen.max_connections);
+  kv(out, "max_reply_buffer", std::to_string(listen.max_reply_buffer_bytes));
   out << YAML::EndMap;
+}
 
-  out << YAML::Key << "admin" << YAML::Value << YAML::BeginMap;
-  kv(out, "enabled", admin.enabled);
-  kv(out, "address", admin.address);
-  kv(out, "port", admin.port);
-  out << YAML::EndMap;
-
+void dumpUpstream(YAML::Emitter& out, const UpstreamConfig& upstream) {
   out << YAML::Key << "upstream" << YAML::Value << YAML::BeginMap;
   kv(out, "url", upstream.url);
   if (!upstream.ca_file.empty()) {
@@ -75,11 +70,12 @@ std::string Config::dump() const {
   kv(out, "pool_size", upstream.pool_size);
   kv(out, "idle_timeout", duration(upstream.idle_timeout));
   out << YAML::EndMap;
+}
 
+void dumpKeys(YAML::Emitter& out, KeyMode mode, const std::vector<KeyConfig>& keys) {
   out << YAML::Key << "auth" << YAML::Value << YAML::BeginMap;
-  kv(out, "mode", key_mode == KeyMode::Inject ? "inject" : "passthrough");
+  kv(out, "mode", mode == KeyMode::Inject ? "inject" : "passthrough");
   out << YAML::EndMap;
-
   out << YAML::Key << "keys" << YAML::Value << YAML::BeginSeq;
   for (const KeyConfig& k : keys) {
     out << YAML::BeginMap;
@@ -98,34 +94,47 @@ std::string Config::dump() const {
     out << YAML::EndMap;
   }
   out << YAML::EndSeq;
+}
 
+void dumpTier(YAML::Emitter& out, const TierConfig& t) {
+  out << YAML::BeginMap;
+  kv(out, "name", t.name);
+  if (!t.models.empty()) {
+    list(out, "models", t.models);
+  }
+  if (!t.routes.empty()) {
+    list(out, "routes", t.routes);
+  }
+  kv(out, "max_running", t.max_running);
+  kv(out, "lease", duration(t.lease));
+  kv(out, "min_poll_interval", duration(t.min_poll_interval));
+  if (t.expected_duration > Duration::zero()) {
+    kv(out, "expected_duration", duration(t.expected_duration));
+  }
+  kv(out, "defer", t.defer);
+  kv(out, "defer_after", duration(t.defer_after));
+  out << YAML::EndMap;
+}
+
+void dumpLimits(YAML::Emitter& out, const LimitsConfig& limits) {
   out << YAML::Key << "limits" << YAML::Value << YAML::BeginMap;
+  kv(out, "mode", limits.mode == LimitMode::Shadow ? "shadow" : "enforce");
   kv(out, "rate", rate(limits.rate));
   kv(out, "burst", number(limits.burst));
   kv(out, "decrease_factor", number(limits.decrease_factor));
   kv(out, "min_rate_fraction", number(limits.min_rate_fraction));
   kv(out, "recovery_time", duration(limits.recovery_time));
   kv(out, "max_cooldown", duration(limits.max_cooldown));
+  kv(out, "repeat_window", duration(limits.repeat_window));
+  kv(out, "phase_margin", duration(limits.phase_margin));
   out << YAML::Key << "tiers" << YAML::Value << YAML::BeginSeq;
   for (const TierConfig& t : limits.tiers) {
-    out << YAML::BeginMap;
-    kv(out, "name", t.name);
-    if (!t.models.empty()) {
-      list(out, "models", t.models);
-    }
-    if (!t.routes.empty()) {
-      list(out, "routes", t.routes);
-    }
-    kv(out, "max_running", t.max_running);
-    kv(out, "lease", duration(t.lease));
-    kv(out, "min_poll_interval", duration(t.min_poll_interval));
-    if (t.expected_duration > Duration::zero()) {
-      kv(out, "expected_duration", duration(t.expected_duration));
-    }
-    out << YAML::EndMap;
+    dumpTier(out, t);
   }
   out << YAML::EndSeq << YAML::EndMap;
+}
 
+void dumpQueueAndRetry(YAML::Emitter& out, const QueueConfig& queue, const RetryConfig& retry) {
   out << YAML::Key << "queue" << YAML::Value << YAML::BeginMap;
   kv(out, "max_size", queue.max_size);
   kv(out, "max_per_client", queue.max_per_client);
@@ -143,7 +152,9 @@ std::string Config::dump() const {
   kv(out, "budget_min_retries", retry.budget_min_retries);
   kv(out, "idempotency", retry.idempotency == IdempotencyMode::Inject ? "inject" : "off");
   out << YAML::EndMap;
+}
 
+void dumpTasks(YAML::Emitter& out, const TasksConfig& tasks, const DeferredConfig& deferred) {
   out << YAML::Key << "tasks" << YAML::Value << YAML::BeginMap;
   list(out, "terminal_statuses", tasks.terminal_statuses);
   list(out, "tolerated_terminal", tasks.tolerated_terminal);
@@ -159,12 +170,36 @@ std::string Config::dump() const {
   kv(out, "hold_near_end", duration(tasks.hold_near_end));
   out << YAML::EndMap;
 
+  out << YAML::Key << "deferred" << YAML::Value << YAML::BeginMap;
+  kv(out, "journal", deferred.journal);
+  kv(out, "max_per_key", deferred.max_per_key);
+  kv(out, "max_total", deferred.max_total);
+  kv(out, "max_age", duration(deferred.max_age));
+  kv(out, "keep", duration(deferred.keep));
+  out << YAML::EndMap;
+}
+
+}  // namespace
+
+std::string Config::dump() const {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  dumpListen(out, listen);
+  out << YAML::Key << "admin" << YAML::Value << YAML::BeginMap;
+  kv(out, "enabled", admin.enabled);
+  kv(out, "address", admin.address);
+  kv(out, "port", admin.port);
+  out << YAML::EndMap;
+  dumpUpstream(out, upstream);
+  dumpKeys(out, key_mode, keys);
+  dumpLimits(out, limits);
+  dumpQueueAndRetry(out, queue, retry);
+  dumpTasks(out, tasks, deferred);
   out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   kv(out, "format", log.format == LogFormat::Json ? "json" : "logfmt");
   static constexpr const char* kLevels[] = {"debug", "info", "warn", "error"};
   kv(out, "level", kLevels[static_cast<int>(log.level)]);
   out << YAML::EndMap;
-
   kv(out, "drain_timeout", duration(drain_timeout));
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";

@@ -39,6 +39,9 @@ const FieldTable<AdminConfig>& adminFields() {
 const FieldTable<LimitsConfig>& limitsFields() {
   using S = LimitsConfig;
   static const FieldTable<S> table = {
+      bindChoice("mode", &S::mode,
+                 {{"enforce", LimitMode::Enforce}, {"shadow", LimitMode::Shadow}},
+                 "enforce or shadow"),
       bindValue("rate", &S::rate, &Parser::rate),
       bindValue("burst", &S::burst, &Parser::burst),
       bindFraction("decrease_factor", &S::decrease_factor, /*open_top=*/true),

@@ -550,6 +550,57 @@ bool KeyScheduler::extendLease(SlotId slot, MonotonicTime new_expiry) {
   return gates_[it->second]->extendLease(slot, new_expiry);
 }
 
+std::string_view shadowReasonName(ShadowReason r) {
+  switch (r) {
+  case ShadowReason::Cooldown:
+    return "cooldown";
+  case ShadowReason::Concurrency:
+    return "concurrency";
+  case ShadowReason::Rate:
+    return "rate";
+  case ShadowReason::None:
+    break;
+  }
+  return "";
+}
+
+ShadowAdmission KeyScheduler::admitShadow(const RequestInfo& request, MonotonicTime now) {
+  ShadowAdmission out;
+  std::optional<size_t> tier;
+  if (request.route == RouteKind::Create && !request.held_slot) {
+    tier = clampTier(request.tier.value_or(gates_.size() - 1));
+  }
+  if (adaptive_.inCooldown(now)) {
+    out.would_wait = ShadowReason::Cooldown;
+  } else if (tier && !gates_[*tier]->canAcquire(now)) {
+    out.would_wait = ShadowReason::Concurrency;
+  }
+  // The token is taken whenever it is there, so that the bucket shows what is spent.
+  if (!budget_->tryAcquire(1.0, now) && out.would_wait == ShadowReason::None) {
+    out.would_wait = ShadowReason::Rate;
+  }
+  if (tier) {
+    out.slot = restoreSlot(*tier, now + gates_[*tier]->lease());
+  }
+  out.seq = nextSeq();
+  ++counters_.submitted;
+  ++counters_.admitted;
+  switch (out.would_wait) {
+  case ShadowReason::Cooldown:
+    ++counters_.shadow_cooldown;
+    break;
+  case ShadowReason::Concurrency:
+    ++counters_.shadow_concurrency;
+    break;
+  case ShadowReason::Rate:
+    ++counters_.shadow_rate;
+    break;
+  case ShadowReason::None:
+    break;
+  }
+  return out;
+}
+
 SlotId KeyScheduler::restoreSlot(size_t tier, MonotonicTime lease_expiry) {
   tier = clampTier(tier);
   const SlotId slot = next_slot_id_++;

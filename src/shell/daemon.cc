@@ -515,6 +515,15 @@ void Daemon::refreshGauges() {
     bump(c.throttled_rate, seen.throttled_rate, "rate");
     bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
     bump(c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
+    auto bump_shadow = [&](uint64_t now_v, uint64_t& was, std::string_view reason) {
+      if (now_v > was) {
+        metrics_->shadowThrottle(key, reason, static_cast<double>(now_v - was));
+        was = now_v;
+      }
+    };
+    bump_shadow(c.shadow_rate, seen.shadow_rate, "rate");
+    bump_shadow(c.shadow_concurrency, seen.shadow_concurrency, "concurrency");
+    bump_shadow(c.shadow_cooldown, seen.shadow_cooldown, "cooldown");
   }
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
@@ -580,6 +589,8 @@ std::string Daemon::statusJson() {
   w.Bool(ready_);
   w.Key("draining");
   w.Bool(shutting_down_);
+  w.Key("limits_mode");
+  w.String(cfg_->limits.mode == core::LimitMode::Shadow ? "shadow" : "enforce");
   w.Key("in_flight");
   w.Uint64(proxy_->active());
   w.Key("buffered_reply_bytes");

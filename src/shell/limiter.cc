@@ -270,6 +270,10 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   if (!ctx.deferred_id.empty()) {
     info.deadline = ctx.deadline;  // no client waits on it: it may wait until it expires
   }
+  if (cfg_->limits.mode == core::LimitMode::Shadow) {
+    sendInShadow(ks, ctx, info, now);
+    return;
+  }
   // queue.max_size bounds the waiting requests of all keys together (each scheduler also
   // enforces it for its own key); retries already hold a place and are not turned away here.
   const bool full = prio != core::Priority::Retry && waitingTotal() >= cfg_->queue.max_size;
@@ -287,6 +291,20 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   }
   ks.waiting_spares.insert(ks.waiting, ctx.id);
   pump(ks);
+}
+
+void Limiter::sendInShadow(KeyState& ks, RequestCtx& ctx, const core::RequestInfo& info,
+                           core::MonotonicTime now) {
+  const core::ShadowAdmission a = ks.sched->admitShadow(info, now);
+  if (a.slot) {
+    ctx.slot = a.slot;
+  }
+  ctx.admission_seq = a.seq;
+  ctx.shadow = core::shadowReasonName(a.would_wait);
+  if (auto h = handles_.find(ctx.id); h != handles_.end()) {
+    observeWait(ks, h->second, ctx.route.kind, "sent", core::Duration::zero());
+  }
+  sink_->decided(AdmissionDecision{ctx.id, std::nullopt, -1});
 }
 
 void Limiter::observeWait(const KeyState& ks, const Waiter& w, core::RouteKind route,

@@ -432,6 +432,13 @@ void Metrics::throttle(std::string_view key, std::string_view reason, double cou
       .Increment(count);
 }
 
+void Metrics::shadowThrottle(std::string_view key, std::string_view reason, double count) {
+  std::lock_guard<std::mutex> lock(mu_);
+  counter(shadow_throttled_,
+          {keyLabelLocked(key), oneOf(reason, {"rate", "concurrency", "cooldown"}, "other")})
+      .Increment(count);
+}
+
 void Metrics::retry(std::string_view key, std::string_view reason) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(retries_, {keyLabelLocked(key), word(reason)}).Increment();
@@ -519,6 +526,9 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
   const std::string k(keyLabelLocked(key));
   for (std::string_view r : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
     counter(throttled_, {k, r});
+  }
+  for (std::string_view r : {"rate", "concurrency", "cooldown"}) {
+    counter(shadow_throttled_, {k, r});
   }
   for (std::string_view c : {"rate", "concurrency", "unknown"}) {
     counter(upstream_429_, {k, c});

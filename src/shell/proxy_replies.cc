@@ -232,6 +232,9 @@ void ProxyServer::done(RequestCtx& ctx, int status) {
   if (!ctx.upstream_request_id.empty()) {
     fields.emplace_back("upstream_request_id", ctx.upstream_request_id);
   }
+  if (!ctx.shadow.empty()) {
+    fields.emplace_back("shadow", ctx.shadow);  // sent at once; enforcing would have held it
+  }
   log_.log(core::LogLevel::Info, "request", fields);
   if (on_finished) {
     on_finished(ctx, status);

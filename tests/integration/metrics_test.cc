@@ -55,6 +55,7 @@ void exerciseAll(Metrics& m) {
     m.pollCache(r);
   }
   m.pollHeld("main");
+  m.shadowThrottle("main", "concurrency");
   m.taskOutcome("main", "heavy", "success");
   m.taskOutcome("main", "light", "fail");
   m.taskOutcome("main", "heavy", "lease_expired");

@@ -263,6 +263,61 @@ TEST(OperatorLog, JsonAccessLinesCarryTypedValuesAndTheirOwnOutcomes) {
 
 // ---- the configuration, as the operator sees it -----------------------------------------------
 
+// Shadow mode: nothing waits; what enforcing would have held back is counted and logged.
+TEST(OperatorShadow, EveryRequestGoesAtOnceAndWhatWouldHaveWaitedIsCounted) {
+  TempDir dir;
+  TestUpstream upstream;
+  std::atomic<int> created{0};
+  upstream.setHandler([&](const RecordedRequest& req) {
+    TestUpstream::Reply r;
+    r.headers = {{"Content-Type", "application/json"}};
+    r.body = req.method == "POST"
+                 ? R"({"code":200,"data":{"taskId":"tk-shadow-)" + std::to_string(++created) +
+                       R"(","status":"queued"}})"
+                 : R"({"code":200,"data":{"list":[],"total":0}})";
+    return r;
+  });
+  // One request per 10 s, one heavy task at a time, a 1 s queue deadline: enforcing, the
+  // second request would time out in the queue.
+  ProxyProcess proxy(dir, proxyYaml("http://127.0.0.1:" + std::to_string(upstream.port()),
+                                    "limits:\n  mode: shadow\n  rate: 6/m\n  burst: 1\n"
+                                    "  tiers:\n    - {name: heavy, models: [seedance-*], "
+                                    "max_running: 1}\n    - {name: light, models: [\"*\"]}\n"
+                                    "queue:\n  deadline: 1s\n"
+                                    "log:\n  level: info\n"));
+  ASSERT_TRUE(proxy.started()) << proxy.process().err();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(httpRequest(proxy.port(), "GET", "/v1/tasks?page=1&size=10").status, 200);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const HttpResponse r = httpRequest(proxy.port(), "POST", "/v1/tasks",
+                                       {{"Content-Type", "application/json"}},
+                                       R"({"model":"seedance-2-0","input":{"prompt":"p"}})");
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  EXPECT_EQ(upstream.count(), 5u) << "every request reached the upstream";
+  const std::string text = "\n" + httpRequest(proxy.adminPort(), "GET", "/metrics").body;
+  // list 1 took the token; lists 2-3 and the first create found none; the second create
+  // found the heavy tier full (its task runs anyway and holds a slot above the ceiling).
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_shadow_throttled_total{key="main",reason="rate"})"), 3)
+      << text;
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_shadow_throttled_total{key="main",reason="concurrency"})"),
+            1);
+  for (const char* reason : {"rate", "concurrency", "cooldown", "queue_full", "queue_timeout"}) {
+    EXPECT_EQ(sample(text, std::string(R"(hiapi_proxy_throttled_total{key="main",reason=")") +
+                               reason + "\"}"),
+              0)
+        << reason;
+  }
+  EXPECT_EQ(sample(text, R"(hiapi_proxy_tasks_running{key="main",tier="heavy"})"), 2);
+  EXPECT_TRUE(waitFor([&] { return proxy.process().err().find("shadow=concurrency") !=
+                                   std::string::npos; },
+                      5000ms))
+      << proxy.process().err();
+  EXPECT_NE(httpRequest(proxy.adminPort(), "GET", "/status").body.find(R"("limits_mode":"shadow")"),
+            std::string::npos);
+}
+
 TEST(OperatorConfig, CheckConfigReportsEveryErrorOfTheFileInOneRun) {
   TempDir dir;
   dir.write("three.yaml", "listen:\n  port: eighty\nlimits:\n  rate: 60/fortnight\n"

@@ -163,6 +163,7 @@ void expectDefaults(const Config& c) {
   EXPECT_DOUBLE_EQ(c.retry.budget_ratio, 0.2);
   EXPECT_EQ(c.retry.budget_min_retries, 10u);
   EXPECT_EQ(c.retry.idempotency, IdempotencyMode::Off);
+  EXPECT_EQ(c.limits.mode, LimitMode::Enforce);
   EXPECT_EQ(c.tasks.terminal_statuses, d.tasks.terminal_statuses);
   EXPECT_EQ(c.tasks.tolerated_terminal, d.tasks.tolerated_terminal);
   EXPECT_EQ(c.tasks.terminal_ttl, 10min);
@@ -259,6 +260,7 @@ limits:
   max_cooldown: 10s
   repeat_window: 0s
   phase_margin: 2ms
+  mode: shadow
   tiers:
     - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s, expected_duration: 90s }
     - { name: pro-route, routes: [pro] }
@@ -336,6 +338,7 @@ drain_timeout: 0s
   EXPECT_DOUBLE_EQ(c.retry.budget_ratio, 0);
   EXPECT_EQ(c.retry.budget_min_retries, 0u);
   EXPECT_EQ(c.retry.idempotency, IdempotencyMode::Inject);
+  EXPECT_EQ(c.limits.mode, LimitMode::Shadow);
   EXPECT_EQ(c.tasks.terminal_statuses, std::vector<std::string>{"done"});
   EXPECT_TRUE(c.tasks.tolerated_terminal.empty());
   EXPECT_EQ(c.tasks.terminal_ttl, 1h);
@@ -475,6 +478,7 @@ TEST_F(ConfigTest, WrongTypes) {
   expectError("log:\n  format: xml\n", 2, 11, "log.format", "must be logfmt or json");
   expectError("auth:\n  mode: steal\n", 2, 9, "auth.mode", "must be passthrough or inject");
   expectError("retry:\n  idempotency: on\n", 2, 16, "retry.idempotency", "must be off or inject");
+  expectError("limits:\n  mode: dry-run\n", 2, 9, "limits.mode", "must be enforce or shadow");
   expectError("{1: 2}\n", 1, 2, "1", "unknown key '1'");
   expectError("tasks:\n  hold_near_end: 30s\n", 2, 18, "tasks.hold_near_end",
               "at most 10s (a held poll still has to be answered well within the client's "

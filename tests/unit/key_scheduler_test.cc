@@ -1365,3 +1365,58 @@ TEST_F(KeySchedulerTest, ABackgroundPollGoesAtItsTasksLikelyEndOnceItsGateHasFil
 
 }  // namespace
 }  // namespace hiapi::core
+
+namespace hiapi::core {
+namespace {
+
+// Shadow mode: every request goes at once; the budget and the gates count what runs, and what
+// enforcing would have done is counted by reason.
+TEST_F(KeySchedulerTest, ShadowSendsAtOnceAndCountsWhatWouldHaveWaited) {
+  LimitsConfig l = limits(1.0, 2);
+  l.tiers[kHeavy].max_running = 1;
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  // Two light polls spend the burst; the third finds no token.
+  EXPECT_EQ(s.admitShadow(req(1, RouteKind::Poll), kStart).would_wait, ShadowReason::None);
+  EXPECT_EQ(s.admitShadow(req(2, RouteKind::Poll), kStart).would_wait, ShadowReason::None);
+  EXPECT_EQ(s.admitShadow(req(3, RouteKind::Poll), kStart).would_wait, ShadowReason::Rate);
+  // A second later a token is back: a heavy create takes it and the only heavy slot.
+  const ShadowAdmission first = s.admitShadow(req(4, RouteKind::Create, "a", kHeavy), kStart + seconds(1));
+  EXPECT_EQ(first.would_wait, ShadowReason::None);
+  ASSERT_TRUE(first.slot);
+  // The next heavy create would have waited for the gate: it still gets a slot (the task runs
+  // upstream), above the ceiling, so that the gate counts what runs.
+  const ShadowAdmission second = s.admitShadow(req(5, RouteKind::Create, "a", kHeavy), kStart + seconds(3));
+  EXPECT_EQ(second.would_wait, ShadowReason::Concurrency);
+  ASSERT_TRUE(second.slot);
+  EXPECT_EQ(s.gate(kHeavy).running(), 2u);
+  EXPECT_NE(*first.slot, *second.slot);
+  EXPECT_GT(second.seq, first.seq);
+  // A retry of a create holds its slot already: no second one.
+  RequestInfo retry = req(5, RouteKind::Create, "a", kHeavy);
+  retry.held_slot = second.slot;
+  EXPECT_FALSE(s.admitShadow(retry, kStart + seconds(6)).slot);
+  EXPECT_EQ(s.gate(kHeavy).running(), 2u);
+  // Slots taken in shadow are released as any other.
+  EXPECT_TRUE(s.releaseSlot(*first.slot, ReleaseReason::TaskFinished, kStart + seconds(7)));
+  EXPECT_EQ(s.gate(kHeavy).running(), 1u);
+  // An upstream 429 with Retry-After cools the key down: what comes next would have waited.
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.retry_after = "10";
+  o.wall_now = kWall;
+  s.onUpstreamOutcome(o, kStart + seconds(8));
+  EXPECT_EQ(s.admitShadow(req(6, RouteKind::Poll), kStart + seconds(9)).would_wait,
+            ShadowReason::Cooldown);
+  const SchedulerCounters& c = s.counters();
+  EXPECT_EQ(c.shadow_rate, 1u);
+  EXPECT_EQ(c.shadow_concurrency, 1u);
+  EXPECT_EQ(c.shadow_cooldown, 1u);
+  EXPECT_EQ(c.throttled_rate + c.throttled_concurrency + c.throttled_cooldown, 0u)
+      << "nothing was held back for real";
+  EXPECT_EQ(s.queueDepth(), 0u);
+  EXPECT_EQ(shadowReasonName(ShadowReason::Concurrency), "concurrency");
+}
+
+}  // namespace
+}  // namespace hiapi::core

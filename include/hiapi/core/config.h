@@ -71,6 +71,8 @@ enum class KeyMode { Passthrough, Inject };
 enum class LogFormat { Logfmt, Json };
 enum class LogLevel { Debug, Info, Warn, Error };
 enum class IdempotencyMode { Off, Inject };
+/// limits.mode: enforce the limits, or only count what they would have held back (shadow).
+enum class LimitMode { Enforce, Shadow };
 enum class TlsMinVersion { Tls12, Tls13 };
 
 struct ListenConfig {
@@ -145,6 +147,9 @@ struct KeyConfig {
 };
 
 struct LimitsConfig {
+  /// Shadow: every request goes at once; the budget and gates still count, and what they would
+  /// have held back is counted and logged (how a team tries the limiter before enforcing it).
+  LimitMode mode = LimitMode::Enforce;
   Rate rate{1.0};                     ///< `60/min`: HiAPI's published per-key budget
   double burst = 5;                   ///< tokens that may be spent at once
   std::vector<TierConfig> tiers = defaultTierConfigs();  ///< ordered; never empty

@@ -154,6 +154,10 @@ struct SchedulerCounters {
   uint64_t leases_expired = 0;
   uint64_t rate_decreases = 0;
   uint64_t rate_resyncs = 0;           ///< rate 429s answered as phase errors (pause, no cut)
+  // Shadow mode (admitShadow): requests sent at once that the limits would have held back.
+  uint64_t shadow_rate = 0;
+  uint64_t shadow_concurrency = 0;
+  uint64_t shadow_cooldown = 0;
 };
 
 struct TierSnapshot {
@@ -180,6 +184,19 @@ struct Snapshot {
   SchedulerCounters counters;
   std::optional<double> advertised_limit;      ///< last X-RateLimit-Limit seen
   std::optional<double> advertised_remaining;  ///< last X-RateLimit-Remaining seen
+};
+
+/// What would have held back a request that shadow mode sent at once.
+enum class ShadowReason { None, Cooldown, Concurrency, Rate };
+
+/// @return "cooldown", "concurrency", "rate" (metric label values); "" for None.
+std::string_view shadowReasonName(ShadowReason r);
+
+/// What admitShadow() did.
+struct ShadowAdmission {
+  std::optional<SlotId> slot;  ///< a create's slot, taken even above its tier's ceiling
+  ShadowReason would_wait = ShadowReason::None;
+  uint64_t seq = 0;  ///< as Admitted::seq
 };
 
 /// See the file comment. Thread-safety: not thread-safe.
@@ -224,6 +241,13 @@ public:
 
   /// Moves a held slot's lease end (a task seen still running). @return false when not held.
   bool extendLease(SlotId slot, MonotonicTime new_expiry);
+
+  /// Shadow mode (limits.mode: shadow): @p request goes now, whatever the limits say. It takes a
+  /// token if one is there and, as a create without a held slot, a slot of its tier even above
+  /// the ceiling, so that the budget and the gates count what really runs upstream. What would
+  /// have held it back (cooldown first, then a full gate, then no token) is returned and
+  /// counted in SchedulerCounters::shadow_*.
+  ShadowAdmission admitShadow(const RequestInfo& request, MonotonicTime now);
 
   /// Re-occupies a slot for a task known from a state file (even above the ceiling).
   /// @param tier its tier (clamped to the last)

@@ -99,6 +99,9 @@ private:
   /// The priority @p ctx waits with (its route; poll_early_until, unblocks, internal).
   static core::Priority priorityOf(const RequestCtx& ctx);
   void submit(KeyState& ks, RequestCtx& ctx, core::Priority prio);
+  /// limits.mode shadow: sends @p ctx now, counting what would have held it back.
+  void sendInShadow(KeyState& ks, RequestCtx& ctx, const core::RequestInfo& info,
+                    core::MonotonicTime now);
   void reject(uint64_t id, core::ProxyError e, int retry_after_s);
   void pump(KeyState& ks);
   /// One dispatch of @p ks and its callbacks. @return the dispatch's wake_at.

@@ -76,6 +76,9 @@ public:
   /// @param reason rate | concurrency | cooldown | queue_full | queue_timeout
   /// @param count how many (the daemon adds up the scheduler's counters since the last scrape)
   void throttle(std::string_view key, std::string_view reason, double count = 1);
+  /// Shadow mode: requests sent that enforcing would have held back (rate, concurrency,
+  /// cooldown).
+  void shadowThrottle(std::string_view key, std::string_view reason, double count = 1);
   /// @param reason a fixed word: status_429, status_5xx, network, timeout, … (sanitised)
   void retry(std::string_view key, std::string_view reason);
   /// Time a request spent queued. @param outcome how the wait ended: sent | queue_timeout |

@@ -38,6 +38,9 @@
   X(throttled, Counter, "hiapi_proxy_throttled_total", "key,reason", NoBuckets,                   \
     "Requests the proxy held back or refused, by key name and reason (rate, concurrency, "        \
     "cooldown, queue_full, queue_timeout)")                                                       \
+  X(shadow_throttled, Counter, "hiapi_proxy_shadow_throttled_total", "key,reason", NoBuckets,    \
+    "Requests sent at once in shadow mode (limits.mode: shadow) that enforcing would have held "  \
+    "back, by key name and reason (rate, concurrency, cooldown)")                                 \
   X(rate_reactions, Counter, "hiapi_proxy_rate_429_reactions_total", "key,reaction", NoBuckets,     \
     "How the proxy answered upstream rate 429s, by key name and reaction (resync = pause only, "  \
     "decrease = rate cut)")                                                                       \

@@ -55,6 +55,8 @@ struct RequestCtx {
   std::optional<uint64_t> slot;   ///< a create's tier slot while it is held
   std::optional<size_t> tier;     ///< a create's tier
   uint64_t admission_seq = 0;     ///< the scheduler's Admitted::seq of the attempt in flight
+  /// Shadow mode: what would have held it back (rate, concurrency, cooldown), "" if nothing.
+  std::string_view shadow;
   std::string model;              ///< a create's model (from a parsed copy of the body)
   bool has_idempotency_key = false;
   // Set by the task service.
