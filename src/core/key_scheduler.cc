@@ -1,7 +1,6 @@
 #include "hiapi/core/key_scheduler.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 
 #include "hiapi/core/retry_policy.h"
@@ -10,34 +9,13 @@ namespace hiapi::core {
 
 namespace {
 
-std::string lowerCopy(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
-
 void earliest(std::optional<MonotonicTime>& acc, std::optional<MonotonicTime> t) {
   if (t && (!acc || *t < *acc)) {
     acc = t;
   }
 }
 
-double sanitizedBurst(double burst) { return burst >= 1.0 ? burst : 1.0; }
-
 }  // namespace
-
-Limit429Cause classify429Code(std::string_view error_code) {
-  const std::string code = lowerCopy(error_code);
-  if (code.find("concurren") != std::string::npos) {
-    return Limit429Cause::Concurrency;
-  }
-  if (code.find("rate") != std::string::npos) {
-    return Limit429Cause::Rate;
-  }
-  return Limit429Cause::Unknown;
-}
 
 KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
                            MonotonicTime now, Random& random, RateBudgetPtr budget)
@@ -272,58 +250,6 @@ void KeyScheduler::giveToken(MonotonicTime now) {
   budget_->refund(1.0, now);
   if (window_end_ && now < *window_end_) {
     window_allowance_ += 1.0;
-  }
-}
-
-double KeyScheduler::effectiveBurst() const {
-  const double configured = sanitizedBurst(limits_.burst);
-  if (advertised_limit_ && *advertised_limit_ >= 1.0) {
-    return std::min(configured, std::floor(*advertised_limit_));
-  }
-  return configured;
-}
-
-void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now) {
-  const RateLimitHeaders& h = o.ratelimit;
-  if (h.limit && std::isfinite(*h.limit) && *h.limit >= 1.0) {
-    advertised_limit_ = *h.limit;
-    const double burst = effectiveBurst();
-    if (burst != budget_->burst()) {
-      budget_->setBurst(burst, now);
-    }
-  }
-  if (!h.remaining || !std::isfinite(*h.remaining)) {
-    return;
-  }
-  advertised_remaining_ = std::max(0.0, *h.remaining);
-  // Admitted after the request this answers: the gateway has counted them since, or will.
-  const double sent_after =
-      o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
-  const double allowance = std::max(0.0, std::floor(*advertised_remaining_) - sent_after);
-  // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
-  // holds more is ahead of the gateway and drops back to what the gateway surely has.
-  if (budget_->available(now) >= allowance + 1.0) {
-    budget_->pauseUntil(now - fromSeconds(allowance / budget_->rate()));
-  }
-  if (!h.reset) {
-    return;
-  }
-  const Duration delay =
-      std::min(rateLimitResetDelay(*h.reset, o.wall_now), limits_.max_cooldown);
-  if (delay <= Duration::zero()) {
-    return;
-  }
-  // The margin again: a request sent right at the reset could arrive a little before it.
-  const MonotonicTime end = now + delay + fromSeconds(marginTokens() / budget_->rate());
-  if (window_end_ && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
-    // The same window seen through another answer: the smaller allowance is the newer news.
-    window_allowance_ = std::min(window_allowance_, allowance);
-    window_end_ = std::max(*window_end_, end);
-    window_reset_ = window_end_;
-  } else {
-    window_allowance_ = allowance;
-    window_end_ = end;
-    window_reset_ = end;
   }
 }
 
@@ -609,61 +535,6 @@ SlotId KeyScheduler::restoreSlot(size_t tier, MonotonicTime lease_expiry) {
   return slot;
 }
 
-void KeyScheduler::onUpstreamOutcome(const UpstreamOutcome& o, MonotonicTime now) {
-  refresh(now, nullptr);
-  if (o.status == 429) {
-    Limit429Cause cause = o.cause;
-    std::optional<size_t> tier;
-    if (o.tier) {
-      tier = clampTier(*o.tier);
-    }
-    if (o.slot) {
-      if (auto it = slot_tier_.find(*o.slot); it != slot_tier_.end()) {
-        tier = it->second;
-      }
-    }
-    if (cause == Limit429Cause::Unknown) {
-      cause = Limit429Cause::Rate;
-      if (o.route == RouteKind::Create && tier) {
-        uint32_t others = gates_[*tier]->running();
-        if (o.slot && gates_[*tier]->holds(*o.slot) && others > 0) {
-          --others;
-        }
-        if (others > 0) {
-          cause = Limit429Cause::Concurrency;
-        }
-      }
-    }
-    if (cause == Limit429Cause::Concurrency && o.route == RouteKind::Create && tier) {
-      ++counters_.upstream_429_concurrency;
-      gates_[*tier]->onConcurrencyLimited(now, o.slot);
-    } else {
-      ++counters_.upstream_429_rate;
-      std::optional<Duration> retry_after;
-      if (o.retry_after) {
-        retry_after = parseRetryAfter(*o.retry_after, o.wall_now);
-      }
-      // Outside the gateway's budget when it advertises a lower limit than configured (read
-      // from this answer first): then the budget really is smaller and one 429 is enough.
-      onGatewayCounters(o, now);
-      const bool inside_budget =
-          !(advertised_limit_ && *advertised_limit_ < sanitizedBurst(limits_.burst));
-      const uint64_t decreases = adaptive_.decreases();
-      const uint64_t resyncs = adaptive_.resyncs();
-      const MonotonicTime end =
-          adaptive_.onRateLimited(now, retry_after, random_, inside_budget);
-      counters_.rate_decreases += adaptive_.decreases() - decreases;
-      counters_.rate_resyncs += adaptive_.resyncs() - resyncs;
-      applyRate(now);
-      pauseBudget(end);
-      return;
-    }
-  } else if (o.status >= 200 && o.status < 500) {
-    adaptive_.onSuccess(now);
-  }
-  onGatewayCounters(o, now);
-}
-
 Duration KeyScheduler::estimatedWait(MonotonicTime now) const {
   const double rate = std::max(adaptive_.effectiveRate(now), 1e-9);
   const double tokens = budget_->available(now);
@@ -708,71 +579,6 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
   }
   s.counters = counters_;
   return s;
-}
-
-void KeyScheduler::reconfigure(const LimitsConfig& limits, const QueueConfig& queue,
-                               MonotonicTime now) {
-  queue_deadline_ = queue.deadline;
-  create_gather_ = queue.create_gather;
-  queue_.setLimits(queue.max_size, queue.max_per_client);
-  reconfigure(limits, now);
-}
-
-void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
-  refresh(now, nullptr);
-  limits_ = limits;
-  adaptive_.reconfigure(limits);
-  budget_->setBurst(effectiveBurst(), now);
-  applyRate(now);
-
-  TierMatcher matcher(limits.tiers);
-  std::vector<std::unique_ptr<ConcurrencyGate>> gates(matcher.size());
-  std::vector<size_t> old_to_new(gates_.size(), matcher.size() - 1);
-  std::vector<bool> kept(gates_.size(), false);
-  for (size_t o = 0; o < gates_.size(); ++o) {
-    if (auto n = matcher.indexOf(matcher_.tier(o).name); n && !gates[*n]) {
-      const TierConfig& tc = matcher.tier(*n);
-      gates_[o]->reconfigure(tc.max_running, tc.lease, limits.recovery_time, now);
-      gates[*n] = std::move(gates_[o]);
-      old_to_new[o] = *n;
-      kept[o] = true;
-    }
-  }
-  for (size_t n = 0; n < gates.size(); ++n) {
-    if (!gates[n]) {
-      const TierConfig& tc = matcher.tier(n);
-      gates[n] = std::make_unique<ConcurrencyGate>(tc.max_running, tc.lease, limits.recovery_time,
-                                                   now);
-    }
-  }
-  // Slots of removed tiers are dropped; the others follow their tier.
-  for (auto it = slot_tier_.begin(); it != slot_tier_.end();) {
-    if (!kept[it->second]) {
-      it = slot_tier_.erase(it);
-    } else {
-      it->second = old_to_new[it->second];
-      ++it;
-    }
-  }
-  for (auto& [id, p] : pending_) {
-    if (p.tier) {
-      if (p.held_slot && slot_tier_.count(*p.held_slot) == 0) {
-        p.held_slot.reset();
-      }
-      p.tier = old_to_new[*p.tier];
-    }
-  }
-  // Waiting creates follow their tier; a retry whose held slot was dropped now needs a new slot,
-  // so it moves onto its tier's lane.
-  queue_.remapLanes([this](const QueueEntry& e) -> std::optional<size_t> {
-    const Pending& p = pending_.at(e.id);
-    if (p.route == RouteKind::Create && !p.held_slot) {
-      return p.tier;
-    }
-    return std::nullopt;
-  });
-  matcher_ = std::move(matcher);
-  gates_ = std::move(gates);
 }
 
 }  // namespace hiapi::core

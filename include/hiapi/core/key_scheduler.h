@@ -356,6 +356,8 @@ private:
   void onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now);
   /// @return the burst to use: the configured one, or a lower advertised limit.
   double effectiveBurst() const;
+  /// @return @p burst, at least one token (fewer would never admit a request).
+  static double sanitizedBurst(double burst) { return burst >= 1.0 ? burst : 1.0; }
   size_t clampTier(size_t tier) const;
   /// The planner's view of this key now.
   KeyLoad load() const { return KeyLoad{queue_, gates_, *budget_}; }
