@@ -20,6 +20,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "hiapi/core/config.h"
+#include "config_store.h"
 
 namespace hiapi::core {
 namespace {
@@ -1098,7 +1099,7 @@ Config Parser::parse(const YAML::Node& root) {
   }
   MapView m(*this, root, root.Mark(), "",
             {"listen", "admin", "upstream", "auth", "keys", "limits", "queue", "retry", "tasks",
-             "deferred", "log", "drain_timeout"});
+             "deferred", "store", "log", "drain_timeout"});
   std::optional<Field> listen_address;
   std::optional<Field> admin_address;
   std::optional<Field> admin_port;
@@ -1144,6 +1145,10 @@ Config Parser::parse(const YAML::Node& root) {
   });
   m.with("deferred", [&](const Field* v) {
     parseDeferred(*v, c.deferred);
+  });
+  m.with("store", [&](const Field* v) {
+    detail::parseStoreSection(v->key, v->value, v->path, {file_, base_dir_, env_}, c.store,
+                              errors_);
   });
   m.with("log", [&](const Field* v) {
     parseLog(*v, c.log);
