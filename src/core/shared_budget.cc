@@ -135,7 +135,9 @@ void SharedBudget::setInstances(uint32_t instances, MonotonicTime now) {
 bool SharedBudget::tryAcquire(double n, MonotonicTime now) {
   seen(now);
   if (degraded_) {
-    return local_.consume(n, now);
+    const bool taken = local_.consume(n, now);
+    local_spent_ += taken ? n : 0.0;
+    return taken;
   }
   if (paused(now) || held_ + kTokenEpsilon < n) {
     return false;

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <utility>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/token_bucket.h"
@@ -63,6 +64,8 @@ public:
   /// Live instances as counted from heartbeats (floored at 1): resizes the local share.
   void setInstances(uint32_t instances, MonotonicTime now);
   bool degraded() const { return degraded_; }
+  /// @return tokens spent from the local share since the last call (for a metric).
+  double takeLocalSpent() { return std::exchange(local_spent_, 0.0); }
   bool inFlight() const { return in_flight_; }
   double held() const { return held_; }
   uint32_t instances() const { return instances_; }
@@ -95,6 +98,7 @@ private:
   TokenBucket local_;                ///< the local share, used while degraded
   double held_ = 0;                  ///< tokens reserved from the store and not spent
   bool in_flight_ = false;
+  double local_spent_ = 0;
   MonotonicTime next_ask_{};         ///< the store said no token before this
   MonotonicTime last_grant_{};
   std::optional<MonotonicTime> pause_until_;
