@@ -1,4 +1,5 @@
 #include "hiapi/shell/daemon.h"
+#include "hiapi/shell/redis_store.h"
 #include "hiapi/shell/deferred_service.h"
 
 #include <algorithm>
@@ -58,6 +59,10 @@ Daemon::~Daemon() {
   deferred_.reset();
   tasks_.reset();
   proxy_.reset();
+  if (limiter_) {
+    limiter_->setStore(nullptr);
+  }
+  store_.reset();
   limiter_.reset();
   pool_.reset();
   reply_budget_.reset();
@@ -164,6 +169,9 @@ int Daemon::run() {
     }
   }
   limiter_ = std::make_unique<Limiter>(base_, cfg_, log_, metrics_.get());
+  if (!startStore()) {
+    return 1;
+  }
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(base_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
   proxy_->setPollHook(tasks_.get());
@@ -594,6 +602,7 @@ std::string Daemon::statusJson() {
   w.Key("waiting_for_connection");
   w.Uint64(pool_->waiting());
   w.EndObject();
+  writeStoreStatus(w);
   w.Key("keys");
   w.StartArray();
   for (const auto& [key, snap] : limiter_->snapshots()) {

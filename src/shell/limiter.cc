@@ -10,6 +10,7 @@
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/metrics.h"
+#include "hiapi/shell/redis_store.h"
 
 namespace hiapi::shell {
 namespace {
@@ -137,6 +138,9 @@ size_t Limiter::forgetIdleKeys(core::Duration idle_for) {
     }
     if (!configured && !running && ks.waiting.empty() && busy.count(ks.name) == 0 &&
         now - ks.last_used >= idle_for) {
+      if (store_ != nullptr) {
+        store_->forgetKey(ks.name);
+      }
       it = keys_.erase(it);
       ++forgotten;
     } else {
@@ -169,8 +173,12 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   auto ks = std::make_unique<KeyState>();
   ks->owner = this;
   ks->name = key;
-  ks->sched = std::make_unique<core::KeyScheduler>(limitsFor(key), cfg_->queue, clock_.now(),
-                                                   random_);
+  const core::LimitsConfig limits = limitsFor(key);
+  ks->sched = std::make_unique<core::KeyScheduler>(
+      limits, cfg_->queue, clock_.now(), random_,
+      store_ != nullptr ? store_->makeBudget(key, limits.rate.per_second, limits.burst,
+                                             clock_.now())
+                        : nullptr);
   ks->budget = std::make_unique<core::RetryBudget>(cfg_->retry.budget_ratio,
                                                    cfg_->retry.budget_min_retries);
   for (size_t t = 0; t < tier_durations_.size(); ++t) {
@@ -186,6 +194,9 @@ void Limiter::admit(RequestCtx& ctx, std::function<void()> go,
                     std::function<void(core::ProxyError, int)> reject) {
   KeyState& ks = keyState(ctx.key_name);
   ks.last_used = clock_.now();
+  if (store_ != nullptr) {
+    store_->bindKey(ks.name, ctx.authorization);
+  }
   ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
   if (ctx.route.kind == core::RouteKind::Create) {
     std::optional<std::string> route;
@@ -333,6 +344,9 @@ void Limiter::pump(KeyState& ks) {
     return;
   }
   ks.pumping = true;
+  if (store_ != nullptr) {
+    store_->beforePump(ks.name, *ks.sched);
+  }
   std::optional<core::MonotonicTime> wake_at;
   do {
     ks.pump_again = false;
@@ -340,6 +354,15 @@ void Limiter::pump(KeyState& ks) {
   } while (ks.pump_again);
   ks.pumping = false;
   arm(ks, wake_at);
+  if (store_ != nullptr) {
+    store_->afterPump(ks.name, *ks.sched);
+  }
+}
+
+void Limiter::pumpKey(const std::string& key) {
+  if (auto it = keys_.find(key); it != keys_.end()) {
+    pump(*it->second);
+  }
 }
 
 std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {

@@ -19,6 +19,7 @@
 namespace hiapi::shell {
 
 class Metrics;
+class RedisStore;
 
 /// Thread-safety: loop thread only.
 class Limiter final : public AdmissionHook {
@@ -75,6 +76,12 @@ public:
   /// Re-occupies a slot for a task read from the state file. @return the slot id.
   uint64_t restoreSlot(const std::string& key, size_t tier, core::Duration lease_left);
 
+  /// Shares every key's budget through @p store (store.kind: redis); nullptr = local buckets.
+  /// Set before the first key is created; the store must outlive the limiter's keys.
+  void setStore(RedisStore* store) { store_ = store; }
+  /// Dispatches @p key again (the store's reply changed its budget). Unknown keys: nothing.
+  void pumpKey(const std::string& key);
+
   /// Hook: called when a create succeeded with its task id (task tracking).
   std::function<void(const RequestCtx&, const std::string& task_id)> on_task_created;
   /// Hook: called for each lease that ran out.
@@ -113,6 +120,7 @@ private:
   event_base* base_;
   event* sweep_ = nullptr;
   core::ConfigSharedPtr cfg_;
+  RedisStore* store_ = nullptr;
   Logger& log_;
   Metrics* metrics_;
   core::SteadyClock clock_;
