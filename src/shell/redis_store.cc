@@ -59,7 +59,6 @@ bool RedisStore::start(std::string& error) {
   }
   const timeval tv = toTimeval(kTick);
   event_add(timer_, &tv);
-  setDegraded(true, "connecting");
   resolve();
   return true;
 }

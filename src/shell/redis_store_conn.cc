@@ -181,9 +181,11 @@ void RedisStore::setDegraded(bool degraded, const std::string& why) {
   if (degraded) {
     last_error_ = why;
   }
-  if (degraded == degraded_) {
+  if (degraded == degraded_ && announced_) {
     return;
   }
+  // The first outcome is announced either way: a store unreachable from the start says so.
+  announced_ = true;
   degraded_ = degraded;
   if (degraded) {
     log_.warn("shared store unusable: each key runs on its local share until it is back",

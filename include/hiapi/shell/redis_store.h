@@ -135,6 +135,7 @@ private:
   bool connected_ = false;   ///< handshake done: commands may be sent
   bool degraded_ = true;
   bool closing_ = false;
+  bool announced_ = false;  ///< the state was logged once (the first outcome always is)
   uint32_t attempts_ = 0;    ///< failed connects in a row (backoff)
   uint32_t instances_ = 1;
   std::string last_error_ = "not connected yet";
