@@ -7,6 +7,11 @@ namespace hiapi::core {
 
 namespace {
 constexpr double kTokenEpsilon = 1e-6;
+// The scheduler admits a request only with its phase margin (KeyScheduler::marginTokens, at most
+// a quarter of a token) held on top of the token: reservations ask for that much more, in
+// fractions, rather than for a whole extra token that would sit idle while another instance
+// waits for it.
+constexpr double kMarginSlack = 0.25;
 }  // namespace
 
 uint32_t LocalShare::slots(uint32_t ceiling, uint32_t instances) {
@@ -49,15 +54,15 @@ std::optional<double> SharedBudget::reservationToSend(MonotonicTime now, size_t 
   if (degraded_ || in_flight_ || now < next_ask_ || paused(now) || waiting == 0) {
     return std::nullopt;
   }
-  // One token more than what waits: the scheduler keeps a fraction of a token as a phase margin
-  // (KeyScheduler::marginTokens), so a request needs a little more than one token held.
-  const double needed = static_cast<double>(waiting) + 1.0;
+  // Never more than a burst held: tokens held here are tokens no other instance can use.
+  const double needed = std::min(static_cast<double>(waiting) + kMarginSlack, burst_);
   if (held_ + kTokenEpsilon >= needed) {
     return std::nullopt;
   }
   in_flight_ = true;
-  return reservationSize(rate_, burst_, window_,
-                         static_cast<size_t>(std::ceil(needed - std::floor(held_))));
+  const double block = reservationSize(rate_, burst_, window_,
+                                       static_cast<size_t>(std::ceil(needed - held_)));
+  return std::min(needed - held_, std::max(block, 1.0 + kMarginSlack));
 }
 
 void SharedBudget::onReserved(double granted, Duration retry_in, MonotonicTime now) {
@@ -74,12 +79,10 @@ void SharedBudget::onReserved(double granted, Duration retry_in, MonotonicTime n
 }
 
 double SharedBudget::surplusToReturn(MonotonicTime now, size_t waiting) {
-  if (degraded_ || waiting != 0 || held_ < 1.0 || now - last_grant_ < window_) {
+  if (degraded_ || waiting != 0 || held_ < kTokenEpsilon || now - last_grant_ < window_) {
     return 0.0;
   }
-  const double whole = std::floor(held_ + kTokenEpsilon);
-  held_ = std::max(0.0, held_ - whole);
-  return whole;
+  return std::exchange(held_, 0.0);
 }
 
 std::optional<Duration> SharedBudget::pauseToShare(MonotonicTime now) {

@@ -27,6 +27,7 @@ void SharedSlots::syncTier(KeyScheduler& sched, size_t t, MonotonicTime now,
   const size_t running = gate.running() - std::min<size_t>(gate.running(),
                                                            tier.placeholders.size());
   const size_t waiting = sched.waitingCreates(t);
+  tier.wanting = false;
   if (!degraded_ && !reconcile_) {
     // Tasks of this instance running without a lease (admitted on the local share during an
     // outage) take one as soon as the store is back: reconcile() writes them.
@@ -38,15 +39,17 @@ void SharedSlots::syncTier(KeyScheduler& sched, size_t t, MonotonicTime now,
         tier.held.pop_back();
       }
       out.push_back(std::move(r));
-    } else if (waiting > spare && tier.held.size() < ceiling && !tier.acquiring &&
-               now >= tier.next_try) {
-      Request r{Request::Acquire, t, {}, ceiling};
-      const size_t want = std::min<size_t>(waiting - spare, ceiling - tier.held.size());
-      for (size_t i = 0; i < want; ++i) {
-        r.leases.push_back(next_lease_++);
+    } else if (waiting > spare && tier.held.size() < ceiling) {
+      tier.wanting = true;
+      if (!tier.acquiring && now >= tier.next_try) {
+        Request r{Request::Acquire, t, {}, ceiling};
+        const size_t want = std::min<size_t>(waiting - spare, ceiling - tier.held.size());
+        for (size_t i = 0; i < want; ++i) {
+          r.leases.push_back(next_lease_++);
+        }
+        tier.acquiring = true;
+        out.push_back(std::move(r));
       }
-      tier.acquiring = true;
-      out.push_back(std::move(r));
     }
   }
   if (!degraded_ && reconcile_) {
@@ -92,6 +95,12 @@ void SharedSlots::onAcquired(size_t tier, const std::vector<LeaseId>& asked, siz
   if (granted < asked.size()) {
     t.next_try = now + std::max(retry_in, Duration(std::chrono::milliseconds(10)));
   }
+}
+
+bool SharedSlots::wantsLeases(MonotonicTime now) const {
+  return std::any_of(tiers_.begin(), tiers_.end(), [&](const Tier& t) {
+    return t.wanting && !t.acquiring && now >= t.next_try;
+  });
 }
 
 void SharedSlots::onAcquireFailed(size_t tier) {

@@ -421,6 +421,9 @@ void Daemon::reload() {
         next->upstream.ca_file != cfg_->upstream.ca_file) {
       log_.warn("listen, admin and upstream settings change only on restart; the rest applies");
     }
+    if (storeChanged(next->store, cfg_->store)) {
+      log_.warn("store settings change only on restart; the rest applies");
+    }
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     apply(next);

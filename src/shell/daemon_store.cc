@@ -29,6 +29,16 @@ bool Daemon::startStore() {
   return true;
 }
 
+bool Daemon::storeChanged(const core::StoreConfig& next, const core::StoreConfig& running) {
+  return next.kind != running.kind || next.url != running.url ||
+         next.password.reveal() != running.password.reveal() ||
+         next.key_prefix != running.key_prefix || next.key_secret_file != running.key_secret_file ||
+         next.connect_timeout != running.connect_timeout ||
+         next.command_timeout != running.command_timeout ||
+         next.heartbeat_interval != running.heartbeat_interval ||
+         next.reserve_window != running.reserve_window;
+}
+
 void Daemon::writeStoreStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const {
   w.Key("store");
   w.StartObject();

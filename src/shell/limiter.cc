@@ -133,8 +133,11 @@ size_t Limiter::forgetIdleKeys(core::Duration idle_for) {
       configured = configured || k.name == ks.name;
     }
     bool running = false;
-    for (const core::TierSnapshot& t : ks.sched->snapshot(now).tiers) {
-      running = running || t.running > 0;
+    const std::vector<core::TierSnapshot> tiers = ks.sched->snapshot(now).tiers;
+    for (size_t t = 0; t < tiers.size(); ++t) {
+      // A shared store's placeholder slots stand for other instances' tasks, not this one's.
+      const size_t others = store_ != nullptr ? store_->placeholders(ks.name, t) : 0;
+      running = running || tiers[t].running > others;
     }
     if (!configured && !running && ks.waiting.empty() && busy.count(ks.name) == 0 &&
         now - ks.last_used >= idle_for) {
@@ -593,6 +596,9 @@ std::vector<std::pair<std::string, core::Snapshot>> Limiter::snapshots() const {
   const auto now = clock_.now();
   for (const auto& [name, ks] : keys_) {
     out.emplace_back(name, ks->sched->snapshot(now));
+    if (store_ != nullptr) {
+      store_->adjustSnapshot(name, out.back().second);
+    }
   }
   return out;
 }

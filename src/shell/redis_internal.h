@@ -22,7 +22,9 @@ namespace hiapi::shell {
 // share one bucket. State: tokens at ts (µs); a pause after an upstream 429 moves ts into the
 // future with no tokens, so no instance gets one before it ends.
 // ARGV: rate/s, burst, tokens wanted, tokens given back, pause ms, key TTL ms.
-// Reply: {granted, µs until the next token when short, µs of pause left}.
+// Grants all it is asked for, else what it has when that is at least one token, else nothing.
+// Reply: {granted in millionths of a token, µs until enough is there when short, µs of pause
+// left} (integers: Redis truncates a script's numbers).
 constexpr const char* kBudgetScript = R"lua(
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -45,18 +47,23 @@ if pause > 0 and now + pause > ts then
   tokens = 0
 end
 local granted = 0
-if now >= ts then
-  granted = math.max(0, math.min(want, math.floor(tokens + 0.000001)))
-  tokens = tokens - granted
+if now >= ts and want > 0 then
+  if tokens + 0.000001 >= want then
+    granted = want
+  elseif tokens >= 1 then
+    granted = tokens
+  end
+  tokens = math.max(0, tokens - granted)
 end
 local retry = 0
 if granted < want then
-  retry = math.max(0, ts - now) + math.ceil(math.max(0, 1 - tokens) * 1000000 / rate)
+  retry = math.max(0, ts - now) +
+          math.ceil(math.max(0, math.min(want, 1) - tokens) * 1000000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts',
            string.format('%.0f', ts))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {granted, retry, math.max(0, ts - now)}
+return {math.floor(granted * 1000000), retry, math.max(0, ts - now)}
 )lua";
 
 // An instance's heartbeat: its expiry (Redis time, ms) in a sorted set; expired ones are

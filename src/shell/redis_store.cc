@@ -90,6 +90,21 @@ void RedisStore::bindKey(const std::string& key, std::string_view authorization)
   }
 }
 
+void RedisStore::adjustSnapshot(const std::string& key, core::Snapshot& snap) const {
+  auto it = keys_.find(key);
+  if (it == keys_.end() || !it->second.slots) {
+    return;
+  }
+  for (size_t t = 0; t < snap.tiers.size(); ++t) {
+    const std::vector<core::SlotId> ids = it->second.slots->placeholderIds(t);
+    core::TierSnapshot& tier = snap.tiers[t];
+    tier.running -= std::min<uint32_t>(tier.running, static_cast<uint32_t>(ids.size()));
+    std::erase_if(tier.leases, [&](const auto& lease) {
+      return std::find(ids.begin(), ids.end(), lease.first) != ids.end();
+    });
+  }
+}
+
 void RedisStore::forgetKey(const std::string& key) { keys_.erase(key); }
 
 void RedisStore::afterPump(const std::string& key, core::KeyScheduler& sched) {
@@ -112,7 +127,12 @@ void RedisStore::afterPump(const std::string& key, core::KeyScheduler& sched) {
   if (!connected_ || e.redis_id.empty() || e.bad_until) {
     return;
   }
-  const size_t waiting = sched.queueDepth();
+  // Creates waiting at a full gate need no token yet: held for them, tokens would sit idle
+  // while another instance's requests wait for them.
+  size_t waiting = sched.queueDepth();
+  for (size_t tier : sched.blockedTiers(now)) {
+    waiting -= std::min(waiting, sched.waitingCreates(tier));
+  }
   const std::optional<core::Duration> pause = e.budget->pauseToShare(now);
   const std::optional<double> want = e.budget->reservationToSend(now, waiting);
   const double give = e.budget->surplusToReturn(now, waiting);
@@ -276,7 +296,7 @@ void RedisStore::onBudgetReply(const std::string& key, double asked, redisReply*
                                                   : "unexpected reply type");
     return;
   }
-  const double granted = static_cast<double>(r->element[0]->integer);
+  const double granted = static_cast<double>(r->element[0]->integer) / 1e6;
   const core::Duration retry = std::chrono::microseconds(r->element[1]->integer);
   const core::Duration pause_left = std::chrono::microseconds(r->element[2]->integer);
   if (asked > 0) {

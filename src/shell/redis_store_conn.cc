@@ -284,10 +284,11 @@ void RedisStore::tick() {
     next_heartbeat_ = now + cfg_.heartbeat_interval;
     heartbeat();
   }
-  // Unspent tokens of keys that went quiet go back to the shared bucket.
+  // Unspent tokens of keys that went quiet go back to the shared bucket; a full tier is asked
+  // again when the store said to wait (a slot another instance frees is not announced).
   std::vector<std::string> idle;
   for (const auto& [key, e] : keys_) {
-    if (e.budget->held() >= 1.0) {
+    if (e.budget->held() > 0.0 || (e.slots && e.slots->wantsLeases(now))) {
       idle.push_back(key);
     }
   }

@@ -34,13 +34,14 @@ public:
       tokens_ = 0;
     }
     double granted = 0;
-    if (t >= ts_) {
-      granted = std::min(want, std::floor(tokens_ + 1e-9));
-      tokens_ -= granted;
+    if (t >= ts_ && want > 0) {
+      granted = tokens_ + 1e-6 >= want ? want : tokens_ >= 1 ? tokens_ : 0;
+      tokens_ = std::max(0.0, tokens_ - granted);
     }
     Duration retry{0};
     if (granted < want) {
-      retry = (ts_ > t ? ts_ - t : Duration::zero()) + fromSeconds((1.0 - tokens_) / rate_);
+      retry = (ts_ > t ? ts_ - t : Duration::zero()) +
+              fromSeconds(std::max(0.0, std::min(want, 1.0) - tokens_) / rate_);
     }
     return {granted, retry};
   }
@@ -79,7 +80,7 @@ TEST(SharedBudgetTest, SpendsOnlyWhatTheStoreGranted) {
   EXPECT_EQ(b.timeUntilAvailable(1, clock.now()), SharedBudget::kReplyBackstop);
   const std::optional<double> ask = b.reservationToSend(clock.now(), 3);
   ASSERT_TRUE(ask);
-  EXPECT_DOUBLE_EQ(*ask, 2);  // 3 waiting + 1, at most 10/s × 250 ms
+  EXPECT_DOUBLE_EQ(*ask, 2);  // 3 waiting and a margin, at most 10/s × 250 ms
   EXPECT_FALSE(b.reservationToSend(clock.now(), 3)) << "one in flight at a time";
   b.onReserved(2, 100ms, clock.now());
   EXPECT_TRUE(b.tryAcquire(1, clock.now()));
@@ -88,6 +89,23 @@ TEST(SharedBudgetTest, SpendsOnlyWhatTheStoreGranted) {
   EXPECT_EQ(b.timeUntilAvailable(1, clock.now()), 100ms) << "the store said when";
   EXPECT_FALSE(b.reservationToSend(clock.now() + 50ms, 1));
   EXPECT_TRUE(b.reservationToSend(clock.now() + 100ms, 1));
+}
+
+TEST(SharedBudgetTest, TheMarginIsAskedForInFractionsNotAWholeToken) {
+  ManualClock clock;
+  SharedBudget b(4, 4, 250ms, clock.now());
+  std::optional<double> ask = b.reservationToSend(clock.now(), 1);
+  ASSERT_TRUE(ask);
+  EXPECT_DOUBLE_EQ(*ask, 1.25) << "one token and the scheduler's phase margin";
+  b.onReserved(1.25, 0ms, clock.now());
+  EXPECT_TRUE(b.tryAcquire(1, clock.now()));
+  EXPECT_DOUBLE_EQ(b.held(), 0.25);
+  ask = b.reservationToSend(clock.now(), 1);
+  ASSERT_TRUE(ask);
+  EXPECT_DOUBLE_EQ(*ask, 1.0) << "what is held counts";
+  b.onReserved(0, 250ms, clock.now());
+  clock.advance(1s);
+  EXPECT_DOUBLE_EQ(b.surplusToReturn(clock.now(), 0), 0.25) << "fractions go back too";
 }
 
 TEST(SharedBudgetTest, UnspentTokensGoBackWhenNothingWaits) {

@@ -164,6 +164,8 @@ TEST(SharedSlotsTest, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
   ASSERT_EQ(b.sched.submit(create(50, clock.now()), clock.now()), SubmitResult::Queued);
   b.pump(store, clock.now());
   EXPECT_TRUE(b.running.empty()) << "the ceiling is held by the dead instance's leases";
+  EXPECT_FALSE(b.slots.wantsLeases(clock.now())) << "the store said when to ask again";
+  EXPECT_TRUE(b.slots.wantsLeases(clock.now() + 100ms)) << "then the shell must dispatch";
   for (int step = 0; step < 100 && b.running.empty(); ++step) {
     clock.advance(200ms);
     b.pump(store, clock.now());

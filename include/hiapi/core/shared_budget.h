@@ -44,14 +44,15 @@ public:
                uint32_t instances = 1);
 
   // ---- for the shell -------------------------------------------------------------------------
-  /// A reservation to send now, in tokens, or nullopt: none is needed, one is in flight, the
-  /// store said to wait, or the store is down. Marks one in flight when it returns a value.
+  /// A reservation to send now, in tokens (fractions too: what waits plus the scheduler's phase
+  /// margin, less what is held, at most a block), or nullopt: none is needed, one is in flight,
+  /// the store said to wait, or the store is down. Marks one in flight when it returns a value.
   std::optional<double> reservationToSend(MonotonicTime now, size_t waiting);
-  /// The reply to it: @p granted tokens (whole), and when not all were granted, how long the
-  /// store says until the next one is there.
+  /// The reply to it: @p granted tokens (all asked, or at least one, or none), and when not all
+  /// were granted, how long the store says until the next one is there.
   void onReserved(double granted, Duration retry_in, MonotonicTime now);
-  /// Tokens to give back now (held, unspent, and nothing waits): zero when none. Taken from
-  /// what this instance holds the moment it returns them.
+  /// Tokens to give back now (held, unspent, nothing waits, none granted within a window):
+  /// zero when none. Taken from what this instance holds the moment it returns them.
   double surplusToReturn(MonotonicTime now, size_t waiting);
   /// A pause to store (its length from @p now), once each: a 429's cool-down for every instance.
   std::optional<Duration> pauseToShare(MonotonicTime now);

@@ -66,6 +66,13 @@ public:
   size_t placeholders(size_t tier) const {
     return tier < tiers_.size() ? tiers_[tier].placeholders.size() : 0;
   }
+  /// @return the placeholder slots' ids in @p tier's gate.
+  std::vector<SlotId> placeholderIds(size_t tier) const {
+    return tier < tiers_.size() ? tiers_[tier].placeholders : std::vector<SlotId>{};
+  }
+  /// @return whether a tier's creates wait for a lease that may be asked for again now: the
+  ///         caller dispatches the key (sync() sends the ask), since nothing else would.
+  bool wantsLeases(MonotonicTime now) const;
   bool degraded() const { return degraded_; }
   /// @return whether held leases still need writing after the store came back (reconcile).
   bool needsReconcile() const { return reconcile_; }
@@ -79,6 +86,7 @@ private:
     std::vector<LeaseId> held;
     std::vector<SlotId> placeholders;
     bool acquiring = false;
+    bool wanting = false;  ///< creates wait for more leases than are held (as of the last sync)
     MonotonicTime next_try{};
     MonotonicTime placeholder_expiry{};
   };

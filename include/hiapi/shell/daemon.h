@@ -65,6 +65,8 @@ private:
   /// store.kind: redis: creates the shared store and hands it to the limiter (daemon_store.cc).
   /// @return false when it cannot start (an unreadable key secret; an unreachable Redis is not).
   bool startStore();
+  /// @return whether a reload changes the store's settings (they apply on restart only).
+  static bool storeChanged(const core::StoreConfig& next, const core::StoreConfig& running);
   /// The "store" object of /status (daemon_store.cc).
   void writeStoreStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const;
   void notify(const std::string& state);

@@ -63,6 +63,16 @@ public:
   /// pause, as the key's SharedBudget decides.
   void afterPump(const std::string& key, core::KeyScheduler& sched);
 
+  /// @return placeholder slots in @p key's gate of @p tier (slots this instance does not hold).
+  size_t placeholders(const std::string& key, size_t tier) const {
+    auto it = keys_.find(key);
+    return it == keys_.end() || !it->second.slots ? 0 : it->second.slots->placeholders(tier);
+  }
+
+  /// Takes @p key's placeholder slots out of @p snap (/status and metrics show this instance's
+  /// tasks; the ceiling still says what the key allows).
+  void adjustSnapshot(const std::string& key, core::Snapshot& snap) const;
+
   struct Status {
     bool connected = false;
     bool degraded = true;
