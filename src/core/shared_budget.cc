@@ -7,11 +7,6 @@ namespace hiapi::core {
 
 namespace {
 constexpr double kTokenEpsilon = 1e-6;
-// The scheduler admits a request only with its phase margin (KeyScheduler::marginTokens, at most
-// a quarter of a token) held on top of the token: reservations ask for that much more, in
-// fractions, rather than for a whole extra token that would sit idle while another instance
-// waits for it.
-constexpr double kMarginSlack = 0.25;
 }  // namespace
 
 uint32_t LocalShare::slots(uint32_t ceiling, uint32_t instances) {
@@ -37,7 +32,16 @@ SharedBudget::SharedBudget(double rate_per_s, double burst, Duration reserve_win
       instances_(std::max<uint32_t>(1, instances)),
       local_(LocalShare::of(rate_per_s, burst, instances_).rate,
              LocalShare::of(rate_per_s, burst, instances_).burst, now, false),
-      next_ask_(now), last_grant_(now), last_now_(now) {}
+      spent_since_(now), next_ask_(now), last_grant_(now), last_now_(now) {}
+
+void SharedBudget::rollSpent(MonotonicTime now) {
+  if (window_ <= Duration::zero() || now - spent_since_ < window_) {
+    return;
+  }
+  spent_last_ = now - spent_since_ < 2 * window_ ? spent_now_ : 0.0;
+  spent_now_ = 0;
+  spent_since_ = now;
+}
 
 void SharedBudget::resetLocal(MonotonicTime now) {
   // Starts empty: the store's bucket may have been spent just before it went away, and each of
@@ -55,14 +59,24 @@ std::optional<double> SharedBudget::reservationToSend(MonotonicTime now, size_t 
     return std::nullopt;
   }
   // Never more than a burst held: tokens held here are tokens no other instance can use.
-  const double needed = std::min(static_cast<double>(waiting) + kMarginSlack, burst_);
+  const double needed = std::min(static_cast<double>(waiting), burst_);
   if (held_ + kTokenEpsilon >= needed) {
     return std::nullopt;
   }
   in_flight_ = true;
+  rollSpent(now);
+  // Requests admitted as they come leave no queue behind them: what the last window spent
+  // says how many the next round trip should cover.
+  const double demand = std::min(std::max(needed, spent_last_), burst_);
   const double block = reservationSize(rate_, burst_, window_,
-                                       static_cast<size_t>(std::ceil(needed - held_)));
-  return std::min(needed - held_, std::max(block, 1.0 + kMarginSlack));
+                                       static_cast<size_t>(std::ceil(demand - held_)));
+  return std::min(demand - held_, std::max(block, 1.0));
+}
+
+double SharedBudget::marginTokens() const {
+  // As KeyScheduler::marginTokens: the store keeps this much in its bucket behind every grant.
+  const double tokens = toSeconds(margin_) * rate_;
+  return std::clamp(std::min(tokens, 0.25), 0.0, std::max(0.0, burst_ - 1.0));
 }
 
 void SharedBudget::onReserved(double granted, Duration retry_in, MonotonicTime now) {
@@ -146,6 +160,8 @@ bool SharedBudget::tryAcquire(double n, MonotonicTime now) {
     return false;
   }
   held_ = std::max(0.0, held_ - n);
+  rollSpent(now);
+  spent_now_ += n;
   return true;
 }
 
@@ -162,7 +178,7 @@ std::optional<Duration> SharedBudget::timeUntilAvailable(double n, MonotonicTime
   if (paused(now)) {
     return *pause_until_ - now;
   }
-  if (held_ + kTokenEpsilon >= n) {
+  if (held_ + marginTokens() + kTokenEpsilon >= n) {
     return Duration::zero();
   }
   if (now < next_ask_) {
@@ -224,7 +240,9 @@ double SharedBudget::available(MonotonicTime now) const {
   if (paused(now)) {
     return -toSeconds(*pause_until_ - now) * rate_;
   }
-  return held_;
+  // The phase margin the scheduler wants on top of a token was kept in the store's bucket when
+  // it granted the token (marginTokens()): it is counted here rather than held.
+  return held_ + marginTokens();
 }
 
 }  // namespace hiapi::core

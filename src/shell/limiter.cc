@@ -180,7 +180,7 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   ks->sched = std::make_unique<core::KeyScheduler>(
       limits, cfg_->queue, clock_.now(), random_,
       store_ != nullptr ? store_->makeBudget(key, limits.rate.per_second, limits.burst,
-                                             clock_.now())
+                                             limits.phase_margin, clock_.now())
                         : nullptr);
   ks->budget = std::make_unique<core::RetryBudget>(cfg_->retry.budget_ratio,
                                                    cfg_->retry.budget_min_retries);

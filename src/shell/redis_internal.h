@@ -21,7 +21,9 @@ namespace hiapi::shell {
 // The key's token bucket, in Redis' own time (TIME), so that instances whose clocks disagree
 // share one bucket. State: tokens at ts (µs); a pause after an upstream 429 moves ts into the
 // future with no tokens, so no instance gets one before it ends.
-// ARGV: rate/s, burst, tokens wanted, tokens given back, pause ms, key TTL ms.
+// ARGV: rate/s, burst, tokens wanted, tokens given back, pause ms, key TTL ms, phase margin in
+// tokens (a token is granted only once the bucket holds it and the margin behind it, as the
+// local bucket admits: arrival jitter cannot land a request before the upstream's token).
 // Grants all it is asked for, else what it has when that is at least one token, else nothing.
 // Reply: {granted in millionths of a token, µs until enough is there when short, µs of pause
 // left} (integers: Redis truncates a script's numbers).
@@ -47,18 +49,19 @@ if pause > 0 and now + pause > ts then
   tokens = 0
 end
 local granted = 0
+local margin = tonumber(ARGV[7])
 if now >= ts and want > 0 then
-  if tokens + 0.000001 >= want then
+  if tokens + 0.000001 >= want + margin then
     granted = want
-  elseif tokens >= 1 then
-    granted = tokens
+  elseif tokens >= 1 + margin then
+    granted = tokens - margin
   end
   tokens = math.max(0, tokens - granted)
 end
 local retry = 0
 if granted < want then
   retry = math.max(0, ts - now) +
-          math.ceil(math.max(0, math.min(want, 1) - tokens) * 1000000 / rate)
+          math.ceil(math.max(0, math.min(want, 1) + margin - tokens) * 1000000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts',
            string.format('%.0f', ts))

@@ -64,9 +64,11 @@ bool RedisStore::start(std::string& error) {
 }
 
 core::RateBudgetPtr RedisStore::makeBudget(const std::string& key, double rate, double burst,
+                                           core::Duration phase_margin,
                                            core::MonotonicTime now) {
   auto b = std::make_unique<core::SharedBudget>(rate, burst, cfg_.reserve_window, now,
                                                 instances_);
+  b->setPhaseMargin(phase_margin);
   Entry& e = keys_[key];
   e.budget = b.get();
   if (degraded_ || !connected_) {
@@ -266,7 +268,8 @@ void RedisStore::reserve(const std::string& key, Entry& e, double want, double g
   }
   const bool sent = command(
       {"EVALSHA", budget_sha_, "1", bucketKey(e), num(rate), num(burst), num(want), num(give),
-       std::to_string(pause ? std::max<int64_t>(1, ms(*pause)) : 0), std::to_string(ttl)},
+       std::to_string(pause ? std::max<int64_t>(1, ms(*pause)) : 0), std::to_string(ttl),
+       num(e.budget->marginTokens())},
       [this, key, want](redisReply* r) { onBudgetReply(key, want, r); });
   if (!sent && want > 0) {
     e.budget->onStoreDown(clock_.now());

@@ -23,7 +23,8 @@ public:
     double granted;
     Duration retry_in;
   };
-  Reply reserve(double want, double give_back, std::optional<Duration> pause, MonotonicTime t) {
+  Reply reserve(double want, double give_back, std::optional<Duration> pause, MonotonicTime t,
+                double margin = 0) {
     if (t > ts_) {
       tokens_ = std::min(burst_, tokens_ + toSeconds(t - ts_) * rate_);
       ts_ = t;
@@ -35,13 +36,13 @@ public:
     }
     double granted = 0;
     if (t >= ts_ && want > 0) {
-      granted = tokens_ + 1e-6 >= want ? want : tokens_ >= 1 ? tokens_ : 0;
+      granted = tokens_ + 1e-6 >= want + margin ? want : tokens_ >= 1 + margin ? tokens_ - margin : 0;
       tokens_ = std::max(0.0, tokens_ - granted);
     }
     Duration retry{0};
     if (granted < want) {
       retry = (ts_ > t ? ts_ - t : Duration::zero()) +
-              fromSeconds(std::max(0.0, std::min(want, 1.0) - tokens_) / rate_);
+              fromSeconds(std::max(0.0, std::min(want, 1.0) + margin - tokens_) / rate_);
     }
     return {granted, retry};
   }
@@ -80,7 +81,7 @@ TEST(SharedBudgetTest, SpendsOnlyWhatTheStoreGranted) {
   EXPECT_EQ(b.timeUntilAvailable(1, clock.now()), SharedBudget::kReplyBackstop);
   const std::optional<double> ask = b.reservationToSend(clock.now(), 3);
   ASSERT_TRUE(ask);
-  EXPECT_DOUBLE_EQ(*ask, 2);  // 3 waiting and a margin, at most 10/s × 250 ms
+  EXPECT_DOUBLE_EQ(*ask, 2);  // 3 waiting, at most 10/s × 250 ms
   EXPECT_FALSE(b.reservationToSend(clock.now(), 3)) << "one in flight at a time";
   b.onReserved(2, 100ms, clock.now());
   EXPECT_TRUE(b.tryAcquire(1, clock.now()));
@@ -91,21 +92,44 @@ TEST(SharedBudgetTest, SpendsOnlyWhatTheStoreGranted) {
   EXPECT_TRUE(b.reservationToSend(clock.now() + 100ms, 1));
 }
 
-TEST(SharedBudgetTest, TheMarginIsAskedForInFractionsNotAWholeToken) {
+TEST(SharedBudgetTest, ThePhaseMarginIsKeptInTheStoreNotHeldHere) {
   ManualClock clock;
   SharedBudget b(4, 4, 250ms, clock.now());
-  std::optional<double> ask = b.reservationToSend(clock.now(), 1);
+  b.setPhaseMargin(10ms);
+  EXPECT_DOUBLE_EQ(b.marginTokens(), 0.04);
+  const std::optional<double> ask = b.reservationToSend(clock.now(), 1);
   ASSERT_TRUE(ask);
-  EXPECT_DOUBLE_EQ(*ask, 1.25) << "one token and the scheduler's phase margin";
-  b.onReserved(1.25, 0ms, clock.now());
+  EXPECT_DOUBLE_EQ(*ask, 1) << "whole tokens: the store granted them with the margin behind";
+  b.onReserved(1, 0ms, clock.now());
+  EXPECT_DOUBLE_EQ(b.available(clock.now()), 1.04) << "what the scheduler asks for is there";
+  EXPECT_EQ(b.timeUntilAvailable(1.04, clock.now()), std::optional<Duration>(Duration::zero()));
   EXPECT_TRUE(b.tryAcquire(1, clock.now()));
-  EXPECT_DOUBLE_EQ(b.held(), 0.25);
-  ask = b.reservationToSend(clock.now(), 1);
+  EXPECT_DOUBLE_EQ(b.held(), 0);
+  SharedBudget one(4, 1, 250ms, clock.now());
+  one.setPhaseMargin(10ms);
+  EXPECT_DOUBLE_EQ(one.marginTokens(), 0) << "a burst of one leaves no room for a margin";
+}
+
+TEST(SharedBudgetTest, WhatTheLastWindowSpentSizesTheNextReservation) {
+  ManualClock clock;
+  SharedBudget b(1000, 1000, 100ms, clock.now());
+  ASSERT_TRUE(b.reservationToSend(clock.now(), 1));
+  b.onReserved(1.25, 0ms, clock.now());
+  // Requests arrive one by one and go at once: 40 within one window, never a queue.
+  for (int i = 0; i < 40; ++i) {
+    std::optional<double> ask = b.reservationToSend(clock.now(), 1);
+    if (ask) {
+      b.onReserved(*ask, 0ms, clock.now());
+    }
+    ASSERT_TRUE(b.tryAcquire(1, clock.now()));
+    clock.advance(2ms);
+  }
+  clock.advance(30ms);  // the window ends
+  b.tryAcquire(b.held(), clock.now());
+  const std::optional<double> ask = b.reservationToSend(clock.now(), 1);
   ASSERT_TRUE(ask);
-  EXPECT_DOUBLE_EQ(*ask, 1.0) << "what is held counts";
-  b.onReserved(0, 250ms, clock.now());
-  clock.advance(1s);
-  EXPECT_DOUBLE_EQ(b.surplusToReturn(clock.now(), 0), 0.25) << "fractions go back too";
+  EXPECT_GE(*ask, 40) << "a window's demand in one round trip, not one token per request";
+  EXPECT_LE(*ask, 100) << "at most rate x reserve_window";
 }
 
 TEST(SharedBudgetTest, UnspentTokensGoBackWhenNothingWaits) {
@@ -199,6 +223,7 @@ TEST(SharedBudgetTest, SkewedClocksShareOneBudget) {
   for (Duration s : skew) {
     instances.push_back(
         std::make_unique<SharedBudget>(kRate, kBurst, 250ms, store_clock.now() + s));
+    instances.back()->setPhaseMargin(10ms);
   }
   std::map<int64_t, int> per_second;
   int total = 0;
@@ -209,7 +234,8 @@ TEST(SharedBudgetTest, SkewedClocksShareOneBudget) {
       SharedBudget& b = *instances[i];
       const MonotonicTime local = t + skew[i];
       if (std::optional<double> ask = b.reservationToSend(local, 50)) {
-        const StoreBucket::Reply r = store.reserve(*ask, 0, b.pauseToShare(local), t);
+        const StoreBucket::Reply r =
+            store.reserve(*ask, 0, b.pauseToShare(local), t, b.marginTokens());
         b.onReserved(r.granted, r.retry_in, local);
       }
       while (b.tryAcquire(1, local)) {

@@ -44,9 +44,10 @@ public:
                uint32_t instances = 1);
 
   // ---- for the shell -------------------------------------------------------------------------
-  /// A reservation to send now, in tokens (fractions too: what waits plus the scheduler's phase
-  /// margin, less what is held, at most a block), or nullopt: none is needed, one is in flight,
-  /// the store said to wait, or the store is down. Marks one in flight when it returns a value.
+  /// A reservation to send now, in tokens (what waits, or what the last reserve window spent
+  /// when that is more, less what is held, at most a block), or nullopt: none is needed, one is
+  /// in flight, the store said to wait, or the store is down. Marks one in flight when it
+  /// returns a value.
   std::optional<double> reservationToSend(MonotonicTime now, size_t waiting);
   /// The reply to it: @p granted tokens (all asked, or at least one, or none), and when not all
   /// were granted, how long the store says until the next one is there.
@@ -64,6 +65,11 @@ public:
   void onStoreUp(MonotonicTime now);
   /// Live instances as counted from heartbeats (floored at 1): resizes the local share.
   void setInstances(uint32_t instances, MonotonicTime now);
+  /// The scheduler's phase margin (LimitsConfig::phase_margin): the store grants a token only
+  /// this long after its bucket has it, as the local bucket would.
+  void setPhaseMargin(Duration margin) { margin_ = margin; }
+  /// @return the margin in tokens at the current rate (the store keeps it behind each grant).
+  double marginTokens() const;
   bool degraded() const { return degraded_; }
   /// @return tokens spent from the local share since the last call (for a metric).
   double takeLocalSpent() { return std::exchange(local_spent_, 0.0); }
@@ -89,6 +95,8 @@ public:
 private:
   void resetLocal(MonotonicTime now);
   void seen(MonotonicTime now) const { last_now_ = std::max(last_now_, now); }
+  /// Rolls the spending windows forward to @p now.
+  void rollSpent(MonotonicTime now);
   bool paused(MonotonicTime now) const { return pause_until_ && now < *pause_until_; }
 
   double rate_;
@@ -100,6 +108,12 @@ private:
   double held_ = 0;                  ///< tokens reserved from the store and not spent
   bool in_flight_ = false;
   double local_spent_ = 0;
+  Duration margin_{0};
+  /// Tokens spent in the current reserve window and in the one before: the demand a
+  /// reservation covers when requests are admitted as they come (nothing queues then).
+  double spent_now_ = 0;
+  double spent_last_ = 0;
+  MonotonicTime spent_since_{};
   MonotonicTime next_ask_{};         ///< the store said no token before this
   MonotonicTime last_grant_{};
   std::optional<MonotonicTime> pause_until_;

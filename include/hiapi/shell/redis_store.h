@@ -50,7 +50,7 @@ public:
   /// A budget for @p key, drawing on the store; owned by the caller's scheduler, which must
   /// call forgetKey() before destroying it.
   core::RateBudgetPtr makeBudget(const std::string& key, double rate, double burst,
-                                 core::MonotonicTime now);
+                                 core::Duration phase_margin, core::MonotonicTime now);
   /// Names @p key's Redis entries after its API key (an HMAC under the shared secret: the raw
   /// key never reaches Redis). Until a key is bound its budget runs on the local share.
   void bindKey(const std::string& key, std::string_view authorization);
