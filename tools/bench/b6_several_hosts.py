@@ -10,8 +10,9 @@ per request (Redis' total_commands_processed over the run, heartbeats included, 
 requests). Runs alternate; medians.
 
 Part 2, makespan: B1's profiles on hiapi-sim (duration jitter 0). "1 instance": one hiapi-proxy,
-3 naive clients x 10 tasks. "3 instances": three hiapi-proxy sharing one Redis, one naive client
-of 10 tasks on each, started together (the same 30 tasks, the same key and total budget).
+the profile's naive clients (3 or 4) x 10 tasks. "3 instances": three hiapi-proxy sharing one
+Redis, the same clients dealt round them (3: one each; 4: 2, 1, 1), started together (the same
+tasks, the same key and total budget).
 Makespan of the 3-instance run = the longest of the three clients' makespans. Goal: <= 1.05 x.
 """
 
@@ -140,9 +141,12 @@ def makespan_three(p, seed, args):
         bl.http("POST", sim.url + "/__reset", b"")
         reports = [None] * len(proxies)
 
+        # The profile's clients, dealt round the instances (4 clients: 2, 1, 1).
+        clients = [len(range(i, p["clients"], len(proxies))) for i in range(len(proxies))]
+
         def run(i):
             reports[i] = bl.run_load(proxies[i].url,
-                                     load_args(p, 1, seed + i, "instance %d" % i, args))
+                                     load_args(p, clients[i], seed + i, "instance %d" % i, args))
         threads = [threading.Thread(target=run, args=(i,)) for i in range(len(proxies))]
         for t in threads:
             t.start()
