@@ -56,6 +56,8 @@ private:
   void password(const Item& f, StoreConfig& out);
   void passwordFile(const Item& f, StoreConfig& out);
   void keySecretFile(const Item& f, StoreConfig& out);
+  /// Reads the field @p name (already checked to be a store key).
+  void field(const std::string& name, const Item& f, StoreConfig& out);
   fs::path resolve(const std::string& p) const {
     fs::path path(p);
     if (path.is_relative() && !ctx_.base_dir.empty()) {
@@ -215,6 +217,54 @@ void StoreParser::keySecretFile(const Item& f, StoreConfig& out) {
   out.key_secret_file = path.string();
 }
 
+void StoreParser::field(const std::string& name, const Item& f, StoreConfig& out) {
+  if (name == "kind") {
+    std::string s;
+    if (scalar(f, s)) {
+      if (s == "local") {
+        out.kind = StoreKind::Local;
+      } else if (s == "redis") {
+        out.kind = StoreKind::Redis;
+      } else {
+        error(f, "must be local or redis, got '" + s + "'");
+      }
+    }
+  } else if (name == "url") {
+    url(f, out);
+  } else if (name == "password") {
+    password(f, out);
+  } else if (name == "password_file") {
+    passwordFile(f, out);
+  } else if (name == "key_prefix") {
+    std::string s;
+    if (scalar(f, s)) {
+      if (s.empty() || s.size() > 64 ||
+          s.find_first_of(" \t\r\n{}") != std::string::npos) {
+        error(f, "must be 1 to 64 characters without spaces or braces");
+      } else {
+        out.key_prefix = s;
+      }
+    }
+  } else if (name == "key_secret_file") {
+    keySecretFile(f, out);
+  } else if (name == "connect_timeout") {
+    duration(f, out.connect_timeout, std::chrono::milliseconds(10), std::chrono::seconds(60));
+  } else if (name == "command_timeout") {
+    duration(f, out.command_timeout, std::chrono::milliseconds(5), std::chrono::seconds(10));
+  } else if (name == "heartbeat_interval") {
+    duration(f, out.heartbeat_interval, std::chrono::milliseconds(100), std::chrono::seconds(60));
+  } else if (name == "reserve_window") {
+    duration(f, out.reserve_window, Duration::zero(), std::chrono::seconds(5));
+  } else if (name == "tls") {
+    bool on = false;
+    if (!f.value.IsScalar() || !YAML::convert<bool>::decode(f.value, on)) {
+      error(f, "expected true or false");
+    } else if (on) {
+      error(f, kNoTls);
+    }
+  }
+}
+
 void StoreParser::parse(const Item& section, StoreConfig& out) {
   if (section.value.IsNull()) {
     return;
@@ -241,54 +291,10 @@ void StoreParser::parse(const Item& section, StoreConfig& out) {
   const Item* pw_file = nullptr;
   for (const Item& f : items) {
     const std::string name = f.key.Scalar();
-    if (name == "kind") {
-      kind = &f;
-      std::string s;
-      if (scalar(f, s)) {
-        if (s == "local") {
-          out.kind = StoreKind::Local;
-        } else if (s == "redis") {
-          out.kind = StoreKind::Redis;
-        } else {
-          error(f, "must be local or redis, got '" + s + "'");
-        }
-      }
-    } else if (name == "url") {
-      url(f, out);
-    } else if (name == "password") {
-      pw = &f;
-      password(f, out);
-    } else if (name == "password_file") {
-      pw_file = &f;
-      passwordFile(f, out);
-    } else if (name == "key_prefix") {
-      std::string s;
-      if (scalar(f, s)) {
-        if (s.empty() || s.size() > 64 ||
-            s.find_first_of(" \t\r\n{}") != std::string::npos) {
-          error(f, "must be 1 to 64 characters without spaces or braces");
-        } else {
-          out.key_prefix = s;
-        }
-      }
-    } else if (name == "key_secret_file") {
-      keySecretFile(f, out);
-    } else if (name == "connect_timeout") {
-      duration(f, out.connect_timeout, std::chrono::milliseconds(10), std::chrono::seconds(60));
-    } else if (name == "command_timeout") {
-      duration(f, out.command_timeout, std::chrono::milliseconds(5), std::chrono::seconds(10));
-    } else if (name == "heartbeat_interval") {
-      duration(f, out.heartbeat_interval, std::chrono::milliseconds(100), std::chrono::seconds(60));
-    } else if (name == "reserve_window") {
-      duration(f, out.reserve_window, Duration::zero(), std::chrono::seconds(5));
-    } else if (name == "tls") {
-      bool on = false;
-      if (!f.value.IsScalar() || !YAML::convert<bool>::decode(f.value, on)) {
-        error(f, "expected true or false");
-      } else if (on) {
-        error(f, kNoTls);
-      }
-    }
+    kind = name == "kind" ? &f : kind;
+    pw = name == "password" ? &f : pw;
+    pw_file = name == "password_file" ? &f : pw_file;
+    field(name, f, out);
   }
   if (pw != nullptr && pw_file != nullptr) {
     error(*pw_file, "give either password or password_file, not both");
