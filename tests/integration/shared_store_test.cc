@@ -4,6 +4,7 @@
 
 #include <csignal>
 #include <cstdio>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -201,6 +202,17 @@ TEST(SharedStore, ThreeProxiesOneKeyStayInsideTheKeysLimits) {
   }
   const Totals t = sum(runClients(0, fleets(ports, 2, 10), dir));
   expectInsideTheKeysLimits(sim.port(), t, 60);
+  if (t.c429 != 0) {
+    for (auto& p : proxies) {  // which request waited so long, and for what
+      std::istringstream log(p->process().err() + p->process().out());
+      for (std::string line; std::getline(log, line);) {
+        if (line.find("status=429") != std::string::npos ||
+            line.find("level=warn") != std::string::npos) {
+          std::printf("%s\n", line.substr(0, 400).c_str());
+        }
+      }
+    }
+  }
   rapidjson::Document s = status(proxies[0]->adminPort());
   EXPECT_EQ(jsonInt(s, {"store", "instances"}), 3) << "counted from heartbeats";
   EXPECT_EQ(redis.cli("KEYS '*" + kKey + "*'"), "") << "no API key in a Redis key name";
