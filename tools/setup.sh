@@ -16,6 +16,9 @@ RUN_PACKAGES=(
   # HTTP/1.1 message parsing on the proxy's hot path: llhttp, nodejs's parser (C sources,
   # compiled into the proxy; http-parser's maintained successor, about twice as fast)
   node-llhttp
+  # several hosts sharing one key's budget and slots through Redis (store.kind: redis): hiredis
+  # and its libevent adapter, on the proxy's own loop
+  libhiredis-dev
   # the upstream's certificate is verified against the system store
   ca-certificates
 )
@@ -24,6 +27,8 @@ TEST_PACKAGES=(
   # tests and tools
   openssl curl python3 procps
   nginx-light prometheus wrk
+  # the shared-store tests start their own redis-server on a loopback port
+  redis-server
   # systemd unit verification; packaging (CPack's shlibdeps runs dpkg-shlibdeps and `file`),
   # and lintian on the package
   systemd dpkg-dev file lintian
@@ -62,6 +67,7 @@ installed_now() { [[ " ${missing[*]} " == *" $1 "* ]]; }
 to_stop=()
 installed_now nginx-light && to_stop+=(nginx)
 installed_now prometheus && to_stop+=(prometheus)
+installed_now redis-server && to_stop+=(redis-server)
 if ((${#to_stop[@]} > 0)) && command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
   for svc in "${to_stop[@]}"; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true

@@ -8,6 +8,7 @@
 #include <yaml-cpp/eventhandler.h>
 
 #include "config_parser.h"
+#include "config_store.h"
 
 namespace hiapi::core {
 namespace config_internal {
@@ -60,6 +61,7 @@ const FieldTable<Config>& sectionsTable() {
        }},
       section("tasks", &Config::tasks, tasksFields),
       section("deferred", &Config::deferred, deferredFields),
+      {"store", [](const Parser& p, const Field& f, Config& c) { p.parseStore(f, c.store); }},
       section("log", &Config::log, logFields),
       bindValue("drain_timeout", &Config::drain_timeout, &Parser::duration),
   };
@@ -81,6 +83,10 @@ std::optional<Field> childOf(const std::optional<Field>& parent, std::string_vie
 }
 
 }  // namespace
+
+void Parser::parseStore(const Field& f, StoreConfig& out) const {
+  detail::parseStoreSection(f.key, f.value, f.path, {file_, base_dir_, env_}, out, errors_);
+}
 
 Config Parser::parse(const YAML::Node& root) {
   Config c;

@@ -163,6 +163,8 @@ public:
 
   // ---- sections read by hand -----------------------------------------------------------------
   void parseUrl(const Field& f, UpstreamConfig& out) const;
+  /// `store:` (config_store.cc), its errors kept with the others.
+  void parseStore(const Field& f, StoreConfig& out) const;
   void parseKeys(const Field& f, std::vector<KeyConfig>& out) const;
   void parseTiers(const Field& f, std::vector<TierConfig>& out) const;
 

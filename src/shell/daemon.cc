@@ -1,4 +1,5 @@
 #include "hiapi/shell/daemon.h"
+#include "hiapi/shell/redis_store.h"
 #include "hiapi/shell/deferred_service.h"
 
 #include <algorithm>
@@ -58,6 +59,10 @@ Daemon::~Daemon() {
   deferred_.reset();
   tasks_.reset();
   proxy_.reset();
+  if (limiter_) {
+    limiter_->setStore(nullptr);
+  }
+  store_.reset();
   limiter_.reset();
   pool_.reset();
   reply_budget_.reset();
@@ -165,6 +170,9 @@ int Daemon::run() {
     }
   }
   limiter_ = std::make_unique<Limiter>(*timers_, random_, cfg_, log_, metrics_.get());
+  if (!startStore()) {
+    return 1;
+  }
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(*timers_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
   proxy_->setPollHook(tasks_.get());
@@ -414,6 +422,9 @@ void Daemon::reload() {
         next->upstream.ca_file != cfg_->upstream.ca_file) {
       log_.warn("listen, admin and upstream settings change only on restart; the rest applies");
     }
+    if (storeChanged(next->store, cfg_->store)) {
+      log_.warn("store settings change only on restart; the rest applies");
+    }
     log_.setFormat(next->log.format);
     log_.setLevel(next->log.level);
     apply(next);
@@ -606,6 +617,7 @@ std::string Daemon::statusJson() {
   w.Key("waiting_for_connection");
   w.Uint64(pool_->waiting());
   w.EndObject();
+  writeStoreStatus(w);
   w.Key("keys");
   w.StartArray();
   for (const auto& [key, snap] : limiter_->snapshots()) {

@@ -6,6 +6,7 @@
 #include "hiapi/core/key_name.h"
 #include "hiapi/core/task_json.h"
 #include "hiapi/shell/metrics.h"
+#include "hiapi/shell/redis_store.h"
 
 namespace hiapi::shell {
 namespace {
@@ -114,11 +115,17 @@ size_t Limiter::forgetIdleKeys(core::Duration idle_for) {
       configured = configured || k.name == ks.name;
     }
     bool running = false;
-    for (const core::TierSnapshot& t : ks.sched->snapshot(now).tiers) {
-      running = running || t.running > 0;
+    const std::vector<core::TierSnapshot> tiers = ks.sched->snapshot(now).tiers;
+    for (size_t t = 0; t < tiers.size(); ++t) {
+      // A shared store's placeholder slots stand for other instances' tasks, not this one's.
+      const size_t others = store_ != nullptr ? store_->placeholders(ks.name, t) : 0;
+      running = running || tiers[t].running > others;
     }
     if (!configured && !running && ks.waiting.empty() && busy.count(ks.name) == 0 &&
         now - ks.last_used >= idle_for) {
+      if (store_ != nullptr) {
+        store_->forgetKey(ks.name);
+      }
       it = keys_.erase(it);
       ++forgotten;
     } else {
@@ -150,8 +157,12 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
   }
   auto ks = std::make_unique<KeyState>();
   ks->name = key;
-  ks->sched = std::make_unique<core::KeyScheduler>(limitsFor(key), cfg_->queue, clock_.now(),
-                                                   random_);
+  const core::LimitsConfig limits = limitsFor(key);
+  ks->sched = std::make_unique<core::KeyScheduler>(
+      limits, cfg_->queue, clock_.now(), random_,
+      store_ != nullptr ? store_->makeBudget(key, limits.rate.per_second, limits.burst,
+                                             limits.phase_margin, clock_.now())
+                        : nullptr);
   ks->budget = std::make_unique<core::RetryBudget>(cfg_->retry.budget_ratio,
                                                    cfg_->retry.budget_min_retries);
   for (size_t t = 0; t < tier_durations_.size(); ++t) {
@@ -167,6 +178,9 @@ Limiter::KeyState& Limiter::keyState(const std::string& key) {
 void Limiter::admit(RequestCtx& ctx) {
   KeyState& ks = keyState(ctx.key_name);
   ks.last_used = clock_.now();
+  if (store_ != nullptr) {
+    store_->bindKey(ks.name, ctx.authorization);
+  }
   ctx.has_idempotency_key = findHeader(ctx.upstream.headers, "Idempotency-Key") != nullptr;
   if (ctx.route.kind == core::RouteKind::Create) {
     std::optional<std::string> route;
@@ -331,6 +345,9 @@ void Limiter::pump(KeyState& ks) {
     return;
   }
   ks.pumping = true;
+  if (store_ != nullptr) {
+    store_->beforePump(ks.name, *ks.sched);
+  }
   std::optional<core::MonotonicTime> wake_at;
   do {
     ks.pump_again = false;
@@ -338,6 +355,15 @@ void Limiter::pump(KeyState& ks) {
   } while (ks.pump_again);
   ks.pumping = false;
   arm(ks, wake_at);
+  if (store_ != nullptr) {
+    store_->afterPump(ks.name, *ks.sched);
+  }
+}
+
+void Limiter::pumpKey(const std::string& key) {
+  if (auto it = keys_.find(key); it != keys_.end()) {
+    pump(*it->second);
+  }
 }
 
 std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
@@ -557,6 +583,9 @@ std::vector<std::pair<std::string, core::Snapshot>> Limiter::snapshots() const {
   const auto now = clock_.now();
   for (const auto& [name, ks] : keys_) {
     out.emplace_back(name, ks->sched->snapshot(now));
+    if (store_ != nullptr) {
+      store_->adjustSnapshot(name, out.back().second);
+    }
   }
   return out;
 }

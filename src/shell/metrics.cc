@@ -228,6 +228,7 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
   for (std::string_view r : {"hit", "coalesced", "miss"}) {
     counter(poll_cache_, {r});
   }
+  declareStore();
   counter(config_reloads_, {"ok"});
   counter(config_reloads_, {"failed"});
   for (int e = 0; e <= static_cast<int>(core::ProxyError::Internal); ++e) {
@@ -550,6 +551,9 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
     }
   }
   counter(polls_held_, {k});
+  for (std::string_view o : kStoreTokenOutcomes) {
+    counter(store_tokens_, {k, o});
+  }
   for (const std::string& tier : tiers) {
     const std::string_view t = word(tier);
     for (std::string_view o : {"success", "fail", "lease_expired"}) {

@@ -77,6 +77,11 @@ void exerciseAll(Metrics& m) {
   m.setDeferredStoreReady(true);
   m.setClientConnections(4, 17);
   m.setQueueCapacity(500);
+  m.storeTokens("main", "granted", 4);
+  m.storeTokens("main", "returned", 1);
+  m.storeError("timeout");
+  m.storeRoundTrip(0.0004);
+  m.setStoreState(3, false);
 }
 
 /// Lines of the exposition that are samples (not comments).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "hiapi/core/clock.h"
+#include "hiapi/core/store_config.h"
 
 namespace hiapi::core {
 
@@ -244,6 +245,7 @@ struct Config {
   RetryConfig retry;
   TasksConfig tasks;
   DeferredConfig deferred;
+  StoreConfig store;
   LogConfig log;
   Duration drain_timeout = std::chrono::seconds(30);
 

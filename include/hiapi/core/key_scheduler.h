@@ -315,6 +315,8 @@ public:
   const AdaptiveRate& adaptive() const { return adaptive_; }
   const ConcurrencyGate& gate(size_t tier) const { return *gates_.at(tier); }
   size_t queueDepth() const { return queue_.size(); }
+  /// @return creates waiting for a slot of @p tier (its lane).
+  size_t waitingCreates(size_t tier) const { return queue_.laneSize(clampTier(tier)); }
   const SchedulerCounters& counters() const { return counters_; }
 
 private:

@@ -29,6 +29,7 @@ class DeferredService;
 class Metrics;
 class AdminServer;
 class BufferBudget;
+class RedisStore;
 
 struct DaemonOptions {
   std::string config_path;
@@ -62,6 +63,13 @@ private:
   void refreshGauges();
   std::string statusJson();
   void writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const;
+  /// store.kind: redis: creates the shared store and hands it to the limiter (daemon_store.cc).
+  /// @return false when it cannot start (an unreadable key secret; an unreachable Redis is not).
+  bool startStore();
+  /// @return whether a reload changes the store's settings (they apply on restart only).
+  static bool storeChanged(const core::StoreConfig& next, const core::StoreConfig& running);
+  /// The "store" object of /status (daemon_store.cc).
+  void writeStoreStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const;
   void notify(const std::string& state);
   void declareKeys();
 
@@ -77,6 +85,7 @@ private:
   std::unique_ptr<BufferBudget> reply_budget_;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<ProxyServer> proxy_;
+  std::unique_ptr<RedisStore> store_;  ///< store.kind: redis (daemon_store.cc)
   std::unique_ptr<Limiter> limiter_;
   std::unique_ptr<TaskService> tasks_;
   std::unique_ptr<DeferredService> deferred_;

@@ -18,6 +18,7 @@
 namespace hiapi::shell {
 
 class Metrics;
+class RedisStore;
 
 /// Thread-safety: loop thread only.
 class Limiter final : public AdmissionHook {
@@ -76,6 +77,12 @@ public:
   /// Re-occupies a slot for a task read from the state file. @return the slot id.
   uint64_t restoreSlot(const std::string& key, size_t tier, core::Duration lease_left);
 
+  /// Shares every key's budget through @p store (store.kind: redis); nullptr = local buckets.
+  /// Set before the first key is created; the store must outlive the limiter's keys.
+  void setStore(RedisStore* store) { store_ = store; }
+  /// Dispatches @p key again (the store's reply changed its budget). Unknown keys: nothing.
+  void pumpKey(const std::string& key);
+
   /// Hook: called when a create succeeded with its task id (task tracking).
   std::function<void(const RequestCtx&, const std::string& task_id)> on_task_created;
   /// Hook: called for each lease that ran out.
@@ -119,6 +126,7 @@ private:
   core::Random& random_;
   std::unique_ptr<Timer> sweep_;
   core::ConfigSharedPtr cfg_;
+  RedisStore* store_ = nullptr;
   Logger& log_;
   Metrics* metrics_;
   std::unique_ptr<core::RetryPolicy> retry_policy_;

@@ -31,6 +31,13 @@
 
 namespace hiapi::shell {
 
+/// Round trips to the shared store: loopback is sub-millisecond, a cross-zone Redis a few ms.
+inline const std::vector<double> kStoreRttBuckets{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                  0.01,   0.025,   0.05,   0.1,   0.25,   0.5};
+/// hiapi_proxy_store_tokens_total's outcomes: reserved from the store, given back to it, and
+/// spent from the local share while the store was unusable.
+inline constexpr std::string_view kStoreTokenOutcomes[] = {"granted", "returned", "local"};
+
 /// One row of the metric list (README / docs/metrics.md table).
 struct MetricDoc {
   std::string name;
@@ -104,6 +111,11 @@ public:
   void deferredWait(std::string_view tier, double seconds);
   void setDeferredQueued(std::string_view key, std::string_view tier, size_t n);
   void setDeferredStoreReady(bool ready);
+  // The shared store (metrics_store.cc).
+  void storeError(std::string_view reason);
+  void storeRoundTrip(double seconds);
+  void storeTokens(std::string_view key, std::string_view outcome, double n);
+  void setStoreState(uint32_t instances, bool degraded);
 
   // ---- gauges ---------------------------------------------------------------------------------
   struct KeyGauges {
@@ -145,6 +157,7 @@ public:
   std::string keyLabel(std::string_view key);
 
 private:
+  void declareStore();
   template <typename T>
   struct Cached {
     prometheus::Family<T>* family = nullptr;

@@ -70,6 +70,16 @@
     "Time from a deferred create's acceptance to HiAPI's task (1 s to 6 h buckets)")              \
   X(deferred_store_ready, Gauge, "hiapi_proxy_deferred_store_ready", "", NoBuckets,               \
     "1 when the deferred journal is writable and creates may be deferred, else 0")                \
+  X(store_instances, Gauge, "hiapi_proxy_store_instances", "", NoBuckets,                       \
+    "Live proxy instances sharing the store, counted from heartbeats (1 with a local store)")    \
+  X(store_degraded, Gauge, "hiapi_proxy_store_degraded", "", NoBuckets,                           \
+    "1 while the shared store cannot be used and this instance runs on its local share, else 0") \
+  X(store_errors, Counter, "hiapi_proxy_store_errors_total", "reason", NoBuckets,                 \
+    "Shared store failures, by reason (connect, auth, timeout, wrong_type, reply, disconnect)")   \
+  X(store_round_trip, Histogram, "hiapi_proxy_store_round_trip_seconds", "", kStoreRttBuckets,    \
+    "Time from sending a command to the shared store to its reply")                              \
+  X(store_tokens, Counter, "hiapi_proxy_store_tokens_total", "key,outcome", NoBuckets,            \
+    "Tokens of the shared budget, by key name and outcome (granted, returned, local)")           \
   X(config_reloads, Counter, "hiapi_proxy_config_reloads_total", "result", NoBuckets,            \
     "Configuration reloads (SIGHUP), by result (ok, failed)")                                     \
   X(rate_configured, Gauge, "hiapi_proxy_rate_configured_requests_per_second", "key", NoBuckets, \

@@ -98,7 +98,7 @@ std::vector<ClientResult> runClients(uint16_t proxy_port, const std::vector<Clie
   for (size_t i = 0; i < specs.size(); ++i) {
     const pid_t pid = fork();
     if (pid == 0) {
-      ClientResult r = runOne(proxy_port, specs[i]);
+      ClientResult r = runOne(specs[i].port != 0 ? specs[i].port : proxy_port, specs[i]);
       std::ofstream f(dir.file("client-" + std::to_string(i) + ".result"));
       f << r.creates_ok << ' ' << r.done_success << ' ' << r.done_fail << ' ' << r.status_429
         << ' ' << r.other_errors << ' ' << r.requests << ' ' << r.cache_hits << ' '

@@ -21,6 +21,7 @@ struct ClientSpec {
   std::chrono::milliseconds poll_interval{200};
   std::chrono::milliseconds give_up{120000};
   std::string prompt_prefix;
+  uint16_t port = 0;              ///< the proxy this client talks to (0 = runClients' port)
 };
 
 struct ClientResult {

@@ -1,0 +1,161 @@
+#pragma once
+// The Lua scripts the shared store runs in Redis, and helpers of redis_store*.cc. Each reads Redis' own clock
+// (TIME), never the instance's, so instances whose clocks disagree still agree on the budget and
+// on lease expiries. Private to src/shell.
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+
+#include "hiapi/core/clock.h"
+#include "hiapi/shell/redis_store.h"
+
+namespace hiapi::shell {
+
+// The key's token bucket, in Redis' own time (TIME), so that instances whose clocks disagree
+// share one bucket. State: tokens at ts (µs); a pause after an upstream 429 moves ts into the
+// future with no tokens, so no instance gets one before it ends.
+// ARGV: rate/s, burst, tokens wanted, tokens given back, pause ms, key TTL ms, phase margin in
+// tokens (a token is granted only once the bucket holds it and the margin behind it, as the
+// local bucket admits: arrival jitter cannot land a request before the upstream's token).
+// Grants all it is asked for, else what it has when that is at least one token, else nothing.
+// Reply: {granted in millionths of a token, µs until enough is there when short, µs of pause
+// left} (integers: Redis truncates a script's numbers).
+constexpr const char* kBudgetScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local give = tonumber(ARGV[4])
+local pause = tonumber(ARGV[5]) * 1000
+local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
+  ts = now
+end
+tokens = math.min(burst, tokens + give)
+if pause > 0 and now + pause > ts then
+  ts = now + pause
+  tokens = 0
+end
+local granted = 0
+local margin = tonumber(ARGV[7])
+if now >= ts and want > 0 then
+  if tokens + 0.000001 >= want + margin then
+    granted = want
+  elseif tokens >= 1 + margin then
+    granted = tokens - margin
+  end
+  tokens = math.max(0, tokens - granted)
+end
+local retry = 0
+if granted < want then
+  retry = math.max(0, ts - now) +
+          math.ceil(math.max(0, math.min(want, 1) + margin - tokens) * 1000000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts',
+           string.format('%.0f', ts))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {math.floor(granted * 1000000), retry, math.max(0, ts - now)}
+)lua";
+
+// An instance's heartbeat: its expiry (Redis time, ms) in a sorted set; expired ones are
+// dropped. ARGV: instance id, lifetime ms. Reply: live instances.
+constexpr const char* kHeartbeatScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+)lua";
+
+// A tier's leases: lease name -> expiry (Redis time, ms). Expired leases are dropped, then as many
+// of the asked names as the ceiling allows are added. ARGV: ceiling, lifetime ms, names...
+// Reply: {granted, ms until the earliest lease expires (when short)}.
+constexpr const char* kAcquireScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+local ceiling = tonumber(ARGV[1])
+local life = tonumber(ARGV[2])
+local granted = 0
+for i = 3, #ARGV do
+  if n >= ceiling then break end
+  redis.call('ZADD', KEYS[1], now + life, ARGV[i])
+  n = n + 1
+  granted = granted + 1
+end
+redis.call('PEXPIRE', KEYS[1], life * 2)
+local retry = 0
+if granted < #ARGV - 2 then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if first[2] then retry = math.max(0, tonumber(first[2]) - now) end
+end
+return {granted, retry}
+)lua";
+
+// Renews (or, after an outage, writes again) leases this instance holds, whatever the ceiling:
+// their tasks are running. ARGV: lifetime ms, names... Reply: how many.
+constexpr const char* kRenewScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local life = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + life, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], life * 2)
+return #ARGV - 1
+)lua";
+
+
+inline std::string sha1Hex(std::string_view text) {
+  unsigned char md[SHA_DIGEST_LENGTH];
+  SHA1(reinterpret_cast<const unsigned char*>(text.data()), text.size(), md);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : md) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 0xF]);
+  }
+  return out;
+}
+
+inline std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6f", v);
+  return buf;
+}
+
+inline int64_t ms(core::Duration d) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+}
+
+constexpr core::Duration kTick = std::chrono::milliseconds(50);
+constexpr core::Duration kBackoffMin = std::chrono::milliseconds(100);
+constexpr core::Duration kBackoffMax = std::chrono::seconds(30);
+constexpr core::Duration kBadKeyRetry = std::chrono::seconds(5);
+// A full tier is asked again this often at most (another instance's release is not announced).
+constexpr core::Duration kSlotRetryMax = std::chrono::milliseconds(100);
+
+struct RedisStore::Pending {
+  RedisStore* store;
+  std::function<void(redisReply*)> done;
+  core::MonotonicTime sent;
+};
+
+}  // namespace hiapi::shell

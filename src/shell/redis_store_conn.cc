@@ -1,0 +1,340 @@
+// The shared store's connection: resolving, connecting, the handshake, reconnecting with
+// backoff, heartbeats and the command pipeline with its timeout (see redis_store.h).
+
+#include <algorithm>
+#include <cmath>
+
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "hiapi/shell/event_util.h"
+#include "hiapi/shell/metrics.h"
+#include "redis_internal.h"
+
+namespace hiapi::shell {
+
+// ---- connection ---------------------------------------------------------------------------------
+
+void RedisStore::resolve() {
+  connect_started_ = clock_.now();
+  reconnect_at_.reset();
+  in6_addr a6{};
+  in_addr a4{};
+  if (inet_pton(AF_INET, cfg_.host.c_str(), &a4) == 1 ||
+      inet_pton(AF_INET6, cfg_.host.c_str(), &a6) == 1) {
+    connectTo(cfg_.host);
+    return;
+  }
+  if (dns_ == nullptr) {
+    dns_ = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+  }
+  if (dns_ == nullptr) {
+    lost("connect", "no DNS resolver (resolv.conf)");
+    return;
+  }
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  evdns_getaddrinfo(dns_, cfg_.host.c_str(), nullptr, &hints, &RedisStore::onResolved, this);
+}
+
+void RedisStore::onResolved(int err, evutil_addrinfo* res, void* arg) {
+  auto* self = static_cast<RedisStore*>(arg);
+  if (err == EVUTIL_EAI_CANCEL) {
+    return;  // the store is going away
+  }
+  if (err != 0 || res == nullptr) {
+    self->lost("connect", std::string("cannot resolve the host: ") + evutil_gai_strerror(err));
+    return;
+  }
+  char ip[INET6_ADDRSTRLEN] = {};
+  const void* addr = res->ai_family == AF_INET6
+                         ? static_cast<const void*>(
+                               &reinterpret_cast<sockaddr_in6*>(res->ai_addr)->sin6_addr)
+                         : &reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr;
+  evutil_inet_ntop(res->ai_family, addr, ip, sizeof ip);
+  evutil_freeaddrinfo(res);
+  self->connectTo(ip);
+}
+
+void RedisStore::connectTo(const std::string& ip) {
+  redisAsyncContext* c = redisAsyncConnect(ip.c_str(), cfg_.port);
+  if (c == nullptr || c->err != 0) {
+    const std::string why = c != nullptr ? c->errstr : "out of memory";
+    if (c != nullptr) {
+      redisAsyncFree(c);
+    }
+    lost("connect", why);
+    return;
+  }
+  c->data = this;
+  ctx_ = c;
+  redisLibeventAttach(c, base_);
+  redisAsyncSetConnectCallback(c, &RedisStore::onConnectThunk);
+  redisAsyncSetDisconnectCallback(c, &RedisStore::onDisconnectThunk);
+}
+
+void RedisStore::onConnectThunk(const redisAsyncContext* c, int status) {
+  auto* self = static_cast<RedisStore*>(c->data);
+  if (self != nullptr && !self->closing_) {
+    self->onConnected(status);
+  }
+}
+
+void RedisStore::onDisconnectThunk(const redisAsyncContext* c, int status) {
+  auto* self = static_cast<RedisStore*>(c->data);
+  if (self != nullptr && !self->closing_ && self->ctx_ == c) {
+    self->onDisconnected(status);
+  }
+}
+
+void RedisStore::onConnected(int status) {
+  if (status != REDIS_OK) {
+    // hiredis frees the context after this callback.
+    const std::string why = ctx_ != nullptr ? ctx_->errstr : "connect failed";
+    ctx_ = nullptr;
+    lost("connect", why);
+    return;
+  }
+  handshake();
+}
+
+void RedisStore::onDisconnected(int) {
+  const std::string why = ctx_ != nullptr && ctx_->err != 0 ? ctx_->errstr : "closed";
+  ctx_ = nullptr;  // hiredis frees it
+  lost("disconnect", why);
+}
+
+void RedisStore::handshake() {
+  if (!cfg_.password.empty()) {
+    command({"AUTH", cfg_.password.reveal()}, [this](redisReply* r) {
+      if (r != nullptr && r->type == REDIS_REPLY_ERROR) {
+        if (metrics_ != nullptr) {
+          metrics_->storeError("auth");
+        }
+        // Redis' own words (WRONGPASS, or "no password is set") name the cause; they never
+        // contain the password.
+        lost("auth", "authentication refused (check store.password): " +
+                         std::string(r->str, std::min<size_t>(r->len, 120)));
+      }
+    });
+  }
+  if (cfg_.db != 0) {
+    command({"SELECT", std::to_string(cfg_.db)}, [](redisReply*) {});
+  }
+  command({"SCRIPT", "LOAD", kBudgetScript}, [](redisReply*) {});
+  command({"SCRIPT", "LOAD", kAcquireScript}, [](redisReply*) {});
+  command({"SCRIPT", "LOAD", kRenewScript}, [](redisReply*) {});
+  command({"SCRIPT", "LOAD", kHeartbeatScript}, [this](redisReply* r) {
+    if (r != nullptr && r->type == REDIS_REPLY_STRING) {
+      ready();
+    } else if (r != nullptr && ctx_ != nullptr) {
+      lost("reply", r->type == REDIS_REPLY_ERROR ? std::string(r->str, std::min<size_t>(r->len, 120))
+                                                 : "unexpected reply to SCRIPT LOAD");
+    }
+  });
+}
+
+void RedisStore::ready() {
+  if (connected_) {
+    return;
+  }
+  connected_ = true;
+  attempts_ = 0;
+  next_heartbeat_ = clock_.now();
+  heartbeat();
+  setDegraded(false, "");
+}
+
+void RedisStore::lost(std::string_view reason, const std::string& detail) {
+  if (metrics_ != nullptr && reason != "auth") {
+    metrics_->storeError(reason);
+  }
+  connected_ = false;
+  sent_.clear();
+  if (ctx_ != nullptr) {
+    redisAsyncContext* c = std::exchange(ctx_, nullptr);
+    c->data = nullptr;  // its callbacks still run, with nullptr replies; nothing to report
+    redisAsyncDisconnect(c);
+  }
+  setDegraded(true, std::string(reason) + ": " + detail);
+  scheduleReconnect();
+}
+
+void RedisStore::scheduleReconnect() {
+  if (reconnect_at_) {
+    return;
+  }
+  // Jittered exponential backoff: instances that lost the same Redis do not all come back in
+  // the same millisecond.
+  const double base = std::min(core::toSeconds(kBackoffMax),
+                               core::toSeconds(kBackoffMin) * std::pow(2.0, std::min(attempts_, 20u)));
+  ++attempts_;
+  reconnect_at_ = clock_.now() + core::fromSeconds(base * (0.5 + 0.5 * random_.uniform()));
+}
+
+void RedisStore::setDegraded(bool degraded, const std::string& why) {
+  const core::MonotonicTime now = clock_.now();
+  if (degraded) {
+    last_error_ = why;
+  }
+  if (degraded == degraded_ && announced_) {
+    return;
+  }
+  // The first outcome is announced either way: a store unreachable from the start says so.
+  announced_ = true;
+  degraded_ = degraded;
+  if (degraded) {
+    log_.warn("shared store unusable: each key runs on its local share until it is back",
+              {{"store", cfg_.host + ":" + std::to_string(cfg_.port)}, {"error", why},
+               {"instances", static_cast<int64_t>(instances_)}});
+  } else {
+    log_.info("shared store connected: keys share one budget again",
+              {{"store", cfg_.host + ":" + std::to_string(cfg_.port)},
+               {"instances", static_cast<int64_t>(instances_)}});
+  }
+  if (metrics_ != nullptr) {
+    metrics_->setStoreState(instances_, degraded_);
+  }
+  for (auto& [key, e] : keys_) {
+    if (degraded) {
+      e.budget->onStoreDown(now);
+      if (e.slots) {
+        e.slots->onStoreDown();
+      }
+    } else if (!e.redis_id.empty() && !e.bad_until) {
+      e.budget->onStoreUp(now);
+      if (e.slots) {
+        e.slots->onStoreUp();  // the next pump writes the running tasks' leases again
+      }
+    }
+  }
+  // Pumped after the loop: a pump may submit and create keys.
+  std::vector<std::string> names;
+  for (const auto& [key, e] : keys_) {
+    names.push_back(key);
+  }
+  for (const std::string& k : names) {
+    pump_(k);
+  }
+}
+
+void RedisStore::heartbeat() {
+  for (auto& [key, e] : keys_) {
+    if (!e.bad_until) {
+      renewLeases(e);
+    }
+  }
+  const int64_t life = ms(cfg_.heartbeat_interval) * 3;
+  command({"EVALSHA", heartbeat_sha_, "1", instancesKey(), instance_id_, std::to_string(life)},
+          [this](redisReply* r) {
+            if (r == nullptr) {
+              return;
+            }
+            if (r->type != REDIS_REPLY_INTEGER) {
+              if (metrics_ != nullptr) {
+                metrics_->storeError(r->type == REDIS_REPLY_ERROR &&
+                                             std::string(r->str, r->len).find("WRONGTYPE") !=
+                                                 std::string::npos
+                                         ? "wrong_type"
+                                         : "reply");
+              }
+              return;
+            }
+            const uint32_t n = static_cast<uint32_t>(std::max<long long>(1, r->integer));
+            if (n != instances_) {
+              instances_ = n;
+              const core::MonotonicTime now = clock_.now();
+              for (auto& [key, e] : keys_) {
+                e.budget->setInstances(n, now);
+                if (e.slots) {
+                  e.slots->setInstances(n);
+                }
+              }
+            }
+            if (metrics_ != nullptr) {
+              metrics_->setStoreState(instances_, degraded_);
+            }
+          });
+}
+
+void RedisStore::onTimer(evutil_socket_t, short, void* arg) { static_cast<RedisStore*>(arg)->tick(); }
+
+void RedisStore::tick() {
+  const core::MonotonicTime now = clock_.now();
+  if (reconnect_at_ && now >= *reconnect_at_) {
+    resolve();
+    return;
+  }
+  if (ctx_ != nullptr && !connected_ && now - connect_started_ > cfg_.connect_timeout) {
+    lost("timeout", "no connection within store.connect_timeout");
+    return;
+  }
+  if (!sent_.empty() && now - sent_.front() > cfg_.command_timeout) {
+    lost("timeout", "no answer within store.command_timeout");
+    return;
+  }
+  if (!connected_) {
+    return;
+  }
+  if (now >= next_heartbeat_) {
+    next_heartbeat_ = now + cfg_.heartbeat_interval;
+    heartbeat();
+  }
+  // Unspent tokens of keys that went quiet go back to the shared bucket; a full tier is asked
+  // again when the store said to wait (a slot another instance frees is not announced).
+  std::vector<std::string> idle;
+  for (const auto& [key, e] : keys_) {
+    if (e.budget->held() > 0.0 || (e.slots && e.slots->wantsLeases(now))) {
+      idle.push_back(key);
+    }
+  }
+  for (const std::string& k : idle) {
+    pump_(k);
+  }
+}
+
+bool RedisStore::command(std::vector<std::string> argv, std::function<void(redisReply*)> done) {
+  if (ctx_ == nullptr) {
+    return false;
+  }
+  std::vector<const char*> args;
+  std::vector<size_t> lens;
+  for (const std::string& a : argv) {
+    args.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* p = new Pending{this, std::move(done), clock_.now()};
+  if (redisAsyncCommandArgv(ctx_, &RedisStore::onReplyThunk, p, static_cast<int>(args.size()),
+                            args.data(), lens.data()) != REDIS_OK) {
+    delete p;
+    return false;
+  }
+  sent_.push_back(p->sent);
+  ++commands_;
+  return true;
+}
+
+void RedisStore::onReplyThunk(redisAsyncContext* c, void* reply, void* privdata) {
+  std::unique_ptr<Pending> p(static_cast<Pending*>(privdata));
+  RedisStore* self = p->store;
+  if (c->data == nullptr || self->closing_) {
+    return;  // a context given up (lost()) or the store going away
+  }
+  if (!self->sent_.empty()) {
+    self->sent_.pop_front();
+  }
+  if (reply != nullptr && self->metrics_ != nullptr) {
+    self->metrics_->storeRoundTrip(core::toSeconds(self->clock_.now() - p->sent));
+  }
+  p->done(static_cast<redisReply*>(reply));
+}
+
+RedisStore::Status RedisStore::status() const {
+  return Status{connected_, degraded_, instances_, degraded_ ? last_error_ : "", commands_};
+}
+
+}  // namespace hiapi::shell

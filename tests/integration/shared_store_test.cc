@@ -1,0 +1,391 @@
+// Several proxies, one key, one Redis (store.kind: redis): the simulator is the judge of what
+// reached "HiAPI" from all of them together. Each test starts its own redis-server on a free
+// loopback port; nothing is mocked.
+
+#include <csignal>
+#include <cstdio>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <rapidjson/document.h>
+#include <unistd.h>
+
+#include "harness/harness.h"
+#include "harness/workload.h"
+#include "hiapi/shell/key_identity.h"
+
+namespace hiapi::test {
+namespace {
+
+const std::string kKey = "sk-shared-store-test-key-0000000";
+
+/// A redis-server of the test's own, on a loopback port, with nothing kept on disk.
+class RedisServer {
+public:
+  RedisServer(const TempDir& dir, uint16_t port, const std::string& password = {})
+      : port_(port) {
+    std::vector<std::string> argv{"/usr/bin/redis-server", "--port", std::to_string(port), "--bind",
+                                  "127.0.0.1", "--save", "", "--appendonly", "no",
+                                  "--dir", dir.path()};
+    if (!password.empty()) {
+      argv.insert(argv.end(), {"--requirepass", password});
+    }
+    proc_ = std::make_unique<Process>(argv, dir.file("redis-" + std::to_string(++starts_)));
+    waitFor([&] { return cli("PING") == "PONG" || !proc_->running(); }, 10000ms);
+  }
+  ~RedisServer() { kill(SIGTERM); }
+  bool up() { return proc_->running() && (cli("PING") == "PONG" || !password_.empty()); }
+  void kill(int sig) {
+    if (proc_ && proc_->running()) {
+      proc_->signal(sig);
+      proc_->wait(10000ms);
+    }
+  }
+  /// Runs redis-cli; @return its output's first line.
+  std::string cli(const std::string& args) const {
+    const std::string cmd = "/usr/bin/redis-cli -p " + std::to_string(port_) + " " + args + " 2>&1";
+    FILE* f = ::popen(cmd.c_str(), "r");
+    if (f == nullptr) {
+      return {};
+    }
+    char buf[4096] = {};
+    std::string out;
+    if (std::fgets(buf, sizeof buf, f) != nullptr) {
+      out = buf;
+    }
+    ::pclose(f);
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) {
+      out.pop_back();
+    }
+    return out;
+  }
+  uint16_t port() const { return port_; }
+
+private:
+  uint16_t port_;
+  std::string password_;
+  std::unique_ptr<Process> proc_;
+  static inline int starts_ = 0;
+};
+
+std::string secretFile(const TempDir& dir) {
+  dir.write("store.secret", std::string(32, 'k'));
+  return dir.file("store.secret");
+}
+
+// The simulator's limits are the truth: 10 requests/s, burst 10; heavy 2 and light 5 running.
+const std::vector<std::string> kSimLimits{"--rate", "10/s", "--burst", "10",
+                                          "--heavy-max", "2", "--light-max", "5",
+                                          "--heavy-duration", "1s", "--light-duration", "500ms",
+                                          "--duration-jitter", "0.2", "--seed", "11"};
+
+std::string proxyYaml(uint16_t sim_port, uint16_t redis_port, const std::string& secret,
+                      const std::string& store_extra = {}) {
+  return "listen:\n  address: 127.0.0.1\n  port: 0\n"
+         "admin:\n  enabled: true\n  port: 0\n"
+         "upstream:\n  url: http://127.0.0.1:" + std::to_string(sim_port) + "\n"
+         "  connect_timeout: 2s\n  response_timeout: 10s\n"
+         "limits:\n  rate: 10/s\n  burst: 5\n"
+         "  tiers:\n"
+         "    - {name: heavy, models: [\"seedance-*\", \"*-pro\"], max_running: 2, lease: 2m, "
+         "min_poll_interval: 1s}\n"
+         "    - {name: light, models: [\"*\"], max_running: 5, lease: 2m, "
+         "min_poll_interval: 1s}\n"
+         "queue:\n  deadline: 45s\n"
+         "store:\n  kind: redis\n  url: redis://127.0.0.1:" + std::to_string(redis_port) +
+         "/0\n  key_secret_file: " + secret + "\n  heartbeat_interval: 500ms\n" + store_extra +
+         "log:\n  level: info\n";
+}
+
+rapidjson::Document status(uint16_t admin_port) {
+  rapidjson::Document d;
+  const HttpResponse r = httpRequest(admin_port, "GET", "/status");
+  d.Parse(r.body.c_str());
+  return d;
+}
+
+bool storeFlag(uint16_t admin_port, const char* flag) {
+  rapidjson::Document d = status(admin_port);
+  return d.IsObject() && d.HasMember("store") && d["store"].HasMember(flag) &&
+         d["store"][flag].IsBool() && d["store"][flag].GetBool();
+}
+
+/// @return the name the proxies give kKey in Redis (an HMAC under the shared secret).
+std::string redisId(const std::string& secret_file) {
+  std::string error;
+  const std::optional<shell::KeyIdentity> id = shell::KeyIdentity::fromFile(secret_file, error);
+  EXPECT_TRUE(id) << error;
+  return id ? id->nameOf(kKey) : std::string();
+}
+
+struct Totals {
+  int creates_ok = 0, done = 0, c429 = 0, errors = 0;
+  std::string first_error;
+};
+
+Totals sum(const std::vector<ClientResult>& rs) {
+  Totals t;
+  for (const auto& r : rs) {
+    t.creates_ok += r.creates_ok;
+    t.done += r.done_success + r.done_fail;
+    t.c429 += r.status_429;
+    t.errors += r.other_errors;
+    if (t.first_error.empty()) {
+      t.first_error = r.first_error;
+    }
+  }
+  return t;
+}
+
+/// Naive fleets: @p per_proxy clients of @p tasks creates each, on every proxy at once.
+std::vector<ClientSpec> fleets(const std::vector<uint16_t>& ports, int per_proxy, int tasks) {
+  std::vector<ClientSpec> specs;
+  for (size_t p = 0; p < ports.size(); ++p) {
+    for (int i = 0; i < per_proxy; ++i) {
+      ClientSpec s;
+      s.name = "svc-" + std::to_string(p) + "-" + std::to_string(i);
+      s.key = kKey;
+      s.tasks = tasks;
+      s.heavy_every = 4;
+      s.poll_interval = 200ms;
+      s.give_up = 170s;
+      s.port = ports[p];
+      specs.push_back(s);
+    }
+  }
+  return specs;
+}
+
+void expectInsideTheKeysLimits(uint16_t sim_port, const Totals& t, int tasks) {
+  rapidjson::Document st = simStats(sim_port);
+  ASSERT_TRUE(st.IsObject());
+  std::printf("clients: %d creates ok, %d done, %d x 429, %d errors; upstream: %lld requests, "
+              "%lld x 429, busiest 1 s %lld, heavy max %lld, light max %lld, duplicates %lld\n",
+              t.creates_ok, t.done, t.c429, t.errors,
+              static_cast<long long>(jsonInt(st, {"requests", "total"})),
+              static_cast<long long>(jsonInt(st, {"rejected_429", "rate"}) +
+                                     jsonInt(st, {"rejected_429", "concurrency"})),
+              static_cast<long long>(jsonInt(st, {"keys", kKey.c_str(), "max_admitted_1s"})),
+              static_cast<long long>(jsonInt(st, {"tiers", "heavy", "max_running_per_key"})),
+              static_cast<long long>(jsonInt(st, {"tiers", "light", "max_running_per_key"})),
+              static_cast<long long>(jsonInt(st, {"duplicate_creations"})));
+  EXPECT_EQ(t.c429, 0) << "no 429 reaches a client";
+  EXPECT_EQ(t.errors, 0) << t.first_error;
+  EXPECT_EQ(t.creates_ok, tasks);
+  EXPECT_EQ(t.done, tasks);
+  EXPECT_EQ(jsonInt(st, {"duplicate_creations"}), 0);
+  EXPECT_LE(jsonInt(st, {"keys", kKey.c_str(), "max_admitted_1s"}), 10 + 5 + 1)
+      << "the three proxies together stay inside one key's rate + burst";
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
+  EXPECT_LE(jsonInt(st, {"tiers", "light", "max_running_per_key"}), 5);
+}
+
+TEST(SharedStore, ThreeProxiesOneKeyStayInsideTheKeysLimits) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started()) << sim.process().err();
+  const std::string secret = secretFile(dir);
+  std::vector<std::unique_ptr<ProxyProcess>> proxies;
+  std::vector<uint16_t> ports;
+  for (int i = 0; i < 3; ++i) {
+    proxies.push_back(std::make_unique<ProxyProcess>(
+        dir, proxyYaml(sim.port(), redis.port(), secret), std::vector<std::string>{},
+        "proxy" + std::to_string(i)));
+    ASSERT_TRUE(proxies.back()->started()) << proxies.back()->process().err();
+    ports.push_back(proxies.back()->port());
+  }
+  for (auto& p : proxies) {
+    EXPECT_TRUE(waitFor([&] { return storeFlag(p->adminPort(), "connected"); }, 10000ms));
+  }
+  const Totals t = sum(runClients(0, fleets(ports, 2, 10), dir));
+  expectInsideTheKeysLimits(sim.port(), t, 60);
+  if (t.c429 != 0) {
+    for (auto& p : proxies) {  // which request waited so long, and for what
+      std::istringstream log(p->process().err() + p->process().out());
+      for (std::string line; std::getline(log, line);) {
+        if (line.find("status=429") != std::string::npos ||
+            line.find("level=warn") != std::string::npos) {
+          std::printf("%s\n", line.substr(0, 400).c_str());
+        }
+      }
+    }
+  }
+  rapidjson::Document s = status(proxies[0]->adminPort());
+  EXPECT_EQ(jsonInt(s, {"store", "instances"}), 3) << "counted from heartbeats";
+  EXPECT_EQ(redis.cli("KEYS '*" + kKey + "*'"), "") << "no API key in a Redis key name";
+}
+
+TEST(SharedStore, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  std::vector<std::string> flags = kSimLimits;
+  SimProcess sim(dir, flags);
+  ASSERT_TRUE(sim.started()) << sim.process().err();
+  const std::string secret = secretFile(dir);
+  ProxyProcess a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a");
+  ProxyProcess b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b");
+  ASSERT_TRUE(a.started() && b.started()) << a.process().err() << b.process().err();
+  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  for (int i = 0; i < 2; ++i) {
+    const HttpResponse r = httpRequest(a.port(), "POST", "/v1/tasks", hdrs,
+                                       R"({"model":"seedance-1","input":{"prompt":"a)" +
+                                           std::to_string(i) + R"("}})");
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  const std::string id = redisId(secret);
+  const std::string heavy_set = "hiapi:s:" + id + ":heavy";
+  EXPECT_EQ(redis.cli("ZCARD " + heavy_set), "2") << "a holds both heavy leases";
+  a.process().signal(SIGKILL);  // never releases, never renews
+  a.process().wait(5000ms);
+  // b's creates wait for a's leases to expire (three heartbeats), then take them.
+  for (int i = 0; i < 2; ++i) {
+    const HttpResponse r = httpRequest(b.port(), "POST", "/v1/tasks", hdrs,
+                                       R"({"model":"seedance-1","input":{"prompt":"b)" +
+                                           std::to_string(i) + R"("}})",
+                                       20000ms);
+    EXPECT_EQ(r.status, 200) << r.body;
+  }
+  rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(jsonInt(st, {"tasks_created"}), 4);
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
+  EXPECT_EQ(jsonInt(st, {"rejected_429", "concurrency"}), 0);
+  const std::string dead = ":" + std::to_string(a.process().pid()) + ":";
+  EXPECT_EQ(redis.cli("ZRANGE " + heavy_set + " 0 -1").find(dead), std::string::npos)
+      << "none of the killed instance's leases is left";
+}
+
+TEST(SharedStore, RedisKilledMidRunAndRestartedNoClientErrorsLeasesConsistent) {
+  TempDir dir;
+  const uint16_t redis_port = unusedPort();
+  auto redis = std::make_unique<RedisServer>(dir, redis_port);
+  ASSERT_TRUE(redis->up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started()) << sim.process().err();
+  const std::string secret = secretFile(dir);
+  ProxyProcess a(dir, proxyYaml(sim.port(), redis_port, secret), {}, "a");
+  ProxyProcess b(dir, proxyYaml(sim.port(), redis_port, secret), {}, "b");
+  ASSERT_TRUE(a.started() && b.started());
+  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+  std::vector<ClientResult> results;
+  std::thread clients([&] { results = runClients(0, fleets({a.port(), b.port()}, 2, 10), dir); });
+  EXPECT_TRUE(waitFor([&] { return jsonInt(simStats(sim.port()), {"tasks_created"}) >= 10; },
+                      60000ms));
+  redis->kill(SIGKILL);
+  EXPECT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "degraded") &&
+                                   storeFlag(b.adminPort(), "degraded"); }, 10000ms));
+  const int64_t created_at_kill = jsonInt(simStats(sim.port()), {"tasks_created"});
+  // Work goes on on the local shares while Redis is away.
+  EXPECT_TRUE(waitFor([&] {
+    return jsonInt(simStats(sim.port()), {"tasks_created"}) >= created_at_kill + 3;
+  }, 30000ms));
+  redis = std::make_unique<RedisServer>(dir, redis_port);
+  ASSERT_TRUE(redis->up());
+  EXPECT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                   storeFlag(b.adminPort(), "connected"); }, 40000ms));
+  clients.join();
+  const Totals t = sum(results);
+  rapidjson::Document st = simStats(sim.port());
+  const int64_t upstream = jsonInt(st, {"requests", "total"});
+  const int64_t up429 = jsonInt(st, {"rejected_429", "rate"}) +
+                        jsonInt(st, {"rejected_429", "concurrency"});
+  std::printf("redis restart: %d done, %d errors, upstream %lld requests, %lld x 429 (rate %lld), "
+              "busiest 1 s %lld, heavy max %lld, light max %lld\n",
+              t.done, t.errors, static_cast<long long>(upstream), static_cast<long long>(up429),
+              static_cast<long long>(jsonInt(st, {"rejected_429", "rate"})),
+              static_cast<long long>(jsonInt(st, {"keys", kKey.c_str(), "max_admitted_1s"})),
+              static_cast<long long>(jsonInt(st, {"tiers", "heavy", "max_running_per_key"})),
+              static_cast<long long>(jsonInt(st, {"tiers", "light", "max_running_per_key"})));
+  EXPECT_EQ(t.c429, 0);
+  EXPECT_EQ(t.errors, 0) << t.first_error;
+  EXPECT_EQ(t.done, 40);
+  EXPECT_EQ(jsonInt(st, {"duplicate_creations"}), 0);
+  // While Redis is away each instance runs its local share of a tier (at least one slot) not
+  // knowing the tasks the other one started before: HiAPI may refuse a create for concurrency
+  // then, which the proxy absorbs (retried, never shown to a client). Bounded: at most each
+  // instance's share of both ceilings, twice (around the kill and the restart).
+  EXPECT_EQ(jsonInt(st, {"rejected_429", "rate"}), 0) << "the rate is never exceeded";
+  EXPECT_LE(up429, 2 * 2 * (1 + 2)) << "concurrency 429s bounded by the local shares";
+  // Every task ended: the leases written again after the restart are all given back.
+  const std::string id = redisId(secret);
+  EXPECT_TRUE(waitFor([&] {
+    return redis->cli("ZCARD hiapi:s:" + id + ":heavy") == "0" &&
+           redis->cli("ZCARD hiapi:s:" + id + ":light") == "0";
+  }, 10000ms)) << redis->cli("ZRANGE hiapi:s:" + id + ":light 0 -1");
+}
+
+TEST(SharedStore, UnreachableOrWrongPasswordStartsDegradedWithAClearLine) {
+  TempDir dir;
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started());
+  const std::string secret = secretFile(dir);
+  ProxyProcess nowhere(dir, proxyYaml(sim.port(), unusedPort(), secret), {}, "nowhere");
+  ASSERT_TRUE(nowhere.started()) << nowhere.process().err();
+  EXPECT_TRUE(waitFor([&] { return storeFlag(nowhere.adminPort(), "degraded"); }, 5000ms));
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  EXPECT_EQ(httpRequest(nowhere.port(), "POST", "/v1/tasks", hdrs,
+                        R"({"model":"flux","input":{"prompt":"n"}})").status, 200)
+      << "served on the local share";
+  EXPECT_TRUE(waitFor([&] {
+    return nowhere.process().err().find("shared store unusable") != std::string::npos ||
+           nowhere.process().out().find("shared store unusable") != std::string::npos;
+  }, 5000ms));
+
+  RedisServer redis(dir, unusedPort(), "right-password");
+  ProxyProcess wrong(dir, proxyYaml(sim.port(), redis.port(), secret,
+                                    "  password: ${HIAPI_TEST_REDIS_PW}\n"),
+                     {"HIAPI_TEST_REDIS_PW=wrong-password"}, "wrong");
+  ASSERT_TRUE(wrong.started()) << wrong.process().err();
+  EXPECT_TRUE(waitFor([&] {
+    const std::string log = wrong.process().err() + wrong.process().out();
+    return log.find("authentication refused") != std::string::npos;
+  }, 5000ms)) << wrong.process().err();
+  EXPECT_TRUE(storeFlag(wrong.adminPort(), "degraded"));
+  const std::string log = wrong.process().err() + wrong.process().out();
+  EXPECT_EQ(log.find("wrong-password"), std::string::npos) << "the password is never logged";
+  EXPECT_EQ(httpRequest(wrong.port(), "POST", "/v1/tasks", hdrs,
+                        R"({"model":"flux","input":{"prompt":"w"}})").status, 200);
+}
+
+TEST(SharedStore, AKeyOfTheWrongTypeIsCountedLoggedAndTheLocalShareUsed) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started());
+  const std::string secret = secretFile(dir);
+  const std::string id = redisId(secret);
+  ASSERT_EQ(redis.cli("SET hiapi:b:" + id + " not-a-bucket"), "OK");
+  ProxyProcess p(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "p");
+  ASSERT_TRUE(p.started());
+  ASSERT_TRUE(waitFor([&] { return storeFlag(p.adminPort(), "connected"); }, 10000ms));
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(httpRequest(p.port(), "POST", "/v1/tasks", hdrs,
+                          R"({"model":"flux","input":{"prompt":"t)" + std::to_string(i) +
+                              R"("}})").status,
+              200);
+  }
+  const std::string metrics = httpRequest(p.adminPort(), "GET", "/metrics").body;
+  EXPECT_NE(metrics.find("hiapi_proxy_store_errors_total{reason=\"wrong_type\"} "),
+            std::string::npos);
+  EXPECT_EQ(metrics.find("hiapi_proxy_store_errors_total{reason=\"wrong_type\"} 0"),
+            std::string::npos) << "counted";
+  EXPECT_TRUE(waitFor([&] {
+    return (p.process().err() + p.process().out()).find("unusable answer for a key") !=
+           std::string::npos;
+  }, 5000ms));
+  EXPECT_NE(metrics.find("outcome=\"local\""), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hiapi::test

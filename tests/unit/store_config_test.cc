@@ -1,0 +1,148 @@
+// The `store:` section: defaults, every key, and errors that name file, line, column and key.
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "hiapi/core/config.h"
+
+namespace hiapi::core {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::map<std::string, std::string>& fakeEnv() {
+  static std::map<std::string, std::string> env;
+  return env;
+}
+
+std::optional<std::string> testEnv(const std::string& name) {
+  auto it = fakeEnv().find(name);
+  return it == fakeEnv().end() ? std::nullopt : std::optional<std::string>(it->second);
+}
+
+class StoreConfigTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("store_config_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "secret", std::ios::binary) << std::string(32, 'x');
+    std::ofstream(dir_ / "short", std::ios::binary) << "abc";
+    std::ofstream(dir_ / "pw") << "s3cr3t-from-file\n";
+    std::ofstream(dir_ / "empty");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Config parse(const std::string& yaml) {
+    return parseConfig(yaml, (dir_ / "test.yaml").string(), &testEnv);
+  }
+  /// Asserts an error at @p line:@p col on @p path whose message contains @p part.
+  void expectError(const std::string& yaml, int line, int col, const std::string& path,
+                   const std::string& part) {
+    SCOPED_TRACE(yaml);
+    try {
+      parse(yaml);
+      ADD_FAILURE() << "expected a ConfigError";
+    } catch (const ConfigError& e) {
+      bool found = false;
+      for (const ConfigError& one : e.all()) {
+        if (one.line() == line && one.column() == col && one.keyPath() == path &&
+            one.message().find(part) != std::string::npos) {
+          found = true;
+        }
+      }
+      EXPECT_TRUE(found) << e.what();
+      EXPECT_NE(std::string(e.what()).find("test.yaml:" + std::to_string(line) + ":"),
+                std::string::npos);
+    }
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(StoreConfigTest, LocalIsTheDefault) {
+  const Config c = parse("");
+  EXPECT_EQ(c.store.kind, StoreKind::Local);
+  EXPECT_EQ(c.store.port, 6379);
+  EXPECT_EQ(c.store.key_prefix, "hiapi:");
+  EXPECT_TRUE(c.store.password.empty());
+}
+
+TEST_F(StoreConfigTest, EveryKeyIsRead) {
+  fakeEnv()["REDIS_PW"] = "pw-from-env";
+  const Config c = parse(
+      "store:\n"
+      "  kind: redis\n"
+      "  url: redis://redis.internal:6380/3\n"
+      "  password: ${REDIS_PW}\n"
+      "  key_prefix: 'team-a:'\n"
+      "  key_secret_file: secret\n"
+      "  connect_timeout: 1s\n"
+      "  command_timeout: 200ms\n"
+      "  heartbeat_interval: 500ms\n"
+      "  reserve_window: 100ms\n"
+      "  tls: false\n");
+  EXPECT_EQ(c.store.kind, StoreKind::Redis);
+  EXPECT_EQ(c.store.host, "redis.internal");
+  EXPECT_EQ(c.store.port, 6380);
+  EXPECT_EQ(c.store.db, 3u);
+  EXPECT_EQ(c.store.password.reveal(), "pw-from-env");
+  EXPECT_EQ(c.store.key_prefix, "team-a:");
+  EXPECT_EQ(c.store.key_secret_file, (dir_ / "secret").string());
+  EXPECT_EQ(c.store.connect_timeout, 1s);
+  EXPECT_EQ(c.store.command_timeout, 200ms);
+  EXPECT_EQ(c.store.heartbeat_interval, 500ms);
+  EXPECT_EQ(c.store.reserve_window, 100ms);
+}
+
+TEST_F(StoreConfigTest, PasswordFileIsReadWithoutItsNewline) {
+  const Config c =
+      parse("store:\n  kind: redis\n  key_secret_file: secret\n  password_file: pw\n");
+  EXPECT_EQ(c.store.password.reveal(), "s3cr3t-from-file");
+  EXPECT_EQ(c.store.password_file, (dir_ / "pw").string());
+}
+
+TEST_F(StoreConfigTest, TlsIsRefusedWithTheReason) {
+  expectError("store:\n  tls: true\n", 2, 8, "store.tls", "hiredis (0.14) has no TLS");
+  expectError("store:\n  url: rediss://r:6379\n", 2, 8, "store.url", "has no TLS");
+}
+
+TEST_F(StoreConfigTest, ErrorsNameFileLineAndKey) {
+  expectError("store:\n  kind: memcached\n", 2, 9, "store.kind", "must be local or redis");
+  expectError("store:\n  url: http://r\n", 2, 8, "store.url", "expected redis://");
+  expectError("store:\n  url: redis://r:0\n", 2, 8, "store.url", "port must be between");
+  expectError("store:\n  url: redis://r/99\n", 2, 8, "store.url", "database");
+  expectError("store:\n  url: redis://u:p@r\n", 2, 8, "store.url", "must not contain a user");
+  expectError("store:\n  command_timeout: soon\n", 2, 20, "store.command_timeout",
+              "invalid duration");
+  expectError("store:\n  heartbeat_interval: 10ms\n", 2, 23, "store.heartbeat_interval",
+              "must be between");
+  expectError("store:\n  kind: redis\n", 2, 9, "store.kind", "needs key_secret_file");
+  expectError("store:\n  key_secret_file: short\n", 2, 20, "store.key_secret_file",
+              "32 random bytes");
+  expectError("store:\n  key_prefix: 'a b'\n", 2, 15, "store.key_prefix", "without spaces");
+  expectError("store:\n  colour: red\n", 2, 3, "store.colour", "unknown key");
+  expectError("store:\n  password_file: empty\n", 2, 18, "store.password_file", "is empty");
+  expectError("store:\n  password_file: pw\n  password: ${X}\n", 2, 18, "store.password_file",
+              "not both");
+}
+
+TEST_F(StoreConfigTest, PasswordErrorsNeverQuoteIt) {
+  fakeEnv().erase("MISSING_PW");
+  expectError("store:\n  password: hunter2\n", 2, 13, "store.password", "${ENV_VAR}");
+  expectError("store:\n  password: ${MISSING_PW}\n", 2, 13, "store.password", "is not set");
+  try {
+    parse("store:\n  password: hunter2\n");
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).find("hunter2"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace hiapi::core
