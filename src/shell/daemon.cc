@@ -517,24 +517,20 @@ void Daemon::refreshGauges() {
     // Throttle counters live in the scheduler: turn their growth into metric increments.
     core::SchedulerCounters& seen = seen_counters_[key];
     const core::SchedulerCounters& c = snap.counters;
-    auto bump = [&](uint64_t now_v, uint64_t& was, std::string_view reason) {
+    using Count = void (Metrics::*)(std::string_view, std::string_view, double);
+    auto bump = [&](Count count, uint64_t now_v, uint64_t& was, std::string_view reason) {
       if (now_v > was) {
-        metrics_->throttle(key, reason, static_cast<double>(now_v - was));
+        (metrics_.get()->*count)(key, reason, static_cast<double>(now_v - was));
         was = now_v;
       }
     };
-    bump(c.throttled_rate, seen.throttled_rate, "rate");
-    bump(c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
-    bump(c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
-    auto bump_shadow = [&](uint64_t now_v, uint64_t& was, std::string_view reason) {
-      if (now_v > was) {
-        metrics_->shadowThrottle(key, reason, static_cast<double>(now_v - was));
-        was = now_v;
-      }
-    };
-    bump_shadow(c.shadow_rate, seen.shadow_rate, "rate");
-    bump_shadow(c.shadow_concurrency, seen.shadow_concurrency, "concurrency");
-    bump_shadow(c.shadow_cooldown, seen.shadow_cooldown, "cooldown");
+    bump(&Metrics::throttle, c.throttled_rate, seen.throttled_rate, "rate");
+    bump(&Metrics::throttle, c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
+    bump(&Metrics::throttle, c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
+    // Shadow mode: what would have been held back, apart from what was.
+    bump(&Metrics::shadowThrottle, c.shadow_rate, seen.shadow_rate, "rate");
+    bump(&Metrics::shadowThrottle, c.shadow_concurrency, seen.shadow_concurrency, "concurrency");
+    bump(&Metrics::shadowThrottle, c.shadow_cooldown, seen.shadow_cooldown, "cooldown");
   }
   metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
   metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());

@@ -39,6 +39,23 @@ struct Decisions final : AdmissionSink {
   void decided(const AdmissionDecision& d) override { on(d); }
 };
 
+// A Limiter on ManualTimers, configured by @p yaml (rate, retry), its decisions to `decisions`.
+struct LimiterOnAClock {
+  explicit LimiterOnAClock(const std::string& yaml)
+      : cfg(std::make_shared<core::Config>(core::parseConfig(
+            "upstream: {url: 'http://127.0.0.1:9'}\n" + yaml, "limiter_loop_test.yaml"))) {
+    log.setLevel(core::LogLevel::Error);
+    limiter.setSink(&decisions);
+  }
+  std::shared_ptr<core::Config> cfg;
+  Logger log;
+  core::ManualClock clock;
+  ManualTimers timers{clock};
+  core::SeededRandom random{7};
+  Decisions decisions;
+  Limiter limiter{timers, random, cfg, log};
+};
+
 TEST(ManualTimers, FireInDueOrderAtTheirDueTimes) {
   core::ManualClock clock;
   ManualTimers timers(clock);
@@ -86,17 +103,11 @@ TEST(ManualTimers, ATimerMayRearmOrDestroyItselfWhenItFires) {
 // that joined it): that request must still be sent when its token comes, so the key's timer
 // must be armed for that token even though the submission happened inside a dispatch.
 TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
-  auto cfg = std::make_shared<core::Config>(core::parseConfig(
-      "upstream: {url: 'http://127.0.0.1:9'}\n"
-      "limits: {rate: 2/s, burst: 1}\n",
-      "limiter_loop_test.yaml"));
-  Logger log;
-  log.setLevel(core::LogLevel::Error);
-  core::ManualClock clock;
-  ManualTimers timers(clock);
-  core::SeededRandom random(7);
+  LimiterOnAClock on("limits: {rate: 2/s, burst: 1}\n");
+  core::ManualClock& clock = on.clock;
+  ManualTimers& timers = on.timers;
+  Limiter& limiter = on.limiter;
   {
-    Limiter limiter(timers, random, cfg, log);
     const auto t0 = clock.now();
     auto a = poll(1, "a", t0);
     auto b = poll(2, "b", t0);
@@ -104,8 +115,7 @@ TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
     b->deadline = b->received + 100ms;  // gives up before the next token (500 ms)
     bool a_sent = false, b_sent = false, b_rejected = false, c_sent = false;
     std::optional<core::MonotonicTime> c_sent_at;
-    Decisions decisions;
-    decisions.on = [&](const AdmissionDecision& d) {
+    on.decisions.on = [&](const AdmissionDecision& d) {
       if (d.id == 1) {
         a_sent = !d.refuse;
       } else if (d.id == 2) {
@@ -120,7 +130,6 @@ TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
         c_sent_at = clock.now();
       }
     };
-    limiter.setSink(&decisions);
     limiter.admit(*a);
     limiter.admit(*b);
     EXPECT_TRUE(a_sent) << "the burst's one token";
@@ -139,26 +148,17 @@ TEST(LimiterLoop, ARequestSubmittedFromARejectHandlerIsSentWhenItsTokenComes) {
 
 // A retry delay is a timer too: the request goes back into the queue when it ends, not before.
 TEST(LimiterLoop, ARetriedRequestWaitsOutItsDelayOnTheClock) {
-  auto cfg = std::make_shared<core::Config>(core::parseConfig(
-      "upstream: {url: 'http://127.0.0.1:9'}\n"
-      "limits: {rate: 100/s, burst: 10}\n"
-      "retry: {base_delay: 2s, max_delay: 2s}\n",
-      "limiter_loop_test.yaml"));
-  Logger log;
-  log.setLevel(core::LogLevel::Error);
-  core::ManualClock clock;
-  ManualTimers timers(clock);
-  core::SeededRandom random(7);
-  Limiter limiter(timers, random, cfg, log);
+  LimiterOnAClock on("limits: {rate: 100/s, burst: 10}\nretry: {base_delay: 2s, max_delay: 2s}\n");
+  core::ManualClock& clock = on.clock;
+  ManualTimers& timers = on.timers;
+  Limiter& limiter = on.limiter;
   const auto t0 = clock.now();
   auto ctx = poll(1, "a", t0);
   std::vector<core::MonotonicTime> sent;
-  Decisions decisions;
-  decisions.on = [&](const AdmissionDecision& d) {
+  on.decisions.on = [&](const AdmissionDecision& d) {
     EXPECT_FALSE(d.refuse);
     sent.push_back(clock.now());
   };
-  limiter.setSink(&decisions);
   limiter.admit(*ctx);
   ASSERT_EQ(sent.size(), 1u);
   UpstreamResponse busy;

@@ -1,4 +1,5 @@
 #include "hiapi/core/config.h"
+#include "config_test_support.h"
 
 #include <gtest/gtest.h>
 
@@ -19,32 +20,15 @@ using namespace std::chrono_literals;
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-std::map<std::string, std::string>& fakeEnv() {
-  static std::map<std::string, std::string> env;
-  return env;
-}
-
-std::optional<std::string> testEnv(const std::string& name) {
-  auto it = fakeEnv().find(name);
-  if (it == fakeEnv().end()) {
-    return std::nullopt;
-  }
-  return it->second;
-}
+using config_testing::fakeEnv;
+using config_testing::testEnv;
 
 Config parse(const std::string& yaml, const std::string& file = "test.yaml") {
   return parseConfig(yaml, file, &testEnv);
 }
 
-/// @return the error parsing `yaml` raises; fails the test when there is none.
 ConfigError parseError(const std::string& yaml, const std::string& file = "test.yaml") {
-  try {
-    parse(yaml, file);
-  } catch (const ConfigError& e) {
-    return e;
-  }
-  ADD_FAILURE() << "expected a ConfigError for:\n" << yaml;
-  return ConfigError("", 0, 0, "", "");
+  return config_testing::parseError(yaml, file);
 }
 
 /// Asserts the exact "test.yaml:line:col: path: " prefix and a part of the message.

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "hiapi/core/config.h"
+#include "config_test_support.h"
 
 namespace hiapi::core {
 namespace {
@@ -15,15 +16,8 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
-std::map<std::string, std::string>& fakeEnv() {
-  static std::map<std::string, std::string> env;
-  return env;
-}
-
-std::optional<std::string> testEnv(const std::string& name) {
-  auto it = fakeEnv().find(name);
-  return it == fakeEnv().end() ? std::nullopt : std::optional<std::string>(it->second);
-}
+using config_testing::fakeEnv;
+using config_testing::testEnv;
 
 class StoreConfigTest : public ::testing::Test {
 protected:
@@ -45,22 +39,7 @@ protected:
   /// Asserts an error at @p line:@p col on @p path whose message contains @p part.
   void expectError(const std::string& yaml, int line, int col, const std::string& path,
                    const std::string& part) {
-    SCOPED_TRACE(yaml);
-    try {
-      parse(yaml);
-      ADD_FAILURE() << "expected a ConfigError";
-    } catch (const ConfigError& e) {
-      bool found = false;
-      for (const ConfigError& one : e.all()) {
-        if (one.line() == line && one.column() == col && one.keyPath() == path &&
-            one.message().find(part) != std::string::npos) {
-          found = true;
-        }
-      }
-      EXPECT_TRUE(found) << e.what();
-      EXPECT_NE(std::string(e.what()).find("test.yaml:" + std::to_string(line) + ":"),
-                std::string::npos);
-    }
+    config_testing::expectErrorIn((dir_ / "test.yaml").string(), yaml, line, col, path, part);
   }
 
   fs::path dir_;
