@@ -38,27 +38,6 @@ const std::string kProxyLimits =
     "    - {name: light, models: [\"*\"], max_running: 5, lease: 2m, min_poll_interval: 1s}\n"
     "queue:\n  deadline: 45s\n";
 
-struct Totals {
-  int creates_ok = 0, done = 0, c429 = 0, errors = 0, unfinished = 0, requests = 0;
-  std::string first_error;
-};
-
-Totals sum(const std::vector<ClientResult>& rs) {
-  Totals t;
-  for (const auto& r : rs) {
-    t.creates_ok += r.creates_ok;
-    t.done += r.done_success + r.done_fail;
-    t.c429 += r.status_429;
-    t.errors += r.other_errors;
-    t.unfinished += r.unfinished;
-    t.requests += r.requests;
-    if (t.first_error.empty()) {
-      t.first_error = r.first_error;
-    }
-  }
-  return t;
-}
-
 void runBurst(const std::vector<std::string>& sim_extra, const std::string& proxy_extra,
               const std::string& proxy_limits = kProxyLimits, int proxy_burst = 5) {
   TempDir dir;
@@ -80,7 +59,7 @@ void runBurst(const std::vector<std::string>& sim_extra, const std::string& prox
     s.give_up = 150s;
     specs.push_back(s);
   }
-  const Totals t = sum(runClients(proxy.port(), specs, dir));
+  const ClientTotals t = sum(runClients(proxy.port(), specs, dir));
   rapidjson::Document st = simStats(sim.port());
   ASSERT_TRUE(st.IsObject());
   const int64_t upstream = jsonInt(st, {"requests", "total"});

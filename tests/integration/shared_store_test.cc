@@ -119,25 +119,6 @@ std::string redisId(const std::string& secret_file) {
   return id ? id->nameOf(kKey) : std::string();
 }
 
-struct Totals {
-  int creates_ok = 0, done = 0, c429 = 0, errors = 0;
-  std::string first_error;
-};
-
-Totals sum(const std::vector<ClientResult>& rs) {
-  Totals t;
-  for (const auto& r : rs) {
-    t.creates_ok += r.creates_ok;
-    t.done += r.done_success + r.done_fail;
-    t.c429 += r.status_429;
-    t.errors += r.other_errors;
-    if (t.first_error.empty()) {
-      t.first_error = r.first_error;
-    }
-  }
-  return t;
-}
-
 /// Naive fleets: @p per_proxy clients of @p tasks creates each, on every proxy at once.
 std::vector<ClientSpec> fleets(const std::vector<uint16_t>& ports, int per_proxy, int tasks) {
   std::vector<ClientSpec> specs;
@@ -157,7 +138,7 @@ std::vector<ClientSpec> fleets(const std::vector<uint16_t>& ports, int per_proxy
   return specs;
 }
 
-void expectInsideTheKeysLimits(uint16_t sim_port, const Totals& t, int tasks) {
+void expectInsideTheKeysLimits(uint16_t sim_port, const ClientTotals& t, int tasks) {
   rapidjson::Document st = simStats(sim_port);
   ASSERT_TRUE(st.IsObject());
   std::printf("clients: %d creates ok, %d done, %d x 429, %d errors; upstream: %lld requests, "
@@ -200,7 +181,7 @@ TEST(SharedStore, ThreeProxiesOneKeyStayInsideTheKeysLimits) {
   for (auto& p : proxies) {
     EXPECT_TRUE(waitFor([&] { return storeFlag(p->adminPort(), "connected"); }, 10000ms));
   }
-  const Totals t = sum(runClients(0, fleets(ports, 2, 10), dir));
+  const ClientTotals t = sum(runClients(0, fleets(ports, 2, 10), dir));
   expectInsideTheKeysLimits(sim.port(), t, 60);
   if (t.c429 != 0) {
     for (auto& p : proxies) {  // which request waited so long, and for what
@@ -291,7 +272,7 @@ TEST(SharedStore, RedisKilledMidRunAndRestartedNoClientErrorsLeasesConsistent) {
   EXPECT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
                                    storeFlag(b.adminPort(), "connected"); }, 40000ms));
   clients.join();
-  const Totals t = sum(results);
+  const ClientTotals t = sum(results);
   rapidjson::Document st = simStats(sim.port());
   const int64_t upstream = jsonInt(st, {"requests", "total"});
   const int64_t up429 = jsonInt(st, {"rejected_429", "rate"}) +

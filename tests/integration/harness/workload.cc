@@ -92,6 +92,22 @@ ClientResult runOne(uint16_t port, const ClientSpec& spec) {
 
 }  // namespace
 
+ClientTotals sum(const std::vector<ClientResult>& rs) {
+  ClientTotals t;
+  for (const auto& r : rs) {
+    t.creates_ok += r.creates_ok;
+    t.done += r.done_success + r.done_fail;
+    t.c429 += r.status_429;
+    t.errors += r.other_errors;
+    t.unfinished += r.unfinished;
+    t.requests += r.requests;
+    if (t.first_error.empty()) {
+      t.first_error = r.first_error;
+    }
+  }
+  return t;
+}
+
 std::vector<ClientResult> runClients(uint16_t proxy_port, const std::vector<ClientSpec>& specs,
                                      const TempDir& dir) {
   std::vector<pid_t> pids;

@@ -36,6 +36,13 @@ struct ClientResult {
   std::string first_error;
 };
 
+/// What a fleet of clients got, summed over its ClientResults.
+struct ClientTotals {
+  int creates_ok = 0, done = 0, c429 = 0, errors = 0, unfinished = 0, requests = 0;
+  std::string first_error;  ///< the first client's first error
+};
+ClientTotals sum(const std::vector<ClientResult>& rs);
+
 /// Runs @p specs, each in its own child process with one thread per task; waits for all.
 std::vector<ClientResult> runClients(uint16_t proxy_port, const std::vector<ClientSpec>& specs,
                                      const TempDir& dir);
