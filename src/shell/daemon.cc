@@ -518,9 +518,11 @@ void Daemon::refreshGauges() {
     core::SchedulerCounters& seen = seen_counters_[key];
     const core::SchedulerCounters& c = snap.counters;
     using Count = void (Metrics::*)(std::string_view, std::string_view, double);
+    // clang 14 cannot capture a structured binding in a lambda (C++20 allows it, gcc does).
+    const std::string& name = key;
     auto bump = [&](Count count, uint64_t now_v, uint64_t& was, std::string_view reason) {
       if (now_v > was) {
-        (metrics_.get()->*count)(key, reason, static_cast<double>(now_v - was));
+        (metrics_.get()->*count)(name, reason, static_cast<double>(now_v - was));
         was = now_v;
       }
     };
