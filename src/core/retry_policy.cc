@@ -123,7 +123,12 @@ std::optional<SysTime> makeTime(int year, int month, int day, int h, int mi, int
   }
   const int64_t days = daysFromCivil(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
   const int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec;
-  return SysTime{} + std::chrono::seconds(secs);
+  // A four-digit year reaches past what the wall clock's nanoseconds can hold (years 1678 to
+  // 2262): such a date is as good as "never" or "long ago", and converting it would overflow.
+  using std::chrono::duration_cast;
+  const int64_t lo = duration_cast<std::chrono::seconds>(SysTime::min().time_since_epoch()).count();
+  const int64_t hi = duration_cast<std::chrono::seconds>(SysTime::max().time_since_epoch()).count();
+  return SysTime{} + std::chrono::seconds(std::clamp(secs, lo, hi));
 }
 
 }  // namespace

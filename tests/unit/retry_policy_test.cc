@@ -48,6 +48,9 @@ INSTANTIATE_TEST_SUITE_P(
         std::make_tuple("Fri Jan 15 08:00:10 2027", 10000),           // asctime
         std::make_tuple("Tue Jan  5 08:00:10 2027", 0),               // asctime, past: zero
         std::make_tuple("Thu, 01 Jan 1970 00:00:00 GMT", 0),          // past: zero
+        // Beyond the wall clock's range (1678-2262): the longest delay, and the past.
+        std::make_tuple("Wed, 21 Oct 2441 07:28:00 GMT", 1'000'000'000'000LL),
+        std::make_tuple("Mon, 01 Jan 0001 00:00:00 GMT", 0),
         std::make_tuple("", std::nullopt), std::make_tuple("-5", std::nullopt),
         std::make_tuple("5s", std::nullopt), std::make_tuple("1.", std::nullopt),
         std::make_tuple("soon", std::nullopt),
