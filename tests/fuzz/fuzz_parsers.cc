@@ -1,8 +1,11 @@
-// Fuzz target for every parser that reads network input or configuration: upstream error
+// Fuzz target for every parser that reads network input or a state file: upstream error
 // bodies, task JSON (create reply, detail, list, create body), routes, absolute URIs, bearer
-// tokens, Connection tokens, Retry-After, durations/rates/sizes, and the YAML config loader.
-// Built as a libFuzzer binary with clang (-DHIAPI_FUZZ=ON), and always as a replay test that
-// feeds it seeded pseudo-random and mutated inputs (tests/fuzz/replay_main.cc).
+// tokens, Connection tokens, Retry-After, durations/rates/sizes, the task state file, and the
+// deferred journal with its detail/list rewriting. The YAML config has its own target
+// (fuzz_config.cc): a YAML parse costs a hundred of these, and would set this target's pace.
+// Built as a libFuzzer binary with clang (-DHIAPI_FUZZ=ON), and always as two replay tests: seeded
+// pseudo-random inputs (tests/fuzz/replay_main.cc) and the checked-in seed corpus with its
+// mutations (tests/fuzz/corpus/parsers, tests/fuzz/replay_corpus_main.cc).
 
 #include <cstddef>
 #include <cstdint>
@@ -10,7 +13,7 @@
 #include <string_view>
 
 #include "hiapi/core/config.h"
-#include "hiapi/core/config_reload.h"
+#include "hiapi/core/deferred.h"
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/retry_policy.h"
@@ -46,21 +49,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string error;
     (void)TaskTracker::parseState(owned, &error, 1'700'000'000'000);
   }
-  // What a reload refuses: anything is judged, nothing throws but ConfigError.
-  (void)configSections(owned);
-  try {
-    checkReloadable(owned, "fuzz.yaml", {"listen", "upstream"});
-  } catch (const ConfigError&) {
+  // The deferred journal: replayed, torn or refused, never a crash; a book rebuilt from it must
+  // snapshot and replay again into the same number of records.
+  {
+    DeferredBook book;
+    const JournalLoad load = loadJournal(in, book);
+    if (load.ok) {
+      DeferredBook again;
+      if (!loadJournal(journalSnapshot(book), again).ok || again.size() != book.size()) {
+        __builtin_trap();
+      }
+    }
+    (void)rewriteDetail(in, "hp-tk-fuzz");
+    (void)rewriteList(in, {{"tk-hiapi-1", "hp-tk-fuzz"}}, {});
   }
-
-  // The config loader must turn anything into a Config or a ConfigError, never crash.
-  try {
-    (void)parseConfig(owned, "fuzz.yaml", [](const std::string&) -> std::optional<std::string> {
-      return std::string("sk-fuzz");
-    });
-  } catch (const ConfigError&) {
-  }
-
   // Proxy errors render valid JSON whatever the message.
   const std::string body = renderProxyError(ProxyError::BadRequest, "hp-fuzz", in);
   if (!parseUpstreamError(body).code) {
