@@ -1,5 +1,7 @@
 // The daemon's part of the shared store: creating it and its /status object.
 
+#include <random>
+
 #include "hiapi/shell/daemon.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/redis_store.h"
@@ -10,8 +12,8 @@ bool Daemon::startStore() {
   if (cfg_->store.kind != core::StoreKind::Redis) {
     return true;
   }
-  store_ = std::make_unique<RedisStore>(base_, cfg_->store, log_, metrics_.get(),
-                                        [this](const std::string& key) {
+  store_ = std::make_unique<RedisStore>(base_, clock_, std::random_device{}(), cfg_->store, log_,
+                                        metrics_.get(), [this](const std::string& key) {
                                           if (limiter_) {
                                             limiter_->pumpKey(key);
                                           }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <random>
 
 #include <event2/dns.h>
 #include <event2/util.h>
@@ -19,10 +18,11 @@
 #include "redis_internal.h"
 
 namespace hiapi::shell {
-RedisStore::RedisStore(event_base* base, const core::StoreConfig& cfg, Logger& log,
-                       Metrics* metrics, std::function<void(const std::string&)> pump)
+RedisStore::RedisStore(event_base* base, const core::Clock& clock, uint64_t seed,
+                       const core::StoreConfig& cfg, Logger& log, Metrics* metrics,
+                       std::function<void(const std::string&)> pump)
     : base_(base), cfg_(cfg), log_(log), metrics_(metrics), pump_(std::move(pump)),
-      random_(std::random_device{}()) {
+      clock_(clock), random_(seed) {
   char host[64] = {};
   ::gethostname(host, sizeof host - 1);
   instance_id_ = std::string(host) + ":" + std::to_string(::getpid()) + ":" +

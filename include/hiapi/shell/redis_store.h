@@ -35,9 +35,13 @@ class Metrics;
 /// Thread-safety: not thread-safe; the loop's thread only.
 class RedisStore {
 public:
+  /// @param clock the loop's clock (must outlive the store): leases, heartbeats, reconnect
+  ///        backoff and round-trip times are measured on it.
+  /// @param seed seeds the reconnect jitter and the instance id's random part.
   /// @param pump called with a key name when its budget changed (a reply came, the store went
   ///        down or up): the limiter dispatches that key again.
-  RedisStore(event_base* base, const core::StoreConfig& cfg, Logger& log, Metrics* metrics,
+  RedisStore(event_base* base, const core::Clock& clock, uint64_t seed,
+             const core::StoreConfig& cfg, Logger& log, Metrics* metrics,
              std::function<void(const std::string& key)> pump);
   ~RedisStore();
   RedisStore(const RedisStore&) = delete;
@@ -134,7 +138,7 @@ private:
   Logger& log_;
   Metrics* metrics_;
   std::function<void(const std::string&)> pump_;
-  core::SteadyClock clock_;
+  const core::Clock& clock_;
   core::SeededRandom random_;
   std::optional<KeyIdentity> identity_;
   std::string instance_id_;
