@@ -44,6 +44,14 @@ def long_files(root, dirs, limit):
     return found
 
 
+def require_universal(ctags):
+    # Exuberant ctags has no end: field: every function would pass unmeasured.
+    version = subprocess.run([ctags, "--version"], check=True, stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout
+    if "Universal Ctags" not in version:
+        raise OSError("not universal-ctags (no end: field): " + version.splitlines()[0])
+
+
 def function_tags(root, dirs, ctags):
     # --sort=no: ctags' sort needs a writable temporary directory, and order is ours to choose.
     cmd = [ctags, "--fields=+ne", "--kinds-C++=f", "--sort=no", "-R", "-f", "-"] + list(dirs)
@@ -79,6 +87,7 @@ def main(argv):
     args = parse_args(argv)
     dirs = [d for d in args.dirs if os.path.isdir(os.path.join(args.root, d))]
     try:
+        require_universal(args.ctags)
         functions = long_functions(args.root, dirs, args.ctags, args.function_limit)
     except (OSError, subprocess.CalledProcessError) as e:
         print("size_check: cannot run %s: %s" % (args.ctags, e), file=sys.stderr)
