@@ -29,6 +29,8 @@ TEST_PACKAGES=(
   nginx-light prometheus wrk
   # the shared-store tests start their own redis-server on a loopback port
   redis-server
+  # tools/dev/size_check.py (ctest source_size_limits) reads function extents from ctags' end: field
+  universal-ctags
   # systemd unit verification; packaging (CPack's shlibdeps runs dpkg-shlibdeps and `file`),
   # and lintian on the package
   systemd dpkg-dev file lintian

@@ -60,27 +60,8 @@ bool KeyScheduler::laneOpen(std::optional<size_t> lane, MonotonicTime now) const
   return !lane || *lane >= gates_.size() || gates_[*lane]->canAcquire(now);
 }
 
-SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now) {
-  if (pending_.count(request.id) != 0 ||
-      std::any_of(ready_.begin(), ready_.end(),
-                  [&](const Admitted& a) { return a.id == request.id; })) {
-    return SubmitResult::DuplicateId;
-  }
-  Pending p;
-  p.route = request.route;
-  p.held_slot = request.held_slot;
-  p.enqueued = now;
-  if (request.route == RouteKind::Create) {
-    p.tier = clampTier(request.tier.value_or(gates_.size() - 1));
-    if (p.held_slot) {
-      // Trust the slot's real tier when we know it.
-      if (auto it = slot_tier_.find(*p.held_slot); it != slot_tier_.end()) {
-        p.tier = it->second;
-      } else {
-        p.held_slot.reset();  // expired or unknown: the retry needs a new slot
-      }
-    }
-  }
+QueueEntry KeyScheduler::queueEntryFor(const RequestInfo& request, const Pending& p,
+                                       MonotonicTime now) const {
   QueueEntry entry;
   entry.id = request.id;
   entry.client = request.client;
@@ -106,6 +87,31 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
   } else if (p.route == RouteKind::Poll && request.unblocks && *request.unblocks < gates_.size()) {
     entry.lane = kUnblockLanes + *request.unblocks;
   }
+  return entry;
+}
+
+SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now) {
+  if (pending_.count(request.id) != 0 ||
+      std::any_of(ready_.begin(), ready_.end(),
+                  [&](const Admitted& a) { return a.id == request.id; })) {
+    return SubmitResult::DuplicateId;
+  }
+  Pending p;
+  p.route = request.route;
+  p.held_slot = request.held_slot;
+  p.enqueued = now;
+  if (request.route == RouteKind::Create) {
+    p.tier = clampTier(request.tier.value_or(gates_.size() - 1));
+    if (p.held_slot) {
+      // Trust the slot's real tier when we know it.
+      if (auto it = slot_tier_.find(*p.held_slot); it != slot_tier_.end()) {
+        p.tier = it->second;
+      } else {
+        p.held_slot.reset();  // expired or unknown: the retry needs a new slot
+      }
+    }
+  }
+  QueueEntry entry = queueEntryFor(request, p, now);
   if (admitAtOnce(entry, p.route, now)) {
     ++counters_.submitted;
     return SubmitResult::Queued;

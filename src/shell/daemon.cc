@@ -2,8 +2,6 @@
 #include "hiapi/shell/redis_store.h"
 #include "hiapi/shell/deferred_service.h"
 
-#include <algorithm>
-#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -11,14 +9,10 @@
 
 #include <sys/resource.h>
 
-#include <rapidjson/document.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 #include <systemd/sd-daemon.h>
 
 #include "hiapi/core/config_reload.h"
 #include "hiapi/core/http_rules.h"
-#include "hiapi/core/key_name.h"
 #include "hiapi/shell/admin_server.h"
 #include "hiapi/shell/buffer_budget.h"
 #include "hiapi/shell/limiter.h"
@@ -107,7 +101,7 @@ void Daemon::declareKeys() {
   }
 }
 
-int Daemon::run() {
+void Daemon::prepareProcess() {
   std::signal(SIGPIPE, SIG_IGN);
   // A file over RLIMIT_FSIZE (the journal, the state file) is a failed write the proxy handles,
   // as it handles a full disk, not a reason to die.
@@ -123,13 +117,9 @@ int Daemon::run() {
                                                 {"to", static_cast<uint64_t>(nofile.rlim_cur)}});
     }
   }
-  started_ = clock_.now();
-  {
-    std::string text, error;
-    if (readRegularFile(opts_.config_path, text, error) == ReadFileResult::Ok) {
-      config_sections_ = core::configSections(text);
-    }
-  }
+}
+
+bool Daemon::createEventBase() {
   // The changelist coalesces the read/write interest evhttp turns on and off several times per
   // request into at most one epoll_ctl per descriptor and loop turn (B3 showed ~6 per request).
   // Its one caveat, dup()ed descriptors, does not apply: every socket here is our own.
@@ -144,14 +134,18 @@ int Daemon::run() {
   }
   if (base_ == nullptr) {
     log_.error("event_base_new failed");
-    return 1;
+    return false;
   }
+  return true;
+}
+
+bool Daemon::createServer() {
   metrics_ = std::make_unique<Metrics>();
   try {
     pool_ = std::make_unique<UpstreamPool>(base_, cfg_->upstream, log_);
   } catch (const std::exception& e) {
     log_.error("cannot set up the upstream", {{"error", e.what()}});
-    return 1;
+    return false;
   }
   timers_ = std::make_unique<EventTimers>(base_, clock_);
   proxy_ = std::make_unique<ProxyServer>(base_, *timers_, random_, cfg_, *pool_, log_);
@@ -169,9 +163,13 @@ int Daemon::run() {
                 {{"path", secret_path}, {"error", error}});
     }
   }
+  return true;
+}
+
+bool Daemon::createLimits() {
   limiter_ = std::make_unique<Limiter>(*timers_, random_, cfg_, log_, metrics_.get());
   if (!startStore()) {
-    return 1;
+    return false;
   }
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(*timers_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
@@ -182,72 +180,83 @@ int Daemon::run() {
   limiter_->on_lease_expired = [this](const std::string& key, uint64_t slot) {
     tasks_->onLeaseExpired(key, slot);
   };
-  proxy_->on_finished = [this](const RequestCtx& ctx, int status) {
-    if (ctx.internal) {
-      return;
-    }
-    const std::string_view key =
-        ctx.key_name.empty() ? std::string_view("none") : std::string_view(ctx.key_name);
-    metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
-    metrics_->clientRequest(core::routeName(ctx.route.kind),
-                            seconds(clock_.now() - ctx.received), ctx.bytes_in,
-                            ctx.bytes_out);
-    if (ctx.proxy_error) {
-      metrics_->proxyError(*ctx.proxy_error);
-      // A refusal is counted where its answer is: once per client answered, as errors_total
-      // and the clients' 429s count it (joined polls share one rejected fetch; the proxy's own
-      // polls answer nobody).
-      if (*ctx.proxy_error == core::ProxyError::QueueFull) {
-        metrics_->throttle(key, "queue_full");
-      } else if (*ctx.proxy_error == core::ProxyError::QueueTimeout) {
-        metrics_->throttle(key, "queue_timeout");
-      }
-    }
-    if (!ctx.cache_result.empty()) {
-      metrics_->pollCache(ctx.cache_result);
-    }
-    if (ctx.poll_held) {
-      metrics_->pollHeld(ctx.key_name);
-    }
-  };
+  proxy_->on_finished = [this](const RequestCtx& ctx, int status) { countFinished(ctx, status); };
   deferred_ = std::make_unique<DeferredService>(*timers_, random_, cfg_, *proxy_, *limiter_,
                                                 *tasks_, log_, metrics_.get());
   proxy_->setDeferHook(deferred_.get());
   tasks_->on_task_ended = [this](const std::string& key, const std::string& task_id) {
     deferred_->taskEnded(key, task_id);
   };
+  return true;
+}
+
+void Daemon::countFinished(const RequestCtx& ctx, int status) {
+  if (ctx.internal) {
+    return;
+  }
+  const std::string_view key =
+      ctx.key_name.empty() ? std::string_view("none") : std::string_view(ctx.key_name);
+  metrics_->clientResponse(key, core::routeName(ctx.route.kind), status);
+  metrics_->clientRequest(core::routeName(ctx.route.kind), seconds(clock_.now() - ctx.received),
+                          ctx.bytes_in, ctx.bytes_out);
+  if (ctx.proxy_error) {
+    metrics_->proxyError(*ctx.proxy_error);
+    // A refusal is counted where its answer is: once per client answered, as errors_total
+    // and the clients' 429s count it (joined polls share one rejected fetch; the proxy's own
+    // polls answer nobody).
+    if (*ctx.proxy_error == core::ProxyError::QueueFull) {
+      metrics_->throttle(key, "queue_full");
+    } else if (*ctx.proxy_error == core::ProxyError::QueueTimeout) {
+      metrics_->throttle(key, "queue_timeout");
+    }
+  }
+  if (!ctx.cache_result.empty()) {
+    metrics_->pollCache(ctx.cache_result);
+  }
+  if (ctx.poll_held) {
+    metrics_->pollHeld(ctx.key_name);
+  }
+}
+
+bool Daemon::startServices() {
   declareKeys();
   tasks_->restore();
   if (std::string error; !deferred_->start(&error)) {
     log_.error("cannot use the deferred journal", {{"error", error}});
-    return 1;
+    return false;
   }
-  if (!proxy_->listen()) {
-    return 1;
+  return proxy_->listen();
+}
+
+bool Daemon::startAdmin() {
+  if (!cfg_->admin.enabled) {
+    return true;
   }
-  if (cfg_->admin.enabled) {
-    admin_ = std::make_unique<AdminServer>(
-        base_, *metrics_, [this] { return statusJson(); }, [this] { return ready_; },
-        [this] { refreshGauges(); });
-    admin_->setConfigDump([this] { return cfg_->dump(); });
-    admin_->setLimitsHandler([this](std::string_view rest, std::string_view body,
-                                    const std::string& peer) {
-      return changeLimits(rest, body, peer);
-    });
-    if (!admin_->listen(cfg_->admin.address, cfg_->admin.port)) {
-      log_.error("cannot listen for admin", {{"address", cfg_->admin.address},
-                                             {"port", cfg_->admin.port},
-                                             {"error", admin_->lastError()}});
-      return 1;
-    }
+  admin_ = std::make_unique<AdminServer>(
+      base_, *metrics_, [this] { return statusJson(); }, [this] { return ready_; },
+      [this] { refreshGauges(); });
+  admin_->setConfigDump([this] { return cfg_->dump(); });
+  admin_->setLimitsHandler([this](std::string_view rest, std::string_view body,
+                                  const std::string& peer) {
+    return changeLimits(rest, body, peer);
+  });
+  if (!admin_->listen(cfg_->admin.address, cfg_->admin.port)) {
+    log_.error("cannot listen for admin", {{"address", cfg_->admin.address},
+                                           {"port", cfg_->admin.port},
+                                           {"error", admin_->lastError()}});
+    return false;
   }
+  return true;
+}
+
+bool Daemon::installSignals() {
   sigterm_ = evsignal_new(base_, SIGTERM, &Daemon::onSignal, this);
   sigint_ = evsignal_new(base_, SIGINT, &Daemon::onSignal, this);
   sighup_ = evsignal_new(base_, SIGHUP, &Daemon::onSignal, this);
   for (event* e : {sigterm_, sigint_, sighup_}) {
     if (e == nullptr || event_add(e, nullptr) != 0) {
       log_.error("cannot install signal handlers");
-      return 1;
+      return false;
     }
   }
   uint64_t watchdog_usec = 0;
@@ -256,6 +265,23 @@ int Daemon::run() {
     const timeval tv{static_cast<time_t>(watchdog_usec / 2 / 1'000'000),
                      static_cast<suseconds_t>((watchdog_usec / 2) % 1'000'000)};
     event_add(watchdog_, &tv);
+  }
+  return true;
+}
+
+int Daemon::run() {
+  prepareProcess();
+  started_ = clock_.now();
+  {
+    std::string text, error;
+    if (readRegularFile(opts_.config_path, text, error) == ReadFileResult::Ok) {
+      config_sections_ = core::configSections(text);
+    }
+  }
+  // Each step logs its own failure; the order is the order of dependence.
+  if (!createEventBase() || !createServer() || !createLimits() || !startServices() ||
+      !startAdmin() || !installSignals()) {
+    return 1;
   }
   if (!writePortFile()) {
     log_.error("cannot write the port file", {{"path", opts_.port_file}});
@@ -303,100 +329,6 @@ void Daemon::apply(core::ConfigSharedPtr next) {
     keys.push_back(name);
   }
   metrics_->retainKeys(keys);
-}
-
-namespace {
-
-std::string jsonError(const std::string& message) {
-  rapidjson::StringBuffer buf;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-  w.StartObject();
-  w.Key("error");
-  w.String(message.c_str(), static_cast<rapidjson::SizeType>(message.size()));
-  w.EndObject();
-  return std::string(buf.GetString(), buf.GetSize()) + "\n";
-}
-
-/// A rate given as "2/s" (the file's grammar) or a number of requests per second.
-std::optional<core::Rate> rateFrom(const rapidjson::Value& v) {
-  if (v.IsString()) {
-    return core::parseRate(v.GetString());
-  }
-  if (v.IsNumber() && v.GetDouble() > 0 && std::isfinite(v.GetDouble())) {
-    return core::Rate{v.GetDouble()};
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-
-AdminServer::LimitsReply Daemon::changeLimits(std::string_view rest, std::string_view body,
-                                              const std::string& peer) {
-  // keys/<name> {"rate": "2/s", "burst": 3}   tiers/<name> {"max_running": 4}
-  const size_t slash = rest.find('/');
-  const std::string_view kind = rest.substr(0, slash);
-  const std::string name(slash == std::string_view::npos ? "" : rest.substr(slash + 1));
-  if ((kind != "keys" && kind != "tiers") || name.empty()) {
-    return {404, jsonError("PUT /limits/keys/<key name> or /limits/tiers/<tier name>")};
-  }
-  rapidjson::Document d;
-  if (d.Parse(body.data(), body.size()).HasParseError() || !d.IsObject()) {
-    return {400, jsonError("the body must be a JSON object")};
-  }
-  auto next = std::make_shared<core::Config>(*cfg_);
-  std::vector<LogField> audit{{"peer", peer}, {"target", std::string(kind)}, {"name", name}};
-  if (kind == "keys") {
-    auto k = std::find_if(next->keys.begin(), next->keys.end(),
-                          [&](const core::KeyConfig& c) { return c.name == name; });
-    if (k == next->keys.end()) {
-      return {404, jsonError("no configured key is named '" + name + "'")};
-    }
-    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
-      const std::string_view field(m->name.GetString(), m->name.GetStringLength());
-      if (field == "rate") {
-        const std::optional<core::Rate> r = rateFrom(m->value);
-        if (!r) {
-          return {400, jsonError("rate: expected a rate like \"2/s\" or \"90/min\", or a "
-                                 "number of requests per second")};
-        }
-        k->rate = r;
-        audit.emplace_back("rate_per_second", r->per_second);
-      } else if (field == "burst") {
-        if (!m->value.IsNumber() || !(m->value.GetDouble() >= 1) ||
-            !std::isfinite(m->value.GetDouble())) {
-          return {400, jsonError("burst: expected a number of at least 1")};
-        }
-        k->burst = m->value.GetDouble();
-        audit.emplace_back("burst", *k->burst);
-      } else {
-        return {400, jsonError("unknown field '" + std::string(field) + "' (rate, burst)")};
-      }
-    }
-  } else {
-    auto t = std::find_if(next->limits.tiers.begin(), next->limits.tiers.end(),
-                          [&](const core::TierConfig& c) { return c.name == name; });
-    if (t == next->limits.tiers.end()) {
-      return {404, jsonError("no tier is named '" + name + "'")};
-    }
-    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
-      const std::string_view field(m->name.GetString(), m->name.GetStringLength());
-      if (field != "max_running") {
-        return {400, jsonError("unknown field '" + std::string(field) + "' (max_running)")};
-      }
-      if (!m->value.IsUint() || m->value.GetUint() < 1 || m->value.GetUint() > 100000) {
-        return {400, jsonError("max_running: expected an integer from 1 to 100000")};
-      }
-      t->max_running = m->value.GetUint();
-      audit.emplace_back("max_running", t->max_running);
-    }
-  }
-  if (audit.size() == 3) {
-    return {400, jsonError("nothing to change")};
-  }
-  apply(next);
-  // The audit trail: who changed what. It lasts until the next reload or restart.
-  log_.log(core::LogLevel::Warn, "limits changed at runtime (until the next reload)", audit);
-  return {200, "{\"ok\":true}\n"};
 }
 
 void Daemon::reload() {
@@ -481,213 +413,6 @@ void Daemon::onDrainTick(evutil_socket_t, short, void* arg) {
                     {{"in_flight", self->proxy_->active()}});
     self->proxy_->abortPending();
   }
-}
-
-void Daemon::refreshGauges() {
-  for (const auto& [key, snap] : limiter_->snapshots()) {
-    Metrics::KeyGauges kg;
-    kg.key = key;
-    kg.configured_rate = snap.configured_rate;
-    kg.effective_rate = snap.effective_rate;
-    kg.tokens = snap.tokens;
-    kg.cooldown_seconds = seconds(snap.cooldown_remaining);
-    kg.queue_depth = snap.queue_depth;
-    kg.advertised_limit = snap.advertised_limit;
-    kg.advertised_remaining = snap.advertised_remaining;
-    metrics_->setKeyGauges(kg);
-    std::vector<uint64_t>& seen_leases = seen_lease_expiries_[key];
-    seen_leases.resize(snap.tiers.size(), 0);
-    for (size_t i = 0; i < snap.tiers.size(); ++i) {
-      const core::TierSnapshot& t = snap.tiers[i];
-      Metrics::TierGauges tg;
-      tg.key = key;
-      tg.tier = t.name;
-      tg.running = t.running;
-      tg.ceiling = t.ceiling;
-      tg.effective_ceiling = t.effective_ceiling;
-      tg.queued = t.queued;
-      metrics_->setTierGauges(tg);
-      if (t.leases_expired > seen_leases[i]) {
-        const auto n = static_cast<double>(t.leases_expired - seen_leases[i]);
-        metrics_->leaseExpired(key, t.name, n);
-        metrics_->taskOutcome(key, t.name, "lease_expired", n);
-        seen_leases[i] = t.leases_expired;
-      }
-    }
-    // Throttle counters live in the scheduler: turn their growth into metric increments.
-    core::SchedulerCounters& seen = seen_counters_[key];
-    const core::SchedulerCounters& c = snap.counters;
-    using Count = void (Metrics::*)(std::string_view, std::string_view, double);
-    // clang 14 cannot capture a structured binding in a lambda (C++20 allows it, gcc does).
-    const std::string& name = key;
-    auto bump = [&](Count count, uint64_t now_v, uint64_t& was, std::string_view reason) {
-      if (now_v > was) {
-        (metrics_.get()->*count)(name, reason, static_cast<double>(now_v - was));
-        was = now_v;
-      }
-    };
-    bump(&Metrics::throttle, c.throttled_rate, seen.throttled_rate, "rate");
-    bump(&Metrics::throttle, c.throttled_concurrency, seen.throttled_concurrency, "concurrency");
-    bump(&Metrics::throttle, c.throttled_cooldown, seen.throttled_cooldown, "cooldown");
-    // Shadow mode: what would have been held back, apart from what was.
-    bump(&Metrics::shadowThrottle, c.shadow_rate, seen.shadow_rate, "rate");
-    bump(&Metrics::shadowThrottle, c.shadow_concurrency, seen.shadow_concurrency, "concurrency");
-    bump(&Metrics::shadowThrottle, c.shadow_cooldown, seen.shadow_cooldown, "cooldown");
-  }
-  metrics_->setTrackedTasks(tasks_->tracker().stats().tracked);
-  metrics_->setUpstreamConnections(pool_->busyConnections(), pool_->idleConnections());
-  metrics_->setInflight(proxy_->active());
-  metrics_->setQueueCapacity(cfg_->queue.max_size);
-  metrics_->setClientConnections(proxy_->clientConnections(), proxy_->clientConnectionsAccepted());
-  deferred_->refreshGauges();
-}
-
-void Daemon::writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const {
-  // Ids, key names, tiers and ages: never a key, never a body.
-  const core::DeferredBook& book = deferred_->book();
-  w.Key("deferred");
-  w.StartObject();
-  w.Key("journal");
-  w.String(deferred_->journalPath().c_str());
-  w.Key("store_ready");
-  w.Bool(deferred_->storeReady());
-  w.Key("records");
-  w.Uint64(book.size());
-  w.Key("queued");
-  w.StartArray();
-  const int64_t now_s = std::chrono::duration_cast<std::chrono::seconds>(
-                            clock_.wallNow().time_since_epoch())
-                            .count();
-  for (const core::DeferredRecord* r : book.all()) {
-    if (r->state != core::DeferredState::Queued) {
-      continue;
-    }
-    const size_t position = book.position(r->id).value_or(0);
-    w.StartObject();
-    w.Key("task");
-    w.String(r->id.c_str());
-    w.Key("key");
-    w.String(r->key.c_str());
-    w.Key("tier");
-    w.String(r->tier.c_str());
-    w.Key("position");
-    w.Uint64(position);
-    w.Key("age_seconds");
-    w.Int64(now_s - r->accepted_ms / 1000);
-    if (auto start = deferred_->estimatedStart(*r, position)) {
-      w.Key("estimated_start");
-      w.Int64(*start);
-    }
-    w.EndObject();
-  }
-  w.EndArray();
-  w.EndObject();
-}
-
-std::string Daemon::statusJson() {
-  refreshGauges();
-  const auto now = clock_.now();
-  rapidjson::StringBuffer buf;
-  rapidjson::Writer<rapidjson::StringBuffer> w(buf);
-  w.StartObject();
-  w.Key("version");
-  w.String(HIAPI_PROXY_VERSION);
-  w.Key("uptime_seconds");
-  w.Double(seconds(now - started_));
-  w.Key("ready");
-  w.Bool(ready_);
-  w.Key("draining");
-  w.Bool(shutting_down_);
-  w.Key("limits_mode");
-  w.String(cfg_->limits.mode == core::LimitMode::Shadow ? "shadow" : "enforce");
-  w.Key("in_flight");
-  w.Uint64(proxy_->active());
-  w.Key("buffered_reply_bytes");
-  w.Uint64(reply_budget_->used());
-  w.Key("upstream");
-  w.StartObject();
-  w.Key("url");
-  w.String(cfg_->upstream.url.c_str());
-  w.Key("connections_busy");
-  w.Uint64(pool_->busyConnections());
-  w.Key("connections_idle");
-  w.Uint64(pool_->idleConnections());
-  w.Key("waiting_for_connection");
-  w.Uint64(pool_->waiting());
-  w.EndObject();
-  writeStoreStatus(w);
-  w.Key("keys");
-  w.StartArray();
-  for (const auto& [key, snap] : limiter_->snapshots()) {
-    w.StartObject();
-    w.Key("name");
-    const std::string_view shown = core::keyDisplayName(key);  // never the key
-    w.String(shown.data(), static_cast<rapidjson::SizeType>(shown.size()));
-    w.Key("configured_rate_per_s");
-    w.Double(snap.configured_rate);
-    w.Key("effective_rate_per_s");
-    w.Double(snap.effective_rate);
-    w.Key("tokens");
-    w.Double(snap.tokens);
-    w.Key("burst");
-    w.Double(snap.burst);
-    w.Key("cooldown_seconds");
-    w.Double(seconds(snap.cooldown_remaining));
-    w.Key("queue_depth");
-    w.Uint64(snap.queue_depth);
-    w.Key("tiers");
-    w.StartArray();
-    for (const core::TierSnapshot& t : snap.tiers) {
-      w.StartObject();
-      w.Key("name");
-      w.String(t.name.c_str());
-      w.Key("running");
-      w.Uint(t.running);
-      w.Key("ceiling");
-      w.Uint(t.ceiling);
-      w.Key("effective_ceiling");
-      w.Uint(t.effective_ceiling);
-      w.Key("queued");
-      w.Uint64(t.queued);
-      w.EndObject();
-    }
-    w.EndArray();
-    w.EndObject();
-  }
-  w.EndArray();
-  writeDeferredStatus(w);
-  const core::TaskTracker::Stats ts = tasks_->tracker().stats();
-  w.Key("tasks");
-  w.StartObject();
-  w.Key("tracked");
-  w.Uint64(ts.tracked);
-  w.Key("holding_slots");
-  w.Uint64(ts.holding_slots);
-  w.Key("cache_entries");
-  w.Uint64(ts.cache_entries);
-  w.Key("cache_bytes");
-  w.Uint64(ts.cache_bytes);
-  w.Key("running");
-  w.StartArray();
-  for (const core::TrackedTaskInfo& t : tasks_->tracker().running()) {
-    w.StartObject();
-    w.Key("key");
-    const std::string_view key_shown = core::keyDisplayName(t.key);
-    w.String(key_shown.data(), static_cast<rapidjson::SizeType>(key_shown.size()));
-    w.Key("task_id");
-    w.String(t.task_id.c_str());
-    w.Key("tier");
-    w.String(t.tier_name.c_str());
-    w.Key("status");
-    w.String(t.status.c_str());
-    w.Key("age_seconds");
-    w.Double(seconds(now - t.created));
-    w.EndObject();
-  }
-  w.EndArray();
-  w.EndObject();
-  w.EndObject();
-  return std::string(buf.GetString(), buf.GetSize());
 }
 
 }  // namespace hiapi::shell

@@ -1,21 +1,15 @@
+// Which metric families exist and which series they start with, and every update the proxy
+// makes to them, each with its label values bounded. The series cache is metrics_series.cc; the
+// scrape and the process metrics are metrics_process.cc.
+
 #include "hiapi/shell/metrics.h"
 
 #include "hiapi/core/key_name.h"
 
-#include <sys/resource.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <iterator>
-#include <sstream>
-
-#include <prometheus/metric_family.h>
-#include <prometheus/text_serializer.h>
 
 #include "hiapi/version.h"
 
@@ -39,7 +33,6 @@ const std::vector<double> kDeferredWaitBuckets{1,   2,   5,    10,   30,   60,  
                                                600, 1200, 1800, 3600, 7200, 14400, 21600};
 const std::vector<double> NoBuckets{};
 
-constexpr char kSep = '\x1f';  // between label values in cache keys; never in a label value
 constexpr size_t kMaxLabelLength = 64;
 
 std::vector<std::string> splitLabels(std::string_view s) {
@@ -141,67 +134,6 @@ bool looksLikeSecret(std::string_view v) {
   return starts("sk-") || starts("bearer") || v.size() > kMaxLabelLength;
 }
 
-// ---- process metrics ----------------------------------------------------------------------------
-
-struct ProcessSample {
-  double cpu = 0, resident = 0, virtual_mem = 0, open_fds = 0, max_fds = 0, start_time = 0;
-};
-
-// The process's start, taken when the library is loaded (before main): reading the boot time
-// from /proc/stat would rule out systemd's ProcSubset=pid hardening.
-const double kProcessStartWall =
-    std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-
-ProcessSample sampleProcess() {
-  ProcessSample s;
-  static const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
-  static const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
-  std::ifstream f("/proc/self/stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const size_t paren = stat.rfind(')');
-  if (paren != std::string::npos && ticks > 0) {
-    std::istringstream in(stat.substr(paren + 1));
-    std::vector<std::string> fields{std::istream_iterator<std::string>(in),
-                                    std::istream_iterator<std::string>()};
-    // fields[0] is field 3 (state) of proc(5): utime 14, stime 15, starttime 22, vsize 23, rss 24.
-    if (fields.size() > 21) {
-      s.cpu = (std::strtod(fields[11].c_str(), nullptr) + std::strtod(fields[12].c_str(), nullptr)) /
-              ticks;
-      s.start_time = kProcessStartWall;
-      s.virtual_mem = std::strtod(fields[20].c_str(), nullptr);
-      s.resident = std::strtod(fields[21].c_str(), nullptr) * page;
-    }
-  }
-  std::error_code ec;
-  size_t fds = 0;
-  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end;
-       it.increment(ec)) {
-    ++fds;
-  }
-  s.open_fds = static_cast<double>(fds);
-  rlimit lim{};
-  if (getrlimit(RLIMIT_NOFILE, &lim) == 0) {
-    s.max_fds = lim.rlim_cur == RLIM_INFINITY ? 0 : static_cast<double>(lim.rlim_cur);
-  }
-  return s;
-}
-
-prometheus::MetricFamily processFamily(const char* name, const char* help,
-                                       prometheus::MetricType type, double value) {
-  prometheus::MetricFamily f;
-  f.name = name;
-  f.help = help;
-  f.type = type;
-  prometheus::ClientMetric m;
-  if (type == prometheus::MetricType::Counter) {
-    m.counter.value = value;
-  } else {
-    m.gauge.value = value;
-  }
-  f.metric.push_back(std::move(m));
-  return f;
-}
-
 }  // namespace
 
 std::vector<MetricDoc> metricDocs() {
@@ -254,97 +186,6 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
 
 Metrics::~Metrics() = default;
 
-template <typename T>
-const std::string& Metrics::cacheKey(const Cached<T>&,
-                                    std::initializer_list<std::string_view> values) {
-  scratch_.clear();
-  for (std::string_view v : values) {
-    scratch_.append(v);
-    scratch_.push_back(kSep);
-  }
-  return scratch_;
-}
-
-template <typename T>
-prometheus::Labels Metrics::labelsFor(const Cached<T>& c,
-                                      std::initializer_list<std::string_view> values) {
-  prometheus::Labels labels;
-  size_t i = 0;
-  for (std::string_view v : values) {
-    if (i < c.label_names.size()) {
-      labels.emplace(c.label_names[i], std::string(v));
-    }
-    ++i;
-  }
-  return labels;
-}
-
-template <typename T>
-T* Metrics::lastIf(const Cached<T>& c, std::initializer_list<std::string_view> values) {
-  if (c.last == nullptr || c.last_values.size() != values.size()) {
-    return nullptr;
-  }
-  size_t i = 0;
-  for (std::string_view v : values) {
-    if (c.last_values[i++] != v) {
-      return nullptr;
-    }
-  }
-  return c.last;
-}
-
-template <typename T>
-void Metrics::remember(Cached<T>& c, T* m, std::initializer_list<std::string_view> values) {
-  c.last = m;
-  c.last_values.resize(values.size());
-  size_t i = 0;
-  for (std::string_view v : values) {
-    c.last_values[i++].assign(v);
-  }
-}
-
-Counter& Metrics::counter(Cached<Counter>& c, std::initializer_list<std::string_view> values) {
-  if (Counter* last = lastIf(c, values)) {
-    return *last;
-  }
-  const std::string& k = cacheKey(c, values);
-  auto it = c.series.find(k);
-  Counter* m = it != c.series.end() ? it->second : nullptr;
-  if (m == nullptr) {
-    m = &c.family->Add(labelsFor(c, values));
-    c.series.emplace(k, m);
-  }
-  remember(c, m, values);
-  return *m;
-}
-
-Gauge& Metrics::gauge(Cached<Gauge>& c, std::initializer_list<std::string_view> values) {
-  const std::string& k = cacheKey(c, values);
-  auto it = c.series.find(k);
-  if (it != c.series.end()) {
-    return *it->second;
-  }
-  Gauge& m = c.family->Add(labelsFor(c, values));
-  c.series.emplace(k, &m);
-  return m;
-}
-
-Histogram& Metrics::histogram(Cached<Histogram>& c, const std::vector<double>& buckets,
-                              std::initializer_list<std::string_view> values) {
-  if (Histogram* last = lastIf(c, values)) {
-    return *last;
-  }
-  const std::string& k = cacheKey(c, values);
-  auto it = c.series.find(k);
-  Histogram* m = it != c.series.end() ? it->second : nullptr;
-  if (m == nullptr) {
-    m = &c.family->Add(labelsFor(c, values), buckets);
-    c.series.emplace(k, m);
-  }
-  remember(c, m, values);
-  return *m;
-}
-
 std::string_view Metrics::keyLabelLocked(std::string_view key) {
   if (!last_key_label_.empty() && key == last_key_) {
     return last_key_label_;  // the same key as last time (the usual case): no hashing
@@ -375,16 +216,6 @@ std::string_view Metrics::keyLabelUncached(std::string_view key) {
 std::string Metrics::keyLabel(std::string_view key) {
   std::lock_guard<std::mutex> lock(mu_);
   return std::string(keyLabelLocked(key));
-}
-
-std::string Metrics::serialize() {
-  std::vector<prometheus::MetricFamily> families = registry_->Collect();
-  const ProcessSample p = sampleProcess();
-#define HIAPI_PROCESS_FAMILY(member, Type, name, help) \
-  families.push_back(processFamily(name, help, prometheus::Type::metric_type, p.member));
-  HIAPI_PROCESS_METRICS(HIAPI_PROCESS_FAMILY)
-#undef HIAPI_PROCESS_FAMILY
-  return prometheus::TextSerializer{}.Serialize(families);
 }
 
 // ---- events ---------------------------------------------------------------------------------------
@@ -632,33 +463,5 @@ void Metrics::setInflight(size_t n) {
   gauge(inflight_, {}).Set(static_cast<double>(n));
 }
 
-void Metrics::retainKeys(const std::vector<std::string>& keys) {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::unordered_set<std::string> keep;
-  for (const std::string& k : keys) {
-    keep.insert(std::string(keyLabelLocked(k)));
-  }
-  auto prune = [&](Cached<Gauge>& c) {
-    for (auto it = c.series.begin(); it != c.series.end();) {
-      const std::string key = it->first.substr(0, it->first.find(kSep));
-      if (keep.count(key) == 0) {
-        c.family->Remove(it->second);
-        c.last = nullptr;  // (gauges do not use it today; never leave it dangling)
-        it = c.series.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  };
-  prune(rate_configured_);
-  prune(rate_effective_);
-  prune(tokens_available_);
-  prune(cooldown_);
-  prune(advertised_limit_);
-  prune(advertised_remaining_);
-  prune(queue_depth_);
-  prune(tasks_running_);
-  prune(tier_ceiling_);
-}
 
 }  // namespace hiapi::shell

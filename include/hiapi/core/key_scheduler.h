@@ -335,6 +335,9 @@ private:
   /// the tokens the queue waits for, nullopt when it does not wait for tokens.
   void setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& open,
                std::optional<double> tokens_wanted, Dispatch& out) const;
+  /// submit()'s queue entry for @p request: its deadline, its lane, and for background work how
+  /// long it waits for spare tokens.
+  QueueEntry queueEntryFor(const RequestInfo& request, const Pending& p, MonotonicTime now) const;
   /// submit()'s shortcut: @return whether @p entry was admitted at once (into ready_).
   bool admitAtOnce(const QueueEntry& entry, RouteKind route, MonotonicTime now);
   bool laneOpen(std::optional<size_t> lane, MonotonicTime now) const;

@@ -30,6 +30,7 @@ class Metrics;
 class AdminServer;
 class BufferBudget;
 class RedisStore;
+struct RequestCtx;
 
 struct DaemonOptions {
   std::string config_path;
@@ -48,6 +49,22 @@ public:
   int run();
 
 private:
+  // run()'s start-up steps, in order. Each logs its own failure and returns false on it.
+  /// Ignores SIGPIPE and SIGXFSZ; raises the descriptor limit.
+  void prepareProcess();
+  bool createEventBase();
+  /// The metrics, the upstream pool, the timers and the client-facing server.
+  bool createServer();
+  /// The limiter (and shared store), the task service and the deferred service, wired together.
+  bool createLimits();
+  /// Declares the keys, restores state, opens the journal and starts listening for clients.
+  bool startServices();
+  bool startAdmin();
+  /// SIGTERM/SIGINT/SIGHUP through the loop, and the systemd watchdog when asked for.
+  bool installSignals();
+  /// Counts an answered client request in the metrics.
+  void countFinished(const RequestCtx& ctx, int status);
+
   static void onSignal(evutil_socket_t sig, short, void* arg);
   static void onDrainTick(evutil_socket_t, short, void* arg);
   static void onWatchdog(evutil_socket_t, short, void* arg);
@@ -56,11 +73,14 @@ private:
   /// Puts @p next in force everywhere (reload, runtime limit changes).
   void apply(core::ConfigSharedPtr next);
   /// Admin PUT /limits/keys/<name> or /limits/tiers/<name>: changes a key's rate/burst or a
-  /// tier's ceiling in the running configuration, until the next reload. Logged as an audit line.
+  /// tier's ceiling in the running configuration, until the next reload. Logged as an audit line
+  /// (daemon_limits.cc).
   AdminServer::LimitsReply changeLimits(std::string_view rest, std::string_view body,
                                         const std::string& peer);
   bool writePortFile();
+  /// The metrics gauges (daemon_status.cc): refreshed before each scrape and /status.
   void refreshGauges();
+  /// The /status document (daemon_status.cc).
   std::string statusJson();
   void writeDeferredStatus(rapidjson::Writer<rapidjson::StringBuffer>& w) const;
   /// store.kind: redis: creates the shared store and hands it to the limiter (daemon_store.cc).

@@ -118,6 +118,16 @@ private:
   /// A retry delay ended: @p id goes back into @p key's queue (both by value: the timer that
   /// called this is gone by then).
   void retryDue(std::string key, uint64_t id);
+  // completed()'s steps (limiter_outcome.cc).
+  /// Feeds @p out to @p ks's scheduler and counts the reply in the metrics.
+  void learnFrom(KeyState& ks, const RequestCtx& ctx, const core::UpstreamOutcome& out,
+                 core::Duration latency, core::MonotonicTime now);
+  /// A create's slot after its reply: held by the created task, or given back at once.
+  void settleCreateSlot(KeyState& ks, RequestCtx& ctx, const std::string& body, bool success,
+                        core::MonotonicTime now);
+  /// Asks the retry policy and the budget; arms the retry timer. @return whether it retries.
+  bool scheduleRetry(KeyState& ks, RequestCtx& ctx, const UpstreamResponse& resp,
+                     const core::UpstreamOutcome& out, core::MonotonicTime now);
   void sweep();
 
   Timers& timers_;
