@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "harness/harness.h"
+#include "harness/script_server.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_conn.h"
 #include "hiapi/shell/upstream_pool.h"
@@ -41,187 +42,7 @@ using shell::UpstreamPool;
 using shell::UpstreamRequest;
 using shell::UpstreamResponse;
 
-// ---- a scripted loopback server -----------------------------------------------------------------
-
-/// One accepted connection, seen from the server's handler (its own thread, blocking socket).
-class ServerConn {
-public:
-  ServerConn(int fd, size_t index, uint16_t peer_port)
-      : fd_(fd), index_(index), peer_port_(peer_port) {
-    const timeval tv{10, 0};  // bounds every read: no test hangs on a lost byte
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    const int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  size_t index() const { return index_; }
-  uint16_t peerPort() const { return peer_port_; }
-
-  /// Reads one request: the head and a Content-Length body. @return nullopt on EOF or error.
-  std::optional<std::string> readRequest() {
-    size_t head_end;
-    while ((head_end = buf_.find("\r\n\r\n")) == std::string::npos) {
-      if (!fill()) {
-        return std::nullopt;
-      }
-    }
-    head_end += 4;
-    size_t body = 0;
-    const std::string head = lower(buf_.substr(0, head_end));
-    if (const size_t cl = head.find("\r\ncontent-length:"); cl != std::string::npos) {
-      body = std::stoul(head.substr(cl + 17));
-    }
-    while (buf_.size() < head_end + body) {
-      if (!fill()) {
-        return std::nullopt;
-      }
-    }
-    std::string req = buf_.substr(0, head_end + body);
-    buf_.erase(0, head_end + body);
-    return req;
-  }
-  void send(const std::string& data) {
-    size_t off = 0;
-    while (off < data.size()) {
-      const ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) {
-        return;
-      }
-      off += static_cast<size_t>(n);
-    }
-  }
-  /// One byte per write, a little apart, so that the client sees them in separate reads.
-  void sendByteByByte(const std::string& data) {
-    for (char ch : data) {
-      send(std::string(1, ch));
-      std::this_thread::sleep_for(std::chrono::microseconds(300));
-    }
-  }
-  /// Sends FIN (the socket is closed by the server's destructor).
-  void shutdownWrite() { ::shutdown(fd_, SHUT_WR); }
-  /// Waits until the peer closes (or the server stops).
-  void waitForClose() {
-    while (fill()) {
-    }
-  }
-
-private:
-  static std::string lower(std::string s) {
-    for (char& c : s) {
-      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return s;
-  }
-  bool fill() {
-    char tmp[64 * 1024];
-    const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-    if (n <= 0) {
-      return false;
-    }
-    buf_.append(tmp, static_cast<size_t>(n));
-    return true;
-  }
-
-  int fd_;
-  size_t index_;
-  uint16_t peer_port_;
-  std::string buf_;
-};
-
-/// Accepts on 127.0.0.1 (or ::1) port 0 and runs @p handler for each connection on a thread.
-class ScriptServer {
-public:
-  using Handler = std::function<void(ServerConn&)>;
-
-  explicit ScriptServer(Handler handler, bool v6 = false) : handler_(std::move(handler)) {
-    listen_fd_ = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const int one = 1;
-    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int rc = -1;
-    if (v6) {
-      sockaddr_in6 sa{};
-      sa.sin6_family = AF_INET6;
-      sa.sin6_addr = in6addr_loopback;
-      rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    } else {
-      sockaddr_in sa{};
-      sa.sin_family = AF_INET;
-      sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    }
-    if (rc != 0 || ::listen(listen_fd_, 64) != 0) {
-      return;
-    }
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-    port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                     : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    acceptor_ = std::thread([this] { acceptLoop(); });
-  }
-  ~ScriptServer() {
-    stop_ = true;
-    if (acceptor_.joinable()) {
-      acceptor_.join();
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int fd : fds_) {
-        ::shutdown(fd, SHUT_RDWR);  // wakes handlers blocked in recv
-      }
-    }
-    for (auto& t : workers_) {
-      t.join();
-    }
-    for (int fd : fds_) {
-      ::close(fd);
-    }
-    if (listen_fd_ >= 0) {
-      ::close(listen_fd_);
-    }
-  }
-  ScriptServer(const ScriptServer&) = delete;
-  ScriptServer& operator=(const ScriptServer&) = delete;
-
-  bool ok() const { return port_ != 0; }
-  uint16_t port() const { return port_; }
-  size_t accepted() const { return accepted_; }
-
-private:
-  void acceptLoop() {
-    while (!stop_) {
-      pollfd p{listen_fd_, POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) {
-        continue;
-      }
-      sockaddr_storage ss{};
-      socklen_t len = sizeof ss;
-      const int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-      if (fd < 0) {
-        continue;
-      }
-      const uint16_t peer =
-          ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                   : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(fd);
-      const size_t index = accepted_++;
-      workers_.emplace_back([this, fd, index, peer] {
-        ServerConn c(fd, index, peer);
-        handler_(c);
-      });
-    }
-  }
-
-  Handler handler_;
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<size_t> accepted_{0};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> fds_;
-  std::vector<std::thread> workers_;
-};
+// ---- scripts (harness/script_server.h runs them) ----------------------------------------------
 
 /// A recorder of what each request said and which connection (peer port) it came on.
 struct Seen {
@@ -730,7 +551,9 @@ TEST_F(UpstreamPoolTest, HeadersOverTheLimitAreAProtocolError) {
 
 TEST_F(UpstreamPoolTest, Ipv6LiteralHost) {
   Seen seen;
-  ScriptServer server(keepAliveServer(seen), /*v6=*/true);
+  ScriptServerOptions v6;
+  v6.v6 = true;
+  ScriptServer server(keepAliveServer(seen), v6);
   if (!server.ok()) {
     GTEST_SKIP() << "no IPv6 loopback here";
   }
@@ -775,7 +598,9 @@ TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
     GTEST_SKIP() << "localhost does not resolve here";
   }
   Seen seen;
-  ScriptServer server(keepAliveServer(seen), lookup.family == AF_INET6);
+  ScriptServerOptions family;
+  family.v6 = lookup.family == AF_INET6;
+  ScriptServer server(keepAliveServer(seen), family);
   ASSERT_TRUE(server.ok());
   makePool(config(server.port(), "localhost"));
   for (int i = 0; i < 2; ++i) {
