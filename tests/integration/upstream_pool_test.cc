@@ -614,6 +614,94 @@ TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
   EXPECT_EQ(server.accepted(), 1u);
 }
 
+/// The addresses @p dns gives for @p name, in its order ("127.0.0.1", ...); @p run drives the
+/// loop until the lookup has answered.
+std::vector<std::string> lookUp(evdns_base* dns, const std::string& name,
+                                const std::function<bool(const std::function<bool()>&)>& run) {
+  struct Lookup {
+    bool done = false;
+    std::vector<std::string> addrs;
+  } lookup;
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  evdns_getaddrinfo(
+      dns, name.c_str(), "80", &hints,
+      [](int result, evutil_addrinfo* res, void* arg) {
+        auto* l = static_cast<Lookup*>(arg);
+        l->done = true;
+        for (const evutil_addrinfo* ai = result == 0 ? res : nullptr; ai != nullptr;
+             ai = ai->ai_next) {
+          char text[INET6_ADDRSTRLEN] = {};
+          if (ai->ai_family == AF_INET) {
+            inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(ai->ai_addr)->sin_addr, text,
+                      sizeof text);
+          } else if (ai->ai_family == AF_INET6) {
+            inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(ai->ai_addr)->sin6_addr,
+                      text, sizeof text);
+          }
+          l->addrs.emplace_back(text);
+        }
+        if (res != nullptr) {
+          evutil_freeaddrinfo(res);
+        }
+      },
+      &lookup);
+  run([&] { return lookup.done; });
+  return lookup.addrs;
+}
+
+TEST_F(UpstreamPoolTest, ANameWhoseFirstAddressRefusesIsReachedThroughTheNext) {
+  Seen seen;
+  ScriptServer server(keepAliveServer(seen));  // 127.0.0.1 only: 127.0.0.3 at its port refuses
+  ASSERT_TRUE(server.ok());
+  // A resolver with no nameserver that knows the name from a hosts file of the test's own, so
+  // that neither the system's resolver nor its /etc/hosts is involved.
+  TempDir dir;
+  dir.write("hosts", "127.0.0.3 two-addresses.test\n127.0.0.1 two-addresses.test\n");
+  evdns_base* dns = evdns_base_new(base_, 0);
+  ASSERT_NE(dns, nullptr);
+  ASSERT_EQ(evdns_base_load_hosts(dns, dir.file("hosts").c_str()), 0);
+  const auto run = [this](const std::function<bool()>& pred) { return runUntil(pred); };
+  ASSERT_EQ(lookUp(dns, "two-addresses.test", run),
+            (std::vector<std::string>{"127.0.0.3", "127.0.0.1"}))
+      << "the refusing address must come first for this test to mean anything";
+
+  pool_ = std::make_unique<UpstreamPool>(base_, config(server.port(), "two-addresses.test"),
+                                         log_, dns);
+  for (int i = 0; i < 2; ++i) {
+    Outcome o = exchange(get("/two"));
+    ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
+    EXPECT_EQ(o.resp.status, 200);
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen.requests[0].find("\r\nHost: two-addresses.test:" +
+                                  std::to_string(server.port()) + "\r\n"),
+            std::string::npos)
+      << seen.requests[0];
+  EXPECT_EQ(server.accepted(), 1u) << "the connection made through the second address is kept";
+  pool_.reset();
+  // The pool does not free a resolver it was given: this would be a double free otherwise.
+  evdns_base_free(dns, 0);
+}
+
+TEST_F(UpstreamPoolTest, ANameWhoseEveryAddressRefusesIsAConnectErrorWithNothingSent) {
+  const uint16_t port = unusedPort();
+  TempDir dir;
+  dir.write("hosts", "127.0.0.3 refusing.test\n127.0.0.1 refusing.test\n");
+  evdns_base* dns = evdns_base_new(base_, 0);
+  ASSERT_NE(dns, nullptr);
+  ASSERT_EQ(evdns_base_load_hosts(dns, dir.file("hosts").c_str()), 0);
+  pool_ = std::make_unique<UpstreamPool>(base_, config(port, "refusing.test"), log_, dns);
+  Outcome o = exchange(get("/none"));
+  EXPECT_EQ(o.resp.error, UpstreamError::Connect) << o.resp.message;
+  EXPECT_FALSE(o.resp.request_maybe_sent);
+  EXPECT_NE(o.resp.message.find("refused"), std::string::npos) << o.resp.message;
+  pool_.reset();
+  evdns_base_free(dns, 0);
+}
+
 // ---- the pool -----------------------------------------------------------------------------------
 
 TEST_F(UpstreamPoolTest, PoolSizeBoundsConnectionsAndTheRestWaitInLine) {
