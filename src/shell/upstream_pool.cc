@@ -62,8 +62,9 @@ struct UpstreamPool::Conn final : UpstreamConn::Owner {
   void onIdleClosed(UpstreamConn&) override { pool->discard(this); }
 };
 
-UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log)
-    : base_(base), cfg_(cfg), log_(log) {
+UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log,
+                           evdns_base* resolver)
+    : base_(base), dns_(resolver), cfg_(cfg), log_(log) {
   if (cfg_.scheme == "https") {
     tls_ = std::make_unique<TlsClientContext>(cfg_);
   }
@@ -80,10 +81,13 @@ UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Lo
     host_header_.append(1, ':').append(std::to_string(cfg_.port));
   }
   // Name resolution on the loop, never a blocking getaddrinfo (IP literals resolve at once).
-  dns_ = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                   EVDNS_BASE_DISABLE_WHEN_INACTIVE);
   if (dns_ == nullptr) {
-    log_.warn("evdns_base_new failed: falling back to blocking name resolution");
+    dns_ = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                     EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    owns_dns_ = dns_ != nullptr;
+    if (dns_ == nullptr) {
+      log_.warn("evdns_base_new failed: falling back to blocking name resolution");
+    }
   }
   deferred_ = event_new(base_, -1, 0, &UpstreamPool::onDeferred, this);
   idle_sweep_ = event_new(base_, -1, EV_PERSIST, &UpstreamPool::onIdleSweep, this);
@@ -107,7 +111,7 @@ UpstreamPool::~UpstreamPool() {
   if (wait_timer_ != nullptr) {
     event_free(wait_timer_);
   }
-  if (dns_ != nullptr) {
+  if (owns_dns_) {
     evdns_base_free(dns_, 0);
   }
 }

@@ -10,7 +10,6 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "harness/harness.h"
+#include "harness/script_server.h"
 #include "harness/workload.h"
 #include "hiapi/core/config.h"
 
@@ -342,72 +342,20 @@ TEST_F(HardeningUpstream, RepliesNobodyReadsAreBoundedAllTogether) {
   EXPECT_EQ(r.body, "small");
 }
 
-// An upstream that answers every request on every connection with fixed bytes, from a thread of
-// its own (TestUpstream, being evhttp, cannot send a malformed reply).
-class RawUpstream {
-public:
-  explicit RawUpstream(std::string reply) : reply_(std::move(reply)) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::listen(fd_, 16);
-    socklen_t len = sizeof a;
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] { run(); });
-  }
-  ~RawUpstream() {
-    stop_ = true;
-    thread_.join();
-    ::close(fd_);
-  }
-  uint16_t port() const { return port_; }
-  int requests() const { return requests_; }
-
-private:
-  void run() {
-    // Bounded: polls every 20 ms until stopped; each connection gets one request's answer.
-    while (!stop_) {
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) {
-        continue;
-      }
-      const int c = ::accept(fd_, nullptr, nullptr);
-      if (c < 0) {
-        continue;
-      }
-      std::string got;
-      const auto until = std::chrono::steady_clock::now() + 2s;
-      while (got.find("\r\n\r\n") == std::string::npos && std::chrono::steady_clock::now() < until) {
-        pollfd q{c, POLLIN, 0};
-        if (::poll(&q, 1, 20) > 0) {
-          char b[4096];
-          const ssize_t n = ::recv(c, b, sizeof b, 0);
-          if (n <= 0) {
-            break;
-          }
-          got.append(b, static_cast<size_t>(n));
-        }
-      }
-      ++requests_;
-      ::send(c, reply_.data(), reply_.size(), MSG_NOSIGNAL);
-      ::close(c);
-    }
-  }
-  std::string reply_;
-  int fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> requests_{0};
-  std::thread thread_;
-};
-
 // Review: an upstream reply with a folded header line is refused (RFC 9112 §5.2), not passed on.
 TEST(Hardening, AnUpstreamReplyWithObsFoldIs502) {
-  RawUpstream up("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Folded: a\r\n"
-                 " Set-Cookie: evil=1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+  // TestUpstream, being evhttp, cannot send a malformed reply: a scripted one sends these bytes.
+  const std::string folded =
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Folded: a\r\n"
+      " Set-Cookie: evil=1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+  std::atomic<int> requests{0};
+  ScriptServer up([&](ServerConn& c) {
+    if (c.readRequest()) {
+      ++requests;
+      c.send(folded);
+    }
+  });
+  ASSERT_TRUE(up.ok());
   TempDir dir;
   ProxyProcess proxy(dir, yamlFor(up.port(), "retry:\n  max_attempts: 1\n"));
   ASSERT_TRUE(proxy.started()) << proxy.process().err();
@@ -416,7 +364,7 @@ TEST(Hardening, AnUpstreamReplyWithObsFoldIs502) {
   EXPECT_EQ(r.status, 502) << r.body;
   EXPECT_EQ(r.header("X-HiAPI-Proxy-Error"), "upstream_unreachable");
   EXPECT_FALSE(r.has("X-Folded"));
-  EXPECT_GE(up.requests(), 1);
+  EXPECT_GE(requests.load(), 1);
 }
 
 // Item 13: a FIFO where the state file should be does not hold up start-up.

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "harness/harness.h"
+#include "harness/script_server.h"
 #include "hiapi/shell/log.h"
 #include "hiapi/shell/upstream_conn.h"
 #include "hiapi/shell/upstream_pool.h"
@@ -41,187 +42,7 @@ using shell::UpstreamPool;
 using shell::UpstreamRequest;
 using shell::UpstreamResponse;
 
-// ---- a scripted loopback server -----------------------------------------------------------------
-
-/// One accepted connection, seen from the server's handler (its own thread, blocking socket).
-class ServerConn {
-public:
-  ServerConn(int fd, size_t index, uint16_t peer_port)
-      : fd_(fd), index_(index), peer_port_(peer_port) {
-    const timeval tv{10, 0};  // bounds every read: no test hangs on a lost byte
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    const int one = 1;
-    setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  }
-  size_t index() const { return index_; }
-  uint16_t peerPort() const { return peer_port_; }
-
-  /// Reads one request: the head and a Content-Length body. @return nullopt on EOF or error.
-  std::optional<std::string> readRequest() {
-    size_t head_end;
-    while ((head_end = buf_.find("\r\n\r\n")) == std::string::npos) {
-      if (!fill()) {
-        return std::nullopt;
-      }
-    }
-    head_end += 4;
-    size_t body = 0;
-    const std::string head = lower(buf_.substr(0, head_end));
-    if (const size_t cl = head.find("\r\ncontent-length:"); cl != std::string::npos) {
-      body = std::stoul(head.substr(cl + 17));
-    }
-    while (buf_.size() < head_end + body) {
-      if (!fill()) {
-        return std::nullopt;
-      }
-    }
-    std::string req = buf_.substr(0, head_end + body);
-    buf_.erase(0, head_end + body);
-    return req;
-  }
-  void send(const std::string& data) {
-    size_t off = 0;
-    while (off < data.size()) {
-      const ssize_t n = ::send(fd_, data.data() + off, data.size() - off, MSG_NOSIGNAL);
-      if (n <= 0) {
-        return;
-      }
-      off += static_cast<size_t>(n);
-    }
-  }
-  /// One byte per write, a little apart, so that the client sees them in separate reads.
-  void sendByteByByte(const std::string& data) {
-    for (char ch : data) {
-      send(std::string(1, ch));
-      std::this_thread::sleep_for(std::chrono::microseconds(300));
-    }
-  }
-  /// Sends FIN (the socket is closed by the server's destructor).
-  void shutdownWrite() { ::shutdown(fd_, SHUT_WR); }
-  /// Waits until the peer closes (or the server stops).
-  void waitForClose() {
-    while (fill()) {
-    }
-  }
-
-private:
-  static std::string lower(std::string s) {
-    for (char& c : s) {
-      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-    return s;
-  }
-  bool fill() {
-    char tmp[64 * 1024];
-    const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
-    if (n <= 0) {
-      return false;
-    }
-    buf_.append(tmp, static_cast<size_t>(n));
-    return true;
-  }
-
-  int fd_;
-  size_t index_;
-  uint16_t peer_port_;
-  std::string buf_;
-};
-
-/// Accepts on 127.0.0.1 (or ::1) port 0 and runs @p handler for each connection on a thread.
-class ScriptServer {
-public:
-  using Handler = std::function<void(ServerConn&)>;
-
-  explicit ScriptServer(Handler handler, bool v6 = false) : handler_(std::move(handler)) {
-    listen_fd_ = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    const int one = 1;
-    setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    int rc = -1;
-    if (v6) {
-      sockaddr_in6 sa{};
-      sa.sin6_family = AF_INET6;
-      sa.sin6_addr = in6addr_loopback;
-      rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    } else {
-      sockaddr_in sa{};
-      sa.sin_family = AF_INET;
-      sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-    }
-    if (rc != 0 || ::listen(listen_fd_, 64) != 0) {
-      return;
-    }
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len);
-    port_ = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                     : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    acceptor_ = std::thread([this] { acceptLoop(); });
-  }
-  ~ScriptServer() {
-    stop_ = true;
-    if (acceptor_.joinable()) {
-      acceptor_.join();
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (int fd : fds_) {
-        ::shutdown(fd, SHUT_RDWR);  // wakes handlers blocked in recv
-      }
-    }
-    for (auto& t : workers_) {
-      t.join();
-    }
-    for (int fd : fds_) {
-      ::close(fd);
-    }
-    if (listen_fd_ >= 0) {
-      ::close(listen_fd_);
-    }
-  }
-  ScriptServer(const ScriptServer&) = delete;
-  ScriptServer& operator=(const ScriptServer&) = delete;
-
-  bool ok() const { return port_ != 0; }
-  uint16_t port() const { return port_; }
-  size_t accepted() const { return accepted_; }
-
-private:
-  void acceptLoop() {
-    while (!stop_) {
-      pollfd p{listen_fd_, POLLIN, 0};
-      if (::poll(&p, 1, 20) <= 0) {
-        continue;
-      }
-      sockaddr_storage ss{};
-      socklen_t len = sizeof ss;
-      const int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_CLOEXEC);
-      if (fd < 0) {
-        continue;
-      }
-      const uint16_t peer =
-          ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
-                                   : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-      std::lock_guard<std::mutex> lock(mu_);
-      fds_.push_back(fd);
-      const size_t index = accepted_++;
-      workers_.emplace_back([this, fd, index, peer] {
-        ServerConn c(fd, index, peer);
-        handler_(c);
-      });
-    }
-  }
-
-  Handler handler_;
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<size_t> accepted_{0};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> fds_;
-  std::vector<std::thread> workers_;
-};
+// ---- scripts (harness/script_server.h runs them) ----------------------------------------------
 
 /// A recorder of what each request said and which connection (peer port) it came on.
 struct Seen {
@@ -730,7 +551,9 @@ TEST_F(UpstreamPoolTest, HeadersOverTheLimitAreAProtocolError) {
 
 TEST_F(UpstreamPoolTest, Ipv6LiteralHost) {
   Seen seen;
-  ScriptServer server(keepAliveServer(seen), /*v6=*/true);
+  ScriptServerOptions v6;
+  v6.v6 = true;
+  ScriptServer server(keepAliveServer(seen), v6);
   if (!server.ok()) {
     GTEST_SKIP() << "no IPv6 loopback here";
   }
@@ -775,7 +598,9 @@ TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
     GTEST_SKIP() << "localhost does not resolve here";
   }
   Seen seen;
-  ScriptServer server(keepAliveServer(seen), lookup.family == AF_INET6);
+  ScriptServerOptions family;
+  family.v6 = lookup.family == AF_INET6;
+  ScriptServer server(keepAliveServer(seen), family);
   ASSERT_TRUE(server.ok());
   makePool(config(server.port(), "localhost"));
   for (int i = 0; i < 2; ++i) {
@@ -787,6 +612,94 @@ TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
             std::string::npos)
       << seen.requests[0];
   EXPECT_EQ(server.accepted(), 1u);
+}
+
+/// The addresses @p dns gives for @p name, in its order ("127.0.0.1", ...); @p run drives the
+/// loop until the lookup has answered.
+std::vector<std::string> lookUp(evdns_base* dns, const std::string& name,
+                                const std::function<bool(const std::function<bool()>&)>& run) {
+  struct Lookup {
+    bool done = false;
+    std::vector<std::string> addrs;
+  } lookup;
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  evdns_getaddrinfo(
+      dns, name.c_str(), "80", &hints,
+      [](int result, evutil_addrinfo* res, void* arg) {
+        auto* l = static_cast<Lookup*>(arg);
+        l->done = true;
+        for (const evutil_addrinfo* ai = result == 0 ? res : nullptr; ai != nullptr;
+             ai = ai->ai_next) {
+          char text[INET6_ADDRSTRLEN] = {};
+          if (ai->ai_family == AF_INET) {
+            inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(ai->ai_addr)->sin_addr, text,
+                      sizeof text);
+          } else if (ai->ai_family == AF_INET6) {
+            inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(ai->ai_addr)->sin6_addr,
+                      text, sizeof text);
+          }
+          l->addrs.emplace_back(text);
+        }
+        if (res != nullptr) {
+          evutil_freeaddrinfo(res);
+        }
+      },
+      &lookup);
+  run([&] { return lookup.done; });
+  return lookup.addrs;
+}
+
+TEST_F(UpstreamPoolTest, ANameWhoseFirstAddressRefusesIsReachedThroughTheNext) {
+  Seen seen;
+  ScriptServer server(keepAliveServer(seen));  // 127.0.0.1 only: 127.0.0.3 at its port refuses
+  ASSERT_TRUE(server.ok());
+  // A resolver with no nameserver that knows the name from a hosts file of the test's own, so
+  // that neither the system's resolver nor its /etc/hosts is involved.
+  TempDir dir;
+  dir.write("hosts", "127.0.0.3 two-addresses.test\n127.0.0.1 two-addresses.test\n");
+  evdns_base* dns = evdns_base_new(base_, 0);
+  ASSERT_NE(dns, nullptr);
+  ASSERT_EQ(evdns_base_load_hosts(dns, dir.file("hosts").c_str()), 0);
+  const auto run = [this](const std::function<bool()>& pred) { return runUntil(pred); };
+  ASSERT_EQ(lookUp(dns, "two-addresses.test", run),
+            (std::vector<std::string>{"127.0.0.3", "127.0.0.1"}))
+      << "the refusing address must come first for this test to mean anything";
+
+  pool_ = std::make_unique<UpstreamPool>(base_, config(server.port(), "two-addresses.test"),
+                                         log_, dns);
+  for (int i = 0; i < 2; ++i) {
+    Outcome o = exchange(get("/two"));
+    ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
+    EXPECT_EQ(o.resp.status, 200);
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen.requests[0].find("\r\nHost: two-addresses.test:" +
+                                  std::to_string(server.port()) + "\r\n"),
+            std::string::npos)
+      << seen.requests[0];
+  EXPECT_EQ(server.accepted(), 1u) << "the connection made through the second address is kept";
+  pool_.reset();
+  // The pool does not free a resolver it was given: this would be a double free otherwise.
+  evdns_base_free(dns, 0);
+}
+
+TEST_F(UpstreamPoolTest, ANameWhoseEveryAddressRefusesIsAConnectErrorWithNothingSent) {
+  const uint16_t port = unusedPort();
+  TempDir dir;
+  dir.write("hosts", "127.0.0.3 refusing.test\n127.0.0.1 refusing.test\n");
+  evdns_base* dns = evdns_base_new(base_, 0);
+  ASSERT_NE(dns, nullptr);
+  ASSERT_EQ(evdns_base_load_hosts(dns, dir.file("hosts").c_str()), 0);
+  pool_ = std::make_unique<UpstreamPool>(base_, config(port, "refusing.test"), log_, dns);
+  Outcome o = exchange(get("/none"));
+  EXPECT_EQ(o.resp.error, UpstreamError::Connect) << o.resp.message;
+  EXPECT_FALSE(o.resp.request_maybe_sent);
+  EXPECT_NE(o.resp.message.find("refused"), std::string::npos) << o.resp.message;
+  pool_.reset();
+  evdns_base_free(dns, 0);
 }
 
 // ---- the pool -----------------------------------------------------------------------------------

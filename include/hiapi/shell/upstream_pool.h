@@ -69,8 +69,12 @@ using UpstreamCallback = std::function<void(UpstreamResponse&&)>;
 /// Thread-safety: the event loop thread only.
 class UpstreamPool {
 public:
+  /// @param resolver the name resolver to use (a test's, with its own hosts file); it must
+  ///        outlive the pool, which does not free it. Null: the pool makes one from the system's
+  ///        resolver configuration.
   /// @throws std::runtime_error when the TLS context cannot be built.
-  UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log);
+  UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log,
+               evdns_base* resolver = nullptr);
   ~UpstreamPool();
   UpstreamPool(const UpstreamPool&) = delete;
   UpstreamPool& operator=(const UpstreamPool&) = delete;
@@ -134,6 +138,7 @@ private:
 
   event_base* base_;
   evdns_base* dns_ = nullptr;
+  bool owns_dns_ = false;  ///< dns_ was made here (not the caller's resolver)
   core::UpstreamConfig cfg_;
   Logger& log_;
   std::unique_ptr<TlsClientContext> tls_;

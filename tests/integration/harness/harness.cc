@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -163,9 +164,22 @@ TestCa TestCa::create(const TempDir& dir, const std::vector<std::string>& dns_na
                       const std::vector<std::string>& ips, const std::string& prefix) {
   TestCa ca;
   ca.ca_cert = dir.file(prefix + "-ca.pem");
-  const std::string ca_key = dir.file(prefix + "-ca.key");
-  ca.server_cert = dir.file(prefix + "-cert.pem");
-  ca.server_key = dir.file(prefix + "-key.pem");
+  ca.ca_key = dir.file(prefix + "-ca.key");
+  if (runCommand("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+                 "-days 2 -subj '/CN=hiapi-proxy test CA' -keyout '" + ca.ca_key + "' -out '" +
+                 ca.ca_cert + "' >/dev/null 2>&1") != 0) {
+    throw std::runtime_error("openssl CLI failed to make the test CA");
+  }
+  std::tie(ca.server_cert, ca.server_key) = ca.issue(dir, dns_names, ips, prefix);
+  return ca;
+}
+
+std::pair<std::string, std::string> TestCa::issue(const TempDir& dir,
+                                                  const std::vector<std::string>& dns_names,
+                                                  const std::vector<std::string>& ips,
+                                                  const std::string& prefix) const {
+  const std::string cert = dir.file(prefix + "-cert.pem");
+  const std::string key = dir.file(prefix + "-key.pem");
   const std::string csr = dir.file(prefix + ".csr");
   const std::string ext = dir.file(prefix + ".ext");
   std::string san;
@@ -178,18 +192,15 @@ TestCa TestCa::create(const TempDir& dir, const std::vector<std::string>& dns_na
   dir.write(prefix + ".ext", "basicConstraints=CA:FALSE\nsubjectAltName=" + san +
                                  "\nextendedKeyUsage=serverAuth\n");
   const std::string q = " >/dev/null 2>&1";
-  if (runCommand("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-                 "-days 2 -subj '/CN=hiapi-proxy test CA' -keyout '" + ca_key + "' -out '" +
-                 ca.ca_cert + "'" + q) != 0 ||
-      runCommand("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+  if (runCommand("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
                  "-subj '/CN=" + (dns_names.empty() ? std::string("test") : dns_names.front()) +
-                 "' -keyout '" + ca.server_key + "' -out '" + csr + "'" + q) != 0 ||
-      runCommand("openssl x509 -req -in '" + csr + "' -CA '" + ca.ca_cert + "' -CAkey '" +
-                 ca_key + "' -CAcreateserial -days 2 -extfile '" + ext + "' -out '" +
-                 ca.server_cert + "'" + q) != 0) {
-    throw std::runtime_error("openssl CLI failed to make the test CA");
+                 "' -keyout '" + key + "' -out '" + csr + "'" + q) != 0 ||
+      runCommand("openssl x509 -req -in '" + csr + "' -CA '" + ca_cert + "' -CAkey '" + ca_key +
+                 "' -CAcreateserial -days 2 -extfile '" + ext + "' -out '" + cert + "'" + q) !=
+          0) {
+    throw std::runtime_error("openssl CLI failed to sign a test certificate");
   }
-  return ca;
+  return {cert, key};
 }
 
 // ---- Process -------------------------------------------------------------------------------

@@ -48,10 +48,16 @@ int runCommand(const std::string& cmd);
 
 /// A CA and a server certificate signed by it, made with the openssl CLI.
 struct TestCa {
-  std::string ca_cert, server_cert, server_key;
+  std::string ca_cert, ca_key, server_cert, server_key;
   /// @param dns_names / ips the server certificate's subjectAltName entries.
   static TestCa create(const TempDir& dir, const std::vector<std::string>& dns_names,
                        const std::vector<std::string>& ips, const std::string& prefix = "srv");
+  /// Signs one more server certificate with this CA (another name, say), its files named after
+  /// @p prefix in @p dir. @return {certificate, key}.
+  std::pair<std::string, std::string> issue(const TempDir& dir,
+                                            const std::vector<std::string>& dns_names,
+                                            const std::vector<std::string>& ips,
+                                            const std::string& prefix) const;
 };
 
 /// A child process with its stdout and stderr in files.
