@@ -142,7 +142,7 @@ bool Daemon::createEventBase() {
 bool Daemon::createServer() {
   metrics_ = std::make_unique<Metrics>();
   try {
-    pool_ = std::make_unique<UpstreamPool>(base_, cfg_->upstream, log_);
+    pool_ = std::make_unique<UpstreamPool>(base_, clock_, cfg_->upstream, log_);
   } catch (const std::exception& e) {
     log_.error("cannot set up the upstream", {{"error", e.what()}});
     return false;

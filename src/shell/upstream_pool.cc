@@ -62,9 +62,9 @@ struct UpstreamPool::Conn final : UpstreamConn::Owner {
   void onIdleClosed(UpstreamConn&) override { pool->discard(this); }
 };
 
-UpstreamPool::UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log,
-                           evdns_base* resolver)
-    : base_(base), dns_(resolver), cfg_(cfg), log_(log) {
+UpstreamPool::UpstreamPool(event_base* base, const core::Clock& clock,
+                           const core::UpstreamConfig& cfg, Logger& log, evdns_base* resolver)
+    : base_(base), clock_(clock), dns_(resolver), cfg_(cfg), log_(log) {
   if (cfg_.scheme == "https") {
     tls_ = std::make_unique<TlsClientContext>(cfg_);
   }
@@ -134,14 +134,14 @@ uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   a.done = std::move(done);
   a.conn = nullptr;
   a.started = {};
-  a.deadline = core::MonotonicClock::now() + a.timeout;
+  a.deadline = clock_.now() + a.timeout;
   waiting_.push_back(id);
   pump();
   if (!waiting_.empty() && waiting_.back() == id && wait_timer_ != nullptr &&
       (wait_timer_at_ == core::MonotonicTime{} || a.deadline < wait_timer_at_)) {
     wait_timer_at_ = a.deadline;
     const timeval tv = toTimeval(std::max<core::Duration>(
-        a.deadline - core::MonotonicClock::now(), std::chrono::milliseconds(1)));
+        a.deadline - clock_.now(), std::chrono::milliseconds(1)));
     evtimer_add(wait_timer_, &tv);
   }
   return id;
@@ -165,7 +165,7 @@ void UpstreamPool::onWaitTimer(evutil_socket_t, short, void* arg) {
 }
 
 void UpstreamPool::expireWaiting() {
-  const auto now = core::MonotonicClock::now();
+  const auto now = clock_.now();
   core::MonotonicTime next{};
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     auto a = attempts_.find(*it);
@@ -235,7 +235,7 @@ UpstreamPool::Conn* UpstreamPool::newConnection() {
     return nullptr;
   }
   c->link.setBufferBudget(budget_);
-  c->idle_since = core::MonotonicClock::now();
+  c->idle_since = clock_.now();
   conns_.push_back(std::move(c));
   return conns_.back().get();
 }
@@ -248,7 +248,7 @@ void UpstreamPool::pump() {
       waiting_.pop_front();
       continue;
     }
-    if (core::MonotonicClock::now() >= it->second.deadline) {
+    if (clock_.now() >= it->second.deadline) {
       waiting_.pop_front();
       timeOutWaiting(it->second);
       continue;
@@ -275,7 +275,7 @@ void UpstreamPool::pump() {
 void UpstreamPool::start(Attempt& a, Conn* c) {
   c->attempt = &a;
   a.conn = c;
-  a.started = core::MonotonicClock::now();
+  a.started = clock_.now();
   // The time it waited for a connection is spent: what is left of it bounds the reply.
   const timeval tv = toTimeval(
       std::max<core::Duration>(a.deadline - a.started, std::chrono::milliseconds(1)));
@@ -341,7 +341,7 @@ void UpstreamPool::finish(Conn* c, UpstreamResponse&& resp) {
 
 void UpstreamPool::complete(Attempt& a, UpstreamResponse&& resp) {
   resp.latency = a.started == core::MonotonicTime{} ? core::Duration::zero()
-                                                    : core::MonotonicClock::now() - a.started;
+                                                    : clock_.now() - a.started;
   completions_.emplace_back(std::move(a.done), std::move(resp));
   const uint64_t id = a.id;
   attempt_spares_.erase(attempts_, id);  // a is gone from here on
@@ -353,7 +353,7 @@ void UpstreamPool::release(Conn* c) {
     discard(c);
     return;
   }
-  c->idle_since = core::MonotonicClock::now();
+  c->idle_since = clock_.now();
   // Waiting requests are pumped from the deferred event, outside the socket callback.
   event_active(deferred_, EV_TIMEOUT, 0);
 }
@@ -394,7 +394,7 @@ void UpstreamPool::onIdleSweep(evutil_socket_t, short, void* arg) {
 }
 
 void UpstreamPool::closeIdleExpired() {
-  const auto now = core::MonotonicClock::now();
+  const auto now = clock_.now();
   std::vector<Conn*> expired;
   for (auto& c : conns_) {
     if (c->attempt == nullptr && now - c->idle_since > cfg_.idle_timeout) {

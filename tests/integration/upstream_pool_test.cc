@@ -126,7 +126,7 @@ protected:
     return cfg;
   }
   UpstreamPool& makePool(const core::UpstreamConfig& cfg) {
-    pool_ = std::make_unique<UpstreamPool>(base_, cfg, log_);
+    pool_ = std::make_unique<UpstreamPool>(base_, clock_, cfg, log_);
     return *pool_;
   }
 
@@ -163,6 +163,7 @@ protected:
   }
 
   shell::Logger log_{core::LogFormat::Logfmt, core::LogLevel::Error};
+  core::SteadyClock clock_;
   event_base* base_ = nullptr;
   event* tick_ = nullptr;
   std::unique_ptr<UpstreamPool> pool_;
@@ -668,7 +669,7 @@ TEST_F(UpstreamPoolTest, ANameWhoseFirstAddressRefusesIsReachedThroughTheNext) {
             (std::vector<std::string>{"127.0.0.3", "127.0.0.1"}))
       << "the refusing address must come first for this test to mean anything";
 
-  pool_ = std::make_unique<UpstreamPool>(base_, config(server.port(), "two-addresses.test"),
+  pool_ = std::make_unique<UpstreamPool>(base_, clock_, config(server.port(), "two-addresses.test"),
                                          log_, dns);
   for (int i = 0; i < 2; ++i) {
     Outcome o = exchange(get("/two"));
@@ -693,7 +694,7 @@ TEST_F(UpstreamPoolTest, ANameWhoseEveryAddressRefusesIsAConnectErrorWithNothing
   evdns_base* dns = evdns_base_new(base_, 0);
   ASSERT_NE(dns, nullptr);
   ASSERT_EQ(evdns_base_load_hosts(dns, dir.file("hosts").c_str()), 0);
-  pool_ = std::make_unique<UpstreamPool>(base_, config(port, "refusing.test"), log_, dns);
+  pool_ = std::make_unique<UpstreamPool>(base_, clock_, config(port, "refusing.test"), log_, dns);
   Outcome o = exchange(get("/none"));
   EXPECT_EQ(o.resp.error, UpstreamError::Connect) << o.resp.message;
   EXPECT_FALSE(o.resp.request_maybe_sent);

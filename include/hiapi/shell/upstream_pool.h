@@ -69,12 +69,14 @@ using UpstreamCallback = std::function<void(UpstreamResponse&&)>;
 /// Thread-safety: the event loop thread only.
 class UpstreamPool {
 public:
+  /// @param clock the loop's clock (must outlive the pool): attempt deadlines, idle times and
+  ///        upstream durations are measured on it.
   /// @param resolver the name resolver to use (a test's, with its own hosts file); it must
   ///        outlive the pool, which does not free it. Null: the pool makes one from the system's
   ///        resolver configuration.
   /// @throws std::runtime_error when the TLS context cannot be built.
-  UpstreamPool(event_base* base, const core::UpstreamConfig& cfg, Logger& log,
-               evdns_base* resolver = nullptr);
+  UpstreamPool(event_base* base, const core::Clock& clock, const core::UpstreamConfig& cfg,
+               Logger& log, evdns_base* resolver = nullptr);
   ~UpstreamPool();
   UpstreamPool(const UpstreamPool&) = delete;
   UpstreamPool& operator=(const UpstreamPool&) = delete;
@@ -137,6 +139,7 @@ private:
   static void onIdleSweep(evutil_socket_t, short, void* arg);
 
   event_base* base_;
+  const core::Clock& clock_;
   evdns_base* dns_ = nullptr;
   bool owns_dns_ = false;  ///< dns_ was made here (not the caller's resolver)
   core::UpstreamConfig cfg_;
