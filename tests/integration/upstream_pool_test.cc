@@ -567,54 +567,6 @@ TEST_F(UpstreamPoolTest, Ipv6LiteralHost) {
       << seen.requests[0];
 }
 
-TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
-  // Which address evdns gives first for "localhost" (the hosts file), so that the server listens
-  // where the pool will connect.
-  evdns_base* dns = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-  ASSERT_NE(dns, nullptr);
-  struct Lookup {
-    bool done = false;
-    int family = AF_UNSPEC;
-  } lookup;
-  evutil_addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_protocol = IPPROTO_TCP;
-  evdns_getaddrinfo(
-      dns, "localhost", "80", &hints,
-      [](int result, evutil_addrinfo* res, void* arg) {
-        auto* l = static_cast<Lookup*>(arg);
-        l->done = true;
-        if (result == 0 && res != nullptr) {
-          l->family = res->ai_family;
-        }
-        if (res != nullptr) {
-          evutil_freeaddrinfo(res);
-        }
-      },
-      &lookup);
-  ASSERT_TRUE(runUntil([&] { return lookup.done; }));
-  evdns_base_free(dns, 0);
-  if (lookup.family != AF_INET && lookup.family != AF_INET6) {
-    GTEST_SKIP() << "localhost does not resolve here";
-  }
-  Seen seen;
-  ScriptServerOptions family;
-  family.v6 = lookup.family == AF_INET6;
-  ScriptServer server(keepAliveServer(seen), family);
-  ASSERT_TRUE(server.ok());
-  makePool(config(server.port(), "localhost"));
-  for (int i = 0; i < 2; ++i) {
-    Outcome o = exchange(get("/named"));
-    ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
-  }
-  ASSERT_EQ(seen.size(), 2u);
-  EXPECT_NE(seen.requests[0].find("\r\nHost: localhost:" + std::to_string(server.port()) + "\r\n"),
-            std::string::npos)
-      << seen.requests[0];
-  EXPECT_EQ(server.accepted(), 1u);
-}
-
 /// The addresses @p dns gives for @p name, in its order ("127.0.0.1", ...); @p run drives the
 /// loop until the lookup has answered.
 std::vector<std::string> lookUp(evdns_base* dns, const std::string& name,
@@ -649,8 +601,39 @@ std::vector<std::string> lookUp(evdns_base* dns, const std::string& name,
         }
       },
       &lookup);
-  run([&] { return lookup.done; });
+  if (!run([&] { return lookup.done; })) {
+    ADD_FAILURE() << "the lookup of " << name << " never answered";
+  }
   return lookup.addrs;
+}
+
+TEST_F(UpstreamPoolTest, HostNameIsResolvedOnTheLoop) {
+  // Which address evdns gives first for "localhost" (the hosts file), so that the server listens
+  // where the pool will connect.
+  evdns_base* dns = evdns_base_new(base_, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+  ASSERT_NE(dns, nullptr);
+  const auto addrs =
+      lookUp(dns, "localhost", [this](const std::function<bool()>& pred) { return runUntil(pred); });
+  evdns_base_free(dns, 0);
+  ASSERT_FALSE(HasFailure());
+  if (addrs.empty() || addrs.front().empty()) {
+    GTEST_SKIP() << "localhost does not resolve here";
+  }
+  Seen seen;
+  ScriptServerOptions family;
+  family.v6 = addrs.front().find(':') != std::string::npos;
+  ScriptServer server(keepAliveServer(seen), family);
+  ASSERT_TRUE(server.ok());
+  makePool(config(server.port(), "localhost"));
+  for (int i = 0; i < 2; ++i) {
+    Outcome o = exchange(get("/named"));
+    ASSERT_EQ(o.resp.error, UpstreamError::None) << o.resp.message;
+  }
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen.requests[0].find("\r\nHost: localhost:" + std::to_string(server.port()) + "\r\n"),
+            std::string::npos)
+      << seen.requests[0];
+  EXPECT_EQ(server.accepted(), 1u);
 }
 
 TEST_F(UpstreamPoolTest, ANameWhoseFirstAddressRefusesIsReachedThroughTheNext) {
