@@ -124,18 +124,23 @@ void SharedBudget::onStoreDown(MonotonicTime now) {
     return;
   }
   degraded_ = true;
+  settle_until_.reset();
   resetLocal(now);
   local_.returnTokens(held_, now);  // reserved from the store already: still this instance's
   held_ = 0;
 }
 
-void SharedBudget::onStoreUp(MonotonicTime now) {
+void SharedBudget::onStoreUp(MonotonicTime now, Duration settle) {
   if (!degraded_) {
     return;
   }
   degraded_ = false;
   held_ = 0;
   next_ask_ = now;
+  // The local bucket carries on as it stands: what the share spent just now still counts.
+  if (settle > Duration::zero()) {
+    settle_until_ = now + settle;
+  }
 }
 
 void SharedBudget::setInstances(uint32_t instances, MonotonicTime now) {
@@ -159,6 +164,9 @@ bool SharedBudget::tryAcquire(double n, MonotonicTime now) {
   if (paused(now) || held_ + kTokenEpsilon < n) {
     return false;
   }
+  if (settling(now) && !local_.consume(n, now)) {
+    return false;
+  }
   held_ = std::max(0.0, held_ - n);
   rollSpent(now);
   spent_now_ += n;
@@ -178,13 +186,19 @@ std::optional<Duration> SharedBudget::timeUntilAvailable(double n, MonotonicTime
   if (paused(now)) {
     return *pause_until_ - now;
   }
+  Duration shared = kReplyBackstop;
   if (held_ + marginTokens() + kTokenEpsilon >= n) {
-    return Duration::zero();
+    shared = Duration::zero();
+  } else if (now < next_ask_) {
+    shared = next_ask_ - now;
   }
-  if (now < next_ask_) {
-    return next_ask_ - now;
+  if (!settling(now)) {
+    return shared;
   }
-  return kReplyBackstop;
+  // The local share's wait, but never past the end of settling.
+  const Duration local = local_.timeUntilAvailable(std::min(n, local_.burst()), now)
+                             .value_or(*settle_until_ - now);
+  return std::max(shared, std::min(local, *settle_until_ - now));
 }
 
 void SharedBudget::refund(double n, MonotonicTime now) {
@@ -195,6 +209,9 @@ void SharedBudget::refund(double n, MonotonicTime now) {
   if (degraded_) {
     local_.returnTokens(n, now);
     return;
+  }
+  if (settling(now)) {
+    local_.returnTokens(n, now);
   }
   held_ = std::min(held_ + n, burst_);
 }
@@ -242,7 +259,8 @@ double SharedBudget::available(MonotonicTime now) const {
   }
   // The phase margin the scheduler wants on top of a token was kept in the store's bucket when
   // it granted the token (marginTokens()): it is counted here rather than held.
-  return held_ + marginTokens();
+  const double shared = held_ + marginTokens();
+  return settling(now) ? std::min(shared, local_.balance(now)) : shared;
 }
 
 }  // namespace hiapi::core

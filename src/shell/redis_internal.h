@@ -23,7 +23,9 @@ namespace hiapi::shell {
 // future with no tokens, so no instance gets one before it ends.
 // ARGV: rate/s, burst, tokens wanted, tokens given back, pause ms, key TTL ms, phase margin in
 // tokens (a token is granted only once the bucket holds it and the margin behind it, as the
-// local bucket admits: arrival jitter cannot land a request before the upstream's token).
+// local bucket admits: arrival jitter cannot land a request before the upstream's token), the
+// tokens a missing bucket starts with (the burst, or none just after an outage: see
+// core/shared_budget.h).
 // Grants all it is asked for, else what it has when that is at least one token, else nothing.
 // Reply: {granted in millionths of a token, µs until enough is there when short, µs of pause
 // left} (integers: Redis truncates a script's numbers).
@@ -37,7 +39,7 @@ local want = tonumber(ARGV[3])
 local give = tonumber(ARGV[4])
 local pause = tonumber(ARGV[5]) * 1000
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(v[1]) or burst
+local tokens = tonumber(v[1]) or math.min(burst, tonumber(ARGV[8]))
 local ts = tonumber(v[2]) or now
 if now > ts then
   tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)

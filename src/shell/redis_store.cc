@@ -269,7 +269,7 @@ void RedisStore::reserve(const std::string& key, Entry& e, double want, double g
   const bool sent = command(
       {"EVALSHA", budget_sha_, "1", bucketKey(e), num(rate), num(burst), num(want), num(give),
        std::to_string(pause ? std::max<int64_t>(1, ms(*pause)) : 0), std::to_string(ttl),
-       num(e.budget->marginTokens())},
+       num(e.budget->marginTokens()), num(e.budget->missingBucketTokens(clock_.now()))},
       [this, key, want](redisReply* r) { onBudgetReply(key, want, r); });
   if (!sent && want > 0) {
     e.budget->onStoreDown(clock_.now());

@@ -143,6 +143,12 @@ void RedisStore::ready() {
     return;
   }
   connected_ = true;
+  // The other instances that lost the store retry on backoffs like this one's: each should be
+  // back within the current backoff, and counted within a heartbeat after that.
+  const core::Duration backoff = core::fromSeconds(std::min(
+      core::toSeconds(kBackoffMax),
+      core::toSeconds(kBackoffMin) * std::pow(2.0, std::min(attempts_, 20u))));
+  settle_until_ = clock_.now() + backoff + cfg_.heartbeat_interval;
   attempts_ = 0;
   next_heartbeat_ = clock_.now();
   heartbeat();
@@ -206,7 +212,8 @@ void RedisStore::setDegraded(bool degraded, const std::string& why) {
         e.slots->onStoreDown();
       }
     } else if (!e.redis_id.empty() && !e.bad_until) {
-      e.budget->onStoreUp(now);
+      e.budget->onStoreUp(now, settle_until_ && now < *settle_until_ ? *settle_until_ - now
+                                                                      : core::Duration::zero());
       if (e.slots) {
         e.slots->onStoreUp();  // the next pump writes the running tasks' leases again
       }
@@ -245,9 +252,17 @@ void RedisStore::heartbeat() {
               return;
             }
             const uint32_t n = static_cast<uint32_t>(std::max<long long>(1, r->integer));
-            if (n != instances_) {
+            const core::MonotonicTime now = clock_.now();
+            if (settle_until_ && (now >= *settle_until_ || n >= instances_)) {
+              settle_until_.reset();
+              for (auto& [key, e] : keys_) {
+                e.budget->endSettling();
+              }
+            }
+            // While settling the count only grows: an instance not back yet is still spending
+            // its local share, sized by the count from before the outage.
+            if (n != instances_ && !(settle_until_ && n < instances_)) {
               instances_ = n;
-              const core::MonotonicTime now = clock_.now();
               for (auto& [key, e] : keys_) {
                 e.budget->setInstances(n, now);
                 if (e.slots) {

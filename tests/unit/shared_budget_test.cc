@@ -210,6 +210,73 @@ TEST(SharedBudgetTest, OutageUsesTheLocalShareNeverUnlimited) {
   EXPECT_TRUE(b.reservationToSend(clock.now(), 1));
 }
 
+/// Back from an outage one instance must not run at the shared rate while the others are still
+/// on their local shares: it keeps to its own share too until told every instance is back (or
+/// its settling time is over), and a bucket the store lost is created empty meanwhile.
+TEST(SharedBudgetTest, BackFromAnOutageItSettlesOnItsLocalShareToo) {
+  ManualClock clock;
+  SharedBudget b(10, 4, 250ms, clock.now(), 2);
+  b.onStoreDown(clock.now());
+  clock.advance(1s);
+  b.onStoreUp(clock.now(), 5s);
+  EXPECT_FALSE(b.degraded());
+  EXPECT_TRUE(b.settling(clock.now()));
+  EXPECT_EQ(b.missingBucketTokens(clock.now()), 0) << "its tokens were just spent locally";
+  // The store grants whatever is asked: the local share (5/s, burst 2) still bounds spending.
+  size_t taken = 0;
+  for (int ms = 0; ms < 2000; ++ms) {
+    if (std::optional<double> ask = b.reservationToSend(clock.now(), 10)) {
+      b.onReserved(*ask, 0ms, clock.now());
+    }
+    while (b.tryAcquire(1, clock.now())) {
+      ++taken;
+    }
+    clock.advance(1ms);
+  }
+  EXPECT_GE(taken, 10u);
+  EXPECT_LE(taken, 12u) << "2 s at 5/s with a burst of 2 at most";
+  while (b.tryAcquire(1, clock.now())) {
+    ++taken;
+  }
+  EXPECT_GT(b.timeUntilAvailable(1, clock.now()).value_or(0ms), 0ms)
+      << "the wait is the local share's, not the store's";
+  EXPECT_LE(b.available(clock.now()), 1.0);
+  b.endSettling();
+  EXPECT_FALSE(b.settling(clock.now()));
+  EXPECT_EQ(b.missingBucketTokens(clock.now()), 4);
+  taken = 0;
+  for (int ms = 0; ms < 2000; ++ms) {
+    if (std::optional<double> ask = b.reservationToSend(clock.now(), 10)) {
+      b.onReserved(*ask, 0ms, clock.now());
+    }
+    while (b.tryAcquire(1, clock.now())) {
+      ++taken;
+    }
+    clock.advance(1ms);
+  }
+  EXPECT_GT(taken, 100u) << "the store alone decides again";
+}
+
+TEST(SharedBudgetTest, SettlingEndsByItselfAndARefundReachesBothBuckets) {
+  ManualClock clock;
+  SharedBudget b(10, 4, 250ms, clock.now(), 2);
+  b.onStoreDown(clock.now());
+  clock.advance(2s);  // the local share is full: burst 2
+  b.onStoreUp(clock.now(), 3s);
+  b.onReserved(4, 0ms, clock.now());
+  ASSERT_TRUE(b.tryAcquire(1, clock.now()));
+  ASSERT_TRUE(b.tryAcquire(1, clock.now()));
+  EXPECT_FALSE(b.tryAcquire(1, clock.now())) << "two held still, but the share is spent";
+  b.refund(1, clock.now());
+  EXPECT_TRUE(b.tryAcquire(1, clock.now())) << "a refunded token is back in both";
+  clock.advance(3s);
+  EXPECT_FALSE(b.settling(clock.now()));
+  EXPECT_TRUE(b.tryAcquire(1, clock.now())) << "after settling what is held is spendable";
+  b.onStoreDown(clock.now());
+  b.onStoreUp(clock.now());
+  EXPECT_FALSE(b.settling(clock.now())) << "no settling asked for";
+}
+
 /// Three instances whose clocks are 2 s apart, each with a deep queue, against one store
 /// bucket: the store's time alone decides, so together they stay inside rate + burst in every
 /// second, and use the budget (no instance starves or strands tokens).

@@ -10,6 +10,13 @@
 // Redis so every instance waits. While Redis is unreachable (or answers nonsense for this key),
 // the budget is a local token bucket with this instance's share: rate / live instances, burst /
 // live instances (at least one token) — never unlimited.
+//
+// Coming back from an outage, an instance settles: for a while it spends a token only when both
+// the store grants it and its local share still has it. The instances do not see the store
+// return at the same moment (each retries on its own backoff), and one back on the shared bucket
+// at the full rate beside another still on its local share would together exceed the rate. A
+// bucket the store lost (Redis restarted) is created empty while settling: the instances have
+// just spent their shares, and a full burst on top would exceed the upstream's own bucket.
 
 #include <algorithm>
 #include <cstdint>
@@ -62,7 +69,15 @@ public:
   /// The store cannot be used for this key (unreachable, timed out, wrong type): the local
   /// share applies until onStoreUp(). A reservation in flight is forgotten.
   void onStoreDown(MonotonicTime now);
-  void onStoreUp(MonotonicTime now);
+  /// The store is usable again. Back from an outage, the local share keeps applying as well for
+  /// @p settle (see the file comment), or until endSettling().
+  void onStoreUp(MonotonicTime now, Duration settle = Duration::zero());
+  /// Every instance is known to be back on the store: the shared bucket alone decides.
+  void endSettling() { settle_until_.reset(); }
+  bool settling(MonotonicTime now) const { return settle_until_ && now < *settle_until_; }
+  /// @return the tokens a bucket missing from the store starts with: the burst, except while
+  ///         settling (empty: its tokens were just spent from the local shares).
+  double missingBucketTokens(MonotonicTime now) const { return settling(now) ? 0.0 : burst_; }
   /// Live instances as counted from heartbeats (floored at 1): resizes the local share.
   void setInstances(uint32_t instances, MonotonicTime now);
   /// The scheduler's phase margin (LimitsConfig::phase_margin): the store grants a token only
@@ -118,6 +133,7 @@ private:
   MonotonicTime last_grant_{};
   std::optional<MonotonicTime> pause_until_;
   std::optional<MonotonicTime> pause_to_share_;
+  std::optional<MonotonicTime> settle_until_;  ///< the local share applies too until then
   mutable MonotonicTime last_now_{};  ///< the latest time any call was given (pauseUntil())
 };
 

@@ -158,6 +158,9 @@ private:
   core::MonotonicTime connect_started_{};
   core::MonotonicTime next_heartbeat_{};
   std::optional<core::MonotonicTime> reconnect_at_;
+  /// Back from an outage: budgets keep to their local share too until then, or until the
+  /// heartbeats count the instances known before it again (core::SharedBudget::onStoreUp()).
+  std::optional<core::MonotonicTime> settle_until_;
   event* timer_ = nullptr;
   std::string budget_sha_;
   std::string heartbeat_sha_;
