@@ -3,7 +3,9 @@
 // (TIME), never the instance's, so instances whose clocks disagree still agree on the budget and
 // on lease expiries. Private to src/shell.
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -150,6 +152,12 @@ inline int64_t ms(core::Duration d) {
 constexpr core::Duration kTick = std::chrono::milliseconds(50);
 constexpr core::Duration kBackoffMin = std::chrono::milliseconds(100);
 constexpr core::Duration kBackoffMax = std::chrono::seconds(30);
+/// The reconnect backoff after @p attempts failed connects in a row, before its jitter.
+inline core::Duration backoffBase(uint32_t attempts) {
+  return core::fromSeconds(std::min(core::toSeconds(kBackoffMax),
+                                    core::toSeconds(kBackoffMin) *
+                                        std::pow(2.0, std::min(attempts, 20u))));
+}
 constexpr core::Duration kBadKeyRetry = std::chrono::seconds(5);
 // A full tier is asked again this often at most (another instance's release is not announced).
 constexpr core::Duration kSlotRetryMax = std::chrono::milliseconds(100);

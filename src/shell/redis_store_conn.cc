@@ -2,7 +2,6 @@
 // backoff, heartbeats and the command pipeline with its timeout (see redis_store.h).
 
 #include <algorithm>
-#include <cmath>
 
 #include <event2/dns.h>
 #include <event2/util.h>
@@ -145,10 +144,7 @@ void RedisStore::ready() {
   connected_ = true;
   // The other instances that lost the store retry on backoffs like this one's: each should be
   // back within the current backoff, and counted within a heartbeat after that.
-  const core::Duration backoff = core::fromSeconds(std::min(
-      core::toSeconds(kBackoffMax),
-      core::toSeconds(kBackoffMin) * std::pow(2.0, std::min(attempts_, 20u))));
-  settle_until_ = clock_.now() + backoff + cfg_.heartbeat_interval;
+  settle_until_ = clock_.now() + backoffBase(attempts_) + cfg_.heartbeat_interval;
   attempts_ = 0;
   next_heartbeat_ = clock_.now();
   heartbeat();
@@ -176,8 +172,7 @@ void RedisStore::scheduleReconnect() {
   }
   // Jittered exponential backoff: instances that lost the same Redis do not all come back in
   // the same millisecond.
-  const double base = std::min(core::toSeconds(kBackoffMax),
-                               core::toSeconds(kBackoffMin) * std::pow(2.0, std::min(attempts_, 20u)));
+  const double base = core::toSeconds(backoffBase(attempts_));
   ++attempts_;
   reconnect_at_ = clock_.now() + core::fromSeconds(base * (0.5 + 0.5 * random_.uniform()));
 }
