@@ -454,6 +454,15 @@ std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
   return out;
 }
 
+size_t KeyScheduler::tokensWanted(MonotonicTime now) const {
+  size_t waiting = queue_.size();
+  for (size_t t : blockedTiers(now)) {
+    waiting -= std::min(waiting, waitingCreates(t));
+  }
+  const double reserve = waiting == 0 ? 0.0 : planner_.reserveFor(load(), now).tokens;
+  return waiting + static_cast<size_t>(std::ceil(std::max(0.0, reserve)));
+}
+
 void KeyScheduler::unadmit(const Admitted& admitted, MonotonicTime now) {
   giveToken(now);
   if (admitted.slot) {

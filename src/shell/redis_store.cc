@@ -129,15 +129,10 @@ void RedisStore::afterPump(const std::string& key, core::KeyScheduler& sched) {
   if (!connected_ || e.redis_id.empty() || e.bad_until) {
     return;
   }
-  // Creates waiting at a full gate need no token yet: held for them, tokens would sit idle
-  // while another instance's requests wait for them.
-  size_t waiting = sched.queueDepth();
-  for (size_t tier : sched.blockedTiers(now)) {
-    waiting -= std::min(waiting, sched.waitingCreates(tier));
-  }
+  const size_t wanted = sched.tokensWanted(now);
   const std::optional<core::Duration> pause = e.budget->pauseToShare(now);
-  const std::optional<double> want = e.budget->reservationToSend(now, waiting);
-  const double give = e.budget->surplusToReturn(now, waiting);
+  const std::optional<double> want = e.budget->reservationToSend(now, wanted);
+  const double give = e.budget->surplusToReturn(now, wanted);
   if (want || give > 0 || pause) {
     reserve(key, e, want.value_or(0), give, pause);
   }

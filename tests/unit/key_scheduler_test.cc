@@ -1,4 +1,5 @@
 #include "hiapi/core/key_scheduler.h"
+#include "hiapi/core/shared_budget.h"
 
 #include <gtest/gtest.h>
 
@@ -6,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <vector>
@@ -1146,6 +1148,63 @@ TEST_F(KeySchedulerTest, TokensAreKeptForABottlenecksPlannedLook) {
       EXPECT_EQ(at_look, (std::vector<uint64_t>{100})) << "the create waits for the next token";
     }
   }
+}
+
+// A budget shared through a store holds only the tokens it asks the store for. While the heavy
+// gate is the bottleneck and tokens are kept for its look at +10 s, another service's poll goes
+// only with more than the reserve left, so the scheduler asks for the reserve on top of what
+// waits: the poll goes at once, as it would from a local bucket holding those tokens (asked for
+// one token only, it would wait until its deadline), and the look still finds its token.
+TEST_F(KeySchedulerTest, ASharedBudgetIsAskedForTheReserveOnTopOfWhatWaits) {
+  LimitsConfig l = limits(1.0, 3);
+  l.tiers[kHeavy].max_running = 2;
+  auto owned = std::make_unique<SharedBudget>(1.0, 3, seconds(1), kStart, 1);
+  SharedBudget& budget = *owned;
+  budget.onStoreUp(kStart);
+  KeyScheduler s(l, queueConfig(), kStart, random_, std::move(owned));
+  TokenBucket store(1.0, 3, kStart);  // the key's bucket in the store
+  // One pump of the key, its store replies arriving at once: each reservation gets what the
+  // store's bucket has, and the reply pumps again.
+  const auto pump = [&](MonotonicTime t) {
+    while (const std::optional<double> want = budget.reservationToSend(t, s.tokensWanted(t))) {
+      double granted = 0;
+      while (granted + 1 <= *want && store.consume(1, t)) {
+        granted += 1;
+      }
+      budget.onReserved(granted, granted < *want ? milliseconds(100) : Duration::zero(), t);
+    }
+    return ids(s.dispatch(t));
+  };
+  s.setTierDuration(kHeavy, TierDuration{seconds(10), true});
+  s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+  s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+  ASSERT_EQ(pump(kStart), (std::vector<uint64_t>{1, 2}));
+  for (uint64_t i = 0; i < 4; ++i) {
+    s.submit(req(200 + i, RouteKind::Create, "a", kHeavy), kStart);
+  }
+  const MonotonicTime look = kStart + seconds(10);
+  s.setLookPlan(kHeavy, LookPlan{{look}, 0});
+  EXPECT_EQ(s.tokensWanted(kStart), 0u) << "creates at a full gate need no token yet";
+
+  const MonotonicTime poll_at = kStart + milliseconds(9200);
+  std::optional<MonotonicTime> polled;
+  for (MonotonicTime t = kStart; t < look; t += milliseconds(100)) {
+    if (t == poll_at) {
+      s.submit(req(300, RouteKind::Poll, "b"), t);
+      EXPECT_GE(s.tokensWanted(t), 3u) << "the poll's token and the reserve of 1.2";
+    }
+    for (uint64_t id : pump(t)) {
+      EXPECT_EQ(id, 300u);
+      polled = t;
+    }
+  }
+  ASSERT_TRUE(polled) << "the poll waited past the look";
+  EXPECT_EQ(*polled, poll_at);
+
+  RequestInfo gate_poll = req(100, RouteKind::Poll, "hiapi-proxy-gate");
+  gate_poll.unblocks = kHeavy;
+  s.submit(gate_poll, look);
+  EXPECT_EQ(pump(look), (std::vector<uint64_t>{100})) << "the look, at once";
 }
 
 // The budget binds when what waits and runs needs more time on it than the bucket's burst and

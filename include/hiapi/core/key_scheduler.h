@@ -290,6 +290,14 @@ public:
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).
   std::vector<size_t> blockedTiers(MonotonicTime now) const;
+  /// @return the tokens the bucket should hold for what waits now: one for each queued request
+  ///         that can go once it has one (creates at a full gate need none yet: held for them,
+  ///         tokens would sit idle while another instance's requests wait), and, while any
+  ///         does, the bottleneck's reserve on top (dispatch(): a request outside its lanes
+  ///         goes only with more than the reserve left). A budget that holds no more than it
+  ///         is asked for (SharedBudget) would otherwise keep such a request waiting until its
+  ///         deadline.
+  size_t tokensWanted(MonotonicTime now) const;
   /// @return whether @p tier's work left (waves of waiting creates times its duration) is at
   ///         least the budget's (the tokens the waiting requests and running tasks still need,
   ///         over the rate): then the tier, not the budget, bounds the makespan.
