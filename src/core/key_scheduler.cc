@@ -161,7 +161,7 @@ bool KeyScheduler::admitAtOnce(const QueueEntry& entry, RouteKind route, Monoton
   if (!takeToken(now)) {
     return false;
   }
-  if (budget_->available(now) < reserve.tokens) {
+  if (budget_->available(now) + kTokenEpsilon < reserve.tokens) {
     giveToken(now);  // kept for a bottleneck's look: this one waits in the queue
     return false;
   }
@@ -242,7 +242,7 @@ double KeyScheduler::marginTokens() const {
 }
 
 bool KeyScheduler::takeToken(MonotonicTime now) {
-  if (windowClosed(now) || budget_->available(now) < 1.0 + marginTokens() ||
+  if (windowClosed(now) || budget_->available(now) + kTokenEpsilon < 1.0 + marginTokens() ||
       !budget_->tryAcquire(1.0, now)) {
     return false;
   }
@@ -315,7 +315,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
     }
     // Tokens kept for a bottleneck's imminent look: only its lanes' client requests (its
     // creates, the proxy's look) may dig into them, not background polls of its tasks.
-    const bool spare = budget_->available(now) >= reserve.tokens;
+    const bool spare = budget_->available(now) + kTokenEpsilon >= reserve.tokens;
     std::optional<QueueEntry> entry;
     if (spare) {
       entry = queue_.popNext(open, planner_.bottlenecks(load(), now));

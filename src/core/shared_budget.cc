@@ -5,10 +5,6 @@
 
 namespace hiapi::core {
 
-namespace {
-constexpr double kTokenEpsilon = 1e-6;
-}  // namespace
-
 uint32_t LocalShare::slots(uint32_t ceiling, uint32_t instances) {
   // Rounded down, so that the instances' shares together never exceed the ceiling, except that
   // each keeps one slot: with more instances than slots, no instance may be shut out entirely.

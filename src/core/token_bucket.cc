@@ -9,9 +9,6 @@ namespace hiapi::core {
 namespace {
 // A timer set for "when the tokens are there" must find them there despite rounding.
 constexpr double kWakeSlackSeconds = 1e-6;
-// Rounding in (now - zero_time_) * rate must not turn 1 token into 0.9999999999: a request may
-// go when this little is missing (the debt is recorded exactly in zero_time_).
-constexpr double kTokenEpsilon = 1e-6;
 }  // namespace
 
 TokenBucket::TokenBucket(double rate_per_s, double burst, MonotonicTime now, bool start_full)

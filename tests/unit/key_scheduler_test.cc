@@ -1207,6 +1207,27 @@ TEST_F(KeySchedulerTest, ASharedBudgetIsAskedForTheReserveOnTopOfWhatWaits) {
   EXPECT_EQ(pump(look), (std::vector<uint64_t>{100})) << "the look, at once";
 }
 
+// A shared budget's held tokens are sums of grants: 0.7 + 0.2 + 0.1 is 0.9999999999999999.
+// That is one token: the request goes. (Were it not, the budget, holding what it asked for,
+// would never ask the store again, and the request would wait until its deadline.)
+TEST_F(KeySchedulerTest, ATokenShortOnlyByRoundingIsAToken) {
+  LimitsConfig l = limits(10.0, 5);
+  l.phase_margin = milliseconds(10);
+  auto owned = std::make_unique<SharedBudget>(10.0, 5, seconds(1), kStart, 1);
+  SharedBudget& budget = *owned;
+  budget.setPhaseMargin(l.phase_margin);
+  budget.onStoreUp(kStart);
+  KeyScheduler s(l, queueConfig(), kStart, random_, std::move(owned));
+  s.submit(req(1, RouteKind::Poll), kStart);
+  for (const double part : {0.7, 0.2, 0.1}) {
+    ASSERT_TRUE(budget.reservationToSend(kStart, s.tokensWanted(kStart)));
+    budget.onReserved(part, milliseconds(0), kStart);
+  }
+  ASSERT_LT(budget.held(), 1.0) << "the rounding this test is about";
+  EXPECT_FALSE(budget.reservationToSend(kStart, s.tokensWanted(kStart))) << "it holds a token";
+  EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
+}
+
 // The budget binds when what waits and runs needs more time on it than the bucket's burst and
 // than any tier's waves; a tier not learned yet counts with its lower bound and the half of it
 // by which the sparse pace may see its first end late. With nothing waiting, neither binds.

@@ -57,6 +57,12 @@ public:
 
 using RateBudgetPtr = std::unique_ptr<RateBudget>;
 
+/// How little of a token a budget may lack and still give it. Rounding in token arithmetic
+/// (refill time by rate, a store's grants in millionths, sums of parts) must not turn one
+/// token into 0.9999999999: a request would wait for a token that, but for rounding, is there,
+/// and a budget that holds only what it asked for would never ask again.
+inline constexpr double kTokenEpsilon = 1e-6;
+
 /// folly-style token bucket on MonotonicTime. All methods are O(1) and never throw.
 /// Thread-safety: not thread-safe (single event-loop thread).
 class TokenBucket final : public RateBudget {
