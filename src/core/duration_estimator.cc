@@ -57,6 +57,31 @@ Duration DurationEstimator::endPollInterval(size_t tier) const {
                               interval);
 }
 
+DurationEstimator::Known DurationEstimator::known(size_t tier) const {
+  const size_t t = clamp(tier);
+  if (t >= learned_.size()) {
+    return Known{};
+  }
+  return Known{learned_[t].estimate, learned_[t].samples};
+}
+
+bool DurationEstimator::adopt(size_t tier, Known other) {
+  const size_t t = clamp(tier);
+  if (t >= learned_.size() || other.samples == 0 || other.estimate <= Duration::zero()) {
+    return false;
+  }
+  Learned& l = learned_[t];
+  if (l.samples >= 2 || other.samples <= l.samples) {
+    return false;
+  }
+  const Learned before = l;
+  // Its probing state starts afresh: the estimate is the other's, not a bracket seen here.
+  l = Learned{};
+  l.estimate = other.estimate;
+  l.samples = std::min<uint32_t>(other.samples, 2);
+  return before.estimate != l.estimate || before.samples != l.samples;
+}
+
 void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime last_running_seen,
                               MonotonicTime now, const std::function<LearnPace()>& pace) {
   // The task ended in (a, b]: after the last running status seen, by the first terminal one.

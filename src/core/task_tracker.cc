@@ -361,6 +361,31 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return durations_.typical(clampTier(tier));
 }
 
+std::vector<NamedDuration> TaskTracker::knownDurations() const {
+  std::vector<NamedDuration> out;
+  for (size_t t = 0; t < tiers_.size(); ++t) {
+    if (const DurationEstimator::Known k = durations_.known(t); k.samples != 0) {
+      out.push_back(NamedDuration{tiers_[t].name, k});
+    }
+  }
+  return out;
+}
+
+bool TaskTracker::adoptDurations(const std::vector<NamedDuration>& others) {
+  std::vector<DurationEstimator::Known> best(tiers_.size());
+  for (const NamedDuration& o : others) {
+    const size_t t = tierIndex(o.tier);
+    if (tiers_[t].name == o.tier && o.known.samples > best[t].samples) {
+      best[t] = o.known;
+    }
+  }
+  bool changed = false;
+  for (size_t t = 0; t < best.size(); ++t) {
+    changed = durations_.adopt(t, best[t]) || changed;
+  }
+  return changed;
+}
+
 Duration TaskTracker::endPollInterval(size_t tier) const {
   return durations_.endPollInterval(clampTier(tier));
 }

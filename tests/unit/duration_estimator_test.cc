@@ -90,5 +90,35 @@ TEST(DurationEstimator, EstimatesFollowTheirTierByName) {
   EXPECT_FALSE(d.first(0));
 }
 
+// Instances sharing a key through the store: one that has not learned a tier takes the estimate
+// of another that has seen more of its ends (up to "typical"), and keeps its own once learned.
+TEST(DurationEstimator, AnotherInstancesEstimateIsTakenOnlyUntilTheTierIsLearnedHere) {
+  DurationEstimator d;
+  d.setTiers({tier("heavy", seconds(5)), tier("light", seconds(2), seconds(10))});
+  EXPECT_EQ(d.known(0).samples, 0u);
+  EXPECT_EQ(d.known(1).samples, 2u) << "expected_duration counts as two ends";
+  EXPECT_EQ(d.known(1).estimate, seconds(10));
+
+  EXPECT_FALSE(d.adopt(0, {seconds(40), 0})) << "nothing known there";
+  EXPECT_TRUE(d.adopt(0, {seconds(40), 1}));
+  EXPECT_EQ(d.first(0), seconds(40));
+  EXPECT_FALSE(d.typical(0)) << "one end seen elsewhere: not typical yet";
+  EXPECT_FALSE(d.adopt(0, {seconds(30), 1})) << "no more ends seen than taken already";
+  EXPECT_TRUE(d.adopt(0, {seconds(36), 7}));
+  EXPECT_EQ(d.typical(0), seconds(36));
+  EXPECT_EQ(d.known(0).samples, 2u) << "counted as two, as an expected_duration";
+  EXPECT_FALSE(d.adopt(0, {seconds(20), 50})) << "learned here: its own looks refine it";
+  EXPECT_FALSE(d.adopt(1, {seconds(20), 50})) << "nor is an expected_duration replaced";
+  EXPECT_EQ(d.typical(1), seconds(10));
+
+  // An end seen here after an adopted estimate refines it as its own would.
+  DurationEstimator e;
+  e.setTiers({tier("heavy", seconds(5))});
+  ASSERT_TRUE(e.adopt(0, {seconds(40), 1}));
+  e.learn(0, kT0, kT0 + seconds(39), kT0 + seconds(40), plain);
+  EXPECT_EQ(e.known(0).samples, 2u);
+  EXPECT_TRUE(e.typical(0));
+}
+
 }  // namespace
 }  // namespace hiapi::core

@@ -797,6 +797,31 @@ TEST_F(TaskTrackerTest, LearnedDurationsHoldRunningDetailsUntilTheLikelyEnd) {
   EXPECT_EQ(fetches.back(), seconds(8)) << "the end is seen at once";
 }
 
+// Another instance sharing the key (through the store) has learned the light tier: a tracker
+// that has seen no end of it starts from that estimate, the best-informed one offered per tier,
+// and holds a running detail until the likely end from its first task on.
+TEST_F(TaskTrackerTest, AnotherInstancesLearnedDurationsAreTakenByName) {
+  cfg_.max_hold = seconds(10);
+  rebuild();
+  TaskTracker other(cfg_, testTiers());
+  for (int i = 0; i < 2; ++i) {
+    runLightTask(other, "warm-" + std::to_string(i), kT0 + minutes(i), seconds(8));
+  }
+  const std::vector<NamedDuration> known = other.knownDurations();
+  ASSERT_EQ(known.size(), 1u) << "only the light tier has ended tasks";
+  EXPECT_EQ(known[0].tier, "light");
+  std::vector<NamedDuration> offered = known;
+  offered.push_back({"light", {seconds(30), 1}});     // a less informed instance
+  offered.push_back({"no-such-tier", {seconds(3), 9}});  // a tier this one does not have
+  EXPECT_TRUE(tracker_.adoptDurations(offered));
+  EXPECT_EQ(tracker_.typicalDuration(kLight), other.typicalDuration(kLight));
+  EXPECT_FALSE(tracker_.typicalDuration(kHeavy));
+  EXPECT_FALSE(tracker_.adoptDurations(offered)) << "the same news twice changes nothing";
+  const auto fetches = runLightTaskAt(tracker_, "held", kT0 + minutes(10), seconds(8));
+  ASSERT_GE(fetches.size(), 2u);
+  EXPECT_GE(fetches[1], seconds(6)) << "held mid-task by the adopted estimate";
+}
+
 TEST_F(TaskTrackerTest, MaxHoldZeroKeepsPlainMinPollInterval) {
   cfg_.max_hold = Duration::zero();
   rebuild();

@@ -6,8 +6,9 @@
 // before), a wide bracket only moves the estimate inside it, and an end seen by the first look
 // aimed at the estimate nudges it lower, by steps that double while that repeats (so an estimate
 // that is too long comes down in a few tasks). A tier's expected_duration, when set, is the
-// starting estimate (as if two tasks had been seen). Estimates follow their tier by name across
-// setTiers().
+// starting estimate (as if two tasks had been seen); so, on an instance sharing its key through
+// the store, is an estimate another instance learned (adopt()). Estimates follow their tier by
+// name across setTiers().
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
 #include <cstdint>
@@ -37,6 +38,22 @@ public:
   ///         task is enough), at least 100 ms and at most min_poll_interval; min_poll_interval
   ///         before any end was seen.
   Duration endPollInterval(size_t tier) const;
+
+  /// What one instance has seen of a tier, as shared through the store (store.kind redis).
+  struct Known {
+    Duration estimate{};
+    uint32_t samples = 0;  ///< ends seen (2 for an expected_duration); 0: nothing known
+  };
+  /// @return what is known of @p tier's duration here (samples 0 before any end).
+  Known known(size_t tier) const;
+  /// Another instance's estimate of @p tier, seen through the shared store. Taken only while
+  /// this instance has not learned the tier itself (fewer than two ends, as typical() asks)
+  /// and the other has seen more: several instances sharing one key each see only part of
+  /// its tasks, and each learning the first wave on its own would spend the key's budget on
+  /// looks at unlearned tasks several times over. Once learned here, this instance's own
+  /// looks refine its estimate and its probes (which another estimate would upset).
+  /// @return whether the estimate changed.
+  bool adopt(size_t tier, Known other);
 
   /// A task of @p tier created at @p created, last seen running at @p last_running_seen, was
   /// seen ended at @p now (> created).
@@ -70,6 +87,13 @@ private:
 
   std::vector<TierConfig> tiers_;
   std::vector<Learned> learned_;  ///< one per tier, as tiers_
+};
+
+/// A tier's duration as one instance knows it, by the tier's name (the shared store carries
+/// them between instances).
+struct NamedDuration {
+  std::string tier;
+  DurationEstimator::Known known;
 };
 
 }  // namespace hiapi::core

@@ -350,6 +350,13 @@ public:
   ///         interval late); nullopt when it should not wait. Thread-safety: const.
   std::optional<MonotonicTime> holdPollUntil(const std::string& key, const std::string& task_id,
                                              MonotonicTime now, Duration within) const;
+  /// @return what this instance knows of each tier's duration (tiers with nothing known left
+  ///         out). Thread-safety: const.
+  std::vector<NamedDuration> knownDurations() const;
+  /// Other instances' estimates, any number per tier: for each tier named, the one that has
+  /// seen the most ends is offered to DurationEstimator::adopt(); names of no tier here are
+  /// ignored. @return whether an estimate changed.
+  bool adoptDurations(const std::vector<NamedDuration>& others);
   /// @return per tier: typicalDuration() (learned), or, before that is known, how long the
   ///         tier's oldest task still holding a slot (any key) has run at @p now (a lower bound
   ///         on its duration), or nullopt. One pass over the tasks, and only while some tier's
