@@ -174,6 +174,12 @@ bool Daemon::createLimits() {
   proxy_->setAdmission(limiter_.get());
   tasks_ = std::make_unique<TaskService>(*timers_, cfg_, *limiter_, *proxy_, log_, metrics_.get());
   proxy_->setPollHook(tasks_.get());
+  if (store_) {
+    store_->shareDurations([this] { return tasks_->tracker().knownDurations(); },
+                           [this](const std::vector<core::NamedDuration>& others) {
+                             tasks_->adoptDurations(others);
+                           });
+  }
   limiter_->on_task_created = [this](const RequestCtx& ctx, const std::string& task_id) {
     tasks_->onCreated(ctx, task_id);
   };

@@ -102,6 +102,21 @@ void writeTasksStatus(JsonWriter& w, const core::TaskTracker& tracker,
     w.EndObject();
   }
   w.EndArray();
+  // What is known of each tier's durations: learned here, set (expected_duration), or taken
+  // from another instance through the shared store; ends counted as the tracker does.
+  w.Key("durations");
+  w.StartArray();
+  for (const core::NamedDuration& d : tracker.knownDurations()) {
+    w.StartObject();
+    w.Key("tier");
+    w.String(d.tier.c_str());
+    w.Key("estimate_seconds");
+    w.Double(core::toSeconds(d.known.estimate));
+    w.Key("ends_seen");
+    w.Uint(d.known.samples);
+    w.EndObject();
+  }
+  w.EndArray();
   w.EndObject();
 }
 

@@ -126,6 +126,33 @@ redis.call('PEXPIRE', KEYS[1], life * 2)
 return #ARGV - 1
 )lua";
 
+// Learned tier durations, shared: a field per tier and instance ("tier\ninstance"), its value
+// "µs samples written_ms" (Redis time of the write). Fields not written for ARGV[2] ms are
+// dropped: what an instance learned outlives it a while (the next instance to start need not
+// learn it again), not for ever (models change). ARGV: instance id, lifetime ms, then pairs of
+// tier name and "µs samples". Reply: the fields left, name then value.
+constexpr const char* kDurationsScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local life = tonumber(ARGV[2])
+for i = 3, #ARGV - 1, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i] .. '\n' .. ARGV[1], ARGV[i + 1] .. ' ' .. now)
+end
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all - 1, 2 do
+  local at = tonumber(string.match(all[i + 1], '(%d+)$'))
+  if at == nil or now - at > life then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    out[#out + 1] = all[i]
+    out[#out + 1] = all[i + 1]
+  end
+end
+if #out > 0 then redis.call('PEXPIRE', KEYS[1], life) end
+return out
+)lua";
 
 inline std::string sha1Hex(std::string_view text) {
   unsigned char md[SHA_DIGEST_LENGTH];
@@ -137,6 +164,15 @@ inline std::string sha1Hex(std::string_view text) {
     out.push_back(kHex[c & 0xF]);
   }
   return out;
+}
+
+/// @return the store_errors_total reason for an unusable reply @p r: wrong_type for Redis'
+///         WRONGTYPE (a key of ours holds something else), else reply.
+inline const char* unusableReason(const redisReply* r) {
+  return r->type == REDIS_REPLY_ERROR &&
+                 std::string_view(r->str, r->len).find("WRONGTYPE") != std::string_view::npos
+             ? "wrong_type"
+             : "reply";
 }
 
 inline std::string num(double v) {
@@ -159,6 +195,8 @@ inline core::Duration backoffBase(uint32_t attempts) {
                                         std::pow(2.0, std::min(attempts, 20u))));
 }
 constexpr core::Duration kBadKeyRetry = std::chrono::seconds(5);
+// How long a learned duration is kept in the store after its instance last wrote it.
+constexpr core::Duration kDurationLife = std::chrono::minutes(10);
 // A full tier is asked again this often at most (another instance's release is not announced).
 constexpr core::Duration kSlotRetryMax = std::chrono::milliseconds(100);
 

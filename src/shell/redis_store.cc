@@ -1,6 +1,7 @@
 #include "hiapi/shell/redis_store.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 
 #include <event2/dns.h>
@@ -31,6 +32,7 @@ RedisStore::RedisStore(event_base* base, const core::Clock& clock, uint64_t seed
   heartbeat_sha_ = sha1Hex(kHeartbeatScript);
   acquire_sha_ = sha1Hex(kAcquireScript);
   renew_sha_ = sha1Hex(kRenewScript);
+  durations_sha_ = sha1Hex(kDurationsScript);
   timer_ = event_new(base_, -1, EV_PERSIST, &RedisStore::onTimer, this);
   if (metrics_ != nullptr) {
     metrics_->setStoreState(1, true);
@@ -227,6 +229,54 @@ void RedisStore::renewLeases(Entry& e) {
     }
     command(std::move(argv), [](redisReply*) {});
   }
+}
+
+void RedisStore::sendDurations() {
+  if (!mine_ || !theirs_) {
+    return;
+  }
+  std::vector<std::string> argv = {"EVALSHA",     durations_sha_, "1", durationsKey(),
+                                   instance_id_, std::to_string(ms(kDurationLife))};
+  for (const core::NamedDuration& d : mine_()) {
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(d.known.estimate);
+    argv.push_back(d.tier);
+    argv.push_back(std::to_string(us.count()) + " " + std::to_string(d.known.samples));
+  }
+  command(std::move(argv), [this](redisReply* r) {
+    if (r == nullptr) {
+      return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+      if (metrics_ != nullptr) {
+        metrics_->storeError(unusableReason(r));
+      }
+      return;
+    }
+    std::vector<core::NamedDuration> theirs;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      const redisReply* f = r->element[i];
+      const redisReply* v = r->element[i + 1];
+      if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+        continue;
+      }
+      const std::string_view field(f->str, f->len);
+      const std::string_view value(v->str, v->len);
+      const size_t cut = field.rfind('\n');
+      const size_t space = value.find(' ');
+      int64_t us = 0;
+      uint32_t samples = 0;
+      if (cut == std::string_view::npos || space == std::string_view::npos ||
+          std::from_chars(value.data(), value.data() + space, us).ec != std::errc() ||
+          std::from_chars(value.data() + space + 1, value.data() + value.size(), samples).ec !=
+              std::errc() ||
+          us <= 0) {
+        continue;  // not written by this version: skip, as an unknown tier would be
+      }
+      theirs.push_back({std::string(field.substr(0, cut)),
+                        {std::chrono::microseconds(us), samples}});
+    }
+    theirs_(theirs);
+  });
 }
 
 void RedisStore::badEntry(const std::string& key, Entry& e, const std::string& text) {

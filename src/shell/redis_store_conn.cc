@@ -127,6 +127,7 @@ void RedisStore::handshake() {
   command({"SCRIPT", "LOAD", kBudgetScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kAcquireScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kRenewScript}, [](redisReply*) {});
+  command({"SCRIPT", "LOAD", kDurationsScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kHeartbeatScript}, [this](redisReply* r) {
     if (r != nullptr && r->type == REDIS_REPLY_STRING) {
       ready();
@@ -230,6 +231,7 @@ void RedisStore::heartbeat() {
       renewLeases(e);
     }
   }
+  sendDurations();
   const int64_t life = ms(cfg_.heartbeat_interval) * 3;
   command({"EVALSHA", heartbeat_sha_, "1", instancesKey(), instance_id_, std::to_string(life)},
           [this](redisReply* r) {
@@ -238,11 +240,7 @@ void RedisStore::heartbeat() {
             }
             if (r->type != REDIS_REPLY_INTEGER) {
               if (metrics_ != nullptr) {
-                metrics_->storeError(r->type == REDIS_REPLY_ERROR &&
-                                             std::string(r->str, r->len).find("WRONGTYPE") !=
-                                                 std::string::npos
-                                         ? "wrong_type"
-                                         : "reply");
+                metrics_->storeError(unusableReason(r));
               }
               return;
             }

@@ -336,6 +336,12 @@ void TaskService::tick() {
   }
 }
 
+void TaskService::adoptDurations(const std::vector<core::NamedDuration>& others) {
+  if (tracker_->adoptDurations(others)) {
+    limiter_.setTierDurations(tracker_->tierDurations(clock_.now()));
+  }
+}
+
 const std::string* TaskService::authFor(const std::string& key) {
   auto it = auth_by_key_.find(key);
   if (it == auth_by_key_.end() || it->second.empty()) {

@@ -4,6 +4,8 @@
 
 #include <csignal>
 #include <cstdio>
+#include <optional>
+#include <utility>
 #include <sstream>
 #include <thread>
 
@@ -374,6 +376,71 @@ TEST(SharedStore, AKeyOfTheWrongTypeIsCountedLoggedAndTheLocalShareUsed) {
            std::string::npos;
   }, 5000ms));
   EXPECT_NE(metrics.find("outcome=\"local\""), std::string::npos);
+}
+
+/// @return the tier's duration as /status shows it on @p admin_port: {estimate s, ends seen}.
+std::optional<std::pair<double, int>> knownDuration(uint16_t admin_port, const std::string& tier) {
+  const rapidjson::Document d = status(admin_port);
+  if (!d.IsObject() || !d.HasMember("tasks") || !d["tasks"].HasMember("durations")) {
+    return std::nullopt;
+  }
+  for (const auto& t : d["tasks"]["durations"].GetArray()) {
+    if (t["tier"].GetString() == tier) {
+      return std::make_pair(t["estimate_seconds"].GetDouble(), t["ends_seen"].GetInt());
+    }
+  }
+  return std::nullopt;
+}
+
+// One instance learns the light tier's durations from its own tasks' ends; another, which has
+// seen no light task end, takes them through Redis (and shows them in /status) instead of
+// learning the first wave again. A tier nobody has learned stays unknown on both.
+TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started());
+  const std::string secret = secretFile(dir);
+  ProxyProcess a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a");
+  ProxyProcess b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b");
+  ASSERT_TRUE(a.started() && b.started()) << a.process().err() << b.process().err();
+  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+  EXPECT_FALSE(knownDuration(b.adminPort(), "light"));
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  for (int i = 0; i < 2; ++i) {
+    const HttpResponse r = httpRequest(a.port(), "POST", "/v1/tasks", hdrs,
+                                       R"({"model":"flux","input":{"prompt":"d)" +
+                                           std::to_string(i) + R"("}})");
+    ASSERT_EQ(r.status, 200) << r.body;
+    const std::string task = dataField(r.body, "taskId");
+    // Its client polls until the end (a bounded loop; light tasks run about 500 ms).
+    bool ended = false;
+    for (int n = 0; n < 40 && !ended; ++n) {
+      const HttpResponse p = httpRequest(a.port(), "GET", "/v1/tasks/" + task, hdrs, {}, 10000ms);
+      ended = dataField(p.body, "status") == "success";
+      if (!ended) {
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+    ASSERT_TRUE(ended) << task;
+  }
+  const std::optional<std::pair<double, int>> learned = knownDuration(a.adminPort(), "light");
+  ASSERT_TRUE(learned);
+  EXPECT_EQ(learned->second, 2) << "both ends seen by a";
+  EXPECT_GT(learned->first, 0.0);
+  // b may have taken a's first end already; it takes the typical estimate once a has it.
+  ASSERT_TRUE(waitFor([&] {
+    const std::optional<std::pair<double, int>> d = knownDuration(b.adminPort(), "light");
+    return d && d->second == 2;
+  }, 10000ms)) << "b never took a's estimate";
+  EXPECT_NEAR(knownDuration(b.adminPort(), "light")->first,
+              knownDuration(a.adminPort(), "light")->first, 1e-5)
+      << "a's estimate, in the store's whole microseconds";
+  EXPECT_FALSE(knownDuration(b.adminPort(), "heavy")) << "nobody learned the heavy tier";
+  EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 2) << "b created nothing";
 }
 
 }  // namespace

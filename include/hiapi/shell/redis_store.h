@@ -13,11 +13,13 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <event2/event.h>
 
 #include "hiapi/core/clock.h"
 #include "hiapi/core/config.h"
+#include "hiapi/core/duration_estimator.h"
 #include "hiapi/core/shared_budget.h"
 #include "hiapi/core/shared_slots.h"
 #include "hiapi/shell/key_identity.h"
@@ -67,6 +69,14 @@ public:
   /// pause, as the key's SharedBudget decides.
   void afterPump(const std::string& key, core::KeyScheduler& sched);
 
+  /// Carries learned tier durations between instances: at each heartbeat what @p mine returns
+  /// is written, and @p theirs gets every instance's (this one's too) from the same round trip.
+  void shareDurations(std::function<std::vector<core::NamedDuration>()> mine,
+                      std::function<void(const std::vector<core::NamedDuration>&)> theirs) {
+    mine_ = std::move(mine);
+    theirs_ = std::move(theirs);
+  }
+
   /// @return placeholder slots in @p key's gate of @p tier (slots this instance does not hold).
   size_t placeholders(const std::string& key, size_t tier) const {
     auto it = keys_.find(key);
@@ -106,6 +116,7 @@ private:
   void scheduleReconnect();
   void setDegraded(bool degraded, const std::string& why);
   void heartbeat();
+  void sendDurations();
   void tick();
   void reserve(const std::string& key, Entry& e, double want, double give,
                std::optional<core::Duration> pause);
@@ -126,6 +137,7 @@ private:
   bool command(std::vector<std::string> argv, std::function<void(redisReply*)> done);
   std::string bucketKey(const Entry& e) const { return cfg_.key_prefix + "b:" + e.redis_id; }
   std::string instancesKey() const { return cfg_.key_prefix + "instances"; }
+  std::string durationsKey() const { return cfg_.key_prefix + "durations"; }
 
   static void onReplyThunk(redisAsyncContext* c, void* reply, void* privdata);
   static void onConnectThunk(const redisAsyncContext* c, int status);
@@ -166,6 +178,9 @@ private:
   std::string heartbeat_sha_;
   std::string acquire_sha_;
   std::string renew_sha_;
+  std::string durations_sha_;
+  std::function<std::vector<core::NamedDuration>()> mine_;
+  std::function<void(const std::vector<core::NamedDuration>&)> theirs_;
 };
 
 }  // namespace hiapi::shell

@@ -63,6 +63,9 @@ public:
   std::function<void(const std::string& key, const std::string& task_id)> on_task_ended;
 
   const core::TaskTracker& tracker() const { return *tracker_; }
+  /// Other instances' learned tier durations, from the shared store: taken as the tracker
+  /// decides (core::TaskTracker::adoptDurations()), and the limiter told at once.
+  void adoptDurations(const std::vector<core::NamedDuration>& others);
 
 private:
   /// The periodic tick: re-arms itself every kTick, then tick().
