@@ -48,9 +48,17 @@ size_t editDistance(std::string_view a, std::string_view b) {
 std::string suggest(const std::string& name, const std::vector<std::string_view>& allowed) {
   std::string_view best;
   size_t best_d = 3;
+  const std::string typed = lower(name);
   for (std::string_view a : allowed) {
-    const size_t d = editDistance(lower(name), a);
     const size_t limit = a.size() >= 5 ? 2 : 1;
+    // The distance is at least the difference in length: a name much longer or shorter than a
+    // key is no typo of it, and is not worth the table (an unknown 2 KB key would cost a
+    // table of its length times each key's).
+    const size_t apart = std::max(typed.size(), a.size()) - std::min(typed.size(), a.size());
+    if (apart > limit) {
+      continue;
+    }
+    const size_t d = editDistance(typed, a);
     if (d <= limit && d < best_d) {
       best = a;
       best_d = d;
