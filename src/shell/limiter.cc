@@ -217,7 +217,7 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   info.priority = prio;
   info.client = ctx.client;
   info.tier = ctx.tier;
-  info.held_slot = ctx.slot;
+  info.held_slot = ctx.slot.id();
   if (prio == core::Priority::Background) {
     info.background_until = ctx.poll_early_until;
   }
@@ -242,10 +242,7 @@ void Limiter::submit(KeyState& ks, RequestCtx& ctx, core::Priority prio) {
   const bool full = prio != core::Priority::Retry && waitingTotal() >= cfg_->queue.max_size;
   const core::SubmitResult r = full ? core::SubmitResult::QueueFull : ks.sched->submit(info, now);
   if (r != core::SubmitResult::Queued) {
-    if (ctx.slot) {
-      ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
-      ctx.slot.reset();
-    }
+    ctx.slot.release();
     reject(ctx.id, core::ProxyError::QueueFull, static_cast<int>(ks.sched->retryAfterSeconds(now)));
     return;
   }
@@ -260,7 +257,7 @@ void Limiter::sendInShadow(KeyState& ks, RequestCtx& ctx, const core::RequestInf
                            core::MonotonicTime now) {
   const core::ShadowAdmission a = ks.sched->admitShadow(info, now);
   if (a.slot) {
-    ctx.slot = a.slot;
+    ctx.slot = core::GatePermit(*this, ks.name, *a.slot);
   }
   ctx.admission_seq = a.seq;
   ctx.shadow = core::shadowReasonName(a.would_wait);
@@ -332,7 +329,7 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
       continue;
     }
     RequestCtx& ctx = *it->second.ctx;
-    ctx.slot.reset();  // released by the scheduler with the expiry
+    ctx.slot.detach();  // freed by the scheduler with the expiry
     if (ctx.attempts == 0) {
       ctx.queued = now - ctx.received;  // the access log's queued_ms: it waited all this time
     }
@@ -346,7 +343,9 @@ std::optional<core::MonotonicTime> Limiter::pumpOnce(KeyState& ks) {
       ks.sched->unadmit(a, now);  // nobody to send it for (never expected)
       continue;
     }
-    it->second.ctx->slot = a.slot;
+    if (a.slot && a.slot != it->second.ctx->slot.id()) {
+      it->second.ctx->slot = core::GatePermit(*this, ks.name, *a.slot);
+    }
     it->second.ctx->admission_seq = a.seq;
     observeWait(ks, it->second, a.route, "sent", a.waited);
     // Sends; handles_ keeps the entry until the final answer.
@@ -377,17 +376,14 @@ void Limiter::clientGone(RequestCtx& ctx) {
   const auto now = clock_.now();
   if (ks.unwait(ctx.id)) {
     ks.sched->cancel(ctx.id, now);  // returns the token reservation and a held slot
-    ctx.slot.reset();
+    ctx.slot.detach();
     if (auto h = handles_.find(ctx.id); h != handles_.end()) {
       observeWait(ks, h->second, ctx.route.kind, "client_gone", now - h->second.since);
     }
   }
   retry_timers_.erase(ctx.id);
   handle_spares_.erase(handles_, ctx.id);
-  if (ctx.slot) {
-    ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
-    ctx.slot.reset();
-  }
+  ctx.slot.release();
   pump(ks);
 }
 
@@ -395,6 +391,19 @@ void Limiter::releaseSlot(const std::string& key, uint64_t slot, core::ReleaseRe
   KeyState& ks = keyState(key);
   ks.sched->releaseSlot(slot, reason, clock_.now());
   pump(ks);
+}
+
+void Limiter::releaseHeld(const std::string& key, uint64_t slot) {
+  auto it = keys_.find(key);
+  if (it == keys_.end()) {
+    return;  // a key is forgotten only while it holds no slot: nothing is left to free
+  }
+  KeyState& ks = *it->second;
+  const auto now = clock_.now();
+  ks.sched->releaseSlot(slot, core::ReleaseReason::NotCreated, now);
+  if (!ks.pumping) {
+    arm(ks, now);  // a create waiting for this slot goes on the next loop turn
+  }
 }
 
 uint64_t Limiter::restoreSlot(const std::string& key, size_t tier, core::Duration lease_left) {

@@ -55,7 +55,7 @@ core::UpstreamOutcome outcomeOf(const RequestCtx& ctx, const UpstreamResponse& r
   out.status = resp.error == UpstreamError::None ? resp.status : 0;
   out.route = ctx.route.kind;
   out.tier = ctx.tier;
-  out.slot = ctx.slot;
+  out.slot = ctx.slot.id();
   out.seq = ctx.admission_seq;
   out.wall_now = wall;
   if (resp.status == 429) {
@@ -79,7 +79,7 @@ bool Limiter::completed(RequestCtx& ctx, const UpstreamResponse& resp) {
   }
   const bool success = resp.error == UpstreamError::None && resp.status >= 200 && resp.status < 300;
   if (ctx.route.kind == core::RouteKind::Create && ctx.slot) {
-    settleCreateSlot(ks, ctx, resp.body, success, now);
+    settleCreateSlot(ctx, resp.body, success);
   }
   const bool retry = !success && !ctx.client_gone && scheduleRetry(ks, ctx, resp, out, now);
   if (!retry) {
@@ -113,23 +113,21 @@ void Limiter::learnFrom(KeyState& ks, const RequestCtx& ctx, const core::Upstrea
   }
 }
 
-void Limiter::settleCreateSlot(KeyState& ks, RequestCtx& ctx, const std::string& body,
-                               bool success, core::MonotonicTime now) {
+void Limiter::settleCreateSlot(RequestCtx& ctx, const std::string& body, bool success) {
   if (success) {
     // The task holds its slot until a terminal status is seen or the lease runs out.
     const std::optional<std::string> task = core::parseCreatedTaskId(body);
     if (task && on_task_created) {
-      on_task_created(ctx, *task);  // the task tracker now holds the slot
+      on_task_created(ctx, *task);
     } else if (!task) {
       log_.warn("create succeeded without a readable taskId: its slot waits for the lease",
                 {{"request_id", ctx.request_id}, {"key", core::keyDisplayName(ctx.key_name)}});
     }
-    ctx.slot.reset();
+    ctx.slot.detach();  // the task tracker holds it now, or the lease will end it
   } else {
     // No task was created (or we cannot tell it was): the slot goes back at once. A retry
     // waits for a slot again, under the ceiling a concurrency 429 may have lowered.
-    ks.sched->releaseSlot(*ctx.slot, core::ReleaseReason::NotCreated, now);
-    ctx.slot.reset();
+    ctx.slot.release();
   }
 }
 

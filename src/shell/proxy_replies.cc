@@ -184,6 +184,9 @@ std::string_view ProxyServer::outcomeOf(const RequestCtx& ctx) {
 
 void ProxyServer::done(RequestCtx& ctx, int status) {
   unhold(ctx);
+  // A request ends holding no slot: one still held (no path handed it on) is freed now, not
+  // when this request's spare is reused.
+  ctx.slot.release();
   if (!ctx.deferred_id.empty()) {
     --deferred_live_;
   }

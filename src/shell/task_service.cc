@@ -292,7 +292,7 @@ void TaskService::onCreated(const RequestCtx& ctx, const std::string& task_id) {
   if (!ctx.authorization.empty()) {
     auth_by_key_[ctx.key_name] = ctx.authorization;
   }
-  release(tracker_->onCreated(ctx.key_name, task_id, ctx.tier.value_or(0), ctx.slot, ctx.model,
+  release(tracker_->onCreated(ctx.key_name, task_id, ctx.tier.value_or(0), ctx.slot.id(), ctx.model,
                               clock_.now()));
   dirty_ = true;
 }

@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -30,6 +32,14 @@ std::unique_ptr<RequestCtx> poll(uint64_t id, const std::string& task, core::Mon
   ctx->route.task_id = task;
   ctx->received = now;
   ctx->deadline = ctx->received + 50s;
+  return ctx;
+}
+
+std::unique_ptr<RequestCtx> create(uint64_t id, core::MonotonicTime now) {
+  auto ctx = poll(id, "", now);
+  ctx->method = "POST";
+  ctx->route.kind = core::RouteKind::Create;
+  ctx->upstream.body = R"({"model":"seedance-2-0","input":{"prompt":"p"}})";
   return ctx;
 }
 
@@ -174,6 +184,78 @@ TEST(LimiterLoop, ARetriedRequestWaitsOutItsDelayOnTheClock) {
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_GE(sent[1], *retry_due) << "not before its delay";
   EXPECT_LT(sent[1] - *retry_due, 10ms) << "sent when its delay ended";
+}
+
+// A create holds its tier slot through a GatePermit: a request that ends without handing the
+// slot on (here: dropped before its answer) frees it, and the next create of the tier goes on
+// the limiter's next timer turn. A created task keeps its slot; a failed create frees it.
+class LimiterSlots : public ::testing::Test {
+protected:
+  LimiterSlots() {
+    on.decisions.on = [this](const AdmissionDecision& d) {
+      EXPECT_FALSE(d.refuse) << d.id;
+      sent.push_back(d.id);
+    };
+    on.limiter.on_task_created = [this](const RequestCtx& ctx, const std::string& task) {
+      ASSERT_TRUE(ctx.slot.id()) << "the slot is still the request's when the task is told";
+      created.emplace_back(task, *ctx.slot.id());
+    };
+  }
+  // Both creates are admitted or waiting; the first holds the tier's one slot.
+  void admitTwo() {
+    a = create(1, on.clock.now());
+    b = create(2, on.clock.now());
+    on.limiter.admit(*a);
+    on.limiter.admit(*b);
+    advance(20ms);  // creates arriving together are gathered for a moment (queue.create_gather)
+    ASSERT_EQ(sent, std::vector<uint64_t>{1});
+    ASSERT_TRUE(a->slot.id());
+  }
+  void advance(core::Duration d) { on.timers.advance(d); }
+
+  LimiterOnAClock on{"limits:\n  rate: 100/s\n  burst: 10\n  tiers:\n"
+                     "    - {name: heavy, models: [\"*\"], max_running: 1}\n"
+                     "retry: {max_attempts: 1}\n"};
+  std::vector<uint64_t> sent;
+  std::vector<std::pair<std::string, uint64_t>> created;
+  std::unique_ptr<RequestCtx> a, b;
+};
+
+TEST_F(LimiterSlots, ACreateDroppedWhileHoldingItsSlotFreesIt) {
+  admitTwo();
+  advance(1s);
+  EXPECT_EQ(sent.size(), 1u) << "the tier is full";
+  a.reset();
+  EXPECT_EQ(sent.size(), 1u) << "not from inside the drop";
+  advance(20ms);
+  EXPECT_EQ(sent, (std::vector<uint64_t>{1, 2}));
+  EXPECT_TRUE(b->slot.id());
+}
+
+TEST_F(LimiterSlots, ACreatedTaskKeepsItsSlotAndAFailedCreateFreesIt) {
+  admitTwo();
+  UpstreamResponse ok;
+  ok.status = 200;
+  ok.body = R"({"code":200,"data":{"taskId":"tk-1"}})";
+  EXPECT_FALSE(on.limiter.completed(*a, ok));
+  ASSERT_EQ(created.size(), 1u);
+  EXPECT_EQ(created[0].first, "tk-1");
+  EXPECT_FALSE(a->slot) << "handed to task tracking";
+  a.reset();
+  advance(1s);
+  EXPECT_EQ(sent.size(), 1u) << "the task still runs: its slot is not freed";
+  on.limiter.releaseSlot("k", created[0].second, core::ReleaseReason::TaskFinished);
+  advance(20ms);
+  EXPECT_EQ(sent, (std::vector<uint64_t>{1, 2}));
+  auto c = create(3, on.clock.now());
+  on.limiter.admit(*c);
+  UpstreamResponse refused;
+  refused.status = 400;
+  refused.body = R"({"error":{"type":"hiapi_error","code":"invalid_request"}})";
+  EXPECT_FALSE(on.limiter.completed(*b, refused));
+  EXPECT_FALSE(b->slot) << "freed with the answer";
+  advance(20ms);
+  EXPECT_EQ(sent, (std::vector<uint64_t>{1, 2, 3}));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace hiapi::core {
@@ -120,23 +121,53 @@ TEST(ConcurrencyGate, ReconfigureKeepsSlots) {
   EXPECT_FALSE(g.canAcquire(kStart));
 }
 
-TEST(GatePermit, ReleasesOnDestructionUnlessDetached) {
+// Frees the slots of one gate, recording which key asked.
+struct GateReleaser : SlotReleaser {
+  explicit GateReleaser(ConcurrencyGate& g) : gate(g) {}
+  void releaseHeld(const std::string& key, SlotId slot) override {
+    keys.push_back(key);
+    freed += gate.release(slot, ReleaseReason::NotCreated) ? 1 : 0;
+  }
+  ConcurrencyGate& gate;
+  std::vector<std::string> keys;
+  int freed = 0;
+};
+
+TEST(GatePermit, FreesItsSlotExactlyOnceWhenDroppedMovedOrReleased) {
   ConcurrencyGate g(1, kLease, kRecovery, kStart);
+  GateReleaser r(g);
   {
-    GatePermit p(g, *g.acquire(kStart));
+    GatePermit p(r, "k1", *g.acquire(kStart));
     EXPECT_FALSE(g.canAcquire(kStart));
     GatePermit q = std::move(p);
     EXPECT_FALSE(p);
-    EXPECT_TRUE(q);
+    EXPECT_FALSE(p.id());
+    ASSERT_TRUE(q.id());
+    EXPECT_EQ(r.freed, 0) << "moving a permit frees nothing";
   }
-  EXPECT_TRUE(g.canAcquire(kStart));
+  EXPECT_TRUE(g.canAcquire(kStart)) << "dropped while held: freed";
+  EXPECT_EQ(r.freed, 1);
+  GatePermit p(r, "k2", *g.acquire(kStart));
+  EXPECT_TRUE(p.release());
+  EXPECT_FALSE(p.release()) << "already freed";
+  p = GatePermit(r, "k3", *g.acquire(kStart));
+  p = GatePermit();  // assigning over a held permit frees what it held
+  EXPECT_EQ(r.freed, 3);
+  EXPECT_EQ(r.keys, (std::vector<std::string>{"k1", "k2", "k3"}));
+}
+
+TEST(GatePermit, ADetachedSlotIsItsNewOwnersToFree) {
+  ConcurrencyGate g(1, kLease, kRecovery, kStart);
+  GateReleaser r(g);
   SlotId id;
   {
-    GatePermit p(g, *g.acquire(kStart));
+    GatePermit p(r, "k", *g.acquire(kStart));
     id = p.detach();
+    EXPECT_FALSE(p);
   }
+  EXPECT_EQ(r.freed, 0);
   EXPECT_FALSE(g.canAcquire(kStart));
-  EXPECT_TRUE(g.release(id));
+  EXPECT_TRUE(g.release(id, ReleaseReason::TaskFinished));
 }
 
 class GateFuzz : public ::testing::TestWithParam<uint64_t> {};

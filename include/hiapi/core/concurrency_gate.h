@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -158,47 +159,68 @@ private:
   uint64_t lowered_total_ = 0;
 };
 
-/// A move-only slot holder: frees its slot (as NotCreated) when destroyed unless released or
-/// detached first. The shell mostly passes explicit ids across callbacks instead (detach()).
-/// Thread-safety: not thread-safe. The gate must outlive the permit.
+/// Whoever can free a key's slot for a GatePermit: the limiter, which owns the key's scheduler.
+class SlotReleaser {
+public:
+  /// Frees @p slot of @p key (NotCreated: no task holds it). Called from GatePermit, possibly
+  /// from a destructor in the middle of another object's work: an implementation must not call
+  /// back into its callers from here (it may schedule work for later).
+  virtual void releaseHeld(const std::string& key, SlotId slot) = 0;
+
+protected:
+  ~SlotReleaser() = default;
+};
+
+/// A create's tier slot while the request holds it: between admission and the upstream's answer,
+/// and across the retries of that create. Move-only; a permit dropped while it still holds its
+/// slot frees it, so a slot is freed exactly once whichever way its request ends. A permit gives
+/// its slot up with detach() when someone else now owns it: the task tracker (the create
+/// succeeded: the task holds it until a terminal status), or the scheduler (the waiting request
+/// expired or was cancelled, and the scheduler freed the slot itself).
+/// Thread-safety: not thread-safe. The releaser must outlive the permit.
 class GatePermit {
 public:
   GatePermit() = default;
-  GatePermit(ConcurrencyGate& gate, SlotId id) : gate_(&gate), id_(id) {}
-  GatePermit(GatePermit&& o) noexcept : gate_(std::exchange(o.gate_, nullptr)), id_(o.id_) {}
+  GatePermit(SlotReleaser& owner, std::string key, SlotId id)
+      : owner_(&owner), key_(std::move(key)), id_(id) {}
+  GatePermit(GatePermit&& o) noexcept
+      : owner_(std::exchange(o.owner_, nullptr)), key_(std::move(o.key_)), id_(o.id_) {}
   GatePermit& operator=(GatePermit&& o) noexcept {
     if (this != &o) {
-      reset();
-      gate_ = std::exchange(o.gate_, nullptr);
+      release();
+      owner_ = std::exchange(o.owner_, nullptr);
+      key_ = std::move(o.key_);
       id_ = o.id_;
     }
     return *this;
   }
   GatePermit(const GatePermit&) = delete;
   GatePermit& operator=(const GatePermit&) = delete;
-  ~GatePermit() { reset(); }
+  ~GatePermit() { release(); }
 
-  /// @return whether this permit still owns a slot.
-  explicit operator bool() const { return gate_ != nullptr; }
-  /// @return the slot id (meaningful while owned).
-  SlotId id() const { return id_; }
-  /// Frees the slot now. @return whether it was freed by this call.
-  bool release(ReleaseReason reason = ReleaseReason::NotCreated) {
-    if (gate_ == nullptr) {
+  /// @return whether this permit still holds a slot.
+  explicit operator bool() const { return owner_ != nullptr; }
+  /// @return the slot while held, else nothing.
+  std::optional<SlotId> id() const {
+    return owner_ != nullptr ? std::optional<SlotId>(id_) : std::nullopt;
+  }
+  /// Frees the slot now (NotCreated). @return whether this call freed it.
+  bool release() {
+    if (owner_ == nullptr) {
       return false;
     }
-    return std::exchange(gate_, nullptr)->release(id_, reason);
+    std::exchange(owner_, nullptr)->releaseHeld(key_, id_);
+    return true;
   }
-  /// Gives up ownership without freeing. @return the id, now the caller's to release.
+  /// Gives the slot up without freeing it: its new owner frees it. @return the id.
   SlotId detach() {
-    gate_ = nullptr;
+    owner_ = nullptr;
     return id_;
   }
 
 private:
-  void reset() { release(ReleaseReason::NotCreated); }
-
-  ConcurrencyGate* gate_ = nullptr;
+  SlotReleaser* owner_ = nullptr;
+  std::string key_;
   SlotId id_ = 0;
 };
 

@@ -21,7 +21,7 @@ class Metrics;
 class RedisStore;
 
 /// Thread-safety: loop thread only.
-class Limiter final : public AdmissionHook {
+class Limiter final : public AdmissionHook, public core::SlotReleaser {
 public:
   /// @param timers its timers and its clock. @param random jitter and idempotency keys.
   Limiter(Timers& timers, core::Random& random, core::ConfigSharedPtr cfg, Logger& log,
@@ -74,6 +74,9 @@ public:
 
   /// Gives a slot back (task terminal, duplicate create).
   void releaseSlot(const std::string& key, uint64_t slot, core::ReleaseReason reason);
+  /// SlotReleaser: a request's GatePermit frees its slot. The key dispatches again on its next
+  /// timer turn, not from here: a permit may be dropped in the middle of the server's work.
+  void releaseHeld(const std::string& key, uint64_t slot) override;
   /// Re-occupies a slot for a task read from the state file. @return the slot id.
   uint64_t restoreSlot(const std::string& key, size_t tier, core::Duration lease_left);
 
@@ -123,8 +126,7 @@ private:
   void learnFrom(KeyState& ks, const RequestCtx& ctx, const core::UpstreamOutcome& out,
                  core::Duration latency, core::MonotonicTime now);
   /// A create's slot after its reply: held by the created task, or given back at once.
-  void settleCreateSlot(KeyState& ks, RequestCtx& ctx, const std::string& body, bool success,
-                        core::MonotonicTime now);
+  void settleCreateSlot(RequestCtx& ctx, const std::string& body, bool success);
   /// Asks the retry policy and the budget; arms the retry timer. @return whether it retries.
   bool scheduleRetry(KeyState& ks, RequestCtx& ctx, const UpstreamResponse& resp,
                      const core::UpstreamOutcome& out, core::MonotonicTime now);

@@ -52,7 +52,7 @@ struct RequestCtx {
   uint64_t pool_handle = 0;
   std::string upstream_request_id;
   // Set by the limiter.
-  std::optional<uint64_t> slot;   ///< a create's tier slot while it is held
+  core::GatePermit slot;          ///< a create's tier slot while the request holds it
   std::optional<size_t> tier;     ///< a create's tier
   uint64_t admission_seq = 0;     ///< the scheduler's Admitted::seq of the attempt in flight
   /// Shadow mode: what would have held it back (rate, concurrency, cooldown), "" if nothing.
