@@ -10,6 +10,20 @@ constexpr Duration kMinEndPollInterval = std::chrono::milliseconds(100);
 
 }  // namespace
 
+const char* durationSourceName(DurationSource s) {
+  switch (s) {
+  case DurationSource::None:
+    return "none";
+  case DurationSource::Configured:
+    return "expected_duration";
+  case DurationSource::Shared:
+    return "shared";
+  case DurationSource::Learned:
+    return "learned";
+  }
+  return "none";
+}
+
 void DurationEstimator::setTiers(const std::vector<TierConfig>& tiers) {
   const std::vector<TierConfig> old_tiers = std::move(tiers_);
   const std::vector<Learned> old_learned = std::move(learned_);
@@ -27,6 +41,7 @@ void DurationEstimator::setTiers(const std::vector<TierConfig>& tiers) {
     if (learned_[i].samples == 0 && tiers_[i].expected_duration > Duration::zero()) {
       learned_[i].estimate = tiers_[i].expected_duration;
       learned_[i].samples = 2;
+      learned_[i].source = DurationSource::Configured;
     }
   }
 }
@@ -62,7 +77,7 @@ DurationEstimator::Known DurationEstimator::known(size_t tier) const {
   if (t >= learned_.size()) {
     return Known{};
   }
-  return Known{learned_[t].estimate, learned_[t].samples};
+  return Known{learned_[t].estimate, learned_[t].samples, learned_[t].source};
 }
 
 bool DurationEstimator::adopt(size_t tier, Known other) {
@@ -79,6 +94,7 @@ bool DurationEstimator::adopt(size_t tier, Known other) {
   l = Learned{};
   l.estimate = other.estimate;
   l.samples = std::min<uint32_t>(other.samples, 2);
+  l.source = DurationSource::Shared;
   return before.estimate != l.estimate || before.samples != l.samples;
 }
 
@@ -119,6 +135,7 @@ void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime 
     }
   }
   ++l.samples;
+  l.source = DurationSource::Learned;
 }
 
 void DurationEstimator::learnNarrow(Learned& l, const Bracket& b, Duration fine, bool same_wave) {

@@ -102,8 +102,9 @@ void writeTasksStatus(JsonWriter& w, const core::TaskTracker& tracker,
     w.EndObject();
   }
   w.EndArray();
-  // What is known of each tier's durations: learned here, set (expected_duration), or taken
-  // from another instance through the shared store; ends counted as the tracker does.
+  // What is known of each tier's durations and where it came from: learned here, set
+  // (expected_duration) or taken from another instance through the shared store. samples counts
+  // ends as the estimator does (an expected_duration counts as two).
   w.Key("durations");
   w.StartArray();
   for (const core::NamedDuration& d : tracker.knownDurations()) {
@@ -112,8 +113,10 @@ void writeTasksStatus(JsonWriter& w, const core::TaskTracker& tracker,
     w.String(d.tier.c_str());
     w.Key("estimate_seconds");
     w.Double(core::toSeconds(d.known.estimate));
-    w.Key("ends_seen");
+    w.Key("samples");
     w.Uint(d.known.samples);
+    w.Key("source");
+    w.String(core::durationSourceName(d.known.source));
     w.EndObject();
   }
   w.EndArray();

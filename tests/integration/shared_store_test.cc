@@ -378,15 +378,23 @@ TEST(SharedStore, AKeyOfTheWrongTypeIsCountedLoggedAndTheLocalShareUsed) {
   EXPECT_NE(metrics.find("outcome=\"local\""), std::string::npos);
 }
 
-/// @return the tier's duration as /status shows it on @p admin_port: {estimate s, ends seen}.
-std::optional<std::pair<double, int>> knownDuration(uint16_t admin_port, const std::string& tier) {
+// A tier's duration as /status shows it.
+struct KnownDuration {
+  double estimate_s = 0;
+  int samples = 0;
+  std::string source;
+};
+
+/// @return the tier's duration as /status shows it on @p admin_port.
+std::optional<KnownDuration> knownDuration(uint16_t admin_port, const std::string& tier) {
   const rapidjson::Document d = status(admin_port);
   if (!d.IsObject() || !d.HasMember("tasks") || !d["tasks"].HasMember("durations")) {
     return std::nullopt;
   }
   for (const auto& t : d["tasks"]["durations"].GetArray()) {
     if (t["tier"].GetString() == tier) {
-      return std::make_pair(t["estimate_seconds"].GetDouble(), t["ends_seen"].GetInt());
+      return KnownDuration{t["estimate_seconds"].GetDouble(), t["samples"].GetInt(),
+                           t["source"].GetString()};
     }
   }
   return std::nullopt;
@@ -427,17 +435,19 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
     }
     ASSERT_TRUE(ended) << task;
   }
-  const std::optional<std::pair<double, int>> learned = knownDuration(a.adminPort(), "light");
+  const std::optional<KnownDuration> learned = knownDuration(a.adminPort(), "light");
   ASSERT_TRUE(learned);
-  EXPECT_EQ(learned->second, 2) << "both ends seen by a";
-  EXPECT_GT(learned->first, 0.0);
+  EXPECT_EQ(learned->samples, 2) << "both ends seen by a";
+  EXPECT_EQ(learned->source, "learned");
+  EXPECT_GT(learned->estimate_s, 0.0);
   // b may have taken a's first end already; it takes the typical estimate once a has it.
   ASSERT_TRUE(waitFor([&] {
-    const std::optional<std::pair<double, int>> d = knownDuration(b.adminPort(), "light");
-    return d && d->second == 2;
+    const std::optional<KnownDuration> d = knownDuration(b.adminPort(), "light");
+    return d && d->samples == 2;
   }, 10000ms)) << "b never took a's estimate";
-  EXPECT_NEAR(knownDuration(b.adminPort(), "light")->first,
-              knownDuration(a.adminPort(), "light")->first, 1e-5)
+  EXPECT_EQ(knownDuration(b.adminPort(), "light")->source, "shared");
+  EXPECT_NEAR(knownDuration(b.adminPort(), "light")->estimate_s,
+              knownDuration(a.adminPort(), "light")->estimate_s, 1e-5)
       << "a's estimate, in the store's whole microseconds";
   EXPECT_FALSE(knownDuration(b.adminPort(), "heavy")) << "nobody learned the heavy tier";
   EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 2) << "b created nothing";

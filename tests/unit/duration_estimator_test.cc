@@ -98,6 +98,8 @@ TEST(DurationEstimator, AnotherInstancesEstimateIsTakenOnlyUntilTheTierIsLearned
   EXPECT_EQ(d.known(0).samples, 0u);
   EXPECT_EQ(d.known(1).samples, 2u) << "expected_duration counts as two ends";
   EXPECT_EQ(d.known(1).estimate, seconds(10));
+  EXPECT_EQ(d.known(0).source, DurationSource::None);
+  EXPECT_EQ(d.known(1).source, DurationSource::Configured);
 
   EXPECT_FALSE(d.adopt(0, {seconds(40), 0})) << "nothing known there";
   EXPECT_TRUE(d.adopt(0, {seconds(40), 1}));
@@ -107,6 +109,7 @@ TEST(DurationEstimator, AnotherInstancesEstimateIsTakenOnlyUntilTheTierIsLearned
   EXPECT_TRUE(d.adopt(0, {seconds(36), 7}));
   EXPECT_EQ(d.typical(0), seconds(36));
   EXPECT_EQ(d.known(0).samples, 2u) << "counted as two, as an expected_duration";
+  EXPECT_EQ(d.known(0).source, DurationSource::Shared);
   EXPECT_FALSE(d.adopt(0, {seconds(20), 50})) << "learned here: its own looks refine it";
   EXPECT_FALSE(d.adopt(1, {seconds(20), 50})) << "nor is an expected_duration replaced";
   EXPECT_EQ(d.typical(1), seconds(10));
@@ -117,6 +120,8 @@ TEST(DurationEstimator, AnotherInstancesEstimateIsTakenOnlyUntilTheTierIsLearned
   ASSERT_TRUE(e.adopt(0, {seconds(40), 1}));
   e.learn(0, kT0, kT0 + seconds(39), kT0 + seconds(40), plain);
   EXPECT_EQ(e.known(0).samples, 2u);
+  EXPECT_EQ(e.known(0).source, DurationSource::Learned);
+  EXPECT_STREQ(durationSourceName(e.known(0).source), "learned");
   EXPECT_TRUE(e.typical(0));
 }
 

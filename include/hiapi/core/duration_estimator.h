@@ -23,6 +23,16 @@
 
 namespace hiapi::core {
 
+/// Where a tier's duration estimate came from (what /status shows an operator).
+enum class DurationSource {
+  None,        ///< nothing known yet
+  Configured,  ///< the tier's expected_duration
+  Shared,      ///< another instance's estimate, through the shared store
+  Learned,     ///< refined by ends this instance saw (whatever it started from)
+};
+/// @return "none", "expected_duration", "shared" or "learned".
+const char* durationSourceName(DurationSource s);
+
 /// See the file comment. Tier indices are clamped to the last tier.
 class DurationEstimator {
 public:
@@ -43,6 +53,7 @@ public:
   struct Known {
     Duration estimate{};
     uint32_t samples = 0;  ///< ends seen (2 for an expected_duration); 0: nothing known
+    DurationSource source = DurationSource::None;  ///< not carried between instances
   };
   /// @return what is known of @p tier's duration here (samples 0 before any end).
   Known known(size_t tier) const;
@@ -67,6 +78,7 @@ private:
   struct Learned {
     Duration estimate{};   ///< see typical()
     uint32_t samples = 0;  ///< ends seen
+    DurationSource source = DurationSource::None;
     /// Ends seen in a row by the first look aimed at the estimate (how hard to probe lower).
     uint32_t hits = 0;
     /// When the task whose end last moved the estimate was created (once per wave).
