@@ -205,21 +205,34 @@ TEST(SharedStore, ThreeProxiesOneKeyStayInsideTheKeysLimits) {
   EXPECT_EQ(redis.cli("KEYS '*" + kKey + "*'"), "") << "no API key in a Redis key name";
 }
 
-TEST(SharedStore, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
-  TempDir dir;
-  RedisServer redis(dir, unusedPort());
-  ASSERT_TRUE(redis.up());
-  std::vector<std::string> flags = kSimLimits;
-  SimProcess sim(dir, flags);
-  ASSERT_TRUE(sim.started()) << sim.process().err();
-  const std::string secret = secretFile(dir);
-  ProxyProcess a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a");
-  ProxyProcess b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b");
-  ASSERT_TRUE(a.started() && b.started()) << a.process().err() << b.process().err();
-  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
-                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+// A redis-server, the simulator and two proxies, a and b, sharing kKey through that Redis.
+struct TwoProxies {
+  explicit TwoProxies(const TempDir& dir)
+      : redis(dir, unusedPort()), sim(dir, kSimLimits), secret(secretFile(dir)),
+        a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a"),
+        b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b") {}
+  /// @return whether all four run and both proxies are connected to Redis.
+  bool up() {
+    return redis.up() && sim.started() && a.started() && b.started() &&
+           waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                storeFlag(b.adminPort(), "connected"); }, 10000ms);
+  }
+  std::string err() { return sim.process().err() + a.process().err() + b.process().err(); }
+
+  RedisServer redis;
+  SimProcess sim;
+  std::string secret;
+  ProxyProcess a;
+  ProxyProcess b;
   const std::vector<std::pair<std::string, std::string>> hdrs{
       {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+};
+
+TEST(SharedStore, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
+  TempDir dir;
+  TwoProxies two(dir);
+  ASSERT_TRUE(two.up()) << two.err();
+  auto& [redis, sim, secret, a, b, hdrs] = two;
   for (int i = 0; i < 2; ++i) {
     const HttpResponse r = httpRequest(a.port(), "POST", "/v1/tasks", hdrs,
                                        R"({"model":"seedance-1","input":{"prompt":"a)" +
@@ -405,19 +418,10 @@ std::optional<KnownDuration> knownDuration(uint16_t admin_port, const std::strin
 // learning the first wave again. A tier nobody has learned stays unknown on both.
 TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
   TempDir dir;
-  RedisServer redis(dir, unusedPort());
-  ASSERT_TRUE(redis.up());
-  SimProcess sim(dir, kSimLimits);
-  ASSERT_TRUE(sim.started());
-  const std::string secret = secretFile(dir);
-  ProxyProcess a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a");
-  ProxyProcess b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b");
-  ASSERT_TRUE(a.started() && b.started()) << a.process().err() << b.process().err();
-  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
-                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+  TwoProxies two(dir);
+  ASSERT_TRUE(two.up()) << two.err();
+  auto& [redis, sim, secret, a, b, hdrs] = two;
   EXPECT_FALSE(knownDuration(b.adminPort(), "light"));
-  const std::vector<std::pair<std::string, std::string>> hdrs{
-      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
   for (int i = 0; i < 2; ++i) {
     const HttpResponse r = httpRequest(a.port(), "POST", "/v1/tasks", hdrs,
                                        R"({"model":"flux","input":{"prompt":"d)" +
@@ -442,7 +446,8 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
   EXPECT_GT(learned->estimate_s, 0.0);
   // b may have taken a's first end already; it takes the typical estimate once a has it.
   ASSERT_TRUE(waitFor([&] {
-    const std::optional<KnownDuration> d = knownDuration(b.adminPort(), "light");
+    // (Not b: a lambda may not capture a structured binding in C++17.)
+    const std::optional<KnownDuration> d = knownDuration(two.b.adminPort(), "light");
     return d && d->samples == 2;
   }, 10000ms)) << "b never took a's estimate";
   EXPECT_EQ(knownDuration(b.adminPort(), "light")->source, "shared");
