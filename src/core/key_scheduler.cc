@@ -151,7 +151,7 @@ SubmitResult KeyScheduler::submit(const RequestInfo& request, MonotonicTime now)
 
 bool KeyScheduler::admitAtOnce(const QueueEntry& entry, RouteKind route, MonotonicTime now) {
   // Nothing waits, so fairness has nobody to order this request against, and the queue's
-  // bookkeeping (half a dozen node allocations per request, 3,600 instructions in B3) buys
+  // bookkeeping (half a dozen node allocations, some 3,600 instructions per request) buys
   // nothing. The same tests as dispatch()'s loop for one entry with no lane.
   if (!queue_.empty() || !ready_.empty() || route == RouteKind::Create || entry.lane ||
       entry.priority == Priority::Background || adaptive_.inCooldown(now)) {
@@ -285,7 +285,7 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
   // A background poll that may free a slot of a full gate creates wait for goes with them from
   // its task's likely end. Judged now, not when it was queued: a gate that had a slot free then
   // (a create was about to take it) may be the bottleneck now, and the task's end, unseen,
-  // would keep it full (B1 traces: 2.6 s lost at a wave change).
+  // would keep it full: the next wave would start seconds late.
   for (size_t t = 0; t < gates_.size(); ++t) {
     if (planner_.blocked(load(), t, now)) {
       queue_.promoteBackgroundOnLane(kUnblockLanes + t, now, Priority::Create);

@@ -121,7 +121,8 @@ void Daemon::prepareProcess() {
 
 bool Daemon::createEventBase() {
   // The changelist coalesces the read/write interest evhttp turns on and off several times per
-  // request into at most one epoll_ctl per descriptor and loop turn (B3 showed ~6 per request).
+  // request into at most one epoll_ctl per descriptor and loop turn (about six per request
+  // without it).
   // Its one caveat, dup()ed descriptors, does not apply: every socket here is our own.
   event_config* ev_cfg = event_config_new();
   if (ev_cfg != nullptr) {

@@ -154,7 +154,7 @@ void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
   if (ctx.poll_held && !ctx.poll_early_until) {
     // Held until its task's likely end, it fetches like a poll of a likely-running task: for a
     // spare token, or at once when it may free a slot creates wait for. Polls held to their
-    // ends must not take the tokens of a flood's creates (B2 measured those timing out).
+    // ends must not take the tokens of a flood's creates, which would then time out.
     ctx.poll_early_until = now;
   }
   // A poll that may find the task ended frees its slot: when creates wait for that tier's
