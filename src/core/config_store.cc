@@ -16,9 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr size_t kMaxPasswordFileBytes = 4096;
-constexpr const char* kNoTls =
-    "TLS to Redis is not supported: Debian 12's hiredis (0.14) has no TLS; reach Redis over a "
-    "private network, or through a local TLS tunnel (stunnel, spiped) at redis://127.0.0.1";
+constexpr std::streamsize kMaxCaFileBytes = 1 << 20;
 
 struct Item {
   std::string path;
@@ -56,6 +54,7 @@ private:
   void password(const Item& f, StoreConfig& out);
   void passwordFile(const Item& f, StoreConfig& out);
   void keySecretFile(const Item& f, StoreConfig& out);
+  void caFile(const Item& f, StoreConfig& out);
   /// Reads the field @p name (already checked to be a store key).
   void field(const std::string& name, const Item& f, StoreConfig& out);
   fs::path resolve(const std::string& p) const {
@@ -95,14 +94,11 @@ void StoreParser::url(const Item& f, StoreConfig& out) {
     return;
   }
   auto bad = [&](const std::string& why) { error(f, "invalid url '" + u + "': " + why); };
-  if (u.rfind("rediss://", 0) == 0) {
-    error(f, kNoTls);
-    return;
+  const bool tls = u.rfind("rediss://", 0) == 0;
+  if (!tls && u.rfind("redis://", 0) != 0) {
+    return bad("expected redis://host[:port][/db] or rediss:// (TLS)");
   }
-  if (u.rfind("redis://", 0) != 0) {
-    return bad("expected redis://host[:port][/db]");
-  }
-  std::string rest = u.substr(8);
+  std::string rest = u.substr(tls ? 9 : 8);
   if (rest.find('@') != std::string::npos) {
     // A password in the URL would be printed wherever the URL is.
     return bad("must not contain a user or password (use store.password or password_file)");
@@ -217,6 +213,27 @@ void StoreParser::keySecretFile(const Item& f, StoreConfig& out) {
   out.key_secret_file = path.string();
 }
 
+void StoreParser::caFile(const Item& f, StoreConfig& out) {
+  std::string p;
+  if (!scalar(f, p)) {
+    return;
+  }
+  if (p.empty()) {
+    out.ca_file.clear();  // the system trust store
+    return;
+  }
+  const fs::path path = resolve(p);
+  const std::ifstream in(path, std::ios::binary);
+  struct stat st {};
+  if (!in.is_open() || ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return error(f, "cannot read CA file '" + path.string() + "'");
+  }
+  if (st.st_size == 0 || st.st_size > kMaxCaFileBytes) {
+    return error(f, "CA file '" + path.string() + "' must hold PEM certificates (at most 1 MiB)");
+  }
+  out.ca_file = path.string();
+}
+
 void StoreParser::field(const std::string& name, const Item& f, StoreConfig& out) {
   if (name == "kind") {
     std::string s;
@@ -259,9 +276,11 @@ void StoreParser::field(const std::string& name, const Item& f, StoreConfig& out
     bool on = false;
     if (!f.value.IsScalar() || !YAML::convert<bool>::decode(f.value, on)) {
       error(f, "expected true or false");
-    } else if (on) {
-      error(f, kNoTls);
+    } else {
+      out.tls = on;  // rediss:// turns it on too (see parse())
     }
+  } else if (name == "ca_file") {
+    caFile(f, out);
   }
 }
 
@@ -274,7 +293,8 @@ void StoreParser::parse(const Item& section, StoreConfig& out) {
   }
   static constexpr std::string_view kAllowed[] = {
       "kind", "url", "password", "password_file", "key_prefix", "key_secret_file",
-      "connect_timeout", "command_timeout", "heartbeat_interval", "reserve_window", "tls"};
+      "connect_timeout", "command_timeout", "heartbeat_interval", "reserve_window", "tls",
+      "ca_file"};
   std::vector<Item> items;
   for (const auto& entry : section.value) {
     const YAML::Node k = entry.first;
@@ -289,12 +309,20 @@ void StoreParser::parse(const Item& section, StoreConfig& out) {
   const Item* kind = nullptr;
   const Item* pw = nullptr;
   const Item* pw_file = nullptr;
+  const Item* tls = nullptr;
   for (const Item& f : items) {
     const std::string name = f.key.Scalar();
+    tls = name == "tls" ? &f : tls;
     kind = name == "kind" ? &f : kind;
     pw = name == "password" ? &f : pw;
     pw_file = name == "password_file" ? &f : pw_file;
     field(name, f, out);
+  }
+  if (out.url.rfind("rediss://", 0) == 0) {
+    if (tls != nullptr && !out.tls) {
+      error(*tls, "false contradicts the rediss:// url");
+    }
+    out.tls = true;
   }
   if (pw != nullptr && pw_file != nullptr) {
     error(*pw_file, "give either password or password_file, not both");

@@ -27,13 +27,14 @@ bool Daemon::startStore() {
   limiter_->setStore(store_.get());
   log_.info("shared store: keys share their budget through Redis",
             {{"store", cfg_->store.host + ":" + std::to_string(cfg_->store.port)},
-             {"key_prefix", cfg_->store.key_prefix}});
+             {"key_prefix", cfg_->store.key_prefix}, {"tls", cfg_->store.tls}});
   return true;
 }
 
 bool Daemon::storeChanged(const core::StoreConfig& next, const core::StoreConfig& running) {
   return next.kind != running.kind || next.url != running.url ||
          next.password.reveal() != running.password.reveal() ||
+         next.tls != running.tls || next.ca_file != running.ca_file ||
          next.key_prefix != running.key_prefix || next.key_secret_file != running.key_secret_file ||
          next.connect_timeout != running.connect_timeout ||
          next.command_timeout != running.command_timeout ||

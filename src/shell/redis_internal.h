@@ -200,10 +200,4 @@ constexpr core::Duration kDurationLife = std::chrono::minutes(10);
 // A full tier is asked again this often at most (another instance's release is not announced).
 constexpr core::Duration kSlotRetryMax = std::chrono::milliseconds(100);
 
-struct RedisStore::Pending {
-  RedisStore* store;
-  std::function<void(redisReply*)> done;
-  core::MonotonicTime sent;
-};
-
 }  // namespace hiapi::shell

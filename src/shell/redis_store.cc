@@ -6,8 +6,6 @@
 
 #include <event2/dns.h>
 #include <event2/util.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
 #include <unistd.h>
@@ -16,6 +14,8 @@
 #include "hiapi/core/key_name.h"
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/metrics.h"
+#include "hiapi/shell/tls.h"
+#include "redis_conn.h"
 #include "redis_internal.h"
 
 namespace hiapi::shell {
@@ -41,10 +41,8 @@ RedisStore::RedisStore(event_base* base, const core::Clock& clock, uint64_t seed
 
 RedisStore::~RedisStore() {
   closing_ = true;
-  if (ctx_ != nullptr) {
-    redisAsyncContext* c = std::exchange(ctx_, nullptr);
-    redisAsyncFree(c);  // pending callbacks see nullptr and closing_
-  }
+  conn_.reset();  // its commands' callbacks are dropped, not called
+  retired_.reset();
   if (timer_ != nullptr) {
     event_free(timer_);
   }
@@ -58,6 +56,14 @@ bool RedisStore::start(std::string& error) {
   if (!identity_) {
     error = "store.key_secret_file " + cfg_.key_secret_file + ": " + error;
     return false;
+  }
+  if (cfg_.tls) {
+    try {
+      tls_ = std::make_unique<TlsClientContext>(cfg_.ca_file, core::TlsMinVersion::Tls12);
+    } catch (const std::exception& e) {
+      error = std::string("store.tls: ") + e.what();
+      return false;
+    }
   }
   const timeval tv = toTimeval(kTick);
   event_add(timer_, &tv);

@@ -5,12 +5,12 @@
 
 #include <event2/dns.h>
 #include <event2/util.h>
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/metrics.h"
+#include "hiapi/shell/tls.h"
+#include "redis_conn.h"
 #include "redis_internal.h"
 
 namespace hiapi::shell {
@@ -60,51 +60,37 @@ void RedisStore::onResolved(int err, evutil_addrinfo* res, void* arg) {
 }
 
 void RedisStore::connectTo(const std::string& ip) {
-  redisAsyncContext* c = redisAsyncConnect(ip.c_str(), cfg_.port);
-  if (c == nullptr || c->err != 0) {
-    const std::string why = c != nullptr ? c->errstr : "out of memory";
-    if (c != nullptr) {
-      redisAsyncFree(c);
+  retired_.reset();
+  SSL* ssl = nullptr;
+  if (tls_) {
+    std::string error;
+    // The certificate must name the host as configured (a name, or the address itself).
+    ssl = tls_->newSsl(cfg_.host, error);
+    if (ssl == nullptr) {
+      lost("connect", "TLS: " + error);
+      return;
     }
-    lost("connect", why);
-    return;
   }
-  c->data = this;
-  ctx_ = c;
-  redisLibeventAttach(c, base_);
-  redisAsyncSetConnectCallback(c, &RedisStore::onConnectThunk);
-  redisAsyncSetDisconnectCallback(c, &RedisStore::onDisconnectThunk);
-}
-
-void RedisStore::onConnectThunk(const redisAsyncContext* c, int status) {
-  auto* self = static_cast<RedisStore*>(c->data);
-  if (self != nullptr && !self->closing_) {
-    self->onConnected(status);
+  transport_up_ = false;
+  conn_ = std::make_unique<RedisConn>(
+      base_, [this] { onConnected(); },
+      [this](const std::string& why) { onConnectionFailed(why); });
+  std::string error;
+  if (!conn_->connect(ip, cfg_.port, ssl, error)) {
+    lost("connect", error);
   }
 }
 
-void RedisStore::onDisconnectThunk(const redisAsyncContext* c, int status) {
-  auto* self = static_cast<RedisStore*>(c->data);
-  if (self != nullptr && !self->closing_ && self->ctx_ == c) {
-    self->onDisconnected(status);
-  }
-}
-
-void RedisStore::onConnected(int status) {
-  if (status != REDIS_OK) {
-    // hiredis frees the context after this callback.
-    const std::string why = ctx_ != nullptr ? ctx_->errstr : "connect failed";
-    ctx_ = nullptr;
-    lost("connect", why);
-    return;
-  }
+void RedisStore::onConnected() {
+  transport_up_ = true;
   handshake();
 }
 
-void RedisStore::onDisconnected(int) {
-  const std::string why = ctx_ != nullptr && ctx_->err != 0 ? ctx_->errstr : "closed";
-  ctx_ = nullptr;  // hiredis frees it
-  lost("disconnect", why);
+void RedisStore::onConnectionFailed(const std::string& why) {
+  if (closing_) {
+    return;
+  }
+  lost(transport_up_ ? "disconnect" : "connect", (tls_ ? "TLS: " : "") + why);
 }
 
 void RedisStore::handshake() {
@@ -131,7 +117,7 @@ void RedisStore::handshake() {
   command({"SCRIPT", "LOAD", kHeartbeatScript}, [this](redisReply* r) {
     if (r != nullptr && r->type == REDIS_REPLY_STRING) {
       ready();
-    } else if (r != nullptr && ctx_ != nullptr) {
+    } else if (r != nullptr && conn_ != nullptr) {
       lost("reply", r->type == REDIS_REPLY_ERROR ? std::string(r->str, std::min<size_t>(r->len, 120))
                                                  : "unexpected reply to SCRIPT LOAD");
     }
@@ -158,10 +144,9 @@ void RedisStore::lost(std::string_view reason, const std::string& detail) {
   }
   connected_ = false;
   sent_.clear();
-  if (ctx_ != nullptr) {
-    redisAsyncContext* c = std::exchange(ctx_, nullptr);
-    c->data = nullptr;  // its callbacks still run, with nullptr replies; nothing to report
-    redisAsyncDisconnect(c);
+  if (conn_ != nullptr) {
+    conn_->close();  // its commands' callbacks are not called any more
+    retired_ = std::move(conn_);
   }
   setDegraded(true, std::string(reason) + ": " + detail);
   scheduleReconnect();
@@ -272,12 +257,13 @@ void RedisStore::heartbeat() {
 void RedisStore::onTimer(evutil_socket_t, short, void* arg) { static_cast<RedisStore*>(arg)->tick(); }
 
 void RedisStore::tick() {
+  retired_.reset();
   const core::MonotonicTime now = clock_.now();
   if (reconnect_at_ && now >= *reconnect_at_) {
     resolve();
     return;
   }
-  if (ctx_ != nullptr && !connected_ && now - connect_started_ > cfg_.connect_timeout) {
+  if (conn_ != nullptr && !connected_ && now - connect_started_ > cfg_.connect_timeout) {
     lost("timeout", "no connection within store.connect_timeout");
     return;
   }
@@ -306,39 +292,25 @@ void RedisStore::tick() {
 }
 
 bool RedisStore::command(std::vector<std::string> argv, std::function<void(redisReply*)> done) {
-  if (ctx_ == nullptr) {
+  if (conn_ == nullptr) {
     return false;
   }
-  std::vector<const char*> args;
-  std::vector<size_t> lens;
-  for (const std::string& a : argv) {
-    args.push_back(a.data());
-    lens.push_back(a.size());
-  }
-  auto* p = new Pending{this, std::move(done), clock_.now()};
-  if (redisAsyncCommandArgv(ctx_, &RedisStore::onReplyThunk, p, static_cast<int>(args.size()),
-                            args.data(), lens.data()) != REDIS_OK) {
-    delete p;
+  const core::MonotonicTime sent = clock_.now();
+  const bool queued = conn_->command(argv, [this, sent, done = std::move(done)](redisReply* r) {
+    if (!sent_.empty()) {
+      sent_.pop_front();
+    }
+    if (r != nullptr && metrics_ != nullptr) {
+      metrics_->storeRoundTrip(core::toSeconds(clock_.now() - sent));
+    }
+    done(r);
+  });
+  if (!queued) {
     return false;
   }
-  sent_.push_back(p->sent);
+  sent_.push_back(sent);
   ++commands_;
   return true;
-}
-
-void RedisStore::onReplyThunk(redisAsyncContext* c, void* reply, void* privdata) {
-  std::unique_ptr<Pending> p(static_cast<Pending*>(privdata));
-  RedisStore* self = p->store;
-  if (c->data == nullptr || self->closing_) {
-    return;  // a context given up (lost()) or the store going away
-  }
-  if (!self->sent_.empty()) {
-    self->sent_.pop_front();
-  }
-  if (reply != nullptr && self->metrics_ != nullptr) {
-    self->metrics_->storeRoundTrip(core::toSeconds(self->clock_.now() - p->sent));
-  }
-  p->done(static_cast<redisReply*>(reply));
 }
 
 RedisStore::Status RedisStore::status() const {

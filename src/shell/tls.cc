@@ -20,28 +20,28 @@ std::string drainOpensslErrors() {
   return out;
 }
 
-TlsClientContext::TlsClientContext(const core::UpstreamConfig& cfg) {
+TlsClientContext::TlsClientContext(const std::string& ca_file, core::TlsMinVersion min) {
   ctx_ = SSL_CTX_new(TLS_client_method());
   if (ctx_ == nullptr) {
     throw std::runtime_error("SSL_CTX_new failed: " + drainOpensslErrors());
   }
   SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
   const int min_version =
-      cfg.tls_min_version == core::TlsMinVersion::Tls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+      min == core::TlsMinVersion::Tls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
   if (SSL_CTX_set_min_proto_version(ctx_, min_version) != 1) {
     const std::string why = drainOpensslErrors();
     SSL_CTX_free(ctx_);
     throw std::runtime_error("cannot set the minimum TLS version: " + why);
   }
-  const int ok = cfg.ca_file.empty()
+  const int ok = ca_file.empty()
                      ? SSL_CTX_set_default_verify_paths(ctx_)
-                     : SSL_CTX_load_verify_locations(ctx_, cfg.ca_file.c_str(), nullptr);
+                     : SSL_CTX_load_verify_locations(ctx_, ca_file.c_str(), nullptr);
   if (ok != 1) {
     const std::string why = drainOpensslErrors();
     SSL_CTX_free(ctx_);
     throw std::runtime_error(
-        (cfg.ca_file.empty() ? std::string("cannot load the system trust store")
-                             : "cannot load CA file " + cfg.ca_file) +
+        (ca_file.empty() ? std::string("cannot load the system trust store")
+                         : "cannot load CA file " + ca_file) +
         ": " + why);
   }
   // Keep-alive connections are reused by the pool; sessions would only help new connections.

@@ -22,14 +22,26 @@ namespace {
 
 const std::string kKey = "sk-shared-store-test-key-0000000";
 
+/// What a redis-server needs to speak TLS only (clients are not asked for certificates).
+struct RedisTls {
+  std::string cert, key, ca;
+};
+
 /// A redis-server of the test's own, on a loopback port, with nothing kept on disk.
 class RedisServer {
 public:
-  RedisServer(const TempDir& dir, uint16_t port, const std::string& password = {})
-      : port_(port) {
-    std::vector<std::string> argv{"/usr/bin/redis-server", "--port", std::to_string(port), "--bind",
-                                  "127.0.0.1", "--save", "", "--appendonly", "no",
-                                  "--dir", dir.path()};
+  RedisServer(const TempDir& dir, uint16_t port, const std::string& password = {},
+              std::optional<RedisTls> tls = std::nullopt)
+      : port_(port), tls_(std::move(tls)) {
+    std::vector<std::string> argv{"/usr/bin/redis-server", "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", dir.path()};
+    if (tls_) {
+      argv.insert(argv.end(), {"--port", "0", "--tls-port", std::to_string(port),
+                               "--tls-cert-file", tls_->cert, "--tls-key-file", tls_->key,
+                               "--tls-ca-cert-file", tls_->ca, "--tls-auth-clients", "no"});
+    } else {
+      argv.insert(argv.end(), {"--port", std::to_string(port)});
+    }
     if (!password.empty()) {
       argv.insert(argv.end(), {"--requirepass", password});
     }
@@ -46,7 +58,9 @@ public:
   }
   /// Runs redis-cli; @return its output's first line.
   std::string cli(const std::string& args) const {
-    const std::string cmd = "/usr/bin/redis-cli -p " + std::to_string(port_) + " " + args + " 2>&1";
+    const std::string cmd = "/usr/bin/redis-cli -p " + std::to_string(port_) +
+                            (tls_ ? " --tls --cacert " + tls_->ca : std::string()) + " " + args +
+                            " 2>&1";
     FILE* f = ::popen(cmd.c_str(), "r");
     if (f == nullptr) {
       return {};
@@ -66,6 +80,7 @@ public:
 
 private:
   uint16_t port_;
+  std::optional<RedisTls> tls_;
   std::string password_;
   std::unique_ptr<Process> proc_;
   static inline int starts_ = 0;
@@ -83,7 +98,7 @@ const std::vector<std::string> kSimLimits{"--rate", "10/s", "--burst", "10",
                                           "--duration-jitter", "0.2", "--seed", "11"};
 
 std::string proxyYaml(uint16_t sim_port, uint16_t redis_port, const std::string& secret,
-                      const std::string& store_extra = {}) {
+                      const std::string& store_extra = {}, const std::string& scheme = "redis") {
   return "listen:\n  address: 127.0.0.1\n  port: 0\n"
          "admin:\n  enabled: true\n  port: 0\n"
          "upstream:\n  url: http://127.0.0.1:" + std::to_string(sim_port) + "\n"
@@ -95,7 +110,7 @@ std::string proxyYaml(uint16_t sim_port, uint16_t redis_port, const std::string&
          "    - {name: light, models: [\"*\"], max_running: 5, lease: 2m, "
          "min_poll_interval: 1s}\n"
          "queue:\n  deadline: 45s\n"
-         "store:\n  kind: redis\n  url: redis://127.0.0.1:" + std::to_string(redis_port) +
+         "store:\n  kind: redis\n  url: " + scheme + "://127.0.0.1:" + std::to_string(redis_port) +
          "/0\n  key_secret_file: " + secret + "\n  heartbeat_interval: 500ms\n" + store_extra +
          "log:\n  level: info\n";
 }
@@ -456,6 +471,56 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
       << "a's estimate, in the store's whole microseconds";
   EXPECT_FALSE(knownDuration(b.adminPort(), "heavy")) << "nobody learned the heavy tier";
   EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 2) << "b created nothing";
+}
+
+// rediss://: the proxies reach Redis over TLS, verified against store.ca_file, and share the
+// key as over plain TCP. A certificate from another CA, or plain TCP to the TLS port, leaves an
+// instance degraded on its local share with the reason in /status: never a crash, never a
+// client error.
+TEST(SharedStore, TlsToRedisIsVerifiedAgainstTheConfiguredCa) {
+  TempDir dir;
+  const TestCa ca = TestCa::create(dir, {"localhost"}, {"127.0.0.1"}, "redis");
+  const TestCa other = TestCa::create(dir, {"localhost"}, {"127.0.0.1"}, "other");
+  RedisServer redis(dir, unusedPort(), {}, RedisTls{ca.server_cert, ca.server_key, ca.ca_cert});
+  ASSERT_TRUE(redis.up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started());
+  const std::string secret = secretFile(dir);
+  const auto tlsProxy = [&](const std::string& ca_file, const std::string& name) {
+    return std::make_unique<ProxyProcess>(
+        dir, proxyYaml(sim.port(), redis.port(), secret, "  ca_file: " + ca_file + "\n", "rediss"),
+        std::vector<std::string>{}, name);
+  };
+  auto a = tlsProxy(ca.ca_cert, "a");
+  auto b = tlsProxy(ca.ca_cert, "b");
+  auto untrusted = tlsProxy(other.ca_cert, "untrusted");
+  ProxyProcess plain(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "plain");
+  ASSERT_TRUE(a->started() && b->started() && untrusted->started() && plain.started())
+      << a->process().err() << untrusted->process().err();
+  const uint16_t a_admin = a->adminPort();
+  const uint16_t b_admin = b->adminPort();
+  ASSERT_TRUE(waitFor([&] { return storeFlag(a_admin, "connected") &&
+                                   storeFlag(b_admin, "connected"); }, 10000ms))
+      << a->process().err();
+  EXPECT_TRUE(waitFor([&] { return jsonInt(status(a_admin), {"store", "instances"}) == 2; },
+                      5000ms)) << "both heartbeats, over TLS";
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  for (ProxyProcess* p : {a.get(), b.get(), untrusted.get(), &plain}) {
+    EXPECT_EQ(httpRequest(p->port(), "POST", "/v1/tasks", hdrs,
+                          R"({"model":"flux","input":{"prompt":"t"}})").status, 200)
+        << "served, shared or on the local share";
+  }
+  EXPECT_NE(redis.cli("EXISTS hiapi:b:" + redisId(secret)), "0") << "the shared bucket is there";
+  const uint16_t untrusted_admin = untrusted->adminPort();
+  EXPECT_TRUE(storeFlag(untrusted_admin, "degraded"));
+  const rapidjson::Document st = status(untrusted_admin);
+  ASSERT_TRUE(st["store"].HasMember("error"));
+  EXPECT_NE(std::string(st["store"]["error"].GetString()).find("certificate verify failed"),
+            std::string::npos)
+      << st["store"]["error"].GetString();
+  EXPECT_TRUE(storeFlag(plain.adminPort(), "degraded")) << "plain TCP to a TLS port";
+  EXPECT_TRUE(a->process().running() && untrusted->process().running() && plain.process().running());
 }
 
 }  // namespace

@@ -87,9 +87,24 @@ TEST_F(StoreConfigTest, PasswordFileIsReadWithoutItsNewline) {
   EXPECT_EQ(c.store.password_file, (dir_ / "pw").string());
 }
 
-TEST_F(StoreConfigTest, TlsIsRefusedWithTheReason) {
-  expectError("store:\n  tls: true\n", 2, 8, "store.tls", "hiredis (0.14) has no TLS");
-  expectError("store:\n  url: rediss://r:6379\n", 2, 8, "store.url", "has no TLS");
+TEST_F(StoreConfigTest, TlsFromTheUrlOrTheKeyWithItsCaFile) {
+  EXPECT_FALSE(parse("store:\n  url: redis://r\n").store.tls);
+  const Config c = parse("store:\n  url: rediss://r:6380/2\n  ca_file: pw\n");
+  EXPECT_TRUE(c.store.tls);
+  EXPECT_EQ(c.store.host, "r");
+  EXPECT_EQ(c.store.port, 6380);
+  EXPECT_EQ(c.store.db, 2u);
+  EXPECT_EQ(c.store.ca_file, (dir_ / "pw").string()) << "relative to the config file";
+  EXPECT_TRUE(parse("store:\n  url: redis://r\n  tls: true\n").store.tls);
+  EXPECT_TRUE(parse("store:\n  tls: true\n  url: rediss://r\n").store.tls);
+  EXPECT_TRUE(parse("store:\n  ca_file: ''\n").store.ca_file.empty()) << "the system store";
+  expectError("store:\n  url: rediss://r\n  tls: false\n", 3, 8, "store.tls",
+              "contradicts the rediss:// url");
+  expectError("store:\n  tls: false\n  url: rediss://r\n", 2, 8, "store.tls",
+              "contradicts the rediss:// url");
+  expectError("store:\n  tls: maybe\n", 2, 8, "store.tls", "expected true or false");
+  expectError("store:\n  ca_file: nowhere.pem\n", 2, 12, "store.ca_file", "cannot read CA file");
+  expectError("store:\n  ca_file: empty\n", 2, 12, "store.ca_file", "PEM certificates");
 }
 
 TEST_F(StoreConfigTest, ErrorsNameFileLineAndKey) {

@@ -28,11 +28,16 @@ private:
 
 struct StoreConfig {
   StoreKind kind = StoreKind::Local;
-  /// redis://host[:port][/db]; derived by the parser into host, port and db.
+  /// redis://host[:port][/db], or rediss:// for TLS; derived by the parser into host, port,
+  /// db and tls.
   std::string url = "redis://127.0.0.1:6379/0";
   std::string host = "127.0.0.1";
   uint16_t port = 6379;
   uint32_t db = 0;
+  /// Verified TLS (rediss:// or tls: true): the chain against ca_file or the system trust
+  /// store, the certificate's name or address against host; TLS 1.2 at least.
+  bool tls = false;
+  std::string ca_file;  ///< PEM CA certificates for tls; empty = the system trust store
   /// AUTH password (from `password: ${ENV}` or `password_file`); empty = no AUTH. Never logged.
   StorePassword password;
   std::string password_file;  ///< where the password came from (for the dump), if a file

@@ -1,10 +1,11 @@
 #pragma once
-// The shared store (store.kind: redis): hiredis on the proxy's own libevent loop. It carries the
+// The shared store (store.kind: redis): Redis on the proxy's own libevent loop. It carries the
 // core's SharedBudget decisions to Redis and back (reservations, returns, shared pauses), counts
 // live instances from heartbeats, and falls back to each budget's local share whenever Redis
 // cannot be used: unreachable, refusing our password, too slow, or answering with nonsense.
 // Nothing here blocks the loop: the host name is resolved with evdns, connects and commands are
 // asynchronous, and a command not answered within store.command_timeout counts as an outage.
+// With store.tls (rediss://) the connection is verified TLS, as the upstream's is.
 
 #include <cstdint>
 #include <deque>
@@ -25,7 +26,6 @@
 #include "hiapi/shell/key_identity.h"
 #include "hiapi/shell/log.h"
 
-struct redisAsyncContext;
 struct redisReply;
 struct evdns_base;
 struct evutil_addrinfo;
@@ -33,6 +33,8 @@ struct evutil_addrinfo;
 namespace hiapi::shell {
 
 class Metrics;
+class RedisConn;
+class TlsClientContext;
 
 /// Thread-safety: not thread-safe; the loop's thread only.
 class RedisStore {
@@ -104,12 +106,10 @@ private:
     std::unique_ptr<core::SharedSlots> slots;      ///< created at the first pump
     std::vector<std::string> tier_names;           ///< as of the last pump
   };
-  struct Pending;
-
   void resolve();
   void connectTo(const std::string& ip);
-  void onConnected(int status);
-  void onDisconnected(int status);
+  void onConnected();
+  void onConnectionFailed(const std::string& why);
   void handshake();
   void ready();
   void lost(std::string_view reason, const std::string& detail);
@@ -139,9 +139,6 @@ private:
   std::string instancesKey() const { return cfg_.key_prefix + "instances"; }
   std::string durationsKey() const { return cfg_.key_prefix + "durations"; }
 
-  static void onReplyThunk(redisAsyncContext* c, void* reply, void* privdata);
-  static void onConnectThunk(const redisAsyncContext* c, int status);
-  static void onDisconnectThunk(const redisAsyncContext* c, int status);
   static void onResolved(int err, evutil_addrinfo* res, void* arg);
   static void onTimer(evutil_socket_t, short, void* arg);
 
@@ -157,7 +154,12 @@ private:
   std::unordered_map<std::string, Entry> keys_;
 
   evdns_base* dns_ = nullptr;
-  redisAsyncContext* ctx_ = nullptr;
+  std::unique_ptr<TlsClientContext> tls_;  ///< store.tls
+  std::unique_ptr<RedisConn> conn_;
+  /// A connection given up, freed on the next tick: it may have been given up from inside one of
+  /// its own callbacks.
+  std::unique_ptr<RedisConn> retired_;
+  bool transport_up_ = false;  ///< conn_ is connected (TLS handshake included)
   bool connected_ = false;   ///< handshake done: commands may be sent
   bool degraded_ = true;
   bool closing_ = false;

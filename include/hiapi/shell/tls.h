@@ -1,5 +1,5 @@
 #pragma once
-// Verified TLS to the upstream, after OpenSSL's demos/guide/tls-client-block.c: the chain is
+// Verified TLS to the upstream (and to a shared store's Redis), after OpenSSL's demos/guide/tls-client-block.c: the chain is
 // verified against the system store or a configured CA file, the host name is checked with
 // SSL_set1_host, SNI is sent, and nothing older than TLS 1.2 is spoken.
 
@@ -17,7 +17,10 @@ class TlsClientContext {
 public:
   /// @throws std::runtime_error with OpenSSL's reason when the context cannot be built (control
   ///         plane only: at start or reload).
-  explicit TlsClientContext(const core::UpstreamConfig& cfg);
+  explicit TlsClientContext(const core::UpstreamConfig& cfg)
+      : TlsClientContext(cfg.ca_file, cfg.tls_min_version) {}
+  /// @param ca_file PEM CA certificates to trust; empty = the system trust store.
+  TlsClientContext(const std::string& ca_file, core::TlsMinVersion min);
   ~TlsClientContext();
   TlsClientContext(const TlsClientContext&) = delete;
   TlsClientContext& operator=(const TlsClientContext&) = delete;
