@@ -179,6 +179,29 @@ void dumpTasks(YAML::Emitter& out, const TasksConfig& tasks, const DeferredConfi
   out << YAML::EndMap;
 }
 
+void dumpStore(YAML::Emitter& out, const StoreConfig& store) {
+  out << YAML::Key << "store" << YAML::Value << YAML::BeginMap;
+  kv(out, "kind", store.kind == StoreKind::Redis ? "redis" : "local");
+  kv(out, "url", store.url);
+  kv(out, "tls", store.tls);
+  kv(out, "ca_file", store.ca_file);
+  // A password is never printed: where it comes from is.
+  if (!store.password_file.empty()) {
+    kv(out, "password_file", store.password_file);
+  } else if (!store.password_env.empty()) {
+    kv(out, "password", "${" + store.password_env + "}");
+  }
+  kv(out, "key_prefix", store.key_prefix);
+  if (!store.key_secret_file.empty()) {
+    kv(out, "key_secret_file", store.key_secret_file);
+  }
+  kv(out, "connect_timeout", duration(store.connect_timeout));
+  kv(out, "command_timeout", duration(store.command_timeout));
+  kv(out, "heartbeat_interval", duration(store.heartbeat_interval));
+  kv(out, "reserve_window", duration(store.reserve_window));
+  out << YAML::EndMap;
+}
+
 }  // namespace
 
 std::string Config::dump() const {
@@ -195,6 +218,7 @@ std::string Config::dump() const {
   dumpLimits(out, limits);
   dumpQueueAndRetry(out, queue, retry);
   dumpTasks(out, tasks, deferred);
+  dumpStore(out, store);
   out << YAML::Key << "log" << YAML::Value << YAML::BeginMap;
   kv(out, "format", log.format == LogFormat::Json ? "json" : "logfmt");
   static constexpr const char* kLevels[] = {"debug", "info", "warn", "error"};

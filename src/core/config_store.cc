@@ -170,6 +170,7 @@ void StoreParser::password(const Item& f, StoreConfig& out) {
     return error(f, "environment variable " + name + " is empty");
   }
   out.password = StorePassword(*v);
+  out.password_env = name;
 }
 
 void StoreParser::passwordFile(const Item& f, StoreConfig& out) {

@@ -993,7 +993,7 @@ drain_timeout: 5s
   // The defaults, too: an empty file's dump names every section.
   const std::string defaults = parse("").dump();
   for (const char* section : {"listen:", "admin:", "upstream:", "auth:", "keys:", "limits:",
-                              "queue:", "retry:", "tasks:", "log:", "drain_timeout:"}) {
+                              "queue:", "retry:", "tasks:", "store:", "log:", "drain_timeout:"}) {
     EXPECT_NE(("\n" + defaults).find(std::string("\n") + section), std::string::npos) << section;
   }
   EXPECT_EQ(parse(defaults).dump(), defaults);

@@ -107,6 +107,28 @@ TEST_F(StoreConfigTest, TlsFromTheUrlOrTheKeyWithItsCaFile) {
   expectError("store:\n  ca_file: empty\n", 2, 12, "store.ca_file", "PEM certificates");
 }
 
+TEST_F(StoreConfigTest, TheDumpShowsEverySettingButNoPasswordAndParsesBack) {
+  fakeEnv()["HIAPI_STORE_DUMP_PW"] = "redis-dump-test-password";
+  const Config c = parse("store:\n  kind: redis\n  url: rediss://r:6380/1\n  ca_file: pw\n"
+                         "  password: ${HIAPI_STORE_DUMP_PW}\n  key_secret_file: secret\n"
+                         "  key_prefix: 'hp:'\n  reserve_window: 100ms\n");
+  const std::string dump = c.dump();
+  EXPECT_EQ(dump.find("redis-dump-test-password"), std::string::npos) << dump;
+  for (const char* line : {"kind: redis", "url: rediss://r:6380/1", "tls: true",
+                           "key_prefix: \"hp:\"", "reserve_window: 100ms",
+                           "password: ${HIAPI_STORE_DUMP_PW}"}) {
+    EXPECT_NE(dump.find(line), std::string::npos) << line << "\n" << dump;
+  }
+  const Config again = parse(dump);
+  EXPECT_EQ(again.store.ca_file, c.store.ca_file);
+  EXPECT_EQ(again.store.key_secret_file, c.store.key_secret_file);
+  EXPECT_EQ(again.store.password.reveal(), "redis-dump-test-password") << "read from the same place";
+  EXPECT_EQ(again.dump(), dump);
+  const Config from_file = parse("store:\n  password_file: pw\n");
+  EXPECT_NE(from_file.dump().find("password_file: " + (dir_ / "pw").string()), std::string::npos);
+  EXPECT_EQ(from_file.dump().find("s3cr3t"), std::string::npos);
+}
+
 TEST_F(StoreConfigTest, ErrorsNameFileLineAndKey) {
   expectError("store:\n  kind: memcached\n", 2, 9, "store.kind", "must be local or redis");
   expectError("store:\n  url: http://r\n", 2, 8, "store.url", "expected redis://");

@@ -41,6 +41,7 @@ struct StoreConfig {
   /// AUTH password (from `password: ${ENV}` or `password_file`); empty = no AUTH. Never logged.
   StorePassword password;
   std::string password_file;  ///< where the password came from (for the dump), if a file
+  std::string password_env;   ///< or the environment variable it came from (for the dump)
   /// Prefix of every Redis key the proxy writes, so that several deployments can share a Redis.
   std::string key_prefix = "hiapi:";
   /// A file of 32 random bytes, the same on every host: Redis key names are an HMAC of the API
