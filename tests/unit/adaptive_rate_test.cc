@@ -10,16 +10,6 @@ namespace {
 const MonotonicTime kStart = MonotonicTime{} + std::chrono::hours(1);
 const auto kWall = std::chrono::system_clock::time_point{} + std::chrono::seconds(1'800'000'000);
 
-/// A Random that returns a fixed value: pins the jitter.
-class FixedRandom final : public Random {
-public:
-  explicit FixedRandom(double v) : v_(v) {}
-  double uniform() override { return v_; }
-
-private:
-  double v_;
-};
-
 /// A rate 429 for a request outside the gateway's budget: cut at once (the decrease mechanics).
 constexpr bool kOutsideBudget = false;
 

@@ -11,15 +11,6 @@ namespace {
 const MonotonicTime kStart = MonotonicTime{} + std::chrono::hours(1);
 const auto kWall = std::chrono::system_clock::time_point{} + std::chrono::seconds(1'800'000'000);
 
-class FixedRandom final : public Random {
-public:
-  explicit FixedRandom(double v) : v_(v) {}
-  double uniform() override { return v_; }
-
-private:
-  double v_;
-};
-
 // ---- Retry-After parsing ------------------------------------------------------------------------
 
 class RetryAfterParse

@@ -70,6 +70,16 @@ public:
   virtual double uniform() = 0;
 };
 
+/// A Random that always returns one value: tests pin the jitter with it.
+class FixedRandom final : public Random {
+public:
+  explicit FixedRandom(double v) : v_(v) {}
+  double uniform() override { return v_; }
+
+private:
+  double v_;
+};
+
 /// A seeded Mersenne twister: reproducible when the seed is fixed.
 class SeededRandom final : public Random {
 public:
