@@ -3,11 +3,11 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <random>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+#include "replay_driver.h"
 
 int main(int argc, char** argv) {
   const int iterations = argc > 1 ? std::atoi(argv[1]) : 20000;
@@ -37,38 +37,6 @@ int main(int argc, char** argv) {
       "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
       "{\"a\":{\"b\":{\"c\":[1,2,3,{\"d\":null}]}}}",
   };
-  std::mt19937_64 rng(0x5eedf00d);
-  auto run = [](const std::string& s) {
-    LLVMFuzzerTestOneInput(reinterpret_cast<const uint8_t*>(s.data()), s.size());
-  };
-  for (const auto& s : seeds) {
-    run(s);
-  }
-  const std::string alphabet = "{}[]\":,0123456789.-eE\\/ abcxyz@%*?\n\r\t:#&=${}";
-  for (int i = 0; i < iterations; ++i) {
-    std::string s = seeds[rng() % seeds.size()];
-    const int edits = 1 + static_cast<int>(rng() % 8);
-    for (int e = 0; e < edits; ++e) {
-      const size_t pos = s.empty() ? 0 : rng() % (s.size() + 1);
-      switch (rng() % 4) {
-      case 0:  // insert a structural character
-        s.insert(pos, 1, alphabet[rng() % alphabet.size()]);
-        break;
-      case 1:  // insert a random byte
-        s.insert(pos, 1, static_cast<char>(rng() & 0xff));
-        break;
-      case 2:  // delete
-        if (!s.empty() && pos < s.size()) {
-          s.erase(pos, 1 + rng() % 4);
-        }
-        break;
-      case 3:  // splice another seed
-        s.insert(pos, seeds[rng() % seeds.size()].substr(0, 1 + rng() % 32));
-        break;
-      }
-    }
-    run(s);
-  }
-  std::printf("replayed %zu seeds and %d mutated inputs\n", seeds.size(), iterations);
-  return 0;
+  return hiapi::fuzz::replaySeedsAndMutations(
+      seeds, "{}[]\":,0123456789.-eE\\/ abcxyz@%*?\n\r\t:#&=${}", iterations);
 }
