@@ -29,6 +29,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "hiapi/shell/evhttp_method.h"
+
 namespace hiapi::sim {
 namespace {
 
@@ -57,28 +59,10 @@ const char* routeName(Route r) {
   return "other";
 }
 
+/// The wire name of a request's method, as the proxy's evhttp servers name it (a string
+/// literal, so NUL-terminated for printf).
 const char* methodName(evhttp_cmd_type cmd) {
-  switch (cmd) {
-    case EVHTTP_REQ_GET:
-      return "GET";
-    case EVHTTP_REQ_POST:
-      return "POST";
-    case EVHTTP_REQ_HEAD:
-      return "HEAD";
-    case EVHTTP_REQ_PUT:
-      return "PUT";
-    case EVHTTP_REQ_DELETE:
-      return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-      return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-      return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-      return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-      return "PATCH";
-  }
-  return "OTHER";
+  return hiapi::shell::evhttpMethodName(cmd).data();
 }
 
 const char* reasonPhrase(int status) {

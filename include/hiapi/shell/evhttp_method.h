@@ -1,6 +1,7 @@
 #pragma once
-// The wire name of a method as libevent's evhttp reports it (the admin server, the simulator and
-// the test upstream are evhttp servers). One switch, so every evhttp server names methods alike.
+// The wire name of a method as libevent's evhttp reports it (the simulator and the test upstream
+// are evhttp servers). One switch, so every evhttp server names methods alike. Header-only and
+// libevent-only: the simulator includes it without linking any of the proxy's libraries.
 
 #include <string_view>
 
