@@ -111,8 +111,18 @@ void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime 
     // Its middle; but where the budget binds (LearnPace::Sparse: its looks bracket the end
     // widely) the upper end, so that the next tasks are looked at after their ends rather than
     // before: there a look too early costs a create its token, one too late only lateness the
-    // tier has slack for (and probing lower below brings a long estimate down).
-    e = pace() == LearnPace::Sparse ? b.upper : mid;
+    // tier has slack for (and probing lower below brings a long estimate down). Not past where
+    // the sparse pace put the look after the lower end, though: a look that came later than
+    // that waited for a token (the budget binds), and its lateness says nothing of the task.
+    // Taken as the duration, it would hold the tier's slots idle for every later wave while
+    // probing lower brings it down step by step.
+    if (pace() == LearnPace::Sparse) {
+      e = b.lower > Duration::zero()
+              ? std::min(b.upper, b.lower + sparseLookGap(b.lower, tiers_[t].min_poll_interval))
+              : b.upper;
+    } else {
+      e = mid;
+    }
   } else {
     // A narrow bracket (polls close together around the end) is a measurement: average it in.
     // A wide one only bounds the duration: move the estimate into it, and when the end was seen

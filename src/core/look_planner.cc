@@ -23,7 +23,7 @@ Duration LookPlanner::refreshAfter(const TaskRecord& r, MonotonicTime at) const 
     // Nothing says when it ends. Where a look that finds it running costs a create its token
     // and the tier has slack (LearnPace::Sparse), back off with its age: at most half of it.
     if (at > r.created && learnPace(r.id->first, clampTier(r.tier)) == LearnPace::Sparse) {
-      return std::max(interval, Duration((at - r.created) / 2));
+      return sparseLookGap(at - r.created, interval);
     }
     return interval;
   }

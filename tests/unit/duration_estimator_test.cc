@@ -52,6 +52,21 @@ TEST(DurationEstimator, TheFirstEndGivesTheBracketsMiddleOrItsUpperEndWhereTheBu
   EXPECT_TRUE(d.typical(1));
 }
 
+// Where the budget binds, the look after the last one that found a task running may wait for a
+// token well past where the sparse pace put it: the first estimate is then where that look was
+// due, not where it came.
+TEST(DurationEstimator, ASparseFirstEstimateIsNoLaterThanThePacedLookAfterTheLowerEnd) {
+  DurationEstimator d;
+  d.setTiers({tier("heavy", seconds(1)), tier("light", seconds(2))});
+  const auto sparse = [] { return LearnPace::Sparse; };
+  // Seen running at 4.5 s, next look due at 4.5 + 2.25 s, but it came at 16 s.
+  d.learn(0, kT0, kT0 + milliseconds(4'500), kT0 + seconds(16), sparse);
+  EXPECT_EQ(d.first(0), milliseconds(6'750));
+  // Young tasks are looked at min_poll_interval apart: seen running at 1 s, ended by 5 s.
+  d.learn(1, kT0, kT0 + seconds(1), kT0 + seconds(5), sparse);
+  EXPECT_EQ(d.first(1), seconds(3));
+}
+
 TEST(DurationEstimator, NarrowBracketsAreAveragedIn) {
   DurationEstimator d;
   d.setTiers({tier("light", seconds(2), seconds(10))});

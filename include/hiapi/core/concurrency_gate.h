@@ -11,6 +11,7 @@
 // a task of the tier finishes (release with TaskFinished) and by one per `recovery_interval` since
 // the last lowering/step, never above the configured ceiling.
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -51,6 +52,13 @@ enum class LearnPace {
   /// not looked at before the oldest is seen ended.
   Sparse,
 };
+
+/// Where the budget binds (LearnPace::Sparse) and no task of a tier has been seen ended: after a
+/// look that finds a task running at @p age, the next one is due this much later (half the age,
+/// at least @p min_poll_interval), so the end is seen at most half its duration late.
+inline Duration sparseLookGap(Duration age, Duration min_poll_interval) {
+  return std::max(min_poll_interval, age / 2);
+}
 
 /// The proxy's planned looks at a tier's running tasks (TaskTracker::gatePressurePlan): each
 /// costs a token, and each that finds its task ended lets a waiting create go (another token).

@@ -69,7 +69,8 @@ public:
   /// A task of @p tier created at @p created, last seen running at @p last_running_seen, was
   /// seen ended at @p now (> created).
   /// @param pace the tier's pace of looks, asked only for its first end: where the budget binds
-  ///        (Sparse) the bracket's upper end is taken, else its middle.
+  ///        (Sparse) the bracket's upper end is taken, but no later than the sparse pace's look
+  ///        after its lower end (sparseLookGap); else its middle.
   void learn(size_t tier, MonotonicTime created, MonotonicTime last_running_seen,
              MonotonicTime now, const std::function<LearnPace()>& pace);
 
