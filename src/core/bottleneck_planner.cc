@@ -26,8 +26,22 @@ void BottleneckPlanner::setLookPlan(size_t tier, LookPlan plan) {
   tier_looks_[tier] = std::move(plan);
 }
 
+void BottleneckPlanner::setRemoteWaiting(size_t tier, size_t creates) {
+  if (tier >= remote_waiting_.size()) {
+    if (creates == 0) {
+      return;
+    }
+    remote_waiting_.resize(tier + 1);
+  }
+  remote_waiting_[tier] = creates;
+}
+
+size_t BottleneckPlanner::waiting(const KeyLoad& load, size_t tier) const {
+  return load.queue.laneSize(tier) + remoteWaiting(tier);
+}
+
 bool BottleneckPlanner::blocked(const KeyLoad& load, size_t tier, MonotonicTime now) const {
-  return load.queue.laneSize(tier) != 0 &&
+  return waiting(load, tier) != 0 &&
          load.gates[tier]->running() >= load.gates[tier]->effectiveCeiling(now);
 }
 
@@ -41,7 +55,7 @@ std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, Monotoni
   const Duration unknown_unit = unknownTierUnit();
   std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
   for (size_t t = 0; t < load.gates.size(); ++t) {
-    const size_t waiting = load.queue.laneSize(t);
+    const size_t waiting = this->waiting(load, t);
     if (waiting == 0) {
       continue;
     }
@@ -148,19 +162,21 @@ Duration BottleneckPlanner::unknownTierUnit() const {
 }
 
 double BottleneckPlanner::tokensNeeded(const KeyLoad& load) const {
+  // The budget is the key's, shared with the other instances: their waiting creates draw on it
+  // as this instance's do.
   double tokens = 0.0;
   size_t lanes = 0;
   for (size_t t = 0; t < load.gates.size(); ++t) {
-    const size_t waiting = load.queue.laneSize(t);
-    lanes += waiting;
-    tokens += 2.0 * static_cast<double>(waiting) + static_cast<double>(load.gates[t]->running());
+    lanes += load.queue.laneSize(t);
+    tokens += 2.0 * static_cast<double>(waiting(load, t)) +
+              static_cast<double>(load.gates[t]->running());
   }
   return tokens + static_cast<double>(load.queue.size() - std::min(load.queue.size(), lanes));
 }
 
 double BottleneckPlanner::tierWork(const KeyLoad& load, size_t tier, MonotonicTime now) const {
   const ConcurrencyGate& g = *load.gates[tier];
-  const double waves = std::ceil(static_cast<double>(load.queue.laneSize(tier)) /
+  const double waves = std::ceil(static_cast<double>(waiting(load, tier)) /
                                  std::max<uint32_t>(g.effectiveCeiling(now), 1));
   const std::optional<TierDuration>& d =
       tier < tier_duration_.size() ? tier_duration_[tier] : std::optional<TierDuration>{};

@@ -428,6 +428,10 @@ void KeyScheduler::setTierDuration(size_t tier, std::optional<TierDuration> dura
   planner_.setTierDuration(tier, duration);
 }
 
+void KeyScheduler::setRemoteWaiting(size_t tier, size_t creates) {
+  planner_.setRemoteWaiting(tier, creates);
+}
+
 void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
   planner_.setLookPlan(tier, std::move(plan));
 }
@@ -587,6 +591,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
     ts.ceiling = g.ceiling();
     ts.effective_ceiling = g.effectiveCeiling(now);
     ts.queued = queue_.laneSize(t);
+    ts.queued_elsewhere = planner_.remoteWaiting(t);
     ts.leases = g.leases();
     ts.leases_expired = g.expiredTotal();
     ts.ceiling_lowered = g.loweredTotal();

@@ -62,6 +62,8 @@ void writeKeysStatus(JsonWriter& w,
       w.Uint(t.effective_ceiling);
       w.Key("queued");
       w.Uint64(t.queued);
+      w.Key("queued_elsewhere");
+      w.Uint64(t.queued_elsewhere);
       w.EndObject();
     }
     w.EndArray();

@@ -154,6 +154,44 @@ if #out > 0 then redis.call('PEXPIRE', KEYS[1], life) end
 return out
 )lua";
 
+// Creates each instance holds waiting for a key's tiers: a field per tier and instance
+// ("tier\ninstance"), its value "count expiry_ms" (Redis time). An instance writes its counts at
+// every heartbeat and when they change, and drops its fields when nothing waits; the fields of an
+// instance that stopped writing expire. ARGV: instance id, lifetime ms, then pairs of tier name
+// and count. Reply: pairs of tier name and the other instances' count, for tiers where any waits.
+constexpr const char* kWaitingScript = R"lua(
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local life = tonumber(ARGV[2])
+for i = 3, #ARGV - 1, 2 do
+  local field = ARGV[i] .. '\n' .. ARGV[1]
+  if tonumber(ARGV[i + 1]) > 0 then
+    redis.call('HSET', KEYS[1], field, ARGV[i + 1] .. ' ' .. (now + life))
+  else
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+local sums = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all - 1, 2 do
+  local tier, instance = string.match(all[i], '^(.*)\n(.*)$')
+  local count, expiry = string.match(all[i + 1], '^(%d+) (%d+)$')
+  if tier == nil or count == nil or tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif instance ~= ARGV[1] then
+    sums[tier] = (sums[tier] or 0) + tonumber(count)
+  end
+end
+if redis.call('HLEN', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], life) end
+local out = {}
+for tier, count in pairs(sums) do
+  out[#out + 1] = tier
+  out[#out + 1] = count
+end
+return out
+)lua";
+
 inline std::string sha1Hex(std::string_view text) {
   unsigned char md[SHA_DIGEST_LENGTH];
   SHA1(reinterpret_cast<const unsigned char*>(text.data()), text.size(), md);
@@ -197,6 +235,8 @@ inline core::Duration backoffBase(uint32_t attempts) {
 constexpr core::Duration kBadKeyRetry = std::chrono::seconds(5);
 // How long a learned duration is kept in the store after its instance last wrote it.
 constexpr core::Duration kDurationLife = std::chrono::minutes(10);
+// A change in the creates waiting here is written at most this often between heartbeats.
+constexpr core::Duration kWaitingWriteGap = std::chrono::milliseconds(200);
 // A full tier is asked again this often at most (another instance's release is not announced).
 constexpr core::Duration kSlotRetryMax = std::chrono::milliseconds(100);
 

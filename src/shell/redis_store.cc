@@ -33,6 +33,7 @@ RedisStore::RedisStore(event_base* base, const core::Clock& clock, uint64_t seed
   acquire_sha_ = sha1Hex(kAcquireScript);
   renew_sha_ = sha1Hex(kRenewScript);
   durations_sha_ = sha1Hex(kDurationsScript);
+  waiting_sha_ = sha1Hex(kWaitingScript);
   timer_ = event_new(base_, -1, EV_PERSIST, &RedisStore::onTimer, this);
   if (metrics_ != nullptr) {
     metrics_->setStoreState(1, true);
@@ -167,7 +168,8 @@ void RedisStore::syncSlots(const std::string& key, Entry& e, core::KeyScheduler&
     }
   }
   std::vector<core::SharedSlots::Request> requests;
-  e.slots->sync(sched, clock_.now(), requests);
+  const core::MonotonicTime now = clock_.now();
+  e.slots->sync(sched, now, requests);
   if (usable && e.slots->needsReconcile()) {
     renewLeases(e);
     e.slots->reconciled();
@@ -175,6 +177,72 @@ void RedisStore::syncSlots(const std::string& key, Entry& e, core::KeyScheduler&
   for (const core::SharedSlots::Request& r : requests) {
     sendSlots(key, e, r);
   }
+  // Creates waiting here for a tier are news for the instances holding its slots: written when
+  // they change (at most every kWaitingWriteGap; the heartbeat writes them anyway).
+  e.waiting.assign(e.tier_names.size(), 0);
+  for (size_t t = 0; t < e.waiting.size(); ++t) {
+    e.waiting[t] = sched.waitingCreates(t);
+  }
+  if (usable && e.waiting != e.waiting_written && now >= e.waiting_write_after) {
+    sendWaiting(key, e);
+  }
+  applyOthersWaiting(e, sched);
+}
+
+void RedisStore::applyOthersWaiting(const Entry& e, core::KeyScheduler& sched) const {
+  const bool known = connected_ && !e.bad_until && clock_.now() < e.others_until;
+  for (size_t t = 0; t < e.tier_names.size(); ++t) {
+    size_t n = 0;
+    if (known) {
+      if (auto it = e.others_waiting.find(e.tier_names[t]); it != e.others_waiting.end()) {
+        n = it->second;
+      }
+    }
+    sched.setRemoteWaiting(t, n);
+  }
+}
+
+void RedisStore::sendWaiting(const std::string& key, Entry& e) {
+  if (e.redis_id.empty() || e.tier_names.empty()) {
+    return;
+  }
+  const core::MonotonicTime now = clock_.now();
+  const int64_t life = ms(cfg_.heartbeat_interval) * 3;
+  std::vector<std::string> argv = {"EVALSHA", waiting_sha_, "1", waitingKey(e), instance_id_,
+                                   std::to_string(life)};
+  for (size_t t = 0; t < e.tier_names.size(); ++t) {
+    argv.push_back(e.tier_names[t]);
+    argv.push_back(std::to_string(t < e.waiting.size() ? e.waiting[t] : 0));
+  }
+  e.waiting_written = e.waiting;
+  e.waiting_write_after = now + kWaitingWriteGap;
+  command(std::move(argv), [this, key, life](redisReply* r) {
+    auto it = keys_.find(key);
+    if (r == nullptr || it == keys_.end()) {
+      return;
+    }
+    Entry& en = it->second;
+    if (r->type != REDIS_REPLY_ARRAY) {
+      badEntry(key, en, r->type == REDIS_REPLY_ERROR ? std::string(r->str, r->len)
+                                                     : "unexpected reply type");
+      return;
+    }
+    std::unordered_map<std::string, size_t> others;
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      const redisReply* name = r->element[i];
+      const redisReply* count = r->element[i + 1];
+      if (name->type == REDIS_REPLY_STRING && count->type == REDIS_REPLY_INTEGER &&
+          count->integer > 0) {
+        others[std::string(name->str, name->len)] = static_cast<size_t>(count->integer);
+      }
+    }
+    // Their fields live three heartbeats after they were written: so does what they said.
+    en.others_until = clock_.now() + std::chrono::milliseconds(life);
+    if (others != en.others_waiting) {
+      en.others_waiting = std::move(others);
+      pump_(key);
+    }
+  });
 }
 
 void RedisStore::sendSlots(const std::string& key, Entry& e,

@@ -114,6 +114,7 @@ void RedisStore::handshake() {
   command({"SCRIPT", "LOAD", kAcquireScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kRenewScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kDurationsScript}, [](redisReply*) {});
+  command({"SCRIPT", "LOAD", kWaitingScript}, [](redisReply*) {});
   command({"SCRIPT", "LOAD", kHeartbeatScript}, [this](redisReply* r) {
     if (r != nullptr && r->type == REDIS_REPLY_STRING) {
       ready();
@@ -214,6 +215,7 @@ void RedisStore::heartbeat() {
   for (auto& [key, e] : keys_) {
     if (!e.bad_until) {
       renewLeases(e);
+      sendWaiting(key, e);
     }
   }
   sendDurations();

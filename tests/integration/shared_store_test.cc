@@ -276,6 +276,66 @@ TEST(SharedStore, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
       << "none of the killed instance's leases is left";
 }
 
+// A create waiting on one instance for the heavy slots another instance's tasks hold: the holder
+// looks for its tasks' ends itself, as it would for a create waiting in its own queue. Its
+// client never polls (a callback user) and reconcile polls come only every 10 minutes, so
+// nothing else would free the slots: the waiting create would time out.
+TEST(SharedStore, ACreateWaitingOnAnotherInstanceHurriesTheSlotsHolder) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  SimProcess sim(dir, kSimLimits);
+  ASSERT_TRUE(sim.started()) << sim.process().err();
+  const std::string secret = secretFile(dir);
+  const std::string yaml = proxyYaml(sim.port(), redis.port(), secret) +
+                           "tasks:\n  reconcile_interval: 10m\n";
+  ProxyProcess a(dir, yaml, {}, "a");
+  ProxyProcess b(dir, yaml, {}, "b");
+  ASSERT_TRUE(a.started() && b.started());
+  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
+                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
+  const std::vector<std::pair<std::string, std::string>> hdrs{
+      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  const auto create = [&](uint16_t port, const std::string& prompt) {
+    return httpRequest(port, "POST", "/v1/tasks", hdrs,
+                       R"({"model":"seedance-1","input":{"prompt":")" + prompt + R"("}})",
+                       30000ms);
+  };
+  ASSERT_EQ(create(a.port(), "a0").status, 200);
+  ASSERT_EQ(create(a.port(), "a1").status, 200);
+  const std::string waiting_hash = "hiapi:w:" + redisId(secret);
+  // a's heavy tier, as a's /status shows it: creates waiting there, and on other instances.
+  const auto heavy_queued = [&](const char* field) -> int64_t {
+    rapidjson::Document d = status(a.adminPort());
+    if (!d.IsObject() || !d.HasMember("keys") || !d["keys"].IsArray()) {
+      return -1;
+    }
+    for (const auto& k : d["keys"].GetArray()) {
+      for (const auto& t : k["tiers"].GetArray()) {
+        if (std::string(t["name"].GetString()) == "heavy") {
+          return t[field].GetInt64();
+        }
+      }
+    }
+    return -1;
+  };
+  std::thread probe([&] {
+    // b's waiting create is in Redis, and a has read it.
+    EXPECT_TRUE(waitFor([&] { return redis.cli("HLEN " + waiting_hash) == "1"; }, 10000ms));
+    EXPECT_TRUE(waitFor([&] { return heavy_queued("queued_elsewhere") == 1; }, 10000ms));
+    EXPECT_EQ(heavy_queued("queued"), 0);
+  });
+  const HttpResponse r = create(b.port(), "b0");
+  probe.join();
+  EXPECT_EQ(r.status, 200) << r.body;
+  rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(jsonInt(st, {"tasks_created"}), 3);
+  EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 2);
+  EXPECT_EQ(jsonInt(st, {"rejected_429", "concurrency"}), 0);
+  EXPECT_TRUE(waitFor([&] { return redis.cli("HLEN " + waiting_hash) == "0"; }, 10000ms))
+      << "nothing waits any more: b's field is gone";
+}
+
 TEST(SharedStore, RedisKilledMidRunAndRestartedNoClientErrorsLeasesConsistent) {
   TempDir dir;
   const uint16_t redis_port = unusedPort();

@@ -1410,6 +1410,36 @@ TEST_F(KeySchedulerTest, GatheringEndsAtCreateGatherWhileCreatesKeepArriving) {
 // tier's gate still had a slot free, it must go with the tier's creates from its task's likely
 // end once the gate is full with creates waiting (judged at each dispatch, not at submit): its
 // answer frees the slot they wait for, and nobody else looks while it is the task's fetch.
+// With a shared store, a create another instance holds waiting for the key's heavy slots makes
+// this instance's full heavy gate a bottleneck too: the poll that may free one of its slots goes
+// ahead of an older ordinary poll, as it would for a create waiting here.
+TEST_F(KeySchedulerTest, AnotherInstancesWaitingCreateMakesAFullGateABottleneck) {
+  const auto order = [&](size_t remote_waiting) {
+    LimitsConfig l = limits(1.0, 2);
+    l.tiers[kHeavy].max_running = 2;
+    KeyScheduler s(l, queueConfig(), kStart, random_);
+    s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+    s.submit(req(2, RouteKind::Create, "a", kHeavy), kStart);
+    EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1, 2}));
+    s.setRemoteWaiting(kHeavy, remote_waiting);
+    s.submit(req(300, RouteKind::Poll, "c"), kStart + milliseconds(1));  // some other task
+    RequestInfo unblock = req(301, RouteKind::Poll, "d");
+    unblock.unblocks = kHeavy;
+    s.submit(unblock, kStart + milliseconds(2));
+    std::vector<uint64_t> out;
+    for (int sec = 1; sec <= 2; ++sec) {
+      for (uint64_t id : ids(s.dispatch(kStart + seconds(sec)))) {
+        out.push_back(id);
+      }
+    }
+    EXPECT_EQ(s.blockedTiers(kStart + seconds(2)),
+              remote_waiting == 0 ? std::vector<size_t>{} : std::vector<size_t>{kHeavy});
+    return out;
+  };
+  EXPECT_EQ(order(0), (std::vector<uint64_t>{300, 301})) << "nobody waits for a heavy slot";
+  EXPECT_EQ(order(1), (std::vector<uint64_t>{301, 300}));
+}
+
 TEST_F(KeySchedulerTest, ABackgroundPollGoesAtItsTasksLikelyEndOnceItsGateHasFilled) {
   LimitsConfig l = limits(1.0, 1);
   l.tiers[kHeavy].max_running = 2;

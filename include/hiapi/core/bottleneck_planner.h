@@ -7,7 +7,10 @@
 // for the proxy's polls that may free one of its slots. While its gate is full and looks at its
 // tasks are planned (LookPlan, from task tracking), the bucket keeps the tokens those looks and
 // the creates they let go will need. Whether a tier or the budget binds also sets the pace of
-// looks at a tier none of whose tasks has been seen ended (LearnPace).
+// looks at a tier none of whose tasks has been seen ended (LearnPace). With a shared store the
+// creates other instances hold waiting for a tier count too: the slots of a key's tier are
+// shared, so one of this instance's tasks holding a slot another instance's create waits for is
+// as much a bottleneck as if the create were waiting here.
 //
 // It keeps what the shell tells it (tier durations, look plans) and reads the key's queue, gates
 // and budget from a KeyLoad given to each call; it changes nothing of them.
@@ -49,6 +52,11 @@ public:
   void setTierDuration(size_t tier, std::optional<TierDuration> duration);
   /// See KeyScheduler::setLookPlan().
   void setLookPlan(size_t tier, LookPlan plan);
+  /// See KeyScheduler::setRemoteWaiting().
+  void setRemoteWaiting(size_t tier, size_t creates);
+  size_t remoteWaiting(size_t tier) const {
+    return tier < remote_waiting_.size() ? remote_waiting_[tier] : 0;
+  }
 
   /// @return the bottleneck tiers, most work left first, each as two lanes: its creates', then
   ///         its unblocking polls' (kUnblockLanes + tier).
@@ -63,6 +71,9 @@ public:
   LearnPace learnPace(const KeyLoad& load, size_t tier, MonotonicTime now) const;
 
 private:
+  /// Creates waiting for @p tier's gate: this instance's (its lane) and, with a shared store,
+  /// the other instances' (setRemoteWaiting()).
+  size_t waiting(const KeyLoad& load, size_t tier) const;
   /// The unit of work of a tier with no duration known (see bottlenecks()).
   Duration unknownTierUnit() const;
   /// The tokens still needed by what waits and runs: a create and a look per waiting create, a
@@ -79,6 +90,7 @@ private:
 
   std::vector<std::optional<TierDuration>> tier_duration_;
   std::vector<LookPlan> tier_looks_;
+  std::vector<size_t> remote_waiting_;
 };
 
 }  // namespace hiapi::core

@@ -166,6 +166,7 @@ struct TierSnapshot {
   uint32_t ceiling = 0;
   uint32_t effective_ceiling = 0;
   size_t queued = 0;                  ///< waiting for a slot of this tier
+  size_t queued_elsewhere = 0;        ///< other instances' creates waiting for it (shared store)
   std::vector<std::pair<SlotId, MonotonicTime>> leases;  ///< earliest expiry first
   uint64_t leases_expired = 0;
   uint64_t ceiling_lowered = 0;
@@ -286,6 +287,13 @@ public:
   /// tier's work left outlasts the budget's (a refill lost to a full bucket costs nothing
   /// then), else min(2, burst - 1) (it never fills the bucket: no throughput lost).
   void setLookPlan(size_t tier, LookPlan plan);
+  /// Creates other instances sharing this key (store.kind: redis) hold waiting for @p tier's
+  /// gate (0: none, or no shared store). They count as this instance's own would in
+  /// blockedTiers(), the bottleneck ranking and tierBinds()/budgetBinds(): a slot this
+  /// instance's task holds is one they wait for, so its end is looked for as urgently. The
+  /// tokens kept for the creates a look lets go stay this instance's own creates' (another
+  /// instance takes its create's token itself).
+  void setRemoteWaiting(size_t tier, size_t creates);
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).

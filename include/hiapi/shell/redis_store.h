@@ -105,6 +105,14 @@ private:
     std::optional<core::MonotonicTime> bad_until;  ///< the key's entry answered nonsense
     std::unique_ptr<core::SharedSlots> slots;      ///< created at the first pump
     std::vector<std::string> tier_names;           ///< as of the last pump
+    /// Creates waiting here for each tier, as of the last pump, and as last written.
+    std::vector<size_t> waiting;
+    std::vector<size_t> waiting_written;
+    core::MonotonicTime waiting_write_after{};
+    /// Creates the other instances hold waiting for each tier (by tier name), valid until
+    /// others_until: what the last answer said, for as long as their fields live in Redis.
+    std::unordered_map<std::string, size_t> others_waiting;
+    core::MonotonicTime others_until{};
   };
   void resolve();
   void connectTo(const std::string& ip);
@@ -124,6 +132,10 @@ private:
   void syncSlots(const std::string& key, Entry& e, core::KeyScheduler& sched);
   void sendSlots(const std::string& key, Entry& e, const core::SharedSlots::Request& r);
   void renewLeases(Entry& e);
+  /// Writes @p key's waiting creates per tier and reads the other instances'.
+  void sendWaiting(const std::string& key, Entry& e);
+  /// Gives @p sched the other instances' waiting creates (none while they are not known).
+  void applyOthersWaiting(const Entry& e, core::KeyScheduler& sched) const;
   /// Counts and logs an error reply for @p key's entry; it runs on its local share a while.
   void badEntry(const std::string& key, Entry& e, const std::string& text);
   std::string slotsKey(const Entry& e, size_t tier) const {
@@ -138,6 +150,7 @@ private:
   std::string bucketKey(const Entry& e) const { return cfg_.key_prefix + "b:" + e.redis_id; }
   std::string instancesKey() const { return cfg_.key_prefix + "instances"; }
   std::string durationsKey() const { return cfg_.key_prefix + "durations"; }
+  std::string waitingKey(const Entry& e) const { return cfg_.key_prefix + "w:" + e.redis_id; }
 
   static void onResolved(int err, evutil_addrinfo* res, void* arg);
   static void onTimer(evutil_socket_t, short, void* arg);
@@ -181,6 +194,7 @@ private:
   std::string acquire_sha_;
   std::string renew_sha_;
   std::string durations_sha_;
+  std::string waiting_sha_;
   std::function<std::vector<core::NamedDuration>()> mine_;
   std::function<void(const std::vector<core::NamedDuration>&)> theirs_;
 };
