@@ -126,7 +126,7 @@ def makespan_one(p, seed, args):
                         sim=sim.url)
         return {"makespan": r["makespan_s"], "complete": r["complete"],
                 "c429": r["requests"]["status_429"], "u429": r["sim"]["upstream_429_pct"],
-                "busiest": r["sim"]["max_admitted_1s"]}
+                "busiest": r["sim"]["max_admitted_1s"], "upstream": r["sim"]["requests"]}
 
 
 def makespan_three(p, seed, args):
@@ -161,7 +161,7 @@ def makespan_three(p, seed, args):
                 "complete": all(r["complete"] for r in reports),
                 "c429": sum(r["requests"]["status_429"] for r in reports),
                 "u429": 100.0 * (rej.get("rate", 0) + rej.get("concurrency", 0)) / max(1, upstream),
-                "busiest": key.get("max_admitted_1s")}
+                "busiest": key.get("max_admitted_1s"), "upstream": upstream}
 
 
 def makespans(args):
@@ -179,8 +179,10 @@ def makespans(args):
         m3 = bl.median([r["makespan"] for r in three])
         print("## makespan, profile %s (ideal %.1f s)" % (name, b1.ideal(p)))
         print(bl.table(["instances", "makespan", "x 1 instance", "client 429s",
-                        "upstream 429 %", "busiest 1 s", "all done", "runs"], [
+                        "upstream requests", "upstream 429 %", "busiest 1 s", "all done",
+                        "runs"], [
             [n, "%.2f s" % m, "%.2f" % (m / m1), max(r["c429"] for r in rs),
+             "%g" % bl.median([r["upstream"] for r in rs]),
              "%.1f" % bl.median([r["u429"] for r in rs]),
              bl.median([r["busiest"] or 0 for r in rs]), all(r["complete"] for r in rs),
              " ".join("%.2f" % r["makespan"] for r in rs)]

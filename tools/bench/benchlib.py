@@ -310,17 +310,19 @@ def nginx_limit_req(sim_port, listen_port, rate_per_s, burst=100000):
 
 
 def proxy_yaml(sim_port, rate, burst, heavy_max, light_max, min_poll="1s", extra="",
-               queue_max=10000, deadline="45s", level="warn", expected=None, limits_extra=""):
+               queue_max=10000, deadline="45s", level="warn", expected=None, limits_extra="",
+               max_connections=None):
     """hiapi-proxy mirroring the simulator's limits (passthrough keys: the bench's bearer is
     limited under its pt-<hash> name with limits.rate / burst). @p expected: (heavy, light)
     tiers' expected_duration, e.g. ("5s", "2s"); None = learn only. @p limits_extra: more
-    `limits:` lines, indented by two spaces."""
+    `limits:` lines, indented by two spaces. @p max_connections: listen.max_connections
+    (None: the default)."""
     exp_h = ", expected_duration: %s" % expected[0] if expected else ""
     exp_l = ", expected_duration: %s" % expected[1] if expected else ""
     return """listen:
   address: 127.0.0.1
   port: 0
-admin:
+%(listen_extra)sadmin:
   enabled: true
   port: 0
 upstream:
@@ -343,7 +345,9 @@ log:
 %(extra)s""" % {"sim": sim_port, "rate": rate, "burst": burst, "heavy": heavy_max,
                 "light": light_max, "mpi": min_poll, "extra": extra, "qmax": queue_max,
                 "deadline": deadline, "level": level, "exp_h": exp_h, "exp_l": exp_l,
-                "limits_extra": limits_extra}
+                "limits_extra": limits_extra,
+                "listen_extra": ("  max_connections: %d\n" % max_connections
+                                 if max_connections else "")}
 
 
 def run_load(target, args, sim=None, timeout=900):
