@@ -424,14 +424,6 @@ MonotonicTime KeyScheduler::gatherEnd() const {
   return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
 }
 
-void KeyScheduler::setTierDuration(size_t tier, std::optional<TierDuration> duration) {
-  planner_.setTierDuration(tier, duration);
-}
-
-void KeyScheduler::setRemoteWaiting(size_t tier, size_t creates) {
-  planner_.setRemoteWaiting(tier, creates);
-}
-
 void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
   planner_.setLookPlan(tier, std::move(plan));
 }

@@ -82,6 +82,7 @@ void SharedBudget::onReserved(double granted, Duration retry_in, MonotonicTime n
     return;  // a late reply: its tokens are spent by the local share's own
   }
   held_ += std::max(0.0, granted);
+  held_told_ += std::max(0.0, granted);  // the store added its grant to what it was told
   last_grant_ = now;
   if (retry_in > Duration::zero()) {
     next_ask_ = now + retry_in;
@@ -93,6 +94,29 @@ double SharedBudget::surplusToReturn(MonotonicTime now, size_t waiting) {
     return 0.0;
   }
   return std::exchange(held_, 0.0);
+}
+
+std::optional<double> SharedBudget::heldReportDue(MonotonicTime now, Duration field_life) const {
+  if (degraded_ || in_flight_) {
+    return std::nullopt;
+  }
+  const Duration since = now - held_told_at_;
+  // Spent since the store heard: its bucket keeps room for tokens that are gone, which costs the
+  // other instances throughput (never a 429), so a report waits for a window's spending.
+  const bool stale =
+      held_told_ > held_ + kTokenEpsilon && since >= std::max(window_, kHeldReportGap);
+  // Still held: the store forgets an instance's figure after field_life (a killed instance's
+  // tokens must not keep room for ever), so it is sent again well before.
+  const bool expiring = held_ > kTokenEpsilon && since >= field_life / 2;
+  if (!stale && !expiring) {
+    return std::nullopt;
+  }
+  return held_;
+}
+
+void SharedBudget::onHeldSent(double held, MonotonicTime now) {
+  held_told_ = held;
+  held_told_at_ = now;
 }
 
 std::optional<Duration> SharedBudget::pauseToShare(MonotonicTime now) {

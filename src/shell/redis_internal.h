@@ -27,7 +27,10 @@ namespace hiapi::shell {
 // tokens (a token is granted only once the bucket holds it and the margin behind it, as the
 // local bucket admits: arrival jitter cannot land a request before the upstream's token), the
 // tokens a missing bucket starts with (the burst, or none just after an outage: see
-// core/shared_budget.h).
+// core/shared_budget.h), the calling instance's id, the tokens it holds (after what it gives
+// back), how long that figure is kept (ms).
+// The bucket refills only up to the burst less the tokens all instances hold (fields "h:<id>",
+// "tokens expiry_ms"): the gateway's bucket has not seen them spent, and it stops at the burst.
 // Grants all it is asked for, else what it has when that is at least one token, else nothing.
 // Reply: {granted in millionths of a token, µs until enough is there when short, µs of pause
 // left} (integers: Redis truncates a script's numbers).
@@ -40,14 +43,30 @@ local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local give = tonumber(ARGV[4])
 local pause = tonumber(ARGV[5]) * 1000
+local me = 'h:' .. ARGV[9]
+local mine = tonumber(ARGV[10])
+local now_ms = math.floor(now / 1000)
+local held = mine
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all - 1, 2 do
+  if string.sub(all[i], 1, 2) == 'h:' and all[i] ~= me then
+    local h, expiry = string.match(all[i + 1], '^([%d.]+) (%d+)$')
+    if h == nil or tonumber(expiry) <= now_ms then
+      redis.call('HDEL', KEYS[1], all[i])
+    else
+      held = held + tonumber(h)
+    end
+  end
+end
+local cap = math.max(0, burst - held)
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(v[1]) or math.min(burst, tonumber(ARGV[8]))
 local ts = tonumber(v[2]) or now
 if now > ts then
-  tokens = math.min(burst, tokens + (now - ts) * rate / 1000000)
+  tokens = tokens + (now - ts) * rate / 1000000
   ts = now
 end
-tokens = math.min(burst, tokens + give)
+tokens = math.min(cap, tokens + give)
 if pause > 0 and now + pause > ts then
   ts = now + pause
   tokens = 0
@@ -69,6 +88,12 @@ if granted < want then
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts',
            string.format('%.0f', ts))
+if mine + granted > 0.000001 then
+  redis.call('HSET', KEYS[1], me, string.format('%.6f %d', mine + granted,
+                                                  now_ms + tonumber(ARGV[11])))
+else
+  redis.call('HDEL', KEYS[1], me)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return {math.floor(granted * 1000000), retry, math.max(0, ts - now)}
 )lua";

@@ -142,7 +142,8 @@ void RedisStore::afterPump(const std::string& key, core::KeyScheduler& sched) {
   const std::optional<core::Duration> pause = e.budget->pauseToShare(now);
   const std::optional<double> want = e.budget->reservationToSend(now, wanted);
   const double give = e.budget->surplusToReturn(now, wanted);
-  if (want || give > 0 || pause) {
+  // With nothing to ask or give, a call may still be due to tell the store what is held here.
+  if (want || give > 0 || pause || e.budget->heldReportDue(now, heldLife())) {
     reserve(key, e, want.value_or(0), give, pause);
   }
 }
@@ -385,13 +386,19 @@ void RedisStore::reserve(const std::string& key, Entry& e, double want, double g
   if (give > 0 && metrics_ != nullptr) {
     metrics_->storeTokens(key, "returned", give);
   }
+  const core::MonotonicTime now = clock_.now();
+  const double held = e.budget->held();
   const bool sent = command(
       {"EVALSHA", budget_sha_, "1", bucketKey(e), num(rate), num(burst), num(want), num(give),
        std::to_string(pause ? std::max<int64_t>(1, ms(*pause)) : 0), std::to_string(ttl),
-       num(e.budget->marginTokens()), num(e.budget->missingBucketTokens(clock_.now()))},
+       num(e.budget->marginTokens()), num(e.budget->missingBucketTokens(now)), instance_id_,
+       num(held), std::to_string(ms(heldLife()))},
       [this, key, want](redisReply* r) { onBudgetReply(key, want, r); });
+  if (sent) {
+    e.budget->onHeldSent(held, now);
+  }
   if (!sent && want > 0) {
-    e.budget->onStoreDown(clock_.now());
+    e.budget->onStoreDown(now);
   }
 }
 

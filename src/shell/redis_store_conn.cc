@@ -281,10 +281,12 @@ void RedisStore::tick() {
     heartbeat();
   }
   // Unspent tokens of keys that went quiet go back to the shared bucket; a full tier is asked
-  // again when the store said to wait (a slot another instance frees is not announced).
+  // again when the store said to wait (a slot another instance frees is not announced); the
+  // store hears again what a key holds when its figure went stale or is about to expire.
   std::vector<std::string> idle;
   for (const auto& [key, e] : keys_) {
-    if (e.budget->held() > 0.0 || (e.slots && e.slots->wantsLeases(now))) {
+    if (e.budget->held() > 0.0 || (e.slots && e.slots->wantsLeases(now)) ||
+        e.budget->heldReportDue(now, heldLife())) {
       idle.push_back(key);
     }
   }

@@ -16,6 +16,7 @@
 #include "harness/harness.h"
 #include "harness/workload.h"
 #include "hiapi/shell/key_identity.h"
+#include "../../src/shell/redis_internal.h"  // the Lua scripts, run here against a real Redis
 
 namespace hiapi::test {
 namespace {
@@ -220,12 +221,70 @@ TEST(SharedStore, ThreeProxiesOneKeyStayInsideTheKeysLimits) {
   EXPECT_EQ(redis.cli("KEYS '*" + kKey + "*'"), "") << "no API key in a Redis key name";
 }
 
+/// Runs the budget script on @p c as instance @p id holding @p held tokens: rate 2/s, burst 2,
+/// no margin. @return the tokens granted (-1: no usable reply).
+double budgetCall(redisContext* c, const std::string& bucket, const std::string& id, double want,
+                  double held) {
+  const std::vector<std::string> argv{"EVAL", shell::kBudgetScript, "1", bucket, "2", "2",
+                                      std::to_string(want), "0", "0", "60000", "0", "2", id,
+                                      std::to_string(held), "60000"};
+  std::vector<const char*> args;
+  std::vector<size_t> lens;
+  for (const std::string& a : argv) {
+    args.push_back(a.c_str());
+    lens.push_back(a.size());
+  }
+  auto* r = static_cast<redisReply*>(
+      redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
+  double granted = -1;
+  if (r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+    granted = static_cast<double>(r->element[0]->integer) / 1e6;
+  }
+  freeReplyObject(r);
+  return granted;
+}
+
+// The gateway sees a held token spent only when it is sent: while one instance holds tokens,
+// the store's bucket refills only up to the burst less them, as the gateway's bucket (capped at
+// the burst, with those tokens still in it) does. The bucket's clock is moved back rather than
+// waited for.
+TEST(SharedStore, TheBudgetBucketKeepsRoomForTokensHeldElsewhere) {
+  TempDir dir;
+  RedisServer redis(dir, unusedPort());
+  ASSERT_TRUE(redis.up());
+  redisContext* c = redisConnect("127.0.0.1", redis.port());
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  const std::string bucket = "hiapi:b:test";
+  const auto age_bucket = [&] {  // ten seconds of refill, as if it had sat that long
+    auto* t = static_cast<redisReply*>(redisCommand(c, "TIME"));
+    ASSERT_TRUE(t != nullptr && t->type == REDIS_REPLY_ARRAY);
+    const long long now_us = std::stoll(t->element[0]->str) * 1000000 +
+                             std::stoll(t->element[1]->str);
+    freeReplyObject(t);
+    freeReplyObject(redisCommand(c, "HSET %s ts %lld", bucket.c_str(), now_us - 10'000'000));
+  };
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "a", 2, 0), 2) << "a full bucket";
+  age_bucket();
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "b", 2, 0), 0)
+      << "a holds the whole burst: none of the refill is the gateway's";
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "a", 0, 1), 0) << "a spent one of them (a report)";
+  age_bucket();
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "b", 2, 0), 1) << "room for one";
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "a", 0, 0), 0) << "a spent the other";
+  freeReplyObject(redisCommand(c, "HSET %s h:b %s", bucket.c_str(), "1.000000 1"));
+  age_bucket();
+  EXPECT_DOUBLE_EQ(budgetCall(c, bucket, "a", 2, 0), 2)
+      << "b's figure expired long ago (a killed instance): it keeps no room";
+  redisFree(c);
+}
+
 // A redis-server, the simulator and two proxies, a and b, sharing kKey through that Redis.
 struct TwoProxies {
-  explicit TwoProxies(const TempDir& dir)
+  /// @param extra more top-level YAML for both proxies' configuration
+  explicit TwoProxies(const TempDir& dir, const std::string& extra = {})
       : redis(dir, unusedPort()), sim(dir, kSimLimits), secret(secretFile(dir)),
-        a(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "a"),
-        b(dir, proxyYaml(sim.port(), redis.port(), secret), {}, "b") {}
+        a(dir, proxyYaml(sim.port(), redis.port(), secret) + extra, {}, "a"),
+        b(dir, proxyYaml(sim.port(), redis.port(), secret) + extra, {}, "b") {}
   /// @return whether all four run and both proxies are connected to Redis.
   bool up() {
     return redis.up() && sim.started() && a.started() && b.started() &&
@@ -282,20 +341,14 @@ TEST(SharedStore, AKilledInstancesLeasesExpireAndTheOthersUseThem) {
 // nothing else would free the slots: the waiting create would time out.
 TEST(SharedStore, ACreateWaitingOnAnotherInstanceHurriesTheSlotsHolder) {
   TempDir dir;
-  RedisServer redis(dir, unusedPort());
-  ASSERT_TRUE(redis.up());
-  SimProcess sim(dir, kSimLimits);
-  ASSERT_TRUE(sim.started()) << sim.process().err();
-  const std::string secret = secretFile(dir);
-  const std::string yaml = proxyYaml(sim.port(), redis.port(), secret) +
-                           "tasks:\n  reconcile_interval: 10m\n";
-  ProxyProcess a(dir, yaml, {}, "a");
-  ProxyProcess b(dir, yaml, {}, "b");
-  ASSERT_TRUE(a.started() && b.started());
-  ASSERT_TRUE(waitFor([&] { return storeFlag(a.adminPort(), "connected") &&
-                                   storeFlag(b.adminPort(), "connected"); }, 10000ms));
-  const std::vector<std::pair<std::string, std::string>> hdrs{
-      {"Authorization", "Bearer " + kKey}, {"Content-Type", "application/json"}};
+  TwoProxies two(dir, "tasks:\n  reconcile_interval: 10m\n");
+  ASSERT_TRUE(two.up()) << two.err();
+  // References, not a structured binding: lambdas below capture them.
+  RedisServer& redis = two.redis;
+  SimProcess& sim = two.sim;
+  ProxyProcess& a = two.a;
+  ProxyProcess& b = two.b;
+  const auto& hdrs = two.hdrs;
   const auto create = [&](uint16_t port, const std::string& prompt) {
     return httpRequest(port, "POST", "/v1/tasks", hdrs,
                        R"({"model":"seedance-1","input":{"prompt":")" + prompt + R"("}})",
@@ -303,7 +356,7 @@ TEST(SharedStore, ACreateWaitingOnAnotherInstanceHurriesTheSlotsHolder) {
   };
   ASSERT_EQ(create(a.port(), "a0").status, 200);
   ASSERT_EQ(create(a.port(), "a1").status, 200);
-  const std::string waiting_hash = "hiapi:w:" + redisId(secret);
+  const std::string waiting_hash = "hiapi:w:" + redisId(two.secret);
   // a's heavy tier, as a's /status shows it: creates waiting there, and on other instances.
   const auto heavy_queued = [&](const char* field) -> int64_t {
     rapidjson::Document d = status(a.adminPort());

@@ -147,6 +147,37 @@ TEST(SharedBudgetTest, UnspentTokensGoBackWhenNothingWaits) {
   EXPECT_DOUBLE_EQ(b.surplusToReturn(clock.now(), 0), 1);
 }
 
+// The store keeps room in its bucket for the tokens each instance holds (the gateway has not
+// seen them spent): it is told with every call, and again when spending made its figure stale
+// (once a window) or before it expires.
+TEST(SharedBudgetTest, TheStoreHearsWhatIsHeldWhenItsFigureGoesStaleOrOld) {
+  ManualClock clock;
+  SharedBudget b(10, 5, 250ms, clock.now());
+  const Duration life = 6s;
+  EXPECT_FALSE(b.heldReportDue(clock.now(), life)) << "nothing held, nothing told";
+  ASSERT_TRUE(b.reservationToSend(clock.now(), 2));
+  b.onHeldSent(b.held(), clock.now());
+  EXPECT_FALSE(b.heldReportDue(clock.now(), life)) << "a reply is awaited";
+  b.onReserved(2, 0ms, clock.now());
+  EXPECT_FALSE(b.heldReportDue(clock.now() + 1s, life)) << "the store added its grant: current";
+  clock.advance(1s);
+  ASSERT_TRUE(b.tryAcquire(1, clock.now()));
+  const std::optional<double> due = b.heldReportDue(clock.now(), life);
+  ASSERT_TRUE(due) << "the store still counts the spent token as held";
+  EXPECT_DOUBLE_EQ(*due, 1);
+  b.onHeldSent(*due, clock.now());
+  ASSERT_TRUE(b.tryAcquire(1, clock.now()));
+  EXPECT_FALSE(b.heldReportDue(clock.now() + 100ms, life)) << "at most once a window";
+  EXPECT_EQ(b.heldReportDue(clock.now() + 250ms, life), std::optional<double>(0));
+  b.onHeldSent(0, clock.now() + 250ms);
+  EXPECT_FALSE(b.heldReportDue(clock.now() + 10s, life)) << "nothing held: the figure may lapse";
+  b.refund(1, clock.now());
+  b.onHeldSent(1, clock.now());
+  EXPECT_FALSE(b.heldReportDue(clock.now() + 2s, life));
+  EXPECT_EQ(b.heldReportDue(clock.now() + 3s, life), std::optional<double>(1))
+      << "still held at half the figure's life: told again before it lapses";
+}
+
 TEST(SharedBudgetTest, APauseIsSharedOnceAndHonoured) {
   ManualClock clock;
   SharedBudget b(10, 5, 250ms, clock.now());

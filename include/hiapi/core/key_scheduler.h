@@ -276,7 +276,9 @@ public:
   /// 1 s): knowing nothing, tiers rank by waves alone — a lower bound only says which tier
   /// started first, and ranking by it would put the light tier (whose first creates came
   /// first) ahead of the heavy one at start-up.
-  void setTierDuration(size_t tier, std::optional<TierDuration> duration);
+  void setTierDuration(size_t tier, std::optional<TierDuration> duration) {
+    planner_.setTierDuration(tier, duration);
+  }
 
   /// The proxy's planned looks at the tasks holding slots of @p tier (task tracking knows:
   /// TaskTracker::gatePressurePlan). While the tier's gate is full with creates waiting and it
@@ -293,7 +295,7 @@ public:
   /// instance's task holds is one they wait for, so its end is looked for as urgently. The
   /// tokens kept for the creates a look lets go stay this instance's own creates' (another
   /// instance takes its create's token itself).
-  void setRemoteWaiting(size_t tier, size_t creates);
+  void setRemoteWaiting(size_t tier, size_t creates) { planner_.setRemoteWaiting(tier, creates); }
 
   /// @return the tiers whose gate is full while creates wait for it (a poll that finds one of
   ///         their tasks finished frees capacity someone is waiting for).

@@ -17,6 +17,14 @@
 // at the full rate beside another still on its local share would together exceed the rate. A
 // bucket the store lost (Redis restarted) is created empty while settling: the instances have
 // just spent their shares, and a full burst on top would exceed the upstream's own bucket.
+//
+// Tokens held here are gone from the store's bucket but not yet from the gateway's, which sees
+// them only when they are spent. Were the store's bucket to refill up to the whole burst
+// meanwhile, it would hand out tokens the gateway's bucket, capped at the burst, never grew:
+// a token held a while (for a bottleneck's planned look) would then meet an upstream 429. So
+// the store is told what each instance holds (with every reservation, and in a report of its
+// own when spending made the store's figure stale), and its bucket refills only up to the
+// burst less what all instances hold.
 
 #include <algorithm>
 #include <cstdint>
@@ -62,6 +70,13 @@ public:
   /// Tokens to give back now (held, unspent, nothing waits, none granted within a window):
   /// zero when none. Taken from what this instance holds the moment it returns them.
   double surplusToReturn(MonotonicTime now, size_t waiting);
+  /// @return the tokens held here, to report to the store now in a call that asks for and gives
+  ///         back nothing, or nullopt: the store's figure is current (or a reply is awaited),
+  ///         or it was sent within the reserve window (at least kHeldReportGap) and lives on
+  ///         for more than half of @p field_life (how long the store keeps it).
+  std::optional<double> heldReportDue(MonotonicTime now, Duration field_life) const;
+  /// The store was sent @p held as this instance's held tokens (with any call) at @p now.
+  void onHeldSent(double held, MonotonicTime now);
   /// A pause to store (its length from @p now), once each: a 429's cool-down for every instance.
   std::optional<Duration> pauseToShare(MonotonicTime now);
   /// Another instance's pause, seen in a reply: no token before @p until.
@@ -106,6 +121,8 @@ public:
   /// How long a caller waits for a reply it has asked for before looking again (the shell's
   /// reply pumps the key anyway; this is a backstop).
   static constexpr Duration kReplyBackstop = std::chrono::milliseconds(50);
+  /// Reports of held tokens spent since the last call are sent at most this often.
+  static constexpr Duration kHeldReportGap = std::chrono::milliseconds(50);
 
 private:
   void resetLocal(MonotonicTime now);
@@ -121,6 +138,8 @@ private:
   bool degraded_ = false;
   TokenBucket local_;                ///< the local share, used while degraded
   double held_ = 0;                  ///< tokens reserved from the store and not spent
+  double held_told_ = 0;             ///< held_ as the store last heard it (grants included)
+  MonotonicTime held_told_at_{};
   bool in_flight_ = false;
   double local_spent_ = 0;
   Duration margin_{0};

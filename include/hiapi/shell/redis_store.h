@@ -148,6 +148,8 @@ private:
   /// Sends a command; @p done gets the reply (nullptr when the connection went away).
   bool command(std::vector<std::string> argv, std::function<void(redisReply*)> done);
   std::string bucketKey(const Entry& e) const { return cfg_.key_prefix + "b:" + e.redis_id; }
+  /// How long the store keeps an instance's held tokens (room in the bucket) unless told again.
+  core::Duration heldLife() const { return cfg_.heartbeat_interval * 3; }
   std::string instancesKey() const { return cfg_.key_prefix + "instances"; }
   std::string durationsKey() const { return cfg_.key_prefix + "durations"; }
   std::string waitingKey(const Entry& e) const { return cfg_.key_prefix + "w:" + e.redis_id; }
