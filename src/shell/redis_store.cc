@@ -143,7 +143,7 @@ void RedisStore::afterPump(const std::string& key, core::KeyScheduler& sched) {
   const std::optional<double> want = e.budget->reservationToSend(now, wanted);
   const double give = e.budget->surplusToReturn(now, wanted);
   // With nothing to ask or give, a call may still be due to tell the store what is held here.
-  if (want || give > 0 || pause || e.budget->heldReportDue(now, heldLife())) {
+  if (want || give > 0 || pause || e.budget->heldReportDue(now, entryLife())) {
     reserve(key, e, want.value_or(0), give, pause);
   }
 }
@@ -208,7 +208,7 @@ void RedisStore::sendWaiting(const std::string& key, Entry& e) {
     return;
   }
   const core::MonotonicTime now = clock_.now();
-  const int64_t life = ms(cfg_.heartbeat_interval) * 3;
+  const int64_t life = ms(entryLife());
   std::vector<std::string> argv = {"EVALSHA", waiting_sha_, "1", waitingKey(e), instance_id_,
                                    std::to_string(life)};
   for (size_t t = 0; t < e.tier_names.size(); ++t) {
@@ -258,7 +258,7 @@ void RedisStore::sendSlots(const std::string& key, Entry& e,
     return;
   }
   argv = {"EVALSHA", acquire_sha_, "1", slotsKey(e, r.tier), std::to_string(r.ceiling),
-          std::to_string(ms(cfg_.heartbeat_interval) * 3)};
+          std::to_string(ms(entryLife()))};
   for (core::SharedSlots::LeaseId id : r.leases) {
     argv.push_back(leaseName(id));
   }
@@ -298,7 +298,7 @@ void RedisStore::renewLeases(Entry& e) {
   }
   for (const auto& [tier, ids] : e.slots->held()) {
     std::vector<std::string> argv = {"EVALSHA", renew_sha_, "1", slotsKey(e, tier),
-                                     std::to_string(ms(cfg_.heartbeat_interval) * 3)};
+                                     std::to_string(ms(entryLife()))};
     for (core::SharedSlots::LeaseId id : ids) {
       argv.push_back(leaseName(id));
     }
@@ -392,7 +392,7 @@ void RedisStore::reserve(const std::string& key, Entry& e, double want, double g
       {"EVALSHA", budget_sha_, "1", bucketKey(e), num(rate), num(burst), num(want), num(give),
        std::to_string(pause ? std::max<int64_t>(1, ms(*pause)) : 0), std::to_string(ttl),
        num(e.budget->marginTokens()), num(e.budget->missingBucketTokens(now)), instance_id_,
-       num(held), std::to_string(ms(heldLife()))},
+       num(held), std::to_string(ms(entryLife()))},
       [this, key, want](redisReply* r) { onBudgetReply(key, want, r); });
   if (sent) {
     e.budget->onHeldSent(held, now);

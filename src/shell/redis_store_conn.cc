@@ -219,7 +219,7 @@ void RedisStore::heartbeat() {
     }
   }
   sendDurations();
-  const int64_t life = ms(cfg_.heartbeat_interval) * 3;
+  const int64_t life = ms(entryLife());
   command({"EVALSHA", heartbeat_sha_, "1", instancesKey(), instance_id_, std::to_string(life)},
           [this](redisReply* r) {
             if (r == nullptr) {
@@ -286,7 +286,7 @@ void RedisStore::tick() {
   std::vector<std::string> idle;
   for (const auto& [key, e] : keys_) {
     if (e.budget->held() > 0.0 || (e.slots && e.slots->wantsLeases(now)) ||
-        e.budget->heldReportDue(now, heldLife())) {
+        e.budget->heldReportDue(now, entryLife())) {
       idle.push_back(key);
     }
   }

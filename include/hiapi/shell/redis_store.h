@@ -148,8 +148,10 @@ private:
   /// Sends a command; @p done gets the reply (nullptr when the connection went away).
   bool command(std::vector<std::string> argv, std::function<void(redisReply*)> done);
   std::string bucketKey(const Entry& e) const { return cfg_.key_prefix + "b:" + e.redis_id; }
-  /// How long the store keeps an instance's held tokens (room in the bucket) unless told again.
-  core::Duration heldLife() const { return cfg_.heartbeat_interval * 3; }
+  /// How long what an instance writes to the store (its heartbeat, its leases, the tokens it
+  /// holds, its waiting creates) lives there unless written again: three heartbeats, so that
+  /// one late heartbeat loses nothing and a killed instance's entries soon lapse.
+  core::Duration entryLife() const { return cfg_.heartbeat_interval * 3; }
   std::string instancesKey() const { return cfg_.key_prefix + "instances"; }
   std::string durationsKey() const { return cfg_.key_prefix + "durations"; }
   std::string waitingKey(const Entry& e) const { return cfg_.key_prefix + "w:" + e.redis_id; }
