@@ -421,31 +421,46 @@ std::string journalExpired(std::string_view id, int64_t at_ms) {
 std::string journalEnded(std::string_view id) { return opLine("ended", id, 0); }
 std::string journalForget(std::string_view id) { return opLine("forget", id, 0); }
 
+std::string journalRecord(const DeferredRecord& r) {
+  std::string out = journalAccept(r);
+  switch (r.state) {
+  case DeferredState::Queued:
+    break;
+  case DeferredState::Submitted:
+    out += journalSubmitted(r.id, r.task_id, r.ended_ms);
+    if (r.task_ended) {
+      out += journalEnded(r.id);
+    }
+    break;
+  case DeferredState::Failed:
+    out += journalFailed(r.id, r.fail_status, r.fail_code, r.fail_message, r.ended_ms);
+    break;
+  case DeferredState::Cancelled:
+    out += journalCancelled(r.id, r.ended_ms);
+    break;
+  case DeferredState::Expired:
+    out += journalExpired(r.id, r.ended_ms);
+    break;
+  }
+  return out;
+}
+
 std::string journalSnapshot(const DeferredBook& book) {
   std::string out = journalHeader();
   for (const DeferredRecord* r : book.all()) {
-    out += journalAccept(*r);
-    switch (r->state) {
-    case DeferredState::Queued:
-      break;
-    case DeferredState::Submitted:
-      out += journalSubmitted(r->id, r->task_id, r->ended_ms);
-      if (r->task_ended) {
-        out += journalEnded(r->id);
-      }
-      break;
-    case DeferredState::Failed:
-      out += journalFailed(r->id, r->fail_status, r->fail_code, r->fail_message, r->ended_ms);
-      break;
-    case DeferredState::Cancelled:
-      out += journalCancelled(r->id, r->ended_ms);
-      break;
-    case DeferredState::Expired:
-      out += journalExpired(r->id, r->ended_ms);
-      break;
-    }
+    out += journalRecord(*r);
   }
   return out;
+}
+
+std::optional<DeferredRecord> parseRecord(std::string_view lines) {
+  DeferredBook book;
+  const JournalLoad load = loadJournal(journalHeader() + std::string(lines), book);
+  const std::vector<const DeferredRecord*> all = book.all();
+  if (!load.ok || load.skipped > 0 || load.torn_tail || all.size() != 1) {
+    return std::nullopt;
+  }
+  return *all.front();
 }
 
 namespace {

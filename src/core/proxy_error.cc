@@ -9,7 +9,7 @@
 namespace hiapi::core {
 namespace {
 
-constexpr std::array<ProxyErrorInfo, 17> kProxyErrorTable{{
+constexpr std::array<ProxyErrorInfo, 18> kProxyErrorTable{{
     {404, "not_found", "NOT_FOUND", "hiapi-proxy forwards only /v1/... paths", false},
     {405, "method_not_allowed", "METHOD_NOT_ALLOWED",
      "hiapi-proxy is not a forward proxy: use http://127.0.0.1:8787 as the HiAPI base URL", false},
@@ -36,6 +36,8 @@ constexpr std::array<ProxyErrorInfo, 17> kProxyErrorTable{{
      "the task is no longer queued in hiapi-proxy: HiAPI has no cancel for a task it runs", false},
     {408, "request_timeout", "REQUEST_TIMEOUT",
      "the request's headers or body did not arrive in time", false},
+    {503, "store_unavailable", "SERVICE_UNAVAILABLE",
+     "the shared store that holds this proxy task id cannot be reached now", true},
 }};
 
 }  // namespace

@@ -191,6 +191,9 @@ bool Daemon::createLimits() {
   deferred_ = std::make_unique<DeferredService>(*timers_, random_, cfg_, *proxy_, *limiter_,
                                                 *tasks_, log_, metrics_.get());
   proxy_->setDeferHook(deferred_.get());
+  if (store_) {
+    deferred_->shareThrough(*store_);
+  }
   tasks_->on_task_ended = [this](const std::string& key, const std::string& task_id) {
     deferred_->taskEnded(key, task_id);
   };

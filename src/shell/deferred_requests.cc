@@ -93,9 +93,16 @@ std::optional<int64_t> DeferredService::estimatedStart(const core::DeferredRecor
 bool DeferredService::intercept(RequestCtx& ctx) {
   if (ctx.route.kind == core::RouteKind::Poll && core::looksDeferred(ctx.route.task_id)) {
     const core::DeferredRecord* r = book_.find(ctx.route.task_id);
-    if (r == nullptr || !ownedBy(*r, ctx)) {
-      proxy_.replyProxyError(ctx, core::ProxyError::TaskNotFound,
-                             "Task not found: no task " + ctx.route.task_id + " for this key");
+    std::optional<core::DeferredRecord> elsewhere;  // what the shared store said of it
+    if (auto it = found_.find(ctx.id); it != found_.end()) {
+      elsewhere = std::move(it->second);
+      found_.erase(it);
+      r = &*elsewhere;
+    } else if (r == nullptr || !ownedBy(*r, ctx)) {
+      if (!lookUpShared(ctx)) {
+        proxy_.replyProxyError(ctx, core::ProxyError::TaskNotFound,
+                               "Task not found: no task " + ctx.route.task_id + " for this key");
+      }
       return true;
     }
     if (r->state == core::DeferredState::Submitted) {
@@ -109,7 +116,9 @@ bool DeferredService::intercept(RequestCtx& ctx) {
                             (q == std::string_view::npos ? "" : std::string(target.substr(q)));
       return false;
     }
-    const std::optional<size_t> position = book_.position(r->id);
+    // Its place in another instance's queue is that instance's to know.
+    const std::optional<size_t> position =
+        elsewhere ? std::nullopt : book_.position(r->id);
     const std::optional<int64_t> start =
         position ? estimatedStart(*r, *position) : std::nullopt;
     const std::string pos = position ? std::to_string(*position) : std::string();
@@ -130,6 +139,47 @@ bool DeferredService::intercept(RequestCtx& ctx) {
   return false;
 }
 
+bool DeferredService::cancelHeld(const std::string& id) {
+  const core::DeferredRecord* r = book_.find(id);
+  if (r == nullptr || r->state != core::DeferredState::Queued) {
+    return true;
+  }
+  if (auto it = inflight_.find(id); it != inflight_.end()) {
+    if (!proxy_.withdraw(it->second)) {
+      return false;
+    }
+    inflight_.erase(it);
+  }
+  const int64_t now_ms = wallMs();
+  if (!append(core::journalCancelled(id, now_ms))) {
+    log_.warn("deferred cancel not written to the journal: a restart would submit the task",
+              {{"task", id}});
+  }
+  if (metrics_ != nullptr) {
+    metrics_->deferredOutcome(r->key, r->tier, "cancelled");
+  }
+  log_.info("deferred create cancelled", {{"task", id}, {"key", r->key}});
+  book_.markCancelled(id, now_ms);
+  retry_at_.erase(id);
+  attempts_.erase(id);
+  share(id);
+  return true;
+}
+
+void DeferredService::replyNotQueued(RequestCtx& ctx, const core::DeferredRecord& r) {
+  if (r.state == core::DeferredState::Cancelled) {
+    proxy_.replyLocal(ctx, 200, core::renderDeferredCancelled(r.id),
+                      {HeaderView{"X-HiAPI-Proxy-Deferred", "cancelled"}}, "deferred_cancel");
+    return;
+  }
+  proxy_.replyProxyError(ctx, core::ProxyError::TaskNotQueued,
+                         r.state == core::DeferredState::Submitted
+                             ? "the task was submitted to HiAPI as " + r.task_id +
+                                   "; HiAPI has no cancel"
+                             : "the task is no longer queued (" +
+                                   std::string(core::deferredStateName(r.state)) + ")");
+}
+
 bool DeferredService::handleCancel(RequestCtx& ctx) {
   const std::optional<std::string> raw = cancelTarget(ctx.method, ctx.upstream.target);
   if (!raw) {
@@ -144,43 +194,18 @@ bool DeferredService::handleCancel(RequestCtx& ctx) {
   }
   const core::DeferredRecord* r = book_.find(id);
   if (r == nullptr || !ownedBy(*r, ctx)) {
-    proxy_.replyProxyError(ctx, core::ProxyError::TaskNotFound,
-                           "Task not found: no task " + id + " for this key");
+    if (!cancelShared(ctx, id)) {
+      proxy_.replyProxyError(ctx, core::ProxyError::TaskNotFound,
+                             "Task not found: no task " + id + " for this key");
+    }
     return true;
   }
-  if (r->state == core::DeferredState::Queued) {
-    if (auto it = inflight_.find(id); it != inflight_.end()) {
-      if (!proxy_.withdraw(it->second)) {
-        proxy_.replyProxyError(ctx, core::ProxyError::TaskNotQueued,
-                               "the task is being submitted to HiAPI right now");
-        return true;
-      }
-      inflight_.erase(it);
-    }
-    const int64_t now_ms = wallMs();
-    if (!append(core::journalCancelled(id, now_ms))) {
-      log_.warn("deferred cancel not written to the journal: a restart would submit the task",
-                {{"task", id}});
-    }
-    if (metrics_ != nullptr) {
-      metrics_->deferredOutcome(r->key, r->tier, "cancelled");
-    }
-    log_.info("deferred create cancelled", {{"task", id}, {"key", r->key}});
-    book_.markCancelled(id, now_ms);
-    retry_at_.erase(id);
-    attempts_.erase(id);
-  }
-  if (r->state != core::DeferredState::Cancelled) {
+  if (!cancelHeld(id)) {
     proxy_.replyProxyError(ctx, core::ProxyError::TaskNotQueued,
-                           r->state == core::DeferredState::Submitted
-                               ? "the task was submitted to HiAPI as " + r->task_id +
-                                     "; HiAPI has no cancel"
-                               : "the task is no longer queued (" +
-                                     std::string(core::deferredStateName(r->state)) + ")");
+                           "the task is being submitted to HiAPI right now");
     return true;
   }
-  proxy_.replyLocal(ctx, 200, core::renderDeferredCancelled(id),
-                    {HeaderView{"X-HiAPI-Proxy-Deferred", "cancelled"}}, "deferred_cancel");
+  replyNotQueued(ctx, *r);
   return true;
 }
 

@@ -13,6 +13,7 @@
 #include "hiapi/core/proxy_error.h"
 #include "hiapi/core/retry_policy.h"
 #include "hiapi/core/task_json.h"
+#include "hiapi/shell/deferred_share.h"
 #include "hiapi/shell/limiter.h"
 #include "hiapi/shell/metrics.h"
 #include "hiapi/shell/task_service.h"
@@ -185,6 +186,7 @@ void DeferredService::deferDue() {
         metrics_->deferredOutcome(key, tier, "accepted");
       }
       log_.info("create deferred", {{"task", id}, {"key", key}, {"tier", tier}});
+      share(id);
       submit(*book_.find(id));
     }
   }
@@ -261,6 +263,7 @@ void DeferredService::fail(const std::string& id, int status, std::string code,
   book_.markFailed(id, status, std::move(code), std::move(message), now_ms);
   attempts_.erase(id);
   retry_at_.erase(id);
+  share(id);
 }
 
 void DeferredService::submitted(RequestCtx& ctx, const UpstreamResponse& resp) {
@@ -289,6 +292,7 @@ void DeferredService::submitted(RequestCtx& ctx, const UpstreamResponse& resp) {
                                             {"key", r->key}, {"request_id", ctx.request_id}});
     book_.markSubmitted(id, std::move(*task), now_ms);
     attempts_.erase(id);
+    share(id);
     return;
   }
   // What waiting can fix goes again; what it cannot is the task's answer.
@@ -358,6 +362,7 @@ void DeferredService::sweep() {
     book_.markExpired(id, now_ms);
     retry_at_.erase(id);
     attempts_.erase(id);
+    share(id);
   }
   if (!due.forget.empty()) {
     std::string lines;
@@ -382,6 +387,10 @@ void DeferredService::sweep() {
   }
   if (store_ok_ && journal_lines_ > kCompactLines && journal_lines_ > 4 * book_.size()) {
     compact();
+  }
+  if (share_ != nullptr) {
+    syncShared();
+    checkCancelWaits();
   }
 }
 

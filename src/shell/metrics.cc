@@ -70,6 +70,11 @@ prometheus::Family<Histogram>& build(prometheus::Registry& r, Histogram*, const 
   return prometheus::BuildHistogram().Name(name).Help(help).Register(r);
 }
 
+/// Outcomes of deferred creates; taken_over: queued at an instance whose heartbeat lapsed, now
+/// held here.
+constexpr std::string_view kDeferredOutcomes[] = {"accepted", "submitted", "failed",
+                                                  "expired",  "cancelled", "taken_over"};
+
 /// @return @p v when it is one of [@p begin, @p end), else @p fallback.
 std::string_view oneOf(std::string_view v, const std::string_view* begin,
                        const std::string_view* end, std::string_view fallback) {
@@ -320,8 +325,7 @@ void Metrics::deferredOutcome(std::string_view key, std::string_view tier,
                               std::string_view outcome) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(deferred_, {keyLabelLocked(key), word(tier),
-                      oneOf(outcome, {"accepted", "submitted", "failed", "expired", "cancelled"},
-                            "other")})
+                      oneOf(outcome, kDeferredOutcomes, "other")})
       .Increment();
 }
 
@@ -393,7 +397,7 @@ void Metrics::declareKey(std::string_view key, const std::vector<std::string>& t
     counter(lease_expiries_, {k, t});
     gauge(deferred_tasks_, {k, t});
     histogram(deferred_wait_, kDeferredWaitBuckets, {t});
-    for (std::string_view o : {"accepted", "submitted", "failed", "expired", "cancelled"}) {
+    for (std::string_view o : kDeferredOutcomes) {
       counter(deferred_, {k, t, o});
     }
   }

@@ -311,6 +311,13 @@ void ProxyServer::serveHeldNow(uint64_t id) {
   }
 }
 
+void ProxyServer::resume(uint64_t id) {
+  RequestCtx* ctx = find(id);
+  if (ctx != nullptr && !ctx->answered && !ctx->client_gone) {
+    serve(*ctx);
+  }
+}
+
 void ProxyServer::unhold(RequestCtx& ctx) { ctx.hold_timer.reset(); }
 
 void ProxyServer::onRequest(uint64_t exchange, InboundRequest& req) {

@@ -91,8 +91,7 @@ void RedisStore::bindKey(const std::string& key, std::string_view authorization)
   if (it == keys_.end() || !it->second.redis_id.empty() || !identity_) {
     return;
   }
-  const std::optional<std::string> token = core::bearerToken(authorization);
-  it->second.redis_id = identity_->nameOf(token ? *token : std::string(authorization));
+  it->second.redis_id = keyIdOf(authorization);
   if (connected_ && !degraded_) {
     it->second.budget->onStoreUp(clock_.now());
     if (it->second.slots) {

@@ -7,6 +7,7 @@
 #include <event2/util.h>
 #include <hiredis/hiredis.h>
 
+#include "hiapi/core/http_rules.h"
 #include "hiapi/shell/event_util.h"
 #include "hiapi/shell/metrics.h"
 #include "hiapi/shell/tls.h"
@@ -315,6 +316,36 @@ bool RedisStore::command(std::vector<std::string> argv, std::function<void(redis
   sent_.push_back(sent);
   ++commands_;
   return true;
+}
+
+bool RedisStore::eval(const char* script, const std::vector<std::string>& keys,
+                      const std::vector<std::string>& args, std::function<void(redisReply*)> done) {
+  if (!connected_) {
+    return false;
+  }
+  std::vector<std::string> argv = {"EVAL", script, std::to_string(keys.size())};
+  argv.insert(argv.end(), keys.begin(), keys.end());
+  argv.insert(argv.end(), args.begin(), args.end());
+  return command(std::move(argv), std::move(done));
+}
+
+std::string RedisStore::keyIdOf(std::string_view authorization) const {
+  if (!identity_) {
+    return {};
+  }
+  const std::optional<std::string> token = core::bearerToken(authorization);
+  return identity_->nameOf(token ? *token : std::string(authorization));
+}
+
+void RedisStore::unusableReply(std::string_view what, const redisReply* r) {
+  if (metrics_ != nullptr) {
+    metrics_->storeError(r != nullptr ? unusableReason(r) : "reply");
+  }
+  std::string text = r == nullptr ? "no reply"
+                     : r->type == REDIS_REPLY_ERROR || r->type == REDIS_REPLY_STATUS
+                         ? std::string(r->str, r->len).substr(0, 120)
+                         : "reply of type " + std::to_string(r->type);
+  log_.warn("shared store: unusable answer", {{"for", std::string(what)}, {"error", text}});
 }
 
 RedisStore::Status RedisStore::status() const {

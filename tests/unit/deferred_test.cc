@@ -142,6 +142,40 @@ TEST(DeferredJournal, ReplaysEveryStateAndTheBodyByteForByte) {
   EXPECT_EQ(forgot.find("a"), nullptr);
 }
 
+// A record's text in the shared store is its journal lines: each state reads back whole, and
+// text that is not exactly one record reads back as nothing.
+TEST(DeferredJournal, OneRecordsLinesReadBackAsThatRecord) {
+  DeferredBook book;
+  for (const char* id : {"q", "s", "f", "c", "x"}) {
+    book.add(record(id));
+  }
+  book.markSubmitted("s", "tk-hiapi-9", 11);
+  book.markTaskEnded("s");
+  book.markFailed("f", 400, "INVALID_REQUEST", "'input' is required", 12);
+  book.markCancelled("c", 13);
+  book.markExpired("x", 14);
+  for (const DeferredRecord* r : book.all()) {
+    const std::optional<DeferredRecord> back = parseRecord(journalRecord(*r));
+    ASSERT_TRUE(back) << r->id;
+    EXPECT_EQ(back->id, r->id);
+    EXPECT_EQ(back->state, r->state) << r->id;
+    EXPECT_EQ(back->task_id, r->task_id) << r->id;
+    EXPECT_EQ(back->task_ended, r->task_ended) << r->id;
+    EXPECT_EQ(back->ended_ms, r->ended_ms) << r->id;
+    EXPECT_EQ(back->fail_status, r->fail_status) << r->id;
+    EXPECT_EQ(back->fail_code, r->fail_code) << r->id;
+    EXPECT_EQ(back->body, r->body) << r->id;
+    EXPECT_EQ(back->headers, r->headers) << r->id;
+    EXPECT_EQ(back->accepted_ms, r->accepted_ms) << r->id;
+  }
+  const std::string q = journalRecord(*book.find("q"));
+  EXPECT_FALSE(parseRecord(""));
+  EXPECT_FALSE(parseRecord(q.substr(0, q.size() - 1)));  // torn
+  EXPECT_FALSE(parseRecord(q + journalRecord(*book.find("s"))));  // two records
+  EXPECT_FALSE(parseRecord("{\"op\":\"accept\"}\n"));
+  EXPECT_FALSE(parseRecord(q + "not json\n"));
+}
+
 TEST(DeferredJournal, ATornLastLineIsIgnoredAndABadLineSkipped) {
   DeferredBook book;
   const std::string whole = journalHeader() + journalAccept(record("a")) + "not json\n";

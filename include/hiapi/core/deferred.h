@@ -134,6 +134,12 @@ std::string journalCancelled(std::string_view id, int64_t at_ms);
 std::string journalExpired(std::string_view id, int64_t at_ms);
 std::string journalEnded(std::string_view id);
 std::string journalForget(std::string_view id);
+/// The lines that rebuild @p r as it is: its accept line and the lines of its state. They are
+/// also a record's text in the shared store (deferred creates kept in Redis).
+std::string journalRecord(const DeferredRecord& r);
+/// Reads back what journalRecord() wrote. @return nullopt unless it is exactly one readable
+/// record.
+std::optional<DeferredRecord> parseRecord(std::string_view lines);
 /// The lines that rebuild @p book as it is (compaction): header, then each record's accept line
 /// and the line of its state.
 std::string journalSnapshot(const DeferredBook& book);

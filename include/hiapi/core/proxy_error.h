@@ -28,6 +28,7 @@ enum class ProxyError {
   TaskNotFound,         // 404 a proxy task id (hp-tk-…) this key does not hold
   TaskNotQueued,        // 409 cancel of a deferred task that already left the proxy's queue
   RequestTimeout,       // 408 request headers or body not received in time (slow client)
+  StoreUnavailable,     // 503 a proxy task id only the shared store could answer for, store down
 };
 
 /// The fixed part of a proxy error.

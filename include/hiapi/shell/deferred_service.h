@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -20,8 +21,10 @@
 
 namespace hiapi::shell {
 
+class DeferredShare;
 class Limiter;
 class Metrics;
+class RedisStore;
 class TaskService;
 
 /// Thread-safety: loop thread only.
@@ -42,6 +45,10 @@ public:
   /// @return false in that case.
   bool start(std::string* error);
   void reconfigure(core::ConfigSharedPtr cfg);
+  /// Keeps the deferred creates of configured keys in the shared store too, so that any
+  /// instance answers for them and submits them (see deferred_share.h). @p store must outlive
+  /// this service's use of it (the daemon destroys this service first).
+  void shareThrough(RedisStore& store);
   /// A task of @p key was seen ended (TaskService::on_task_ended).
   void taskEnded(const std::string& key, const std::string& task_id);
 
@@ -89,6 +96,31 @@ private:
   /// Tries the journal again once its backoff is over (after a failed open or write).
   void retryStore(core::MonotonicTime now);
   int64_t wallMs() const;
+  /// Cancels queued @p id held here. @return false when it is on its way to HiAPI already.
+  bool cancelHeld(const std::string& id);
+  /// Answers a cancel of @p r that is no longer queued (200 if cancelled, else 409).
+  void replyNotQueued(RequestCtx& ctx, const core::DeferredRecord& r);
+
+  // deferred_sharing.cc: the records in the shared store
+  bool shared(const core::DeferredRecord& r) const { return share_ != nullptr && r.auth.empty(); }
+  /// Writes record @p id as it is now to the store (at once, or at the next sweep).
+  void share(const std::string& id);
+  /// Each sweep: writes what is not written, and per configured key renews the records held
+  /// here, hears cancels asked elsewhere and takes queued records whose holder is gone.
+  void syncShared();
+  /// Record @p remote, queued here, left the queue at another instance: take its outcome.
+  void adoptEnded(const core::DeferredRecord& remote);
+  /// Another live instance holds queued @p id: leave it to that instance.
+  void handOver(const std::string& id);
+  /// A queued record whose holder is gone is held here now (under key name @p key).
+  void takeOver(core::DeferredRecord r, const std::string& key);
+  /// A poll of a proxy task id this instance does not hold. @return true when answered or
+  /// taken to be answered once the store replies; false when there is no store to ask.
+  bool lookUpShared(RequestCtx& ctx);
+  /// A cancel of a proxy task id this instance does not hold. @return as lookUpShared.
+  bool cancelShared(RequestCtx& ctx, const std::string& id);
+  /// Cancels asked of the instance that holds a task: answered once it has decided.
+  void checkCancelWaits();
 
   Timers& timers_;
   core::ConfigSharedPtr cfg_;
@@ -118,6 +150,20 @@ private:
   /// Deferred ids waiting to be submitted again (after a 429, 5xx, network error), and when.
   std::map<std::string, core::MonotonicTime> retry_at_;
   std::unordered_map<std::string, int> attempts_;
+
+  std::unique_ptr<DeferredShare> share_;
+  std::set<std::string> unshared_;  ///< ids whose state the store does not have yet
+  std::set<std::string> sharing_;   ///< ids being written
+  size_t syncs_ = 0;                ///< sync round trips in flight
+  /// Records the store gave for polls taken to ask it, by request id, until they are served.
+  std::unordered_map<uint64_t, core::DeferredRecord> found_;
+  struct CancelWait {
+    std::string key_id;
+    std::string id;
+    core::MonotonicTime until;
+  };
+  /// Cancels asked of the instance that holds the task, by request id.
+  std::map<uint64_t, CancelWait> cancel_waits_;
 };
 
 }  // namespace hiapi::shell

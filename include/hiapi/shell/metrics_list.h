@@ -63,7 +63,7 @@
     "Deferred creates the proxy holds that wait for a slot, by key name and tier")                \
   X(deferred, Counter, "hiapi_proxy_deferred_total", "key,tier,outcome", NoBuckets,              \
     "Deferred creates by key name, tier and outcome (accepted, submitted, failed, expired, "      \
-    "cancelled)")                                                                                 \
+    "cancelled; taken_over: queued at an instance whose heartbeat lapsed, now held here)")        \
   X(deferred_refused, Counter, "hiapi_proxy_deferred_refused_total", "reason", NoBuckets,        \
     "Creates that could have been deferred but kept waiting, by reason (store, full)")            \
   X(deferred_wait, Histogram, "hiapi_proxy_deferred_wait_seconds", "tier", kDeferredWaitBuckets,  \

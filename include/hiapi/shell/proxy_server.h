@@ -266,6 +266,9 @@ public:
   void replyCached(uint64_t id, const core::CachedReply& reply, core::Duration age);
   /// Ends the hold of poll @p id now (its task was seen ended) and serves it.
   void serveHeldNow(uint64_t id);
+  /// Serves client request @p id once the DeferHook that took it without answering (to ask the
+  /// shared store about it) is ready: it passes the hooks again as if it had just arrived.
+  void resume(uint64_t id);
   /// Issues the proxy's own poll of @p task_id with @p key_name's credentials: at the lowest
   /// priority, or, when it @p unblocks a tier (creates wait for that tier's full gate), as a
   /// client's poll that goes with that tier's creates (see core::RequestInfo::unblocks).

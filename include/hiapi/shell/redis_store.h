@@ -89,6 +89,22 @@ public:
   /// tasks; the ceiling still says what the key allows).
   void adjustSnapshot(const std::string& key, core::Snapshot& snap) const;
 
+  // ---- for deferred creates kept in the store (DeferredShare) ----
+
+  /// @return whether commands may be sent now (connected and not degraded).
+  bool usable() const { return connected_ && !degraded_; }
+  /// @return the name in Redis of the key @p authorization carries ("" before start()).
+  std::string keyIdOf(std::string_view authorization) const;
+  const std::string& instanceId() const { return instance_id_; }
+  const std::string& keyPrefix() const { return cfg_.key_prefix; }
+  std::string instancesKeyName() const { return instancesKey(); }
+  /// Runs @p script with EVAL. @p done gets the reply (nullptr when the connection went away).
+  /// @return false when nothing was sent (not connected); @p done is not called then.
+  bool eval(const char* script, const std::vector<std::string>& keys,
+            const std::vector<std::string>& args, std::function<void(redisReply*)> done);
+  /// Counts and logs a reply of the store that made no sense (the caller uses its local view).
+  void unusableReply(std::string_view what, const redisReply* r);
+
   struct Status {
     bool connected = false;
     bool degraded = true;
