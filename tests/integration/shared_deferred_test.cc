@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -201,6 +202,47 @@ TEST(SharedDeferred, AKilledInstancesQueuedCreatesAreSubmittedByAnother) {
   EXPECT_LE(jsonInt(st, {"tiers", "heavy", "max_running_per_key"}), 1);
   // Whatever A had not sent when it died, B sent: taken over, counted.
   EXPECT_GE(takenOver(b.adminPort()), 1);
+}
+
+// Redis lost everything (killed, restarted empty) while creates were deferred, one of them during
+// the outage: the instance holding them writes them again, and the other answers for them.
+TEST(SharedDeferred, RecordsComeBackToARedisThatLostThem) {
+  TempDir dir;
+  const uint16_t redis_port = unusedPort();
+  auto redis = std::make_unique<RedisServer>(dir, redis_port);
+  ASSERT_TRUE(redis->up());
+  SimProcess sim(dir, oneHeavySlot("3s"));
+  ASSERT_TRUE(sim.started());
+  ProxyProcess a(dir, yamlFor(dir, sim, *redis, "a"), {}, "a");
+  ProxyProcess b(dir, yamlFor(dir, sim, *redis, "b"), {}, "b");
+  ASSERT_TRUE(a.started()) << a.process().err();
+  ASSERT_TRUE(b.started()) << b.process().err();
+  std::vector<std::string> ids = createHeavy(a.port(), 3, "before-");
+  ASSERT_EQ(ids.size(), 3u);
+
+  redis->kill(SIGKILL);
+  const std::vector<std::string> during = createHeavy(a.port(), 1, "during-");
+  ASSERT_EQ(during.size(), 1u);
+  ASSERT_EQ(during[0].rfind("hp-tk-", 0), 0u) << during[0];  // deferred from the journal alone
+  ids.push_back(during[0]);
+  redis = std::make_unique<RedisServer>(dir, redis_port);
+  ASSERT_TRUE(redis->up());
+
+  for (size_t i = 1; i < ids.size(); ++i) {
+    ASSERT_EQ(ids[i].rfind("hp-tk-", 0), 0u) << ids[i];
+    ASSERT_TRUE(waitFor(
+        [&] { return httpRequest(b.port(), "GET", "/v1/tasks/" + ids[i], auth()).status == 200; },
+        30000ms))
+        << ids[i];
+  }
+  std::atomic<int> not_ok{0};
+  for (size_t i = 1; i < ids.size(); ++i) {
+    EXPECT_EQ(waitTerminal(b.port(), ids[i], 500ms, 90s, not_ok), "success") << ids[i];
+  }
+  EXPECT_EQ(not_ok.load(), 0);
+  const rapidjson::Document st = simStats(sim.port());
+  EXPECT_EQ(jsonInt(st, {"tasks_created"}), 4);
+  EXPECT_EQ(jsonInt(st, {"duplicate_creations"}), 0);
 }
 
 }  // namespace
