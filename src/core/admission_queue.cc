@@ -177,6 +177,14 @@ std::optional<MonotonicTime> AdmissionQueue::nextUnblockAt(size_t lane) const {
   return std::get<1>(*it);
 }
 
+std::optional<MonotonicTime> AdmissionQueue::nextBackgroundUntil() const {
+  if (background_by_until_.empty() ||
+      background_by_until_.begin()->first == MonotonicTime::max()) {
+    return std::nullopt;
+  }
+  return background_by_until_.begin()->first;
+}
+
 std::optional<QueueEntry> AdmissionQueue::remove(uint64_t id) {
   auto it = entries_.find(id);
   if (it == entries_.end()) {
@@ -201,7 +209,7 @@ std::vector<QueueEntry> AdmissionQueue::popExpired(MonotonicTime now) {
 
 std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open,
                                                   const std::vector<size_t>& first,
-                                                  bool first_only) {
+                                                  bool first_only, bool background) {
   // Retries, then client requests on `first` lanes (in that order), then all client requests,
   // then background work.
   if (auto e = popFrom(classes_[0], open)) {
@@ -219,7 +227,7 @@ std::optional<QueueEntry> AdmissionQueue::popNext(const LaneOpen& open,
   if (first_only) {
     return std::nullopt;
   }
-  for (size_t c = 1; c < kClassCount; ++c) {
+  for (size_t c = 1; c < (background ? kClassCount : kClassCount - 1); ++c) {
     if (auto e = popFrom(classes_[c], open)) {
       return e;
     }

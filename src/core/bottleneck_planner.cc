@@ -45,6 +45,16 @@ bool BottleneckPlanner::blocked(const KeyLoad& load, size_t tier, MonotonicTime 
          load.gates[tier]->running() >= load.gates[tier]->effectiveCeiling(now);
 }
 
+bool BottleneckPlanner::othersWaitForTokens(const KeyLoad& load, MonotonicTime now) const {
+  for (size_t t = 0; t < remote_waiting_.size() && t < load.gates.size(); ++t) {
+    if (remote_waiting_[t] != 0 &&
+        load.gates[t]->running() < load.gates[t]->effectiveCeiling(now)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // A tier whose waiting creates outnumber its free slots is a bottleneck: a slot that frees there
 // is capacity every service waits for, and it stays idle while its create waits behind polls and
 // other tiers' creates for a token. Those creates go first (fair across clients), and so do the

@@ -318,7 +318,8 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
     const bool spare = budget_->available(now) + kTokenEpsilon >= reserve.tokens;
     std::optional<QueueEntry> entry;
     if (spare) {
-      entry = queue_.popNext(open, planner_.bottlenecks(load(), now));
+      entry = queue_.popNext(open, planner_.bottlenecks(load(), now), /*first_only=*/false,
+                             /*background=*/!planner_.othersWaitForTokens(load(), now));
     } else {
       const std::vector<size_t> lanes{reserve.tier, kUnblockLanes + reserve.tier};
       const auto reserved = [&](std::optional<size_t> lane) {
@@ -390,6 +391,7 @@ void KeyScheduler::setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& op
     return;
   }
   earliest(out.wake_at, queue_.nextDeadline());
+  earliest(out.wake_at, queue_.nextBackgroundUntil());  // held back for other instances' creates
   if (gathering_) {
     earliest(out.wake_at, gatherEnd());
   }
@@ -422,10 +424,6 @@ void KeyScheduler::setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& op
 
 MonotonicTime KeyScheduler::gatherEnd() const {
   return std::min(last_create_ + create_gather_ / 5, gather_start_ + create_gather_);
-}
-
-void KeyScheduler::setLookPlan(size_t tier, LookPlan plan) {
-  planner_.setLookPlan(tier, std::move(plan));
 }
 
 bool KeyScheduler::tierBinds(size_t tier, MonotonicTime now) const {

@@ -1440,6 +1440,44 @@ TEST_F(KeySchedulerTest, AnotherInstancesWaitingCreateMakesAFullGateABottleneck)
   EXPECT_EQ(order(1), (std::vector<uint64_t>{301, 300}));
 }
 
+// Background work takes a spare token only while no other instance's create waits for one: a
+// create waiting elsewhere for a tier with a free slot waits for the key's one budget, and in a
+// single instance it would go first. One waiting for a full gate does not wait for tokens.
+TEST_F(KeySchedulerTest, BackgroundWorkLeavesTokensToCreatesWaitingAtOtherInstances) {
+  // The poll's deadline puts its bound (three quarters of its time) at 3.01 s.
+  const MonotonicTime bound = kStart + milliseconds(3010);
+  const auto admitted_at = [&](bool remote, bool gate_full) -> std::optional<double> {
+    LimitsConfig l = limits(1.0, 2);
+    l.tiers[kHeavy].max_running = 1;
+    KeyScheduler s(l, queueConfig(), kStart, random_);
+    if (gate_full) {
+      s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
+      EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
+    }
+    s.setRemoteWaiting(kHeavy, remote ? 1 : 0);
+    RequestInfo poll = req(50, RouteKind::Poll, "b");
+    poll.priority = Priority::Background;
+    poll.deadline = kStart + milliseconds(4010);
+    s.submit(poll, kStart + milliseconds(10));
+    for (MonotonicTime t = kStart + milliseconds(10); t < kStart + seconds(5);
+         t += milliseconds(100)) {
+      const Dispatch d = s.dispatch(t);
+      for (const Admitted& a : d.admitted) {
+        if (a.id == 50) {
+          return toSeconds(t - kStart);
+        }
+      }
+      // Held back with tokens in the bucket, it is woken for at its bound.
+      EXPECT_TRUE(d.wake_at && *d.wake_at <= bound) << toSeconds(t - kStart);
+    }
+    return std::nullopt;
+  };
+  EXPECT_EQ(admitted_at(false, false), 0.01) << "nobody else waits";
+  EXPECT_EQ(admitted_at(true, true), 0.01) << "they wait for the full gate, not for tokens";
+  EXPECT_EQ(admitted_at(true, false), toSeconds(bound - kStart))
+      << "they wait for tokens: it goes only at its bound";
+}
+
 TEST_F(KeySchedulerTest, ABackgroundPollGoesAtItsTasksLikelyEndOnceItsGateHasFilled) {
   LimitsConfig l = limits(1.0, 1);
   l.tiers[kHeavy].max_running = 2;

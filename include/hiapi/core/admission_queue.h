@@ -99,6 +99,8 @@ public:
   size_t promoteBackgroundOnLane(size_t lane, MonotonicTime now, Priority to);
   /// @return the earliest unblock_at of a Background entry on @p lane, if any.
   std::optional<MonotonicTime> nextUnblockAt(size_t lane) const;
+  /// @return the earliest background_until of a Background entry (promoteBackground()), if any.
+  std::optional<MonotonicTime> nextBackgroundUntil() const;
 
   /// Removes and returns every entry whose deadline is at or before @p now, earliest first.
   std::vector<QueueEntry> popExpired(MonotonicTime now);
@@ -110,9 +112,10 @@ public:
   ///        lane)
   /// @param first_only serve only retries and the client requests on @p first lanes (no other
   ///        client requests, no background work)
+  /// @param background whether background work may be served
   /// @return nullopt when no entry is on an open lane.
   std::optional<QueueEntry> popNext(const LaneOpen& open, const std::vector<size_t>& first = {},
-                                    bool first_only = false);
+                                    bool first_only = false, bool background = true);
 
   /// @return whether some waiting entry is on a lane for which @p open is true.
   bool hasEligible(const LaneOpen& open) const;

@@ -65,6 +65,10 @@ public:
   Reserve reserveFor(const KeyLoad& load, MonotonicTime now) const;
   /// @return whether @p tier's gate is full while creates wait for it.
   bool blocked(const KeyLoad& load, size_t tier, MonotonicTime now) const;
+  /// @return whether other instances hold creates waiting for a tier whose gate has a free
+  ///         slot: they wait for tokens of the key's one budget. In one instance they would go
+  ///         before background work, being client requests; so they do across instances.
+  bool othersWaitForTokens(const KeyLoad& load, MonotonicTime now) const;
   /// See KeyScheduler::tierBinds(), budgetBinds() and learnPace().
   bool tierBinds(const KeyLoad& load, size_t tier, MonotonicTime now) const;
   bool budgetBinds(const KeyLoad& load, MonotonicTime now) const;

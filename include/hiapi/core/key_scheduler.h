@@ -288,7 +288,7 @@ public:
   /// requests take a token only while more are left. The reserve is at most the burst when the
   /// tier's work left outlasts the budget's (a refill lost to a full bucket costs nothing
   /// then), else min(2, burst - 1) (it never fills the bucket: no throughput lost).
-  void setLookPlan(size_t tier, LookPlan plan);
+  void setLookPlan(size_t tier, LookPlan plan) { planner_.setLookPlan(tier, std::move(plan)); }
   /// Creates other instances sharing this key (store.kind: redis) hold waiting for @p tier's
   /// gate (0: none, or no shared store). They count as this instance's own would in
   /// blockedTiers(), the bottleneck ranking and tierBinds()/budgetBinds(): a slot this
