@@ -49,7 +49,7 @@ bool BottleneckPlanner::othersWaitForTokens(const KeyLoad& load, MonotonicTime n
   for (size_t t = 0; t < remote_waiting_.size() && t < load.gates.size(); ++t) {
     if (remote_waiting_[t] != 0 &&
         load.gates[t]->running() < load.gates[t]->effectiveCeiling(now)) {
-      return true;
+      return budgetBinds(load, now);
     }
   }
   return false;

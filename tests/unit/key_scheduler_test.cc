@@ -1446,10 +1446,12 @@ TEST_F(KeySchedulerTest, AnotherInstancesWaitingCreateMakesAFullGateABottleneck)
 TEST_F(KeySchedulerTest, BackgroundWorkLeavesTokensToCreatesWaitingAtOtherInstances) {
   // The poll's deadline puts its bound (three quarters of its time) at 3.01 s.
   const MonotonicTime bound = kStart + milliseconds(3010);
-  const auto admitted_at = [&](bool remote, bool gate_full) -> std::optional<double> {
+  const auto admitted_at = [&](bool remote, bool gate_full,
+                               Duration heavy_takes) -> std::optional<double> {
     LimitsConfig l = limits(1.0, 2);
     l.tiers[kHeavy].max_running = 1;
     KeyScheduler s(l, queueConfig(), kStart, random_);
+    s.setTierDuration(kHeavy, TierDuration{heavy_takes, true});
     if (gate_full) {
       s.submit(req(1, RouteKind::Create, "a", kHeavy), kStart);
       EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{1}));
@@ -1472,10 +1474,13 @@ TEST_F(KeySchedulerTest, BackgroundWorkLeavesTokensToCreatesWaitingAtOtherInstan
     }
     return std::nullopt;
   };
-  EXPECT_EQ(admitted_at(false, false), 0.01) << "nobody else waits";
-  EXPECT_EQ(admitted_at(true, true), 0.01) << "they wait for the full gate, not for tokens";
-  EXPECT_EQ(admitted_at(true, false), toSeconds(bound - kStart))
+  EXPECT_EQ(admitted_at(false, false, seconds(1)), 0.01) << "nobody else waits";
+  EXPECT_EQ(admitted_at(true, true, seconds(1)), 0.01)
+      << "they wait for the full gate, not for tokens";
+  EXPECT_EQ(admitted_at(true, false, seconds(1)), toSeconds(bound - kStart))
       << "they wait for tokens: it goes only at its bound";
+  EXPECT_EQ(admitted_at(true, false, seconds(60)), 0.01)
+      << "the tier binds, not the budget: tokens come soon for every create";
 }
 
 TEST_F(KeySchedulerTest, ABackgroundPollGoesAtItsTasksLikelyEndOnceItsGateHasFilled) {

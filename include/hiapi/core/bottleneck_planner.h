@@ -66,8 +66,11 @@ public:
   /// @return whether @p tier's gate is full while creates wait for it.
   bool blocked(const KeyLoad& load, size_t tier, MonotonicTime now) const;
   /// @return whether other instances hold creates waiting for a tier whose gate has a free
-  ///         slot: they wait for tokens of the key's one budget. In one instance they would go
-  ///         before background work, being client requests; so they do across instances.
+  ///         slot, while the budget binds: they wait for tokens of the key's one budget. In one
+  ///         instance they would go before background work, being client requests; so they do
+  ///         across instances. Where a tier binds, tokens come soon for every create, and what
+  ///         the others wrote may be a heartbeat old: holding background work back for it would
+  ///         leave slots idle.
   bool othersWaitForTokens(const KeyLoad& load, MonotonicTime now) const;
   /// See KeyScheduler::tierBinds(), budgetBinds() and learnPace().
   bool tierBinds(const KeyLoad& load, size_t tier, MonotonicTime now) const;
