@@ -187,6 +187,16 @@ TEST(SharedDeferred, AKilledInstancesQueuedCreatesAreSubmittedByAnother) {
     ASSERT_TRUE(a.started()) << a.process().err();
     ids = createHeavy(a.port(), 4, "taken-");
     ASSERT_EQ(ids.size(), 4u);
+    // A answers "queued" once its journal holds a create, and writes it to Redis in the next
+    // round trip: kill it once B can see them there.
+    for (size_t i = 1; i < ids.size(); ++i) {
+      ASSERT_TRUE(waitFor(
+          [&] {
+            return httpRequest(b.port(), "GET", "/v1/tasks/" + ids[i], auth()).status == 200;
+          },
+          30000ms))
+          << ids[i] << " " << httpRequest(b.port(), "GET", "/v1/tasks/" + ids[i], auth()).body;
+    }
     a.process().signal(SIGKILL);
     ASSERT_TRUE(a.process().wait(5000ms));
   }
