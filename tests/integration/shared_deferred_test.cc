@@ -120,9 +120,17 @@ TEST(SharedDeferred, AnyInstanceAnswersForATaskDeferredAtAnother) {
   ASSERT_EQ(ids[1].rfind("hp-tk-", 0), 0u) << ids[1];
   ASSERT_EQ(ids[2].rfind("hp-tk-", 0), 0u) << ids[2];
 
-  // B answers for a queued task it never held, from the store.
-  HttpResponse poll = httpRequest(b.port(), "GET", "/v1/tasks/" + ids[1], auth());
-  ASSERT_EQ(poll.status, 200) << poll.body;
+  // B answers for a queued task it never held, from the store (once A's write has landed: A
+  // answers its client when its journal holds the create, and writes to Redis after).
+  HttpResponse poll;
+  ASSERT_TRUE(waitFor(
+      [&] {
+        poll = httpRequest(b.port(), "GET", "/v1/tasks/" + ids[1], auth());
+        return poll.status == 200 &&
+               httpRequest(b.port(), "GET", "/v1/tasks/" + ids[2], auth()).status == 200;
+      },
+      30000ms))
+      << poll.status << " " << poll.body;
   EXPECT_EQ(dataField(poll.body, "taskId"), ids[1]);
   EXPECT_EQ(dataField(poll.body, "status"), "queued");
   EXPECT_EQ(poll.header("X-HiAPI-Proxy-Deferred"), "queued");
