@@ -99,7 +99,8 @@ bool DurationEstimator::adopt(size_t tier, Known other) {
 }
 
 void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime last_running_seen,
-                              MonotonicTime now, const std::function<LearnPace()>& pace) {
+                              MonotonicTime now, const std::function<LearnPace()>& pace,
+                              Duration prior) {
   // The task ended in (a, b]: after the last running status seen, by the first terminal one.
   const MonotonicTime a = std::max(last_running_seen, created);
   const Bracket b{a - created, now - created, created};
@@ -118,7 +119,8 @@ void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime 
     // probing lower brings it down step by step.
     if (pace() == LearnPace::Sparse) {
       e = b.lower > Duration::zero()
-              ? std::min(b.upper, b.lower + sparseLookGap(b.lower, tiers_[t].min_poll_interval))
+              ? std::min(b.upper,
+                         b.lower + sparseLookGap(b.lower, tiers_[t].min_poll_interval, prior))
               : b.upper;
     } else {
       e = mid;

@@ -2,10 +2,16 @@
 
 #include <algorithm>
 
+#include "hiapi/core/model_prior.h"
+
 namespace hiapi::core {
 
 LearnPace LookPlanner::learnPace(const std::string& key, size_t tier) const {
   return learn_pace_ ? learn_pace_(key, tier) : LearnPace::Plain;
+}
+
+Duration LookPlanner::priorOf(const TaskRecord& r) const {
+  return modelPrior(r.model, tiers_[clampTier(r.tier)].name);
 }
 
 // ---- freshness ------------------------------------------------------------------------------
@@ -21,9 +27,10 @@ Duration LookPlanner::refreshAfter(const TaskRecord& r, MonotonicTime at) const 
   const std::optional<Duration> estimate = durations_.first(r.tier);
   if (!estimate) {
     // Nothing says when it ends. Where a look that finds it running costs a create its token
-    // and the tier has slack (LearnPace::Sparse), back off with its age: at most half of it.
+    // and the tier has slack (LearnPace::Sparse), back off with its age: at most half of it,
+    // and at most a quarter of its model's prior.
     if (at > r.created && learnPace(r.id->first, clampTier(r.tier)) == LearnPace::Sparse) {
-      return sparseLookGap(at - r.created, interval);
+      return sparseLookGap(at - r.created, interval, priorOf(r));
     }
     return interval;
   }

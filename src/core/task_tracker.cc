@@ -190,7 +190,7 @@ std::optional<SlotRelease> TaskTracker::applyStatus(TaskRecord& r, std::string_v
   if (r.tracked && now > r.created) {
     const size_t t = clampTier(r.tier);
     durations_.learn(t, r.created, r.last_running_seen, now,
-                     [&] { return planner().learnPace(r.id->first, t); });
+                     [&] { return planner().learnPace(r.id->first, t); }, planner().priorOf(r));
   }
   if (!r.slot) {
     return std::nullopt;

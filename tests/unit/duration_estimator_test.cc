@@ -1,4 +1,5 @@
 #include "hiapi/core/duration_estimator.h"
+#include "hiapi/core/model_prior.h"
 
 #include <gtest/gtest.h>
 
@@ -65,6 +66,12 @@ TEST(DurationEstimator, ASparseFirstEstimateIsNoLaterThanThePacedLookAfterTheLow
   // Young tasks are looked at min_poll_interval apart: seen running at 1 s, ended by 5 s.
   d.learn(1, kT0, kT0 + seconds(1), kT0 + seconds(5), sparse);
   EXPECT_EQ(d.first(1), seconds(3));
+  // The pace's gap is at most a quarter of the task's prior: an image (8 s) seen running at
+  // 40 s was due again at 42 s, not at 60 s.
+  DurationEstimator images;
+  images.setTiers({tier("light", seconds(1))});
+  images.learn(0, kT0, kT0 + seconds(40), kT0 + seconds(70), sparse, modelPrior("gpt-image-2"));
+  EXPECT_EQ(images.first(0), seconds(42));
 }
 
 TEST(DurationEstimator, NarrowBracketsAreAveragedIn) {

@@ -8,6 +8,7 @@
 namespace hiapi::core {
 namespace {
 
+using std::chrono::milliseconds;
 using std::chrono::minutes;
 using std::chrono::seconds;
 
@@ -116,10 +117,24 @@ TEST_F(LookPlannerTest, TheLearnPaceComesFromTheCallback) {
     return key == "prod" ? LearnPace::Sparse : LearnPace::Eager;
   };
   EXPECT_EQ(planner().learnPace("prod", 0), LearnPace::Sparse);
-  // Sparse backs off with the task's age (at most half of it), never under min_poll_interval.
-  const TaskRecord& r = task("prod", "a", kT0, SlotId{1});
-  EXPECT_EQ(planner().refreshAfter(r, kT0 + minutes(1)), seconds(30));
-  EXPECT_EQ(planner().refreshAfter(r, kT0 + seconds(4)), seconds(5));
+  // Sparse backs off with the task's age (at most half of it), never under min_poll_interval,
+  // and never past a quarter of its model's prior (60 s for a video, 8 s for an image).
+  TaskRecord& video = task("prod", "a", kT0, SlotId{1});
+  video.model = "seedance-2-0";
+  EXPECT_EQ(planner().refreshAfter(video, kT0 + seconds(20)), seconds(10));
+  EXPECT_EQ(planner().refreshAfter(video, kT0 + minutes(1)), seconds(15));
+  EXPECT_EQ(planner().refreshAfter(video, kT0 + minutes(10)), seconds(15));
+  EXPECT_EQ(planner().refreshAfter(video, kT0 + seconds(4)), seconds(5));
+  TaskRecord& image = task("prod", "b", kT0, SlotId{2});
+  image.model = "gpt-image-2";
+  EXPECT_EQ(planner().refreshAfter(image, kT0 + minutes(1)), seconds(5));
+  tiers_[0].min_poll_interval = seconds(1);
+  EXPECT_EQ(planner().refreshAfter(image, kT0 + minutes(1)), seconds(2));
+  EXPECT_EQ(planner().refreshAfter(image, kT0 + seconds(3)), milliseconds(1'500));
+  // A task restored without its model takes its tier's name's class.
+  image.model.clear();
+  tiers_[0].name = "video";
+  EXPECT_EQ(planner().refreshAfter(image, kT0 + minutes(1)), seconds(15));
 }
 
 }  // namespace

@@ -1301,8 +1301,9 @@ TEST_F(TaskTrackerTest, SparsePaceBacksOffWithTheAgeAndEstimatesFromTheUpperEnd)
   tracker_.setLearnPace([](const std::string&, size_t) { return LearnPace::Sparse; });
   const MonotonicTime t = kT0 + minutes(10);
   const Duration interval = tracker_.endPollInterval(kLight);
-  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "m", t);
-  tracker_.onCreated("prod", "b", kLight, SlotId{2}, "m", t + interval / 2);
+  // Videos: their prior (60 s) lets the gaps grow to 15 s, past what this test reaches.
+  tracker_.onCreated("prod", "a", kLight, SlotId{1}, "seedance-2-0", t);
+  tracker_.onCreated("prod", "b", kLight, SlotId{2}, "seedance-2-0", t + interval / 2);
   EXPECT_EQ(tracker_.nextGatePressureAt("prod", kLight, t), t + interval) << "young: the plain";
   // Looked at (by a client's poll) at 4 intervals of age: the next look 2 intervals later.
   const MonotonicTime first = t + 4 * interval;

@@ -55,9 +55,11 @@ enum class LearnPace {
 
 /// Where the budget binds (LearnPace::Sparse) and no task of a tier has been seen ended: after a
 /// look that finds a task running at @p age, the next one is due this much later (half the age,
-/// at least @p min_poll_interval), so the end is seen at most half its duration late.
-inline Duration sparseLookGap(Duration age, Duration min_poll_interval) {
-  return std::max(min_poll_interval, age / 2);
+/// at least @p min_poll_interval), so the end is seen at most half its duration late; but never
+/// more than a quarter of the task's @p prior (modelPrior) later, so that a video of minutes is
+/// not seen ended a minute late: the client waiting for it would be, whatever the tier's slack.
+inline Duration sparseLookGap(Duration age, Duration min_poll_interval, Duration prior) {
+  return std::max(min_poll_interval, std::min(age / 2, prior / 4));
 }
 
 /// The proxy's planned looks at a tier's running tasks (TaskTracker::gatePressurePlan): each

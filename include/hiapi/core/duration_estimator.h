@@ -70,9 +70,11 @@ public:
   /// seen ended at @p now (> created).
   /// @param pace the tier's pace of looks, asked only for its first end: where the budget binds
   ///        (Sparse) the bracket's upper end is taken, but no later than the sparse pace's look
-  ///        after its lower end (sparseLookGap); else its middle.
+  ///        after its lower end (sparseLookGap, with the task's model @p prior); else its
+  ///        middle.
   void learn(size_t tier, MonotonicTime created, MonotonicTime last_running_seen,
-             MonotonicTime now, const std::function<LearnPace()>& pace);
+             MonotonicTime now, const std::function<LearnPace()>& pace,
+             Duration prior = Duration::max());
 
 private:
   /// What was learned of one tier's task duration.

@@ -41,6 +41,9 @@ public:
 
   size_t clampTier(size_t tier) const { return std::min(tier, tiers_.size() - 1); }
   Duration minPollInterval(size_t tier) const { return tiers_[clampTier(tier)].min_poll_interval; }
+  /// @return the prior of @p r's model (modelPrior), which bounds its looks' gaps before any
+  ///         task of its tier was seen ended.
+  Duration priorOf(const TaskRecord& r) const;
   /// The pace of @p key's tier @p tier while none of its tasks has been seen ended.
   LearnPace learnPace(const std::string& key, size_t tier) const;
 

@@ -1,0 +1,43 @@
+#include "hiapi/core/model_prior.h"
+
+#include <array>
+#include <cctype>
+#include <string>
+
+namespace hiapi::core {
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  return out;
+}
+
+}  // namespace
+
+ModelClass modelClass(std::string_view model) {
+  const std::string m = lower(model.substr(0, model.rfind('@')));
+  // Substrings that only video model names carry; the families are those HiAPI's docs and
+  // model list name (seedance, happyhorse, wan*-video) and the video families other gateways
+  // serve under their own names.
+  static constexpr std::array<std::string_view, 10> kVideo = {
+      "video", "t2v", "i2v", "seedance", "happyhorse", "veo", "kling", "hailuo", "sora", "vidu"};
+  for (std::string_view marker : kVideo) {
+    if (m.find(marker) != std::string::npos) {
+      return ModelClass::Video;
+    }
+  }
+  return ModelClass::Image;
+}
+
+Duration classPrior(ModelClass c) {
+  return c == ModelClass::Video ? std::chrono::seconds(60) : std::chrono::seconds(8);
+}
+
+Duration modelPrior(std::string_view model, std::string_view tier_name) {
+  return classPrior(modelClass(model.empty() ? tier_name : model));
+}
+
+}  // namespace hiapi::core
