@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """B1 goodput: how fast a batch of tasks gets done under HiAPI's limits, and at what cost in 429s.
 
-Two profiles on hiapi-sim (duration jitter 0, so the ideal is exact):
+Profiles on hiapi-sim (duration jitter 0, so the ideal is exact):
   heavy: 4 req/s (burst 4), heavy ceiling 2 x 5 s tasks, light 5 x 2 s, 30 tasks (3 clients x 10),
          a third heavy: the heavy ceiling binds.
   budget: 2 req/s (burst 2), same ceilings and durations, 40 tasks (4 clients x 10), a quarter
          heavy: the request budget binds.
+  light: 4 req/s (burst 4), light tasks only, 5 x 3 s, 45 tasks (3 clients x 15): the light
+         ceiling binds.
+  mixed: as heavy, but ten services of three kinds (4 naive, 3 sdk, 3 guide) with 4 tasks each,
+         a quarter heavy; its rows name only the target (mixed-proxy, mixed-nginx, mixed-direct).
+B1 runs heavy and budget unless --profiles says otherwise; b1_matrix.py runs all four against
+every gateway shape.
 Rows: naive direct, guide direct, naive through nginx limit_req (burst large, no nodelay,
 keep-alive upstream), naive through hiapi-proxy, sdk through hiapi-proxy. Optional rows
 naive-proxy+expected / sdk-proxy+expected give the proxy's tiers an expected_duration equal to the
@@ -31,13 +37,26 @@ PROFILES = {
                   clients=3, tasks=10, heavy_share=1 / 3),
     "budget": dict(rate=2, burst=2, heavy_max=2, light_max=5, heavy_s=5, light_s=2,
                    clients=4, tasks=10, heavy_share=0.25),
+    # Light tasks only: the light ceiling binds (9 waves of 3 s), the budget nearly (21.5 s).
+    "light": dict(rate=4, burst=4, heavy_max=2, light_max=5, heavy_s=5, light_s=3,
+                  clients=3, tasks=15, heavy_share=0),
+    # Ten services of three kinds on one key: tight pollers, the official SDK (3 s polls, two
+    # retries) and the guide's client (2-5 s jittered polls, 5 tasks at a time, 2 heavy). Its
+    # row names a target only ("mixed-proxy"); the heavy ceiling binds.
+    "mixed": dict(rate=4, burst=4, heavy_max=2, light_max=5, heavy_s=5, light_s=2,
+                  tasks=4, heavy_share=0.25,
+                  groups=[("naive", 4), ("sdk", 3), ("guide", 3)]),
 }
 ROWS = ["naive-direct", "guide-direct", "naive-nginx", "naive-proxy", "sdk-proxy"]
 
 
 def counts(p):
-    t = p["clients"] * p["tasks"]
-    h = sum(1 for i in range(t) if math.floor((i + 1) * p["heavy_share"]) > math.floor(i * p["heavy_share"]))
+    def heavy(n):  # hiapi-load spreads a group's heavy tasks evenly over its n tasks
+        share = p["heavy_share"]
+        return sum(1 for i in range(n) if math.floor((i + 1) * share) > math.floor(i * share))
+    sizes = [n * p["tasks"] for _, n in p["groups"]] if "groups" in p else [p["clients"] * p["tasks"]]
+    t = sum(sizes)
+    h = sum(heavy(n) for n in sizes)
     return t, h, t - h
 
 
@@ -78,10 +97,13 @@ def run_row(row, p, sim, args, seed):
         expected = ("%ds" % p["heavy_s"], "%ds" % p["light_s"])
     row, _, min_poll = row.partition("@")
     min_poll = min_poll or args.min_poll
-    preset = row.split("-")[0]
-    load = ["--preset", preset, "--clients", str(p["clients"]), "--tasks", str(p["tasks"]),
-            "--heavy-share", str(p["heavy_share"]), "--seed", str(seed),
+    load = ["--tasks", str(p["tasks"]), "--heavy-share", str(p["heavy_share"]), "--seed", str(seed),
             "--max-duration", str(args.max_duration), "--label", row]
+    if "groups" in p:
+        for preset, n in p["groups"]:
+            load += ["--group", "name=%s,clients=%d,preset=%s" % (preset, n, preset)]
+    else:
+        load += ["--preset", row.split("-")[0], "--clients", str(p["clients"])]
     with bl.Stack() as st:
         if row.endswith("direct"):
             target = sim.url

@@ -994,6 +994,7 @@ void Simulator::resetState() {
   keys_.clear();
   idem_.clear();
   stats_ = Stats{};
+  reset_s_ = nowS();
 }
 
 std::string Simulator::statsJson(double now) const {
@@ -1091,6 +1092,14 @@ std::string Simulator::statsJson(double now) const {
   w.EndObject();
   w.Key("tasks_created");
   w.Uint64(stats_.tasks_created);
+  // When the last task created since the last reset ends (or ended), from that reset: the
+  // upstream makespan of a run, which no client's poll pace lengthens.
+  double last_end = 0;
+  for (const Task* t : task_order_) {
+    last_end = std::max(last_end, t->created_s + t->duration_s - reset_s_);
+  }
+  w.Key("tasks_last_end_ms");
+  w.Int64(static_cast<int64_t>(last_end * 1000));
   w.Key("duplicate_creations");
   w.Uint64(stats_.duplicate_creations);
   w.Key("idempotency");

@@ -173,6 +173,7 @@ private:
   std::unordered_map<uint64_t, std::unique_ptr<Delivery>> deliveries_;  ///< pending callbacks
   std::unordered_map<std::string, std::unique_ptr<Task>> tasks_;
   std::vector<Task*> task_order_;
+  double reset_s_ = 0;  ///< nowS() at the last /__reset (0: never reset)
   std::map<std::string, KeyState> keys_;
   struct IdemRecord {
     std::string body;

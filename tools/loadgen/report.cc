@@ -180,6 +180,7 @@ void Report::compute() {
       sim.rejected_concurrency = intAt(d, {"rejected_429", "concurrency"});
       sim.tasks_created = intAt(d, {"tasks_created"});
       sim.duplicate_creations = intAt(d, {"duplicate_creations"});
+      sim.tasks_last_end_ms = intAt(d, {"tasks_last_end_ms"});
       sim.heavy_max_running = intAt(d, {"tiers", "heavy", "max_running_per_key"});
       sim.light_max_running = intAt(d, {"tiers", "light", "max_running_per_key"});
       auto keys = d.FindMember("keys");
@@ -393,6 +394,8 @@ void emit(const Report& r, const std::string& json_path, bool quiet) {
     w.Int64(r.sim.tasks_created);
     w.Key("duplicate_creations");
     w.Int64(r.sim.duplicate_creations);
+    w.Key("tasks_last_end_s");
+    w.Double(static_cast<double>(r.sim.tasks_last_end_ms) / 1000.0);
     w.Key("heavy_max_running_per_key");
     w.Int64(r.sim.heavy_max_running);
     w.Key("light_max_running_per_key");

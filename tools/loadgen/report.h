@@ -42,7 +42,7 @@ struct Percentiles {
 struct SimSummary {
   bool present = false;
   int64_t requests = 0, rejected_rate = 0, rejected_concurrency = 0, max_admitted_1s = 0,
-          tasks_created = 0, duplicate_creations = 0, heavy_max_running = 0,
+          tasks_created = 0, duplicate_creations = 0, tasks_last_end_ms = 0, heavy_max_running = 0,
           light_max_running = 0;
   std::map<std::string, int64_t> by_status;
 };
