@@ -9,8 +9,8 @@ Units run --parallel at a time (each cell has its own simulator and ports; the r
 sleeping clients, a few hundred requests a second at most), repetition-major, so that a run cut
 short still covers every cell once before any twice.
 
-Every finished run is appended to --results (JSON lines, with the commit of the binaries'
-source), and a unit whose runs are all there for this commit is not run again: the matrix may
+Every finished run is appended to --results (JSON lines, with the last commit that changed
+the daemon, the simulator or the clients), and a unit whose runs are all there for this commit is not run again: the matrix may
 be filled over several sittings. --report prints the tables from the file without running.
 
 Goal in every cell (the issue's): the proxy's makespan <= 1.05 x ideal and <= nginx's, 0 client
@@ -42,8 +42,11 @@ TARGETS = ["proxy", "nginx", "direct"]
 
 
 def commit():
-    p = subprocess.run(["git", "-C", bl.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                       text=True, timeout=10)
+    """The last commit that changed what runs (the daemon, the simulator, the clients), so that
+    a commit of documents or results does not start the matrix afresh."""
+    p = subprocess.run(["git", "-C", bl.ROOT, "log", "-1", "--format=%h", "--", "src", "include",
+                        "CMakeLists.txt", "tools/hiapi_sim", "tools/loadgen"],
+                       capture_output=True, text=True, timeout=10)
     return p.stdout.strip() or "unknown"
 
 
