@@ -56,12 +56,17 @@ def main():
     ap.add_argument("--max-duration", type=int, default=240, help="bound of the run, seconds")
     ap.add_argument("--all", action="store_true", help="print light tasks' requests too")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
+    ap.add_argument("--limiter", default="token-bucket", help="the simulator's limiter shape")
+    ap.add_argument("--ratelimit-headers", default="off", help="the simulator's X-RateLimit-*")
+    ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
+    ap.add_argument("--burst-margin", type=int, default=0,
+                    help="hiapi-proxy's burst = the simulator's minus this")
     args = ap.parse_args()
 
     bl.build()
     p = b1.PROFILES[args.profile]
     with bl.Stack(keep=args.keep) as st:
-        sim = st.sim(b1.sim_flags(p) + ["--verbose"])
+        sim = st.sim(b1.sim_flags(p, args) + ["--verbose"])
         report = b1.run_row(args.row, p, sim, args, seed=args.seed)
         sim.stop()
         with open(sim.log_path, errors="replace") as f:
@@ -111,6 +116,20 @@ def main():
     if late:
         print("heavy end seen after its true end: mean %.3f s, worst %.3f s" %
               (sum(late) / len(late), max(late)))
+    # Looks that found their task still running: each cost a token and learned only that.
+    wasted = {}
+    for t_req, method, uri, status, tid, mod, tstatus in events:
+        if method == "GET" and uri.startswith("/v1/tasks/") and status == 200 and \
+                tstatus not in ("success", "fail"):
+            task = uri.rsplit("/", 1)[-1]
+            if task in created:
+                wasted.setdefault(task, []).append(t_req - t0 - created[task])
+    order = sorted(wasted, key=lambda k: created[k])
+    print("\nlooks that found the task running: %d, at ages (s) by task in create order:" %
+          sum(len(v) for v in wasted.values()))
+    for task in order:
+        print("  %7.2f %-5s %s: %s" % (created[task], "heavy" if task in heavy else "light",
+                                       task[-8:], " ".join("%.2f" % a for a in wasted[task])))
 
 
 def is_heavy(model):
