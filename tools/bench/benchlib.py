@@ -317,6 +317,7 @@ def proxy_yaml(sim_port, rate, burst, heavy_max, light_max, min_poll="1s", extra
     tiers' expected_duration, e.g. ("5s", "2s"); None = learn only. @p limits_extra: more
     `limits:` lines, indented by two spaces. @p max_connections: listen.max_connections
     (None: the default)."""
+    level = os.environ.get("HIAPI_BENCH_PROXY_LOG", level)  # e.g. debug, for a trace
     exp_h = ", expected_duration: %s" % expected[0] if expected else ""
     exp_l = ", expected_duration: %s" % expected[1] if expected else ""
     return """listen:
