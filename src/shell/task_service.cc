@@ -161,38 +161,37 @@ void TaskService::asFetcher(RequestCtx& ctx, core::MonotonicTime now) {
   // full gate, it goes with them (see core::RequestInfo::unblocks).
   ctx.unblocks = tracker_->slotTier(ctx.key_name, ctx.route.task_id);
   if (ctx.unblocks && ctx.poll_early_until && !ctx.poll_held &&
-      waitsBehindOldest(ctx.key_name, ctx.route.task_id, *ctx.unblocks)) {
+      tracker_->behindUnlearnedOldest(ctx.key_name, ctx.route.task_id)) {
     // An older task of its tier still runs and nothing says how long they take: its "likely
-    // end" is only a guess a poll interval ahead, and where the budget binds a look that finds
-    // it running costs a create its token. It waits for a spare token until the oldest is seen
-    // ended, and then goes as usual (rejudgeBehindOldest: with the tier's creates from its
-    // likely end, now known).
-    ctx.unblocks.reset();
-    behind_oldest_[{ctx.key_name, ctx.route.task_id}] = ctx.id;
+    // end" is only a guess a poll interval ahead. Once the oldest is seen ended its likely end
+    // is known, and tasks started with the oldest have likely ended too: it is judged again
+    // then (rejudgeBehindOldest), not a poll interval later. Where the budget binds a look
+    // that finds it running costs a create its token: there it waits for a spare token until
+    // then.
+    const bool sparse = limiter_.learnPace(ctx.key_name, *ctx.unblocks) == core::LearnPace::Sparse;
+    if (sparse) {
+      ctx.unblocks.reset();
+    }
+    behind_oldest_[{ctx.key_name, ctx.route.task_id}] = BehindOldest{ctx.id, sparse};
   }
-}
-
-bool TaskService::waitsBehindOldest(const std::string& key, const std::string& task_id,
-                                    size_t tier) const {
-  return tracker_->behindUnlearnedOldest(key, task_id) &&
-         limiter_.learnPace(key, tier) == core::LearnPace::Sparse;
 }
 
 void TaskService::rejudgeBehindOldest(core::MonotonicTime now) {
   std::vector<uint64_t> go;  // requeued after the walk: that may dispatch, and end tasks
   for (auto it = behind_oldest_.begin(); it != behind_oldest_.end();) {
     const auto& [key, task] = it->first;
-    const RequestCtx* ctx = proxy_.find(it->second);
+    const RequestCtx* ctx = proxy_.find(it->second.id);
     if (ctx == nullptr || !limiter_.isWaiting(*ctx)) {
       it = behind_oldest_.erase(it);  // answered, gone or sent (it found a spare token)
       continue;
     }
     if (const std::optional<size_t> tier = tracker_->slotTier(key, task);
-        tier && waitsBehindOldest(key, task, *tier)) {
+        tier && tracker_->behindUnlearnedOldest(key, task) &&
+        (limiter_.learnPace(key, *tier) == core::LearnPace::Sparse) == it->second.sparse) {
       ++it;
       continue;
     }
-    go.push_back(it->second);
+    go.push_back(it->second.id);
     it = behind_oldest_.erase(it);
   }
   for (uint64_t id : go) {

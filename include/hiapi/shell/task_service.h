@@ -99,11 +99,8 @@ private:
   /// client left, or the proxy's own look was dropped): the first of @p waiters still open
   /// fetches instead, the others join it (or are answered from the cache).
   void refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now);
-  /// @return whether a fetch of (@p key, @p task_id), a task holding a slot of @p tier, waits in
-  ///         behind_oldest_: the tier is not learned, an older task of it runs, the budget binds.
-  bool waitsBehindOldest(const std::string& key, const std::string& task_id, size_t tier) const;
   /// The fetches in behind_oldest_ whose task may now be looked at (its tier's first end was
-  /// seen, or the budget no longer binds) wait from now on as asFetcher() says then.
+  /// seen), or whose budget binds or no longer does, wait from now on as asFetcher() says then.
   void rejudgeBehindOldest(core::MonotonicTime now);
 
   Timers& timers_;
@@ -130,11 +127,15 @@ private:
     core::MonotonicTime until{};
   };
   std::map<std::pair<std::string, std::string>, Held> held_;
-  /// Client polls fetching a task of a tier not learned yet, behind its oldest task, while the
-  /// budget binds (TaskTracker::behindUnlearnedOldest, core::LearnPace::Sparse): their request
-  /// id by (key name, task id). They wait for a spare token until rejudgeBehindOldest() lets
-  /// them go as usual.
-  std::map<std::pair<std::string, std::string>, uint64_t> behind_oldest_;
+  /// Client polls fetching a task of a tier not learned yet, behind its oldest task
+  /// (TaskTracker::behindUnlearnedOldest), by (key name, task id): their request id, and
+  /// whether the budget bound when they were queued (core::LearnPace::Sparse: then they wait
+  /// for a spare token). rejudgeBehindOldest() lets them go as usual.
+  struct BehindOldest {
+    uint64_t id = 0;
+    bool sparse = false;
+  };
+  std::map<std::pair<std::string, std::string>, BehindOldest> behind_oldest_;
 };
 
 }  // namespace hiapi::shell
