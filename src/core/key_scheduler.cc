@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "hiapi/core/model_prior.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
@@ -32,6 +33,7 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
                                             sanitizedBurst(limits.burst), now);
   }
   for (const TierConfig& tier : matcher_.tiers()) {
+    planner_.setTierPrior(gates_.size(), tierPrior(tier));
     gates_.push_back(std::make_unique<ConcurrencyGate>(tier.max_running, tier.lease,
                                                        limits.recovery_time, now));
   }
@@ -234,31 +236,6 @@ void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
   applyRate(now);
 }
 
-double KeyScheduler::marginTokens() const {
-  // At most a quarter of a token, and never so much that one token and the margin exceed the
-  // burst (a burst of 1 would then never admit anything).
-  const double tokens = toSeconds(limits_.phase_margin) * budget_->rate();
-  return std::clamp(std::min(tokens, 0.25), 0.0, std::max(0.0, budget_->burst() - 1.0));
-}
-
-bool KeyScheduler::takeToken(MonotonicTime now) {
-  if (windowClosed(now) || budget_->available(now) + kTokenEpsilon < 1.0 + marginTokens() ||
-      !budget_->tryAcquire(1.0, now)) {
-    return false;
-  }
-  if (window_end_ && now < *window_end_) {
-    window_allowance_ -= 1.0;
-  }
-  return true;
-}
-
-void KeyScheduler::giveToken(MonotonicTime now) {
-  budget_->refund(1.0, now);
-  if (window_end_ && now < *window_end_) {
-    window_allowance_ += 1.0;
-  }
-}
-
 Dispatch KeyScheduler::dispatch(MonotonicTime now) {
   Dispatch out;
   dispatch(now, out);
@@ -399,7 +376,7 @@ void KeyScheduler::setWake(MonotonicTime now, const AdmissionQueue::LaneOpen& op
     if (adaptive_.inCooldown(now)) {
       earliest(out.wake_at, adaptive_.cooldownUntil());
     } else if (windowClosed(now)) {
-      earliest(out.wake_at, *window_end_);
+      earliest(out.wake_at, windowOpensAt(now));
     } else if (tokens_wanted) {
       const double wanted = std::min(*tokens_wanted + marginTokens(), budget_->burst());
       if (auto wait = budget_->timeUntilAvailable(wanted, now)) {
@@ -568,6 +545,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
   s.cooldown_remaining = adaptive_.cooldownRemaining(now);
   s.advertised_limit = advertised_limit_;
   s.advertised_remaining = advertised_remaining_;
+  s.window_guard = guard_.has_value();
   s.queue_depth = queue_.size();
   for (size_t p = 0; p < kPriorityCount; ++p) {
     s.queued_by_priority[p] = queue_.size(static_cast<Priority>(p));

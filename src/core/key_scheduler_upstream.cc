@@ -1,11 +1,13 @@
 // KeyScheduler, what comes back: upstream answers (429 handling, the gateway's X-RateLimit-*
-// counters) and hot reloads. Admission itself is in key_scheduler.cc.
+// counters, the window guard) and hot reloads, and the token accounting they steer. Admission
+// itself is in key_scheduler.cc.
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 
 #include "hiapi/core/key_scheduler.h"
+#include "hiapi/core/model_prior.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
@@ -40,6 +42,59 @@ double KeyScheduler::effectiveBurst() const {
   return configured;
 }
 
+double KeyScheduler::marginTokens() const {
+  // At most a quarter of a token, and never so much that one token and the margin exceed the
+  // burst (a burst of 1 would then never admit anything).
+  const double tokens = toSeconds(limits_.phase_margin) * budget_->rate();
+  return std::clamp(std::min(tokens, 0.25), 0.0, std::max(0.0, budget_->burst() - 1.0));
+}
+
+bool KeyScheduler::takeToken(MonotonicTime now) {
+  if (windowClosed(now) || budget_->available(now) + kTokenEpsilon < 1.0 + marginTokens() ||
+      !budget_->tryAcquire(1.0, now)) {
+    return false;
+  }
+  if (window_end_ && now < *window_end_) {
+    window_allowance_ -= 1.0;
+  }
+  if (guard_) {
+    guard_->record(now);
+  }
+  return true;
+}
+
+void KeyScheduler::giveToken(MonotonicTime now) {
+  budget_->refund(1.0, now);
+  if (window_end_ && now < *window_end_) {
+    window_allowance_ += 1.0;
+  }
+  if (guard_) {
+    guard_->unrecord();
+  }
+}
+
+MonotonicTime KeyScheduler::windowOpensAt(MonotonicTime now) const {
+  MonotonicTime at = now;
+  if (window_end_ && now < *window_end_ && window_allowance_ < 1.0) {
+    at = *window_end_;
+  }
+  return guard_ ? std::max(at, guard_->nextAllowed(now)) : at;
+}
+
+void KeyScheduler::guardWindow() {
+  if (guard_ || advertised_limit_ || advertised_remaining_) {
+    return;
+  }
+  armGuard();
+  ++counters_.rate_guards;
+}
+
+void KeyScheduler::armGuard() {
+  const double burst = std::max(1.0, std::floor(effectiveBurst()));
+  const Duration window = fromSeconds(burst / adaptive_.configuredRate()) + limits_.phase_margin;
+  guard_.emplace(static_cast<size_t>(burst), window);
+}
+
 void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now) {
   const RateLimitHeaders& h = o.ratelimit;
   if (h.limit && std::isfinite(*h.limit) && *h.limit >= 1.0) {
@@ -53,6 +108,7 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     return;
   }
   advertised_remaining_ = std::max(0.0, *h.remaining);
+  guard_.reset();  // the gateway's counters say what the guard could only assume
   // Admitted after the request this answers: the gateway has counted them since, or will.
   const double sent_after =
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
@@ -127,6 +183,7 @@ void KeyScheduler::onUpstreamOutcome(const UpstreamOutcome& o, MonotonicTime now
       const uint64_t resyncs = adaptive_.resyncs();
       const MonotonicTime end =
           adaptive_.onRateLimited(now, retry_after, random_, inside_budget);
+      guardWindow();
       counters_.rate_decreases += adaptive_.decreases() - decreases;
       counters_.rate_resyncs += adaptive_.resyncs() - resyncs;
       applyRate(now);
@@ -153,6 +210,9 @@ void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
   adaptive_.reconfigure(limits);
   budget_->setBurst(effectiveBurst(), now);
   applyRate(now);
+  if (guard_) {
+    armGuard();  // kept, at the new rate and burst
+  }
 
   TierMatcher matcher(limits.tiers);
   std::vector<std::unique_ptr<ConcurrencyGate>> gates(matcher.size());
@@ -168,6 +228,7 @@ void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
     }
   }
   for (size_t n = 0; n < gates.size(); ++n) {
+    planner_.setTierPrior(n, tierPrior(matcher.tier(n)));
     if (!gates[n]) {
       const TierConfig& tc = matcher.tier(n);
       gates[n] = std::make_unique<ConcurrencyGate>(tc.max_running, tc.lease, limits.recovery_time,

@@ -46,6 +46,8 @@ void writeKeysStatus(JsonWriter& w,
     w.Double(snap.burst);
     w.Key("cooldown_seconds");
     w.Double(core::toSeconds(snap.cooldown_remaining));
+    w.Key("window_guard");
+    w.Bool(snap.window_guard);
     w.Key("queue_depth");
     w.Uint64(snap.queue_depth);
     w.Key("tiers");

@@ -93,6 +93,7 @@ void Limiter::learnFrom(KeyState& ks, const RequestCtx& ctx, const core::Upstrea
                         core::Duration latency, core::MonotonicTime now) {
   const uint64_t resyncs_before = ks.sched->counters().rate_resyncs;
   const uint64_t decreases_before = ks.sched->counters().rate_decreases;
+  const uint64_t guards_before = ks.sched->counters().rate_guards;
   ks.sched->onUpstreamOutcome(out, now);
   if (metrics_ == nullptr) {
     return;
@@ -109,6 +110,9 @@ void Limiter::learnFrom(KeyState& ks, const RequestCtx& ctx, const core::Upstrea
     }
     if (ks.sched->counters().rate_decreases > decreases_before) {
       metrics_->rateReaction(ctx.key_name, "decrease");
+    }
+    if (ks.sched->counters().rate_guards > guards_before) {
+      metrics_->rateReaction(ctx.key_name, "guard");
     }
   }
 }

@@ -718,6 +718,73 @@ TEST_F(KeySchedulerTest, PhaseMarginKeepsJitteredArrivalsBehindTheGatewaysTokens
   EXPECT_GE(sent_bare, sent);
 }
 
+/// The most of @p times (sorted) in any window (t - w, t].
+size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
+  size_t most = 0;
+  for (size_t i = 0, j = 0; i < times.size(); ++i) {
+    while (times[j] + w <= times[i]) {
+      ++j;
+    }
+    most = std::max(most, i - j + 1);
+  }
+  return most;
+}
+
+/// Keeps @p s saturated with polls from @p from for @p length, dispatching every 10 ms.
+/// @return the admission times.
+std::vector<MonotonicTime> saturate(KeyScheduler& s, uint64_t& next_id, MonotonicTime from,
+                                    Duration length) {
+  std::vector<MonotonicTime> sent;
+  for (int i = 0; i < 40; ++i) {
+    s.submit(req(next_id++, RouteKind::Poll), from);
+  }
+  for (MonotonicTime t = from; t < from + length; t += milliseconds(10)) {
+    for (size_t n = s.dispatch(t).admitted.size(); n > 0; --n) {
+      sent.push_back(t);
+      s.submit(req(next_id++, RouteKind::Poll), t);
+    }
+  }
+  return sent;
+}
+
+// A bucket of 4 at 4/s that spends at its rate still holds tokens, so within one second it may
+// send up to 7; a gateway counting windows of a second lets 4 through. Without the gateway's
+// counters only a 429 tells: from then the key keeps to 4 in any second, at the same long-run
+// rate, until the gateway sends counters.
+TEST_F(KeySchedulerTest, ARate429WithoutCountersMakesTheKeyKeepToAWindow) {
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  uint64_t id = 1;
+  const std::vector<MonotonicTime> bucket = saturate(s, id, kStart, seconds(3));
+  EXPECT_GT(busiestWindow(bucket, seconds(1)), 4u);
+  EXPECT_FALSE(s.snapshot(kStart).window_guard);
+
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  const MonotonicTime at = kStart + seconds(10);
+  s.onUpstreamOutcome(o, at);
+  EXPECT_TRUE(s.snapshot(at).window_guard);
+  EXPECT_EQ(s.counters().rate_guards, 1u);
+  const std::vector<MonotonicTime> guarded = saturate(s, id, at, seconds(6));
+  EXPECT_EQ(busiestWindow(guarded, seconds(1)), 4u);
+  EXPECT_GE(guarded.size(), 4u * 5);  // the rate is kept: 4 per second
+  s.onUpstreamOutcome(o, at + seconds(7));  // a second one cuts the rate, as before
+  EXPECT_EQ(s.counters().rate_guards, 1u);
+
+  UpstreamOutcome counted;
+  counted.status = 200;
+  counted.route = RouteKind::Poll;
+  counted.wall_now = kWall;
+  counted.ratelimit.remaining = 3;
+  s.onUpstreamOutcome(counted, at + seconds(8));
+  EXPECT_FALSE(s.snapshot(at + seconds(8)).window_guard);
+  // A gateway that sends counters is followed by them: its 429 does not arm the guard.
+  s.onUpstreamOutcome(o, at + seconds(9));
+  EXPECT_FALSE(s.snapshot(at + seconds(9)).window_guard);
+}
+
 TEST_F(KeySchedulerTest, PhaseMarginNeverBlocksABurstOfOne) {
   LimitsConfig l = limits(1.0, 1);
   l.phase_margin = milliseconds(100);

@@ -35,6 +35,10 @@
 //     window allowance); after it, one per token interval until the next answer tells how many
 //     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
+// Without those counters, a rate 429 says the gateway is stricter than a bucket of the
+//   configured rate and burst (a window lets through only `burst` where the bucket would send
+//   more): from then the key also keeps to a SendLog of `burst` per burst / rate (plus the phase
+//   margin), the strictest shape with that rate and burst, until the gateway sends counters.
 // Phase margin: a token is usable limits.phase_margin after the bucket has it (at most a quarter
 //   of a token interval, and never more than the burst allows), so that a request paced at the
 //   gateway's exact rate reaches it after its token, not a few milliseconds before.
@@ -56,6 +60,7 @@
 #include "hiapi/core/clock.h"
 #include "hiapi/core/concurrency_gate.h"
 #include "hiapi/core/config.h"
+#include "hiapi/core/send_log.h"
 #include "hiapi/core/tier_matcher.h"
 #include "hiapi/core/token_bucket.h"
 
@@ -154,6 +159,7 @@ struct SchedulerCounters {
   uint64_t leases_expired = 0;
   uint64_t rate_decreases = 0;
   uint64_t rate_resyncs = 0;           ///< rate 429s answered as phase errors (pause, no cut)
+  uint64_t rate_guards = 0;            ///< rate 429s that made the key keep to a SendLog
   // Shadow mode (admitShadow): requests sent at once that the limits would have held back.
   uint64_t shadow_rate = 0;
   uint64_t shadow_concurrency = 0;
@@ -185,6 +191,7 @@ struct Snapshot {
   SchedulerCounters counters;
   std::optional<double> advertised_limit;      ///< last X-RateLimit-Limit seen
   std::optional<double> advertised_remaining;  ///< last X-RateLimit-Remaining seen
+  bool window_guard = false;                   ///< keeping to a SendLog (see the file comment)
 };
 
 /// What would have held back a request that shadow mode sent at once.
@@ -373,8 +380,15 @@ private:
   double marginTokens() const;
   /// @return whether the gateway's window allows no more admissions before its reset.
   bool windowClosed(MonotonicTime now) const {
-    return window_end_ && now < *window_end_ && window_allowance_ < 1.0;
+    return (window_end_ && now < *window_end_ && window_allowance_ < 1.0) ||
+           (guard_ && !guard_->allows(now));
   }
+  /// @return when windowClosed() stops holding (the gateway's reset, the guard's next send).
+  MonotonicTime windowOpensAt(MonotonicTime now) const;
+  /// A rate 429 came with no X-RateLimit-* ever seen: keep to the guard from now on.
+  void guardWindow();
+  /// (Re)makes the guard for the current burst and configured rate.
+  void armGuard();
   /// Reads the gateway's X-RateLimit-* (see the file comment).
   void onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now);
   /// @return the burst to use: the configured one, or a lower advertised limit.
@@ -415,6 +429,7 @@ private:
   std::optional<MonotonicTime> window_end_;
   double window_allowance_ = 0.0;
   std::optional<MonotonicTime> window_reset_;  ///< the reset the gateway last announced
+  std::optional<SendLog> guard_;               ///< see the file comment
 };
 
 }  // namespace hiapi::core

@@ -43,7 +43,8 @@
     "back, by key name and reason (rate, concurrency, cooldown)")                                 \
   X(rate_reactions, Counter, "hiapi_proxy_rate_429_reactions_total", "key,reaction", NoBuckets,     \
     "How the proxy answered upstream rate 429s, by key name and reaction (resync = pause only, "  \
-    "decrease = rate cut)")                                                                       \
+    "decrease = rate cut, guard = from now on at most `burst` per `burst / rate`, for an "        \
+    "upstream without counters)")                                                                 \
   X(retries, Counter, "hiapi_proxy_retries_total", "key,reason", NoBuckets,                       \
     "Upstream attempts retried by the proxy, by key name and reason")                             \
   X(queue_wait, Histogram, "hiapi_proxy_queue_wait_seconds", "key,route,outcome",                \
