@@ -12,13 +12,6 @@ constexpr Duration kLookGrace = std::chrono::seconds(1);
 
 }  // namespace
 
-void BottleneckPlanner::setTierPrior(size_t tier, Duration prior) {
-  if (tier >= tier_prior_.size()) {
-    tier_prior_.resize(tier + 1);
-  }
-  tier_prior_[tier] = prior;
-}
-
 void BottleneckPlanner::setTierDuration(size_t tier, std::optional<TierDuration> duration) {
   if (tier >= tier_duration_.size()) {
     tier_duration_.resize(tier + 1);
@@ -85,12 +78,7 @@ std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, Monotoni
     const double waves = static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1);
     const std::optional<TierDuration>& d =
         t < tier_duration_.size() ? tier_duration_[t] : std::optional<TierDuration>{};
-    // Before any of its tasks was seen ended, at least its prior: at a cold start every tier
-    // is unknown, and waves alone would rank ten image waves over five of videos.
-    const Duration unit =
-        d && d->learned ? d->value
-                        : std::max(unknown_unit, t < tier_prior_.size() ? tier_prior_[t]
-                                                                        : Duration::zero());
+    const Duration unit = d && d->learned ? d->value : unknown_unit;
     ranked.emplace_back(-std::ceil(waves) * std::chrono::duration<double>(unit).count(), t);
   }
   std::sort(ranked.begin(), ranked.end());

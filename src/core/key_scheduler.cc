@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "hiapi/core/model_prior.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
@@ -33,7 +32,6 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
                                             sanitizedBurst(limits.burst), now);
   }
   for (const TierConfig& tier : matcher_.tiers()) {
-    planner_.setTierPrior(gates_.size(), tierPrior(tier));
     gates_.push_back(std::make_unique<ConcurrencyGate>(tier.max_running, tier.lease,
                                                        limits.recovery_time, now));
   }

@@ -256,7 +256,7 @@ void Metrics::upstream429(std::string_view key, std::string_view cause) {
 void Metrics::rateReaction(std::string_view key, std::string_view reaction) {
   std::lock_guard<std::mutex> lock(mu_);
   counter(rate_reactions_,
-          {keyLabelLocked(key), oneOf(reaction, {"resync", "decrease"}, "decrease")})
+          {keyLabelLocked(key), oneOf(reaction, {"resync", "decrease", "guard"}, "decrease")})
       .Increment();
 }
 

@@ -185,9 +185,12 @@ void TaskService::rejudgeBehindOldest(core::MonotonicTime now) {
       it = behind_oldest_.erase(it);  // answered, gone or sent (it found a spare token)
       continue;
     }
+    // Judged again when the oldest was seen ended, or when the budget no longer binds for one
+    // that waits for a spare token. Not when the budget comes to bind: the pace may swing to
+    // and fro while the oldest runs, and each new judgement would restart its wait.
     if (const std::optional<size_t> tier = tracker_->slotTier(key, task);
         tier && tracker_->behindUnlearnedOldest(key, task) &&
-        (limiter_.learnPace(key, *tier) == core::LearnPace::Sparse) == it->second.sparse) {
+        (!it->second.sparse || limiter_.learnPace(key, *tier) == core::LearnPace::Sparse)) {
       ++it;
       continue;
     }

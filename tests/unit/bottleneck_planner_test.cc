@@ -1,5 +1,4 @@
 #include "hiapi/core/bottleneck_planner.h"
-#include "hiapi/core/model_prior.h"
 
 #include <gtest/gtest.h>
 
@@ -65,29 +64,6 @@ TEST_F(BottleneckPlannerTest, TheTierWithTheMostWorkLeftComesFirst) {
             (std::vector<size_t>{kHeavy, kUnblockLanes + kHeavy, kLight, kUnblockLanes + kLight}));
   // ...and lose to 2 x 100 s.
   planner_.setTierDuration(kLight, TierDuration{seconds(100), true});
-  EXPECT_EQ(planner_.bottlenecks(load(), kT0).front(), kLight);
-}
-
-// At a cold start no tier's duration is known: by waves alone, 15 light creates (3 waves of 5)
-// would go before 4 heavy ones (2 waves of 2). The tiers' priors (a video tier's 60 s against an
-// image tier's 8 s) put the heavy tier first, until durations are learned.
-TEST_F(BottleneckPlannerTest, AtAColdStartTheTiersPriorsRankThem) {
-  saturate(kHeavy, 4);
-  saturate(kLight, 15);
-  EXPECT_EQ(planner_.bottlenecks(load(), kT0).front(), kLight);
-  TierConfig video;
-  video.name = "heavy";
-  video.models = {"seedance-*", "*@pro"};
-  TierConfig image;
-  image.name = "light";
-  image.models = {"*"};
-  planner_.setTierPrior(kHeavy, tierPrior(video));
-  planner_.setTierPrior(kLight, tierPrior(image));
-  EXPECT_EQ(planner_.bottlenecks(load(), kT0),
-            (std::vector<size_t>{kHeavy, kUnblockLanes + kHeavy, kLight, kUnblockLanes + kLight}));
-  // Learned durations rank them once known: 2 x 5 s of heavy work against 3 x 4 s of light.
-  planner_.setTierDuration(kHeavy, TierDuration{seconds(5), true});
-  planner_.setTierDuration(kLight, TierDuration{seconds(4), true});
   EXPECT_EQ(planner_.bottlenecks(load(), kT0).front(), kLight);
 }
 

@@ -33,20 +33,5 @@ TEST(ModelPrior, WithoutAModelTheTiersNameTells) {
   EXPECT_EQ(modelPrior("gpt-image-2", "video"), seconds(8));  // the model wins
 }
 
-TEST(ModelPrior, ATierWithAnyVideoModelIsAVideoTier) {
-  TierConfig heavy;
-  heavy.name = "heavy";
-  heavy.models = {"*-pro", "seedance-*", "*@pro"};
-  EXPECT_EQ(tierPrior(heavy), seconds(60));
-  heavy.models = {"*-pro", "*@pro"};
-  EXPECT_EQ(tierPrior(heavy), seconds(8));
-  TierConfig routed;  // a route-only tier: its name tells
-  routed.name = "video";
-  routed.routes = {"pro"};
-  EXPECT_EQ(tierPrior(routed), seconds(60));
-  EXPECT_EQ(tierPrior(defaultTierConfigs().front()), seconds(60));
-  EXPECT_EQ(tierPrior(defaultTierConfigs().back()), seconds(8));
-}
-
 }  // namespace
 }  // namespace hiapi::core

@@ -50,9 +50,6 @@ public:
 
   /// See KeyScheduler::setTierDuration().
   void setTierDuration(size_t tier, std::optional<TierDuration> duration);
-  /// @p tier's prior (tierPrior): what bottlenecks() counts its tasks as taking before one of
-  /// them has been seen ended, if that is longer than what it would count otherwise.
-  void setTierPrior(size_t tier, Duration prior);
   /// See KeyScheduler::setLookPlan().
   void setLookPlan(size_t tier, LookPlan plan);
   /// See KeyScheduler::setRemoteWaiting().
@@ -99,7 +96,6 @@ private:
                                MonotonicTime now);
 
   std::vector<std::optional<TierDuration>> tier_duration_;
-  std::vector<Duration> tier_prior_;
   std::vector<LookPlan> tier_looks_;
   std::vector<size_t> remote_waiting_;
 };

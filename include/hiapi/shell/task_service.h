@@ -100,7 +100,8 @@ private:
   /// fetches instead, the others join it (or are answered from the cache).
   void refetch(const std::vector<uint64_t>& waiters, core::MonotonicTime now);
   /// The fetches in behind_oldest_ whose task may now be looked at (its tier's first end was
-  /// seen), or whose budget binds or no longer does, wait from now on as asFetcher() says then.
+  /// seen), or that wait for a spare token while the budget no longer binds, wait from now on
+  /// as asFetcher() says then.
   void rejudgeBehindOldest(core::MonotonicTime now);
 
   Timers& timers_;
