@@ -6,12 +6,6 @@
 namespace hiapi::core {
 namespace {
 
-std::string toLower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), asciiLower);
-  return out;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {
     s.remove_prefix(1);
@@ -184,7 +178,7 @@ std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target) {
     return std::nullopt;
   }
   AbsoluteUri u;
-  u.scheme = toLower(target.substr(0, sep));
+  u.scheme = asciiLowerCopy(target.substr(0, sep));
   std::string_view rest = target.substr(sep + 3);
   const size_t slash = rest.find_first_of("/?");
   std::string_view authority = rest.substr(0, slash);
@@ -210,7 +204,7 @@ std::optional<AbsoluteUri> parseAbsoluteUri(std::string_view target) {
     host = authority.substr(0, colon);
     port = authority.substr(colon + 1);
   }
-  u.host = toLower(host);
+  u.host = asciiLowerCopy(host);
   if (!port.empty()) {
     unsigned v = 0;
     for (char c : port) {

@@ -3,27 +3,16 @@
 // itself is in key_scheduler.cc.
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 
+#include "hiapi/core/http_rules.h"
 #include "hiapi/core/key_scheduler.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
-namespace {
-
-std::string lowerCopy(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
-
-}  // namespace
 
 Limit429Cause classify429Code(std::string_view error_code) {
-  const std::string code = lowerCopy(error_code);
+  const std::string code = asciiLowerCopy(error_code);
   if (code.find("concurren") != std::string::npos) {
     return Limit429Cause::Concurrency;
   }

@@ -1,24 +1,14 @@
 #include "hiapi/core/model_prior.h"
 
 #include <array>
-#include <cctype>
 #include <string>
 
+#include "hiapi/core/http_rules.h"
+
 namespace hiapi::core {
-namespace {
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  }
-  return out;
-}
-
-}  // namespace
 
 ModelClass modelClass(std::string_view model) {
-  const std::string m = lower(model.substr(0, model.rfind('@')));
+  const std::string m = asciiLowerCopy(model.substr(0, model.rfind('@')));
   // Substrings that only video model names carry; the families are those HiAPI's docs and
   // model list name (seedance, happyhorse, wan*-video) and the video families other gateways
   // serve under their own names.

@@ -61,6 +61,15 @@ inline char asciiLower(char c) {
   return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
+/// @return @p s in ASCII lower case (see asciiLower).
+inline std::string asciiLowerCopy(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    c = asciiLower(c);
+  }
+  return out;
+}
+
 /// Case-insensitive ASCII comparison. Inline: header names are compared several times per
 /// forwarded request, and most comparisons end at the length.
 inline bool iequals(std::string_view a, std::string_view b) {
