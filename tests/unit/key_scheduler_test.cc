@@ -672,30 +672,40 @@ TEST_F(KeySchedulerTest, LowerAdvertisedLimitIsAdoptedAndItsFirst429Cuts) {
 /// Drives a saturated key for @p seconds of simulated time and replays its sends into a gateway
 /// bucket with the same rate and burst, each arriving after a seeded uniform [0, jitter) delay.
 /// @return {sent, gateway refusals}.
-std::pair<int, int> saturatedAgainstGateway(Duration margin, Duration jitter, int seconds_run) {
-  LimitsConfig l = limits(4.0, 4);
-  l.phase_margin = margin;
-  SeededRandom random(7);
-  KeyScheduler s(l, queueConfig(), kStart, random);
-  const MonotonicTime end = kStart + seconds(seconds_run);
-  uint64_t next_id = 1;
-  for (; next_id <= 200; ++next_id) {
-    s.submit(req(next_id, RouteKind::Poll), kStart);
+/// Keeps @p s saturated with polls (200 queued, one more for each admitted) from @p from until
+/// @p end, dispatching whenever it asks to be woken. @return the admission times.
+std::vector<MonotonicTime> saturatedSends(KeyScheduler& s, uint64_t& next_id, MonotonicTime from,
+                                          MonotonicTime end) {
+  for (int i = 0; i < 200; ++i) {
+    s.submit(req(next_id++, RouteKind::Poll), from);
   }
-  std::mt19937_64 rng(11);
-  std::uniform_real_distribution<double> delay(0.0, toSeconds(jitter));
-  std::vector<MonotonicTime> arrivals;
-  MonotonicTime now = kStart;
+  std::vector<MonotonicTime> sent;
+  MonotonicTime now = from;
   for (int step = 0; step < 100'000 && now < end; ++step) {
     Dispatch d = s.dispatch(now);
     for (size_t i = 0; i < d.admitted.size(); ++i) {
-      arrivals.push_back(now + fromSeconds(delay(rng)));
-      s.submit(req(next_id++, RouteKind::Poll), now);  // keep it saturated
+      sent.push_back(now);
+      s.submit(req(next_id++, RouteKind::Poll), now);
     }
     if (!d.wake_at) {
       break;
     }
     now = *d.wake_at;
+  }
+  return sent;
+}
+
+std::pair<int, int> saturatedAgainstGateway(Duration margin, Duration jitter, int seconds_run) {
+  LimitsConfig l = limits(4.0, 4);
+  l.phase_margin = margin;
+  SeededRandom random(7);
+  KeyScheduler s(l, queueConfig(), kStart, random);
+  uint64_t next_id = 1;
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> delay(0.0, toSeconds(jitter));
+  std::vector<MonotonicTime> arrivals;
+  for (MonotonicTime sent : saturatedSends(s, next_id, kStart, kStart + seconds(seconds_run))) {
+    arrivals.push_back(sent + fromSeconds(delay(rng)));
   }
   std::sort(arrivals.begin(), arrivals.end());
   TokenBucket gateway(4.0, 4, kStart);
@@ -730,23 +740,6 @@ size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
   return most;
 }
 
-/// Keeps @p s saturated with polls from @p from for @p length, dispatching every 10 ms.
-/// @return the admission times.
-std::vector<MonotonicTime> saturate(KeyScheduler& s, uint64_t& next_id, MonotonicTime from,
-                                    Duration length) {
-  std::vector<MonotonicTime> sent;
-  for (int i = 0; i < 40; ++i) {
-    s.submit(req(next_id++, RouteKind::Poll), from);
-  }
-  for (MonotonicTime t = from; t < from + length; t += milliseconds(10)) {
-    for (size_t n = s.dispatch(t).admitted.size(); n > 0; --n) {
-      sent.push_back(t);
-      s.submit(req(next_id++, RouteKind::Poll), t);
-    }
-  }
-  return sent;
-}
-
 // A bucket of 4 at 4/s that spends at its rate still holds tokens, so within one second it may
 // send up to 7; a gateway counting windows of a second lets 4 through. Without the gateway's
 // counters only a 429 tells: from then the key keeps to 4 in any second, at the same long-run
@@ -754,7 +747,7 @@ std::vector<MonotonicTime> saturate(KeyScheduler& s, uint64_t& next_id, Monotoni
 TEST_F(KeySchedulerTest, ARate429WithoutCountersMakesTheKeyKeepToAWindow) {
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
   uint64_t id = 1;
-  const std::vector<MonotonicTime> bucket = saturate(s, id, kStart, seconds(3));
+  const std::vector<MonotonicTime> bucket = saturatedSends(s, id, kStart, kStart + seconds(3));
   EXPECT_GT(busiestWindow(bucket, seconds(1)), 4u);
   EXPECT_FALSE(s.snapshot(kStart).window_guard);
 
@@ -767,7 +760,7 @@ TEST_F(KeySchedulerTest, ARate429WithoutCountersMakesTheKeyKeepToAWindow) {
   s.onUpstreamOutcome(o, at);
   EXPECT_TRUE(s.snapshot(at).window_guard);
   EXPECT_EQ(s.counters().rate_guards, 1u);
-  const std::vector<MonotonicTime> guarded = saturate(s, id, at, seconds(6));
+  const std::vector<MonotonicTime> guarded = saturatedSends(s, id, at, at + seconds(6));
   EXPECT_EQ(busiestWindow(guarded, seconds(1)), 4u);
   EXPECT_GE(guarded.size(), 4u * 5);  // the rate is kept: 4 per second
   s.onUpstreamOutcome(o, at + seconds(7));  // a second one cuts the rate, as before
