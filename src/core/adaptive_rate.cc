@@ -79,10 +79,12 @@ Duration AdaptiveRate::cooldownRemaining(MonotonicTime now) const {
 }
 
 MonotonicTime AdaptiveRate::onRateLimited(MonotonicTime now, std::optional<Duration> retry_after,
-                                          Random& random, bool inside_budget) {
+                                          Random& random, bool inside_budget,
+                                          bool sent_before_last) {
   ++consecutive_429_;
   const bool same_event =
-      (last_event_ && now < *last_event_ + kDecreaseGuard) || now < cooldown_until_;
+      (last_event_ && (sent_before_last || now < *last_event_ + kDecreaseGuard)) ||
+      now < cooldown_until_;
   const bool repeated = last_event_ && now - *last_event_ <= repeat_window_;
   const bool cut =
       !same_event && (!inside_budget || repeat_window_ <= Duration::zero() || repeated);

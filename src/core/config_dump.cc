@@ -127,6 +127,8 @@ void dumpLimits(YAML::Emitter& out, const LimitsConfig& limits) {
   kv(out, "max_cooldown", duration(limits.max_cooldown));
   kv(out, "repeat_window", duration(limits.repeat_window));
   kv(out, "phase_margin", duration(limits.phase_margin));
+  kv(out, "pace_without_counters",
+     limits.pace_without_counters == UncountedPacing::Window ? "window" : "bucket");
   out << YAML::Key << "tiers" << YAML::Value << YAML::BeginSeq;
   for (const TierConfig& t : limits.tiers) {
     dumpTier(out, t);

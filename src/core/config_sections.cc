@@ -51,6 +51,9 @@ const FieldTable<LimitsConfig>& limitsFields() {
       bindValue("repeat_window", &S::repeat_window, &Parser::duration),
       bindCappedDuration("phase_margin", &S::phase_margin, &Parser::duration, 1s,
                          "must be at most 1s (a guard against arrival jitter, not a pause)"),
+      bindChoice("pace_without_counters", &S::pace_without_counters,
+                 {{"window", UncountedPacing::Window}, {"bucket", UncountedPacing::Bucket}},
+                 "window or bucket"),
       {"tiers", [](const Parser& p, const Field& f, S& s) { p.parseTiers(f, s.tiers); }},
   };
   return table;

@@ -35,6 +35,8 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
     gates_.push_back(std::make_unique<ConcurrencyGate>(tier.max_running, tier.lease,
                                                        limits.recovery_time, now));
   }
+  shapeSendLog();
+  guarded_ = guardWanted();
 }
 
 size_t KeyScheduler::clampTier(size_t tier) const { return std::min(tier, gates_.size() - 1); }
@@ -543,7 +545,7 @@ Snapshot KeyScheduler::snapshot(MonotonicTime now) const {
   s.cooldown_remaining = adaptive_.cooldownRemaining(now);
   s.advertised_limit = advertised_limit_;
   s.advertised_remaining = advertised_remaining_;
-  s.window_guard = guard_.has_value();
+  s.window_guard = guarded_;
   s.queue_depth = queue_.size();
   for (size_t p = 0; p < kPriorityCount; ++p) {
     s.queued_by_priority[p] = queue_.size(static_cast<Priority>(p));

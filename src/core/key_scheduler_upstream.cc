@@ -45,9 +45,7 @@ bool KeyScheduler::takeToken(MonotonicTime now) {
   if (window_end_ && now < *window_end_) {
     window_allowance_ -= 1.0;
   }
-  if (guard_) {
-    guard_->record(now);
-  }
+  sends_.record(now);
   return true;
 }
 
@@ -56,9 +54,7 @@ void KeyScheduler::giveToken(MonotonicTime now) {
   if (window_end_ && now < *window_end_) {
     window_allowance_ += 1.0;
   }
-  if (guard_) {
-    guard_->unrecord();
-  }
+  sends_.unrecord();
 }
 
 MonotonicTime KeyScheduler::windowOpensAt(MonotonicTime now) const {
@@ -66,21 +62,30 @@ MonotonicTime KeyScheduler::windowOpensAt(MonotonicTime now) const {
   if (window_end_ && now < *window_end_ && window_allowance_ < 1.0) {
     at = *window_end_;
   }
-  return guard_ ? std::max(at, guard_->nextAllowed(now)) : at;
+  return guarded_ ? std::max(at, sends_.nextAllowed(now)) : at;
 }
 
 void KeyScheduler::guardWindow() {
-  if (guard_ || advertised_limit_ || advertised_remaining_) {
+  // Only Remaining says where the gateway's window stands; a Limit alone does not.
+  if (advertised_remaining_ || window_shown_) {
     return;
   }
-  armGuard();
-  ++counters_.rate_guards;
+  window_shown_ = true;
+  if (!guarded_) {
+    guarded_ = true;
+    ++counters_.rate_guards;
+  }
 }
 
-void KeyScheduler::armGuard() {
+bool KeyScheduler::guardWanted() const {
+  return !advertised_remaining_ &&
+         (window_shown_ || limits_.pace_without_counters == UncountedPacing::Window);
+}
+
+void KeyScheduler::shapeSendLog() {
   const double burst = std::max(1.0, std::floor(effectiveBurst()));
   const Duration window = fromSeconds(burst / adaptive_.configuredRate()) + limits_.phase_margin;
-  guard_.emplace(static_cast<size_t>(burst), window);
+  sends_.setShape(static_cast<size_t>(burst), window);
 }
 
 void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now) {
@@ -90,13 +95,14 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     const double burst = effectiveBurst();
     if (burst != budget_->burst()) {
       budget_->setBurst(burst, now);
+      shapeSendLog();
     }
   }
   if (!h.remaining || !std::isfinite(*h.remaining)) {
     return;
   }
   advertised_remaining_ = std::max(0.0, *h.remaining);
-  guard_.reset();  // the gateway's counters say what the guard could only assume
+  guarded_ = false;  // the gateway's counters say what the guard could only assume
   // Admitted after the request this answers: the gateway has counted them since, or will.
   const double sent_after =
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
@@ -169,8 +175,12 @@ void KeyScheduler::onUpstreamOutcome(const UpstreamOutcome& o, MonotonicTime now
           !(advertised_limit_ && *advertised_limit_ < sanitizedBurst(limits_.burst));
       const uint64_t decreases = adaptive_.decreases();
       const uint64_t resyncs = adaptive_.resyncs();
+      // Admitted before the last rate 429 came back: it was already on its way, so its 429
+      // answers the same excess (a window that refused one refuses what followed it).
+      const bool sent_before_last = o.seq && rate_429_seq_ && *o.seq <= *rate_429_seq_;
       const MonotonicTime end =
-          adaptive_.onRateLimited(now, retry_after, random_, inside_budget);
+          adaptive_.onRateLimited(now, retry_after, random_, inside_budget, sent_before_last);
+      rate_429_seq_ = admission_seq_;
       guardWindow();
       counters_.rate_decreases += adaptive_.decreases() - decreases;
       counters_.rate_resyncs += adaptive_.resyncs() - resyncs;
@@ -198,9 +208,8 @@ void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
   adaptive_.reconfigure(limits);
   budget_->setBurst(effectiveBurst(), now);
   applyRate(now);
-  if (guard_) {
-    armGuard();  // kept, at the new rate and burst
-  }
+  shapeSendLog();  // at the new rate and burst
+  guarded_ = guardWanted();
 
   TierMatcher matcher(limits.tiers);
   std::vector<std::unique_ptr<ConcurrencyGate>> gates(matcher.size());

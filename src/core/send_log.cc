@@ -27,6 +27,11 @@ MonotonicTime SendLog::nextAllowed(MonotonicTime now) const {
   return sends_[sends_.size() - limit_] + window_;
 }
 
+void SendLog::setShape(size_t limit, Duration window) {
+  limit_ = std::max<size_t>(limit, 1);
+  window_ = std::max(window, Duration(1));
+}
+
 void SendLog::record(MonotonicTime now) {
   expire(now);
   sends_.push_back(now);

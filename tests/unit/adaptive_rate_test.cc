@@ -159,6 +159,25 @@ TEST(AdaptiveRate, RepeatWithinWindowCuts) {
   EXPECT_EQ(b.resyncs(), 2u);
 }
 
+// A request that left before the last 429 came back answers the same excess, however slow its
+// answer: it is no repeat, so it cuts nothing.
+TEST(AdaptiveRate, A429SentBeforeTheLastIsTheSameEvent) {
+  LimitsConfig l = limits();
+  l.repeat_window = seconds(10);
+  AdaptiveRate a(l);
+  FixedRandom r(0.5);
+  a.onRateLimited(kStart, seconds(1), r);
+  const MonotonicTime t = kStart + seconds(5);
+  a.onRateLimited(t, seconds(1), r, /*inside_budget=*/true, /*sent_before_last=*/true);
+  EXPECT_EQ(a.lastReaction(), AdaptiveRate::Reaction::SameEvent);
+  EXPECT_DOUBLE_EQ(a.effectiveRate(t), 1.0);
+  EXPECT_EQ(a.decreases(), 0u);
+  // The first 429 of all has nothing before it to be the same as.
+  AdaptiveRate b(l);
+  b.onRateLimited(kStart, seconds(1), r, true, /*sent_before_last=*/true);
+  EXPECT_EQ(b.lastReaction(), AdaptiveRate::Reaction::Resync);
+}
+
 TEST(AdaptiveRate, ZeroRepeatWindowCutsEvery429) {
   LimitsConfig l = limits();
   l.repeat_window = Duration::zero();

@@ -125,6 +125,7 @@ void expectDefaults(const Config& c) {
   EXPECT_EQ(c.limits.max_cooldown, 60s);
   EXPECT_EQ(c.limits.repeat_window, 30s);
   EXPECT_EQ(c.limits.phase_margin, 10ms);
+  EXPECT_EQ(c.limits.pace_without_counters, UncountedPacing::Bucket);
   ASSERT_EQ(c.limits.tiers.size(), 2u);
   const std::vector<TierConfig> tiers = defaultTierConfigs();
   for (size_t i = 0; i < tiers.size(); ++i) {
@@ -244,6 +245,7 @@ limits:
   max_cooldown: 10s
   repeat_window: 0s
   phase_margin: 2ms
+  pace_without_counters: window
   mode: shadow
   tiers:
     - { name: video, models: [veo-*], max_running: 1, lease: 1h, min_poll_interval: 0s, expected_duration: 90s }
@@ -298,6 +300,7 @@ drain_timeout: 0s
   EXPECT_EQ(c.limits.max_cooldown, 10s);
   EXPECT_EQ(c.limits.repeat_window, 0s);
   EXPECT_EQ(c.limits.phase_margin, 2ms);
+  EXPECT_EQ(c.limits.pace_without_counters, UncountedPacing::Window);
   ASSERT_EQ(c.limits.tiers.size(), 2u);
   EXPECT_EQ(c.limits.tiers[0].name, "video");
   EXPECT_EQ(c.limits.tiers[0].models, std::vector<std::string>{"veo-*"});
@@ -471,6 +474,8 @@ TEST_F(ConfigTest, WrongTypes) {
 
 TEST_F(ConfigTest, PhaseMarginAndRepeatWindowAreChecked) {
   expectError("limits:\n  phase_margin: 2s\n", 2, 17, "limits.phase_margin", "at most 1s");
+  expectError("limits:\n  pace_without_counters: gcra\n", 2, 26, "limits.pace_without_counters",
+              "must be window or bucket");
   expectError("limits:\n  repeat_window: soon\n", 2, 18, "limits.repeat_window",
               "invalid duration");
 }

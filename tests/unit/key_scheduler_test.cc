@@ -740,6 +740,15 @@ size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
   return most;
 }
 
+UpstreamOutcome countersAnswer(double remaining) {
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.wall_now = kWall;
+  o.ratelimit.remaining = remaining;
+  return o;
+}
+
 // A bucket of 4 at 4/s that spends at its rate still holds tokens, so within one second it may
 // send up to 7; a gateway counting windows of a second lets 4 through. Without the gateway's
 // counters only a 429 tells: from then the key keeps to 4 in any second, at the same long-run
@@ -766,16 +775,100 @@ TEST_F(KeySchedulerTest, ARate429WithoutCountersMakesTheKeyKeepToAWindow) {
   s.onUpstreamOutcome(o, at + seconds(7));  // a second one cuts the rate, as before
   EXPECT_EQ(s.counters().rate_guards, 1u);
 
-  UpstreamOutcome counted;
-  counted.status = 200;
-  counted.route = RouteKind::Poll;
-  counted.wall_now = kWall;
-  counted.ratelimit.remaining = 3;
-  s.onUpstreamOutcome(counted, at + seconds(8));
+  s.onUpstreamOutcome(countersAnswer(3), at + seconds(8));
   EXPECT_FALSE(s.snapshot(at + seconds(8)).window_guard);
   // A gateway that sends counters is followed by them: its 429 does not arm the guard.
   s.onUpstreamOutcome(o, at + seconds(9));
   EXPECT_FALSE(s.snapshot(at + seconds(9)).window_guard);
+}
+
+// With pace_without_counters: window, a gateway that has sent no counters is taken for the
+// strictest shape with the configured rate and burst: 4 in any second at 4/s, from the first
+// request on, so a window gateway never has to answer 429 to show what it is. Counters end it.
+TEST_F(KeySchedulerTest, WithoutCountersTheKeyKeepsToAWindowFromTheStart) {
+  LimitsConfig l = limits(4.0, 4);
+  l.pace_without_counters = UncountedPacing::Window;
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  EXPECT_TRUE(s.snapshot(kStart).window_guard);
+  uint64_t id = 1;
+  const std::vector<MonotonicTime> sent = saturatedSends(s, id, kStart, kStart + seconds(6));
+  EXPECT_EQ(busiestWindow(sent, seconds(1)), 4u);
+  EXPECT_GE(sent.size(), 4u * 6);  // the long-run rate is the bucket's
+  EXPECT_EQ(s.counters().rate_guards, 0u);  // no 429 was needed
+
+  const MonotonicTime at = kStart + seconds(20);
+  s.onUpstreamOutcome(countersAnswer(4), at);
+  EXPECT_FALSE(s.snapshot(at).window_guard);
+  const std::vector<MonotonicTime> counted = saturatedSends(s, id, at, at + seconds(3));
+  EXPECT_GT(busiestWindow(counted, seconds(1)), 4u);  // the bucket's refill, as the gateway said
+}
+
+// The gateway's window holds the sends before its 429 too. A full bucket sends 4 at once and a
+// fifth a token later, which a window of 4 per second refuses: after the pause the guard still
+// counts the first 4 and the fifth, so nothing goes until they leave the window (a guard that
+// started empty would send again within the same second, and get a second 429).
+TEST_F(KeySchedulerTest, TheGuardCountsTheSendsBeforeThe429) {
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  uint64_t id = 1;
+  const std::vector<MonotonicTime> sent =
+      saturatedSends(s, id, kStart, kStart + milliseconds(300));
+  ASSERT_EQ(sent.size(), 5u);
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  const MonotonicTime at = sent.back() + milliseconds(1);
+  s.onUpstreamOutcome(o, at);
+  const std::vector<MonotonicTime> after = saturatedSends(s, id, at, at + seconds(3));
+  ASSERT_FALSE(after.empty());
+  EXPECT_GE(after.front(), kStart + seconds(1));
+}
+
+TEST_F(KeySchedulerTest, BucketPacingWithoutCountersIsChosenAndUndoneByAReload) {
+  LimitsConfig l = limits(4.0, 4);
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  EXPECT_FALSE(s.snapshot(kStart).window_guard);
+  l.pace_without_counters = UncountedPacing::Window;
+  s.reconfigure(l, kStart);
+  EXPECT_TRUE(s.snapshot(kStart).window_guard);
+  l.pace_without_counters = UncountedPacing::Bucket;
+  s.reconfigure(l, kStart);
+  EXPECT_FALSE(s.snapshot(kStart).window_guard);
+
+  // A window the gateway showed by a 429 stays guarded whatever the setting...
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  s.onUpstreamOutcome(o, kStart + seconds(1));
+  s.reconfigure(l, kStart + seconds(2));
+  EXPECT_TRUE(s.snapshot(kStart + seconds(2)).window_guard);
+  // ...until its counters arrive; then no setting brings the guard back.
+  s.onUpstreamOutcome(countersAnswer(3), kStart + seconds(3));
+  l.pace_without_counters = UncountedPacing::Window;
+  s.reconfigure(l, kStart + seconds(4));
+  EXPECT_FALSE(s.snapshot(kStart + seconds(4)).window_guard);
+}
+
+// A Limit alone says nothing of where the gateway's window stands: a 429 still arms the guard.
+TEST_F(KeySchedulerTest, ALimitWithoutRemainingLeavesTheGuardToA429) {
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  UpstreamOutcome limit_only;
+  limit_only.status = 200;
+  limit_only.route = RouteKind::Poll;
+  limit_only.wall_now = kWall;
+  limit_only.ratelimit.limit = 4;
+  s.onUpstreamOutcome(limit_only, kStart);
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  s.onUpstreamOutcome(o, kStart + seconds(1));
+  EXPECT_TRUE(s.snapshot(kStart + seconds(1)).window_guard);
+  EXPECT_EQ(s.counters().rate_guards, 1u);
 }
 
 TEST_F(KeySchedulerTest, PhaseMarginNeverBlocksABurstOfOne) {

@@ -26,6 +26,17 @@ TEST(SendLog, AtMostLimitSendsInAnyWindow) {
   EXPECT_TRUE(log.allows(kT0 + seconds(1)));
 }
 
+TEST(SendLog, ANewShapeKeepsTheSendsCounted) {
+  SendLog log(4, seconds(1));
+  log.record(kT0);
+  log.record(kT0 + milliseconds(100));
+  log.setShape(2, seconds(2));
+  EXPECT_FALSE(log.allows(kT0 + milliseconds(1'500)));  // both still in the longer window
+  EXPECT_EQ(log.nextAllowed(kT0 + milliseconds(1'500)), kT0 + seconds(2));
+  EXPECT_EQ(log.limit(), 2u);
+  EXPECT_EQ(log.window(), seconds(2));
+}
+
 TEST(SendLog, ALimitBelowOneIsOne) {
   SendLog log(0, seconds(1));
   EXPECT_EQ(log.limit(), 1u);

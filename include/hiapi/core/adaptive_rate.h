@@ -64,9 +64,12 @@ public:
   /// @param random jitter source for the backoff when @p retry_after is absent
   /// @param inside_budget whether the request was inside the configured budget and the
   ///        gateway's advertised one (false: the budget really is smaller, so cut at once)
+  /// @param sent_before_last whether the request went out before the last rate 429 was seen:
+  ///        then it answers the same excess and is no news (never a repeat, never a cut)
   /// @return the cool-down end (>= now; capped at now + max_cooldown)
   MonotonicTime onRateLimited(MonotonicTime now, std::optional<Duration> retry_after,
-                              Random& random, bool inside_budget = true);
+                              Random& random, bool inside_budget = true,
+                              bool sent_before_last = false);
   /// @return how the last rate 429 was answered.
   Reaction lastReaction() const { return last_reaction_; }
 

@@ -74,6 +74,8 @@ enum class LogLevel { Debug, Info, Warn, Error };
 enum class IdempotencyMode { Off, Inject };
 /// limits.mode: enforce the limits, or only count what they would have held back (shadow).
 enum class LimitMode { Enforce, Shadow };
+/// How a key paces while the gateway has sent no X-RateLimit-Remaining (see LimitsConfig).
+enum class UncountedPacing { Window, Bucket };
 enum class TlsMinVersion { Tls12, Tls13 };
 
 struct ListenConfig {
@@ -166,6 +168,12 @@ struct LimitsConfig {
   /// Tokens become usable this much after the bucket has them (at most a quarter of a token
   /// interval), so arrival jitter cannot land a request just before the gateway's token.
   Duration phase_margin = std::chrono::milliseconds(10);
+  /// Until the gateway's counters arrive (for good, if it never sends them). Bucket: spend the
+  /// bucket's refill freely, and keep to windows once a rate 429 shows the gateway counts in
+  /// them (one absorbed 429 per key and process). Window: keep to at most `burst` requests in
+  /// any burst / rate from the start, which no fixed or sliding window of that length and no
+  /// bucket of (rate, burst) refuses, at the cost of a bucket gateway's refill.
+  UncountedPacing pace_without_counters = UncountedPacing::Bucket;
 };
 
 struct QueueConfig {

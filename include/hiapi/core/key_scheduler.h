@@ -35,10 +35,12 @@
 //     window allowance); after it, one per token interval until the next answer tells how many
 //     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
-// Without those counters, a rate 429 says the gateway is stricter than a bucket of the
-//   configured rate and burst (a window lets through only `burst` where the bucket would send
-//   more): from then the key also keeps to a SendLog of `burst` per burst / rate (plus the phase
-//   margin), the strictest shape with that rate and burst, until the gateway sends counters.
+// Without those counters nothing tells a window from a bucket before a 429: a window lets
+//   through only `burst` where a bucket of the configured rate and burst would send more. From
+//   the first rate 429 (or from the start, with limits.pace_without_counters: window) the key
+//   also keeps to a SendLog of `burst` per burst / rate (plus the phase margin), the strictest
+//   shape with that rate and burst, at the same long-run rate, until the gateway sends
+//   X-RateLimit-Remaining. The log counts the sends before the 429 too: the gateway does.
 // Phase margin: a token is usable limits.phase_margin after the bucket has it (at most a quarter
 //   of a token interval, and never more than the burst allows), so that a request paced at the
 //   gateway's exact rate reaches it after its token, not a few milliseconds before.
@@ -381,14 +383,16 @@ private:
   /// @return whether the gateway's window allows no more admissions before its reset.
   bool windowClosed(MonotonicTime now) const {
     return (window_end_ && now < *window_end_ && window_allowance_ < 1.0) ||
-           (guard_ && !guard_->allows(now));
+           (guarded_ && !sends_.allows(now));
   }
   /// @return when windowClosed() stops holding (the gateway's reset, the guard's next send).
   MonotonicTime windowOpensAt(MonotonicTime now) const;
-  /// A rate 429 came with no X-RateLimit-* ever seen: keep to the guard from now on.
+  /// A rate 429 came with no X-RateLimit-Remaining ever seen: keep to the guard from now on.
   void guardWindow();
-  /// (Re)makes the guard for the current burst and configured rate.
-  void armGuard();
+  /// @return whether the key keeps to the guard (see the file comment).
+  bool guardWanted() const;
+  /// Shapes sends_ for the current burst and configured rate.
+  void shapeSendLog();
   /// Reads the gateway's X-RateLimit-* (see the file comment).
   void onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now);
   /// @return the burst to use: the configured one, or a lower advertised limit.
@@ -429,7 +433,12 @@ private:
   std::optional<MonotonicTime> window_end_;
   double window_allowance_ = 0.0;
   std::optional<MonotonicTime> window_reset_;  ///< the reset the gateway last announced
-  std::optional<SendLog> guard_;               ///< see the file comment
+  /// This key's recent sends, kept whether or not the guard holds: the gateway counts the sends
+  /// before its 429 in its window too, so the guard starts from them.
+  SendLog sends_{1, std::chrono::seconds(1)};
+  bool guarded_ = false;                       ///< keeping to sends_ (see the file comment)
+  bool window_shown_ = false;                  ///< a rate 429 came before any counters
+  std::optional<uint64_t> rate_429_seq_;       ///< admission_seq_ when the last rate 429 came
 };
 
 }  // namespace hiapi::core

@@ -27,6 +27,8 @@ public:
   bool allows(MonotonicTime now) const;
   /// @return the earliest time >= @p now at which a send keeps to the limit.
   MonotonicTime nextAllowed(MonotonicTime now) const;
+  /// Keeps the sends counted, under a new limit and window.
+  void setShape(size_t limit, Duration window);
   /// Counts a send at @p now.
   void record(MonotonicTime now);
   /// Takes back the last record() (the send did not happen).
