@@ -740,6 +740,16 @@ size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
   return most;
 }
 
+/// A rate 429 to a poll, without counters.
+UpstreamOutcome rate429() {
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  return o;
+}
+
 UpstreamOutcome countersAnswer(double remaining) {
   UpstreamOutcome o;
   o.status = 200;
@@ -760,11 +770,7 @@ TEST_F(KeySchedulerTest, ARate429WithoutCountersMakesTheKeyKeepToAWindow) {
   EXPECT_GT(busiestWindow(bucket, seconds(1)), 4u);
   EXPECT_FALSE(s.snapshot(kStart).window_guard);
 
-  UpstreamOutcome o;
-  o.status = 429;
-  o.route = RouteKind::Poll;
-  o.cause = Limit429Cause::Rate;
-  o.wall_now = kWall;
+  const UpstreamOutcome o = rate429();
   const MonotonicTime at = kStart + seconds(10);
   s.onUpstreamOutcome(o, at);
   EXPECT_TRUE(s.snapshot(at).window_guard);
@@ -813,11 +819,7 @@ TEST_F(KeySchedulerTest, TheGuardCountsTheSendsBeforeThe429) {
   const std::vector<MonotonicTime> sent =
       saturatedSends(s, id, kStart, kStart + milliseconds(300));
   ASSERT_EQ(sent.size(), 5u);
-  UpstreamOutcome o;
-  o.status = 429;
-  o.route = RouteKind::Poll;
-  o.cause = Limit429Cause::Rate;
-  o.wall_now = kWall;
+  const UpstreamOutcome o = rate429();
   const MonotonicTime at = sent.back() + milliseconds(1);
   s.onUpstreamOutcome(o, at);
   const std::vector<MonotonicTime> after = saturatedSends(s, id, at, at + seconds(3));
@@ -837,11 +839,7 @@ TEST_F(KeySchedulerTest, BucketPacingWithoutCountersIsChosenAndUndoneByAReload) 
   EXPECT_FALSE(s.snapshot(kStart).window_guard);
 
   // A window the gateway showed by a 429 stays guarded whatever the setting...
-  UpstreamOutcome o;
-  o.status = 429;
-  o.route = RouteKind::Poll;
-  o.cause = Limit429Cause::Rate;
-  o.wall_now = kWall;
+  const UpstreamOutcome o = rate429();
   s.onUpstreamOutcome(o, kStart + seconds(1));
   s.reconfigure(l, kStart + seconds(2));
   EXPECT_TRUE(s.snapshot(kStart + seconds(2)).window_guard);
@@ -861,11 +859,7 @@ TEST_F(KeySchedulerTest, ALimitWithoutRemainingLeavesTheGuardToA429) {
   limit_only.wall_now = kWall;
   limit_only.ratelimit.limit = 4;
   s.onUpstreamOutcome(limit_only, kStart);
-  UpstreamOutcome o;
-  o.status = 429;
-  o.route = RouteKind::Poll;
-  o.cause = Limit429Cause::Rate;
-  o.wall_now = kWall;
+  const UpstreamOutcome o = rate429();
   s.onUpstreamOutcome(o, kStart + seconds(1));
   EXPECT_TRUE(s.snapshot(kStart + seconds(1)).window_guard);
   EXPECT_EQ(s.counters().rate_guards, 1u);
