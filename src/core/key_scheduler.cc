@@ -217,22 +217,7 @@ void KeyScheduler::refresh(MonotonicTime now, Dispatch* out) {
   if (out != nullptr) {
     out->expired_slots.insert(out->expired_slots.end(), expired.begin(), expired.end());
   }
-  if (window_end_ && now >= *window_end_) {
-    // At its reset the gateway lets at least one more through: a fixed window all of its limit,
-    // a sliding window or a bucket one. Which, its next answer says; until then one per token
-    // interval, for as long as the bucket takes to fill (a gateway that stopped sending its
-    // counters leaves the pacing to the bucket then).
-    const Duration step = fromSeconds(1.0 / budget_->rate());
-    const Duration fresh = fromSeconds(budget_->burst() / budget_->rate()) + step;
-    if (window_reset_ && now - *window_reset_ < fresh) {
-      while (*window_end_ <= now) {
-        *window_end_ += step;
-      }
-      window_allowance_ = 1.0;
-    } else {
-      window_end_.reset();
-    }
-  }
+  rollWindow(now);
   applyRate(now);
 }
 

@@ -38,6 +38,7 @@ double KeyScheduler::marginTokens() const {
 }
 
 bool KeyScheduler::takeToken(MonotonicTime now) {
+  rollWindow(now);  // an admission at submit comes without a dispatch's refresh()
   if (windowClosed(now) || budget_->available(now) + kTokenEpsilon < 1.0 + marginTokens() ||
       !budget_->tryAcquire(1.0, now)) {
     return false;
@@ -55,6 +56,26 @@ void KeyScheduler::giveToken(MonotonicTime now) {
     window_allowance_ += 1.0;
   }
   sends_.unrecord();
+}
+
+void KeyScheduler::rollWindow(MonotonicTime now) {
+  if (!window_end_ || now < *window_end_) {
+    return;
+  }
+  // At its reset the gateway lets at least one more through: a fixed window all of its limit,
+  // a sliding window or a bucket one. Which, its next answer says; until then one per token
+  // interval, for as long as the bucket takes to fill (a gateway that stopped sending its
+  // counters leaves the pacing to the bucket then).
+  const Duration step = fromSeconds(1.0 / budget_->rate());
+  const Duration fresh = fromSeconds(budget_->burst() / budget_->rate()) + step;
+  if (window_reset_ && now - *window_reset_ < fresh) {
+    while (*window_end_ <= now) {
+      *window_end_ += step;
+    }
+    window_allowance_ = 1.0;
+  } else {
+    window_end_.reset();
+  }
 }
 
 MonotonicTime KeyScheduler::windowOpensAt(MonotonicTime now) const {
@@ -122,7 +143,11 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
   }
   // The margin again: a request sent right at the reset could arrive a little before it.
   const MonotonicTime end = now + delay + fromSeconds(marginTokens() / budget_->rate());
-  if (window_end_ && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
+  // Past the announced reset the window only rolls on by assumption (rollWindow()); an answer
+  // replaces that assumption rather than merging with it, or a bucket's refill would be read
+  // as a window that allows nothing until the assumed step ends.
+  const bool announced = window_end_ && window_reset_ && *window_end_ == *window_reset_;
+  if (announced && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
     // The same window seen through another answer: the smaller allowance is the newer news.
     window_allowance_ = std::min(window_allowance_, allowance);
     window_end_ = std::max(*window_end_, end);

@@ -598,6 +598,36 @@ TEST_F(KeySchedulerTest, AfterAResetWithoutNewsOnePerTokenIntervalThenTheBucketA
   EXPECT_LE(sent[7], kStart + seconds(4) + milliseconds(1));
 }
 
+TEST_F(KeySchedulerTest, AnAnswerAfterTheResetReplacesTheAssumedStep) {
+  // A bucket gateway: Remaining 0, its next whole token in 0.25 s. Long after that reset the key
+  // sends one request on the assumed one-per-interval step; its answer says 2 more remain, and
+  // they go at once, not when the assumed step ends.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.wall_now = kWall;
+  o.ratelimit.limit = 4;
+  o.ratelimit.remaining = 0;
+  o.ratelimit.reset = 0.25;
+  s.onUpstreamOutcome(o, kStart);
+  const MonotonicTime t = kStart + milliseconds(800);
+  for (uint64_t i = 1; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Poll), t);
+  }
+  Dispatch d = s.dispatch(t);
+  ASSERT_EQ(ids(d), std::vector<uint64_t>{1});
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, kStart + milliseconds(1000));  // the assumed step
+  o.seq = d.admitted[0].seq;
+  o.ratelimit.remaining = 2;
+  o.ratelimit.reset = 0.19;
+  const MonotonicTime answered = t + milliseconds(10);
+  s.onUpstreamOutcome(o, answered);
+  d = s.dispatch(answered);
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{2, 3}));
+}
+
 TEST_F(KeySchedulerTest, RemainingKeepsTheBucketInPhase) {
   KeyScheduler s(limits(1.0, 5), queueConfig(), kStart, random_);
   s.submit(req(1, RouteKind::Poll), kStart);

@@ -385,6 +385,9 @@ private:
     return (window_end_ && now < *window_end_ && window_allowance_ < 1.0) ||
            (guarded_ && !sends_.allows(now));
   }
+  /// Past the gateway's announced reset and without newer news, assumes one more admission
+  /// per token interval (see the comment inside).
+  void rollWindow(MonotonicTime now);
   /// @return when windowClosed() stops holding (the gateway's reset, the guard's next send).
   MonotonicTime windowOpensAt(MonotonicTime now) const;
   /// A rate 429 came with no X-RateLimit-Remaining ever seen: keep to the guard from now on.
