@@ -69,12 +69,13 @@ def ideal(p):
 
 def sim_flags(p, args):
     """hiapi-sim's flags for profile @p p (duration jitter 0: the ideal is exact), with the
-    gateway's shape, counters and arrival jitter from @p args."""
+    gateway's shape, counters, arrival jitter and latency (args.latency, if any) from @p args."""
     return ["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
             "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
             "--heavy-duration", "%ds" % p["heavy_s"], "--light-duration", "%ds" % p["light_s"],
             "--duration-jitter", "0", "--seed", "7", "--limiter", args.limiter,
-            "--ratelimit-headers", args.ratelimit_headers, "--jitter", args.jitter]
+            "--ratelimit-headers", args.ratelimit_headers, "--jitter", args.jitter] + (
+                ["--latency", args.latency] if getattr(args, "latency", "0") not in ("0", "") else [])
 
 
 def proxy_burst(p, args):
@@ -155,6 +156,8 @@ def main():
                     help="the simulator's limiter: token-bucket, gcra, fixed-window, sliding-window")
     ap.add_argument("--ratelimit-headers", default="off", help="the simulator's X-RateLimit-*: on|off")
     ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
+    ap.add_argument("--latency", default="0",
+                    help="the simulator's latency before each request is counted, e.g. 50ms")
     ap.add_argument("--burst-margin", type=int, default=1,
                     help="hiapi-proxy's burst = the simulator's minus this (0: the same)")
     args = ap.parse_args()

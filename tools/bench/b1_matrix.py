@@ -60,18 +60,23 @@ def row_name(workload, target):
 
 def cell_args(limiter, headers, jitter, args):
     return argparse.Namespace(limiter=limiter, ratelimit_headers=headers, jitter=jitter,
+                              latency=args.latency,
                               min_poll=args.min_poll, max_duration=args.max_duration,
                               burst_margin=0)
 
 
-def load_results(path):
+def load_results(path, latency="0"):
+    """@return the runs in @p path made with the simulator's --latency @p latency (runs without
+    a latency field had none)."""
     out = []
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 line = line.strip()
                 if line:
-                    out.append(json.loads(line))
+                    rec = json.loads(line)
+                    if rec.get("latency", "0") == latency:
+                        out.append(rec)
     return out
 
 
@@ -96,6 +101,8 @@ def run_unit(cell, rep, targets, args, sha, sink):
                    "busiest_1s": r["sim"]["max_admitted_1s"],
                    "duplicates": r["sim"]["duplicate_creations"],
                    "tasks": r["tasks"]}
+            if args.latency != "0":
+                rec["latency"] = args.latency
             sink(rec)
             bl.log("%s/%s/%s/%s rep %d %-6s makespan %6.2f s (upstream %s) client 429 %d "
                    "upstream %d (429 %.1f%%)%s" % (
@@ -126,8 +133,9 @@ def report(results, sha, args):
     base = args.baseline_commit or sha
     recs = [r for r in results if r["commit"] == sha and r["target"].startswith("proxy")]
     recs += [r for r in results if r["commit"] == base and not r["target"].startswith("proxy")]
-    print("B1 matrix: hiapi-proxy at %s, nginx and bare clients at %s: %d runs in %s" % (
-        sha, base, len(recs), args.results))
+    print("B1 matrix: hiapi-proxy at %s, nginx and bare clients at %s: %d runs in %s%s" % (
+        sha, base, len(recs), args.results,
+        "" if args.latency == "0" else ", simulator latency %s" % args.latency))
     misses = []
     for workload in args.workloads:
         p = b1.PROFILES[workload]
@@ -216,6 +224,9 @@ def main():
     ap.add_argument("--limiters", default=",".join(LIMITERS))
     ap.add_argument("--headers", default="on,off")
     ap.add_argument("--jitters", default="0,10ms")
+    ap.add_argument("--latency", default="0",
+                    help="the simulator's latency before each request is counted (e.g. 50ms), in "
+                         "every cell; runs are kept and reported apart from those without")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--reps", type=int, default=3)
@@ -236,12 +247,12 @@ def main():
         setattr(args, k, [x if x != "0" else "0" for x in getattr(args, k).split(",") if x])
     sha = args.commit or commit()
     if args.report:
-        report(load_results(args.results), sha, args)
+        report(load_results(args.results, args.latency), sha, args)
         return
     bl.build()
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     done = {(r["limiter"], r["headers"], r["jitter"], r["workload"], r["target"], r["rep"])
-            for r in load_results(args.results) if r["commit"] == sha}
+            for r in load_results(args.results, args.latency) if r["commit"] == sha}
     units = []
     for rep in range(1, args.reps + 1):
         for cell in itertools.product(args.limiters, args.headers, args.jitters, args.workloads):
@@ -267,7 +278,7 @@ def main():
                 f.result()
             except Exception as e:  # one failed unit must not lose the others' results
                 bl.log("unit failed: %s" % e)
-    report(load_results(args.results), sha, args)
+    report(load_results(args.results, args.latency), sha, args)
 
 
 if __name__ == "__main__":

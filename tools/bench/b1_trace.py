@@ -59,6 +59,8 @@ def main():
     ap.add_argument("--limiter", default="token-bucket", help="the simulator's limiter shape")
     ap.add_argument("--ratelimit-headers", default="off", help="the simulator's X-RateLimit-*")
     ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
+    ap.add_argument("--latency", default="0",
+                    help="the simulator's latency before each request is counted, e.g. 50ms")
     ap.add_argument("--burst-margin", type=int, default=0,
                     help="hiapi-proxy's burst = the simulator's minus this")
     args = ap.parse_args()
