@@ -12,6 +12,13 @@ constexpr Duration kLookGrace = std::chrono::seconds(1);
 
 }  // namespace
 
+void BottleneckPlanner::setTierPrior(size_t tier, Duration prior) {
+  if (tier >= tier_prior_.size()) {
+    tier_prior_.resize(tier + 1);
+  }
+  tier_prior_[tier] = prior;
+}
+
 void BottleneckPlanner::setTierDuration(size_t tier, std::optional<TierDuration> duration) {
   if (tier >= tier_duration_.size()) {
     tier_duration_.resize(tier + 1);
@@ -61,9 +68,19 @@ bool BottleneckPlanner::othersWaitForTokens(const KeyLoad& load, MonotonicTime n
 // proxy's polls that may free one of its slots; the tier with the most work left (waves of
 // waiting creates times its task duration) before the others: the makespan is that tier's, so
 // every token it waits for is lost at the end, while a tier with less work left has slack.
-std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, MonotonicTime now) const {
+//
+// At a cold start no tier's duration is known, and waves alone would rank ten waves of images
+// over five of videos: the videos' chain, the makespan's, would start a few tokens late. So the
+// creates may be ordered counting an unlearned tier at least at its class prior. Only the
+// creates: the prior says which tier's waves are long, not when its first wave ends, and the
+// looks at that wave (the unblocking polls, and the reserve, which follow the plain order) would
+// spend tokens where the budget binds on ends not due yet; nor do another tier's polls go before
+// that tier's own creates.
+std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, MonotonicTime now,
+                                                   bool creates_by_prior) const {
   const Duration unknown_unit = unknownTierUnit();
   std::vector<std::pair<double, size_t>> ranked;  // (work left, tier)
+  std::vector<std::pair<double, size_t>> by_prior;
   for (size_t t = 0; t < load.gates.size(); ++t) {
     const size_t waiting = this->waiting(load, t);
     if (waiting == 0) {
@@ -75,17 +92,37 @@ std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, Monotoni
     if (waiting < free) {
       continue;
     }
-    const double waves = static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1);
+    const double waves = std::ceil(static_cast<double>(waiting) / std::max<uint32_t>(ceiling, 1));
     const std::optional<TierDuration>& d =
         t < tier_duration_.size() ? tier_duration_[t] : std::optional<TierDuration>{};
-    const Duration unit = d && d->learned ? d->value : unknown_unit;
-    ranked.emplace_back(-std::ceil(waves) * std::chrono::duration<double>(unit).count(), t);
+    const bool learned = d && d->learned;
+    const Duration unit = learned ? d->value : unknown_unit;
+    ranked.emplace_back(-waves * toSeconds(unit), t);
+    const Duration prior = t < tier_prior_.size() ? tier_prior_[t] : Duration::zero();
+    by_prior.emplace_back(-waves * toSeconds(learned ? unit : std::max(unit, prior)), t);
   }
   std::sort(ranked.begin(), ranked.end());
+  std::sort(by_prior.begin(), by_prior.end());
+  if (!creates_by_prior) {
+    by_prior = ranked;
+  }
+  // The plain order, each tier's creates before its unblocking polls; but the creates of a tier
+  // the prior ranks higher come before those of every tier it ranks lower.
   std::vector<size_t> out;
   out.reserve(2 * ranked.size());
+  std::vector<bool> placed(load.gates.size(), false);
+  size_t next = 0;  // in by_prior
   for (const auto& [work, t] : ranked) {
-    out.push_back(t);                  // its creates, when a slot is free
+    for (; next < by_prior.size() && by_prior[next].second != t; ++next) {
+      if (const size_t ahead = by_prior[next].second; !placed[ahead]) {
+        out.push_back(ahead);
+        placed[ahead] = true;
+      }
+    }
+    if (!placed[t]) {
+      out.push_back(t);  // its creates, when a slot is free
+      placed[t] = true;
+    }
     out.push_back(kUnblockLanes + t);  // else the polls that may free one
   }
   return out;

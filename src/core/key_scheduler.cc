@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "hiapi/core/model_prior.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
@@ -32,6 +33,7 @@ KeyScheduler::KeyScheduler(const LimitsConfig& limits, const QueueConfig& queue,
                                             sanitizedBurst(limits.burst), now);
   }
   for (const TierConfig& tier : matcher_.tiers()) {
+    planner_.setTierPrior(gates_.size(), tierPrior(tier));
     gates_.push_back(std::make_unique<ConcurrencyGate>(tier.max_running, tier.lease,
                                                        limits.recovery_time, now));
   }
@@ -280,7 +282,8 @@ void KeyScheduler::dispatch(MonotonicTime now, Dispatch& out) {
     const bool spare = budget_->available(now) + kTokenEpsilon >= reserve.tokens;
     std::optional<QueueEntry> entry;
     if (spare) {
-      entry = queue_.popNext(open, planner_.bottlenecks(load(), now), /*first_only=*/false,
+      entry = queue_.popNext(open, planner_.bottlenecks(load(), now, /*creates_by_prior=*/true),
+                             /*first_only=*/false,
                              /*background=*/!planner_.othersWaitForTokens(load(), now));
     } else {
       const std::vector<size_t> lanes{reserve.tier, kUnblockLanes + reserve.tier};

@@ -7,6 +7,7 @@
 
 #include "hiapi/core/http_rules.h"
 #include "hiapi/core/key_scheduler.h"
+#include "hiapi/core/model_prior.h"
 #include "hiapi/core/retry_policy.h"
 
 namespace hiapi::core {
@@ -250,6 +251,7 @@ void KeyScheduler::reconfigure(const LimitsConfig& limits, MonotonicTime now) {
     }
   }
   for (size_t n = 0; n < gates.size(); ++n) {
+    planner_.setTierPrior(n, tierPrior(matcher.tier(n)));
     if (!gates[n]) {
       const TierConfig& tc = matcher.tier(n);
       gates[n] = std::make_unique<ConcurrencyGate>(tc.max_running, tc.lease, limits.recovery_time,

@@ -1,5 +1,6 @@
 #include "hiapi/core/model_prior.h"
 
+#include <algorithm>
 #include <array>
 #include <string>
 
@@ -28,6 +29,14 @@ Duration classPrior(ModelClass c) {
 
 Duration modelPrior(std::string_view model, std::string_view tier_name) {
   return classPrior(modelClass(model.empty() ? tier_name : model));
+}
+
+Duration tierPrior(const TierConfig& tier) {
+  Duration prior = modelPrior({}, tier.name);
+  for (const std::string& glob : tier.models) {
+    prior = std::max(prior, modelPrior(glob));
+  }
+  return prior;
 }
 
 }  // namespace hiapi::core

@@ -67,6 +67,28 @@ TEST_F(BottleneckPlannerTest, TheTierWithTheMostWorkLeftComesFirst) {
   EXPECT_EQ(planner_.bottlenecks(load(), kT0).front(), kLight);
 }
 
+TEST_F(BottleneckPlannerTest, AtAColdStartThePriorOrdersOnlyTheCreates) {
+  // Nothing learned: 3 waves of light work, 2 of heavy. By waves the light tier comes first;
+  // counted at their priors (60 s against 8 s) the heavy creates go before the light ones, but
+  // the light tier's own creates still go before the polls that may free a light slot, and the
+  // unblocking polls keep the order of waves.
+  planner_.setTierPrior(kHeavy, seconds(60));
+  planner_.setTierPrior(kLight, seconds(8));
+  saturate(kHeavy, 4);
+  saturate(kLight, 15);
+  EXPECT_EQ(planner_.bottlenecks(load(), kT0),
+            (std::vector<size_t>{kLight, kUnblockLanes + kLight, kHeavy,
+                                 kUnblockLanes + kHeavy}));
+  EXPECT_EQ(planner_.bottlenecks(load(), kT0, /*creates_by_prior=*/true),
+            (std::vector<size_t>{kHeavy, kLight, kUnblockLanes + kLight,
+                                 kUnblockLanes + kHeavy}));
+  // Once a tier is learned it counts at what it takes, prior or not.
+  planner_.setTierDuration(kLight, TierDuration{seconds(100), true});
+  EXPECT_EQ(planner_.bottlenecks(load(), kT0, /*creates_by_prior=*/true),
+            (std::vector<size_t>{kLight, kUnblockLanes + kLight, kHeavy,
+                                 kUnblockLanes + kHeavy}));
+}
+
 TEST_F(BottleneckPlannerTest, TokensAreKeptForAnImminentLookAtTheBlockedBottleneck) {
   saturate(kHeavy, 4);
   EXPECT_EQ(planner_.reserveFor(load(), kT0).tokens, 0.0);  // no look planned

@@ -1559,6 +1559,35 @@ TEST_F(KeySchedulerTest, CreatesArrivingTogetherAreGatheredAndOrderedByTheSchedu
 }
 
 // Creates that keep arriving are gathered for at most create_gather after the first.
+TEST_F(KeySchedulerTest, AtAColdStartAVideoTiersCreatesGoBeforeMoreWavesOfImages) {
+  // Nothing learned yet: 15 image creates (3 waves of 5) and 4 video creates (2 waves of 2).
+  // By waves alone the images would go first; counted at their class priors (8 s, 60 s) the
+  // videos' chain is the long one, and its creates take the first tokens.
+  LimitsConfig l = limits(4.0, 2);
+  l.tiers[kHeavy].max_running = 2;
+  l.tiers[kHeavy].models = {"seedance-*"};
+  l.tiers[kLight].max_running = 5;
+  KeyScheduler s(l, queueConfig(), kStart, random_);
+  for (uint64_t i = 1; i <= 15; ++i) {
+    s.submit(req(i, RouteKind::Create, "svc-0", kLight), kStart);
+  }
+  for (uint64_t i = 0; i < 4; ++i) {
+    s.submit(req(100 + i, RouteKind::Create, "svc-1", kHeavy), kStart);
+  }
+  EXPECT_EQ(ids(s.dispatch(kStart)), (std::vector<uint64_t>{100, 101}));
+  EXPECT_EQ(s.gate(kHeavy).running(), 2u);
+  // What a tier was seen taking outweighs a prior: images learned at 100 s are the long chain.
+  KeyScheduler learned(l, queueConfig(), kStart, random_);
+  learned.setTierDuration(kLight, TierDuration{seconds(100), true});
+  for (uint64_t i = 1; i <= 15; ++i) {
+    learned.submit(req(i, RouteKind::Create, "svc-0", kLight), kStart);
+  }
+  for (uint64_t i = 0; i < 4; ++i) {
+    learned.submit(req(100 + i, RouteKind::Create, "svc-1", kHeavy), kStart);
+  }
+  EXPECT_EQ(ids(learned.dispatch(kStart)), (std::vector<uint64_t>{1, 2}));
+}
+
 TEST_F(KeySchedulerTest, GatheringEndsAtCreateGatherWhileCreatesKeepArriving) {
   QueueConfig q = queueConfig();
   q.create_gather = milliseconds(10);

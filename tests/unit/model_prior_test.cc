@@ -33,5 +33,22 @@ TEST(ModelPrior, WithoutAModelTheTiersNameTells) {
   EXPECT_EQ(modelPrior("gpt-image-2", "video"), seconds(8));  // the model wins
 }
 
+TEST(ModelPrior, ATierWithAnyVideoModelIsAVideoTier) {
+  TierConfig heavy;
+  heavy.name = "heavy";
+  heavy.models = {"gpt-image-2.5-flare/text-to-image@pro", "wan2.7-video/*"};
+  EXPECT_EQ(tierPrior(heavy), seconds(60));
+  heavy.models = {"*@pro", "*-pro"};
+  EXPECT_EQ(tierPrior(heavy), seconds(8));
+  TierConfig light;
+  light.name = "light";
+  light.models = {"*"};
+  EXPECT_EQ(tierPrior(light), seconds(8));
+  TierConfig video;  // no models: its name tells
+  video.name = "video";
+  EXPECT_EQ(tierPrior(video), seconds(60));
+  EXPECT_EQ(tierPrior(defaultTierConfigs().front()), seconds(60));  // the default heavy tier
+}
+
 }  // namespace
 }  // namespace hiapi::core

@@ -50,6 +50,9 @@ public:
 
   /// See KeyScheduler::setTierDuration().
   void setTierDuration(size_t tier, std::optional<TierDuration> duration);
+  /// @p tier's prior (tierPrior): what its tasks count as taking, before one of them has been
+  /// seen ended, when bottlenecks() orders creates.
+  void setTierPrior(size_t tier, Duration prior);
   /// See KeyScheduler::setLookPlan().
   void setLookPlan(size_t tier, LookPlan plan);
   /// See KeyScheduler::setRemoteWaiting().
@@ -60,7 +63,10 @@ public:
 
   /// @return the bottleneck tiers, most work left first, each as two lanes: its creates', then
   ///         its unblocking polls' (kUnblockLanes + tier).
-  std::vector<size_t> bottlenecks(const KeyLoad& load, MonotonicTime now) const;
+  /// @param creates_by_prior order the create lanes counting a tier none of whose tasks has
+  ///        been seen ended at least at its prior (the unblocking polls keep their order).
+  std::vector<size_t> bottlenecks(const KeyLoad& load, MonotonicTime now,
+                                  bool creates_by_prior = false) const;
   /// @return the tokens to keep for the makespan tier's planned looks (none: tokens = 0).
   Reserve reserveFor(const KeyLoad& load, MonotonicTime now) const;
   /// @return whether @p tier's gate is full while creates wait for it.
@@ -96,6 +102,7 @@ private:
                                MonotonicTime now);
 
   std::vector<std::optional<TierDuration>> tier_duration_;
+  std::vector<Duration> tier_prior_;
   std::vector<LookPlan> tier_looks_;
   std::vector<size_t> remote_waiting_;
 };

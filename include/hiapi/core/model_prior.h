@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "hiapi/core/clock.h"
+#include "hiapi/core/config.h"
 
 namespace hiapi::core {
 
@@ -29,5 +30,9 @@ Duration classPrior(ModelClass c);
 /// @return classPrior(modelClass(model)); when @p model is empty (a task restored without its
 ///         create), the class of @p tier_name instead (a tier named `video` is a video tier).
 Duration modelPrior(std::string_view model, std::string_view tier_name = {});
+
+/// @return the longest prior among @p tier's model globs (a tier with any video model is a
+///         video tier: its waves are the long ones), or its name's when it has no models.
+Duration tierPrior(const TierConfig& tier);
 
 }  // namespace hiapi::core
