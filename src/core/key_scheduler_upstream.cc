@@ -129,16 +129,23 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
   const double sent_after =
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
   const double allowance = std::max(0.0, std::floor(*advertised_remaining_) - sent_after);
+  const Duration delay = h.reset ? std::min(rateLimitResetDelay(*h.reset, o.wall_now),
+                                            limits_.max_cooldown)
+                                  : Duration::zero();
   // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
-  // holds more is ahead of the gateway and drops back to what the gateway surely has.
+  // holds more is ahead of the gateway and drops back to what the gateway surely has. With the
+  // part of the next token that Reset tells: every shape lets one more through at its reset (a
+  // bucket its next token, a sliding window its oldest request, a fixed window all), so the
+  // bucket has it then, not a whole token interval after this answer. Dropping that part would
+  // cost up to a token interval at each such answer, and they come often where answers take a
+  // while: a gateway counts a request when it arrives, so a bucket that was full wastes its
+  // refill meanwhile, and the key's bucket runs a little ahead of it.
   if (budget_->available(now) >= allowance + 1.0) {
-    budget_->pauseUntil(now - fromSeconds(allowance / budget_->rate()));
+    const double next =
+        delay > Duration::zero() ? std::clamp(1.0 - toSeconds(delay) * budget_->rate(), 0.0, 1.0)
+                                 : 0.0;
+    budget_->pauseUntil(now - fromSeconds((allowance + next) / budget_->rate()));
   }
-  if (!h.reset) {
-    return;
-  }
-  const Duration delay =
-      std::min(rateLimitResetDelay(*h.reset, o.wall_now), limits_.max_cooldown);
   if (delay <= Duration::zero()) {
     return;
   }

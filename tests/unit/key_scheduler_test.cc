@@ -655,6 +655,34 @@ TEST_F(KeySchedulerTest, RemainingKeepsTheBucketInPhase) {
   EXPECT_NEAR(p.budget().available(t), 4.6, 1e-9);
 }
 
+TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsThePartOfTheNextTokenResetTells) {
+  // The gateway holds 1 whole token and 0.8 of the next (its Reset: the next token in 0.05 s at
+  // 4/s) while the key's bucket holds 3: it drops back to 1.8, so its next token but one comes
+  // at the gateway's reset, not a whole token interval after this answer.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.seq = d.admitted[0].seq;
+  o.wall_now = kWall;
+  o.ratelimit.limit = 4;
+  o.ratelimit.remaining = 1;
+  o.ratelimit.reset = 0.05;
+  s.onUpstreamOutcome(o, kStart);
+  EXPECT_NEAR(s.budget().available(kStart), 1.8, 1e-9);
+  for (uint64_t i = 2; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Poll), kStart);
+  }
+  d = s.dispatch(kStart);
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{2});
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, kStart + milliseconds(50));
+  EXPECT_EQ(ids(s.dispatch(*d.wake_at)), std::vector<uint64_t>{3});
+}
+
 TEST_F(KeySchedulerTest, LoneRate429PausesAndKeepsTheRateRepeatsCut) {
   LimitsConfig l = limits(4.0, 4);
   l.repeat_window = seconds(10);
