@@ -60,6 +60,29 @@ std::vector<uint64_t> ids(const Dispatch& d) {
   return out;
 }
 
+UpstreamOutcome rate429() {
+  UpstreamOutcome o;
+  o.status = 429;
+  o.route = RouteKind::Poll;
+  o.cause = Limit429Cause::Rate;
+  o.wall_now = kWall;
+  return o;
+}
+
+/// A poll's 200 with the gateway's X-RateLimit-Remaining, and -Reset (seconds from now) and
+/// -Limit when given.
+UpstreamOutcome countersAnswer(double remaining, std::optional<double> reset = std::nullopt,
+                               std::optional<double> limit = std::nullopt) {
+  UpstreamOutcome o;
+  o.status = 200;
+  o.route = RouteKind::Poll;
+  o.wall_now = kWall;
+  o.ratelimit.remaining = remaining;
+  o.ratelimit.reset = reset;
+  o.ratelimit.limit = limit;
+  return o;
+}
+
 class KeySchedulerTest : public ::testing::Test {
 protected:
   SeededRandom random_{42};
@@ -565,13 +588,7 @@ TEST_F(KeySchedulerTest, WindowAllowanceCountsWhatWasSentAfterTheAnswer) {
 
 TEST_F(KeySchedulerTest, AfterAResetWithoutNewsOnePerTokenIntervalThenTheBucketAlone) {
   KeyScheduler s(limits(2.0, 4), queueConfig(), kStart, random_);
-  UpstreamOutcome o;
-  o.status = 200;
-  o.route = RouteKind::Poll;
-  o.wall_now = kWall;
-  o.ratelimit.remaining = 0;
-  o.ratelimit.reset = 1;
-  s.onUpstreamOutcome(o, kStart);
+  s.onUpstreamOutcome(countersAnswer(0, 1), kStart);
   for (uint64_t i = 1; i <= 8; ++i) {
     s.submit(req(i, RouteKind::Poll), kStart);
   }
@@ -603,13 +620,7 @@ TEST_F(KeySchedulerTest, AnAnswerAfterTheResetReplacesTheAssumedStep) {
   // sends one request on the assumed one-per-interval step; its answer says 2 more remain, and
   // they go at once, not when the assumed step ends.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  UpstreamOutcome o;
-  o.status = 200;
-  o.route = RouteKind::Poll;
-  o.wall_now = kWall;
-  o.ratelimit.limit = 4;
-  o.ratelimit.remaining = 0;
-  o.ratelimit.reset = 0.25;
+  UpstreamOutcome o = countersAnswer(0, 0.25, 4);
   s.onUpstreamOutcome(o, kStart);
   const MonotonicTime t = kStart + milliseconds(800);
   for (uint64_t i = 1; i <= 3; ++i) {
@@ -663,14 +674,8 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsThePartOfTheNextTokenResetTell
   s.submit(req(1, RouteKind::Poll), kStart);
   Dispatch d = s.dispatch(kStart);
   ASSERT_EQ(d.admitted.size(), 1u);
-  UpstreamOutcome o;
-  o.status = 200;
-  o.route = RouteKind::Poll;
+  UpstreamOutcome o = countersAnswer(1, 0.05, 4);
   o.seq = d.admitted[0].seq;
-  o.wall_now = kWall;
-  o.ratelimit.limit = 4;
-  o.ratelimit.remaining = 1;
-  o.ratelimit.reset = 0.05;
   s.onUpstreamOutcome(o, kStart);
   EXPECT_NEAR(s.budget().available(kStart), 1.8, 1e-9);
   for (uint64_t i = 2; i <= 3; ++i) {
@@ -799,24 +804,6 @@ size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
 }
 
 /// A rate 429 to a poll, without counters.
-UpstreamOutcome rate429() {
-  UpstreamOutcome o;
-  o.status = 429;
-  o.route = RouteKind::Poll;
-  o.cause = Limit429Cause::Rate;
-  o.wall_now = kWall;
-  return o;
-}
-
-UpstreamOutcome countersAnswer(double remaining) {
-  UpstreamOutcome o;
-  o.status = 200;
-  o.route = RouteKind::Poll;
-  o.wall_now = kWall;
-  o.ratelimit.remaining = remaining;
-  return o;
-}
-
 // A bucket of 4 at 4/s that spends at its rate still holds tokens, so within one second it may
 // send up to 7; a gateway counting windows of a second lets 4 through. Without the gateway's
 // counters only a 429 tells: from then the key keeps to 4 in any second, at the same long-run
