@@ -60,6 +60,7 @@ std::vector<uint64_t> ids(const Dispatch& d) {
   return out;
 }
 
+/// A rate 429 to a poll, without counters.
 UpstreamOutcome rate429() {
   UpstreamOutcome o;
   o.status = 429;
@@ -803,7 +804,6 @@ size_t busiestWindow(const std::vector<MonotonicTime>& times, Duration w) {
   return most;
 }
 
-/// A rate 429 to a poll, without counters.
 // A bucket of 4 at 4/s that spends at its rate still holds tokens, so within one second it may
 // send up to 7; a gateway counting windows of a second lets 4 through. Without the gateway's
 // counters only a 429 tells: from then the key keeps to 4 in any second, at the same long-run
@@ -1573,7 +1573,6 @@ TEST_F(KeySchedulerTest, CreatesArrivingTogetherAreGatheredAndOrderedByTheSchedu
   }
 }
 
-// Creates that keep arriving are gathered for at most create_gather after the first.
 TEST_F(KeySchedulerTest, AtAColdStartAVideoTiersCreatesGoBeforeMoreWavesOfImages) {
   // Nothing learned yet: 15 image creates (3 waves of 5) and 4 video creates (2 waves of 2).
   // By waves alone the images would go first; counted at their class priors (8 s, 60 s) the
@@ -1603,6 +1602,7 @@ TEST_F(KeySchedulerTest, AtAColdStartAVideoTiersCreatesGoBeforeMoreWavesOfImages
   EXPECT_EQ(ids(learned.dispatch(kStart)), (std::vector<uint64_t>{1, 2}));
 }
 
+// Creates that keep arriving are gathered for at most create_gather after the first.
 TEST_F(KeySchedulerTest, GatheringEndsAtCreateGatherWhileCreatesKeepArriving) {
   QueueConfig q = queueConfig();
   q.create_gather = milliseconds(10);
