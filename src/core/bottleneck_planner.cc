@@ -98,23 +98,23 @@ std::vector<size_t> BottleneckPlanner::bottlenecks(const KeyLoad& load, Monotoni
     const bool learned = d && d->learned;
     const Duration unit = learned ? d->value : unknown_unit;
     ranked.emplace_back(-waves * toSeconds(unit), t);
-    const Duration prior = t < tier_prior_.size() ? tier_prior_[t] : Duration::zero();
-    by_prior.emplace_back(-waves * toSeconds(learned ? unit : std::max(unit, prior)), t);
+    if (creates_by_prior) {
+      const Duration prior = t < tier_prior_.size() ? tier_prior_[t] : Duration::zero();
+      by_prior.emplace_back(-waves * toSeconds(learned ? unit : std::max(unit, prior)), t);
+    }
   }
   std::sort(ranked.begin(), ranked.end());
   std::sort(by_prior.begin(), by_prior.end());
-  if (!creates_by_prior) {
-    by_prior = ranked;
-  }
+  const auto& creates = creates_by_prior ? by_prior : ranked;
   // The plain order, each tier's creates before its unblocking polls; but the creates of a tier
   // the prior ranks higher come before those of every tier it ranks lower.
   std::vector<size_t> out;
   out.reserve(2 * ranked.size());
   std::vector<bool> placed(load.gates.size(), false);
-  size_t next = 0;  // in by_prior
+  size_t next = 0;  // in creates
   for (const auto& [work, t] : ranked) {
-    for (; next < by_prior.size() && by_prior[next].second != t; ++next) {
-      if (const size_t ahead = by_prior[next].second; !placed[ahead]) {
+    for (; next < creates.size() && creates[next].second != t; ++next) {
+      if (const size_t ahead = creates[next].second; !placed[ahead]) {
         out.push_back(ahead);
         placed[ahead] = true;
       }
