@@ -128,29 +128,37 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
   // Admitted after the request this answers: the gateway has counted them since, or will.
   const double sent_after =
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
-  const double allowance = std::max(0.0, std::floor(*advertised_remaining_) - sent_after);
+  const double whole = std::floor(*advertised_remaining_);
+  const double allowance = std::max(0.0, whole - sent_after);
   const Duration delay = h.reset ? std::min(rateLimitResetDelay(*h.reset, o.wall_now),
                                             limits_.max_cooldown)
                                   : Duration::zero();
+  // The counters are the gateway's as of the answered request's send (see the file comment).
+  const MonotonicTime at = o.sent_at && *o.sent_at <= now ? *o.sent_at : now;
   // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
   // holds more is ahead of the gateway and drops back to what the gateway surely has. With the
   // part of the next token that Reset tells: every shape lets one more through at its reset (a
   // bucket its next token, a sliding window its oldest request, a fixed window all), so the
   // bucket has it then, not a whole token interval after this answer. Dropping that part would
-  // cost up to a token interval at each such answer, and they come often where answers take a
-  // while: a gateway counts a request when it arrives, so a bucket that was full wastes its
-  // refill meanwhile, and the key's bucket runs a little ahead of it.
-  if (budget_->available(now) >= allowance + 1.0) {
+  // cost up to a token interval at each such answer.
+  // And with what a bucket gateway refilled since the send: no more than the rate over that
+  // time, nor more than fills it (a full gateway's refill is lost, so after the sends counted
+  // since it holds at least its burst less those), which keeps this a floor of what it holds.
+  const double rate = budget_->rate();
+  const double refill = toSeconds(now - at) * rate;
+  const double burst = budget_->burst();
+  const double surely = std::max(0.0, std::min(whole + refill, burst) - sent_after);
+  if (budget_->available(now) >= surely + 1.0) {
     const double next =
-        delay > Duration::zero() ? std::clamp(1.0 - toSeconds(delay) * budget_->rate(), 0.0, 1.0)
-                                 : 0.0;
-    budget_->pauseUntil(now - fromSeconds((allowance + next) / budget_->rate()));
+        delay > Duration::zero() ? std::clamp(1.0 - toSeconds(delay) * rate, 0.0, 1.0) : 0.0;
+    const double level = std::max(0.0, std::min(whole + next + refill, burst) - sent_after);
+    budget_->pauseUntil(now - fromSeconds(level / rate));
   }
   if (delay <= Duration::zero()) {
     return;
   }
   // The margin again: a request sent right at the reset could arrive a little before it.
-  const MonotonicTime end = now + delay + fromSeconds(marginTokens() / budget_->rate());
+  const MonotonicTime end = at + delay + fromSeconds(marginTokens() / rate);
   // Past the announced reset the window only rolls on by assumption (rollWindow()); an answer
   // replaces that assumption rather than merging with it, or a bucket's refill would be read
   // as a window that allows nothing until the assumed step ends.

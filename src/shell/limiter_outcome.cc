@@ -58,6 +58,7 @@ core::UpstreamOutcome outcomeOf(const RequestCtx& ctx, const UpstreamResponse& r
   out.slot = ctx.slot.id();
   out.seq = ctx.admission_seq;
   out.wall_now = wall;
+  out.sent_at = resp.sent_at;
   if (resp.status == 429) {
     const core::UpstreamErrorFields f = core::parseUpstreamError(resp.body);
     out.cause = f.code ? core::classify429Code(*f.code) : core::Limit429Cause::Unknown;

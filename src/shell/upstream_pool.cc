@@ -134,6 +134,7 @@ uint64_t UpstreamPool::send(const UpstreamRequest& req, UpstreamCallback done) {
   a.done = std::move(done);
   a.conn = nullptr;
   a.started = {};
+  a.sent_at.reset();
   a.deadline = clock_.now() + a.timeout;
   waiting_.push_back(id);
   pump();
@@ -276,6 +277,7 @@ void UpstreamPool::start(Attempt& a, Conn* c) {
   c->attempt = &a;
   a.conn = c;
   a.started = clock_.now();
+  a.sent_at = c->link.established() ? std::optional<core::MonotonicTime>(a.started) : std::nullopt;
   // The time it waited for a connection is spent: what is left of it bounds the reply.
   const timeval tv = toTimeval(
       std::max<core::Duration>(a.deadline - a.started, std::chrono::milliseconds(1)));
@@ -342,6 +344,7 @@ void UpstreamPool::finish(Conn* c, UpstreamResponse&& resp) {
 void UpstreamPool::complete(Attempt& a, UpstreamResponse&& resp) {
   resp.latency = a.started == core::MonotonicTime{} ? core::Duration::zero()
                                                     : clock_.now() - a.started;
+  resp.sent_at = a.sent_at;
   completions_.emplace_back(std::move(a.done), std::move(resp));
   const uint64_t id = a.id;
   attempt_spares_.erase(attempts_, id);  // a is gone from here on

@@ -306,6 +306,29 @@ TEST_F(UpstreamPoolTest, Http10KeepAliveAndHttp11RepliesReuseTheConnection) {
   }
 }
 
+TEST_F(UpstreamPoolTest, AReplyOnAnOpenConnectionSaysWhenItsRequestLeft) {
+  // The limiter reads the gateway's counters as of the request's send. On an open connection
+  // the request leaves when its attempt starts; on a new one connecting came first, for a time
+  // the pool does not know, so it says nothing rather than something too early.
+  ScriptServer server([&](ServerConn& c) {
+    while (c.readRequest()) {
+      c.send(okReply("ok"));
+    }
+  });
+  ASSERT_TRUE(server.ok());
+  makePool(config(server.port()));
+  const Outcome first = exchange(get("/new"));
+  EXPECT_EQ(first.resp.status, 200);
+  EXPECT_FALSE(first.resp.sent_at) << "a new connection";
+  const core::MonotonicTime before = clock_.now();
+  const Outcome second = exchange(get("/open"));
+  const core::MonotonicTime after = clock_.now();
+  EXPECT_EQ(server.accepted(), 1u);
+  ASSERT_TRUE(second.resp.sent_at) << "the connection was open";
+  EXPECT_GE(*second.resp.sent_at, before);
+  EXPECT_LE(*second.resp.sent_at + second.resp.latency, after);
+}
+
 TEST_F(UpstreamPoolTest, HeadReplyHasNoBodyDespiteItsContentLength) {
   ScriptServer server([](ServerConn& c) {
     while (auto req = c.readRequest()) {

@@ -689,6 +689,76 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsThePartOfTheNextTokenResetTell
   EXPECT_EQ(ids(s.dispatch(*d.wake_at)), std::vector<uint64_t>{3});
 }
 
+TEST_F(KeySchedulerTest, AWindowsResetIsReadFromTheAnsweredSend) {
+  // A window gateway 100 ms away: the request sent at kStart was counted on arrival, the last
+  // of the window, which resets 1 s after that. Its answer comes back at +100 ms. The next
+  // request leaves at the reset of the send's clock (+1 s) and arrives as the window opens; read
+  // from the answer's arrival it would wait until +1.1 s, a round trip late at every reset.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  UpstreamOutcome o = countersAnswer(0, 1.0, 4);
+  o.seq = d.admitted[0].seq;
+  o.sent_at = kStart;
+  const MonotonicTime answered = kStart + milliseconds(100);
+  s.onUpstreamOutcome(o, answered);
+  s.submit(req(2, RouteKind::Poll), answered);
+  d = s.dispatch(answered);
+  EXPECT_TRUE(d.admitted.empty());
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, kStart + seconds(1));
+  EXPECT_EQ(ids(s.dispatch(*d.wake_at)), std::vector<uint64_t>{2});
+  // Without the send's time the answer's arrival is all there is: the reset a round trip later.
+  KeyScheduler u(limits(4.0, 4), queueConfig(), kStart, random_);
+  u.submit(req(1, RouteKind::Poll), kStart);
+  o.seq = u.dispatch(kStart).admitted.at(0).seq;
+  o.sent_at.reset();
+  u.onUpstreamOutcome(o, answered);
+  u.submit(req(2, RouteKind::Poll), answered);
+  d = u.dispatch(answered);
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, answered + seconds(1));
+}
+
+TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend) {
+  // A bucket gateway 100 ms away at 4/s: after the request sent at kStart it held 1 token and
+  // nothing of the next (Reset 0.25 s). Another request left at +50 ms. At the answer (+200 ms)
+  // the gateway has refilled 0.8 token since the first send and counted the second: 0.8 left,
+  // where the key's bucket holds 2.8. It drops back to 0.8, not to 0 (the refill of the round
+  // trip lost at every answer), so its next token comes at +250 ms, the gateway's reset.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  UpstreamOutcome o = countersAnswer(1, 0.25, 4);
+  o.seq = d.admitted[0].seq;
+  o.sent_at = kStart;
+  s.submit(req(2, RouteKind::Poll), kStart + milliseconds(50));
+  ASSERT_EQ(ids(s.dispatch(kStart + milliseconds(50))), std::vector<uint64_t>{2});
+  const MonotonicTime answered = kStart + milliseconds(200);
+  s.onUpstreamOutcome(o, answered);
+  EXPECT_NEAR(s.budget().available(answered), 0.8, 1e-9);
+  s.submit(req(3, RouteKind::Poll), answered);
+  d = s.dispatch(answered);
+  EXPECT_TRUE(d.admitted.empty());
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, kStart + milliseconds(250));
+  // The refill counted is at most what fills the gateway: an answer 2 s after its send, with 3
+  // sends since, leaves at most the burst less those 3.
+  KeyScheduler f(limits(4.0, 4), queueConfig(), kStart, random_);
+  f.submit(req(1, RouteKind::Poll), kStart);
+  o.seq = f.dispatch(kStart).admitted.at(0).seq;
+  const MonotonicTime later = kStart + seconds(2);
+  for (uint64_t i = 2; i <= 4; ++i) {
+    f.submit(req(i, RouteKind::Poll), later);
+  }
+  ASSERT_EQ(f.dispatch(later).admitted.size(), 3u);  // the key's bucket: 4 - 3 = 1
+  o.ratelimit.remaining = 0;
+  f.onUpstreamOutcome(o, later);
+  EXPECT_NEAR(f.budget().available(later), 1.0, 1e-9);  // min(0 + 8, 4) - 3: in phase
+}
+
 TEST_F(KeySchedulerTest, LoneRate429PausesAndKeepsTheRateRepeatsCut) {
   LimitsConfig l = limits(4.0, 4);
   l.repeat_window = seconds(10);

@@ -34,7 +34,13 @@
 //   - with Reset, no more than r - n are admitted before the reset plus the phase margin (a
 //     window allowance); after it, one per token interval until the next answer tells how many
 //     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
-//   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller).
+//   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller);
+//   - all of it as of the answered request's send (UpstreamOutcome::sent_at), not its answer's
+//     arrival: the gateway counted that request a one-way trip after it left, and counts the
+//     next one a one-way trip after it leaves, so between sends the two clocks agree. Read as of
+//     the answer, every counter would be a round trip old: each reset a round trip late, each
+//     bucket short of a round trip's refill. Only the phase margin covers a trip that is
+//     shorter than the one answered.
 // Without those counters nothing tells a window from a bucket before a 429: a window lets
 //   through only `burst` where a bucket of the configured rate and burst would send more. From
 //   the first rate 429 (or from the start, with limits.pace_without_counters: window) the key
@@ -120,6 +126,9 @@ struct UpstreamOutcome {
   std::optional<std::string> retry_after;  ///< raw Retry-After header
   RateLimitHeaders ratelimit;         ///< X-RateLimit-*
   std::chrono::system_clock::time_point wall_now{};  ///< for HTTP-date / epoch values
+  /// When the request left for the gateway (nullopt: unknown, read as the answer's arrival).
+  /// X-RateLimit-* describe the gateway as of this send (see the file comment).
+  std::optional<MonotonicTime> sent_at;
 };
 
 /// One request let through by dispatch(): send it now.

@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -59,6 +60,9 @@ struct UpstreamResponse : http::Response {
   std::string message;             ///< detail for an error (OpenSSL reason, errno text)
   bool request_maybe_sent = true;  ///< false when it failed before any byte could be sent
   core::Duration latency{};
+  /// When the request was written: its attempt's start on a connection that was already open;
+  /// nullopt on a new one (part of the time went to connecting, and how much is not known here).
+  std::optional<core::MonotonicTime> sent_at;
   /// Body bytes still counted in the pool's BufferBudget: released once the callback has run
   /// (by then the client's copy is counted where it waits), so no reply is uncounted in between.
   uint64_t budget_bytes = 0;
@@ -110,6 +114,7 @@ private:
     UpstreamCallback done;
     Conn* conn = nullptr;  ///< null while waiting
     core::MonotonicTime started{};
+    std::optional<core::MonotonicTime> sent_at;  ///< see UpstreamResponse::sent_at
     core::Duration timeout{};  ///< this attempt's response timeout
     /// When its answer is due, counted from send(): time spent waiting for a connection is
     /// part of it (the caller's deadline does not wait either).
