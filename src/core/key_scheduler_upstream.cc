@@ -130,11 +130,19 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
   const double whole = std::floor(*advertised_remaining_);
   const double allowance = std::max(0.0, whole - sent_after);
-  const Duration delay = h.reset ? std::min(rateLimitResetDelay(*h.reset, o.wall_now),
-                                            limits_.max_cooldown)
-                                  : Duration::zero();
   // The counters are the gateway's as of the answered request's send (see the file comment).
   const MonotonicTime at = o.sent_at && *o.sent_at <= now ? *o.sent_at : now;
+  // When the gateway's reset comes, as the key's sends see it: seconds from the count, so from
+  // the send; an epoch time is a moment of the wall clock, read at the answer's arrival (whole
+  // seconds of another machine's clock: no precision a round trip would matter to).
+  std::optional<MonotonicTime> reset_at;
+  if (h.reset) {
+    const Duration d = std::min(rateLimitResetDelay(*h.reset, o.wall_now), limits_.max_cooldown);
+    if (d > Duration::zero()) {
+      reset_at = (*h.reset < kRateLimitResetEpochThreshold ? at : now) + d;
+    }
+  }
+  const Duration delay = reset_at ? *reset_at - at : Duration::zero();
   // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
   // holds more is ahead of the gateway and drops back to what the gateway surely has. With the
   // part of the next token that Reset tells: every shape lets one more through at its reset (a
@@ -158,11 +166,19 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     return;
   }
   // The margin again: a request sent right at the reset could arrive a little before it.
-  const MonotonicTime end = at + delay + fromSeconds(marginTokens() / rate);
+  const MonotonicTime end = *reset_at + fromSeconds(marginTokens() / rate);
   // Past the announced reset the window only rolls on by assumption (rollWindow()); an answer
   // replaces that assumption rather than merging with it, or a bucket's refill would be read
   // as a window that allows nothing until the assumed step ends.
   const bool announced = window_end_ && window_reset_ && *window_end_ == *window_reset_;
+  if (end <= now) {
+    // The reset came while the answer was on its way back: what it freed (one more at least)
+    // and the refill since are the bucket's level now, as one step past a reset assumes.
+    if (!announced) {
+      window_end_.reset();
+    }
+    return;
+  }
   if (announced && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
     // The same window seen through another answer: the smaller allowance is the newer news.
     window_allowance_ = std::min(window_allowance_, allowance);

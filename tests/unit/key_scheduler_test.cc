@@ -721,6 +721,49 @@ TEST_F(KeySchedulerTest, AWindowsResetIsReadFromTheAnsweredSend) {
   EXPECT_EQ(*d.wake_at, answered + seconds(1));
 }
 
+TEST_F(KeySchedulerTest, AnEpochResetIsReadFromTheAnswersArrival) {
+  // Reset as a Unix time is a moment of the wall clock, read when the answer came: 1 s after
+  // it, whenever the request left.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  s.submit(req(1, RouteKind::Poll), kStart);
+  Dispatch d = s.dispatch(kStart);
+  ASSERT_EQ(d.admitted.size(), 1u);
+  UpstreamOutcome o = countersAnswer(0, 1'800'000'001.0, 4);  // kWall + 1 s
+  o.seq = d.admitted[0].seq;
+  o.sent_at = kStart;
+  const MonotonicTime answered = kStart + milliseconds(100);
+  s.onUpstreamOutcome(o, answered);
+  s.submit(req(2, RouteKind::Poll), answered);
+  d = s.dispatch(answered);
+  EXPECT_TRUE(d.admitted.empty());
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, answered + seconds(1));
+}
+
+TEST_F(KeySchedulerTest, AResetPassedOnTheWayBackLeavesItToTheBucket) {
+  // Past a reset the key assumes one request per token interval. A request sent on that step
+  // comes back 100 ms later: 1 token remained after it, the next came 50 ms after the send.
+  // That reset has passed, and what it freed is in the bucket's level (1 + 0.8 of the next +
+  // 0.4 refilled since the send): two go at once, not one on the assumed step.
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  UpstreamOutcome o = countersAnswer(0, 0.25, 4);
+  s.onUpstreamOutcome(o, kStart);
+  const MonotonicTime t = kStart + milliseconds(800);
+  for (uint64_t i = 1; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Poll), t);
+  }
+  Dispatch d = s.dispatch(t);
+  ASSERT_EQ(ids(d), std::vector<uint64_t>{1});
+  o.seq = d.admitted[0].seq;
+  o.sent_at = t;
+  o.ratelimit.remaining = 1;
+  o.ratelimit.reset = 0.05;
+  const MonotonicTime answered = t + milliseconds(100);
+  s.onUpstreamOutcome(o, answered);
+  EXPECT_NEAR(s.budget().available(answered), 2.2, 1e-9);
+  EXPECT_EQ(ids(s.dispatch(answered)), (std::vector<uint64_t>{2, 3}));
+}
+
 TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend) {
   // A bucket gateway 100 ms away at 4/s: after the request sent at kStart it held 1 token and
   // nothing of the next (Reset 0.25 s). Another request left at +50 ms. At the answer (+200 ms)
