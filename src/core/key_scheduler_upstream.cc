@@ -129,7 +129,6 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
   const double sent_after =
       o.seq && *o.seq <= admission_seq_ ? static_cast<double>(admission_seq_ - *o.seq) : 0.0;
   const double whole = std::floor(*advertised_remaining_);
-  const double allowance = std::max(0.0, whole - sent_after);
   // The counters are the gateway's as of the answered request's send (see the file comment).
   const MonotonicTime at = o.sent_at && *o.sent_at <= now ? *o.sent_at : now;
   // When the gateway's reset comes, as the key's sends see it: seconds from the count, so from
@@ -143,7 +142,7 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     }
   }
   const Duration delay = reset_at ? *reset_at - at : Duration::zero();
-  // Remaining counts whole tokens, so a bucket in phase holds less than allowance + 1; one that
+  // Remaining counts whole tokens, so a bucket in phase holds less than what remains + 1; one that
   // holds more is ahead of the gateway and drops back to what the gateway surely has. With the
   // part of the next token that Reset tells: every shape lets one more through at its reset (a
   // bucket its next token, a sliding window its oldest request, a fixed window all), so the
@@ -162,23 +161,34 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     const double level = std::max(0.0, std::min(whole + next + refill, burst) - sent_after);
     budget_->pauseUntil(now - fromSeconds(level / rate));
   }
-  if (delay <= Duration::zero()) {
-    return;
+  if (reset_at) {
+    onGatewayReset(*reset_at, whole - sent_after, now);
   }
+}
+
+void KeyScheduler::onGatewayReset(MonotonicTime reset_at, double left, MonotonicTime now) {
   // The margin again: a request sent right at the reset could arrive a little before it.
-  const MonotonicTime end = *reset_at + fromSeconds(marginTokens() / rate);
+  const MonotonicTime end = reset_at + fromSeconds(marginTokens() / budget_->rate());
   // Past the announced reset the window only rolls on by assumption (rollWindow()); an answer
   // replaces that assumption rather than merging with it, or a bucket's refill would be read
   // as a window that allows nothing until the assumed step ends.
   const bool announced = window_end_ && window_reset_ && *window_end_ == *window_reset_;
   if (end <= now) {
-    // The reset came while the answer was on its way back: what it freed (one more at least)
-    // and the refill since are the bucket's level now, as one step past a reset assumes.
-    if (!announced) {
-      window_end_.reset();
+    // The reset came while the answer was on its way back. It freed one more at least; past it
+    // the key assumes one per token interval (rollWindow()), which this answer replaces with
+    // what remained before the reset and the one it freed. Not none until the next step, nor
+    // the bucket alone: that would burst what a sliding window frees one by one.
+    if (!announced || now >= *window_end_) {
+      window_end_ = end;
+      window_reset_ = end;
+      rollWindow(now);
+      if (window_end_) {
+        window_allowance_ = std::max(0.0, left + 1.0);
+      }
     }
     return;
   }
+  const double allowance = std::max(0.0, left);
   if (announced && now < *window_end_ && end <= *window_end_ + std::chrono::milliseconds(1)) {
     // The same window seen through another answer: the smaller allowance is the newer news.
     window_allowance_ = std::min(window_allowance_, allowance);

@@ -740,11 +740,11 @@ TEST_F(KeySchedulerTest, AnEpochResetIsReadFromTheAnswersArrival) {
   EXPECT_EQ(*d.wake_at, answered + seconds(1));
 }
 
-TEST_F(KeySchedulerTest, AResetPassedOnTheWayBackLeavesItToTheBucket) {
+TEST_F(KeySchedulerTest, AResetPassedOnTheWayBackFreedOneMore) {
   // Past a reset the key assumes one request per token interval. A request sent on that step
   // comes back 100 ms later: 1 token remained after it, the next came 50 ms after the send.
-  // That reset has passed, and what it freed is in the bucket's level (1 + 0.8 of the next +
-  // 0.4 refilled since the send): two go at once, not one on the assumed step.
+  // That reset has passed and freed one more: two go at once (the bucket holds 1 + 0.8 of the
+  // next + 0.4 refilled since the send), not one on the assumed step; then one per interval.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
   UpstreamOutcome o = countersAnswer(0, 0.25, 4);
   s.onUpstreamOutcome(o, kStart);
@@ -761,7 +761,19 @@ TEST_F(KeySchedulerTest, AResetPassedOnTheWayBackLeavesItToTheBucket) {
   const MonotonicTime answered = t + milliseconds(100);
   s.onUpstreamOutcome(o, answered);
   EXPECT_NEAR(s.budget().available(answered), 2.2, 1e-9);
-  EXPECT_EQ(ids(s.dispatch(answered)), (std::vector<uint64_t>{2, 3}));
+  for (uint64_t i = 4; i <= 6; ++i) {
+    s.submit(req(i, RouteKind::Poll), answered);
+  }
+  d = s.dispatch(answered);
+  EXPECT_EQ(ids(d), (std::vector<uint64_t>{2, 3}));
+  // A sliding window frees the rest one by one, as far as anything says: one on the step after
+  // the reset's (+50 ms + 250 ms), then one per step even where the bucket holds two (+800 ms).
+  ASSERT_TRUE(d.wake_at);
+  EXPECT_EQ(*d.wake_at, t + milliseconds(300));
+  EXPECT_EQ(ids(s.dispatch(t + milliseconds(300))), std::vector<uint64_t>{4});
+  const MonotonicTime later = t + milliseconds(800);
+  EXPECT_NEAR(s.budget().available(later), 2.0, 1e-9);
+  EXPECT_EQ(ids(s.dispatch(later)), std::vector<uint64_t>{5});
 }
 
 TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend) {

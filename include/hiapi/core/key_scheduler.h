@@ -407,6 +407,9 @@ private:
   void shapeSendLog();
   /// Reads the gateway's X-RateLimit-* (see the file comment).
   void onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now);
+  /// onGatewayCounters()' window: @p left more (Remaining less the sends since; may be
+  /// negative) before the gateway's reset at @p reset_at, as the key's sends see it.
+  void onGatewayReset(MonotonicTime reset_at, double left, MonotonicTime now);
   /// @return the burst to use: the configured one, or a lower advertised limit.
   double effectiveBurst() const;
   /// @return @p burst, at least one token (fewer would never admit a request).
