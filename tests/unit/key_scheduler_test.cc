@@ -799,8 +799,8 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend)
   EXPECT_TRUE(d.admitted.empty());
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, kStart + milliseconds(250));
-  // The refill counted is at most what fills the gateway: an answer 2 s after its send, with 3
-  // sends since, leaves at most the burst less those 3.
+  // The refill counted is at most what fills the gateway: 2 s after the send, with 3 sends since,
+  // it holds at least its burst less those 3, and so does the key's bucket: in phase, it stays.
   KeyScheduler f(limits(4.0, 4), queueConfig(), kStart, random_);
   f.submit(req(1, RouteKind::Poll), kStart);
   o.seq = f.dispatch(kStart).admitted.at(0).seq;
