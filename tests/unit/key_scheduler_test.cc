@@ -84,6 +84,28 @@ UpstreamOutcome countersAnswer(double remaining, std::optional<double> reset = s
   return o;
 }
 
+/// Sends poll @p id through @p s at @p at (a spare token lets it go at once). @return its
+/// admission's seq, for an answer to name.
+uint64_t sendPoll(KeyScheduler& s, uint64_t id, MonotonicTime at) {
+  s.submit(req(id, RouteKind::Poll), at);
+  const Dispatch d = s.dispatch(at);
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{id});
+  return d.admitted.at(0).seq;
+}
+
+/// A bucket gateway at 4/s answered at kStart: Remaining 0, its next token 0.25 s off. At @p t,
+/// long past that reset, polls 1-3 wait, and the key, assuming one request per token interval
+/// until an answer tells more, sends the first. @return that dispatch.
+Dispatch onTheAssumedStep(KeyScheduler& s, MonotonicTime t) {
+  s.onUpstreamOutcome(countersAnswer(0, 0.25, 4), kStart);
+  for (uint64_t i = 1; i <= 3; ++i) {
+    s.submit(req(i, RouteKind::Poll), t);
+  }
+  Dispatch d = s.dispatch(t);
+  EXPECT_EQ(ids(d), std::vector<uint64_t>{1});
+  return d;
+}
+
 class KeySchedulerTest : public ::testing::Test {
 protected:
   SeededRandom random_{42};
@@ -621,19 +643,13 @@ TEST_F(KeySchedulerTest, AnAnswerAfterTheResetReplacesTheAssumedStep) {
   // sends one request on the assumed one-per-interval step; its answer says 2 more remain, and
   // they go at once, not when the assumed step ends.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  UpstreamOutcome o = countersAnswer(0, 0.25, 4);
-  s.onUpstreamOutcome(o, kStart);
   const MonotonicTime t = kStart + milliseconds(800);
-  for (uint64_t i = 1; i <= 3; ++i) {
-    s.submit(req(i, RouteKind::Poll), t);
-  }
-  Dispatch d = s.dispatch(t);
+  Dispatch d = onTheAssumedStep(s, t);
   ASSERT_EQ(ids(d), std::vector<uint64_t>{1});
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, kStart + milliseconds(1000));  // the assumed step
+  UpstreamOutcome o = countersAnswer(2, 0.19, 4);
   o.seq = d.admitted[0].seq;
-  o.ratelimit.remaining = 2;
-  o.ratelimit.reset = 0.19;
   const MonotonicTime answered = t + milliseconds(10);
   s.onUpstreamOutcome(o, answered);
   d = s.dispatch(answered);
@@ -672,17 +688,14 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsThePartOfTheNextTokenResetTell
   // 4/s) while the key's bucket holds 3: it drops back to 1.8, so its next token but one comes
   // at the gateway's reset, not a whole token interval after this answer.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  s.submit(req(1, RouteKind::Poll), kStart);
-  Dispatch d = s.dispatch(kStart);
-  ASSERT_EQ(d.admitted.size(), 1u);
   UpstreamOutcome o = countersAnswer(1, 0.05, 4);
-  o.seq = d.admitted[0].seq;
+  o.seq = sendPoll(s, 1, kStart);
   s.onUpstreamOutcome(o, kStart);
   EXPECT_NEAR(s.budget().available(kStart), 1.8, 1e-9);
   for (uint64_t i = 2; i <= 3; ++i) {
     s.submit(req(i, RouteKind::Poll), kStart);
   }
-  d = s.dispatch(kStart);
+  const Dispatch d = s.dispatch(kStart);
   EXPECT_EQ(ids(d), std::vector<uint64_t>{2});
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, kStart + milliseconds(50));
@@ -695,24 +708,20 @@ TEST_F(KeySchedulerTest, AWindowsResetIsReadFromTheAnsweredSend) {
   // request leaves at the reset of the send's clock (+1 s) and arrives as the window opens; read
   // from the answer's arrival it would wait until +1.1 s, a round trip late at every reset.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  s.submit(req(1, RouteKind::Poll), kStart);
-  Dispatch d = s.dispatch(kStart);
-  ASSERT_EQ(d.admitted.size(), 1u);
   UpstreamOutcome o = countersAnswer(0, 1.0, 4);
-  o.seq = d.admitted[0].seq;
+  o.seq = sendPoll(s, 1, kStart);
   o.sent_at = kStart;
   const MonotonicTime answered = kStart + milliseconds(100);
   s.onUpstreamOutcome(o, answered);
   s.submit(req(2, RouteKind::Poll), answered);
-  d = s.dispatch(answered);
+  Dispatch d = s.dispatch(answered);
   EXPECT_TRUE(d.admitted.empty());
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, kStart + seconds(1));
   EXPECT_EQ(ids(s.dispatch(*d.wake_at)), std::vector<uint64_t>{2});
   // Without the send's time the answer's arrival is all there is: the reset a round trip later.
   KeyScheduler u(limits(4.0, 4), queueConfig(), kStart, random_);
-  u.submit(req(1, RouteKind::Poll), kStart);
-  o.seq = u.dispatch(kStart).admitted.at(0).seq;
+  o.seq = sendPoll(u, 1, kStart);
   o.sent_at.reset();
   u.onUpstreamOutcome(o, answered);
   u.submit(req(2, RouteKind::Poll), answered);
@@ -725,16 +734,13 @@ TEST_F(KeySchedulerTest, AnEpochResetIsReadFromTheAnswersArrival) {
   // Reset as a Unix time is a moment of the wall clock, read when the answer came: 1 s after
   // it, whenever the request left.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  s.submit(req(1, RouteKind::Poll), kStart);
-  Dispatch d = s.dispatch(kStart);
-  ASSERT_EQ(d.admitted.size(), 1u);
   UpstreamOutcome o = countersAnswer(0, 1'800'000'001.0, 4);  // kWall + 1 s
-  o.seq = d.admitted[0].seq;
+  o.seq = sendPoll(s, 1, kStart);
   o.sent_at = kStart;
   const MonotonicTime answered = kStart + milliseconds(100);
   s.onUpstreamOutcome(o, answered);
   s.submit(req(2, RouteKind::Poll), answered);
-  d = s.dispatch(answered);
+  const Dispatch d = s.dispatch(answered);
   EXPECT_TRUE(d.admitted.empty());
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, answered + seconds(1));
@@ -746,18 +752,12 @@ TEST_F(KeySchedulerTest, AResetPassedOnTheWayBackFreedOneMore) {
   // That reset has passed and freed one more: two go at once (the bucket holds 1 + 0.8 of the
   // next + 0.4 refilled since the send), not one on the assumed step; then one per interval.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  UpstreamOutcome o = countersAnswer(0, 0.25, 4);
-  s.onUpstreamOutcome(o, kStart);
   const MonotonicTime t = kStart + milliseconds(800);
-  for (uint64_t i = 1; i <= 3; ++i) {
-    s.submit(req(i, RouteKind::Poll), t);
-  }
-  Dispatch d = s.dispatch(t);
+  Dispatch d = onTheAssumedStep(s, t);
   ASSERT_EQ(ids(d), std::vector<uint64_t>{1});
+  UpstreamOutcome o = countersAnswer(1, 0.05, 4);
   o.seq = d.admitted[0].seq;
   o.sent_at = t;
-  o.ratelimit.remaining = 1;
-  o.ratelimit.reset = 0.05;
   const MonotonicTime answered = t + milliseconds(100);
   s.onUpstreamOutcome(o, answered);
   EXPECT_NEAR(s.budget().available(answered), 2.2, 1e-9);
@@ -783,11 +783,8 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend)
   // where the key's bucket holds 2.8. It drops back to 0.8, not to 0 (the refill of the round
   // trip lost at every answer), so its next token comes at +250 ms, the gateway's reset.
   KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
-  s.submit(req(1, RouteKind::Poll), kStart);
-  Dispatch d = s.dispatch(kStart);
-  ASSERT_EQ(d.admitted.size(), 1u);
   UpstreamOutcome o = countersAnswer(1, 0.25, 4);
-  o.seq = d.admitted[0].seq;
+  o.seq = sendPoll(s, 1, kStart);
   o.sent_at = kStart;
   s.submit(req(2, RouteKind::Poll), kStart + milliseconds(50));
   ASSERT_EQ(ids(s.dispatch(kStart + milliseconds(50))), std::vector<uint64_t>{2});
@@ -795,15 +792,14 @@ TEST_F(KeySchedulerTest, ABucketThatDropsBackKeepsTheRefillSinceTheAnsweredSend)
   s.onUpstreamOutcome(o, answered);
   EXPECT_NEAR(s.budget().available(answered), 0.8, 1e-9);
   s.submit(req(3, RouteKind::Poll), answered);
-  d = s.dispatch(answered);
+  const Dispatch d = s.dispatch(answered);
   EXPECT_TRUE(d.admitted.empty());
   ASSERT_TRUE(d.wake_at);
   EXPECT_EQ(*d.wake_at, kStart + milliseconds(250));
   // The refill counted is at most what fills the gateway: 2 s after the send, with 3 sends since,
   // it holds at least its burst less those 3, and so does the key's bucket: in phase, it stays.
   KeyScheduler f(limits(4.0, 4), queueConfig(), kStart, random_);
-  f.submit(req(1, RouteKind::Poll), kStart);
-  o.seq = f.dispatch(kStart).admitted.at(0).seq;
+  o.seq = sendPoll(f, 1, kStart);
   const MonotonicTime later = kStart + seconds(2);
   for (uint64_t i = 2; i <= 4; ++i) {
     f.submit(req(i, RouteKind::Poll), later);
