@@ -663,6 +663,44 @@ TEST_F(SimTest, LognormalDurationsVaryAroundTheMean) {
   EXPECT_GT(hi / std::max(lo, 1.0), 1.5) << lo << " " << hi;
 }
 
+// Each tier draws its run times from its own stream, afresh at every reset: the n-th task of a
+// tier since a reset runs as long whatever else was created before or between it, so that runs
+// through different clients meet the same tasks and a schedule of them can be computed after.
+TEST_F(SimTest, EachTiersRunTimesStartOverAtAReset) {
+  ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "0", "--heavy-max", "0", "--light-max", "0",
+                                    "--heavy-duration", "60s", "--light-duration", "60s",
+                                    "--duration-jitter", "0.5", "--seed", "3"}));
+  const auto drawn = [this](const char* tier) {
+    std::vector<int64_t> out;
+    auto s = stats();
+    const rapidjson::Value* v =
+        rapidjson::Pointer((std::string("/durations_ms/") + tier).c_str()).Get(s);
+    EXPECT_NE(v, nullptr);
+    for (const auto& d : v->GetArray()) {
+      out.push_back(d.GetInt64());
+    }
+    return out;
+  };
+  create("sk-a", createBody("gpt-image-2", "l1"));
+  create("sk-a", createBody("seedance-2-0", "h1"));
+  create("sk-a", createBody("gpt-image-2", "l2"));
+  const std::vector<int64_t> light = drawn("light");
+  const std::vector<int64_t> heavy = drawn("heavy");
+  ASSERT_EQ(light.size(), 2u);
+  ASSERT_EQ(heavy.size(), 1u);
+  EXPECT_NE(light[0], light[1]);
+  ASSERT_EQ(call("POST", "/__reset", "").status, 200);
+  // Another order, and another key: the same run times, tier by tier.
+  create("sk-b", createBody("seedance-2-0", "h1"));
+  create("sk-b", createBody("seedance-2-0", "h2"));
+  create("sk-b", createBody("gpt-image-2", "l1"));
+  create("sk-b", createBody("gpt-image-2", "l2"));
+  EXPECT_EQ(drawn("light"), light);
+  const std::vector<int64_t> again = drawn("heavy");
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[0], heavy[0]);
+}
+
 TEST_F(SimTest, StatsEqualWhatWasSentAndResetClearsAll) {
   ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "1/h", "--burst", "6", "--light-max", "0",
                                     "--light-duration", "60s"}));

@@ -67,13 +67,29 @@ def ideal(p):
                (2 * t - p["burst"]) / p["rate"])
 
 
+def duration_flags(spec):
+    """hiapi-sim's flags for task run times: "fixed" (every task its tier's duration, so the
+    ideal is exact), "uniform:J" (times 1 + J * uniform(-1, 1)) or "lognormal:S" (the tier's
+    duration as the mean, S the sigma of its log)."""
+    kind, _, value = (spec or "fixed").partition(":")
+    if kind == "fixed":
+        return ["--duration-jitter", "0"]
+    if kind == "uniform" and value:
+        return ["--duration-jitter", value]
+    if kind == "lognormal" and value:
+        return ["--duration-dist", "lognormal", "--duration-sigma", value]
+    raise SystemExit("--durations: fixed, uniform:J or lognormal:S, not %r" % spec)
+
+
 def sim_flags(p, args):
-    """hiapi-sim's flags for profile @p p (duration jitter 0: the ideal is exact), with the
-    gateway's shape, counters, arrival jitter and latency (args.latency, if any) from @p args."""
+    """hiapi-sim's flags for profile @p p, with the task run times (args.durations, fixed by
+    default), the gateway's shape, counters, arrival jitter and latency (args.latency, if any)
+    from @p args."""
     return ["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
             "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
             "--heavy-duration", "%ds" % p["heavy_s"], "--light-duration", "%ds" % p["light_s"],
-            "--duration-jitter", "0", "--seed", "7", "--limiter", args.limiter,
+            "--seed", str(getattr(args, "sim_seed", 7))] + duration_flags(getattr(args, "durations", "fixed")) + [
+            "--limiter", args.limiter,
             "--ratelimit-headers", args.ratelimit_headers, "--jitter", args.jitter] + (
                 ["--latency", args.latency] if getattr(args, "latency", "0") not in ("0", "") else [])
 
@@ -158,6 +174,8 @@ def main():
     ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
     ap.add_argument("--latency", default="0",
                     help="the simulator's latency before each request is counted, e.g. 50ms")
+    ap.add_argument("--durations", default="fixed",
+                    help="task run times: fixed (the ideal is exact), uniform:J, lognormal:S")
     ap.add_argument("--burst-margin", type=int, default=1,
                     help="hiapi-proxy's burst = the simulator's minus this (0: the same)")
     args = ap.parse_args()

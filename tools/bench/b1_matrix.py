@@ -23,6 +23,13 @@ workload: 28.5 s on a bucket, 29.0 s on a window, against 27.0 s). For the mixed
 compared is the upstream one (when the simulator ended the last task): its SDK and guide clients
 poll every 2-5 s, which adds up to that much to what they see, whatever the gateway does. The
 client makespan is in the results too.
+
+Task run times: fixed by default (every task its tier's duration). With --durations
+uniform:J or lognormal:S the simulator draws them, per tier in creation order, from a seed that
+changes with the repetition and starts over at each run, so the targets of one repetition meet
+the same tasks; each run's ideal is then the schedule of the run times it met (from the
+simulator's /__stats), and a cell's ratios are the runs' own. Such runs are kept and reported
+apart, as latency runs are.
 """
 
 import argparse
@@ -58,16 +65,17 @@ def row_name(workload, target):
     return ("mixed-" if workload == "mixed" else "naive-") + target
 
 
-def cell_args(limiter, headers, jitter, args):
+def cell_args(limiter, headers, jitter, args, rep=1):
     return argparse.Namespace(limiter=limiter, ratelimit_headers=headers, jitter=jitter,
-                              latency=args.latency,
+                              latency=args.latency, durations=args.durations,
+                              sim_seed=7 if args.durations == "fixed" else 6 + rep,
                               min_poll=args.min_poll, max_duration=args.max_duration,
                               burst_margin=0)
 
 
-def load_results(path, latency="0"):
-    """@return the runs in @p path made with the simulator's --latency @p latency (runs without
-    a latency field had none)."""
+def load_results(path, latency="0", durations="fixed"):
+    """@return the runs in @p path made with the simulator's --latency @p latency and task run
+    times @p durations (runs without those fields had none and fixed ones)."""
     out = []
     if os.path.exists(path):
         with open(path) as f:
@@ -75,7 +83,8 @@ def load_results(path, latency="0"):
                 line = line.strip()
                 if line:
                     rec = json.loads(line)
-                    if rec.get("latency", "0") == latency:
+                    if (rec.get("latency", "0") == latency and
+                            rec.get("durations", "fixed") == durations):
                         out.append(rec)
     return out
 
@@ -83,12 +92,13 @@ def load_results(path, latency="0"):
 def run_unit(cell, rep, targets, args, sha, sink):
     limiter, headers, jitter, workload = cell
     p = b1.PROFILES[workload]
-    cargs = cell_args(limiter, headers, jitter, args)
+    cargs = cell_args(limiter, headers, jitter, args, rep)
     with bl.Stack() as st:
         sim = st.sim(b1.sim_flags(p, cargs))
         for target in targets:
             t0 = time.time()
             r = b1.run_row(row_name(workload, target), p, sim, cargs, seed=rep)
+            ran = run_ideal(p, limiter, sim) if args.durations != "fixed" else None
             rec = {"commit": sha, "limiter": limiter, "headers": headers, "jitter": jitter,
                    "workload": workload, "target": target, "rep": rep, "started": t0,
                    "makespan_s": r["makespan_s"],
@@ -103,12 +113,22 @@ def run_unit(cell, rep, targets, args, sha, sink):
                    "tasks": r["tasks"]}
             if args.latency != "0":
                 rec["latency"] = args.latency
+            if ran is not None:
+                rec["durations"] = args.durations
+                rec["ideal_s"] = ran
             sink(rec)
             bl.log("%s/%s/%s/%s rep %d %-6s makespan %6.2f s (upstream %s) client 429 %d "
                    "upstream %d (429 %.1f%%)%s" % (
                        limiter, headers, jitter, workload, rep, target, rec["makespan_s"],
                        rec["upstream_makespan_s"], rec["client_429"], rec["upstream_requests"],
                        rec["upstream_429_pct"], "" if rec["complete"] else " INCOMPLETE"))
+
+
+def run_ideal(p, limiter, sim):
+    """@return the ideal makespan of the run @p sim just served: the omniscient schedule of the
+    run times its tasks had (its /__stats until the next run resets it)."""
+    _, body = bl.http("GET", sim.url + "/__stats")
+    return ideal_mod.schedule(p, limiter, json.loads(body)["durations_ms"])
 
 
 def measured(rec):
@@ -118,9 +138,10 @@ def measured(rec):
     return rec["makespan_s"]
 
 
-def summary(recs):
-    ms = [measured(r) for r in recs]
-    return {"n": len(recs), "makespan": bl.median(ms), "min": min(ms), "max": max(ms),
+def summary(recs, ideal):
+    """@param ideal the cell's ideal, for runs that do not carry their own (fixed run times)."""
+    ms = [measured(r) / r.get("ideal_s", ideal) for r in recs]
+    return {"n": len(recs), "ratio": bl.median(ms), "min": min(ms), "max": max(ms),
             "client_429": max(r["client_429"] for r in recs),
             "u429": bl.median([r["upstream_429_pct"] for r in recs]),
             "u429_max": max(r["upstream_429_pct"] for r in recs),
@@ -133,9 +154,11 @@ def report(results, sha, args):
     base = args.baseline_commit or sha
     recs = [r for r in results if r["commit"] == sha and r["target"].startswith("proxy")]
     recs += [r for r in results if r["commit"] == base and not r["target"].startswith("proxy")]
-    print("B1 matrix: hiapi-proxy at %s, nginx and bare clients at %s: %d runs in %s%s" % (
+    print("B1 matrix: hiapi-proxy at %s, nginx and bare clients at %s: %d runs in %s%s%s" % (
         sha, base, len(recs), args.results,
-        "" if args.latency == "0" else ", simulator latency %s" % args.latency))
+        "" if args.latency == "0" else ", simulator latency %s" % args.latency,
+        "" if args.durations == "fixed" else ", run times %s (each run against its own "
+        "ideal; the ideals quoted are those of fixed run times)" % args.durations))
     misses = []
     for workload in args.workloads:
         p = b1.PROFILES[workload]
@@ -153,7 +176,7 @@ def report(results, sha, args):
             for target in TARGETS:
                 rs = [r for r in recs if (r["limiter"], r["headers"], r["jitter"], r["workload"],
                                           r["target"]) == (limiter, headers, jitter, workload, target)]
-                by[target] = summary(rs) if rs else None
+                by[target] = summary(rs, ideal) if rs else None
             px, ng, dr = by["proxy"], by["nginx"], by["direct"]
             if not px:
                 continue
@@ -161,16 +184,15 @@ def report(results, sha, args):
             def cellf(s):
                 if not s:
                     return "-", "-", "-"
-                return ("%.2f (%.2f–%.2f)%s" % (s["makespan"] / ideal, s["min"] / ideal,
-                                               s["max"] / ideal,
+                return ("%.2f (%.2f–%.2f)%s" % (s["ratio"], s["min"], s["max"],
                                                "" if s["complete"] else " tasks undone"),
                         "%d" % s["client_429"], "%.1f %%" % s["u429"])
             verdict = []
-            if px["makespan"] > 1.05 * ideal:
+            if px["ratio"] > 1.05:
                 verdict.append("> 1.05×")
             # nginx that left tasks undone (clients that gave up on its 429s) did less work:
             # its makespan is no bar then.
-            if ng and ng["complete"] and px["makespan"] > ng["makespan"]:
+            if ng and ng["complete"] and px["ratio"] > ng["ratio"]:
                 verdict.append("> nginx")
             if px["client_429"]:
                 verdict.append("client 429s")
@@ -227,6 +249,9 @@ def main():
     ap.add_argument("--latency", default="0",
                     help="the simulator's latency before each request is counted (e.g. 50ms), in "
                          "every cell; runs are kept and reported apart from those without")
+    ap.add_argument("--durations", default="fixed",
+                    help="task run times: fixed, uniform:J or lognormal:S (b1_goodput.py's); "
+                         "runs with drawn times are kept and reported apart")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--reps", type=int, default=3)
@@ -247,12 +272,12 @@ def main():
         setattr(args, k, [x if x != "0" else "0" for x in getattr(args, k).split(",") if x])
     sha = args.commit or commit()
     if args.report:
-        report(load_results(args.results, args.latency), sha, args)
+        report(load_results(args.results, args.latency, args.durations), sha, args)
         return
     bl.build()
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     done = {(r["limiter"], r["headers"], r["jitter"], r["workload"], r["target"], r["rep"])
-            for r in load_results(args.results, args.latency) if r["commit"] == sha}
+            for r in load_results(args.results, args.latency, args.durations) if r["commit"] == sha}
     units = []
     for rep in range(1, args.reps + 1):
         for cell in itertools.product(args.limiters, args.headers, args.jitters, args.workloads):
@@ -278,7 +303,7 @@ def main():
                 f.result()
             except Exception as e:  # one failed unit must not lose the others' results
                 bl.log("unit failed: %s" % e)
-    report(load_results(args.results, args.latency), sha, args)
+    report(load_results(args.results, args.latency, args.durations), sha, args)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ def main():
     ap.add_argument("--jitter", default="0", help="the simulator's arrival jitter, e.g. 10ms")
     ap.add_argument("--latency", default="0",
                     help="the simulator's latency before each request is counted, e.g. 50ms")
+    ap.add_argument("--sim-seed", type=int, default=7,
+                    help="the simulator's seed (b1_matrix.py uses 6 + repetition with drawn run times)")
+    ap.add_argument("--durations", default="fixed",
+                    help="task run times: fixed, uniform:J or lognormal:S (b1_goodput.py's)")
     ap.add_argument("--burst-margin", type=int, default=0,
                     help="hiapi-proxy's burst = the simulator's minus this")
     args = ap.parse_args()

@@ -100,13 +100,23 @@ def tasks_of(p):
     return out
 
 
-def schedule(p, limiter):
+def schedule(p, limiter, durations=None):
     """@return the makespan (s) of the greedy omniscient schedule of profile @p p against the
-    gateway shape @p limiter (a LIMITERS name)."""
+    gateway shape @p limiter (a LIMITERS name).
+    @param durations each tier's run times in creation order, as the simulator's /__stats gives
+           them ({"heavy": [ms...], "light": [ms...]}): the n-th task of a tier the schedule
+           creates runs the simulator's n-th of that tier (it draws them per tier, in creation
+           order, afresh at every reset). None: every task its tier's configured duration."""
     gate = LIMITERS[limiter](p["rate"], p["burst"])
     free = {True: p["heavy_max"], False: p["light_max"]}
     waiting = {True: collections.deque(), False: collections.deque()}
     for i, (heavy, d) in enumerate(tasks_of(p)):
+        if durations is not None:
+            drawn = durations["heavy" if heavy else "light"]
+            n = len(waiting[heavy])
+            if n >= len(drawn):
+                raise ValueError("fewer run times than %s tasks" % ("heavy" if heavy else "light"))
+            d = drawn[n] / 1000.0
         waiting[heavy].append((i, d))
     running = []                      # heap of (end, index, heavy)
     ended = {True: [], False: []}     # heaps of (end, index): ended, not yet seen

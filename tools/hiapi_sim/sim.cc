@@ -38,6 +38,7 @@ using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 constexpr double kHardBodyCapFactor = 4.0;  // evhttp refuses (uncounted) beyond max-body × this
 constexpr int64_t kOutputLifetimeS = 7 * 24 * 3600;
+constexpr size_t kMaxListedDurations = 100000;  // per tier, in /__stats
 const char* const kVideoPatterns[] = {"seedance-*", "seedance-2.5/*", "wan2.7-video/*",
                                       "happyhorse-*", "veo-*", "kling-*", "hailuo-*"};
 
@@ -164,7 +165,12 @@ struct Simulator::Delivery {
 };
 
 Simulator::Simulator(event_base* base, SimConfig cfg)
-    : base_(base), cfg_(std::move(cfg)), rng_(cfg_.seed), start_(std::chrono::steady_clock::now()) {
+    : base_(base),
+      cfg_(std::move(cfg)),
+      rng_(cfg_.seed),
+      duration_rng_{Rng(cfg_.seed), Rng(cfg_.seed)},
+      start_(std::chrono::steady_clock::now()) {
+  reseedDurations();
   start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
@@ -606,12 +612,13 @@ Reply Simulator::handleCreate(evhttp_request* req, KeyState& ks, const std::stri
   task->tier = tier;
   task->callback_url = callback_url;
   double base = tier == Tier::Heavy ? cfg_.heavy_duration_s : cfg_.light_duration_s;
+  Rng& draw = duration_rng_[ti];
   if (cfg_.duration_lognormal) {
-    task->duration_s = std::max(0.001, lognormalDuration(base, cfg_.duration_sigma, rng_.normal()));
+    task->duration_s = std::max(0.001, lognormalDuration(base, cfg_.duration_sigma, draw.normal()));
   } else {
     double factor = 1.0;
     if (cfg_.duration_jitter > 0) {
-      factor += cfg_.duration_jitter * (2.0 * rng_.uniform() - 1.0);
+      factor += cfg_.duration_jitter * (2.0 * draw.uniform() - 1.0);
     }
     task->duration_s = std::max(0.001, base * factor);
   }
@@ -995,6 +1002,13 @@ void Simulator::resetState() {
   idem_.clear();
   stats_ = Stats{};
   reset_s_ = nowS();
+  reseedDurations();
+}
+
+void Simulator::reseedDurations() {
+  for (size_t t = 0; t < duration_rng_.size(); ++t) {
+    duration_rng_[t].reseed(cfg_.seed ^ (0x9E3779B97F4A7C15ULL * (t + 1)));
+  }
 }
 
 std::string Simulator::statsJson(double now) const {
@@ -1100,6 +1114,22 @@ std::string Simulator::statsJson(double now) const {
   }
   w.Key("tasks_last_end_ms");
   w.Int64(static_cast<int64_t>(last_end * 1000));
+  // Each tier's run times in creation order (the first kMaxListedDurations): what an
+  // omniscient schedule of the same tasks needs.
+  w.Key("durations_ms");
+  w.StartObject();
+  for (Tier tier : {Tier::Light, Tier::Heavy}) {
+    w.Key(tierName(tier));
+    w.StartArray();
+    size_t listed = 0;
+    for (const Task* t : task_order_) {
+      if (t->tier == tier && listed++ < kMaxListedDurations) {
+        w.Int64(std::llround(t->duration_s * 1000));
+      }
+    }
+    w.EndArray();
+  }
+  w.EndObject();
   w.Key("duplicate_creations");
   w.Uint64(stats_.duplicate_creations);
   w.Key("idempotency");

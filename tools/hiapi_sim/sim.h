@@ -153,6 +153,7 @@ private:
   void deliver(uint64_t delivery_id);
   void onDeliveryDone(Delivery* d, evhttp_request* req);
   void resetState();
+  void reseedDurations();
 
   double nowS() const;
   int64_t unixMs() const;
@@ -160,6 +161,11 @@ private:
   event_base* base_;
   SimConfig cfg_;
   Rng rng_;
+  /// One stream of run times per tier (light, heavy), seeded from --seed again at every
+  /// /__reset: the n-th task of a tier since a reset gets the same run time whatever else came
+  /// before or between, so runs through different clients or proxies meet the same tasks, and
+  /// a schedule computed afterwards (tools/bench/ideal.py) can give each its own.
+  std::array<Rng, 2> duration_rng_;
   evhttp* http_ = nullptr;
   SSL_CTX* ssl_ctx_ = nullptr;
   int port_ = 0;
