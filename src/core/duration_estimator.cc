@@ -72,6 +72,20 @@ Duration DurationEstimator::endPollInterval(size_t tier) const {
                               interval);
 }
 
+std::optional<DurationEstimator::Range> DurationEstimator::range(size_t tier) const {
+  const std::optional<Duration> estimate = first(tier);
+  if (!estimate) {
+    return std::nullopt;
+  }
+  const Learned& l = learned_[clamp(tier)];
+  Range r{*estimate, *estimate};
+  for (size_t i = 0; i < std::min(l.seen, kRecent); ++i) {
+    r.high = std::max(r.high, l.recent[i].first);
+    r.low = std::min(r.low, l.recent[i].second);
+  }
+  return r;
+}
+
 DurationEstimator::Known DurationEstimator::known(size_t tier) const {
   const size_t t = clamp(tier);
   if (t >= learned_.size()) {
@@ -108,6 +122,8 @@ void DurationEstimator::learn(size_t tier, MonotonicTime created, MonotonicTime 
   Learned& l = learned_[t];  // setTiers() keeps one per tier
   Duration& e = l.estimate;
   const Duration mid = b.lower > Duration::zero() ? b.lower + (b.upper - b.lower) / 2 : b.upper;
+  l.recent[l.seen % kRecent] = {b.lower, b.upper};
+  ++l.seen;
   if (l.samples == 0) {
     // Its middle; but where the budget binds (LearnPace::Sparse: its looks bracket the end
     // widely) the upper end, so that the next tasks are looked at after their ends rather than

@@ -101,6 +101,40 @@ TEST(DurationEstimator, AnEndSeenByTheFirstLookProbesLowerByDoublingSteps) {
   }
 }
 
+// One estimate cannot say how far apart run times lie; the range says what the recent brackets
+// show that no single duration could have given, so that looks can start at the shortest.
+TEST(DurationEstimator, TheRangeSpansOnlyWhatTheBracketsSurelyShow) {
+  DurationEstimator d;
+  d.setTiers({tier("light", seconds(2))});
+  EXPECT_FALSE(d.range(0));
+  const auto end = [&d](int i, Duration running, Duration ended) {
+    const MonotonicTime created = kT0 + std::chrono::minutes(10 * i);
+    d.learn(0, created, created + running, created + ended, plain);
+  };
+  // Brackets that overlap, (9.9 s, 10 s] and (9.8 s, 10.6 s]: one duration explains both.
+  end(0, milliseconds(9'900), seconds(10));
+  end(1, milliseconds(9'800), milliseconds(10'600));
+  ASSERT_TRUE(d.range(0));
+  EXPECT_EQ(d.range(0)->low, seconds(10));
+  EXPECT_LT(d.range(0)->high - d.range(0)->low, d.endPollInterval(0));
+  // A task seen running at 19 s: the range reaches it, and still starts at 10 s (the estimate,
+  // pulled up by it, would hide the next short task's end).
+  end(2, seconds(19), seconds(20));
+  EXPECT_GT(*d.first(0), seconds(12));
+  EXPECT_EQ(d.range(0)->low, seconds(10));
+  EXPECT_EQ(d.range(0)->high, seconds(19));
+  // An end seen late by a coarse look, (5 s, 30 s], widens nothing.
+  end(3, seconds(5), seconds(30));
+  EXPECT_EQ(d.range(0)->low, seconds(10));
+  EXPECT_EQ(d.range(0)->high, seconds(19));
+  // Only the last kRecent ends count: after that many alike, the range is theirs again.
+  for (size_t i = 0; i < DurationEstimator::kRecent; ++i) {
+    end(4 + static_cast<int>(i), milliseconds(11'900), seconds(12));
+  }
+  EXPECT_GE(d.range(0)->low, milliseconds(11'900));
+  EXPECT_LT(d.range(0)->high, seconds(19));
+}
+
 TEST(DurationEstimator, EstimatesFollowTheirTierByName) {
   DurationEstimator d;
   d.setTiers({tier("heavy", seconds(5)), tier("light", seconds(2))});

@@ -95,6 +95,33 @@ TEST_F(LookPlannerTest, OnceADurationIsKnownLooksWaitForTheLikelyEnd) {
   EXPECT_EQ(plan.in_flight, 0u);
 }
 
+// Run times that vary: the estimate lies between the short and the long, and a look held until
+// it would see every shorter task's end late. Looks start at the shortest recent duration and
+// then come about four times across the spread (eight where the tier bounds the makespan, none
+// more often than the plain pace where the budget binds and the tier has slack).
+TEST_F(LookPlannerTest, WhereDurationsVaryLooksStartAtTheShortestAndSpanTheSpread) {
+  const auto ended = [this](MonotonicTime created, Duration d) {
+    durations_.learn(0, created, created + d - seconds(1), created + d,
+                     [] { return LearnPace::Plain; });
+  };
+  ended(kT0, seconds(20));                // (19 s, 20 s]
+  ended(kT0 + minutes(10), seconds(36));  // (35 s, 36 s]
+  ASSERT_GT(*durations_.first(0), seconds(20));
+  const MonotonicTime created = kT0 + minutes(20);
+  TaskRecord& r = task("prod", "a", created, SlotId{1});
+  EXPECT_EQ(planner().likelyEnd(r), created + seconds(20));
+  EXPECT_EQ(planner().nextLookAt(r, created), created + seconds(20));
+  const MonotonicTime first = created + seconds(20);
+  EXPECT_EQ(planner().refreshAfter(r, first), milliseconds(3'750));  // 15 s of spread / 4
+  pace_ = [](const std::string&, size_t) { return LearnPace::Eager; };
+  EXPECT_EQ(planner().refreshAfter(r, first), milliseconds(1'875));
+  pace_ = [](const std::string&, size_t) { return LearnPace::Sparse; };
+  EXPECT_EQ(planner().refreshAfter(r, first), seconds(5));
+  // Well past the longest, the plain pace.
+  pace_ = nullptr;
+  EXPECT_EQ(planner().refreshAfter(r, created + minutes(1)), seconds(5));
+}
+
 TEST_F(LookPlannerTest, RepliesStayFreshForTheirKind) {
   cfg_.not_found_ttl = seconds(30);
   cfg_.terminal_ttl = minutes(10);

@@ -9,12 +9,19 @@
 // starting estimate (as if two tasks had been seen); so, on an instance sharing its key through
 // the store, is an estimate another instance learned (adopt()). Estimates follow their tier by
 // name across setTiers().
+//
+// Run times vary (the same model takes longer on one prompt than on another), and one estimate
+// cannot say how much: a long task pulls it up and every shorter one's end would then go unseen
+// until it. So each tier also keeps the durations its last few tasks ended at (range()): looks
+// start at the shortest of them, and their gap grows with how far apart they lie.
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "hiapi/core/clock.h"
@@ -48,6 +55,20 @@ public:
   ///         task is enough), at least 100 ms and at most min_poll_interval; min_poll_interval
   ///         before any end was seen.
   Duration endPollInterval(size_t tier) const;
+
+  /// How far apart the durations of a tier's recent tasks (the last kRecent) surely lay, with
+  /// the estimate: where its next task's end most likely falls. Each end is known only within
+  /// a bracket (after the last look that saw it running, by the first that saw it ended), and
+  /// a task seen ended late did not run long: so the range is what no single duration could
+  /// have given.
+  struct Range {
+    Duration low{};   ///< the estimate, or an age by which a recent task had ended if shorter
+    Duration high{};  ///< the estimate, or an age a recent task was seen running at if longer
+  };
+  /// @return the range once one end was seen (or expected_duration); else nullopt.
+  std::optional<Range> range(size_t tier) const;
+  /// How many recent ends range() spans.
+  static constexpr size_t kRecent = 8;
 
   /// What one instance has seen of a tier, as shared through the store (store.kind redis).
   struct Known {
@@ -88,6 +109,9 @@ private:
     MonotonicTime probed{};
     /// The age a task was last seen running at close to its end (zero: none): probes stop above.
     Duration floor{};
+    /// The brackets of the last ends (a ring of kRecent, `seen` filled): see Range.
+    std::array<std::pair<Duration, Duration>, kRecent> recent{};
+    size_t seen = 0;
   };
   /// The end of a task, known to lie in (lower, upper] of its age.
   struct Bracket {

@@ -53,7 +53,8 @@ public:
   /// min_poll_interval) for a terminal detail, else refreshAfter() its fetch.
   Duration replyTtl(const TaskRecord& r) const;
   bool replyFresh(const TaskRecord& r, MonotonicTime now) const;
-  /// When @p r is likely to have ended (its creation while nothing is known of its tier).
+  /// When @p r is likely to have ended at the earliest: its creation plus the shortest of its
+  /// tier's recent durations (its creation while nothing is known of its tier).
   MonotonicTime likelyEnd(const TaskRecord& r) const;
   /// When the proxy's own look at @p r is next due: @p now while a fetch is in flight, else
   /// when its last fetch stops being fresh or at its likely end, whichever is later.
@@ -87,6 +88,10 @@ private:
                              std::optional<MonotonicTime> oldest) const;
   /// refreshAfter() for a tracked task whose tier has estimate @p estimate.
   Duration refreshAfterEstimate(const TaskRecord& r, MonotonicTime at, Duration estimate) const;
+  /// The gap between looks at @p r past its likely end when its tier's recent durations lay
+  /// @p spread apart (more than two end-poll intervals @p fine): see refreshAfterEstimate().
+  Duration spreadLookGap(const TaskRecord& r, Duration spread, Duration fine,
+                         Duration interval) const;
 
   const TaskRegistry& registry_;
   const DurationEstimator& durations_;
