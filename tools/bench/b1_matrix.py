@@ -93,12 +93,13 @@ def run_unit(cell, rep, targets, args, sha, sink):
     limiter, headers, jitter, workload = cell
     p = b1.PROFILES[workload]
     cargs = cell_args(limiter, headers, jitter, args, rep)
+    drawn = {}
     with bl.Stack() as st:
         sim = st.sim(b1.sim_flags(p, cargs))
         for target in targets:
             t0 = time.time()
             r = b1.run_row(row_name(workload, target), p, sim, cargs, seed=rep)
-            ran = run_ideal(p, limiter, sim) if args.durations != "fixed" else None
+            ran = run_ideal(p, limiter, sim, drawn) if args.durations != "fixed" else None
             rec = {"commit": sha, "limiter": limiter, "headers": headers, "jitter": jitter,
                    "workload": workload, "target": target, "rep": rep, "started": t0,
                    "makespan_s": r["makespan_s"],
@@ -124,11 +125,17 @@ def run_unit(cell, rep, targets, args, sha, sink):
                        rec["upstream_429_pct"], "" if rec["complete"] else " INCOMPLETE"))
 
 
-def run_ideal(p, limiter, sim):
+def run_ideal(p, limiter, sim, drawn):
     """@return the ideal makespan of the run @p sim just served: the omniscient schedule of the
-    run times its tasks had (its /__stats until the next run resets it)."""
+    run times its tasks had (its /__stats until the next run resets it).
+    @param drawn the longest lists of run times seen so far on this simulator, kept up to date:
+           a run whose clients gave up created fewer tasks, and the tasks it did not create
+           would have run as long as in another run (the simulator draws the same ones)."""
     _, body = bl.http("GET", sim.url + "/__stats")
-    return ideal_mod.schedule(p, limiter, json.loads(body)["durations_ms"])
+    for tier, times in json.loads(body)["durations_ms"].items():
+        if len(times) > len(drawn.get(tier, [])):
+            drawn[tier] = times
+    return ideal_mod.schedule(p, limiter, drawn)
 
 
 def measured(rec):
