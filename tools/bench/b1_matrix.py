@@ -99,7 +99,10 @@ def run_unit(cell, rep, targets, args, sha, sink):
         for target in targets:
             t0 = time.time()
             r = b1.run_row(row_name(workload, target), p, sim, cargs, seed=rep)
-            ran = run_ideal(p, limiter, sim, drawn) if args.durations != "fixed" else None
+            try:
+                ran = run_ideal(p, limiter, sim, drawn) if args.durations != "fixed" else None
+            except ValueError:
+                ran = 0.0  # no run of this unit created every task: see same_ideal()
             rec = {"commit": sha, "limiter": limiter, "headers": headers, "jitter": jitter,
                    "workload": workload, "target": target, "rep": rep, "started": t0,
                    "makespan_s": r["makespan_s"],
@@ -114,7 +117,7 @@ def run_unit(cell, rep, targets, args, sha, sink):
                    "tasks": r["tasks"]}
             if args.latency != "0":
                 rec["latency"] = args.latency
-            if ran is not None:
+            if ran is not None:  # 0: see same_ideal()
                 rec["durations"] = args.durations
                 rec["ideal_s"] = ran
             sink(rec)
@@ -145,9 +148,27 @@ def measured(rec):
     return rec["makespan_s"]
 
 
+def same_ideal(recs):
+    """Each run's own ideal, where it has one: a run with drawn run times whose unit had no run
+    that created every task (clients that gave up) takes the ideal of another run of the same
+    cell and repetition (the same seed: the same run times)."""
+    by_rep = {}
+    for r in recs:
+        if r.get("ideal_s"):
+            by_rep[(r["limiter"], r["headers"], r["jitter"], r["workload"], r["rep"])] = r["ideal_s"]
+    for r in recs:
+        if r.get("ideal_s") == 0.0:
+            found = by_rep.get((r["limiter"], r["headers"], r["jitter"], r["workload"], r["rep"]))
+            if found:
+                r["ideal_s"] = found
+            else:
+                del r["ideal_s"]
+    return recs
+
+
 def summary(recs, ideal):
     """@param ideal the cell's ideal, for runs that do not carry their own (fixed run times)."""
-    ms = [measured(r) / r.get("ideal_s", ideal) for r in recs]
+    ms = [measured(r) / (r.get("ideal_s") or ideal) for r in recs]
     return {"n": len(recs), "ratio": bl.median(ms), "min": min(ms), "max": max(ms),
             "client_429": max(r["client_429"] for r in recs),
             "u429": bl.median([r["upstream_429_pct"] for r in recs]),
@@ -161,6 +182,7 @@ def report(results, sha, args):
     base = args.baseline_commit or sha
     recs = [r for r in results if r["commit"] == sha and r["target"].startswith("proxy")]
     recs += [r for r in results if r["commit"] == base and not r["target"].startswith("proxy")]
+    recs = same_ideal(recs)
     print("B1 matrix: hiapi-proxy at %s, nginx and bare clients at %s: %d runs in %s%s%s" % (
         sha, base, len(recs), args.results,
         "" if args.latency == "0" else ", simulator latency %s" % args.latency,
