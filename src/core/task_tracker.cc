@@ -361,6 +361,10 @@ std::optional<Duration> TaskTracker::typicalDuration(size_t tier) const {
   return durations_.typical(clampTier(tier));
 }
 
+std::optional<DurationEstimator::Range> TaskTracker::durationRange(size_t tier) const {
+  return durations_.range(clampTier(tier));
+}
+
 std::vector<NamedDuration> TaskTracker::knownDurations() const {
   std::vector<NamedDuration> out;
   for (size_t t = 0; t < tiers_.size(); ++t) {

@@ -108,7 +108,8 @@ void writeTasksStatus(JsonWriter& w, const core::TaskTracker& tracker,
   w.EndArray();
   // What is known of each tier's durations and where it came from: learned here, set
   // (expected_duration) or taken from another instance through the shared store. samples counts
-  // ends as the estimator does (an expected_duration counts as two).
+  // ends as the estimator does (an expected_duration counts as two). The recent range says
+  // where the proxy's looks at a task start (its low end) and how widely they spread.
   w.Key("durations");
   w.StartArray();
   for (const core::NamedDuration& d : tracker.knownDurations()) {
@@ -121,6 +122,12 @@ void writeTasksStatus(JsonWriter& w, const core::TaskTracker& tracker,
     w.Uint(d.known.samples);
     w.Key("source");
     w.String(core::durationSourceName(d.known.source));
+    if (const auto range = tracker.durationRange(tracker.tierIndex(d.tier))) {
+      w.Key("recent_low_seconds");
+      w.Double(core::toSeconds(range->low));
+      w.Key("recent_high_seconds");
+      w.Double(core::toSeconds(range->high));
+    }
     w.EndObject();
   }
   w.EndArray();

@@ -456,6 +456,8 @@ struct KnownDuration {
   double estimate_s = 0;
   int samples = 0;
   std::string source;
+  double recent_low_s = 0;
+  double recent_high_s = 0;
 };
 
 /// @return the tier's duration as /status shows it on @p admin_port.
@@ -467,7 +469,8 @@ std::optional<KnownDuration> knownDuration(uint16_t admin_port, const std::strin
   for (const auto& t : d["tasks"]["durations"].GetArray()) {
     if (t["tier"].GetString() == tier) {
       return KnownDuration{t["estimate_seconds"].GetDouble(), t["samples"].GetInt(),
-                           t["source"].GetString()};
+                           t["source"].GetString(), t["recent_low_seconds"].GetDouble(),
+                           t["recent_high_seconds"].GetDouble()};
     }
   }
   return std::nullopt;
@@ -504,6 +507,10 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
   EXPECT_EQ(learned->samples, 2) << "both ends seen by a";
   EXPECT_EQ(learned->source, "learned");
   EXPECT_GT(learned->estimate_s, 0.0);
+  // Where looks at the next task start, and how widely they spread: around the estimate.
+  EXPECT_GT(learned->recent_low_s, 0.0);
+  EXPECT_LE(learned->recent_low_s, learned->estimate_s);
+  EXPECT_GE(learned->recent_high_s, learned->estimate_s);
   // b may have taken a's first end already; it takes the typical estimate once a has it.
   ASSERT_TRUE(waitFor([&] {
     // (Not b: a lambda may not capture a structured binding in C++17.)
@@ -514,6 +521,11 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
   EXPECT_NEAR(knownDuration(b.adminPort(), "light")->estimate_s,
               knownDuration(a.adminPort(), "light")->estimate_s, 1e-5)
       << "a's estimate, in the store's whole microseconds";
+  // b has seen no end of its own: its recent range is the estimate alone.
+  EXPECT_EQ(knownDuration(b.adminPort(), "light")->recent_low_s,
+            knownDuration(b.adminPort(), "light")->estimate_s);
+  EXPECT_EQ(knownDuration(b.adminPort(), "light")->recent_high_s,
+            knownDuration(b.adminPort(), "light")->estimate_s);
   EXPECT_FALSE(knownDuration(b.adminPort(), "heavy")) << "nobody learned the heavy tier";
   EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 2) << "b created nothing";
 }

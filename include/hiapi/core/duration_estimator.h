@@ -12,8 +12,9 @@
 //
 // Run times vary (the same model takes longer on one prompt than on another), and one estimate
 // cannot say how much: a long task pulls it up and every shorter one's end would then go unseen
-// until it. So each tier also keeps the durations its last few tasks ended at (range()): looks
-// start at the shortest of them, and their gap grows with how far apart they lie.
+// until it. So each tier also keeps the brackets its last few tasks were seen to end in
+// (range()): looks start at the shortest age by which one had ended, and their gap grows with
+// how far apart the brackets surely lie.
 // Thread-safety: not thread-safe; one event-loop thread owns it.
 
 #include <array>

@@ -341,6 +341,10 @@ public:
   ///         their tier by name across reconfigure().
   /// Thread-safety: const.
   std::optional<Duration> typicalDuration(size_t tier) const;
+  /// @return how far apart tier @p tier's recent durations surely lay
+  ///         (DurationEstimator::range()), once one task of it was seen to end; nullopt before.
+  /// Thread-safety: const.
+  std::optional<DurationEstimator::Range> durationRange(size_t tier) const;
   /// When the likely end of (key, task_id) lies in (@p now, @p now + @p within] (a tracked
   /// task, not seen terminal, whose tier has a duration estimate: one ended task is enough), a
   /// client poll arriving now may wait for it (tasks.hold_near_end).
