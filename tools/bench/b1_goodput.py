@@ -88,7 +88,8 @@ def sim_flags(p, args):
     return ["--rate", "%d/s" % p["rate"], "--burst", str(p["burst"]),
             "--heavy-max", str(p["heavy_max"]), "--light-max", str(p["light_max"]),
             "--heavy-duration", "%ds" % p["heavy_s"], "--light-duration", "%ds" % p["light_s"],
-            "--seed", str(getattr(args, "sim_seed", 7))] + duration_flags(getattr(args, "durations", "fixed")) + [
+            "--seed", str(getattr(args, "sim_seed", 7))] + (
+                duration_flags(getattr(args, "durations", "fixed"))) + [
             "--limiter", args.limiter,
             "--ratelimit-headers", args.ratelimit_headers, "--jitter", args.jitter] + (
                 ["--latency", args.latency] if getattr(args, "latency", "0") not in ("0", "") else [])

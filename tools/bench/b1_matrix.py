@@ -93,16 +93,15 @@ def run_unit(cell, rep, targets, args, sha, sink):
     limiter, headers, jitter, workload = cell
     p = b1.PROFILES[workload]
     cargs = cell_args(limiter, headers, jitter, args, rep)
-    drawn = {}
     with bl.Stack() as st:
         sim = st.sim(b1.sim_flags(p, cargs))
         for target in targets:
             t0 = time.time()
             r = b1.run_row(row_name(workload, target), p, sim, cargs, seed=rep)
             try:
-                ran = run_ideal(p, limiter, sim, drawn) if args.durations != "fixed" else None
+                ran = run_ideal(p, limiter, sim) if args.durations != "fixed" else None
             except ValueError:
-                ran = 0.0  # no run of this unit created every task: see same_ideal()
+                ran = 0.0  # its clients gave up before creating every task: see same_ideal()
             rec = {"commit": sha, "limiter": limiter, "headers": headers, "jitter": jitter,
                    "workload": workload, "target": target, "rep": rep, "started": t0,
                    "makespan_s": r["makespan_s"],
@@ -128,17 +127,12 @@ def run_unit(cell, rep, targets, args, sha, sink):
                        rec["upstream_429_pct"], "" if rec["complete"] else " INCOMPLETE"))
 
 
-def run_ideal(p, limiter, sim, drawn):
+def run_ideal(p, limiter, sim):
     """@return the ideal makespan of the run @p sim just served: the omniscient schedule of the
     run times its tasks had (its /__stats until the next run resets it).
-    @param drawn the longest lists of run times seen so far on this simulator, kept up to date:
-           a run whose clients gave up created fewer tasks, and the tasks it did not create
-           would have run as long as in another run (the simulator draws the same ones)."""
+    @raise ValueError when the run created fewer tasks than the workload has."""
     _, body = bl.http("GET", sim.url + "/__stats")
-    for tier, times in json.loads(body)["durations_ms"].items():
-        if len(times) > len(drawn.get(tier, [])):
-            drawn[tier] = times
-    return ideal_mod.schedule(p, limiter, drawn)
+    return ideal_mod.schedule(p, limiter, json.loads(body)["durations_ms"])
 
 
 def measured(rec):
@@ -149,9 +143,9 @@ def measured(rec):
 
 
 def same_ideal(recs):
-    """Each run's own ideal, where it has one: a run with drawn run times whose unit had no run
-    that created every task (clients that gave up) takes the ideal of another run of the same
-    cell and repetition (the same seed: the same run times)."""
+    """Each run's own ideal, where it has one: a run with drawn run times that did not create
+    every task (clients that gave up) takes the ideal of another run of the same cell and
+    repetition (the same seed: the same run times)."""
     by_rep = {}
     for r in recs:
         if r.get("ideal_s"):
