@@ -640,6 +640,23 @@ TEST_F(SimTest, LimiterShapesAndTheirRateLimitHeaders) {
   EXPECT_TRUE(call("GET", "/v1/tasks", "sk-a").header("X-RateLimit-Remaining").empty());
 }
 
+// Where a run began in the fixed windows' grid: the first request's window ends when its
+// X-RateLimit-Reset says, so the phase and that Reset make one window; a reset forgets it.
+TEST_F(SimTest, StatsSayWhereTheFirstRequestFellInItsFixedWindow) {
+  ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "1/m", "--burst", "3", "--limiter", "fixed-window",
+                                    "--ratelimit-headers", "on"}));
+  EXPECT_TRUE(rapidjson::Pointer("/window_phase_ms").Get(stats())->IsNull());
+  HttpResponse r = call("GET", "/v1/tasks", "sk-a");
+  ASSERT_EQ(r.status, 200);
+  const double reset_ms = std::stod(r.header("X-RateLimit-Reset")) * 1000.0;
+  call("GET", "/v1/tasks", "sk-a");  // a later request moves nothing
+  const double phase_ms = num(stats(), "/window_phase_ms");
+  EXPECT_GE(phase_ms, 0.0);
+  EXPECT_NEAR(phase_ms + reset_ms, 180'000.0, 2.0);  // the window: burst / rate = 3 min
+  ASSERT_EQ(call("POST", "/__reset", "").status, 200);
+  EXPECT_TRUE(rapidjson::Pointer("/window_phase_ms").Get(stats())->IsNull());
+}
+
 TEST_F(SimTest, LognormalDurationsVaryAroundTheMean) {
   ASSERT_NO_FATAL_FAILURE(startSim({"--rate", "0", "--light-max", "0", "--light-duration",
                                     "150ms", "--duration-dist", "lognormal", "--duration-sigma",

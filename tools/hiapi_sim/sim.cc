@@ -415,6 +415,9 @@ Reply Simulator::handleApi(evhttp_request* req, Route route, const std::string& 
   }
   KeyState& ks = keys_[key];
   ks.requests++;
+  if (first_limited_s_ < 0) {
+    first_limited_s_ = now;
+  }
 
   // One unit of the key's limit per request, whatever the route.
   const LimitParams limit = limitParams();
@@ -1002,6 +1005,7 @@ void Simulator::resetState() {
   idem_.clear();
   stats_ = Stats{};
   reset_s_ = nowS();
+  first_limited_s_ = -1;
   reseedDurations();
 }
 
@@ -1130,6 +1134,15 @@ std::string Simulator::statsJson(double now) const {
     w.EndArray();
   }
   w.EndObject();
+  // How far into its fixed window (--limiter fixed-window: windows run from the simulator's
+  // start) the first request since the last reset came: an omniscient schedule of a run
+  // against a fixed window needs where the run began in the windows' grid. null before any.
+  w.Key("window_phase_ms");
+  if (first_limited_s_ >= 0) {
+    w.Double(std::fmod(first_limited_s_, limitParams().window_s()) * 1000.0);
+  } else {
+    w.Null();
+  }
   w.Key("duplicate_creations");
   w.Uint64(stats_.duplicate_creations);
   w.Key("idempotency");

@@ -180,6 +180,9 @@ private:
   std::unordered_map<std::string, std::unique_ptr<Task>> tasks_;
   std::vector<Task*> task_order_;
   double reset_s_ = 0;  ///< nowS() at the last /__reset (0: never reset)
+  /// nowS() of the first request counted against a key's limit since the last reset (< 0:
+  /// none yet): where a run began in the fixed windows' grid (see statsJson()).
+  double first_limited_s_ = -1;
   std::map<std::string, KeyState> keys_;
   struct IdemRecord {
     std::string body;
