@@ -272,4 +272,18 @@ LearnPace BottleneckPlanner::learnPace(const KeyLoad& load, size_t tier,
                                                                       : LearnPace::Plain;
 }
 
+Duration BottleneckPlanner::lookPrice(const KeyLoad& load, size_t tier, MonotonicTime now) const {
+  const double rate = load.budget.rate();
+  if (rate <= 0.0 || tier >= load.gates.size()) {
+    return Duration::zero();
+  }
+  const double work = tierWork(load, tier, now);
+  if (work <= 0.0) {
+    return Duration::zero();  // no create of it waits: a look delays none
+  }
+  const double own = 2.0 * static_cast<double>(waiting(load, tier)) +
+                     static_cast<double>(load.gates[tier]->running());
+  return fromSeconds(std::min(1.0, own / (rate * work)) / rate);
+}
+
 }  // namespace hiapi::core

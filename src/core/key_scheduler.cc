@@ -403,6 +403,10 @@ LearnPace KeyScheduler::learnPace(size_t tier, MonotonicTime now) const {
   return planner_.learnPace(load(), tier, now);
 }
 
+Duration KeyScheduler::lookPrice(size_t tier, MonotonicTime now) const {
+  return planner_.lookPrice(load(), tier, now);
+}
+
 std::vector<size_t> KeyScheduler::blockedTiers(MonotonicTime now) const {
   std::vector<size_t> out;
   for (size_t t = 0; t < gates_.size(); ++t) {

@@ -1,6 +1,7 @@
 #include "hiapi/core/look_planner.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "hiapi/core/model_prior.h"
 
@@ -8,6 +9,10 @@ namespace hiapi::core {
 
 LearnPace LookPlanner::learnPace(const std::string& key, size_t tier) const {
   return learn_pace_ ? learn_pace_(key, tier) : LearnPace::Plain;
+}
+
+Duration LookPlanner::lookPrice(const std::string& key, size_t tier) const {
+  return look_price_ ? look_price_(key, tier) : Duration::zero();
 }
 
 Duration LookPlanner::priorOf(const TaskRecord& r) const {
@@ -69,8 +74,16 @@ Duration LookPlanner::refreshAfterEstimate(const TaskRecord& r, MonotonicTime at
 Duration LookPlanner::spreadLookGap(const TaskRecord& r, Duration spread, Duration fine,
                                     Duration interval) const {
   switch (learnPace(r.id->first, clampTier(r.tier))) {
-  case LearnPace::Eager:
-    return std::clamp(spread / 8, fine, std::max(fine, interval / 2));
+  case LearnPace::Eager: {
+    // Each look that finds the task running costs the tier a token (the price), each gap half
+    // a gap of lateness on average: over a spread, g apart, that is spread / 2g tokens and g / 2
+    // late, cheapest at g = sqrt(spread * price). Where the tier's own requests fill the budget
+    // (a light tier whose every slot turnover needs a look and a create), eight looks across
+    // the spread would leave its creates waiting for tokens; where they do not, eight.
+    const Duration price = lookPrice(r.id->first, clampTier(r.tier));
+    const Duration balanced = fromSeconds(std::sqrt(toSeconds(spread) * toSeconds(price)));
+    return std::clamp(std::max(spread / 8, balanced), fine, std::max(fine, interval / 2));
+  }
   case LearnPace::Sparse:
     return interval;
   case LearnPace::Plain:

@@ -456,6 +456,14 @@ core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
   return it->second->sched->learnPace(tier, clock_.now());
 }
 
+core::Duration Limiter::lookPrice(const std::string& key, size_t tier) const {
+  auto it = keys_.find(key);
+  if (it == keys_.end()) {
+    return core::Duration::zero();
+  }
+  return it->second->sched->lookPrice(tier, clock_.now());
+}
+
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {
   if (auto it = keys_.find(key); it != keys_.end()) {
     it->second->sched->setLookPlan(tier, std::move(plan));

@@ -42,6 +42,9 @@ TaskService::TaskService(Timers& timers, core::ConfigSharedPtr cfg, Limiter& lim
   tracker_->setLearnPace([this](const std::string& key, size_t tier) {
     return limiter_.learnPace(key, tier);
   });
+  tracker_->setLookPrice([this](const std::string& key, size_t tier) {
+    return limiter_.lookPrice(key, tier);
+  });
 }
 
 TaskService::~TaskService() = default;

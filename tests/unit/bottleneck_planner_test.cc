@@ -118,5 +118,20 @@ TEST_F(BottleneckPlannerTest, TheLearnPaceFollowsWhatBindsTheMakespan) {
   EXPECT_EQ(planner_.learnPace(load(), kHeavy, kT0), LearnPace::Sparse);
 }
 
+// A look that finds a task running costs its tier the token interval times the share of the
+// budget its own requests take over its work left: a wasted look is then a create of it waiting.
+TEST_F(BottleneckPlannerTest, ALooksPriceIsTheShareOfTheBudgetItsTierTakes) {
+  EXPECT_EQ(planner_.lookPrice(load(), kLight, kT0), Duration::zero());  // nothing waits
+  saturate(kLight, 10);
+  planner_.setTierDuration(kLight, TierDuration{seconds(10), true});
+  // 25 tokens (a create and a look for each of 10, a look for each of 5 running) over 2 waves
+  // of 10 s at 1 token/s: 1.25 of the budget, so all of the 1 s token interval.
+  EXPECT_EQ(planner_.lookPrice(load(), kLight, kT0), seconds(1));
+  // Over 2 waves of 50 s: a quarter of it.
+  planner_.setTierDuration(kLight, TierDuration{seconds(50), true});
+  EXPECT_EQ(planner_.lookPrice(load(), kLight, kT0), milliseconds(250));
+  EXPECT_EQ(planner_.lookPrice(load(), kHeavy, kT0), Duration::zero());
+}
+
 }  // namespace
 }  // namespace hiapi::core

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <string>
 #include <vector>
 
@@ -24,7 +26,9 @@ protected:
     tiers_ = {heavy};
     durations_.setTiers(tiers_);
   }
-  LookPlanner planner() const { return LookPlanner(reg_, durations_, tiers_, cfg_, pace_); }
+  LookPlanner planner() const {
+    return LookPlanner(reg_, durations_, tiers_, cfg_, pace_, price_);
+  }
   TaskRecord& task(const std::string& key, const std::string& id, MonotonicTime created,
                    std::optional<SlotId> slot) {
     TaskRecord& r = reg_.findOrCreate(key, id, 0, created);
@@ -48,6 +52,7 @@ protected:
   DurationEstimator durations_;
   TaskRegistry reg_;
   LearnPaceFn pace_;
+  LookPriceFn price_;
 };
 
 TEST_F(LookPlannerTest, ReconcileTakesIdleSlotHoldersLongestIdleFirst) {
@@ -115,6 +120,13 @@ TEST_F(LookPlannerTest, WhereDurationsVaryLooksStartAtTheShortestAndSpanTheSprea
   EXPECT_EQ(planner().refreshAfter(r, first), milliseconds(3'750));  // 15 s of spread / 4
   pace_ = [](const std::string&, size_t) { return LearnPace::Eager; };
   EXPECT_EQ(planner().refreshAfter(r, first), milliseconds(1'875));
+  // Where a look that finds the task running costs the tier 0.3 s (its creates wait for the
+  // token), fewer: sqrt(15 s * 0.3 s) apart, at most half the interval.
+  price_ = [](const std::string&, size_t) { return milliseconds(300); };
+  EXPECT_NEAR(toSeconds(planner().refreshAfter(r, first)), std::sqrt(4.5), 1e-6);
+  price_ = [](const std::string&, size_t) { return seconds(1); };
+  EXPECT_EQ(planner().refreshAfter(r, first), milliseconds(2'500));
+  price_ = nullptr;
   pace_ = [](const std::string&, size_t) { return LearnPace::Sparse; };
   EXPECT_EQ(planner().refreshAfter(r, first), seconds(5));
   // Well past the longest, the plain pace.

@@ -82,6 +82,8 @@ public:
   bool tierBinds(const KeyLoad& load, size_t tier, MonotonicTime now) const;
   bool budgetBinds(const KeyLoad& load, MonotonicTime now) const;
   LearnPace learnPace(const KeyLoad& load, size_t tier, MonotonicTime now) const;
+  /// See KeyScheduler::lookPrice().
+  Duration lookPrice(const KeyLoad& load, size_t tier, MonotonicTime now) const;
 
 private:
   /// Creates waiting for @p tier's gate: this instance's (its lane) and, with a shared store,

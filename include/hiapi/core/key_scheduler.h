@@ -339,6 +339,12 @@ public:
   ///         where it binds (tierBinds()), Sparse where the budget does (budgetBinds()), else
   ///         Plain. One count of the tokens needed for both questions.
   LearnPace learnPace(size_t tier, MonotonicTime now) const;
+  /// @return what a look that finds a task of @p tier running costs the tier: the token
+  ///         interval, times the share of the budget the tier's own requests (a create and a
+  ///         look per waiting create, a look per running task) take over its work left. Where
+  ///         that share is high, a wasted look is a create of the tier waiting for a token;
+  ///         zero while none of its creates waits.
+  Duration lookPrice(size_t tier, MonotonicTime now) const;
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting

@@ -27,17 +27,21 @@ namespace hiapi::core {
 
 /// The pace for (key's name, tier): asked each time a look at one of its tasks is planned.
 using LearnPaceFn = std::function<LearnPace(const std::string& key, size_t tier)>;
+/// What a look that finds a task of (key's name, tier) running costs that tier's makespan
+/// (KeyScheduler::lookPrice()): asked where looks at it spread across varying run times.
+using LookPriceFn = std::function<Duration(const std::string& key, size_t tier)>;
 
 /// See the file comment. The methods mirror TaskTracker's, which documents them in full.
 class LookPlanner {
 public:
   /// @param tiers not empty
   /// @param learn_pace may be empty (LearnPace::Plain)
+  /// @param look_price may be empty (looks cost nothing but their token)
   LookPlanner(const TaskRegistry& registry, const DurationEstimator& durations,
               const std::vector<TierConfig>& tiers, const TasksConfig& cfg,
-              const LearnPaceFn& learn_pace)
+              const LearnPaceFn& learn_pace, const LookPriceFn& look_price)
       : registry_(registry), durations_(durations), tiers_(tiers), cfg_(cfg),
-        learn_pace_(learn_pace) {}
+        learn_pace_(learn_pace), look_price_(look_price) {}
 
   size_t clampTier(size_t tier) const { return std::min(tier, tiers_.size() - 1); }
   Duration minPollInterval(size_t tier) const { return tiers_[clampTier(tier)].min_poll_interval; }
@@ -46,6 +50,8 @@ public:
   Duration priorOf(const TaskRecord& r) const;
   /// The pace of @p key's tier @p tier while none of its tasks has been seen ended.
   LearnPace learnPace(const std::string& key, size_t tier) const;
+  /// What a look at a task of @p key's tier @p tier that finds it running costs (zero unset).
+  Duration lookPrice(const std::string& key, size_t tier) const;
 
   /// How long after an upstream look at @p r at @p at the next is worthwhile.
   Duration refreshAfter(const TaskRecord& r, MonotonicTime at) const;
@@ -98,6 +104,7 @@ private:
   const std::vector<TierConfig>& tiers_;
   const TasksConfig& cfg_;
   const LearnPaceFn& learn_pace_;
+  const LookPriceFn& look_price_;
 };
 
 }  // namespace hiapi::core

@@ -89,6 +89,10 @@ public:
   /// daemon asks its key schedulers. Without one: LearnPace::Plain.
   /// Thread-safety: not thread-safe.
   void setLearnPace(LearnPaceFn fn) { learn_pace_ = std::move(fn); }
+  /// Sets what a look that finds a task running costs its tier (see LookPriceFn); the daemon
+  /// asks its key schedulers. Without one: nothing but its token.
+  /// Thread-safety: not thread-safe.
+  void setLookPrice(LookPriceFn fn) { look_price_ = std::move(fn); }
 
   /// @param status a task status as seen on the wire
   /// @return whether it is in the terminal set (case-insensitive).
@@ -398,7 +402,7 @@ public:
 
 private:
   LookPlanner planner() const {
-    return LookPlanner(registry_, durations_, tiers_, cfg_, learn_pace_);
+    return LookPlanner(registry_, durations_, tiers_, cfg_, learn_pace_, look_price_);
   }
   std::optional<SlotRelease> track(const std::string& key, const std::string& task_id, size_t tier,
                                    std::optional<SlotId> slot, const std::string& model,
@@ -421,6 +425,7 @@ private:
   TasksConfig cfg_;
   std::vector<TierConfig> tiers_;
   LearnPaceFn learn_pace_;  ///< unset: LearnPace::Plain
+  LookPriceFn look_price_;  ///< unset: zero
   std::vector<std::string> terminal_;  ///< lower-cased
   TaskRegistry registry_;
   PollCache cache_;

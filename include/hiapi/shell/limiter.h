@@ -67,6 +67,8 @@ public:
   ///         ended: Eager where the tier bounds the makespan (KeyScheduler::tierBinds),
   ///         Sparse where the budget does (KeyScheduler::budgetBinds), else Plain.
   core::LearnPace learnPace(const std::string& key, size_t tier) const;
+  /// The key's KeyScheduler::lookPrice() (zero for a key not seen yet).
+  core::Duration lookPrice(const std::string& key, size_t tier) const;
 
   /// Typical task duration per tier index (task tracking learns them); every key's scheduler
   /// ranks bottleneck tiers by it. Applied to keys seen later too.
