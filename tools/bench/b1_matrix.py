@@ -19,7 +19,8 @@ Goal in every cell (the issue's): the proxy's makespan <= 1.05 x ideal and <= ng
 Ideal: ideal.schedule(), what a client that knows every task's end and the gateway's state
 would reach against that gateway shape; it is b1_goodput.ideal() (a lower bound made of three
 separate limits) except where a wave's looks and creates contend for the burst (the light
-workload: 28.5 s on a bucket, 29.0 s on a window, against 27.0 s). For the mixed workload the makespan
+workload: 28.5 s on a bucket, 29.0 s on a window, against 27.0 s) and on a fixed window a run
+begins late in (see below). For the mixed workload the makespan
 compared is the upstream one (when the simulator ended the last task): its SDK and guide clients
 poll every 2-5 s, which adds up to that much to what they see, whatever the gateway does. The
 client makespan is in the results too.

@@ -23,8 +23,9 @@ computes such a schedule, greedily:
   for B1's budget and light workloads a run that begins 0.9 of a window in ends 0.9 s sooner
   than one that begins at a window's start (its first window turns early: a burst more).
 The makespan is the time of the last look. Greedy is not always optimal, so this is an
-achievable target rather than a bound; it is never below b1_goodput.ideal() (the report shows
-both).
+achievable target rather than a bound. With fixed run times it is never below
+b1_goodput.ideal(), except against a fixed window that a run begins late in (b1_goodput.ideal()
+counts a bucket's burst once; such a window gives one more soon after the start).
 """
 
 import collections
