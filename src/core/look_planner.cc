@@ -65,7 +65,8 @@ Duration LookPlanner::refreshAfterEstimate(const TaskRecord& r, MonotonicTime at
   // from the shortest to the longest would spend many requests to see each end a little
   // sooner: then often is about four looks across their spread (each end seen within a quarter
   // of it), eight where the tier bounds the makespan (LearnPace::Eager: its every late end
-  // delays the rest), and the plain pace where the budget binds and the tier has slack.
+  // delays the rest; fewer where its own requests fill the budget, see spreadLookGap()), and
+  // the plain pace where the budget binds and the tier has slack.
   const Duration spread = range.high - range.low;
   const Duration gap = spread <= 2 * fine ? fine : spreadLookGap(r, spread, fine, interval);
   return at < r.created + range.high + estimate / 2 ? gap : interval;
@@ -75,11 +76,12 @@ Duration LookPlanner::spreadLookGap(const TaskRecord& r, Duration spread, Durati
                                     Duration interval) const {
   switch (learnPace(r.id->first, clampTier(r.tier))) {
   case LearnPace::Eager: {
-    // Each look that finds the task running costs the tier a token (the price), each gap half
-    // a gap of lateness on average: over a spread, g apart, that is spread / 2g tokens and g / 2
-    // late, cheapest at g = sqrt(spread * price). Where the tier's own requests fill the budget
-    // (a light tier whose every slot turnover needs a look and a create), eight looks across
-    // the spread would leave its creates waiting for tokens; where they do not, eight.
+    // Each look that finds the task running costs the tier its price (lookPrice: up to a token
+    // interval, the more its own requests fill the budget), and each end is seen half a gap
+    // late on average: looks g apart across a spread cost spread / 2g prices and g / 2 of
+    // lateness, least at g = sqrt(spread * price). Where the tier's own requests fill the
+    // budget (a light tier whose every slot turnover needs a look and a create), eight looks
+    // across the spread would leave its creates waiting for tokens; where they do not, eight.
     const Duration price = lookPrice(r.id->first, clampTier(r.tier));
     const Duration balanced = fromSeconds(std::sqrt(toSeconds(spread) * toSeconds(price)));
     return std::clamp(std::max(spread / 8, balanced), fine, std::max(fine, interval / 2));
