@@ -517,15 +517,14 @@ TEST(SharedStore, LearnedDurationsReachAnInstanceThatHasSeenNoEnd) {
     const std::optional<KnownDuration> d = knownDuration(two.b.adminPort(), "light");
     return d && d->samples == 2;
   }, 10000ms)) << "b never took a's estimate";
-  EXPECT_EQ(knownDuration(b.adminPort(), "light")->source, "shared");
-  EXPECT_NEAR(knownDuration(b.adminPort(), "light")->estimate_s,
-              knownDuration(a.adminPort(), "light")->estimate_s, 1e-5)
+  const std::optional<KnownDuration> taken = knownDuration(b.adminPort(), "light");
+  ASSERT_TRUE(taken);
+  EXPECT_EQ(taken->source, "shared");
+  EXPECT_NEAR(taken->estimate_s, knownDuration(a.adminPort(), "light")->estimate_s, 1e-5)
       << "a's estimate, in the store's whole microseconds";
   // b has seen no end of its own: its recent range is the estimate alone.
-  EXPECT_EQ(knownDuration(b.adminPort(), "light")->recent_low_s,
-            knownDuration(b.adminPort(), "light")->estimate_s);
-  EXPECT_EQ(knownDuration(b.adminPort(), "light")->recent_high_s,
-            knownDuration(b.adminPort(), "light")->estimate_s);
+  EXPECT_EQ(taken->recent_low_s, taken->estimate_s);
+  EXPECT_EQ(taken->recent_high_s, taken->estimate_s);
   EXPECT_FALSE(knownDuration(b.adminPort(), "heavy")) << "nobody learned the heavy tier";
   EXPECT_EQ(jsonInt(simStats(sim.port()), {"tasks_created"}), 2) << "b created nothing";
 }

@@ -114,9 +114,10 @@ def schedule(p, limiter, durations=None, phase=0.0):
            creates runs the simulator's n-th of that tier (it draws them per tier, in creation
            order, afresh at every reset). None: every task its tier's configured duration.
     @param phase how far into its window the run began (s), against a fixed window."""
-    gate = LIMITERS[limiter](p["rate"], p["burst"])
     if limiter == "fixed-window":
         gate = FixedWindow(p["rate"], p["burst"], phase)
+    else:
+        gate = LIMITERS[limiter](p["rate"], p["burst"])
     free = {True: p["heavy_max"], False: p["light_max"]}
     waiting = {True: collections.deque(), False: collections.deque()}
     for i, (heavy, d) in enumerate(tasks_of(p)):
