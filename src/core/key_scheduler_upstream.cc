@@ -79,6 +79,17 @@ void KeyScheduler::rollWindow(MonotonicTime now) {
   }
 }
 
+std::optional<MonotonicTime> KeyScheduler::spareWindowSendBy(MonotonicTime now) const {
+  // Only an announced window (not the step rollWindow() assumes past it).
+  if (!gateway_windowed_ || !window_end_ || !window_reset_ || *window_end_ != *window_reset_ ||
+      now >= *window_end_ || window_allowance_ < 1.0) {
+    return std::nullopt;
+  }
+  // window_end_ is the reset plus one margin; a send by the reset less two arrives before it
+  // with a margin's arrival jitter.
+  return *window_end_ - 3 * fromSeconds(marginTokens() / budget_->rate());
+}
+
 MonotonicTime KeyScheduler::windowOpensAt(MonotonicTime now) const {
   MonotonicTime at = now;
   if (window_end_ && now < *window_end_ && window_allowance_ < 1.0) {
@@ -142,6 +153,9 @@ void KeyScheduler::onGatewayCounters(const UpstreamOutcome& o, MonotonicTime now
     }
   }
   const Duration delay = reset_at ? *reset_at - at : Duration::zero();
+  if (toSeconds(delay) * adaptive_.configuredRate() > 1.5) {
+    gateway_windowed_ = true;  // half a token interval more than a bucket's next token
+  }
   // Remaining counts whole tokens, so a bucket in phase holds less than what remains + 1; one that
   // holds more is ahead of the gateway and drops back to what the gateway surely has. With the
   // part of the next token that Reset tells: every shape lets one more through at its reset (a

@@ -148,7 +148,19 @@ MonotonicTime LookPlanner::nextLookAt(const TaskRecord& r, MonotonicTime now) co
     const Duration age = last > r.created ? last - r.created : Duration::zero();
     after = std::min(after, std::max(interval / 2, std::min(age / 20, interval)));
   }
-  return std::max(last + after, likelyEnd(r));
+  const MonotonicTime at = std::max(last + after, likelyEnd(r));
+  if (!durations_.first(r.tier) && spare_window_) {
+    // Nothing says when it ends yet, so a look a quarter of a gap sooner sees nearly as much.
+    // Where that is just before the reset of a gateway window with requests to spare, it costs
+    // a request that window would lose, not one of the next (whose requests the end this look
+    // is after may need all of: its look and creates; looks paced from one the window held
+    // back to its reset would otherwise keep falling just after resets).
+    if (const std::optional<MonotonicTime> by = spare_window_(r.id->first);
+        by && *by > last && *by < at && at - *by <= after / 4) {
+      return *by;
+    }
+  }
+  return at;
 }
 
 // ---- reconcile ------------------------------------------------------------------------------

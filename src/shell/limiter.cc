@@ -464,6 +464,14 @@ core::Duration Limiter::lookPrice(const std::string& key, size_t tier) const {
   return it->second->sched->lookPrice(tier, clock_.now());
 }
 
+std::optional<core::MonotonicTime> Limiter::spareWindowSendBy(const std::string& key) const {
+  auto it = keys_.find(key);
+  if (it == keys_.end()) {
+    return std::nullopt;
+  }
+  return it->second->sched->spareWindowSendBy(clock_.now());
+}
+
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {
   if (auto it = keys_.find(key); it != keys_.end()) {
     it->second->sched->setLookPlan(tier, std::move(plan));

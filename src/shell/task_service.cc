@@ -45,6 +45,8 @@ TaskService::TaskService(Timers& timers, core::ConfigSharedPtr cfg, Limiter& lim
   tracker_->setLookPrice([this](const std::string& key, size_t tier) {
     return limiter_.lookPrice(key, tier);
   });
+  tracker_->setSpareWindow(
+      [this](const std::string& key) { return limiter_.spareWindowSendBy(key); });
 }
 
 TaskService::~TaskService() = default;

@@ -730,6 +730,50 @@ TEST_F(KeySchedulerTest, AWindowsResetIsReadFromTheAnsweredSend) {
   EXPECT_EQ(*d.wake_at, answered + seconds(1));
 }
 
+// A Reset further off than a bucket's next token could be shows a gateway that counts in
+// windows; what its window leaves unused is lost at the reset, so while it has one or more to
+// spare, the key offers the moment by which a request still counts in it.
+TEST_F(KeySchedulerTest, AWindowWithRequestsToSpareIsOfferedUntilItsReset) {
+  KeyScheduler s(limits(4.0, 4), queueConfig(), kStart, random_);
+  EXPECT_FALSE(s.spareWindowSendBy(kStart));
+  // A bucket's answer: its next token 0.2 s off (less than 1.5 token intervals at 4/s).
+  UpstreamOutcome o = countersAnswer(2, 0.2, 4);
+  o.seq = sendPoll(s, 1, kStart);
+  o.sent_at = kStart;
+  s.onUpstreamOutcome(o, kStart);
+  EXPECT_FALSE(s.spareWindowSendBy(kStart));
+  // A window's: three left for 0.8 s.
+  const MonotonicTime t = kStart + seconds(1);
+  o = countersAnswer(3, 0.8, 4);
+  o.seq = sendPoll(s, 2, t);
+  o.sent_at = t;
+  s.onUpstreamOutcome(o, t);
+  EXPECT_EQ(s.spareWindowSendBy(t), t + milliseconds(800));
+  EXPECT_EQ(s.spareWindowSendBy(t + milliseconds(799)), t + milliseconds(800));
+  EXPECT_FALSE(s.spareWindowSendBy(t + milliseconds(800)));  // reset: the step past it is assumed
+  // None left: nothing to spare.
+  o = countersAnswer(1, 0.7, 4);
+  o.seq = sendPoll(s, 3, t + milliseconds(100));
+  o.sent_at = t + milliseconds(100);
+  s.onUpstreamOutcome(o, t + milliseconds(100));
+  EXPECT_EQ(s.spareWindowSendBy(t + milliseconds(100)), t + milliseconds(800));
+  o = countersAnswer(0, 0.6, 4);
+  o.seq = sendPoll(s, 4, t + milliseconds(200));
+  o.sent_at = t + milliseconds(200);
+  s.onUpstreamOutcome(o, t + milliseconds(200));
+  EXPECT_FALSE(s.spareWindowSendBy(t + milliseconds(200)));
+  // With a phase margin (10 ms: 0.04 token here), a reset less two margins: a send then reaches
+  // the gateway before it with a margin's arrival jitter.
+  LimitsConfig with_margin = limits(4.0, 4);
+  with_margin.phase_margin = milliseconds(10);
+  KeyScheduler m(with_margin, queueConfig(), kStart, random_);
+  o = countersAnswer(3, 0.8, 4);
+  o.seq = sendPoll(m, 1, kStart);
+  o.sent_at = kStart;
+  m.onUpstreamOutcome(o, kStart);
+  EXPECT_EQ(m.spareWindowSendBy(kStart), kStart + milliseconds(780));
+}
+
 TEST_F(KeySchedulerTest, AnEpochResetIsReadFromTheAnswersArrival) {
   // Reset as a Unix time is a moment of the wall clock, read when the answer came: 1 s after
   // it, whenever the request left.

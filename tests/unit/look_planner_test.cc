@@ -27,7 +27,7 @@ protected:
     durations_.setTiers(tiers_);
   }
   LookPlanner planner() const {
-    return LookPlanner(reg_, durations_, tiers_, cfg_, pace_, price_);
+    return LookPlanner(reg_, durations_, tiers_, cfg_, pace_, price_, spare_);
   }
   TaskRecord& task(const std::string& key, const std::string& id, MonotonicTime created,
                    std::optional<SlotId> slot) {
@@ -53,6 +53,7 @@ protected:
   TaskRegistry reg_;
   LearnPaceFn pace_;
   LookPriceFn price_;
+  SpareWindowFn spare_;
 };
 
 TEST_F(LookPlannerTest, ReconcileTakesIdleSlotHoldersLongestIdleFirst) {
@@ -157,6 +158,33 @@ TEST_F(LookPlannerTest, ALookThatFindsTheTaskRunningLooksAgainWhereARecentOneHad
   EXPECT_EQ(durations_.endedBy(0, milliseconds(10'000)), milliseconds(10'100));
   EXPECT_EQ(durations_.endedBy(0, milliseconds(10'100)), milliseconds(10'300));
   EXPECT_FALSE(durations_.endedBy(0, milliseconds(10'300)));
+}
+
+// Before any task of its tier has ended, a look a quarter of a gap sooner sees nearly as much:
+// where that is just before the reset of a gateway window with requests to spare, it goes then,
+// on a request that window would lose.
+TEST_F(LookPlannerTest, ALookBeforeAnyEndMovesIntoAWindowsSpareRequests) {
+  TaskRecord& r = task("prod", "a", kT0, SlotId{1});
+  r.last_upstream_poll = kT0 + seconds(5);
+  const MonotonicTime due = kT0 + seconds(10);  // the plain pace: 5 s after the last look
+  ASSERT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), due);
+  std::optional<MonotonicTime> by;
+  spare_ = [&by](const std::string& key) {
+    EXPECT_EQ(key, "prod");
+    return by;
+  };
+  by = due - milliseconds(1'250);  // a quarter of the gap before
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), *by);
+  by = due - milliseconds(1'300);  // further: the look would see too little more than the last
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), due);
+  by = due;                        // the window is open until it is due anyway
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), due);
+  by.reset();
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), due);
+  // Once a task of the tier has ended, looks aim at its likely end: they stay there.
+  learn(seconds(20));
+  by = planner().likelyEnd(r) - milliseconds(500);
+  EXPECT_EQ(planner().nextLookAt(r, kT0 + seconds(6)), planner().likelyEnd(r));
 }
 
 TEST_F(LookPlannerTest, RepliesStayFreshForTheirKind) {

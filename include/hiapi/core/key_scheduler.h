@@ -35,6 +35,10 @@
 //     window allowance); after it, one per token interval until the next answer tells how many
 //     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller);
+//   - a Reset further off than one token interval at the configured rate shows a gateway that
+//     counts in windows (a bucket's next token is never that far): what such a window leaves
+//     unused is lost at its reset, so while one has requests to spare, a look due shortly after
+//     its reset is better sent just before it (spareWindowSendBy());
 //   - all of it as of the answered request's send (UpstreamOutcome::sent_at), not its answer's
 //     arrival: the gateway counted that request a one-way trip after it left, and counts the
 //     next one a one-way trip after it leaves, so between sends the two clocks agree. Read as of
@@ -345,6 +349,11 @@ public:
   ///         that share is high, a wasted look is a create of the tier waiting for a token;
   ///         zero while none of its creates waits.
   Duration lookPrice(size_t tier, MonotonicTime now) const;
+  /// @return while the gateway counts in windows (see the file comment) and its current window,
+  ///         as the key's sends see it, allows one more or more: the latest moment a request may
+  ///         leave to count in that window (its reset less twice the phase margin). nullopt
+  ///         otherwise.
+  std::optional<MonotonicTime> spareWindowSendBy(MonotonicTime now) const;
 
   /// Hot reload: new rate/burst/adaptive settings and tiers. Tiers that still exist (by name)
   /// keep their running slots and lowered ceilings; slots of removed tiers are dropped; waiting
@@ -458,6 +467,7 @@ private:
   /// before its 429 in its window too, so the guard starts from them.
   SendLog sends_{1, std::chrono::seconds(1)};
   bool guarded_ = false;                       ///< keeping to sends_ (see the file comment)
+  bool gateway_windowed_ = false;              ///< a Reset showed a window (see the file comment)
   bool window_shown_ = false;                  ///< a rate 429 came before any counters
   std::optional<uint64_t> rate_429_seq_;       ///< admission_seq_ when the last rate 429 came
 };

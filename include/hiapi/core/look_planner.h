@@ -30,6 +30,10 @@ using LearnPaceFn = std::function<LearnPace(const std::string& key, size_t tier)
 /// What a look that finds a task of (key's name, tier) running costs that tier's makespan
 /// (KeyScheduler::lookPrice()): asked where looks at it spread across varying run times.
 using LookPriceFn = std::function<Duration(const std::string& key, size_t tier)>;
+/// While the gateway of the key named counts in windows and its current one has requests to
+/// spare, the latest moment a request may leave to count in it (KeyScheduler::
+/// spareWindowSendBy()); else nullopt.
+using SpareWindowFn = std::function<std::optional<MonotonicTime>(const std::string& key)>;
 
 /// See the file comment. The methods mirror TaskTracker's, which documents them in full.
 class LookPlanner {
@@ -37,11 +41,13 @@ public:
   /// @param tiers not empty
   /// @param learn_pace may be empty (LearnPace::Plain)
   /// @param look_price may be empty (looks cost nothing but their token)
+  /// @param spare_window may be empty (no window is ever spare)
   LookPlanner(const TaskRegistry& registry, const DurationEstimator& durations,
               const std::vector<TierConfig>& tiers, const TasksConfig& cfg,
-              const LearnPaceFn& learn_pace, const LookPriceFn& look_price)
+              const LearnPaceFn& learn_pace, const LookPriceFn& look_price,
+              const SpareWindowFn& spare_window)
       : registry_(registry), durations_(durations), tiers_(tiers), cfg_(cfg),
-        learn_pace_(learn_pace), look_price_(look_price) {}
+        learn_pace_(learn_pace), look_price_(look_price), spare_window_(spare_window) {}
 
   size_t clampTier(size_t tier) const { return std::min(tier, tiers_.size() - 1); }
   Duration minPollInterval(size_t tier) const { return tiers_[clampTier(tier)].min_poll_interval; }
@@ -105,6 +111,7 @@ private:
   const TasksConfig& cfg_;
   const LearnPaceFn& learn_pace_;
   const LookPriceFn& look_price_;
+  const SpareWindowFn& spare_window_;
 };
 
 }  // namespace hiapi::core

@@ -93,6 +93,10 @@ public:
   /// asks its key schedulers. Without one: nothing but its token.
   /// Thread-safety: not thread-safe.
   void setLookPrice(LookPriceFn fn) { look_price_ = std::move(fn); }
+  /// Sets how a key's gateway window with requests to spare is asked for (see SpareWindowFn);
+  /// the daemon asks its key schedulers. Without one: never.
+  /// Thread-safety: not thread-safe.
+  void setSpareWindow(SpareWindowFn fn) { spare_window_ = std::move(fn); }
 
   /// @param status a task status as seen on the wire
   /// @return whether it is in the terminal set (case-insensitive).
@@ -402,7 +406,8 @@ public:
 
 private:
   LookPlanner planner() const {
-    return LookPlanner(registry_, durations_, tiers_, cfg_, learn_pace_, look_price_);
+    return LookPlanner(registry_, durations_, tiers_, cfg_, learn_pace_, look_price_,
+                       spare_window_);
   }
   std::optional<SlotRelease> track(const std::string& key, const std::string& task_id, size_t tier,
                                    std::optional<SlotId> slot, const std::string& model,
@@ -426,6 +431,7 @@ private:
   std::vector<TierConfig> tiers_;
   LearnPaceFn learn_pace_;  ///< unset: LearnPace::Plain
   LookPriceFn look_price_;  ///< unset: zero
+  SpareWindowFn spare_window_;  ///< unset: never
   std::vector<std::string> terminal_;  ///< lower-cased
   TaskRegistry registry_;
   PollCache cache_;

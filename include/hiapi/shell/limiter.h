@@ -69,6 +69,8 @@ public:
   core::LearnPace learnPace(const std::string& key, size_t tier) const;
   /// The key's KeyScheduler::lookPrice() (zero for a key not seen yet).
   core::Duration lookPrice(const std::string& key, size_t tier) const;
+  /// The key's KeyScheduler::spareWindowSendBy() (nullopt for a key not seen yet).
+  std::optional<core::MonotonicTime> spareWindowSendBy(const std::string& key) const;
 
   /// Typical task duration per tier index (task tracking learns them); every key's scheduler
   /// ranks bottleneck tiers by it. Applied to keys seen later too.
