@@ -86,22 +86,6 @@ std::optional<DurationEstimator::Range> DurationEstimator::range(size_t tier) co
   return r;
 }
 
-std::optional<Duration> DurationEstimator::endedBy(size_t tier, Duration age) const {
-  const size_t t = clamp(tier);
-  if (t >= learned_.size()) {
-    return std::nullopt;
-  }
-  const Learned& l = learned_[t];
-  std::optional<Duration> by;
-  for (size_t i = 0; i < std::min(l.seen, kRecent); ++i) {
-    const Duration upper = l.recent[i].second;
-    if (upper > age && (!by || upper < *by)) {
-      by = upper;
-    }
-  }
-  return by;
-}
-
 DurationEstimator::Known DurationEstimator::known(size_t tier) const {
   const size_t t = clamp(tier);
   if (t >= learned_.size()) {

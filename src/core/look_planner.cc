@@ -68,19 +68,8 @@ Duration LookPlanner::refreshAfterEstimate(const TaskRecord& r, MonotonicTime at
   // delays the rest; fewer where its own requests fill the budget, see spreadLookGap()), and
   // the plain pace where the budget binds and the tier has slack.
   const Duration spread = range.high - range.low;
-  if (at >= r.created + range.high + estimate / 2) {
-    return interval;
-  }
-  if (spread > 2 * fine) {
-    return spreadLookGap(r, spread, fine, interval);
-  }
-  // Recent tasks ran alike, and this one was seen running at or past the likely end (a probe
-  // lower, or a task a little longer). Where a recent one had surely ended by an age this one
-  // reaches within the end-poll interval, look again there: this one most likely has too, and
-  // a look a whole interval on would see it late by the rest.
-  const Duration age = at - r.created;
-  const std::optional<Duration> by = durations_.endedBy(r.tier, age + fine / 8);
-  return by ? std::min(fine, *by - age) : fine;
+  const Duration gap = spread <= 2 * fine ? fine : spreadLookGap(r, spread, fine, interval);
+  return at < r.created + range.high + estimate / 2 ? gap : interval;
 }
 
 Duration LookPlanner::spreadLookGap(const TaskRecord& r, Duration spread, Duration fine,

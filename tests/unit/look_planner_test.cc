@@ -135,31 +135,6 @@ TEST_F(LookPlannerTest, WhereDurationsVaryLooksStartAtTheShortestAndSpanTheSprea
   EXPECT_EQ(planner().refreshAfter(r, created + minutes(1)), seconds(5));
 }
 
-// Run times alike, and a task seen running at its likely end (a probe lower, or one a little
-// longer): the next look goes where a recent task had surely ended, when that comes before the
-// end-poll interval would, so that its end is not seen a whole interval late.
-TEST_F(LookPlannerTest, ALookThatFindsTheTaskRunningLooksAgainWhereARecentOneHadEnded) {
-  const auto ended = [this](MonotonicTime created, Duration running, Duration seen) {
-    durations_.learn(0, created, created + running, created + seen,
-                     [] { return LearnPace::Plain; });
-  };
-  ended(kT0, milliseconds(9'900), milliseconds(10'300));             // (9.9 s, 10.3 s]
-  ended(kT0 + minutes(1), milliseconds(9'950), milliseconds(10'100));  // (9.95 s, 10.1 s]
-  const Duration fine = durations_.endPollInterval(0);
-  ASSERT_GT(fine, milliseconds(400));
-  const MonotonicTime created = kT0 + minutes(2);
-  TaskRecord& r = task("prod", "a", created, SlotId{1});
-  ASSERT_EQ(planner().likelyEnd(r), created + milliseconds(10'100));
-  // Running at 10.1 s: 10.1 s is no later, 10.3 s is, and sooner than the interval.
-  EXPECT_EQ(planner().refreshAfter(r, created + milliseconds(10'100)), milliseconds(200));
-  // Running at 10.25 s: 10.3 s is within an eighth of the interval, too close to say more.
-  EXPECT_EQ(planner().refreshAfter(r, created + milliseconds(10'250)), fine);
-  EXPECT_EQ(planner().refreshAfter(r, created + milliseconds(10'400)), fine);
-  EXPECT_EQ(durations_.endedBy(0, milliseconds(10'000)), milliseconds(10'100));
-  EXPECT_EQ(durations_.endedBy(0, milliseconds(10'100)), milliseconds(10'300));
-  EXPECT_FALSE(durations_.endedBy(0, milliseconds(10'300)));
-}
-
 // Before any task of its tier has ended, a look a quarter of a gap sooner sees nearly as much:
 // where that is just before the reset of a gateway window with requests to spare, it goes then,
 // on a request that window would lose.

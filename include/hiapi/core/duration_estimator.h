@@ -70,9 +70,6 @@ public:
   std::optional<Range> range(size_t tier) const;
   /// How many recent ends range() spans.
   static constexpr size_t kRecent = 8;
-  /// @return the shortest age above @p age by which one of @p tier's recent tasks had been seen
-  ///         ended (the upper end of its bracket); nullopt if none had run that long.
-  std::optional<Duration> endedBy(size_t tier, Duration age) const;
 
   /// What one instance has seen of a tier, as shared through the store (store.kind redis).
   struct Known {
