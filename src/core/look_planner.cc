@@ -140,10 +140,10 @@ MonotonicTime LookPlanner::nextLookAt(const TaskRecord& r, MonotonicTime now) co
   const MonotonicTime at = std::max(last + after, likelyEnd(r));
   if (!durations_.first(r.tier) && spare_window_) {
     // Nothing says when it ends yet, so a look a quarter of a gap sooner sees nearly as much.
-    // Where that is just before the reset of a gateway window with requests to spare, it costs
-    // a request that window would lose, not one of the next (whose requests the end this look
-    // is after may need all of: its look and creates; looks paced from one the window held
-    // back to its reset would otherwise keep falling just after resets).
+    // Just before the reset of a gateway window with a request to spare, it takes a request
+    // that window would lose at its reset rather than one of the next window, which the end it
+    // looks for may need all of (its look and the creates it lets go). Otherwise looks paced
+    // from one that waited for a reset keep falling just after resets.
     if (const std::optional<MonotonicTime> by = spare_window_(r.id->first);
         by && *by > last && *by < at && at - *by <= after / 4) {
       return *by;

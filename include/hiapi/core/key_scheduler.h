@@ -35,10 +35,10 @@
 //     window allowance); after it, one per token interval until the next answer tells how many
 //     the reset freed (all of a fixed window's limit, one of a sliding window's or a bucket's);
 //   - a Limit below the configured burst becomes the bucket's burst (the gateway's is smaller);
-//   - a Reset further off than one token interval at the configured rate shows a gateway that
-//     counts in windows (a bucket's next token is never that far): what such a window leaves
-//     unused is lost at its reset, so while one has requests to spare, a look due shortly after
-//     its reset is better sent just before it (spareWindowSendBy());
+//   - a Reset more than 1.5 token intervals off at the configured rate shows a gateway that
+//     counts in windows (a bucket's next token is never more than one off): what such a window
+//     leaves unused is lost at its reset, so while one has a request to spare, a look due
+//     shortly after its reset is better sent just before it (spareWindowSendBy());
 //   - all of it as of the answered request's send (UpstreamOutcome::sent_at), not its answer's
 //     arrival: the gateway counted that request a one-way trip after it left, and counts the
 //     next one a one-way trip after it leaves, so between sends the two clocks agree. Read as of
@@ -350,8 +350,8 @@ public:
   ///         zero while none of its creates waits.
   Duration lookPrice(size_t tier, MonotonicTime now) const;
   /// @return while the gateway counts in windows (see the file comment) and its current window,
-  ///         as the key's sends see it, allows one more or more: the latest moment a request may
-  ///         leave to count in that window (its reset less twice the phase margin). nullopt
+  ///         as the key's sends see it, allows at least one more: the latest moment a request
+  ///         may leave to count in that window (its reset less twice the phase margin). nullopt
   ///         otherwise.
   std::optional<MonotonicTime> spareWindowSendBy(MonotonicTime now) const;
 

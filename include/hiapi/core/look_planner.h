@@ -30,7 +30,7 @@ using LearnPaceFn = std::function<LearnPace(const std::string& key, size_t tier)
 /// What a look that finds a task of (key's name, tier) running costs that tier's makespan
 /// (KeyScheduler::lookPrice()): asked where looks at it spread across varying run times.
 using LookPriceFn = std::function<Duration(const std::string& key, size_t tier)>;
-/// While the gateway of the key named counts in windows and its current one has requests to
+/// While the gateway of the key named counts in windows and its current one has a request to
 /// spare, the latest moment a request may leave to count in it (KeyScheduler::
 /// spareWindowSendBy()); else nullopt.
 using SpareWindowFn = std::function<std::optional<MonotonicTime>(const std::string& key)>;
