@@ -448,28 +448,24 @@ std::vector<std::pair<std::string, size_t>> Limiter::blockedTiers() const {
   return out;
 }
 
-core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
+const core::KeyScheduler* Limiter::schedulerOf(const std::string& key) const {
   auto it = keys_.find(key);
-  if (it == keys_.end()) {
-    return core::LearnPace::Plain;
-  }
-  return it->second->sched->learnPace(tier, clock_.now());
+  return it == keys_.end() ? nullptr : it->second->sched.get();
+}
+
+core::LearnPace Limiter::learnPace(const std::string& key, size_t tier) const {
+  const core::KeyScheduler* s = schedulerOf(key);
+  return s != nullptr ? s->learnPace(tier, clock_.now()) : core::LearnPace::Plain;
 }
 
 core::Duration Limiter::lookPrice(const std::string& key, size_t tier) const {
-  auto it = keys_.find(key);
-  if (it == keys_.end()) {
-    return core::Duration::zero();
-  }
-  return it->second->sched->lookPrice(tier, clock_.now());
+  const core::KeyScheduler* s = schedulerOf(key);
+  return s != nullptr ? s->lookPrice(tier, clock_.now()) : core::Duration::zero();
 }
 
 std::optional<core::MonotonicTime> Limiter::spareWindowSendBy(const std::string& key) const {
-  auto it = keys_.find(key);
-  if (it == keys_.end()) {
-    return std::nullopt;
-  }
-  return it->second->sched->spareWindowSendBy(clock_.now());
+  const core::KeyScheduler* s = schedulerOf(key);
+  return s != nullptr ? s->spareWindowSendBy(clock_.now()) : std::nullopt;
 }
 
 void Limiter::setLookPlan(const std::string& key, size_t tier, core::LookPlan plan) {

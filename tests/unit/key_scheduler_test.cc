@@ -751,7 +751,7 @@ TEST_F(KeySchedulerTest, AWindowWithRequestsToSpareIsOfferedUntilItsReset) {
   EXPECT_EQ(s.spareWindowSendBy(t), t + milliseconds(800));
   EXPECT_EQ(s.spareWindowSendBy(t + milliseconds(799)), t + milliseconds(800));
   EXPECT_FALSE(s.spareWindowSendBy(t + milliseconds(800)));  // reset: the step past it is assumed
-  // None left: nothing to spare.
+  // One left is still one to spare; none left, nothing.
   o = countersAnswer(1, 0.7, 4);
   o.seq = sendPoll(s, 3, t + milliseconds(100));
   o.sent_at = t + milliseconds(100);

@@ -109,6 +109,9 @@ private:
                    std::string_view outcome, core::Duration waited);
 
   KeyState& keyState(const std::string& key);
+  /// @return @p key's scheduler, or nullptr for a key not seen yet (the planner's questions
+  ///         about a key must not create it).
+  const core::KeyScheduler* schedulerOf(const std::string& key) const;
   core::LimitsConfig limitsFor(const std::string& key) const;
   /// The priority @p ctx waits with (its route; poll_early_until, unblocks, internal).
   static core::Priority priorityOf(const RequestCtx& ctx);
